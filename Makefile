@@ -1,0 +1,36 @@
+# nlhf_jax developer commands. `make demo` and `make test` set themselves up on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.install.stamp
+# Eight fake CPU devices so that every sharded code path runs on a laptop or CI machine.
+FAKE_DEVICES := XLA_FLAGS=--xla_force_host_platform_device_count=8
+WORKDIR ?= runs/demo
+
+.PHONY: install test demo bench lint clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.lock setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.lock
+	$(PY) -m pip install -q --no-deps -e .
+	touch $(STAMP)
+
+test: install
+	$(PY) -m pytest -q tests
+
+demo: install
+	$(FAKE_DEVICES) $(PY) -m nlhf_jax.train --config=experiments/configs/sft.py:demo --workdir=$(WORKDIR)
+
+bench: install
+	$(PY) -m nlhf_jax.bench
+	$(PY) -m nlhf_jax.tabular.bench
+
+lint: install
+	$(PY) -m compileall -q nlhf_jax experiments tests
+	$(PY) -m pyflakes nlhf_jax experiments tests 2>/dev/null || true
+
+clean:
+	rm -rf $(VENV) runs *.egg-info

@@ -1,0 +1,4 @@
+"""Experiment configuration: frozen dataclasses and their validation."""
+from nlhf_jax.config.schema import (DataConfig, DistributedConfig, ExperimentConfig, MeshConfig, ModelConfig,
+                                    OptimConfig, TrainConfig)
+from nlhf_jax.config.validate import ConfigError, build, check_against_mesh, from_config_dict, resolve_mesh_shape

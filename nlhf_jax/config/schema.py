@@ -1,0 +1,94 @@
+"""Frozen, validated experiment configuration.
+
+ml_collections files (experiments/configs/*.py) are convenient to write and override from the command line;
+the library itself only ever sees these frozen dataclasses, built by `from_config_dict`, so that every
+mistake is caught once, up front, with the name of the offending key.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """A decoder-only Transformer (Llama-style: RMSNorm, RoPE, SwiGLU)."""
+  preset: str = 'tiny'
+  vocab_size: int = 256
+  d_model: int = 64
+  num_layers: int = 2
+  num_heads: int = 4
+  head_dim: int = 16
+  mlp_dim: int = 128
+  max_len: int = 128
+  tie_embeddings: bool = True
+  rope_theta: float = 10_000.0
+  norm_eps: float = 1e-6
+  compute_dtype: str = 'float32'  # 'float32' or 'bfloat16'; params and logits stay float32.
+  pad_id: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+  """Device mesh; one axis may be -1 (filled with the remaining devices)."""
+  data: int = -1
+  fsdp: int = 1
+  tensor: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+  name: str = 'adamw'  # 'adamw' or 'adafactor'
+  learning_rate: float = 1e-3
+  schedule: str = 'cosine'  # 'cosine', 'linear' or 'constant' (after warmup)
+  warmup_steps: int = 0
+  end_lr_factor: float = 0.1
+  b1: float = 0.9
+  b2: float = 0.95
+  eps: float = 1e-8
+  weight_decay: float = 0.0
+  grad_clip_norm: float = 1.0  # <= 0 disables clipping
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  """Where batches come from. `source='synthetic'` is the built-in data (no download)."""
+  source: str = 'synthetic'
+  name: str = ''
+  data_dir: str = ''
+  seq_len: int = 64
+  num_examples: int = 4096
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  objective: str = 'sft'
+  num_steps: int = 100
+  batch_size: int = 8  # global batch (all processes, all devices)
+  grad_accum_steps: int = 1
+  log_every: int = 10
+  checkpoint_every: int = 50
+  keep_checkpoints: int = 3
+  async_checkpointing: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class DistributedConfig:
+  """Multi-process launch. With `initialize=True` the run calls jax.distributed.initialize."""
+  initialize: bool = False
+  coordinator_address: str = ''
+  num_processes: int = 0  # 0: let JAX detect it (TPU, Slurm) or read the environment
+  process_id: int = -1
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+  name: str = 'experiment'
+  seed: int = 0
+  model: ModelConfig = ModelConfig()
+  mesh: MeshConfig = MeshConfig()
+  optim: OptimConfig = OptimConfig()
+  data: DataConfig = DataConfig()
+  train: TrainConfig = TrainConfig()
+  distributed: DistributedConfig = DistributedConfig()
+  init_checkpoint: Optional[str] = None  # params-only warm start (e.g. an SFT model)

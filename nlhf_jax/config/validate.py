@@ -1,0 +1,158 @@
+"""Building and checking `ExperimentConfig` from an ml_collections ConfigDict (or a plain dict).
+
+Every check here runs before any model is built or any function is compiled, and every error names the
+config key, the bad value and what would fix it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from typing import Any, Mapping
+
+from nlhf_jax.config import schema
+
+
+class ConfigError(ValueError):
+  """An invalid experiment configuration; the message names the key."""
+
+
+def _to_mapping(cfg: Any) -> Mapping[str, Any]:
+  if hasattr(cfg, 'to_dict'):
+    return cfg.to_dict()
+  if isinstance(cfg, Mapping):
+    return cfg
+  raise ConfigError(f'expected a ConfigDict or a mapping, got {type(cfg).__name__}')
+
+
+def _coerce(key: str, value: Any, field_type: Any) -> Any:
+  """Checks one scalar value against its annotated type (ints are accepted where floats are expected)."""
+  origin = typing.get_origin(field_type)
+  if origin is typing.Union:  # Optional[X]
+    args = [a for a in typing.get_args(field_type) if a is not type(None)]
+    return None if value is None else _coerce(key, value, args[0])
+  if field_type is bool:
+    if not isinstance(value, bool):
+      raise ConfigError(f'config.{key}={value!r}: expected true/false')
+    return value
+  if field_type is int:
+    if isinstance(value, bool) or not isinstance(value, int):
+      raise ConfigError(f'config.{key}={value!r}: expected an integer')
+    return value
+  if field_type is float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+      raise ConfigError(f'config.{key}={value!r}: expected a number')
+    return float(value)
+  if field_type is str:
+    if not isinstance(value, str):
+      raise ConfigError(f'config.{key}={value!r}: expected a string')
+    return value
+  if origin in (tuple, list):
+    if not isinstance(value, (tuple, list)):
+      raise ConfigError(f'config.{key}={value!r}: expected a list')
+    return tuple(value)
+  return value
+
+
+def build(cls: type, values: Mapping[str, Any], prefix: str = '') -> Any:
+  """Recursively builds dataclass `cls` from `values`, rejecting keys that `cls` does not have."""
+  hints = typing.get_type_hints(cls)
+  names = {f.name for f in dataclasses.fields(cls)}
+  unknown = sorted(set(values) - names)
+  if unknown:
+    where = prefix.rstrip('.') or 'the top level'
+    raise ConfigError(
+        f'unknown config key config.{prefix}{unknown[0]} (known keys at {where}: {", ".join(sorted(names))})')
+  kwargs = {}
+  for name, value in values.items():
+    field_type = hints[name]
+    if dataclasses.is_dataclass(field_type):
+      if not isinstance(value, Mapping):
+        raise ConfigError(f'config.{prefix}{name} must be a section (a ConfigDict), got {value!r}')
+      kwargs[name] = build(field_type, value, f'{prefix}{name}.')
+    else:
+      kwargs[name] = _coerce(prefix + name, value, field_type)
+  return cls(**kwargs)
+
+
+def _require(ok: bool, message: str) -> None:
+  if not ok:
+    raise ConfigError(message)
+
+
+def check_values(cfg: schema.ExperimentConfig) -> None:
+  """Checks that do not depend on the devices."""
+  m, o, t, d = cfg.model, cfg.optim, cfg.train, cfg.data
+  for key, value in [('model.vocab_size', m.vocab_size), ('model.d_model', m.d_model),
+                     ('model.num_layers', m.num_layers), ('model.num_heads', m.num_heads),
+                     ('model.head_dim', m.head_dim), ('model.mlp_dim', m.mlp_dim), ('model.max_len', m.max_len),
+                     ('train.num_steps', t.num_steps), ('train.batch_size', t.batch_size),
+                     ('train.grad_accum_steps', t.grad_accum_steps), ('train.log_every', t.log_every),
+                     ('train.checkpoint_every', t.checkpoint_every), ('train.keep_checkpoints', t.keep_checkpoints),
+                     ('data.seq_len', d.seq_len)]:
+    _require(value > 0, f'config.{key}={value}: must be a positive integer')
+  _require(m.head_dim % 2 == 0, f'config.model.head_dim={m.head_dim}: RoPE needs an even head dimension')
+  _require(m.compute_dtype in ('float32', 'bfloat16'),
+           f"config.model.compute_dtype={m.compute_dtype!r}: use 'float32' or 'bfloat16'")
+  _require(0 <= m.pad_id < m.vocab_size, f'config.model.pad_id={m.pad_id}: must be a token id below vocab_size')
+  _require(d.seq_len <= m.max_len, f'config.data.seq_len={d.seq_len} exceeds config.model.max_len={m.max_len}')
+  _require(math.isfinite(o.learning_rate) and o.learning_rate > 0,
+           f'config.optim.learning_rate={o.learning_rate}: must be a positive number')
+  _require(o.name in ('adamw', 'adafactor'), f"config.optim.name={o.name!r}: use 'adamw' or 'adafactor'")
+  _require(o.schedule in ('cosine', 'linear', 'constant'),
+           f"config.optim.schedule={o.schedule!r}: use 'cosine', 'linear' or 'constant'")
+  _require(0 <= o.warmup_steps, f'config.optim.warmup_steps={o.warmup_steps}: must be >= 0')
+  _require(0 <= o.end_lr_factor <= 1, f'config.optim.end_lr_factor={o.end_lr_factor}: must be in [0, 1]')
+  _require(o.weight_decay >= 0, f'config.optim.weight_decay={o.weight_decay}: must be >= 0')
+  _require(t.batch_size % t.grad_accum_steps == 0,
+           f'config.train.batch_size={t.batch_size} is not divisible by '
+           f'config.train.grad_accum_steps={t.grad_accum_steps}')
+  mesh = cfg.mesh
+  axes = {'data': mesh.data, 'fsdp': mesh.fsdp, 'tensor': mesh.tensor}
+  for name, size in axes.items():
+    _require(size == -1 or size >= 1, f'config.mesh.{name}={size}: must be >= 1, or -1 to fill')
+  _require(sum(v == -1 for v in axes.values()) <= 1,
+           'config.mesh: at most one of data, fsdp, tensor may be -1')
+
+
+def resolve_mesh_shape(mesh: schema.MeshConfig, num_devices: int) -> dict[str, int]:
+  """Fills a -1 axis and checks that the mesh uses exactly the available devices."""
+  axes = {'data': mesh.data, 'fsdp': mesh.fsdp, 'tensor': mesh.tensor}
+  fixed = math.prod(v for v in axes.values() if v != -1)
+  fill = [k for k, v in axes.items() if v == -1]
+  if fill:
+    _require(num_devices % fixed == 0,
+             f'config.mesh.{fill[0]}=-1 cannot be filled: the other axes ({fixed} devices) do not divide the '
+             f'{num_devices} devices; change config.mesh')
+    axes[fill[0]] = num_devices // fixed
+  _require(math.prod(axes.values()) == num_devices,
+           f'config.mesh (data={axes["data"]}, fsdp={axes["fsdp"]}, tensor={axes["tensor"]}) needs '
+           f'{math.prod(axes.values())} devices but {num_devices} are available; set the axes so that their '
+           f'product is {num_devices}, or make one of them -1')
+  return axes
+
+
+def check_against_mesh(cfg: schema.ExperimentConfig, axes: Mapping[str, int]) -> None:
+  """Shapes that must divide the mesh axes they are sharded over (see distributed/sharding.py)."""
+  m, t = cfg.model, cfg.train
+  batch_shards = axes['data'] * axes['fsdp']
+  micro = t.batch_size // t.grad_accum_steps
+  _require(micro % batch_shards == 0,
+           f'config.train.batch_size={t.batch_size} (micro-batch {micro} with grad_accum_steps='
+           f'{t.grad_accum_steps}) is not divisible by the data-parallel devices mesh.data*mesh.fsdp='
+           f'{batch_shards}; use a multiple of {batch_shards}')
+  for key, size, axis in [('model.d_model', m.d_model, 'fsdp'), ('model.vocab_size', m.vocab_size, 'tensor'),
+                          ('model.num_heads', m.num_heads, 'tensor'), ('model.mlp_dim', m.mlp_dim, 'tensor')]:
+    _require(size % axes[axis] == 0,
+             f'config.{key}={size} is not divisible by config.mesh.{axis}={axes[axis]}; '
+             f'choose a mesh.{axis} that divides it')
+
+
+def from_config_dict(cfg: Any, num_devices: int | None = None) -> schema.ExperimentConfig:
+  """ConfigDict -> validated ExperimentConfig. With `num_devices`, also checks the mesh against the model."""
+  exp = build(schema.ExperimentConfig, _to_mapping(cfg))
+  check_values(exp)
+  if num_devices is not None:
+    check_against_mesh(exp, resolve_mesh_shape(exp.mesh, num_devices))
+  return exp
+

@@ -1,0 +1,1 @@
+"""Data: built-in synthetic sets, vocabularies and resumable per-process batch iterators."""

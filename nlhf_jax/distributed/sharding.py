@@ -1,0 +1,72 @@
+"""Logical axis names -> mesh axes, by one rule table, and the shardings that follow from it."""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import jax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+# The one table. A logical axis not listed here is replicated.
+LOGICAL_AXIS_RULES: Mapping[str, Any] = {
+    'batch': ('data', 'fsdp'),
+    'vocab': 'tensor',
+    'embed': 'fsdp',
+    'mlp': 'tensor',
+    'heads': 'tensor',
+    'head_dim': None,
+    'length': None,
+    'norm': None,
+}
+
+
+def logical_to_spec(axes: Sequence[str | None], rules: Mapping[str, Any] = LOGICAL_AXIS_RULES) -> P:
+  """PartitionSpec for an array whose dimensions carry the logical names `axes`."""
+  return P(*(rules.get(a) if a is not None else None for a in axes))
+
+
+def _is_var(x) -> bool:
+  return isinstance(x, nnx.Variable)
+
+
+def param_specs(abstract_params) -> Any:
+  """PartitionSpecs of an nnx.State of parameters (from `logical_axes` metadata), as a pure dict."""
+  def spec(v):
+    axes = v.get_metadata().get('logical_axes')
+    return logical_to_spec(axes) if axes is not None else P()
+  return nnx.to_pure_dict(jax.tree.map(spec, abstract_params, is_leaf=_is_var))
+
+
+def named(mesh: Mesh, specs) -> Any:
+  return jax.tree.map(lambda s: NamedSharding(mesh, s), specs, is_leaf=lambda x: isinstance(x, P))
+
+
+def like_params(tree, params_specs) -> Any:
+  """Specs for a tree (e.g. an optimizer state) whose sub-trees mirror the params: a leaf whose key path ends
+  with a parameter's path and has that parameter's rank gets its spec; anything else (counters, factored
+  second moments) is replicated."""
+  flat = {path: spec for path, spec in jax.tree_util.tree_flatten_with_path(
+      params_specs, is_leaf=lambda x: isinstance(x, P))[0]}
+  by_path = {tuple(_key(k) for k in path): spec for path, spec in flat.items()}
+  longest = max((len(p) for p in by_path), default=0)
+
+  def spec_of(path, leaf):
+    keys = tuple(_key(k) for k in path)
+    for n in range(min(longest, len(keys)), 0, -1):
+      spec = by_path.get(keys[-n:])
+      if spec is not None and len(spec) == getattr(leaf, 'ndim', -1):
+        return spec
+    return P()
+  return jax.tree_util.tree_map_with_path(spec_of, tree)
+
+
+def _key(k) -> Any:
+  for attr in ('key', 'name', 'idx'):
+    if hasattr(k, attr):
+      return getattr(k, attr)
+  return str(k)
+
+
+def batch_spec(ndim: int) -> P:
+  """Batches are split over (data, fsdp) on their leading dimension."""
+  return logical_to_spec(('batch',) + (None,) * (ndim - 1))

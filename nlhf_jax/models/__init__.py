@@ -1,0 +1,3 @@
+"""Models: the decoder LM and the heads built on it."""
+from nlhf_jax.models.presets import PRESETS, preset
+from nlhf_jax.models.transformer import Transformer, init_cache, token_logprobs

@@ -1,0 +1,22 @@
+"""Named model sizes. `tiny` is for tests and CPU demos; the others are realistic starting points."""
+from __future__ import annotations
+
+PRESETS = {
+    # ~0.1M parameters: compiles in seconds on CPU.
+    'tiny': dict(vocab_size=256, d_model=64, num_layers=2, num_heads=4, head_dim=16, mlp_dim=128, max_len=128),
+    # The reference configuration of the online-training benchmark (~7M parameters).
+    'small': dict(vocab_size=4096, d_model=256, num_layers=4, num_heads=4, head_dim=64, mlp_dim=1024, max_len=256),
+    # ~125M parameters (GPT-2 small shape with a 32k vocabulary).
+    '125m': dict(vocab_size=32768, d_model=768, num_layers=12, num_heads=12, head_dim=64, mlp_dim=2048,
+                 max_len=1024),
+    # ~1B parameters.
+    '1b': dict(vocab_size=32768, d_model=2048, num_layers=18, num_heads=16, head_dim=128, mlp_dim=5632,
+               max_len=2048),
+}
+
+
+def preset(name: str, **overrides) -> dict:
+  """The model section for preset `name` as a plain dict (for ml_collections configs)."""
+  if name not in PRESETS:
+    raise ValueError(f'unknown model preset {name!r}; choose one of {", ".join(PRESETS)}')
+  return dict(PRESETS[name], preset=name, **overrides)

@@ -1,0 +1,2 @@
+"""Training objectives: loss functions `loss_fn(model, batch, rng) -> (loss, metrics)`."""
+from nlhf_jax.objectives.sft import next_token_logits, sft_loss

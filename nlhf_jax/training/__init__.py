@@ -1,0 +1,2 @@
+"""Training: state, optimizers, pure steps, checkpoints, metrics and the outer loop."""
+from nlhf_jax.training.state import TrainState

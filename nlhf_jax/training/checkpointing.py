@@ -1,0 +1,95 @@
+"""Orbax checkpoints of the full train state, restorable onto any mesh, and params-only restores.
+
+Layout of step N under DIR/checkpoints/N/: items `params`, `opt_state`, `train` (step, rng, extras) as
+sharded arrays, and `meta` (JSON: the data iterator's state and the config that wrote it).
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from jax.sharding import NamedSharding
+
+from nlhf_jax.training.state import TrainState
+
+log = logging.getLogger(__name__)
+
+
+def _abstract(tree_with_shardings) -> Any:
+  """ShapeDtypeStructs that carry concrete NamedShardings: the restore target."""
+  def leaf(x):
+    sharding = x.sharding
+    if isinstance(sharding, NamedSharding) and not isinstance(sharding.mesh, jax.sharding.Mesh):
+      raise ValueError('restore targets need a concrete mesh, not an AbstractMesh')
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+  return jax.tree.map(leaf, tree_with_shardings)
+
+
+class Checkpointer:
+  """Saves every `every` steps (asynchronously), keeps the last `keep`, restores the latest."""
+
+  def __init__(self, directory: str, every: int = 1, keep: int = 3, async_save: bool = True):
+    self.directory = os.path.abspath(directory)
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=every,
+                                           enable_async_checkpointing=async_save, create=True)
+    self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+  def latest_step(self) -> int | None:
+    return self._manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    return list(self._manager.all_steps())
+
+  def save(self, state: TrainState, meta: dict, force: bool = False) -> bool:
+    step = int(jax.device_get(state.step))
+    args = ocp.args.Composite(
+        params=ocp.args.StandardSave(state.params),
+        opt_state=ocp.args.StandardSave(state.opt_state),
+        train=ocp.args.StandardSave({'step': state.step, 'rng': state.rng, 'extras': state.extras}),
+        meta=ocp.args.JsonSave(meta))
+    saved = self._manager.save(step, args=args, force=force)
+    if saved:
+      log.info('saving checkpoint at step %d to %s', step, self.directory)
+    return saved
+
+  def restore(self, target: TrainState, step: int | None = None) -> tuple[TrainState, dict]:
+    """Restores onto the shardings that `target` (arrays or ShapeDtypeStructs with shardings) carries."""
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f'no checkpoint in {self.directory}')
+    abstract = _abstract(target)
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        params=ocp.args.StandardRestore(abstract.params),
+        opt_state=ocp.args.StandardRestore(abstract.opt_state),
+        train=ocp.args.StandardRestore({'step': abstract.step, 'rng': abstract.rng, 'extras': abstract.extras}),
+        meta=ocp.args.JsonRestore()))
+    train = restored['train']
+    state = TrainState(step=train['step'], params=restored['params'], opt_state=restored['opt_state'],
+                       rng=train['rng'], extras=train['extras'])
+    return state, restored['meta']
+
+  def read_meta(self, step: int | None = None) -> dict:
+    step = self.latest_step() if step is None else step
+    return self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+
+  def wait(self) -> None:
+    self._manager.wait_until_finished()
+
+  def close(self) -> None:
+    self._manager.close()
+
+
+def restore_params(directory: str, abstract_params, step: int | None = None) -> tuple[Any, int]:
+  """Only the parameters of a checkpoint (for evaluation or a warm start), onto `abstract_params`' shardings.
+  `directory` is a run's checkpoints directory."""
+  manager = ocp.CheckpointManager(os.path.abspath(directory))
+  step = manager.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(f'no checkpoint in {directory}; expected step directories written by nlhf-train')
+  restored = manager.restore(step, args=ocp.args.Composite(
+      params=ocp.args.StandardRestore(_abstract(abstract_params))))
+  manager.close()
+  return restored['params'], step

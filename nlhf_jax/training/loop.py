@@ -1,0 +1,103 @@
+"""The outer training loop: no math here, only order of events (restore, step, log, checkpoint)."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+
+import jax
+
+from nlhf_jax.config import ConfigError, ExperimentConfig
+from nlhf_jax.distributed import global_batch, local_batch_rows, make_mesh
+from nlhf_jax.training import checkpointing, init, optim, steps
+from nlhf_jax.training.metrics import MetricWriter, Progress
+from nlhf_jax.training.state import TrainState
+from nlhf_jax.training.tasks import get_task
+
+log = logging.getLogger(__name__)
+
+# CPU collectives can deadlock when too many steps are queued without a sync; block at least this often.
+_MAX_QUEUED_STEPS = 8
+
+
+def config_to_json(cfg: ExperimentConfig) -> dict:
+  return json.loads(json.dumps(dataclasses.asdict(cfg)))
+
+
+def check_resume_compatible(saved: dict, cfg: ExperimentConfig, directory: str) -> None:
+  """A checkpoint written for another model shape cannot be continued: say what differs."""
+  now = config_to_json(cfg)['model']
+  before = saved.get('config', {}).get('model', {})
+  diff = [f'model.{k}: checkpoint {before.get(k)!r}, config {now.get(k)!r}'
+          for k in sorted(set(now) | set(before)) if before.get(k) != now.get(k) and k != 'preset']
+  if diff:
+    raise ConfigError(f'the checkpoint in {directory} was written with another model; nothing was overwritten. '
+                      f'Differences: {"; ".join(diff)}. Use a new --workdir or the original config.')
+
+
+def train(cfg: ExperimentConfig, workdir: str) -> TrainState:
+  """Trains `cfg.train.objective` for cfg.train.num_steps steps, resuming from workdir if it holds a run."""
+  task = get_task(cfg.train.objective)
+  mesh = make_mesh(cfg.mesh)
+  tx = optim.make_optimizer(cfg.optim, cfg.train.num_steps)
+  data = task.make_data(cfg, local_batch_rows(cfg.train.batch_size))
+  make_model = task.make_model(cfg)
+  graphdef, init_fn, shardings = init.state_initializer(make_model, tx, mesh)
+  ckpt = checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'), every=cfg.train.checkpoint_every,
+                                    keep=cfg.train.keep_checkpoints, async_save=cfg.train.async_checkpointing)
+  state = _restore_or_init(cfg, ckpt, init_fn, shardings, data)
+  step_fn = _compile_step(cfg, task, graphdef, tx, shardings)
+  writer, start = MetricWriter(workdir), int(jax.device_get(state.step))
+  progress = Progress(start, cfg.train.num_steps, cfg.train.log_every)
+  try:
+    for step in range(start + 1, cfg.train.num_steps + 1):
+      state, metrics = step_fn(state, global_batch(mesh, next(data)))
+      log_now = step % cfg.train.log_every == 0 or step == cfg.train.num_steps
+      save_now = step % cfg.train.checkpoint_every == 0 or step == cfg.train.num_steps
+      if log_now or save_now or step % _MAX_QUEUED_STEPS == 0:
+        metrics = _check_finite(jax.device_get(metrics), step)
+        progress.update(step, metrics if log_now else None)
+        if log_now:
+          writer.write(step, metrics)
+      if save_now:
+        ckpt.save(state, {'data': data.get_state(), 'config': config_to_json(cfg)}, force=True)
+  finally:
+    ckpt.wait()
+    ckpt.close()
+    writer.close()
+    progress.close()
+  return state
+
+
+def _restore_or_init(cfg, ckpt, init_fn, shardings, data) -> TrainState:
+  latest = ckpt.latest_step()
+  if latest is not None:
+    meta = ckpt.read_meta(latest)
+    check_resume_compatible(meta, cfg, ckpt.directory)
+    shapes = jax.eval_shape(init_fn, cfg.seed)
+    state, meta = ckpt.restore(init.abstract_state(shardings, shapes), latest)
+    data.set_state(meta['data'])
+    log.info('resumed from step %d in %s', latest, ckpt.directory)
+    return state
+  state = jax.jit(init_fn, out_shardings=shardings)(cfg.seed)
+  if cfg.init_checkpoint:
+    params, step = checkpointing.restore_params(cfg.init_checkpoint, init.abstract_state(shardings.params, state.params))
+    log.info('initialised parameters from %s (step %d)', cfg.init_checkpoint, step)
+    state = state.replace(params=params)
+  return state
+
+
+def _compile_step(cfg, task, graphdef, tx, shardings):
+  lr = optim.schedule(cfg.optim, cfg.train.num_steps)
+  step = steps.make_train_step(graphdef, task.loss_fn, tx, lr, cfg.train.grad_accum_steps)
+  return jax.jit(step, in_shardings=(shardings, None), out_shardings=(shardings, None), donate_argnums=0)
+
+
+def _check_finite(metrics: dict, step: int) -> dict:
+  loss = float(metrics['loss'])
+  if not math.isfinite(loss):
+    raise FloatingPointError(f'non-finite loss {loss} at step {step}; the last checkpoint (before this step) is '
+                             'kept. Lower the learning rate or check the data.')
+  return metrics

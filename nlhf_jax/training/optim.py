@@ -1,0 +1,33 @@
+"""Optimizers and learning-rate schedules from config (optax)."""
+from __future__ import annotations
+
+import optax
+
+from nlhf_jax.config import OptimConfig
+
+
+def schedule(cfg: OptimConfig, num_steps: int) -> optax.Schedule:
+  """Linear warmup to the peak rate, then cosine, linear or constant decay to end_lr_factor * peak."""
+  peak, end = cfg.learning_rate, cfg.learning_rate * cfg.end_lr_factor
+  decay_steps = max(num_steps - cfg.warmup_steps, 1)
+  if cfg.schedule == 'cosine':
+    decay = optax.cosine_decay_schedule(peak, decay_steps, alpha=cfg.end_lr_factor)
+  elif cfg.schedule == 'linear':
+    decay = optax.linear_schedule(peak, end, decay_steps)
+  else:
+    decay = optax.constant_schedule(peak)
+  if cfg.warmup_steps == 0:
+    return decay
+  warmup = optax.linear_schedule(0.0, peak, cfg.warmup_steps)
+  return optax.join_schedules([warmup, decay], [cfg.warmup_steps])
+
+
+def make_optimizer(cfg: OptimConfig, num_steps: int) -> optax.GradientTransformation:
+  lr = schedule(cfg, num_steps)
+  if cfg.name == 'adamw':
+    opt = optax.adamw(lr, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps, weight_decay=cfg.weight_decay)
+  else:
+    opt = optax.adafactor(lr, weight_decay_rate=cfg.weight_decay or None)
+  if cfg.grad_clip_norm > 0:
+    opt = optax.chain(optax.clip_by_global_norm(cfg.grad_clip_norm), opt)
+  return opt

@@ -1,0 +1,18 @@
+"""Eight fake CPU devices for every test, so that sharded code paths run without accelerators."""
+import os
+
+os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8').strip()
+os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+
+import jax  # noqa: E402  (after XLA_FLAGS)
+import pytest  # noqa: E402
+
+from nlhf_jax import logs  # noqa: E402
+
+logs.setup()
+
+
+@pytest.fixture(scope='session')
+def devices():
+  assert jax.device_count() == 8, 'tests expect 8 fake CPU devices (XLA_FLAGS set before jax was imported)'
+  return jax.devices()

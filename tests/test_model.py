@@ -1,0 +1,91 @@
+"""The decoder LM: causality, padding invariance, cached decoding, dtype policy and logical axes."""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from nlhf_jax.config import ModelConfig
+from nlhf_jax.models import PRESETS, Transformer, init_cache, preset
+
+CFG = ModelConfig(**preset('tiny'))
+
+
+@pytest.fixture(scope='module')
+def model():
+  return Transformer(CFG, nnx.Rngs(0))
+
+
+def _tokens(b, t, seed=0):
+  return jax.random.randint(jax.random.key(seed), (b, t), 4, CFG.vocab_size)
+
+
+def test_logits_are_float32_and_causal(model):
+  tokens = _tokens(2, 10)
+  mask = jnp.ones_like(tokens, bool)
+  logits, _ = model(tokens, mask)
+  assert logits.shape == (2, 10, CFG.vocab_size) and logits.dtype == jnp.float32
+  changed = tokens.at[:, 7].set(5)
+  logits2, _ = model(changed, mask)
+  np.testing.assert_allclose(logits[:, :7], logits2[:, :7], atol=1e-6)  # the past never sees the future
+  assert np.abs(logits[:, 7:] - logits2[:, 7:]).max() > 1e-4
+
+
+def test_left_padding_does_not_change_logits(model):
+  tokens = _tokens(1, 6)
+  logits, _ = model(tokens, jnp.ones_like(tokens, bool))
+  padded = jnp.concatenate([jnp.zeros((1, 3), jnp.int32), tokens], axis=1)
+  pmask = jnp.concatenate([jnp.zeros((1, 3), bool), jnp.ones((1, 6), bool)], axis=1)
+  logits_p, _ = model(padded, pmask)
+  np.testing.assert_allclose(logits_p[:, 3:], logits, atol=1e-5)
+
+
+def test_cached_decoding_matches_full_forward(model):
+  """Prefill a left-padded prompt, then decode one token at a time: logits equal the full forward pass."""
+  b, t_prompt, t_new = 2, 5, 4
+  tokens = _tokens(b, t_prompt + t_new, seed=1)
+  mask = jnp.ones((b, t_prompt + t_new), bool).at[0, :2].set(False)  # row 0 is left-padded by 2
+  full, _ = model(tokens, mask)
+  cache = init_cache(CFG, b, t_prompt + t_new)
+  cache['mask'] = cache['mask'].at[:, :t_prompt].set(mask[:, :t_prompt])
+  positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
+  logits, cache = model(tokens[:, :t_prompt], mask[:, :t_prompt], positions[:, :t_prompt], cache, 0)
+  steps = [logits]
+  for i in range(t_prompt, t_prompt + t_new):
+    cache['mask'] = cache['mask'].at[:, i].set(True)
+    logits, cache = model(tokens[:, i:i + 1], mask[:, i:i + 1], positions[:, i:i + 1], cache, i)
+    steps.append(logits)
+  cached = jnp.concatenate(steps, axis=1)
+  np.testing.assert_allclose(cached[0, 2:], full[0, 2:], atol=1e-5)
+  np.testing.assert_allclose(cached[1], full[1], atol=1e-5)
+
+
+def test_bfloat16_compute_keeps_float32_params_and_logits():
+  cfg = dataclasses.replace(CFG, compute_dtype='bfloat16')
+  m = Transformer(cfg, nnx.Rngs(0))
+  params = nnx.state(m, nnx.Param)
+  assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
+  logits, _ = m(_tokens(1, 4), jnp.ones((1, 4), bool))
+  assert logits.dtype == jnp.float32
+
+
+def test_every_parameter_has_logical_axes(model):
+  _, params = nnx.split(model, nnx.Param)
+  for path, var in jax.tree_util.tree_flatten_with_path(params, is_leaf=lambda x: isinstance(x, nnx.Variable))[0]:
+    axes = var.get_metadata().get('logical_axes')
+    assert axes is not None and len(axes) == var[...].ndim, path
+
+
+def test_untied_embeddings_add_an_unembedding():
+  m = Transformer(dataclasses.replace(CFG, tie_embeddings=False), nnx.Rngs(0))
+  assert m.unembed[...].shape == (CFG.d_model, CFG.vocab_size)
+
+
+@pytest.mark.parametrize('name,low,high', [('125m', 100e6, 160e6), ('1b', 0.9e9, 1.4e9)])
+def test_realistic_presets_have_their_advertised_size(name, low, high):
+  abstract = nnx.eval_shape(lambda: Transformer(ModelConfig(**preset(name)), nnx.Rngs(0)))
+  n = sum(x.size for x in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
+  assert low < n < high, n
+  assert set(PRESETS) >= {'tiny', '125m', '1b'}
