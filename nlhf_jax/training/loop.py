@@ -8,6 +8,7 @@ import math
 import os
 
 import jax
+from jax.sharding import Mesh
 
 from nlhf_jax.config import ConfigError, ExperimentConfig
 from nlhf_jax.distributed import global_batch, local_batch_rows, make_mesh
@@ -37,10 +38,13 @@ def check_resume_compatible(saved: dict, cfg: ExperimentConfig, directory: str) 
                       f'Differences: {"; ".join(diff)}. Use a new --workdir or the original config.')
 
 
-def train(cfg: ExperimentConfig, workdir: str) -> TrainState:
-  """Trains `cfg.train.objective` for cfg.train.num_steps steps, resuming from workdir if it holds a run."""
+def train(cfg: ExperimentConfig, workdir: str, mesh: Mesh | None = None) -> TrainState:
+  """Trains `cfg.train.objective` for cfg.train.num_steps steps, resuming from workdir if it holds a run.
+
+  The mesh is built from cfg.mesh over all devices unless one is given (e.g. over a subset of devices).
+  """
   task = get_task(cfg.train.objective)
-  mesh = make_mesh(cfg.mesh)
+  mesh = make_mesh(cfg.mesh) if mesh is None else mesh
   tx = optim.make_optimizer(cfg.optim, cfg.train.num_steps)
   data = task.make_data(cfg, local_batch_rows(cfg.train.batch_size))
   make_model = task.make_model(cfg)

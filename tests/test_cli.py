@@ -1,0 +1,32 @@
+"""`nlhf-train` end to end: metrics, checkpoints, keep-last-K, and resuming when started again."""
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+REPO = pathlib.Path(__file__).parents[1]
+ENV = {'XLA_FLAGS': '--xla_force_host_platform_device_count=8', 'JAX_PLATFORMS': 'cpu', 'PATH': '/usr/bin:/bin'}
+
+
+def _train(workdir, *flags):
+  cmd = [sys.executable, '-m', 'nlhf_jax.train', '--config=experiments/configs/sft.py:tiny',
+         f'--workdir={workdir}', '--config.train.log_every=2', '--config.train.checkpoint_every=2',
+         '--config.train.keep_checkpoints=2', '--config.mesh.data=2', '--config.mesh.tensor=4', *flags]
+  out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO, env=ENV)
+  assert out.returncode == 0, out.stderr[-3000:]
+  return out.stderr
+
+
+@pytest.mark.slow
+def test_second_run_on_the_same_workdir_continues(tmp_path):
+  log1 = _train(tmp_path, '--config.train.num_steps=4')
+  assert 'resumed' not in log1 and 'step 4/4' in log1
+  log2 = _train(tmp_path, '--config.train.num_steps=8')
+  assert 'resumed from step 4' in log2
+  steps = [json.loads(line)['step'] for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
+  assert steps == [2, 4, 6, 8]  # the second run logged only steps 5-8: it did not start over
+  kept = sorted(int(p.name) for p in (tmp_path / 'checkpoints').iterdir() if p.name.isdigit())
+  assert kept == [6, 8]  # keep_checkpoints=2
+  assert list((tmp_path / 'tb').glob('events.out.tfevents.*'))

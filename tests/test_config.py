@@ -1,0 +1,77 @@
+"""Config validation: every invalid value fails before any compilation, naming the key."""
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from experiments.configs import sft
+from nlhf_jax.config import ConfigError, from_config_dict
+
+
+def _cfg(**overrides):
+  c = sft.get_config('tiny')
+  for key, value in overrides.items():
+    section, leaf = key.split('.')
+    c[section][leaf] = value
+  return c
+
+
+@pytest.mark.parametrize('overrides,devices,message', [
+    ({'optim.learning_rate': 0.0}, 8, 'config.optim.learning_rate=0.0'),
+    ({'optim.learning_rate': -1e-3}, 8, 'config.optim.learning_rate'),
+    ({'mesh.data': 3}, 8, 'config.mesh'),
+    ({'mesh.data': 2, 'mesh.tensor': 2}, 8, 'needs 4 devices but 8 are available'),
+    ({'mesh.data': -1, 'mesh.tensor': 3}, 8, 'config.mesh.data=-1 cannot be filled'),
+    ({'mesh.data': -1, 'mesh.fsdp': -1}, 8, 'at most one of'),
+    ({'train.batch_size': 12}, 8, 'config.train.batch_size=12'),
+    ({'train.batch_size': 16, 'train.grad_accum_steps': 4}, 8, 'micro-batch 4'),
+    ({'train.num_steps': 0}, 8, 'config.train.num_steps=0'),
+    ({'train.objective': 'nope'}, None, None),
+    ({'model.num_heads': 6, 'mesh.data': 2, 'mesh.tensor': 4}, 8, 'config.model.num_heads=6'),
+    ({'data.seq_len': 1000}, 8, 'config.data.seq_len=1000 exceeds config.model.max_len'),
+    ({'model.compute_dtype': 'float16'}, 8, 'config.model.compute_dtype'),
+    ({'optim.name': 'sgd'}, 8, "config.optim.name='sgd'"),
+])
+def test_invalid_values_name_the_key(overrides, devices, message):
+  if message is None:  # unknown objective: reported by the task registry, also before compilation
+    from nlhf_jax.training.tasks import get_task
+    with pytest.raises(ConfigError, match='config.train.objective'):
+      get_task(from_config_dict(_cfg(**overrides), num_devices=8).train.objective)
+    return
+  with pytest.raises(ConfigError, match=message.replace('(', r'\(').replace('.', r'\.')):
+    from_config_dict(_cfg(**overrides), num_devices=devices)
+
+
+def test_unknown_key_is_named_with_the_known_ones():
+  c = sft.get_config('tiny')
+  c.train.unlock()
+  c.train.num_stepz = 3
+  with pytest.raises(ConfigError, match=r'config\.train\.num_stepz.*num_steps'):
+    from_config_dict(c)
+
+
+def test_wrong_type_is_named():
+  c = sft.get_config('tiny').to_dict()
+  c['train']['num_steps'] = 'ten'
+  with pytest.raises(ConfigError, match=r"config\.train\.num_steps='ten': expected an integer"):
+    from_config_dict(c)
+
+
+def test_mesh_fill_axis():
+  from nlhf_jax.config import MeshConfig, resolve_mesh_shape
+  assert resolve_mesh_shape(MeshConfig(data=-1, fsdp=1, tensor=4), 8) == {'data': 2, 'fsdp': 1, 'tensor': 4}
+
+
+@pytest.mark.slow
+def test_cli_rejects_bad_config_before_compiling(tmp_path):
+  """Through `nlhf-train`: the error names the key and no workdir contents are written."""
+  out = subprocess.run(
+      [sys.executable, '-m', 'nlhf_jax.train', '--config=experiments/configs/sft.py:tiny',
+       f'--workdir={tmp_path / "run"}', '--config.mesh.data=3'],
+      capture_output=True, text=True, timeout=120, cwd=pathlib.Path(__file__).parents[1],
+      env={'XLA_FLAGS': '--xla_force_host_platform_device_count=8', 'JAX_PLATFORMS': 'cpu',
+           'PATH': '/usr/bin:/bin'})
+  assert out.returncode != 0
+  assert 'config.mesh' in out.stderr
+  assert not (tmp_path / 'run').exists()

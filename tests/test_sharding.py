@@ -1,0 +1,57 @@
+"""The train state is built sharded from the start, with the shardings that the rule table implies."""
+import jax
+import pytest
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from helpers import mesh, tiny_config
+from nlhf_jax.distributed import LOGICAL_AXIS_RULES, logical_to_spec
+from nlhf_jax.models import Transformer
+from nlhf_jax.training import init, optim
+
+# What the table implies for each parameter of the tiny model (by its last path key).
+EXPECTED = {
+    'embed': P('tensor', 'fsdp'),            # (vocab, embed)
+    'q': P('fsdp', 'tensor', None), 'k': P('fsdp', 'tensor', None), 'v': P('fsdp', 'tensor', None),
+    'o': P('tensor', None, 'fsdp'),          # (heads, head_dim, embed)
+    'gate': P('fsdp', 'tensor'), 'up': P('fsdp', 'tensor'),
+    'down': P('tensor', 'fsdp'),
+    'scale': P(None),
+}
+
+
+def test_rule_table_maps_logical_names():
+  assert logical_to_spec(('batch', 'length', 'embed')) == P(('data', 'fsdp'), None, 'fsdp')
+  assert LOGICAL_AXIS_RULES['heads'] == 'tensor'
+
+
+@pytest.mark.parametrize('optimizer', ['adamw', 'adafactor'])
+def test_params_and_optimizer_state_have_rule_table_shardings(optimizer):
+  cfg = tiny_config(**{'mesh.data': 1, 'mesh.fsdp': 2, 'mesh.tensor': 4, 'optim.name': optimizer})
+  m = mesh(1, 2, 4)
+  tx = optim.make_optimizer(cfg.optim, 10)
+  _, state, _ = init.create_state(lambda rngs: Transformer(cfg.model, rngs), tx, m, seed=0)
+  param_paths = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(state.params)[0]:
+    expected = NamedSharding(m, EXPECTED[path[-1].key])
+    assert leaf.sharding.is_equivalent_to(expected, leaf.ndim), (path, leaf.sharding)
+    param_paths[tuple(k.key for k in path)] = (leaf.shape, expected)
+  mirrored = 0
+  for path, leaf in jax.tree_util.tree_flatten_with_path(state.opt_state)[0]:
+    keys = tuple(getattr(k, 'key', None) for k in path)
+    match = [v for p, v in param_paths.items() if keys[-len(p):] == p and v[0] == leaf.shape]
+    expected = match[0][1] if match else NamedSharding(m, P())
+    mirrored += bool(match)
+    assert leaf.sharding.is_equivalent_to(expected, leaf.ndim), (path, leaf.sharding, expected)
+  # Adam's two moments mirror every parameter; Adafactor keeps full moments only for small parameters.
+  assert mirrored >= (2 * len(param_paths) if optimizer == 'adamw' else 1)
+  assert state.step.sharding.is_fully_replicated and state.rng.sharding.is_fully_replicated
+
+
+def test_no_parameter_is_materialised_whole_on_one_device():
+  cfg = tiny_config(**{'mesh.data': 1, 'mesh.fsdp': 8, 'mesh.tensor': 1})
+  m = mesh(1, 8, 1)
+  _, state, _ = init.create_state(lambda rngs: Transformer(cfg.model, rngs), optim.make_optimizer(cfg.optim, 10),
+                                  m, seed=0)
+  big = state.params['embed']
+  shard_shapes = {s.data.shape for s in big.addressable_shards}
+  assert shard_shapes == {(cfg.model.vocab_size, cfg.model.d_model // 8)}
