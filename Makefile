@@ -24,13 +24,15 @@ test: install
 demo: install
 	$(FAKE_DEVICES) $(PY) -m nlhf_jax.train --config=experiments/configs/sft.py:demo --workdir=$(WORKDIR)
 
+# Speed and memory figures (printed, never asserted).
 bench: install
 	$(PY) -m nlhf_jax.bench
+	$(PY) -m nlhf_jax.sampling.bench
 	$(PY) -m nlhf_jax.tabular.bench
 
 lint: install
 	$(PY) -m compileall -q nlhf_jax experiments tests
-	$(PY) -m pyflakes nlhf_jax experiments tests 2>/dev/null || true
+	$(PY) -m pyflakes nlhf_jax experiments tests
 
 clean:
 	rm -rf $(VENV) runs *.egg-info

@@ -1,5 +1,4 @@
 """The SFT train step: identical results on every mesh, exact resume, resume across mesh shapes."""
-import dataclasses
 
 import jax
 import numpy as np

@@ -2,3 +2,18 @@
 from nlhf_jax.config.schema import (DataConfig, DistributedConfig, ExperimentConfig, MeshConfig, ModelConfig,
                                     OptimConfig, TrainConfig)
 from nlhf_jax.config.validate import ConfigError, build, check_against_mesh, from_config_dict, resolve_mesh_shape
+
+__all__ = [
+    'DataConfig',
+    'DistributedConfig',
+    'ExperimentConfig',
+    'MeshConfig',
+    'ModelConfig',
+    'OptimConfig',
+    'TrainConfig',
+    'ConfigError',
+    'build',
+    'check_against_mesh',
+    'from_config_dict',
+    'resolve_mesh_shape',
+]

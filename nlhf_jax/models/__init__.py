@@ -1,3 +1,11 @@
 """Models: the decoder LM and the heads built on it."""
 from nlhf_jax.models.presets import PRESETS, preset
 from nlhf_jax.models.transformer import Transformer, init_cache, token_logprobs
+
+__all__ = [
+    'PRESETS',
+    'preset',
+    'Transformer',
+    'init_cache',
+    'token_logprobs',
+]

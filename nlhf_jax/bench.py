@@ -1,0 +1,98 @@
+"""`nlhf-bench` (make bench): speed and memory of the sharded SFT train step.
+
+  nlhf-bench                          # tiny and small presets, each in a fresh process
+  nlhf-bench --presets=125m --batch_size=4 --seq_len=256 --iters=3
+
+For each preset it prints the median step time, tokens/s, model FLOPs per step, MFU against a matmul peak
+measured in the same process, the compiled step's memory footprint and the process's peak memory. Each preset
+runs in its own process so that peak memory belongs to it alone.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from absl import app, flags
+
+_PRESETS = flags.DEFINE_list('presets', ['tiny', 'small'], 'Model presets (nlhf_jax/models/presets.py).')
+_BATCH = flags.DEFINE_integer('batch_size', 8, 'Global batch size.')
+_SEQ = flags.DEFINE_integer('seq_len', 256, 'Tokens per example.')
+_ITERS = flags.DEFINE_integer('iters', 5, 'Timed steps (median reported).')
+_DTYPE = flags.DEFINE_enum('compute_dtype', 'float32', ['float32', 'bfloat16'], 'Compute dtype of the model.')
+_CHILD = flags.DEFINE_string('child', None, 'Internal: measure this preset in this process, print JSON.')
+
+
+def measure(preset: str, batch: int, seq_len: int, iters: int, compute_dtype: str) -> dict:
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+
+  from nlhf_jax import perf
+  from nlhf_jax.config import MeshConfig, ModelConfig, OptimConfig
+  from nlhf_jax.distributed import make_mesh
+  from nlhf_jax.models import Transformer
+  from nlhf_jax.models.presets import PRESETS
+  from nlhf_jax.objectives import sft_loss
+  from nlhf_jax.training import init, optim, steps
+
+  cfg = ModelConfig(**dict(PRESETS[preset], preset=preset, compute_dtype=compute_dtype))
+  mesh = make_mesh(MeshConfig(data=-1))
+  tx = optim.make_optimizer(OptimConfig(), 1000)
+  graphdef, state, shardings = init.create_state(lambda r: Transformer(cfg, r), tx, mesh, seed=0)
+  step = steps.make_train_step(graphdef, sft_loss, tx, optim.schedule(OptimConfig(), 1000))
+  jitted = jax.jit(step, in_shardings=(shardings, None), out_shardings=(shardings, None), donate_argnums=0)
+  rng = np.random.default_rng(0)
+  batch_np = {'tokens': rng.integers(4, cfg.vocab_size, (batch, seq_len), dtype=np.int32),
+              'mask': np.ones((batch, seq_len), bool), 'loss_mask': np.ones((batch, seq_len), np.float32)}
+  data = jax.device_put(batch_np)
+  compiled = jitted.lower(state, data).compile()
+  mem = compiled.memory_analysis()
+  footprint = None if mem is None else (mem.argument_size_in_bytes + mem.output_size_in_bytes
+                                        + mem.temp_size_in_bytes - mem.alias_size_in_bytes)
+  box = {'state': state}
+
+  def one_step():
+    box['state'], metrics = compiled(box['state'], data)
+    return metrics['loss']
+
+  seconds = perf.median_time(one_step, iters, warmup=2)
+  peak = perf.matmul_peak_flops(jnp.bfloat16 if compute_dtype == 'bfloat16' else jnp.float32)
+  flops = perf.train_flops(cfg, batch, seq_len - 1)
+  mem_bytes, mem_kind = perf.peak_memory_bytes()
+  n_params = sum(x.size for x in jax.tree.leaves(box['state'].params))
+  return dict(preset=preset, params=n_params, batch=batch, seq_len=seq_len, devices=jax.device_count(),
+              platform=jax.devices()[0].platform, compute_dtype=compute_dtype, step_s=seconds,
+              tokens_per_s=batch * seq_len / seconds, flops_per_step=flops, matmul_peak=peak,
+              mfu=flops / seconds / peak, compiled_bytes=footprint, peak_bytes=mem_bytes, peak_kind=mem_kind)
+
+
+def report(r: dict) -> str:
+  from nlhf_jax.perf import fmt_bytes
+  compiled = 'n/a' if r['compiled_bytes'] is None else fmt_bytes(r['compiled_bytes'])
+  return (f"{r['preset']:>6} | {r['params'] / 1e6:8.2f}M params | batch {r['batch']} x {r['seq_len']} | "
+          f"step {r['step_s'] * 1e3:9.1f} ms | {r['tokens_per_s']:10.0f} tok/s | "
+          f"{r['flops_per_step'] / 1e9:9.2f} GFLOP/step | MFU {100 * r['mfu']:5.1f}% of "
+          f"{r['matmul_peak'] / 1e9:.0f} GFLOP/s ({r['compute_dtype']} matmul, measured) | "
+          f"compiled {compiled} | peak {fmt_bytes(r['peak_bytes'])} ({r['peak_kind']})")
+
+
+def main(argv) -> None:
+  del argv
+  if _CHILD.value:
+    print(json.dumps(measure(_CHILD.value, _BATCH.value, _SEQ.value, _ITERS.value, _DTYPE.value)))
+    return
+  print(f'SFT train step, median of {_ITERS.value} steps after compilation (one process per preset)')
+  for preset in _PRESETS.value:
+    cmd = [sys.executable, '-m', 'nlhf_jax.bench', f'--child={preset}', f'--batch_size={_BATCH.value}',
+           f'--seq_len={_SEQ.value}', f'--iters={_ITERS.value}', f'--compute_dtype={_DTYPE.value}']
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    print(report(json.loads(out.stdout.strip().splitlines()[-1])), flush=True)
+
+
+def run() -> None:
+  app.run(main)
+
+
+if __name__ == '__main__':
+  run()

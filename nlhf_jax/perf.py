@@ -1,0 +1,72 @@
+"""Measurement helpers shared by the benchmarks: timing, matmul peak, model FLOPs, peak memory.
+
+Model FLOPs follow the usual accounting: a matmul of [m, k] x [k, n] costs 2 m k n; a training step costs
+three forward passes (forward, and backward through activations and weights). MFU is model FLOPs per second
+divided by the matmul peak measured in the same process (the machine may be shared and noisy).
+"""
+from __future__ import annotations
+
+import resource
+import statistics
+import sys
+import time
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from nlhf_jax.config import ModelConfig
+
+
+def block(x):
+  return jax.tree.map(lambda a: a.block_until_ready() if hasattr(a, 'block_until_ready') else a, x)
+
+
+def median_time(fn: Callable[[], object], iters: int, warmup: int = 1) -> float:
+  """Median wall time in seconds of `fn()` (results blocked on) after `warmup` untimed calls."""
+  for _ in range(warmup):
+    block(fn())
+  times = []
+  for _ in range(iters):
+    t0 = time.perf_counter()
+    block(fn())
+    times.append(time.perf_counter() - t0)
+  return statistics.median(times)
+
+
+def matmul_peak_flops(dtype=jnp.float32, n: int = 1024, iters: int = 10) -> float:
+  """Achieved FLOP/s of an n x n x n matmul chain on the default device: the MFU denominator."""
+  a = jax.random.normal(jax.random.key(0), (n, n), dtype)
+  b = jax.random.normal(jax.random.key(1), (n, n), dtype)
+  f = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32).astype(dtype))
+  return 2 * n**3 / median_time(lambda: f(a, b), iters, warmup=2)
+
+
+def forward_flops_per_token(cfg: ModelConfig, context: int) -> float:
+  """Matmul FLOPs of one token's forward pass attending over `context` keys (embedding lookup is free)."""
+  attn_proj = 4 * cfg.d_model * cfg.num_heads * cfg.head_dim
+  mlp = 3 * cfg.d_model * cfg.mlp_dim
+  scores = 2 * context * cfg.num_heads * cfg.head_dim  # q.k and probs.v
+  return 2 * (cfg.num_layers * (attn_proj + mlp) + cfg.d_model * cfg.vocab_size) + cfg.num_layers * 2 * scores
+
+
+def train_flops(cfg: ModelConfig, batch: int, seq_len: int) -> float:
+  """Model FLOPs of one training step on [batch, seq_len] tokens (full-length attention, as computed)."""
+  return 3 * batch * seq_len * forward_flops_per_token(cfg, seq_len)
+
+
+def peak_memory_bytes() -> tuple[float, str]:
+  """(bytes, what) - the accelerator's peak bytes in use if it reports them, else the process's peak RSS."""
+  stats = jax.devices()[0].memory_stats() or {}
+  if 'peak_bytes_in_use' in stats:
+    return float(stats['peak_bytes_in_use']), f'{jax.devices()[0].platform} peak bytes in use'
+  rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+  return float(rss if sys.platform == 'darwin' else rss * 1024), 'process peak RSS'
+
+
+def fmt_bytes(n: float) -> str:
+  for unit in ('B', 'KiB', 'MiB', 'GiB'):
+    if n < 1024:
+      return f'{n:.1f} {unit}'
+    n /= 1024
+  return f'{n:.1f} TiB'
