@@ -52,12 +52,23 @@ class OptimConfig:
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-  """Where batches come from. `source='synthetic'` is the built-in data (no download)."""
+  """Where batches come from and how text becomes tokens.
+
+  `source='synthetic'` is the built-in data (no download); `source='tfds'` reads the TFDS dataset `name` from
+  `data_dir` (built by `nlhf-data build`). Prompts are left-padded to `prompt_len` tokens, responses right-padded
+  to `response_len`; `seq_len` bounds a packed demonstration (prompt + response) for SFT.
+  """
   source: str = 'synthetic'
   name: str = ''
   data_dir: str = ''
+  split: str = 'train'
+  eval_split: str = 'validation'
+  tokenizer: str = 'bytes'  # 'bytes' (built-in byte vocabulary) or the path of a sentencepiece .model file
   seq_len: int = 64
-  num_examples: int = 4096
+  prompt_len: int = 32
+  response_len: int = 32
+  overflow: str = 'truncate'  # a too-long example: 'truncate' (and count it) or 'error'
+  num_examples: int = 4096  # size of the built-in synthetic data sets
 
 
 @dataclasses.dataclass(frozen=True)

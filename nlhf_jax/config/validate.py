@@ -89,13 +89,17 @@ def check_values(cfg: schema.ExperimentConfig) -> None:
                      ('train.num_steps', t.num_steps), ('train.batch_size', t.batch_size),
                      ('train.grad_accum_steps', t.grad_accum_steps), ('train.log_every', t.log_every),
                      ('train.checkpoint_every', t.checkpoint_every), ('train.keep_checkpoints', t.keep_checkpoints),
-                     ('data.seq_len', d.seq_len)]:
+                     ('data.seq_len', d.seq_len), ('data.prompt_len', d.prompt_len),
+                     ('data.response_len', d.response_len), ('data.num_examples', d.num_examples)]:
     _require(value > 0, f'config.{key}={value}: must be a positive integer')
   _require(m.head_dim % 2 == 0, f'config.model.head_dim={m.head_dim}: RoPE needs an even head dimension')
   _require(m.compute_dtype in ('float32', 'bfloat16'),
            f"config.model.compute_dtype={m.compute_dtype!r}: use 'float32' or 'bfloat16'")
   _require(0 <= m.pad_id < m.vocab_size, f'config.model.pad_id={m.pad_id}: must be a token id below vocab_size')
   _require(d.seq_len <= m.max_len, f'config.data.seq_len={d.seq_len} exceeds config.model.max_len={m.max_len}')
+  _require(d.overflow in ('truncate', 'error'), f"config.data.overflow={d.overflow!r}: use 'truncate' or 'error'")
+  _require(d.source in ('synthetic', 'tfds'), f"config.data.source={d.source!r}: use 'synthetic' or 'tfds'")
+  _require(d.source != 'tfds' or d.name, "config.data.source='tfds' needs config.data.name (a TFDS dataset name)")
   _require(math.isfinite(o.learning_rate) and o.learning_rate > 0,
            f'config.optim.learning_rate={o.learning_rate}: must be a positive number')
   _require(o.name in ('adamw', 'adafactor'), f"config.optim.name={o.name!r}: use 'adamw' or 'adafactor'")

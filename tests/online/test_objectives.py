@@ -1,0 +1,121 @@
+"""The online surrogate losses against exact gradients on a problem small enough to enumerate.
+
+Vocabulary 3, two generated tokens: a policy is a table of logits for the first token and, for each first token,
+for the second. The opponent is the token-level mixture pi^beta of the (frozen) policy and mu.
+"""
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from nlhf_jax.objectives import online
+
+V = 3
+SEQS = np.array(list(itertools.product(range(V), repeat=2)))  # [9, 2]
+
+
+def token_logprobs(theta, seqs):
+  """theta = (first [V], second [V, V]); per-token log-probabilities [N, 2] of seqs [N, 2]."""
+  first, second = theta
+  lp1 = jax.nn.log_softmax(first)[seqs[:, 0]]
+  lp2 = jax.nn.log_softmax(second[seqs[:, 0]], axis=-1)[jnp.arange(seqs.shape[0]), seqs[:, 1]]
+  return jnp.stack([lp1, lp2], axis=1)
+
+
+def mixture(theta, mu, beta):
+  return jax.tree.map(lambda a, b: (1 - beta) * a + beta * b, theta, mu)
+
+
+def random_problem(seed):
+  rng = np.random.default_rng(seed)
+  theta = (jnp.asarray(rng.normal(size=V)), jnp.asarray(rng.normal(size=(V, V))))
+  mu = (jnp.asarray(rng.normal(size=V)), jnp.asarray(rng.normal(size=(V, V))))
+  upper = rng.uniform(size=(9, 9))
+  P = np.triu(upper, 1) + np.tril(1 - upper.T, -1) + 0.5 * np.eye(9)
+  return theta, mu, jnp.asarray(P)
+
+
+def exact_objective(theta, opponent_theta, mu, P, tau):
+  """P(pi_theta > pi') - tau KL(pi_theta || mu), pi' held fixed."""
+  pi = jnp.exp(token_logprobs(theta, SEQS).sum(1))
+  pi_opp = jnp.exp(token_logprobs(jax.lax.stop_gradient(opponent_theta), SEQS).sum(1))
+  log_mu = token_logprobs(mu, SEQS).sum(1)
+  return pi @ P @ pi_opp - tau * jnp.sum(pi * (jnp.log(pi) - log_mu))
+
+
+def sample(theta, key, n):
+  probs = jnp.exp(token_logprobs(theta, SEQS).sum(1))
+  return jax.random.choice(key, 9, (n,), p=probs)
+
+
+@pytest.mark.parametrize('reward_to_go', [True, False])
+@pytest.mark.parametrize('beta', [0.0, 0.25, 1.0])
+def test_nash_md_pg_gradient_matches_exact(beta, reward_to_go):
+  tau, n = 0.3, 100_000
+  theta, mu, P = random_problem(int(beta * 8) + reward_to_go)
+  opp = mixture(theta, mu, beta)
+  exact = jax.grad(exact_objective)(theta, opp, mu, P, tau)
+
+  ky, ky2 = jax.random.split(jax.random.key(0))
+  iy, iy2 = sample(theta, ky, n), sample(opp, ky2, n)
+  seqs, pref = jnp.asarray(SEQS)[iy], P[iy, iy2]
+  mask = jnp.ones((n, 2))
+  ref_lp = token_logprobs(mu, seqs)
+
+  def per_sample_loss(th, s, r, p):
+    return online.nash_md_pg_loss(token_logprobs(th, s[None]), r[None], mask[:1], p[None], tau, reward_to_go)
+
+  grads = jax.vmap(jax.grad(per_sample_loss), in_axes=(None, 0, 0, 0))(theta, seqs, ref_lp, pref)
+  for g_exact, g_samples in zip(jax.tree.leaves(exact), jax.tree.leaves(grads)):
+    estimate = -g_samples.mean(0)  # the loss is the negated objective
+    stderr = g_samples.std(0) / np.sqrt(n)
+    np.testing.assert_array_less(np.abs(estimate - g_exact), 4.5 * stderr + 1e-6)
+  # the batched loss is the mean of the per-example losses
+  batched = jax.grad(lambda th: online.nash_md_pg_loss(token_logprobs(th, seqs), ref_lp, mask, pref, tau,
+                                                       reward_to_go))(theta)
+  for a, b in zip(jax.tree.leaves(batched), jax.tree.leaves(grads)):
+    np.testing.assert_allclose(a, b.mean(0), rtol=1e-3, atol=1e-5)  # float32 sums of 1e5 terms
+
+
+def test_reward_to_go_weights_only_later_log_ratios():
+  lp = jnp.array([[-1.0, -2.0, -3.0]])
+  ref = jnp.array([[-1.5, -1.0, -3.5]])
+  mask = jnp.array([[1.0, 1.0, 0.0]])
+  terms = online.kl_penalty_terms(lp, ref, mask, reward_to_go=True)
+  np.testing.assert_allclose(terms, [[0.5 - 1.0, -1.0, 0.0]])
+  full = online.kl_penalty_terms(lp, ref, mask, reward_to_go=False)
+  np.testing.assert_allclose(full, [[-0.5, -0.5, -0.5]])
+
+
+def test_loss_value_on_hand_example():
+  lp = jnp.array([[-1.0, -2.0]])
+  ref = jnp.array([[-1.0, -1.0]])
+  mask = jnp.ones((1, 2))
+  # advantage per token with reward to go: P - 1/2 - tau * [-1, -1] = 0.3 + 0.1 = 0.4 at tau = 0.1, P = 0.8
+  loss = online.nash_md_pg_loss(lp, ref, mask, jnp.array([0.8]), 0.1)
+  np.testing.assert_allclose(loss, -(-1.0 * 0.4 + -2.0 * 0.4), rtol=1e-6)
+
+
+def test_ipo_loss_minimiser_two_actions():
+  """Two single-token actions, uniform mu, a always preferred: the IPO optimum has h = 1/(2 tau), i.e.
+  pi(a) = sigmoid(1/(2 tau)) (NLHF_MATH.md section 7)."""
+  tau = 0.4
+  ref = jnp.log(jnp.array([[0.5]]))
+
+  def loss(logit):
+    lp = jax.nn.log_softmax(jnp.array([logit, 0.0]))
+    return online.ipo_loss(lp[None, :1], ref, jnp.ones((1, 1)), lp[None, 1:], ref, jnp.ones((1, 1)),
+                           jnp.array([1.0]), tau)
+
+  logit = jax.jit(lambda x0: jax.lax.fori_loop(0, 2000, lambda _, x: x - 0.5 * jax.grad(loss)(x), x0))(0.0)
+  np.testing.assert_allclose(jax.nn.sigmoid(logit), jax.nn.sigmoid(0.5 / tau), atol=1e-4)
+
+
+def test_rlhf_baseline_does_not_bias_gradient():
+  lp = jnp.array([[-1.0, -2.0]])
+  ref = lp
+  mask = jnp.ones((1, 2))
+  g = lambda base: jax.grad(lambda x: online.rlhf_pg_loss(x, ref, mask, jnp.array([2.0]), base, 0.1))(lp)
+  np.testing.assert_allclose(g(jnp.array([0.0])) - g(jnp.array([1.0])), -jnp.ones((1, 2)), rtol=1e-6)
