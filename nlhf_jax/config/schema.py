@@ -84,6 +84,28 @@ class TrainConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class OnlineConfig:
+  """Online NLHF objectives (nash_md, nash_ema, rlhf, online_ipo, ipo_md): sampling, judge and regularisation.
+
+  Self-play is nash_md with beta = 0 and best response is nash_md with beta = 1.
+  """
+  beta: float = 0.125  # weight of the anchor (mu; the EMA policy for nash_ema) in the opponent's logits
+  tau: float = 0.008  # KL(pi || mu) regularisation
+  ema_rate: float = 0.999  # nash_ema: theta_bar <- ema_rate * theta_bar + (1 - ema_rate) * theta
+  samples_per_prompt: int = 1
+  reward_to_go: bool = True  # variance-reduced KL term (positions >= n only)
+  temperature: float = 1.0  # applied after mixing the policy and anchor logits
+  top_k: int = 0  # 0: off
+  top_p: float = 1.0  # 1.0: off
+  max_new_tokens: int = 32
+  reference_checkpoint: str = ''  # the SFT run (mu); empty: mu is the policy's initial parameters
+  judge: str = 'oracle'  # 'preference_model', 'reward_model' or 'oracle'
+  judge_checkpoint: str = ''  # the preference_model / reward_model run
+  oracle: str = ''  # 'module:function' or 'module:factory(args)' for judge='oracle'
+  binary_judgements: bool = False  # replace P(y > y') by a 0/1 draw (the model-free variant)
+
+
+@dataclasses.dataclass(frozen=True)
 class DistributedConfig:
   """Multi-process launch. With `initialize=True` the run calls jax.distributed.initialize."""
   initialize: bool = False
@@ -101,5 +123,6 @@ class ExperimentConfig:
   optim: OptimConfig = OptimConfig()
   data: DataConfig = DataConfig()
   train: TrainConfig = TrainConfig()
+  online: OnlineConfig = OnlineConfig()
   distributed: DistributedConfig = DistributedConfig()
   init_checkpoint: Optional[str] = None  # params-only warm start (e.g. an SFT model)

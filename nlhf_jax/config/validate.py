@@ -111,12 +111,46 @@ def check_values(cfg: schema.ExperimentConfig) -> None:
   _require(t.batch_size % t.grad_accum_steps == 0,
            f'config.train.batch_size={t.batch_size} is not divisible by '
            f'config.train.grad_accum_steps={t.grad_accum_steps}')
+  check_online(cfg)
   mesh = cfg.mesh
   axes = {'data': mesh.data, 'fsdp': mesh.fsdp, 'tensor': mesh.tensor}
   for name, size in axes.items():
     _require(size == -1 or size >= 1, f'config.mesh.{name}={size}: must be >= 1, or -1 to fill')
   _require(sum(v == -1 for v in axes.values()) <= 1,
            'config.mesh: at most one of data, fsdp, tensor may be -1')
+
+
+ONLINE_OBJECTIVES = ('nash_md', 'nash_ema', 'rlhf', 'online_ipo', 'ipo_md')
+
+
+def check_online(cfg: schema.ExperimentConfig) -> None:
+  """Checks of config.online (always: they are cheap) and of the lengths an objective needs."""
+  o, m, d = cfg.online, cfg.model, cfg.data
+  _require(0.0 <= o.beta <= 1.0, f'config.online.beta={o.beta}: must be in [0, 1] (0: self-play, 1: best response)')
+  _require(math.isfinite(o.tau) and o.tau >= 0, f'config.online.tau={o.tau}: must be >= 0')
+  _require(0.0 <= o.ema_rate < 1.0, f'config.online.ema_rate={o.ema_rate}: must be in [0, 1)')
+  _require(o.samples_per_prompt >= 1, f'config.online.samples_per_prompt={o.samples_per_prompt}: must be >= 1')
+  _require(o.temperature >= 0, f'config.online.temperature={o.temperature}: must be >= 0 (0: greedy)')
+  _require(o.top_k >= 0, f'config.online.top_k={o.top_k}: must be >= 0 (0: off)')
+  _require(0.0 < o.top_p <= 1.0, f'config.online.top_p={o.top_p}: must be in (0, 1] (1: off)')
+  _require(o.max_new_tokens > 0, f'config.online.max_new_tokens={o.max_new_tokens}: must be positive')
+  _require(o.judge in ('preference_model', 'reward_model', 'oracle'),
+           f"config.online.judge={o.judge!r}: use 'preference_model', 'reward_model' or 'oracle'")
+  objective = cfg.train.objective
+  if objective in ONLINE_OBJECTIVES:
+    _require(d.prompt_len + o.max_new_tokens <= m.max_len,
+             f'config.data.prompt_len={d.prompt_len} + config.online.max_new_tokens={o.max_new_tokens} exceeds '
+             f'config.model.max_len={m.max_len}')
+    _require(objective != 'rlhf' or o.judge == 'reward_model',
+             f"config.train.objective='rlhf' needs config.online.judge='reward_model' (got {o.judge!r})")
+    _require(o.judge != 'oracle' or bool(o.oracle),
+             "config.online.judge='oracle' needs config.online.oracle ('module:function')")
+    _require(o.judge == 'oracle' or bool(o.judge_checkpoint),
+             f'config.online.judge={o.judge!r} needs config.online.judge_checkpoint (the workdir of that run)')
+  if objective in ('preference_model', 'reward_model'):
+    need = d.prompt_len + (2 if objective == 'preference_model' else 1) * d.response_len
+    _require(need <= m.max_len, f'config.model.max_len={m.max_len} is shorter than the {objective} input: '
+             f'data.prompt_len + {"2 * " if objective == "preference_model" else ""}data.response_len = {need}')
 
 
 def resolve_mesh_shape(mesh: schema.MeshConfig, num_devices: int) -> dict[str, int]:

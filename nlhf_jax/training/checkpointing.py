@@ -93,3 +93,26 @@ def restore_params(directory: str, abstract_params, step: int | None = None) -> 
       params=ocp.args.StandardRestore(_abstract(abstract_params))))
   manager.close()
   return restored['params'], step
+
+
+def checkpoints_dir(path: str) -> str:
+  """A run's workdir or its checkpoints directory -> the checkpoints directory (clear error if neither)."""
+  path = os.path.abspath(path)
+  if os.path.isdir(os.path.join(path, 'checkpoints')):
+    return os.path.join(path, 'checkpoints')
+  if os.path.isdir(path):
+    return path
+  raise FileNotFoundError(f'checkpoint path {path} does not exist; give the --workdir of an nlhf-train run '
+                          '(or its checkpoints/ directory)')
+
+
+def read_run_config(path: str, step: int | None = None) -> dict:
+  """The experiment config (as JSON) that a checkpointed run was written with."""
+  directory = checkpoints_dir(path)
+  manager = ocp.CheckpointManager(directory)
+  step = manager.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(f'no checkpoint in {directory}; expected step directories written by nlhf-train')
+  meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+  manager.close()
+  return meta.get('config', {})

@@ -1,0 +1,119 @@
+"""Judges behind one interface: P(y > y' | x) for sampled pairs, inside the jitted train step.
+
+Kinds (config.online.judge):
+- 'preference_model': a frozen PreferenceModel checkpoint, P = sigmoid(f(x, y, y'));
+- 'reward_model': a frozen RewardModel checkpoint used as sigmoid(r(x, y) - r(x, y'));
+- 'oracle': a programmatic judge named by config.online.oracle (see nlhf_jax/online/oracles.py).
+With config.online.binary_judgements the probability is replaced by a 0/1 judgement drawn from it (the paper's
+model-free variant). Frozen parameters are sharded by the rule table and are never differentiated.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import re
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh
+
+from nlhf_jax.config import ConfigError, ModelConfig
+from nlhf_jax.distributed import named, param_specs
+from nlhf_jax.models.judges import PreferenceModel, RewardModel
+from nlhf_jax.training import checkpointing
+
+JUDGE_KINDS = ('preference_model', 'reward_model', 'oracle')
+
+
+@dataclasses.dataclass(frozen=True)
+class FrozenModel:
+  """A model restored params-only from a run's checkpoint, for use inside jitted steps."""
+  graphdef: nnx.GraphDef
+  params: Any
+  model_cfg: ModelConfig
+
+  def module(self, params=None) -> nnx.Module:
+    return nnx.merge(self.graphdef, self.params if params is None else params)
+
+
+def load_frozen(path: str, model_cls, mesh: Mesh) -> FrozenModel:
+  """Restores `model_cls` (its config read from the checkpoint) sharded on `mesh` by the rule table."""
+  run_cfg = checkpointing.read_run_config(path)
+  fields = {f.name for f in dataclasses.fields(ModelConfig)}
+  model_cfg = ModelConfig(**{k: v for k, v in run_cfg.get('model', {}).items() if k in fields})
+  graphdef, abstract = nnx.split(nnx.eval_shape(lambda: model_cls(model_cfg, nnx.Rngs(0))))
+  shardings = named(mesh, param_specs(abstract))
+  target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                        nnx.to_pure_dict(abstract), shardings)
+  params, _ = checkpointing.restore_params(checkpointing.checkpoints_dir(path), target)
+  return FrozenModel(graphdef, params, model_cfg)
+
+
+def resolve_oracle(spec: str) -> Callable:
+  """'package.module:function' or 'package.module:factory(arg, ...)' (literal Python arguments)."""
+  match = re.fullmatch(r'([\w.]+):(\w+)(?:\((.*)\))?', spec or '')
+  if not match:
+    raise ConfigError(f"config.online.oracle={spec!r}: expected 'module:function' or 'module:factory(args)', "
+                      "e.g. 'nlhf_jax.online.oracles:more_of(\"a\")'")
+  module_name, attr, args = match.groups()
+  try:
+    fn = getattr(importlib.import_module(module_name), attr)
+  except (ImportError, AttributeError) as e:
+    raise ConfigError(f'config.online.oracle={spec!r}: cannot import it ({e})') from e
+  if args is not None:
+    import ast
+    fn = fn(*ast.literal_eval(f'({args},)')) if args.strip() else fn()
+  return fn
+
+
+def _on_host(fn: Callable) -> Callable:
+  def call(*arrays):
+    out_shape = jax.ShapeDtypeStruct(arrays[0].shape[:1], jnp.float32)
+    host = lambda *xs: np.asarray(fn(*xs), np.float32)
+    return jax.pure_callback(host, out_shape, *arrays, vmap_method='sequential')
+  return call
+
+
+@dataclasses.dataclass(frozen=True)
+class Judge:
+  """prob(params, prompt, prompt_mask, y, y_mask, y2, y2_mask) -> P(y > y2 | x), float32 [B]; for reward models
+  also reward(params, prompt, prompt_mask, y, y_mask) -> r(x, y)."""
+  kind: str
+  params: Any  # frozen pytree (None for oracles): pass it to the jitted step as an argument
+  _prob: Callable
+  _reward: Callable | None = None
+
+  def prob(self, params, *texts):
+    return self._prob(params, *texts)
+
+  def reward(self, params, *texts):
+    if self._reward is None:
+      raise ConfigError(f"this objective needs a scalar reward; config.online.judge={self.kind!r} gives only "
+                        "pairwise preferences: use judge='reward_model'")
+    return self._reward(params, *texts)
+
+
+def make_judge(kind: str, mesh: Mesh, checkpoint: str = '', oracle: str = '') -> Judge:
+  if kind == 'oracle':
+    fn = resolve_oracle(oracle)
+    fn = _on_host(fn) if getattr(fn, 'runs_on_host', False) else fn
+    return Judge(kind, None, lambda params, *texts: fn(*texts).astype(jnp.float32))
+  if kind not in JUDGE_KINDS:
+    raise ConfigError(f'config.online.judge={kind!r}: choose one of {", ".join(JUDGE_KINDS)}')
+  if not checkpoint:
+    raise ConfigError(f"config.online.judge={kind!r} needs config.online.judge_checkpoint (the --workdir of the "
+                      f"{kind} run)")
+  frozen = load_frozen(checkpoint, PreferenceModel if kind == 'preference_model' else RewardModel, mesh)
+  prob = lambda params, *texts: jax.nn.sigmoid(frozen.module(params).logit(*texts))
+  reward = None
+  if kind == 'reward_model':
+    reward = lambda params, *texts: frozen.module(params).reward(*texts)
+  return Judge(kind, frozen.params, prob, reward)
+
+
+def binary_judgement(prob: jax.Array, key: jax.Array) -> jax.Array:
+  """A 0/1 judgement drawn with probability `prob` (the model-free variant)."""
+  return jax.random.bernoulli(key, prob).astype(jnp.float32)
