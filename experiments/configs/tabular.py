@@ -1,0 +1,43 @@
+"""The tabular laboratory (`nlhf-tabular`): Nash-MD and its baselines on exact preference games.
+
+Variants: `dice` (non-transitive dice, RLHF vs Nash-MD), `random` (random games), `bt` (Bradley-Terry
+preferences, where RLHF and NLHF agree) and `mixture` (a transitive plus a cyclic component).
+  nlhf-tabular --config=experiments/configs/tabular.py:dice --workdir=/tmp/tabular [--config.tau=0.05 ...]
+"""
+import ml_collections
+
+VARIANTS = ('dice', 'random', 'bt', 'mixture')
+
+
+def get_config(arg: str = 'dice') -> ml_collections.ConfigDict:
+  variant = arg or 'dice'
+  if variant not in VARIANTS:
+    raise ValueError(f"unknown variant {variant!r} of tabular.py; use one of: {', '.join(VARIANTS)}")
+  c = ml_collections.ConfigDict()
+  c.name = f'tabular_{variant}'
+  c.seed = 0
+  c.game = dict(family=variant, num_actions=3, num_games=1, random_kind='uniform', score_scale=2.0,
+                mixture_weight=0.5)
+  # Reference policy mu: 'uniform', 'dirichlet' (concentration) or 'given' (probs, comma separated).
+  c.mu = dict(kind='uniform', concentration=1.0, probs='')
+  c.tau = 0.1
+  c.num_steps = 2000
+  c.algorithms = 'nash_md,omd,nash_ema,self_play,best_response,rlhf'
+  c.schedule = 'theory'  # Nash-MD, OMD, Nash-EMA, best response, RLHF: 'theory', 'constant' or 'inverse_sqrt'
+  c.eta = 0.1  # step size of the constant / inverse_sqrt schedules, and always of self-play
+  c.ema_beta = 0.9
+  c.bt_sampling = 'mu'  # the pair distribution of the Bradley-Terry fit behind RLHF: 'mu' (nu = mu) or 'uniform'
+  c.num_curve_points = 200  # points per curve in curves.json and the plots (log-spaced in t)
+  if variant == 'dice':
+    c.mu.kind, c.mu.probs = 'given', '0.7,0.2,0.1'
+    c.tau = 0.01
+    c.num_steps = 10_000
+  elif variant == 'random':
+    c.game.num_actions, c.game.num_games = 20, 16
+    c.mu.kind = 'dirichlet'
+  elif variant == 'bt':
+    c.game.num_actions, c.game.num_games = 10, 8
+  elif variant == 'mixture':
+    c.game.num_actions, c.game.num_games = 9, 8
+    c.tau = 0.05
+  return c

@@ -1,0 +1,7 @@
+"""Tabular NLHF: exact preference games, the regularised Nash equilibrium, and Nash-MD and its baselines.
+
+Modules: games (preference matrices, contexts, reference policies), exact (float64 closed forms and solvers),
+algorithms (Nash-MD, OMD, Nash-EMA, self-play, best response, RLHF; jit/vmap-able), bandits (IPO and DPO),
+cli (`nlhf-tabular`), bench (timings). Importing the package does not change JAX's global settings; float64 is
+enabled locally with `jax.enable_x64(True)` where exact checks need it.
+"""

@@ -1,0 +1,187 @@
+"""`nlhf-tabular`: runs the tabular algorithms on a game family and writes curves, a table and plots.
+
+  nlhf-tabular --config=experiments/configs/tabular.py:dice --workdir=/tmp/tabular [--config.tau=0.05 ...]
+
+Writes WORKDIR/curves.json (KL_rho(pi*_tau, pi_t) and e_tau(pi_t) against t, averaged over the games),
+WORKDIR/results.md (final values, the exact equilibria and the RLHF policy), WORKDIR/kl.png (with the Theorem 1
+bound 8 / (tau^2 (t + 1)) of Nash-MD with eta_t = 2 / (tau (t + 2))) and WORKDIR/exploitability.png.
+Everything runs in float64 (jax.enable_x64 inside this command only).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import jax
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+from nlhf_jax.tabular import algorithms, exact, games
+
+log = logging.getLogger(__name__)
+
+
+
+def define_flags() -> None:
+  """--config and --workdir, defined when the command starts (not at import, so that this module can be imported
+  next to other commands that define flags of the same names)."""
+  config_flags.DEFINE_config_file('config', None, 'Experiment config file, e.g. '
+                                  'experiments/configs/tabular.py:dice', lock_config=True)
+  flags.DEFINE_string('workdir', None, 'Directory for curves.json, results.md and the plots.')
+  flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def reference_policy(cfg, rng: np.random.Generator, n: int) -> np.ndarray:
+  probs = [float(p) for p in str(cfg.mu.probs).split(',') if p.strip()] if cfg.mu.probs else None
+  return games.reference_policy(n, cfg.mu.kind, rng, cfg.mu.concentration, probs)
+
+
+def make_games(cfg) -> list[games.Game]:
+  """The cfg.game.num_games games of the family (dice: one game), each with its reference policy."""
+  rng = np.random.default_rng(cfg.seed)
+  count = 1 if cfg.game.family == 'dice' else cfg.game.num_games
+  out = []
+  for _ in range(count):
+    P = games.build(cfg.game.family, rng, cfg.game.num_actions, cfg.game.random_kind, cfg.game.score_scale,
+                    cfg.game.mixture_weight)
+    out.append(games.make_game(P, reference_policy(cfg, rng, P.shape[-1])))
+  return out
+
+
+def curve_points(num_steps: int, count: int) -> np.ndarray:
+  """About `count` log-spaced indices in 0..num_steps (always including both ends)."""
+  return np.unique(np.concatenate([[0], np.geomspace(1, num_steps, max(count - 1, 1)).astype(int), [num_steps]]))
+
+
+def run_experiment(cfg) -> dict:
+  """Solves the games exactly, runs every algorithm (vmapped over the games) and returns the results as a dict."""
+  tau, T = float(cfg.tau), int(cfg.num_steps)
+  gs = make_games(cfg)
+  solved = [exact.solve_regularized_game(g.P, g.mu, tau) for g in gs]
+  targets = np.stack([s[0] for s in solved])
+  certs = [c for s in solved for c in s[1]]
+  nash0 = [exact.solve_unregularized(g.P[0]) for g in gs]
+  nu = lambda g: g.mu[0] if cfg.bt_sampling == 'mu' else None
+  rewards = np.stack([exact.bt_fit(g.P[0], nu(g))[None] for g in gs])
+  batch = algorithms.stack([algorithms.tables(g.P, g.mu, g.rho) for g in gs])
+  taus = np.full(len(gs), tau)
+  idx = curve_points(T, cfg.num_curve_points)
+  rows, curves = {}, {}
+  with jax.enable_x64(True):
+    for name in [a.strip() for a in cfg.algorithms.split(',') if a.strip()]:
+      schedule = 'constant' if name == 'self_play' and cfg.schedule == 'theory' else cfg.schedule
+      c = algorithms.run_batch(name, batch, taus, T, targets, schedule=schedule, eta=cfg.eta, beta=cfg.ema_beta,
+                               reward=rewards if name == 'rlhf' else None)
+      kl, ex = np.asarray(c.kl), np.asarray(c.exploitability)
+      pis = np.exp(np.asarray(c.log_pi))
+      e0 = np.mean([exact.exploitability(g.P, p, g.mu, 0.0, g.rho) for g, p in zip(gs, pis)])
+      curves[name] = dict(kl_mean=kl.mean(0)[idx].tolist(), kl_max=kl.max(0)[idx].tolist(),
+                          exploitability_mean=ex.mean(0)[idx].tolist(), exploitability_max=ex.max(0)[idx].tolist())
+      rows[name] = dict(kl=float(kl[:, -1].mean()), exploitability=float(ex[:, -1].mean()),
+                        exploitability0=float(e0), schedule=schedule)
+      if len(gs) == 1:
+        rows[name]['policy'] = pis[0, 0].tolist()
+  rlhf_exact = [exact.rlhf_policy(g.mu, r, tau) for g, r in zip(gs, rewards)]
+  exact_rows = {
+      'pi*_tau': dict(kl=0.0, exploitability=float(np.mean([c.exploitability for c in certs])),
+                      exploitability0=float(np.mean([exact.exploitability(g.P, p, g.mu, 0.0, g.rho)
+                                                     for g, p in zip(gs, targets)]))),
+      'rlhf (closed form)': dict(
+          kl=float(np.mean([exact.kl(t, p, g.rho) for g, t, p in zip(gs, targets, rlhf_exact)])),
+          exploitability=float(np.mean([exact.exploitability(g.P, p, g.mu, tau, g.rho)
+                                        for g, p in zip(gs, rlhf_exact)])),
+          exploitability0=float(np.mean([exact.exploitability(g.P, p, g.mu, 0.0, g.rho)
+                                         for g, p in zip(gs, rlhf_exact)]))),
+      'mu': dict(kl=float(np.mean([exact.kl(t, g.mu, g.rho) for g, t in zip(gs, targets)])),
+                 exploitability=float(np.mean([exact.exploitability(g.P, g.mu, g.mu, tau, g.rho) for g in gs])),
+                 exploitability0=float(np.mean([exact.exploitability(g.P, g.mu, g.mu, 0.0, g.rho) for g in gs]))),
+  }
+  if len(gs) == 1:
+    exact_rows['pi*_tau']['policy'] = targets[0, 0].tolist()
+    exact_rows['rlhf (closed form)']['policy'] = rlhf_exact[0][0].tolist()
+    exact_rows['mu']['policy'] = gs[0].mu[0].tolist()
+  return dict(
+      name=cfg.name, family=cfg.game.family, tau=tau, num_steps=T, num_games=len(gs),
+      num_actions=int(gs[0].num_actions), t=idx.tolist(), bound=(8.0 / (tau**2 * (idx + 1.0))).tolist(),
+      curves=curves, final=rows, exact=exact_rows,
+      solver=dict(max_exploitability=max(c.exploitability for c in certs),
+                  max_residual=max(c.residual for c in certs), all_converged=all(c.converged for c in certs)),
+      unregularized=dict(values=[v for _, v in nash0], policy=nash0[0][0].tolist() if len(gs) == 1 else None),
+      bt_rewards=rewards[0, 0].tolist() if len(gs) == 1 else None, config=cfg.to_dict())
+
+
+def markdown(res: dict) -> str:
+  """The results table."""
+  lines = [f"# {res['name']}: {res['family']}, {res['num_games']} game(s), {res['num_actions']} actions, "
+           f"tau = {res['tau']:g}, T = {res['num_steps']}", '',
+           'KL = KL_rho(pi*_tau, pi_T); e_tau: exploitability in the regularised game; e_0: unregularised '
+           '(max_y P(y > pi) - 1/2). Means over the games.', '',
+           '| policy | KL(pi*_tau, pi_T) | e_tau(pi_T) | e_0(pi_T) | pi_T |', '|---|---|---|---|---|']
+  fmt = lambda p: '' if p is None else '(' + ', '.join(f'{x:.3f}' for x in p) + ')'
+  for name, r in list(res['final'].items()) + list(res['exact'].items()):
+    lines.append(f"| {name} | {r['kl']:.3e} | {r['exploitability']:.3e} | {r['exploitability0']:.3e} | "
+                 f"{fmt(r.get('policy'))} |")
+  s = res['solver']
+  lines += ['', f"Regularised solver: max exploitability {s['max_exploitability']:.2e}, max fixed-point residual "
+            f"{s['max_residual']:.2e}, all certified: {s['all_converged']}.",
+            f"Unregularised game values (linear program): {', '.join(f'{v:.6f}' for v in res['unregularized']['values'])}."]
+  if res['unregularized']['policy'] is not None:
+    lines.append(f"Unregularised equilibrium: {fmt(res['unregularized']['policy'])}; "
+                 f"Bradley-Terry scores: {fmt(res['bt_rewards'])}.")
+  lines.append(f"Theorem 1 bound at T: 8 / (tau^2 (T + 1)) = {res['bound'][-1]:.3e}.")
+  return '\n'.join(lines) + '\n'
+
+
+def plot(res: dict, workdir: str) -> None:
+  """kl.png (with the Theorem 1 bound) and exploitability.png, log-log against t + 1."""
+  import matplotlib
+  matplotlib.use('Agg')
+  from matplotlib import pyplot as plt
+  t1 = np.asarray(res['t']) + 1.0
+  for key, fname, ylabel in (('kl_mean', 'kl.png', 'KL(pi*_tau, pi_t)'),
+                             ('exploitability_mean', 'exploitability.png', 'exploitability e_tau(pi_t)')):
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    for name, c in res['curves'].items():
+      ax.plot(t1, np.maximum(np.asarray(c[key]), 1e-16), label=name)
+    if key == 'kl_mean':
+      ax.plot(t1, res['bound'], 'k--', label='Theorem 1: 8 / (tau^2 (t+1))')
+    ax.set_xscale('log')
+    ax.set_yscale('log')
+    ax.set_xlabel('t + 1')
+    ax.set_ylabel(ylabel)
+    ax.set_title(f"{res['name']} (tau = {res['tau']:g}, {res['num_games']} game(s))")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(os.path.join(workdir, fname), dpi=120)
+    plt.close(fig)
+
+
+def write(res: dict, workdir: str) -> None:
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, 'curves.json'), 'w') as f:
+    json.dump(res, f, indent=1)
+  with open(os.path.join(workdir, 'results.md'), 'w') as f:
+    f.write(markdown(res))
+  plot(res, workdir)
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
+  logging.basicConfig(level=logging.INFO)
+  workdir = flags.FLAGS.workdir
+  res = run_experiment(flags.FLAGS.config)
+  write(res, workdir)
+  log.info('wrote %s/{curves.json,results.md,kl.png,exploitability.png}', workdir)
+  print(markdown(res))
+
+
+def run() -> None:
+  define_flags()
+  app.run(main)
+
+
+if __name__ == '__main__':
+  run()

@@ -1,0 +1,48 @@
+"""`nlhf-tabular` end to end on small configs, and the config variants."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from experiments.configs import tabular as tabular_config
+from nlhf_jax.tabular import cli
+
+
+@pytest.mark.parametrize('variant', tabular_config.VARIANTS)
+def test_config_variants(variant):
+  cfg = tabular_config.get_config(variant)
+  assert cfg.game.family == variant and cfg.tau > 0
+  with pytest.raises(ValueError):
+    tabular_config.get_config('chess')
+
+
+def test_run_experiment_dice_small():
+  cfg = tabular_config.get_config('dice')
+  cfg.num_steps = 300
+  cfg.algorithms = 'nash_md,rlhf'
+  res = cli.run_experiment(cfg)
+  assert res['unregularized']['values'][0] == pytest.approx(0.5)
+  assert res['final']['rlhf']['exploitability0'] >= 0.05
+  assert res['final']['nash_md']['exploitability'] < 1e-3
+  assert res['solver']['all_converged']
+  assert len(res['t']) == len(res['curves']['nash_md']['kl_mean']) == len(res['bound'])
+  assert all(k <= b for k, b in zip(res['curves']['nash_md']['kl_max'], res['bound']))
+
+
+def test_cli_writes_outputs(tmp_path):
+  root = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..')
+  workdir = str(tmp_path / 'run')
+  argv = [sys.executable, '-m', 'nlhf_jax.tabular.cli', '--config=experiments/configs/tabular.py:random',
+          f'--workdir={workdir}', '--config.num_steps=50', '--config.game.num_games=2',
+          '--config.game.num_actions=5', '--config.algorithms=nash_md,omd,self_play']
+  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=root + os.pathsep + os.environ.get('PYTHONPATH', ''))
+  out = subprocess.run(argv, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  for name in ('curves.json', 'results.md', 'kl.png', 'exploitability.png'):
+    assert os.path.getsize(os.path.join(workdir, name)) > 0
+  res = json.load(open(os.path.join(workdir, 'curves.json')))
+  assert res['num_games'] == 2 and res['num_actions'] == 5 and res['num_steps'] == 50
+  assert set(res['curves']) == {'nash_md', 'omd', 'self_play'}
+  assert '| nash_md |' in open(os.path.join(workdir, 'results.md')).read()
