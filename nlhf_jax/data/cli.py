@@ -1,0 +1,62 @@
+"""`nlhf-data build`: JSONL records (or TL;DR comparisons) -> a TFDS array_record data set.
+
+  python -m nlhf_jax.data.cli build --kind=pairs --input=pairs.jsonl --name=my_pairs --data_dir=DIR \
+      [--validation_fraction=0.1] [--seed=0] [--format=jsonl|tldr] [--overwrite]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from nlhf_jax.data import records, tfds_builders, tldr
+
+
+def _parser() -> argparse.ArgumentParser:
+  parser = argparse.ArgumentParser(prog='nlhf-data', description='Build the data sets that configs refer to.')
+  sub = parser.add_subparsers(dest='command', required=True)
+  build = sub.add_parser('build', help='JSONL -> TFDS data set (train and validation splits)')
+  build.add_argument('--kind', choices=records.KINDS, default='pairs')
+  build.add_argument('--input', required=True, help='a JSONL file, one record a line')
+  build.add_argument('--format', choices=('jsonl', 'tldr'), default='jsonl',
+                     help="'tldr': OpenAI summarize-from-feedback comparisons (implies --kind=pairs)")
+  build.add_argument('--name', required=True, help='the TFDS name that configs use (data.name)')
+  build.add_argument('--data_dir', required=True, help='the TFDS data directory (data.data_dir)')
+  build.add_argument('--validation_fraction', type=float, default=0.1)
+  build.add_argument('--seed', type=int, default=0, help='seeds the train/validation split')
+  build.add_argument('--overwrite', action='store_true', help='rebuild a data set that already exists')
+  return parser
+
+
+def build(args: argparse.Namespace) -> dict[str, int]:
+  if args.format == 'tldr':
+    if args.kind != 'pairs':
+      raise records.DataError('--format=tldr makes pairs; use --kind=pairs')
+    recs = tldr.read_comparisons(args.input)
+  else:
+    recs = records.read_jsonl(args.input, args.kind)
+  import tensorflow_datasets as tfds
+  tfds.disable_progress_bar()
+  return tfds_builders.build(recs, args.kind, args.name, args.data_dir, args.validation_fraction, args.seed,
+                             args.overwrite)
+
+
+def main(argv: list[str] | None = None) -> int:
+  args = _parser().parse_args(argv)
+  try:
+    counts = build(args)
+  except records.DataError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 1
+  total = sum(counts.values())
+  print(f'built {args.kind} data set {args.name!r} in {args.data_dir} ({total} examples)')
+  for split, n in counts.items():
+    print(f'  {split}: {n}')
+  return 0
+
+
+def run() -> None:
+  sys.exit(main())
+
+
+if __name__ == '__main__':
+  run()

@@ -1,0 +1,277 @@
+"""Deterministic, resumable, per-process batch iterators over prompts, demonstrations and preference pairs.
+
+Built on `IndexedBatches` rather than Grain: global batch k is a pure function of (seed, k), so each process
+reads exactly its `rows` of every global batch from a random-access source (a TFDS array_record split, an
+in-memory list or the built-in synthetic data), and the iterator state is one integer. Grain's MapDataset
+could express the same index arithmetic but would add a dependency on its state format for no gain.
+
+Batch formats (numpy, B = the process's rows of the global batch):
+  prompts:        prompt int32 [B, prompt_len] left-padded ([bos] text [sep]); prompt_mask bool.
+  pairs:          the prompt fields; response_a/response_b int32 [B, response_len] right-padded (text [eos]);
+                  response_a_mask/response_b_mask bool; preference float32 [B] (P(a preferred)).
+  demonstrations: tokens int32 [B, seq_len] ([bos] prompt [sep] response [eos], right-padded), mask bool,
+                  loss_mask float32 (response and eos); with split_fields also prompt/prompt_mask and
+                  response/response_mask as above.
+Every batch has example_index int32 [B] (index in the split). Evaluation batches add valid bool [B]
+(False on the padding rows of the last batch).
+"""
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+
+from nlhf_jax.data import records as records_lib
+from nlhf_jax.data import synthetic
+from nlhf_jax.data.iterators import IndexedBatches
+from nlhf_jax.data.records import DataError
+from nlhf_jax.data.tokenizer import Tokenizer, load_tokenizer
+
+log = logging.getLogger(__name__)
+
+
+# Sources: __len__, __getitems__(indices) -> list of record dicts, name, kind.
+
+class ListSource:
+  """In-memory records (validated on construction)."""
+
+  def __init__(self, recs: list, kind: str, name: str = 'records'):
+    self.kind, self.name = kind, name
+    self._records = records_lib.validate_all(recs, kind, name)
+
+  def __len__(self) -> int:
+    return len(self._records)
+
+  def __getitems__(self, indices) -> list[dict]:
+    return [self._records[int(i)] for i in indices]
+
+
+class SyntheticSource:
+  """The built-in sorting task as records: example i is a pure function of (seed, offset + i).
+
+  Pairs compare the sorted order with a wrong order of the same words, in a random position.
+  """
+
+  def __init__(self, kind: str, seed: int, num_examples: int, offset: int = 0, name: str = 'synthetic'):
+    self.kind, self.name, self._seed, self._n, self._offset = kind, name, seed, num_examples, offset
+
+  def __len__(self) -> int:
+    return self._n
+
+  def _record(self, index: int) -> dict:
+    prompt, response = synthetic.sort_demonstration(self._seed, self._offset + index)
+    if self.kind == 'prompts':
+      return {'prompt': prompt}
+    if self.kind == 'demonstrations':
+      return {'prompt': prompt, 'response': response}
+    rng = np.random.default_rng([self._seed, self._offset + index, 1])
+    words = response.split(' ')
+    wrong = ' '.join(words[::-1]) if len(words) > 1 else response + ' ' + response
+    a_first = bool(rng.integers(2))
+    a, b = (response, wrong) if a_first else (wrong, response)
+    return {'prompt': prompt, 'response_a': a, 'response_b': b, 'preference': float(a_first)}
+
+  def __getitems__(self, indices) -> list[dict]:
+    return [self._record(int(i)) for i in indices]
+
+
+def make_source(data_cfg, kind: str, seed: int, split: str | None = None, recs: list | None = None):
+  """The random-access source for `kind` named by data_cfg (or `recs`, when given)."""
+  records_lib.check_kind(kind)
+  split = split or data_cfg.split
+  if recs is not None:
+    return ListSource(recs, kind, f'records[{split}]')
+  if data_cfg.source == 'synthetic':
+    if split == 'train':
+      return SyntheticSource(kind, seed, data_cfg.num_examples, name='synthetic[train]')
+    # Other splits are the examples after the training ones: disjoint and just as reproducible.
+    return SyntheticSource(kind, seed, max(1, data_cfg.num_examples // 8), data_cfg.num_examples,
+                           name=f'synthetic[{split}]')
+  if data_cfg.source == 'tfds':
+    from nlhf_jax.data.tfds_builders import SplitSource
+    src = SplitSource(data_cfg.name, data_cfg.data_dir, split)
+    if src.kind != kind:
+      raise DataError(f'data set {src.name} holds {src.kind}, not {kind}')
+    return src
+  raise DataError(f"config.data.source={data_cfg.source!r} must be 'synthetic' or 'tfds'")
+
+
+# Encoding: records -> fixed-length arrays, with the overflow policy.
+
+class Encoder:
+  """Tokenises records into padded arrays; truncates (and counts) or raises on examples that do not fit."""
+
+  def __init__(self, tokenizer: Tokenizer, data_cfg, kind: str, source_name: str, split_fields: bool = True):
+    if data_cfg.overflow not in ('truncate', 'error'):
+      raise DataError(f"config.data.overflow={data_cfg.overflow!r} must be 'truncate' or 'error'")
+    self.tok, self.cfg, self.kind, self.name, self.split_fields = tokenizer, data_cfg, kind, source_name, split_fields
+    self.num_truncated = 0
+    self._next_warning = 1
+
+  def _overflow(self, index: int, field: str, length: int, limit_name: str, limit: int) -> None:
+    if self.cfg.overflow == 'error':
+      raise DataError(f'{self.name} example {index}: field {field!r} has {length} tokens, more than '
+                      f"data.{limit_name}={limit} (data.overflow='error'; use 'truncate' or longer lengths)")
+
+  def _prompt(self, text: str, index: int, limit: int, limit_name: str) -> tuple[list[int], bool]:
+    """[bos] text [sep]; an over-long prompt keeps its end (nearest the response)."""
+    body = self.tok.encode(text)
+    if len(body) + 2 <= limit:
+      return [self.tok.bos_id] + body + [self.tok.sep_id], False
+    self._overflow(index, 'prompt', len(body) + 2, limit_name, limit)
+    keep = max(limit - 2, 0)
+    return [self.tok.bos_id] + (body[-keep:] if keep else []) + [self.tok.sep_id], True
+
+  def _response(self, text: str, index: int, field: str, limit: int, limit_name: str) -> tuple[list[int], bool]:
+    """text [eos]; an over-long response is cut at the limit and has no eos (it did not end)."""
+    ids = self.tok.encode(text) + [self.tok.eos_id]
+    if len(ids) <= limit:
+      return ids, False
+    self._overflow(index, field, len(ids), limit_name, limit)
+    return ids[:limit], True
+
+  def _pad(self, ids: list[int], length: int, left: bool) -> tuple[np.ndarray, np.ndarray]:
+    tokens = np.full(length, self.tok.pad_id, np.int32)
+    mask = np.zeros(length, bool)
+    sl = slice(length - len(ids), length) if left else slice(0, len(ids))
+    tokens[sl], mask[sl] = ids, True
+    return tokens, mask
+
+  def _prompt_fields(self, record: dict, index: int, out: dict) -> bool:
+    ids, cut = self._prompt(record['prompt'], index, self.cfg.prompt_len, 'prompt_len')
+    out['prompt'], out['prompt_mask'] = self._pad(ids, self.cfg.prompt_len, left=True)
+    return cut
+
+  def _response_fields(self, record: dict, index: int, field: str, out: dict) -> bool:
+    ids, cut = self._response(record[field], index, field, self.cfg.response_len, 'response_len')
+    out[field], out[field + '_mask'] = self._pad(ids, self.cfg.response_len, left=False)
+    return cut
+
+  def _packed(self, record: dict, index: int, out: dict) -> bool:
+    """[bos] prompt [sep] response [eos] in seq_len tokens, as bytes_vocab.pack_demonstration."""
+    seq_len = self.cfg.seq_len
+    prompt, cut_p = self._prompt(record['prompt'], index, seq_len - 1, 'seq_len')
+    response, cut_r = self._response(record['response'], index, 'response', seq_len - len(prompt), 'seq_len')
+    out['tokens'], out['mask'] = self._pad(prompt + response, seq_len, left=False)
+    out['loss_mask'] = np.zeros(seq_len, np.float32)
+    out['loss_mask'][len(prompt):len(prompt) + len(response)] = 1.0
+    return cut_p or cut_r
+
+  def encode(self, record: dict, index: int) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    if self.kind == 'demonstrations':
+      cut = self._packed(record, index, out)
+      if self.split_fields:
+        cut = self._prompt_fields(record, index, out) | self._response_fields(record, index, 'response', out) | cut
+    else:
+      cut = self._prompt_fields(record, index, out)
+    if self.kind == 'pairs':
+      cut = self._response_fields(record, index, 'response_a', out) | cut
+      cut = self._response_fields(record, index, 'response_b', out) | cut
+      out['preference'] = np.float32(record['preference'])
+    self._count(cut)
+    return out
+
+  def _count(self, truncated: bool) -> None:
+    if not truncated:
+      return
+    self.num_truncated += 1
+    if self.num_truncated >= self._next_warning:  # 1, 10, 100, ...: visible without flooding the log
+      self._next_warning *= 10
+      log.warning("%s: %d example(s) truncated so far by this process to data.prompt_len=%d, "
+                  "response_len=%d, seq_len=%d (data.overflow='truncate')", self.name, self.num_truncated,
+                  self.cfg.prompt_len, self.cfg.response_len, self.cfg.seq_len)
+
+  def batch(self, source, indices) -> dict[str, np.ndarray]:
+    encoded = [self.encode(r, int(i)) for r, i in zip(source.__getitems__(indices), indices)]
+    out = {k: np.stack([e[k] for e in encoded]) for k in encoded[0]}
+    # Global example indices: online sampling folds them into its keys (samples independent of the mesh).
+    out['example_index'] = np.asarray(indices, np.int32)
+    return out
+
+
+# Iterators.
+
+class RecordBatches(IndexedBatches):
+  """Training batches: endless, reshuffled every epoch by (seed, epoch), resumable from get_state()."""
+
+  def __init__(self, source, encoder: Encoder, batch_size: int, seed: int, rows: slice):
+    if len(source) < batch_size:
+      raise DataError(f'{source.name} has {len(source)} examples, fewer than the global batch size '
+                      f'{batch_size}; use a smaller train.batch_size or more data')
+    super().__init__(lambda idx: encoder.batch(source, idx), len(source), batch_size, seed, rows)
+    self.source, self.encoder = source, encoder
+
+  def get_state(self) -> dict:
+    return {'batches_produced': self.batches_produced, 'num_examples': len(self.source)}
+
+  def set_state(self, state: dict) -> None:
+    n = state.get('num_examples', len(self.source))
+    if n != len(self.source):
+      raise DataError(f'the data iterator state is for a data set of {n} examples, but {self.source.name} '
+                      f'has {len(self.source)}; resume with the data the run started with')
+    super().set_state(state)
+
+
+class EvalBatches:
+  """The whole split once, in order; the last batch is filled with copies of the last example, valid=False."""
+
+  def __init__(self, source, encoder: Encoder, batch_size: int, rows: slice):
+    self.source, self.encoder, self._bs, self._rows = source, encoder, batch_size, rows
+    self.num_batches = math.ceil(len(source) / batch_size)
+    self.batches_produced = 0
+
+  def __len__(self) -> int:
+    return self.num_batches
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict:
+    if self.batches_produced >= self.num_batches:
+      raise StopIteration
+    idx = np.arange(self.batches_produced * self._bs, (self.batches_produced + 1) * self._bs)[self._rows]
+    valid = idx < len(self.source)
+    batch = self.encoder.batch(self.source, np.minimum(idx, len(self.source) - 1))
+    batch['valid'] = valid
+    self.batches_produced += 1
+    return batch
+
+  def get_state(self) -> dict:
+    return {'batches_produced': self.batches_produced}
+
+  def set_state(self, state: dict) -> None:
+    self.batches_produced = int(state['batches_produced'])
+
+
+def _encoder(data_cfg, kind: str, source, tokenizer: Tokenizer | None, split_fields: bool) -> Encoder:
+  tok = tokenizer if tokenizer is not None else load_tokenizer(data_cfg.tokenizer)
+  return Encoder(tok, data_cfg, kind, source.name, split_fields)
+
+
+def make_iterator(data_cfg, kind: str, seed: int, batch_size: int, rows: slice, split: str | None = None, *,
+                  records: list | None = None, tokenizer: Tokenizer | None = None,
+                  split_fields: bool = True) -> RecordBatches:
+  """Training batches of `kind` from data_cfg (source 'tfds' or 'synthetic'), or from `records` when given.
+
+  `batch_size` is the global batch; this process materialises only `rows` of each one. `split` defaults to
+  data_cfg.split. `split_fields=False` leaves the prompt/response fields out of demonstration batches.
+  """
+  source = make_source(data_cfg, kind, seed, split, records)
+  return RecordBatches(source, _encoder(data_cfg, kind, source, tokenizer, split_fields), batch_size, seed, rows)
+
+
+def from_records(recs: list, kind: str, data_cfg, seed: int, batch_size: int, rows: slice,
+                 tokenizer: Tokenizer | None = None, split_fields: bool = True) -> RecordBatches:
+  """Training batches from in-memory records (e.g. generated data), through the same encoding path."""
+  return make_iterator(data_cfg, kind, seed, batch_size, rows, records=recs, tokenizer=tokenizer,
+                       split_fields=split_fields)
+
+
+def make_eval_iterator(data_cfg, kind: str, batch_size: int, rows: slice, split: str | None = None, *,
+                       seed: int = 0, records: list | None = None, tokenizer: Tokenizer | None = None,
+                       split_fields: bool = True) -> EvalBatches:
+  """The evaluation split (data_cfg.eval_split unless `split`) once, in order, in global batches of batch_size."""
+  source = make_source(data_cfg, kind, seed, split or data_cfg.eval_split, records)
+  return EvalBatches(source, _encoder(data_cfg, kind, source, tokenizer, split_fields), batch_size, rows)

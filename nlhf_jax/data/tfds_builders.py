@@ -1,0 +1,140 @@
+"""TFDS data sets of prompts, demonstrations or preference pairs, stored as array_record files.
+
+Building and reading need no TensorFlow: the builder writes array_record shards plus dataset_info.json, and
+readers open them as random-access data sources (`tfds.data_source(name, data_dir=...)` works too, as long
+as `name` is not also the name of a data set in the TFDS catalogue). Configs refer to a data set by its
+name and data_dir. Examples keep the order of the input within each split; the train/validation split is a
+permutation seeded by `seed`.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+
+import numpy as np
+
+from nlhf_jax.data.records import DataError, TEXT_FIELDS, check_kind, validate_all
+
+VERSION = '1.0.0'
+_NAME = re.compile(r'^[a-z][a-z0-9_]*$')
+
+
+def split_indices(num_examples: int, validation_fraction: float, seed: int) -> dict[str, np.ndarray]:
+  """Deterministic train/validation split of range(num_examples), each in increasing order."""
+  if not 0.0 <= validation_fraction < 1.0:
+    raise DataError(f'validation_fraction={validation_fraction} must be in [0, 1)')
+  n_val = int(round(num_examples * validation_fraction))
+  if validation_fraction > 0 and num_examples > 1:
+    n_val = min(max(n_val, 1), num_examples - 1)
+  perm = np.random.default_rng(seed).permutation(num_examples)
+  splits = {'train': np.sort(perm[n_val:]), 'validation': np.sort(perm[:n_val])}
+  return {k: v for k, v in splits.items() if len(v)}
+
+
+def _features(kind: str):
+  import tensorflow_datasets as tfds
+  feats = {f: tfds.features.Text() for f in TEXT_FIELDS[kind]}
+  if kind == 'pairs':
+    feats['preference'] = tfds.features.Scalar(np.float32)
+  return tfds.features.FeaturesDict(feats)
+
+
+def _builder_class(name: str, kind: str):
+  """A GeneratorBasedBuilder named `name` that writes the in-memory splits it is given (not registered)."""
+  import tensorflow_datasets as tfds
+
+  class _RecordsBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    VERSION = tfds.core.Version(globals()['VERSION'])
+
+    def __init__(self, *, splits: dict[str, list[dict]], **kwargs):
+      self._splits = splits
+      super().__init__(**kwargs)
+
+    def _info(self):
+      return tfds.core.DatasetInfo(builder=self, features=_features(kind), disable_shuffling=True,
+                                   description=f'nlhf_jax {kind} records')
+
+    def _split_generators(self, dl_manager):
+      return {split: self._generate_examples(recs) for split, recs in self._splits.items()}
+
+    def _generate_examples(self, recs):
+      for i, r in enumerate(recs):
+        yield i, r
+
+  return type(f'Builder_{name}', (_RecordsBuilder,), {'name': name}, skip_registration=True)
+
+
+def dataset_dir(name: str, data_dir: str) -> str:
+  return os.path.join(data_dir, name, VERSION)
+
+
+def build(records: list[dict], kind: str, name: str, data_dir: str, validation_fraction: float = 0.1,
+          seed: int = 0, overwrite: bool = False) -> dict[str, int]:
+  """Validates `records`, writes TFDS data set `name` under `data_dir`; returns the count of each split."""
+  check_kind(kind)
+  if not _NAME.match(name):
+    raise DataError(f'data set name {name!r} must be lower-case snake_case (letters, digits, _)')
+  records = validate_all(records, kind, name)
+  target = dataset_dir(name, data_dir)
+  if os.path.exists(target):
+    if not overwrite:
+      raise DataError(f'{target} already exists; pass overwrite=True (--overwrite) to rebuild it')
+    shutil.rmtree(target)
+  splits = {s: [records[i] for i in idx] for s, idx in split_indices(len(records), validation_fraction,
+                                                                      seed).items()}
+  builder = _builder_class(name, kind)(splits=splits, data_dir=data_dir, file_format='array_record')
+  builder.download_and_prepare()
+  return {s: len(r) for s, r in splits.items()}
+
+
+def _read_only_builder(name: str, data_dir: str):
+  from tensorflow_datasets.core import read_only_builder
+  if not os.path.exists(os.path.join(dataset_dir(name, data_dir), 'dataset_info.json')):
+    raise DataError(f'no data set {name!r} in data_dir={data_dir!r}; build it with `python -m '
+                    f'nlhf_jax.data.cli build --kind=KIND --input=FILE.jsonl --name={name} --data_dir={data_dir}`')
+  return read_only_builder.builder_from_files(name, data_dir=data_dir)
+
+
+def kind_of(feature_names) -> str:
+  """The record kind whose fields are exactly `feature_names`."""
+  names = set(feature_names)
+  for kind in TEXT_FIELDS:
+    if names == set(TEXT_FIELDS[kind]) | ({'preference'} if kind == 'pairs' else set()):
+      return kind
+  raise DataError(f'features {sorted(names)} match no record kind')
+
+
+class SplitSource:
+  """Random access to one split as validated-shape record dicts (text decoded to str)."""
+
+  def __init__(self, name: str, data_dir: str, split: str):
+    builder = _read_only_builder(name, data_dir)
+    if split not in builder.info.splits:
+      raise DataError(f'data set {name!r} has no split {split!r} (it has {", ".join(builder.info.splits)})')
+    self.name = f'{name}[{split}]'
+    self.kind = kind_of(builder.info.features.keys())
+    self._source = builder.as_data_source(split=split)
+
+  def __len__(self) -> int:
+    return len(self._source)
+
+  def __getitems__(self, indices) -> list[dict]:
+    return [_decode(r) for r in self._source.__getitems__([int(i) for i in indices])]
+
+  def __getitem__(self, index: int) -> dict:
+    return _decode(self._source[int(index)])
+
+
+def _decode(example: dict) -> dict:
+  return {k: v.decode('utf-8') if isinstance(v, bytes) else float(v) for k, v in example.items()}
+
+
+def read_split(name: str, data_dir: str, split: str) -> list[dict]:
+  """The whole split, in order (for inspection, tests and tokenizer training)."""
+  src = SplitSource(name, data_dir, split)
+  return src.__getitems__(range(len(src)))
+
+
+def split_counts(name: str, data_dir: str) -> dict[str, int]:
+  return {s: int(info.num_examples) for s, info in _read_only_builder(name, data_dir).info.splits.items()}

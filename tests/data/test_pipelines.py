@@ -1,0 +1,120 @@
+"""Batch iterators: formats, determinism, per-process rows, resumption and the overflow policy."""
+import dataclasses
+import logging
+
+import numpy as np
+import pytest
+
+from nlhf_jax.config import DataConfig
+from nlhf_jax.data import bytes_vocab, pipelines, synthetic, tfds_builders
+from nlhf_jax.data.records import DataError
+
+CFG = DataConfig(seq_len=64, prompt_len=40, response_len=32)
+ALL = slice(None)
+
+
+def _pairs(n, long_every=0):
+  return [{'prompt': f'prompt {i}' + ('x' * 60 if long_every and i % long_every == 0 else ''),
+           'response_a': f'answer a{i}', 'response_b': f'b{i}', 'preference': (i % 3) / 2} for i in range(n)]
+
+
+def _equal(a, b):
+  return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_pair_batch_format_and_padding():
+  it = pipelines.from_records(_pairs(4), 'pairs', CFG, seed=0, batch_size=4, rows=ALL)
+  b = it._make_batch(np.arange(4))
+  assert b['prompt'].dtype == np.int32 and b['prompt'].shape == (4, 40) and b['prompt_mask'].dtype == bool
+  assert b['response_a'].shape == b['response_b'].shape == (4, 32) and b['preference'].dtype == np.float32
+  ids = [bytes_vocab.BOS] + bytes_vocab.encode('prompt 1') + [bytes_vocab.SEP]
+  assert b['prompt'][1, -len(ids):].tolist() == ids and not b['prompt_mask'][1, :-len(ids)].any()
+  resp = bytes_vocab.encode('answer a1') + [bytes_vocab.EOS]
+  assert b['response_a'][1, :len(resp)].tolist() == resp and b['response_a_mask'][1].sum() == len(resp)
+  assert b['preference'].tolist() == [0.0, 0.5, 1.0, 0.0]
+
+
+def test_demonstrations_match_pack_demonstration():
+  recs = [dict(zip(('prompt', 'response'), synthetic.sort_demonstration(0, i))) for i in range(8)]
+  b = pipelines.from_records(recs, 'demonstrations', CFG, 0, 8, ALL)._make_batch(np.arange(8))
+  ref = synthetic.demonstration_batch(0, range(8), CFG.seq_len)
+  assert all(np.array_equal(b[k], ref[k]) for k in ref)
+  assert {'prompt', 'prompt_mask', 'response', 'response_mask'} <= b.keys()
+  prompts = pipelines.from_records(recs, 'prompts', CFG, 0, 8, ALL)._make_batch(np.arange(8))
+  assert prompts.keys() == {'prompt', 'prompt_mask', 'example_index'}
+  assert np.array_equal(prompts['prompt'], b['prompt']) and prompts['example_index'].tolist() == list(range(8))
+
+
+def test_deterministic_by_seed_and_rows_concatenate_to_global_batch():
+  make = lambda seed, rows: pipelines.from_records(_pairs(20), 'pairs', CFG, seed, 8, rows)
+  full, again, other = make(1, ALL), make(1, ALL), make(2, ALL)
+  top, bottom = make(1, slice(0, 4)), make(1, slice(4, 8))
+  for _ in range(5):  # crosses an epoch boundary (2 batches per epoch)
+    f = next(full)
+    assert _equal(f, next(again))
+    t, b = next(top), next(bottom)
+    assert all(np.array_equal(np.concatenate([t[k], b[k]]), f[k]) for k in f)
+  assert not _equal(next(make(1, ALL)), next(other))
+
+
+def test_resume_sees_exactly_the_next_batch():
+  make = lambda: pipelines.make_iterator(CFG, 'pairs', seed=0, batch_size=4, rows=slice(2, 4))
+  it = make()
+  for _ in range(7):
+    next(it)
+  state = it.get_state()
+  expected = next(it)
+  resumed = make()
+  resumed.set_state(state)
+  assert _equal(next(resumed), expected)
+  with pytest.raises(DataError, match='state is for a data set of 99 examples'):
+    resumed.set_state({'batches_produced': 1, 'num_examples': 99})
+
+
+def test_too_small_data_set():
+  with pytest.raises(DataError, match=r'records\[train\] has 3 examples, fewer than the global batch size 4'):
+    pipelines.from_records(_pairs(3), 'pairs', CFG, 0, 4, ALL)
+
+
+def test_truncate_counts_and_warns(caplog):
+  it = pipelines.from_records(_pairs(8, long_every=4), 'pairs', CFG, 0, 8, ALL)
+  with caplog.at_level(logging.WARNING, logger='nlhf_jax.data.pipelines'):
+    b = next(it)
+  assert it.encoder.num_truncated == 2
+  assert 'records[train]: 1 example(s) truncated' in caplog.text
+  body = bytes_vocab.encode(_pairs(1, long_every=4)[0]['prompt'])[-(CFG.prompt_len - 2):]
+  row = [i for i in range(8) if b['prompt_mask'][i].all()][0]
+  assert b['prompt'][row].tolist()[1:-1] == body and b['prompt'][row, 0] == bytes_vocab.BOS
+
+
+def test_error_policy_names_source_example_and_field(tmp_path):
+  cfg = dataclasses.replace(CFG, overflow='error', source='tfds', name='long', data_dir=str(tmp_path))
+  tfds_builders.build(_pairs(8, long_every=4), 'pairs', 'long', str(tmp_path), validation_fraction=0)
+  it = pipelines.make_iterator(cfg, 'pairs', 0, 8, ALL)
+  with pytest.raises(DataError, match=r"long\[train\] example [04]: field 'prompt' has 70 tokens, more than "
+                                      r"data.prompt_len=40 \(data.overflow='error'"):
+    next(it)
+  short = dataclasses.replace(cfg, response_len=4)
+  with pytest.raises(DataError, match=r"field 'response_a' has 10 tokens, more than data.response_len=4"):
+    next(pipelines.make_iterator(short, 'pairs', 0, 8, ALL, records=_pairs(8)))
+
+
+def test_tfds_source_and_eval_iterator(tmp_path):
+  recs = _pairs(10)
+  tfds_builders.build(recs, 'pairs', 'evalme', str(tmp_path), validation_fraction=0.5, seed=0)
+  cfg = dataclasses.replace(CFG, source='tfds', name='evalme', data_dir=str(tmp_path))
+  val = tfds_builders.read_split('evalme', str(tmp_path), 'validation')
+  batches = list(pipelines.make_eval_iterator(cfg, 'pairs', batch_size=2, rows=slice(1, 2)))
+  assert len(batches) == 3 and [b['valid'].tolist() for b in batches] == [[True], [True], [False]]
+  ref = pipelines.from_records(val, 'pairs', CFG, 0, 5, ALL)._make_batch(np.array([1, 3, 4]))
+  assert np.array_equal(np.concatenate([b['response_a'] for b in batches]), ref['response_a'])
+  with pytest.raises(DataError, match=r'evalme\[train\] holds pairs, not prompts'):
+    pipelines.make_iterator(cfg, 'prompts', 0, 2, ALL)
+
+
+def test_synthetic_source_without_records():
+  cfg = dataclasses.replace(CFG, num_examples=16)
+  b = next(pipelines.make_iterator(cfg, 'pairs', 0, 4, ALL))
+  a_sorted = [sorted(w.split()) == w.split() for w in map(bytes_vocab.decode, b['response_a'])]
+  assert b['preference'].tolist() == [float(x) for x in a_sorted]
+  assert len(pipelines.make_eval_iterator(cfg, 'prompts', 4, ALL)) == 1

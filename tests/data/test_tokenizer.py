@@ -1,0 +1,61 @@
+"""Tokenizers: round trips, reserved ids, clear errors, and the training command."""
+import json
+
+import pytest
+
+from nlhf_jax.data import bytes_vocab, tokenizer_cli
+from nlhf_jax.data.tokenizer import (ByteTokenizer, SentencePieceTokenizer, TokenizerError, check_vocab,
+                                     load_tokenizer, train_sentencepiece)
+
+TEXTS = [f'the quick brown fox {i} jumps over the lazy dog, sorting {i * 7} words' for i in range(200)]
+
+
+@pytest.fixture(scope='module')
+def sp_model(tmp_path_factory):
+  return train_sentencepiece(TEXTS, vocab_size=320, model_prefix=str(tmp_path_factory.mktemp('sp') / 'tok'))
+
+
+def test_byte_tokenizer_round_trip_matches_bytes_vocab():
+  tok = load_tokenizer('bytes')
+  assert isinstance(tok, ByteTokenizer)
+  text = 'sort: ant bée 猫'
+  assert tok.encode(text) == bytes_vocab.encode(text)
+  assert tok.decode([tok.bos_id] + tok.encode(text) + [tok.eos_id]) == text
+  assert (tok.pad_id, tok.bos_id, tok.eos_id, tok.sep_id, tok.vocab_size) == (0, 1, 2, 3, 260)
+
+
+def test_sentencepiece_round_trip_and_reserved_ids(sp_model):
+  tok = load_tokenizer(sp_model)
+  assert isinstance(tok, SentencePieceTokenizer)
+  assert (tok.pad_id, tok.bos_id, tok.eos_id, tok.sep_id) == (0, 1, 2, 4)
+  for text in ['the lazy fox jumps', 'unseen text: Zebra é 猫 <sep>']:  # byte fallback covers unseen characters
+    ids = tok.encode(text)
+    assert tok.sep_id not in ids and max(ids) < tok.vocab_size
+    assert tok.decode([tok.bos_id] + ids + [tok.eos_id, tok.pad_id]) == text
+
+
+def test_load_tokenizer_errors(tmp_path):
+  missing = str(tmp_path / 'missing.model')
+  with pytest.raises(TokenizerError, match=f"{missing}.*no such file.*tokenizer_cli"):
+    load_tokenizer(missing)
+  with pytest.raises(TokenizerError, match="must be 'bytes' or the path"):
+    load_tokenizer('bpe')
+
+
+def test_check_vocab(sp_model):
+  check_vocab(ByteTokenizer(), 260)
+  with pytest.raises(TokenizerError, match=r'260 ids but config.model.vocab_size=131'):
+    check_vocab(ByteTokenizer(), 131)
+  check_vocab(load_tokenizer(sp_model), 320)
+
+
+def test_tokenizer_cli_from_files(tmp_path, capsys):
+  text = tmp_path / 'a.txt'
+  text.write_text('\n'.join(TEXTS[:100]) + '\n')
+  pairs = tmp_path / 'p.jsonl'
+  pairs.write_text('\n'.join(json.dumps({'prompt': t, 'chosen': t[::-1], 'rejected': 'x'}) for t in TEXTS[100:]))
+  assert tokenizer_cli.main([f'--input={text}', f'--input={pairs}', '--vocab_size=300',
+                             f'--output={tmp_path}/out/tok']) == 0
+  summary = json.loads(capsys.readouterr().out)
+  assert summary['model'] == f'{tmp_path}/out/tok.model' and summary['sep_id'] == 4
+  assert load_tokenizer(summary['model']).decode(load_tokenizer(summary['model']).encode('dog')) == 'dog'
