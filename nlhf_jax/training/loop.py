@@ -11,11 +11,11 @@ import jax
 from jax.sharding import Mesh
 
 from nlhf_jax.config import ConfigError, ExperimentConfig
-from nlhf_jax.distributed import global_batch, local_batch_rows, make_mesh
-from nlhf_jax.training import checkpointing, init, optim, steps
+from nlhf_jax.distributed import global_batch, local_batch_rows, make_mesh, param_specs
+from nlhf_jax.training import checkpointing, init, optim
 from nlhf_jax.training.metrics import MetricWriter, Progress
 from nlhf_jax.training.state import TrainState
-from nlhf_jax.training.tasks import get_task
+from nlhf_jax.training.tasks import build_step, get_task
 
 log = logging.getLogger(__name__)
 
@@ -48,16 +48,17 @@ def train(cfg: ExperimentConfig, workdir: str, mesh: Mesh | None = None) -> Trai
   tx = optim.make_optimizer(cfg.optim, cfg.train.num_steps)
   data = task.make_data(cfg, local_batch_rows(cfg.train.batch_size))
   make_model = task.make_model(cfg)
-  graphdef, init_fn, shardings = init.state_initializer(make_model, tx, mesh)
+  graphdef, init_fn, shardings = _initializer(task, make_model, tx, mesh)
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'), every=cfg.train.checkpoint_every,
                                     keep=cfg.train.keep_checkpoints, async_save=cfg.train.async_checkpointing)
-  state = _restore_or_init(cfg, ckpt, init_fn, shardings, data)
-  step_fn = _compile_step(cfg, task, graphdef, tx, shardings)
+  params_target = init.abstract_state(shardings, jax.eval_shape(init_fn, cfg.seed)).params
+  state = _restore_or_init(cfg, task, ckpt, init_fn, shardings, data, params_target)
+  step_fn, frozen = _compile_step(cfg, task, graphdef, tx, shardings, mesh, init_fn, params_target)
   writer, start = MetricWriter(workdir), int(jax.device_get(state.step))
   progress = Progress(start, cfg.train.num_steps, cfg.train.log_every)
   try:
     for step in range(start + 1, cfg.train.num_steps + 1):
-      state, metrics = step_fn(state, global_batch(mesh, next(data)))
+      state, metrics = step_fn(state, frozen, global_batch(mesh, next(data)))
       log_now = step % cfg.train.log_every == 0 or step == cfg.train.num_steps
       save_now = step % cfg.train.checkpoint_every == 0 or step == cfg.train.num_steps
       if log_now or save_now or step % _MAX_QUEUED_STEPS == 0:
@@ -75,7 +76,15 @@ def train(cfg: ExperimentConfig, workdir: str, mesh: Mesh | None = None) -> Trai
   return state
 
 
-def _restore_or_init(cfg, ckpt, init_fn, shardings, data) -> TrainState:
+def _initializer(task, make_model, tx, mesh):
+  if not task.ema:
+    return init.state_initializer(make_model, tx, mesh)
+  _, abstract = init.abstract_model(make_model)
+  return init.state_initializer(make_model, tx, mesh, make_extras=lambda params: {'ema': params},
+                                extras_specs={'ema': param_specs(abstract)})
+
+
+def _restore_or_init(cfg, task, ckpt, init_fn, shardings, data, params_target) -> TrainState:
   latest = ckpt.latest_step()
   if latest is not None:
     meta = ckpt.read_meta(latest)
@@ -86,17 +95,22 @@ def _restore_or_init(cfg, ckpt, init_fn, shardings, data) -> TrainState:
     log.info('resumed from step %d in %s', latest, ckpt.directory)
     return state
   state = jax.jit(init_fn, out_shardings=shardings)(cfg.seed)
-  if cfg.init_checkpoint:
-    params, step = checkpointing.restore_params(cfg.init_checkpoint, init.abstract_state(shardings.params, state.params))
-    log.info('initialised parameters from %s (step %d)', cfg.init_checkpoint, step)
-    state = state.replace(params=params)
+  # An online policy starts from the reference policy unless told otherwise.
+  warm_start = cfg.init_checkpoint or (cfg.online.reference_checkpoint if task.online else '')
+  if warm_start:
+    params, step = checkpointing.restore_params(checkpointing.checkpoints_dir(warm_start), params_target)
+    log.info('initialised parameters from %s (step %d)', warm_start, step)
+    extras = {'ema': params} if task.ema else state.extras
+    state = state.replace(params=params, extras=extras)
   return state
 
 
-def _compile_step(cfg, task, graphdef, tx, shardings):
+def _compile_step(cfg, task, graphdef, tx, shardings, mesh, init_fn, params_target):
   lr = optim.schedule(cfg.optim, cfg.train.num_steps)
-  step = steps.make_train_step(graphdef, task.loss_fn, tx, lr, cfg.train.grad_accum_steps)
-  return jax.jit(step, in_shardings=(shardings, None), out_shardings=(shardings, None), donate_argnums=0)
+  initial_params = lambda: jax.jit(init_fn, out_shardings=shardings)(cfg.seed).params
+  step, frozen = build_step(cfg, task, graphdef, tx, lr, mesh, initial_params, params_target)
+  jitted = jax.jit(step, in_shardings=(shardings, None, None), out_shardings=(shardings, None), donate_argnums=0)
+  return jitted, frozen
 
 
 def _check_finite(metrics: dict, step: int) -> dict:

@@ -1,0 +1,35 @@
+"""The pairwise preference model P(y > y' | x) (NLHF_MATH.md section 1): a backbone reading the prompt and both
+responses, antisymmetric by construction, trained with binary cross-entropy (soft labels allowed).
+
+Variants: `tiny` (built-in pairs, seconds on CPU), `125m` (a TFDS pairs data set, accelerators).
+  nlhf-train --config=experiments/configs/preference_model.py:tiny --workdir=/tmp/pm
+  nlhf-train --config=experiments/configs/preference_model.py:125m --workdir=DIR \\
+      --config.data.name=tldr_pairs --config.data.data_dir=DATA --config.data.tokenizer=DATA/tok.model
+"""
+import ml_collections
+
+from nlhf_jax.config.defaults import defaults
+
+VARIANTS = ('tiny', '125m')
+
+
+def pairwise_config(arg: str, objective: str) -> ml_collections.ConfigDict:
+  variant = arg or 'tiny'
+  if variant not in VARIANTS:
+    raise ValueError(f'unknown variant {variant!r} of {objective}.py; use one of: {", ".join(VARIANTS)}')
+  c = defaults(variant)
+  c.name = f'{objective}_{variant}'
+  c.train.objective = objective
+  c.data.update(source='synthetic', tokenizer='bytes', prompt_len=32, response_len=32, num_examples=4096)
+  c.optim.update(learning_rate=1e-3, schedule='cosine', warmup_steps=10)
+  c.train.update(num_steps=40, batch_size=16, log_every=10, checkpoint_every=20)
+  if variant == '125m':
+    c.model.compute_dtype = 'bfloat16'
+    c.data.update(source='tfds', name='pairs', prompt_len=512, response_len=128, tokenizer='')
+    c.optim.update(learning_rate=1e-5, warmup_steps=200)
+    c.train.update(num_steps=5000, batch_size=64, log_every=50, checkpoint_every=500)
+  return c
+
+
+def get_config(arg: str = 'tiny') -> ml_collections.ConfigDict:
+  return pairwise_config(arg, 'preference_model')
