@@ -1,0 +1,353 @@
+"""Autoregressive sampling with a KV cache: prefill, then a `lax.while_loop` decode over one flat state pytree.
+
+Prompts are LEFT-padded ([B, Lp] tokens and a bool mask), so every prompt ends in the last column and the first
+response token is sampled from the prefill's last logits. Each model keeps a fixed-size cache of Lp + T slots
+(T = max_new_tokens): all shapes are static, and one compiled loop serves every batch.
+
+Row groups. One loop can decode several responses per prompt. Every prompt owns G rows, in three groups:
+  n_policy rows sampled from the policy, n_mix rows from the token-level geometric mixture
+  softmax((1 - beta) * logits_policy + beta * logits_ref), and n_ref rows from the reference.
+The policy decodes n_policy + n_mix rows per prompt and the reference n_mix + n_ref rows, each in its own cache;
+a model with no rows is never run. Rows are laid out prompt-major ([B, G] flattened), so a batch sharded over
+('data', 'fsdp') keeps all rows of a prompt on the device that holds the prompt: repeating, mixing and splitting
+the groups is local.
+
+Randomness. Each group has its own stream key; row (b, g) uses fold_in(stream_key_g, example_index_b) and token t
+of it fold_in(that, t). Samples therefore depend on the seed, the stream and the example only - not on the batch
+composition, the position in the batch, the mesh or the number of processes.
+
+Temperature and filters act AFTER mixing: logits = filters(mixed / temperature). Temperature 0 is greedy; then the
+returned log-probabilities are those of the filtered mixed logits at temperature 1 (the model's probability of
+the chosen token), since the distribution actually sampled from is a point mass.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+
+from nlhf_jax.distributed.sharding import logical_to_spec
+from nlhf_jax.models.transformer import init_cache
+from nlhf_jax.sampling.filters import filter_logits
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+  """How to sample responses. temperature 0 is greedy; top_k 0 and top_p 1 disable those filters."""
+  max_new_tokens: int = 64
+  temperature: float = 1.0
+  top_k: int = 0
+  top_p: float = 1.0
+  eos_id: int = 2
+  pad_id: int = 0
+
+  def __post_init__(self):
+    if self.max_new_tokens < 1:
+      raise ValueError(f'max_new_tokens must be >= 1, got {self.max_new_tokens}')
+    if self.temperature < 0:
+      raise ValueError(f'temperature must be >= 0, got {self.temperature}')
+    if not 0.0 < self.top_p <= 1.0:
+      raise ValueError(f'top_p must be in (0, 1], got {self.top_p}')
+
+
+class Groups(NamedTuple):
+  """Rows per prompt: sampled from the policy, from the mixture, from the reference."""
+  n_policy: int = 1
+  n_mix: int = 0
+  n_ref: int = 0
+
+  @property
+  def total(self) -> int:
+    return self.n_policy + self.n_mix + self.n_ref
+
+  @property
+  def policy_rows(self) -> int:
+    return self.n_policy + self.n_mix
+
+  @property
+  def ref_rows(self) -> int:
+    return self.n_mix + self.n_ref
+
+
+# ----------------------------------------------------------------------------------------------- sharding
+
+
+def constrain(x: jax.Array, axes: tuple, mesh: Mesh | None = None) -> jax.Array:
+  """with_sharding_constraint by logical axis names; a no-op when there is neither a mesh argument nor a mesh
+  context (so the same code runs unsharded)."""
+  spec = logical_to_spec(axes)
+  if mesh is not None:
+    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
+  if not jax.sharding.get_abstract_mesh().empty:
+    return jax.lax.with_sharding_constraint(x, spec)
+  return x
+
+
+def _constrain_cache(cache: dict, mesh: Mesh | None) -> dict:
+  out = {'mask': constrain(cache['mask'], ('batch', 'length'), mesh)}
+  for name, layer in cache.items():
+    if name != 'mask':
+      out[name] = {'k': constrain(layer['k'], ('batch', 'length', 'heads', 'head_dim'), mesh),
+                   'v': constrain(layer['v'], ('batch', 'length', 'heads', 'head_dim'), mesh),
+                   'pos': constrain(layer['pos'], ('batch', 'length'), mesh)}
+  return out
+
+
+# ----------------------------------------------------------------------------------------------- model passes
+
+
+def prefill(model: nnx.Module, prompt_rl: jax.Array, mask_rl: jax.Array, slots: int, mesh: Mesh | None = None
+            ) -> tuple[jax.Array, dict]:
+  """Runs the left-padded prompts through `model` into a fresh cache of `slots` slots.
+  Returns (logits of the last prompt position [R, V], cache)."""
+  rows, length = prompt_rl.shape
+  cache = init_cache(model.cfg, rows, slots, model.compute_dtype)
+  cache['mask'] = jnp.concatenate([mask_rl, jnp.zeros((rows, slots - length), bool)], axis=1)
+  cache = _constrain_cache(cache, mesh)
+  positions = jnp.maximum(jnp.cumsum(mask_rl.astype(jnp.int32), axis=1) - 1, 0)
+  hidden, cache = model.hidden(prompt_rl, mask_rl, positions, cache, 0)
+  return model.logits(hidden[:, -1:])[:, 0], _constrain_cache(cache, mesh)
+
+
+def decode_step(model: nnx.Module, cache: dict, token_r: jax.Array, position_r: jax.Array, slot: jax.Array,
+                mesh: Mesh | None = None) -> tuple[jax.Array, dict]:
+  """Feeds one token per row at cache slot `slot`. Returns (next-token logits [R, V], cache)."""
+  ones = jnp.ones((token_r.shape[0], 1), bool)
+  cache = dict(cache, mask=jax.lax.dynamic_update_slice_in_dim(cache['mask'], ones, slot, axis=1))
+  hidden, cache = model.hidden(token_r[:, None], ones, position_r[:, None], cache, slot)
+  return model.logits(hidden)[:, 0], _constrain_cache(cache, mesh)
+
+
+# ----------------------------------------------------------------------------------------------- token choice
+
+
+def mix_logits(policy_bgv: jax.Array | None, ref_bgv: jax.Array | None, groups: Groups, beta: float) -> jax.Array:
+  """[B, G, V] logits of every row: policy rows, then mixture rows, then reference rows."""
+  parts = []
+  if groups.n_policy:
+    parts.append(policy_bgv[:, :groups.n_policy])
+  if groups.n_mix:
+    parts.append((1.0 - beta) * policy_bgv[:, groups.n_policy:] + beta * ref_bgv[:, :groups.n_mix])
+  if groups.n_ref:
+    parts.append(ref_bgv[:, groups.n_mix:])
+  return parts[0] if len(parts) == 1 else jnp.concatenate(parts, axis=1)
+
+
+def choose_tokens(logits_bgv: jax.Array, row_keys_bg: jax.Array, t: jax.Array, cfg: SamplingConfig
+                  ) -> tuple[jax.Array, jax.Array]:
+  """(tokens [B, G] int32, float32 log-probabilities [B, G] of the distribution they were drawn from)."""
+  greedy = cfg.temperature == 0.0
+  filtered = filter_logits(logits_bgv.astype(jnp.float32), 1.0 if greedy else cfg.temperature, cfg.top_k,
+                           cfg.top_p)
+  logp = jax.nn.log_softmax(filtered, axis=-1)
+  if greedy:
+    tokens = jnp.argmax(filtered, axis=-1).astype(jnp.int32)
+  else:
+    uniform = jax.vmap(jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, t))))(row_keys_bg)
+    tokens = inverse_cdf(jnp.exp(logp), uniform)
+  return tokens, jnp.take_along_axis(logp, tokens[..., None], axis=-1)[..., 0]
+
+
+def inverse_cdf(probs: jax.Array, uniform: jax.Array) -> jax.Array:
+  """The token i with cdf[i-1] <= u * total < cdf[i]: an exact draw from `probs` (last axis) with one uniform
+  per row, far cheaper than one Gumbel per vocabulary entry. Zero-probability tokens are never drawn."""
+  cdf = jnp.cumsum(probs, axis=-1)
+  threshold = uniform[..., None] * cdf[..., -1:]
+  index = jnp.sum(cdf <= threshold, axis=-1)
+  # u * total can round up to total: fall back to the last token with positive probability.
+  last_positive = probs.shape[-1] - 1 - jnp.argmax(jnp.flip(probs > 0, axis=-1), axis=-1)
+  return jnp.where(index >= probs.shape[-1], last_positive, index).astype(jnp.int32)
+
+
+def row_keys(key: jax.Array, example_index_b: jax.Array, num_groups: int) -> jax.Array:
+  """[B, G] keys: fold_in(fold_in(key, g), example_index_b) for group g; one group uses `key` itself."""
+  streams = [key] if num_groups == 1 else [jax.random.fold_in(key, g) for g in range(num_groups)]
+  per_example = lambda k: jax.vmap(lambda i: jax.random.fold_in(k, i))(example_index_b)
+  return jnp.stack([per_example(k) for k in streams], axis=1)
+
+
+# ----------------------------------------------------------------------------------------------- the loop
+
+
+def _as_rows(x_bgv: jax.Array) -> jax.Array:
+  return x_bgv.reshape((-1,) + x_bgv.shape[2:])
+
+
+def _as_groups(x_rv: jax.Array, groups_per_prompt: int) -> jax.Array:
+  return x_rv.reshape((-1, groups_per_prompt) + x_rv.shape[1:])
+
+
+def _record(state: dict, tokens_bg, logp_bg, t, cfg: SamplingConfig) -> dict:
+  """Writes step t's tokens (pad once a row is done) and updates `done`."""
+  done = state['done']
+  tokens_bg = jnp.where(done, cfg.pad_id, tokens_bg)
+  logp_bg = jnp.where(done, 0.0, logp_bg)
+  write = lambda buf, x: jax.lax.dynamic_update_slice_in_dim(buf, x[..., None].astype(buf.dtype), t, axis=2)
+  return dict(state, tokens=write(state['tokens'], tokens_bg), logprobs=write(state['logprobs'], logp_bg),
+              done=done | (tokens_bg == cfg.eos_id), t=t + 1)
+
+
+def init_state(policy: nnx.Module | None, ref: nnx.Module | None, batch: dict, keys_bg: jax.Array,
+               cfg: SamplingConfig, groups: Groups, beta: float, mesh: Mesh | None = None) -> dict:
+  """Prefill both models and sample the first response token. The returned flat state pytree holds the step,
+  the tokens and log-probabilities so far, the done flags, the keys, the prompt lengths and the caches."""
+  prompt, mask = batch['prompt'].astype(jnp.int32), batch['prompt_mask'].astype(bool)
+  b, length = prompt.shape
+  slots = length + cfg.max_new_tokens
+  logits, caches = {}, {}
+  for name, model, g in (('policy', policy, groups.policy_rows), ('ref', ref, groups.ref_rows)):
+    if g:  # prefill once per prompt; the g rows of a prompt share (a copy of) its cache
+      last, cache = prefill(model, constrain(prompt, ('batch', None), mesh), constrain(mask, ('batch', None), mesh),
+                            slots, mesh)
+      caches[name] = _constrain_cache(jax.tree.map(lambda x: jnp.repeat(x, g, axis=0), cache), mesh)
+      logits[name] = jnp.repeat(last[:, None], g, axis=1)
+  state = {
+      't': jnp.zeros((), jnp.int32),
+      'tokens': jnp.full((b, groups.total, cfg.max_new_tokens), cfg.pad_id, jnp.int32),
+      'logprobs': jnp.zeros((b, groups.total, cfg.max_new_tokens), jnp.float32),
+      'done': jnp.zeros((b, groups.total), bool),
+      'keys': keys_bg,
+      'prompt_len': mask.sum(axis=1).astype(jnp.int32),
+      'caches': caches,
+  }
+  mixed = mix_logits(logits.get('policy'), logits.get('ref'), groups, beta)
+  tokens, logp = choose_tokens(mixed, keys_bg, state['t'], cfg)
+  return _record(state, tokens, logp, state['t'], cfg)
+
+
+def decode(policy: nnx.Module | None, ref: nnx.Module | None, state: dict, cfg: SamplingConfig, groups: Groups,
+           beta: float, prompt_length: int, mesh: Mesh | None = None) -> dict:
+  """Runs the while loop until every row is done or max_new_tokens tokens are sampled."""
+  models = {'policy': (policy, groups.policy_rows), 'ref': (ref, groups.ref_rows)}
+
+  def body(state):
+    t = state['t']
+    prev = jax.lax.dynamic_index_in_dim(state['tokens'], t - 1, axis=2, keepdims=False)  # [B, G]
+    position = state['prompt_len'] + t - 1  # [B]
+    slot = prompt_length + t - 1
+    logits, caches = {}, {}
+    g0 = {'policy': 0, 'ref': groups.n_policy}
+    for name, cache in state['caches'].items():
+      model, g = models[name]
+      tok = _as_rows(prev[:, g0[name]:g0[name] + g])
+      pos = jnp.repeat(position, g, axis=0)
+      last, caches[name] = decode_step(model, cache, tok, pos, slot, mesh)
+      logits[name] = _as_groups(last, g)
+    tokens, logp = choose_tokens(mix_logits(logits.get('policy'), logits.get('ref'), groups, beta),
+                                 state['keys'], t, cfg)
+    return _record(dict(state, caches=caches), tokens, logp, t, cfg)
+
+  def cond(state):
+    return (state['t'] < cfg.max_new_tokens) & ~jnp.all(state['done'])
+
+  return jax.lax.while_loop(cond, body, state)
+
+
+def finish(state: dict, cfg: SamplingConfig) -> dict:
+  """{'tokens', 'mask', 'logprobs'}, each [B, G, T]: the mask covers the response up to and including EOS."""
+  is_eos = state['tokens'] == cfg.eos_id
+  ended_before = (jnp.cumsum(is_eos.astype(jnp.int32), axis=2) - is_eos) > 0
+  mask = ~ended_before
+  tokens = jnp.where(mask, state['tokens'], cfg.pad_id)
+  return {'tokens': tokens, 'mask': mask, 'logprobs': jnp.where(mask, state['logprobs'], 0.0)}
+
+
+def run(policy: nnx.Module | None, ref: nnx.Module | None, batch: dict, keys_bg: jax.Array, cfg: SamplingConfig,
+        groups: Groups, beta: float = 0.0, mesh: Mesh | None = None) -> dict:
+  """Prefill, decode and finish: {'tokens', 'mask', 'logprobs'} of shape [B, G, T]."""
+  state = init_state(policy, ref, batch, keys_bg, cfg, groups, beta, mesh)
+  state = decode(policy, ref, state, cfg, groups, beta, batch['prompt'].shape[1], mesh)
+  return finish(state, cfg)
+
+
+# ----------------------------------------------------------------------------------------------- public API
+
+
+def _group(out: dict, g: int) -> dict:
+  return {k: v[:, g] for k, v in out.items()}
+
+
+def pair_groups(beta: float) -> Groups:
+  """Row groups of the (y ~ policy, y' ~ mixture) pair: the mixture group degenerates to a policy group at
+  beta = 0 (the reference is not run) and to a reference group at beta = 1 (the policy decodes B rows only)."""
+  if not 0.0 <= beta <= 1.0:
+    raise ValueError(f'beta must be in [0, 1], got {beta}')
+  if beta == 0.0:
+    return Groups(n_policy=2)
+  if beta == 1.0:
+    return Groups(n_policy=1, n_ref=1)
+  return Groups(n_policy=1, n_mix=1)
+
+
+def sample(graphdef: nnx.GraphDef, params: Any, batch: dict, key: jax.Array, cfg: SamplingConfig,
+           mesh: Mesh | None = None) -> dict:
+  """Samples one response per prompt from the model (graphdef, params).
+
+  batch: 'prompt' int32 [B, Lp] left-padded, 'prompt_mask' bool [B, Lp], 'example_index' int32 [B] (global
+  dataset indices). Returns {'tokens' int32, 'mask' bool, 'logprobs' float32}, each [B, max_new_tokens].
+  """
+  model = nnx.merge(graphdef, params)
+  keys = row_keys(key, batch['example_index'], 1)
+  return _group(run(model, None, batch, keys, cfg, Groups(n_policy=1), 0.0, mesh), 0)
+
+
+def sample_pair(policy_graphdef: nnx.GraphDef, policy_params: Any, ref_graphdef: nnx.GraphDef | None,
+                ref_params: Any, batch: dict, key: jax.Array, cfg: SamplingConfig, beta: float,
+                mesh: Mesh | None = None) -> dict:
+  """For each prompt, y ~ policy and y' ~ pi^beta (token-level geometric mixture with the reference), in one
+  decode loop. y uses stream fold_in(key, 0) and y' stream fold_in(key, 1), so y equals
+  `sample(policy, key=fold_in(key, 0))` and, at beta = 0 (1), y' equals `sample(policy (reference),
+  key=fold_in(key, 1))`. `beta` is a static Python float; at beta = 0 the reference may be None.
+
+  Returns {'policy': {...}, 'mixture': {...}}, each {'tokens', 'mask', 'logprobs'} of shape [B, T].
+  """
+  groups = pair_groups(beta)
+  policy = nnx.merge(policy_graphdef, policy_params)
+  ref = nnx.merge(ref_graphdef, ref_params) if groups.ref_rows else None
+  keys = row_keys(key, batch['example_index'], 2)
+  out = run(policy, ref, batch, keys, cfg, groups, beta, mesh)
+  return {'policy': _group(out, 0), 'mixture': _group(out, 1)}
+
+
+# ----------------------------------------------------------------------------------------------- standalone jit
+
+
+def jit_sample(graphdef: nnx.GraphDef, cfg: SamplingConfig, mesh: Mesh | None = None):
+  """A standalone jitted `sample`: fn(params, batch, key) -> outputs (graphdef and config are static)."""
+  return jax.jit(lambda params, batch, key: sample(graphdef, params, batch, key, cfg, mesh))
+
+
+def jit_sample_pair(policy_graphdef: nnx.GraphDef, ref_graphdef: nnx.GraphDef | None, cfg: SamplingConfig,
+                    beta: float, mesh: Mesh | None = None):
+  """A standalone jitted pair sampler fn(policy_params, ref_params, batch, key) -> outputs, in two programs:
+  prefill (returns the flat state pytree with the caches) and decode, which takes that state donated and returns
+  the final state (aliasing the donated buffers: the caches are updated in place) besides the outputs."""
+  groups = pair_groups(beta)
+
+  def merged(policy_params, ref_params):
+    policy = nnx.merge(policy_graphdef, policy_params)
+    return policy, (nnx.merge(ref_graphdef, ref_params) if groups.ref_rows else None)
+
+  def start(policy_params, ref_params, batch, key):
+    policy, ref = merged(policy_params, ref_params)
+    keys = row_keys(key, batch['example_index'], 2)
+    return init_state(policy, ref, batch, keys, cfg, groups, beta, mesh)
+
+  def loop(state, policy_params, ref_params, prompt_length):
+    policy, ref = merged(policy_params, ref_params)
+    state = decode(policy, ref, state, cfg, groups, beta, prompt_length, mesh)
+    out = finish(state, cfg)
+    return state, {'policy': _group(out, 0), 'mixture': _group(out, 1)}
+
+  start_jit = jax.jit(start)
+  loop_jit = jax.jit(loop, static_argnums=3, donate_argnums=0)
+
+  def fn(policy_params, ref_params, batch, key):
+    state = start_jit(policy_params, ref_params, batch, key)
+    return loop_jit(state, policy_params, ref_params, batch['prompt'].shape[1])[1]
+
+  return fn

@@ -1,0 +1,198 @@
+"""The sampler: cached decoding, mixture exactness, log-probabilities, per-example randomness, EOS handling."""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from scipy import stats
+
+from nlhf_jax.config import ModelConfig
+from nlhf_jax.distributed import named, param_specs
+from nlhf_jax.models import Transformer, preset
+from nlhf_jax.sampling import SamplingConfig, filter_logits, jit_sample, jit_sample_pair, sample_pair
+from nlhf_jax.sampling.sampler import decode_step, prefill
+from tests.helpers import mesh
+
+CFG = ModelConfig(**preset('tiny'))
+SMALL_VOCAB = dataclasses.replace(CFG, vocab_size=8, d_model=32, num_layers=1, mlp_dim=64)
+LENGTHS = (6, 3, 1, 4)
+
+
+def _models(cfg, scale=4.0):
+  graphdef, policy = nnx.split(Transformer(cfg, nnx.Rngs(0)))
+  _, ref = nnx.split(Transformer(cfg, nnx.Rngs(1)))
+  # Larger weights give peaked distributions, so that the policy and the reference differ clearly.
+  return graphdef, jax.tree.map(lambda x: scale * x, policy), jax.tree.map(lambda x: scale * x, ref)
+
+
+@pytest.fixture(scope='module')
+def models():
+  return _models(CFG)
+
+
+def _batch(lengths=LENGTHS, width=6, indices=None, vocab=CFG.vocab_size, seed=0):
+  b = len(lengths)
+  mask = np.arange(width)[None, :] >= width - np.asarray(lengths)[:, None]
+  tokens = np.asarray(jax.random.randint(jax.random.key(seed), (b, width), 4, vocab))
+  idx = np.arange(b) if indices is None else np.asarray(indices)
+  return {'prompt': jnp.asarray(np.where(mask, tokens, 0), jnp.int32), 'prompt_mask': jnp.asarray(mask),
+          'example_index': jnp.asarray(idx, jnp.int32)}
+
+
+def _full_logits(graphdef, params, batch, response, response_mask):
+  """Logits predicting each response token, from one full forward pass over prompt + response."""
+  tokens = jnp.concatenate([batch['prompt'], response], axis=1)
+  mask = jnp.concatenate([batch['prompt_mask'], response_mask], axis=1)
+  logits, _ = nnx.merge(graphdef, params)(tokens, mask)
+  lp = batch['prompt'].shape[1]
+  return logits[:, lp - 1:-1]
+
+
+def test_cached_decoding_matches_full_forward():
+  graphdef, params, _ = _models(CFG, scale=1.0)
+  batch = _batch()
+  t_new = 5
+  response = jax.random.randint(jax.random.key(3), (4, t_new), 4, CFG.vocab_size)
+  full = _full_logits(graphdef, params, batch, response, jnp.ones_like(response, bool))
+  model = nnx.merge(graphdef, params)
+  width = batch['prompt'].shape[1]
+  logits, cache = prefill(model, batch['prompt'], batch['prompt_mask'], width + t_new)
+  steps = [logits]
+  for t in range(1, t_new):
+    position = jnp.asarray(LENGTHS) + t - 1
+    logits, cache = decode_step(model, cache, response[:, t - 1], position, jnp.int32(width + t - 1))
+    steps.append(logits)
+  np.testing.assert_allclose(jnp.stack(steps, axis=1), full[:, :t_new], atol=1e-5, rtol=0)
+
+
+def _recomputed_logprobs(models, batch, out, cfg, beta):
+  graphdef, policy, ref = models
+  lp = _full_logits(graphdef, policy, batch, out['tokens'], out['mask'])
+  lr = _full_logits(graphdef, ref, batch, out['tokens'], out['mask'])
+  filtered = filter_logits((1 - beta) * lp + beta * lr, cfg.temperature, cfg.top_k, cfg.top_p)
+  logp = jax.nn.log_softmax(filtered, axis=-1)
+  return jnp.take_along_axis(logp, out['tokens'][..., None], axis=-1)[..., 0]
+
+
+def test_logprobs_are_those_of_the_mixed_tempered_filtered_distribution(models):
+  graphdef, policy, ref = models
+  batch = _batch()
+  cfg = SamplingConfig(max_new_tokens=6, temperature=0.7, top_k=20, top_p=0.9, eos_id=-1)
+  out = jit_sample_pair(graphdef, graphdef, cfg, 0.3)(policy, ref, batch, jax.random.key(1))
+  for name, beta in (('policy', 0.0), ('mixture', 0.3)):
+    expect = _recomputed_logprobs(models, batch, out[name], cfg, beta)
+    assert out[name]['logprobs'].dtype == jnp.float32 and bool(out[name]['mask'].all())
+    np.testing.assert_allclose(out[name]['logprobs'], expect, atol=1e-4, rtol=0)
+    assert np.isfinite(np.asarray(expect)).all()  # only kept tokens are ever drawn
+
+
+@pytest.mark.parametrize('beta', [0.0, 1.0])
+def test_mixture_reduces_to_policy_and_reference(models, beta):
+  graphdef, policy, ref = models
+  batch = _batch()
+  cfg = SamplingConfig(max_new_tokens=6, eos_id=-1)
+  key = jax.random.key(7)
+  pair = jit_sample_pair(graphdef, graphdef, cfg, beta)(policy, ref, batch, key)
+  single = jit_sample(graphdef, cfg)
+  y = single(policy, batch, jax.random.fold_in(key, 0))
+  y_mix = single(ref if beta == 1.0 else policy, batch, jax.random.fold_in(key, 1))
+  np.testing.assert_array_equal(pair['policy']['tokens'], y['tokens'])
+  np.testing.assert_array_equal(pair['mixture']['tokens'], y_mix['tokens'])
+  np.testing.assert_allclose(pair['mixture']['logprobs'], y_mix['logprobs'], atol=1e-5)
+  assert not np.array_equal(pair['policy']['tokens'], pair['mixture']['tokens'])  # distinct streams
+
+
+def test_mixture_frequencies_match_the_exact_mixture():
+  """Chi-square over many draws of the first token, and of the second token given the most frequent first."""
+  models = _models(SMALL_VOCAB)
+  graphdef, policy, ref = models
+  n, beta = 3000, 0.4
+  cfg = SamplingConfig(max_new_tokens=2, temperature=0.8, eos_id=-1)
+  one = _batch(lengths=(3,), width=3, vocab=8)
+  batch = {'prompt': jnp.repeat(one['prompt'], n, 0), 'prompt_mask': jnp.repeat(one['prompt_mask'], n, 0),
+           'example_index': jnp.arange(n, dtype=jnp.int32)}
+  out = jax.jit(lambda p, r, b: sample_pair(graphdef, p, graphdef, r, b, jax.random.key(0), cfg, beta))(
+      policy, ref, batch)['mixture']
+  tokens = np.asarray(out['tokens'])
+  first = tokens[:, 0]
+  top = int(np.bincount(first, minlength=8).argmax())
+  probe = jnp.asarray([[first[0], 0], [top, 0]], jnp.int32)
+  two = {k: jnp.repeat(v, 2, 0) for k, v in one.items()}
+  mixed = (1 - beta) * _full_logits(graphdef, policy, two, probe, jnp.ones((2, 2), bool))
+  mixed += beta * _full_logits(graphdef, ref, two, probe, jnp.ones((2, 2), bool))
+  probs = np.asarray(jax.nn.softmax(mixed / cfg.temperature, axis=-1), np.float64)
+  for observed, p in ((first, probs[0, 0]), (tokens[first == top, 1], probs[1, 1])):
+    counts = np.bincount(observed, minlength=8)
+    expected = p / p.sum() * counts.sum()
+    rare = expected < 5  # pool the rare tokens into one bin, as the chi-square approximation needs
+    if rare.any():
+      counts = np.append(counts[~rare], counts[rare].sum())
+      expected = np.append(expected[~rare], expected[rare].sum())
+    assert stats.chisquare(counts, expected).pvalue > 1e-3, (counts, expected)
+
+
+def test_samples_depend_on_the_example_not_on_the_batch(models):
+  graphdef, policy, _ = models
+  cfg = SamplingConfig(max_new_tokens=5, eos_id=-1)
+  fn = jit_sample(graphdef, cfg)
+  key = jax.random.key(3)
+  full = fn(policy, _batch(indices=[10, 11, 12, 13]), key)
+  order = [2, 0, 3, 1]
+  shuffled = {k: v[jnp.asarray(order)] for k, v in _batch(indices=[10, 11, 12, 13]).items()}
+  out = fn(policy, shuffled, key)
+  np.testing.assert_array_equal(out['tokens'], full['tokens'][jnp.asarray(order)])
+  np.testing.assert_allclose(out['logprobs'], full['logprobs'][jnp.asarray(order)], atol=1e-5)
+  rest = _batch(lengths=(2, 5, 6), seed=5, indices=[99, 98, 97])  # row 0 shares the example; the others differ
+  other = {k: jnp.concatenate([v[:1], rest[k]]) for k, v in _batch(indices=[10, 11, 12, 13]).items()}
+  np.testing.assert_array_equal(fn(policy, other, key)['tokens'][0], full['tokens'][0])
+
+
+def test_same_samples_on_one_device_and_on_a_mesh(models, devices):
+  graphdef, policy, ref = models
+  cfg = SamplingConfig(max_new_tokens=5, top_k=50, eos_id=-1)
+  batch = _batch()
+  key = jax.random.key(11)
+  expect = jit_sample_pair(graphdef, graphdef, cfg, 0.25)(policy, ref, batch, key)
+  m = mesh(data=2, tensor=4)
+  _, abstract = nnx.split(nnx.eval_shape(lambda: Transformer(CFG, nnx.Rngs(0))))
+  p_shard = named(m, param_specs(abstract))
+  b_shard = jax.sharding.NamedSharding(m, jax.sharding.PartitionSpec(('data', 'fsdp')))
+  put = lambda tree, s: jax.tree.map(lambda x, sh: jax.device_put(np.asarray(x), sh), tree, s)
+  sharded = (put(nnx.to_pure_dict(policy), p_shard), put(nnx.to_pure_dict(ref), p_shard), jax.tree.map(lambda x: jax.device_put(np.asarray(x), b_shard),
+                                                                   batch))
+  fn = jax.jit(lambda p, r, b, k: sample_pair(graphdef, p, graphdef, r, b, k, cfg, 0.25, mesh=m))
+  got = fn(*sharded, key)
+  for name in ('policy', 'mixture'):
+    np.testing.assert_array_equal(got[name]['tokens'], expect[name]['tokens'])
+    np.testing.assert_allclose(got[name]['logprobs'], expect[name]['logprobs'], atol=1e-4)
+  assert got['policy']['tokens'].sharding.spec[0] in (('data', 'fsdp'), 'data')
+
+
+def test_eos_ends_the_response_and_max_length_holds():
+  graphdef, policy, ref = _models(SMALL_VOCAB)
+  cfg = SamplingConfig(max_new_tokens=12, eos_id=2, pad_id=0)
+  batch = _batch(lengths=(3, 2, 1, 3) * 8, width=3, vocab=8)
+  out = jit_sample_pair(graphdef, graphdef, cfg, 0.5)(policy, ref, batch, jax.random.key(0))
+  for o in out.values():
+    tokens, mask, logp = (np.asarray(o[k]) for k in ('tokens', 'mask', 'logprobs'))
+    assert tokens.shape == mask.shape == logp.shape == (32, 12)
+    is_eos = tokens == 2
+    assert is_eos.any(axis=1).sum() >= 4 and (~is_eos.any(axis=1)).sum() >= 1
+    for row, m, lp, e in zip(tokens, mask, logp, is_eos):
+      end = int(np.argmax(e)) + 1 if e.any() else 12
+      assert m[:end].all() and not m[end:].any()
+      assert (row[end:] == 0).all() and (lp[end:] == 0).all() and (lp[:end] < 0).all()
+
+
+def test_greedy_is_the_argmax_and_ignores_the_key(models):
+  graphdef, policy, _ = models
+  batch = _batch()
+  cfg = SamplingConfig(max_new_tokens=4, temperature=0.0, eos_id=-1)
+  fn = jit_sample(graphdef, cfg)
+  a, b = fn(policy, batch, jax.random.key(0)), fn(policy, batch, jax.random.key(1))
+  np.testing.assert_array_equal(a['tokens'], b['tokens'])
+  logits = _full_logits(graphdef, policy, batch, a['tokens'], a['mask'])
+  np.testing.assert_array_equal(a['tokens'], jnp.argmax(logits, axis=-1))
+  np.testing.assert_allclose(a['logprobs'], jnp.max(jax.nn.log_softmax(logits, -1), -1), atol=1e-5)
