@@ -28,7 +28,7 @@ from nlhf_jax.training import checkpointing
 JUDGE_KINDS = ('preference_model', 'reward_model', 'oracle')
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)  # hashed by identity (holds arrays)
 class FrozenModel:
   """A model restored params-only from a run's checkpoint, for use inside jitted steps."""
   graphdef: nnx.GraphDef
@@ -50,6 +50,17 @@ def load_frozen(path: str, model_cls, mesh: Mesh) -> FrozenModel:
                         nnx.to_pure_dict(abstract), shardings)
   params, _ = checkpointing.restore_params(checkpointing.checkpoints_dir(path), target)
   return FrozenModel(graphdef, params, model_cfg)
+
+
+def load_policy(path: str, target: Any) -> Any:
+  """A language model's parameters from a run's checkpoint, restored onto `target` (ShapeDtypeStructs with
+  shardings: the policy's parameters). The reference policy mu must have the policy's architecture: the two are
+  mixed token by token."""
+  try:
+    params, _ = checkpointing.restore_params(checkpointing.checkpoints_dir(path), target)
+  except ValueError as e:
+    raise ConfigError(f'the checkpoint in {path} does not fit the policy model (config.model): {e}') from e
+  return params
 
 
 def resolve_oracle(spec: str) -> Callable:
@@ -77,7 +88,7 @@ def _on_host(fn: Callable) -> Callable:
   return call
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)  # hashed by identity (holds arrays)
 class Judge:
   """prob(params, prompt, prompt_mask, y, y_mask, y2, y2_mask) -> P(y > y2 | x), float32 [B]; for reward models
   also reward(params, prompt, prompt_mask, y, y_mask) -> r(x, y)."""
@@ -107,11 +118,15 @@ def make_judge(kind: str, mesh: Mesh, checkpoint: str = '', oracle: str = '') ->
     raise ConfigError(f"config.online.judge={kind!r} needs config.online.judge_checkpoint (the --workdir of the "
                       f"{kind} run)")
   frozen = load_frozen(checkpoint, PreferenceModel if kind == 'preference_model' else RewardModel, mesh)
-  prob = lambda params, *texts: jax.nn.sigmoid(frozen.module(params).logit(*texts))
-  reward = None
-  if kind == 'reward_model':
-    reward = lambda params, *texts: frozen.module(params).reward(*texts)
-  return Judge(kind, frozen.params, prob, reward)
+  return model_judge(kind, frozen.graphdef, frozen.params)
+
+
+def model_judge(kind: str, graphdef: nnx.GraphDef, params) -> Judge:
+  """A judge from a preference or reward model's graphdef and (frozen) parameters."""
+  module = lambda p: nnx.merge(graphdef, p)
+  prob = lambda p, *texts: jax.nn.sigmoid(module(p).logit(*texts))
+  reward = (lambda p, *texts: module(p).reward(*texts)) if kind == 'reward_model' else None
+  return Judge(kind, params, prob, reward)
 
 
 def binary_judgement(prob: jax.Array, key: jax.Array) -> jax.Array:

@@ -20,18 +20,19 @@ def host_oracle(fn):
   return fn
 
 
-def _count(tokens, mask, token_id):
-  return jnp.sum((tokens == token_id) & mask, axis=1).astype(jnp.float32)
+def _count(tokens, mask, token_ids):
+  hits = jnp.isin(tokens, jnp.asarray(token_ids, tokens.dtype)) & mask
+  return jnp.sum(hits, axis=1).astype(jnp.float32)
 
 
-def more_of(text: str = 'a', temperature: float = 1.0):
-  """P(a > b) = sigmoid((count_a - count_b) / temperature), counting the byte-vocabulary token of `text`.
-  A transitive toy judge: the best response repeats one letter."""
-  (token_id,) = bytes_vocab.encode(text)
+def more_of(characters: str = 'a', temperature: float = 1.0):
+  """P(a > b) = sigmoid((count_a - count_b) / temperature), counting the byte-vocabulary tokens of any of
+  `characters`. A transitive toy judge (e.g. more_of('aeiou') prefers responses with more vowels)."""
+  token_ids = sorted({t for c in characters for t in bytes_vocab.encode(c)})
 
   def oracle(prompt, prompt_mask, response_a, response_a_mask, response_b, response_b_mask):
     del prompt, prompt_mask
-    diff = _count(response_a, response_a_mask, token_id) - _count(response_b, response_b_mask, token_id)
+    diff = _count(response_a, response_a_mask, token_ids) - _count(response_b, response_b_mask, token_ids)
     return jax.nn.sigmoid(diff / temperature)
 
   return oracle

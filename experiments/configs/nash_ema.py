@@ -1,0 +1,16 @@
+"""Nash-EMA-PG: the opponent y' is sampled from the policy with EMA parameters (kept in the train state),
+theta_bar <- ema_rate * theta_bar + (1 - ema_rate) * theta after every update; KL-regularised towards mu.
+  nlhf-train --config=experiments/configs/nash_ema.py:tiny --workdir=/tmp/nash_ema
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import nash_md  # noqa: E402  (the shared online config)
+
+
+def get_config(arg: str = 'tiny'):
+  size, _ = nash_md.parse(arg, 'nash_ema.py')
+  c = nash_md.online_config(size, 'nash_ema')
+  c.online.ema_rate = 0.9 if size == 'tiny' else 0.999
+  return c

@@ -1,0 +1,57 @@
+"""Nash-MD-PG (NLHF_MATH.md section 4): y ~ pi_theta, y' ~ pi^beta, preference-based policy gradient.
+
+Self-play and best response are this algorithm at beta = 0 and beta = 1 (variants `,sp` and `,br`).
+Variants: `tiny` (tests and CPU: random reference, programmatic judge), `small` (the benchmark reference size),
+`125m` (accelerators: SFT reference and preference-model judge checkpoints given on the command line).
+  nlhf-train --config=experiments/configs/nash_md.py:tiny --workdir=/tmp/nash_md
+  nlhf-train --config=experiments/configs/nash_md.py:125m,sp --workdir=gs://bucket/sp \\
+      --config.online.reference_checkpoint=gs://bucket/sft --config.online.judge_checkpoint=gs://bucket/pm
+"""
+import ml_collections
+
+from nlhf_jax.config.defaults import defaults
+
+SIZES = ('tiny', 'small', '125m')
+FLAVOURS = {'md': None, 'sp': 0.0, 'br': 1.0}
+
+
+def parse(arg: str, name: str) -> tuple[str, str]:
+  size, _, flavour = (arg or 'tiny').partition(',')
+  flavour = flavour or 'md'
+  if size not in SIZES or flavour not in FLAVOURS:
+    raise ValueError(f'unknown variant {arg!r} of {name}; use SIZE[,FLAVOUR] with SIZE in {", ".join(SIZES)} '
+                     f'and FLAVOUR in {", ".join(FLAVOURS)}')
+  return size, flavour
+
+
+def online_config(size: str, objective: str) -> ml_collections.ConfigDict:
+  """The shared shape of the online configs (nash_md, nash_ema, rlhf, online_ipo)."""
+  c = defaults('tiny' if size == 'tiny' else size)
+  c.name = f'{objective}_{size}'
+  c.train.objective = objective
+  c.data.update(source='synthetic', tokenizer='bytes', prompt_len=32, num_examples=4096)
+  c.online.update(tau=0.05, beta=0.125, max_new_tokens=16, temperature=1.0, samples_per_prompt=1)
+  c.online.update(judge='oracle', oracle="nlhf_jax.online.oracles:more_of('aeiou')")
+  c.optim.update(name='adamw', learning_rate=1e-3, schedule='constant', warmup_steps=0, grad_clip_norm=1.0)
+  c.train.update(num_steps=60, batch_size=16, log_every=10, checkpoint_every=30)
+  if size == 'small':
+    c.data.update(prompt_len=64)
+    c.online.update(max_new_tokens=64)
+    c.train.update(batch_size=8, num_steps=1000, log_every=20, checkpoint_every=200)
+  if size == '125m':
+    c.model.compute_dtype = 'bfloat16'
+    c.mesh = dict(data=-1, fsdp=1, tensor=1)
+    c.data.update(source='tfds', name='prompts', prompt_len=256, tokenizer='')
+    c.online.update(tau=0.008, max_new_tokens=128, judge='preference_model', oracle='')
+    c.optim.update(learning_rate=1e-5, warmup_steps=100)
+    c.train.update(batch_size=128, num_steps=10_000, log_every=50, checkpoint_every=500)
+  return c
+
+
+def get_config(arg: str = 'tiny') -> ml_collections.ConfigDict:
+  size, flavour = parse(arg, 'nash_md.py')
+  c = online_config(size, 'nash_md')
+  if FLAVOURS[flavour] is not None:
+    c.online.beta = FLAVOURS[flavour]
+    c.name = f'{flavour}_{size}'
+  return c

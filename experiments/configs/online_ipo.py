@@ -1,0 +1,16 @@
+"""Online IPO: y, y' ~ pi_theta, IPO loss weighted by the judge's P(y > y'); variant `,md` is IPO-MD (both
+samples from the token-level mixture pi^beta). NLHF_MATH.md section 5.
+  nlhf-train --config=experiments/configs/online_ipo.py:tiny --workdir=/tmp/online_ipo
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import nash_md  # noqa: E402  (the shared online config)
+
+
+def get_config(arg: str = 'tiny'):
+  size, flavour = nash_md.parse(arg, 'online_ipo.py')
+  c = nash_md.online_config(size, 'ipo_md' if flavour == 'md' and ',' in (arg or '') else 'online_ipo')
+  c.online.tau = 0.5 if size == 'tiny' else 0.1
+  return c

@@ -1,0 +1,17 @@
+"""The RLHF baseline: regularised policy gradient on a Bradley-Terry reward model r(x, y), with the reward of an
+independent second sample as baseline (NLHF_MATH.md section 4).
+  nlhf-train --config=experiments/configs/rlhf.py:tiny --workdir=/tmp/rlhf \\
+      --config.online.judge_checkpoint=/tmp/reward_model
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import nash_md  # noqa: E402  (the shared online config)
+
+
+def get_config(arg: str = 'tiny'):
+  size, _ = nash_md.parse(arg, 'rlhf.py')
+  c = nash_md.online_config(size, 'rlhf')
+  c.online.update(judge='reward_model', oracle='', tau=0.05)
+  return c

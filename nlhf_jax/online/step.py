@@ -1,0 +1,160 @@
+"""One pure train step for every online objective: sample, judge, differentiate on the fixed samples, update.
+
+  step(state, frozen, batch) -> (state, metrics)
+
+state: the policy's TrainState (extras['ema'] holds the EMA parameters for nash_ema); frozen: {'reference': mu's
+params, 'judge': the judge's params or None}, sharded by the rule table and never differentiated; batch: prompts
+{'prompt' [B, Lp] left-padded, 'prompt_mask', 'example_index' int32 [B]} (global dataset indices: the sampling keys
+are folded from them, so samples do not depend on the mesh or the number of processes).
+
+Objectives (config.train.objective):
+- nash_md: y ~ pi_theta, y' ~ pi^beta (token-level mixture of pi_theta and mu), Nash-MD-PG; beta = 0 is self-play,
+  beta = 1 best response to mu;
+- nash_ema: as nash_md with the opponent the policy with EMA parameters (updated after every step);
+- rlhf: y, y'' ~ pi_theta, regularised policy gradient on a reward model's r(x, y) with baseline r(x, y'');
+- online_ipo: y, y' ~ pi_theta, IPO loss weighted by the judge; ipo_md: both samples from pi^beta.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh
+
+from nlhf_jax.config import ExperimentConfig
+from nlhf_jax.models.transformer import token_logprobs
+from nlhf_jax.objectives import online as losses
+from nlhf_jax.online.judges import Judge, binary_judgement
+from nlhf_jax.sampling.sampler import Groups, SamplingConfig, row_keys, run, sample_pair
+from nlhf_jax.training.state import TrainState
+
+sg = jax.lax.stop_gradient
+
+
+def sampling_config(cfg: ExperimentConfig, eos_id: int) -> SamplingConfig:
+  o = cfg.online
+  return SamplingConfig(max_new_tokens=o.max_new_tokens, temperature=o.temperature, top_k=o.top_k, top_p=o.top_p,
+                        eos_id=eos_id, pad_id=cfg.model.pad_id)
+
+
+def response_logprobs(model: nnx.Module, prompt, prompt_mask, response, response_mask) -> jax.Array:
+  """float32 log pi(y_n | x, y_<n) [B, T] of right-padded responses after left-padded prompts (0 at padding)."""
+  tokens = jnp.concatenate([prompt, response], axis=1)
+  mask = jnp.concatenate([prompt_mask, response_mask], axis=1)
+  logits, _ = model(tokens[:, :-1], mask[:, :-1])
+  lp = token_logprobs(logits[:, prompt.shape[1] - 1:], response)
+  return jnp.where(response_mask, lp, 0.0)
+
+
+def repeat_prompts(batch: dict, k: int) -> dict:
+  """k samples per prompt: each prompt repeated k times, sample j of example i gets the id i * k + j."""
+  if k == 1:
+    return batch
+  out = {key: jnp.repeat(v, k, axis=0) for key, v in batch.items()}
+  out['example_index'] = (jnp.repeat(batch['example_index'], k) * k
+                          + jnp.tile(jnp.arange(k, dtype=jnp.int32), batch['example_index'].shape[0]))
+  return out
+
+
+@dataclasses.dataclass(frozen=True, eq=False)  # hashed by identity (holds arrays)
+class OnlineStep:
+  cfg: ExperimentConfig
+  graphdef: nnx.GraphDef
+  tx: optax.GradientTransformation
+  lr_schedule: optax.Schedule
+  judge: Judge
+  eos_id: int
+  mesh: Mesh | None = None  # constrains the sampler's caches and activations by the rule table
+
+  @property
+  def objective(self) -> str:
+    return self.cfg.train.objective
+
+  def opponent(self, state: TrainState, frozen: dict):
+    """(anchor params, beta) of the opponent's token-level mixture and whether y is also drawn from it."""
+    o = self.cfg.online
+    if self.objective == 'nash_ema':
+      return state.extras['ema'], 1.0, False
+    if self.objective in ('rlhf', 'online_ipo'):
+      return frozen['reference'], 0.0, False
+    return frozen['reference'], o.beta, self.objective == 'ipo_md'
+
+  def sample(self, params, anchor, batch, key, beta: float, both_mixed: bool):
+    """(y, y'): y ~ pi_theta and y' ~ pi^beta, or both from pi^beta (ipo_md); each {'tokens', 'mask', 'logprobs'}."""
+    scfg = sampling_config(self.cfg, self.eos_id)
+    if not both_mixed or beta in (0.0, 1.0):
+      out = sample_pair(self.graphdef, params, self.graphdef, anchor, batch, key, scfg, beta, self.mesh)
+      if not both_mixed:
+        return out['policy'], out['mixture']
+      return out['mixture'], sample_pair(self.graphdef, params, self.graphdef, anchor, batch,
+                                         jax.random.fold_in(key, 1), scfg, beta, self.mesh)['mixture']
+    groups = Groups(n_policy=0, n_mix=2)
+    policy, ref = nnx.merge(self.graphdef, params), nnx.merge(self.graphdef, anchor)
+    out = run(policy, ref, batch, row_keys(key, batch['example_index'], 2), scfg, groups, beta, self.mesh)
+    return ({k: v[:, 0] for k, v in out.items()}, {k: v[:, 1] for k, v in out.items()})
+
+  def __call__(self, state: TrainState, frozen: dict, batch: dict):
+    o = self.cfg.online
+    loss, grads, out = self.loss_and_grads(state, frozen, batch)
+    updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    extras = state.extras
+    if self.objective == 'nash_ema':
+      extras = {'ema': jax.tree.map(lambda e, p: o.ema_rate * e + (1.0 - o.ema_rate) * p, extras['ema'], params)}
+    metrics = self.metrics(loss, grads, state, out)
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state, extras=extras), metrics
+
+  def loss_and_grads(self, state: TrainState, frozen: dict, batch: dict):
+    """(loss, grads, outputs): the samples, the judge's preferences and the log-probabilities, for the metrics
+    (and for tests that compare meshes)."""
+    o = self.cfg.online
+    k_sample, k_judge = jax.random.split(state.step_key())
+    batch = repeat_prompts(batch, o.samples_per_prompt)
+    x = (batch['prompt'], batch['prompt_mask'])
+    anchor, beta, both_mixed = self.opponent(state, frozen)
+    y, y2 = self.sample(state.params, anchor, batch, k_sample, beta, both_mixed)
+    yt, y2t = (y['tokens'], y['mask']), (y2['tokens'], y2['mask'])
+    ref = nnx.merge(self.graphdef, frozen['reference'])
+    ref_lp = sg(response_logprobs(ref, *x, *yt))
+    pref = sg(self.judge.prob(frozen['judge'], *x, *yt, *y2t))
+    if o.binary_judgements:
+      pref = binary_judgement(pref, k_judge)
+    aux_in = {'pref': pref, 'ref_lp': ref_lp}
+    if self.objective == 'rlhf':
+      aux_in['reward'] = sg(self.judge.reward(frozen['judge'], *x, *yt))
+      aux_in['baseline'] = sg(self.judge.reward(frozen['judge'], *x, *y2t))
+    if self.objective in ('online_ipo', 'ipo_md'):
+      aux_in['ref_lp2'] = sg(response_logprobs(ref, *x, *y2t))
+
+    def loss_fn(params):
+      policy = nnx.merge(self.graphdef, params)
+      lp = response_logprobs(policy, *x, *yt)
+      if self.objective in ('nash_md', 'nash_ema'):
+        loss = losses.nash_md_pg_loss(lp, aux_in['ref_lp'], y['mask'], pref, o.tau, o.reward_to_go)
+      elif self.objective == 'rlhf':
+        loss = losses.rlhf_pg_loss(lp, aux_in['ref_lp'], y['mask'], aux_in['reward'], aux_in['baseline'], o.tau,
+                                   o.reward_to_go)
+      else:
+        lp2 = response_logprobs(policy, *x, *y2t)
+        loss = losses.ipo_loss(lp, aux_in['ref_lp'], y['mask'], lp2, aux_in['ref_lp2'], y2['mask'], pref, o.tau)
+      return loss, sg(lp)
+
+    (loss, lp), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    out = dict(aux_in, y=y, y2=y2, lp=lp)
+    return loss, grads, out
+
+  def metrics(self, loss, grads, state, out) -> dict:
+    y, y2, lp = out['y'], out['y2'], out['lp']
+    stats = losses.sample_statistics(lp, out['ref_lp'], y['mask'])
+    ended = jnp.any((y['tokens'] == self.eos_id) & y['mask'], axis=1)
+    metrics = dict(stats, loss=loss, grad_norm=optax.tree.norm(grads), learning_rate=self.lr_schedule(state.step),
+                   preference=out['pref'].mean(), entropy=-jnp.mean(jnp.sum(lp, axis=1)),
+                   eos_rate=ended.astype(jnp.float32).mean(),
+                   opponent_length=y2['mask'].sum(1).astype(jnp.float32).mean(),
+                   sampled_tokens=(y['mask'].sum() + y2['mask'].sum()).astype(jnp.float32))
+    if 'reward' in out:
+      metrics['reward'] = out['reward'].mean()
+    return metrics
