@@ -1,6 +1,6 @@
 """Causal multi-head attention with padding masks and an optional KV cache.
 
-The cache is a plain dict {'k': [B, S, H, D], 'v': [B, S, H, D]} owned by the caller (the sampler keeps all
+The cache is a plain dict {'k': [B, H, S, D], 'v': [B, H, S, D]} (head-major) owned by the caller (the sampler keeps all
 layers' caches in one flat pytree); the layer writes the new keys/values at `cache_index` and attends over
 every cache slot whose `key_mask` is set and whose position is not in the future.
 """
@@ -34,16 +34,17 @@ class Attention(nnx.Module):
     k = rope(jnp.einsum('btd,dhk->bthk', x_btd, self.k[...].astype(dt)), positions_bt, self.rope_theta)
     v = jnp.einsum('btd,dhk->bthk', x_btd, self.v[...].astype(dt))
     if cache is None:
-      key_positions = positions_bt
-    else:
-      k = jax.lax.dynamic_update_slice_in_dim(cache['k'], k.astype(cache['k'].dtype), cache_index, axis=1)
-      v = jax.lax.dynamic_update_slice_in_dim(cache['v'], v.astype(cache['v'].dtype), cache_index, axis=1)
+      key_positions, k_spec = positions_bt, 'bshk'
+    else:  # the cache is head-major [B, H, S, D]: attention over it needs no transpose of the whole cache
+      write = lambda buf, new: jax.lax.dynamic_update_slice_in_dim(
+          buf, jnp.swapaxes(new, 1, 2).astype(buf.dtype), cache_index, axis=2)
+      k, v = write(cache['k'], k), write(cache['v'], v)
       cache = {'k': k, 'v': v, 'pos': jax.lax.dynamic_update_slice_in_dim(
           cache['pos'], positions_bt.astype(cache['pos'].dtype), cache_index, axis=1)}
-      key_positions = cache['pos']
-    logits = jnp.einsum('bthk,bshk->bhts', q, k.astype(dt)).astype(jnp.float32) * q.shape[-1] ** -0.5
+      key_positions, k_spec = cache['pos'], 'bhsk'
+    logits = jnp.einsum(f'bthk,{k_spec}->bhts', q, k.astype(dt)).astype(jnp.float32) * q.shape[-1] ** -0.5
     allowed = (key_positions[:, None, :] <= positions_bt[:, :, None]) & key_mask_bs[:, None, :]
     logits = jnp.where(allowed[:, None, :, :], logits, _NEG_INF)
     probs = jax.nn.softmax(logits, axis=-1).astype(dt)
-    out = jnp.einsum('bhts,bshk->bthk', probs, v.astype(dt))
+    out = jnp.einsum(f'bhts,{k_spec}->bthk', probs, v.astype(dt))
     return jnp.einsum('bthk,hkd->btd', out, self.o[...].astype(dt)), cache

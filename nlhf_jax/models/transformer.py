@@ -71,7 +71,7 @@ class Transformer(nnx.Module):
 def init_cache(cfg: ModelConfig, batch: int, length: int, dtype=jnp.float32) -> dict:
   """An empty KV cache of `length` slots. cache['mask'] marks slots that hold real (non-padding) keys;
   the sampler sets it as it writes."""
-  shape = (batch, length, cfg.num_heads, cfg.head_dim)
+  shape = (batch, cfg.num_heads, length, cfg.head_dim)  # head-major: see attention.py
   layer = lambda: {'k': jnp.zeros(shape, dtype), 'v': jnp.zeros(shape, dtype),
                    'pos': jnp.full((batch, length), _UNWRITTEN, jnp.int32)}
   cache = {f'layer_{i}': layer() for i in range(cfg.num_layers)}

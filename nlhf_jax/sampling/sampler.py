@@ -91,8 +91,8 @@ def _constrain_cache(cache: dict, mesh: Mesh | None) -> dict:
   out = {'mask': constrain(cache['mask'], ('batch', 'length'), mesh)}
   for name, layer in cache.items():
     if name != 'mask':
-      out[name] = {'k': constrain(layer['k'], ('batch', 'length', 'heads', 'head_dim'), mesh),
-                   'v': constrain(layer['v'], ('batch', 'length', 'heads', 'head_dim'), mesh),
+      out[name] = {'k': constrain(layer['k'], ('batch', 'heads', 'length', 'head_dim'), mesh),
+                   'v': constrain(layer['v'], ('batch', 'heads', 'length', 'head_dim'), mesh),
                    'pos': constrain(layer['pos'], ('batch', 'length'), mesh)}
   return out
 
