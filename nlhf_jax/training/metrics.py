@@ -63,8 +63,12 @@ class Progress:
       if metrics:
         self._bar.set_postfix({k: f'{float(v):.4g}' for k, v in metrics.items() if k in ('loss', 'grad_norm')})
     elif metrics is not None:
-      rate = (step - self._s0) / max(time.time() - self._t0, 1e-9)
+      now = time.time()
+      rate = (step - self._s0) / max(now - self._t0, 1e-9)  # since the last log line
+      self._t0, self._s0 = now, step
       shown = ' '.join(f'{k}={float(v):.4g}' for k, v in sorted(metrics.items()))
+      if 'sampled_tokens' in metrics:  # online objectives: sampling throughput of the whole step
+        shown += f' sampled_tokens_per_s={rate * float(metrics["sampled_tokens"]):.0f}'
       log.info('step %d/%d (%.2f steps/s) %s', step, self.total, rate, shown)
 
   def close(self) -> None:
