@@ -2,10 +2,17 @@
 
   nlhf-train --config=experiments/configs/sft.py:tiny --workdir=/tmp/run [--config.train.num_steps=100 ...]
 
-Started again on the same --workdir, the run continues from its last checkpoint.
+Started again on the same --workdir, the run continues from its last checkpoint. On SIGTERM (or JAX's
+preemption notice) it checkpoints the step it reached and exits with status 0.
+
+Several processes (see docs/launching.md): give every process the same command plus
+  --coordinator_address=HOST:PORT --num_processes=N --process_id=I
+(or the environment variables JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID), or, on a TPU pod
+slice or under Slurm where JAX detects them, --config.distributed.initialize=true.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import jax
@@ -21,7 +28,19 @@ log = logging.getLogger(__name__)
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file, e.g. '
                                           'experiments/configs/sft.py:tiny', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints and metrics (resumed if it exists).')
+_COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'Multi-process: HOST:PORT of process 0 '
+                                   '(overrides config.distributed.coordinator_address).')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Multi-process: number of processes.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'Multi-process: this process, 0 .. num_processes - 1.')
 flags.mark_flags_as_required(['config', 'workdir'])
+
+
+def distributed_config(cfg: config_lib.DistributedConfig) -> config_lib.DistributedConfig:
+  """The config's distributed section with the command-line flags applied."""
+  given = {'coordinator_address': _COORDINATOR.value, 'num_processes': _NUM_PROCESSES.value,
+           'process_id': _PROCESS_ID.value}
+  given = {k: v for k, v in given.items() if v is not None}
+  return dataclasses.replace(cfg, **given, initialize=cfg.initialize or bool(given))
 
 
 def main(argv) -> None:
@@ -29,12 +48,13 @@ def main(argv) -> None:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   logs.setup()
   cfg = config_lib.from_config_dict(_CONFIG.value)  # value checks: before any JAX work
-  initialize(cfg.distributed)
+  initialize(distributed_config(cfg.distributed))
   cfg = config_lib.from_config_dict(_CONFIG.value, num_devices=jax.device_count())
   from nlhf_jax.training.loop import train  # heavy imports after validation
   log.info('%s: %d processes, %d devices, workdir %s', cfg.name, jax.process_count(), jax.device_count(),
-               _WORKDIR.value)
-  train(cfg, _WORKDIR.value)
+           _WORKDIR.value)
+  state = train(cfg, _WORKDIR.value)
+  log.info('stopped at step %d of %d', int(jax.device_get(state.step)), cfg.train.num_steps)
 
 
 def run() -> None:

@@ -81,6 +81,7 @@ class TrainConfig:
   checkpoint_every: int = 50
   keep_checkpoints: int = 3
   async_checkpointing: bool = True
+  on_nonfinite: str = 'stop'  # a non-finite loss or gradient: 'stop' (error naming the step) or 'skip' (count it)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,7 +108,9 @@ class OnlineConfig:
 
 @dataclasses.dataclass(frozen=True)
 class DistributedConfig:
-  """Multi-process launch. With `initialize=True` the run calls jax.distributed.initialize."""
+  """Multi-process launch. With `initialize=True` the run calls jax.distributed.initialize; empty fields are
+  read from the environment (JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID) or detected by JAX
+  (TPU pods, Slurm). Setting any field (or JAX_COORDINATOR_ADDRESS) implies initialize."""
   initialize: bool = False
   coordinator_address: str = ''
   num_processes: int = 0  # 0: let JAX detect it (TPU, Slurm) or read the environment

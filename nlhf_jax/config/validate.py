@@ -111,6 +111,8 @@ def check_values(cfg: schema.ExperimentConfig) -> None:
   _require(t.batch_size % t.grad_accum_steps == 0,
            f'config.train.batch_size={t.batch_size} is not divisible by '
            f'config.train.grad_accum_steps={t.grad_accum_steps}')
+  _require(t.on_nonfinite in ('stop', 'skip'),
+           f"config.train.on_nonfinite={t.on_nonfinite!r}: use 'stop' or 'skip'")
   check_online(cfg)
   mesh = cfg.mesh
   axes = {'data': mesh.data, 'fsdp': mesh.fsdp, 'tensor': mesh.tensor}

@@ -1,7 +1,15 @@
-"""Multi-process helpers: initialisation and global arrays from per-process data."""
+"""Multi-process helpers: initialisation, this process's rows of a global batch, and global arrays from them.
+
+A run on several processes (TPU pod hosts, Slurm tasks, or several processes on one machine) calls
+`jax.distributed.initialize`; arguments come from the config (or the `nlhf-train` flags that set it), then
+from the environment (JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID), and otherwise from JAX's
+own detection (Cloud TPU, Slurm, Open MPI, Kubernetes).
+"""
 from __future__ import annotations
 
+import dataclasses
 import logging
+import os
 
 import jax
 import numpy as np
@@ -12,10 +20,24 @@ from nlhf_jax.distributed.sharding import batch_spec
 
 log = logging.getLogger(__name__)
 
+ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID = 'JAX_COORDINATOR_ADDRESS', 'JAX_NUM_PROCESSES', 'JAX_PROCESS_ID'
+
+
+def from_environment(cfg: DistributedConfig, environ=None) -> DistributedConfig:
+  """Fills empty fields from the environment; any explicit field or JAX_COORDINATOR_ADDRESS implies initialize."""
+  env = os.environ if environ is None else environ
+  address = cfg.coordinator_address or env.get(ENV_COORDINATOR, '')
+  num = cfg.num_processes if cfg.num_processes > 0 else int(env.get(ENV_NUM_PROCESSES, 0) or 0)
+  pid = cfg.process_id if cfg.process_id >= 0 else int(env.get(ENV_PROCESS_ID, -1))
+  wanted = cfg.initialize or bool(address) or num > 0 or pid >= 0
+  return dataclasses.replace(cfg, initialize=wanted, coordinator_address=address, num_processes=num,
+                             process_id=pid)
+
 
 def initialize(cfg: DistributedConfig) -> None:
-  """Calls jax.distributed.initialize when the config asks for it. Empty fields are left to JAX, which reads
-  them from the environment or detects them on TPU pods and Slurm."""
+  """Calls jax.distributed.initialize when asked to (see `from_environment`); non-zero processes log warnings
+  and errors only."""
+  cfg = from_environment(cfg)
   if not cfg.initialize:
     return
   kwargs = {}
@@ -26,12 +48,41 @@ def initialize(cfg: DistributedConfig) -> None:
   if cfg.process_id >= 0:
     kwargs['process_id'] = cfg.process_id
   jax.distributed.initialize(**kwargs)
+  if jax.process_index() != 0:
+    logging.getLogger('nlhf_jax').setLevel(logging.WARNING)
   log.info('process %d of %d, %d local / %d global devices', jax.process_index(), jax.process_count(),
-               jax.local_device_count(), jax.device_count())
+           jax.local_device_count(), jax.device_count())
 
 
-def local_batch_rows(global_batch: int) -> slice:
-  """The rows of a global batch that this process supplies."""
+def local_batch_rows(global_batch: int, mesh: Mesh | None = None) -> slice:
+  """The rows of a global batch that this process supplies.
+
+  With a mesh, these are the rows that this process's devices hold under the batch sharding (all rows when the
+  mesh has none of this process's devices, e.g. a sub-mesh in tests); without one, an even split by process.
+  """
+  if mesh is None:
+    return _even_rows(global_batch)
+  sharding = NamedSharding(mesh, batch_spec(1))
+  if global_batch % _batch_shards(mesh):
+    raise ValueError(f'global batch {global_batch} is not divisible by the {_batch_shards(mesh)} batch shards')
+  index = sharding.addressable_devices_indices_map((global_batch,))
+  if not index:
+    return slice(0, global_batch)
+  rows = sorted({(s[0].start or 0, global_batch if s[0].stop is None else s[0].stop) for s in index.values()})
+  for (_, stop), (start, _) in zip(rows, rows[1:]):
+    if start != stop:
+      raise ValueError(f'process {jax.process_index()} holds non-contiguous batch rows {rows}; order the mesh '
+                       'devices by process')
+  return slice(rows[0][0], rows[-1][1])
+
+
+def _batch_shards(mesh: Mesh) -> int:
+  spec = batch_spec(1)[0]
+  axes = spec if isinstance(spec, tuple) else (() if spec is None else (spec,))
+  return int(np.prod([mesh.shape[a] for a in axes]))
+
+
+def _even_rows(global_batch: int) -> slice:
   n = jax.process_count()
   if global_batch % n:
     raise ValueError(f'global batch {global_batch} is not divisible by the {n} processes')

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 from jax.sharding import NamedSharding
 
 from nlhf_jax.training.state import TrainState
@@ -28,11 +29,16 @@ def _abstract(tree_with_shardings) -> Any:
   return jax.tree.map(leaf, tree_with_shardings)
 
 
+def _absolute(path: str) -> str:
+  """Local paths made absolute; URLs (gs://...) as they are."""
+  return path if '://' in path else os.path.abspath(path)
+
+
 class Checkpointer:
   """Saves every `every` steps (asynchronously), keeps the last `keep`, restores the latest."""
 
   def __init__(self, directory: str, every: int = 1, keep: int = 3, async_save: bool = True):
-    self.directory = os.path.abspath(directory)
+    self.directory = _absolute(directory)
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=every,
                                            enable_async_checkpointing=async_save, create=True)
     self._manager = ocp.CheckpointManager(self.directory, options=options)
@@ -71,6 +77,55 @@ class Checkpointer:
                        rng=train['rng'], extras=train['extras'])
     return state, restored['meta']
 
+  def restore_latest_usable(self, target: TrainState, check_meta: Callable[[dict], None]
+                            ) -> tuple[TrainState, dict, int] | None:
+    """The newest step that reads back, or None when there is none.
+
+    `check_meta(meta)` runs before any array is read and its errors propagate (a config mismatch is not a
+    damaged checkpoint). A step whose files cannot be read is reported, moved aside to `N.unreadable` (kept
+    for inspection, never deleted) and the previous complete step is used; interrupted saves (Orbax's
+    temporary directories) are reported and ignored.
+    """
+    self._report_incomplete()
+    for step in sorted(self.all_steps(), reverse=True):
+      try:
+        meta = self.read_meta(step)
+      except Exception as e:  # noqa: BLE001 - any failure to read means the step is unusable
+        self._set_aside(step, e)
+        continue
+      check_meta(meta)
+      try:
+        state, meta = self.restore(target, step)
+      except Exception as e:  # noqa: BLE001
+        self._set_aside(step, e)
+        continue
+      return state, meta, step
+    return None
+
+  def _report_incomplete(self) -> None:
+    root = epath.Path(self.directory)
+    if not root.is_dir():
+      return
+    for path in sorted(root.iterdir()):
+      if 'tmp' in path.name and path.name.split('.')[0].isdigit():
+        log.warning('ignoring an incomplete checkpoint %s (a save that was interrupted)', path)
+
+  def _set_aside(self, step: int, error: Exception) -> None:
+    path = epath.Path(self.directory) / str(step)
+    aside = path.parent / f'{step}.unreadable'
+    log.error('checkpoint step %d in %s cannot be read (%s: %s); it is moved to %s and the previous complete '
+              'step is used', step, self.directory, type(error).__name__, (str(error).splitlines() or [''])[0][:300],
+              aside)
+    if jax.process_index() == 0 and path.is_dir():
+      n = 1
+      while aside.exists():
+        aside, n = path.parent / f'{step}.unreadable{n}', n + 1
+      path.rename(aside)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices(f'nlhf_set_aside_{step}')
+    self._manager.reload()
+
   def read_meta(self, step: int | None = None) -> dict:
     step = self.latest_step() if step is None else step
     return self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
@@ -85,7 +140,7 @@ class Checkpointer:
 def restore_params(directory: str, abstract_params, step: int | None = None) -> tuple[Any, int]:
   """Only the parameters of a checkpoint (for evaluation or a warm start), onto `abstract_params`' shardings.
   `directory` is a run's checkpoints directory."""
-  manager = ocp.CheckpointManager(os.path.abspath(directory))
+  manager = ocp.CheckpointManager(_absolute(directory))
   step = manager.latest_step() if step is None else step
   if step is None:
     raise FileNotFoundError(f'no checkpoint in {directory}; expected step directories written by nlhf-train')

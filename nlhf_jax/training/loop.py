@@ -1,21 +1,22 @@
-"""The outer training loop: no math here, only order of events (restore, step, log, checkpoint)."""
+"""The outer training loop: no math here, only order of events (restore, step, guard, log, checkpoint, stop)."""
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
-import math
 import os
 
 import jax
 from jax.sharding import Mesh
 
-from nlhf_jax.config import ConfigError, ExperimentConfig
+from nlhf_jax.config import ExperimentConfig
 from nlhf_jax.distributed import global_batch, local_batch_rows, make_mesh, param_specs
 from nlhf_jax.training import checkpointing, init, optim
+from nlhf_jax.training.guards import NonFiniteGuard, check_resume_compatible, config_to_json, guard_step
 from nlhf_jax.training.metrics import MetricWriter, Progress
+from nlhf_jax.training.preemption import PreemptionWatcher
 from nlhf_jax.training.state import TrainState
 from nlhf_jax.training.tasks import build_step, get_task
+
+__all__ = ['train', 'config_to_json', 'check_resume_compatible']
 
 log = logging.getLogger(__name__)
 
@@ -23,57 +24,71 @@ log = logging.getLogger(__name__)
 _MAX_QUEUED_STEPS = 8
 
 
-def config_to_json(cfg: ExperimentConfig) -> dict:
-  return json.loads(json.dumps(dataclasses.asdict(cfg)))
-
-
-def check_resume_compatible(saved: dict, cfg: ExperimentConfig, directory: str) -> None:
-  """A checkpoint written for another model shape cannot be continued: say what differs."""
-  now = config_to_json(cfg)['model']
-  before = saved.get('config', {}).get('model', {})
-  diff = [f'model.{k}: checkpoint {before.get(k)!r}, config {now.get(k)!r}'
-          for k in sorted(set(now) | set(before)) if before.get(k) != now.get(k) and k != 'preset']
-  if diff:
-    raise ConfigError(f'the checkpoint in {directory} was written with another model; nothing was overwritten. '
-                      f'Differences: {"; ".join(diff)}. Use a new --workdir or the original config.')
-
-
 def train(cfg: ExperimentConfig, workdir: str, mesh: Mesh | None = None) -> TrainState:
   """Trains `cfg.train.objective` for cfg.train.num_steps steps, resuming from workdir if it holds a run.
 
-  The mesh is built from cfg.mesh over all devices unless one is given (e.g. over a subset of devices).
+  The mesh is built from cfg.mesh over all devices unless one is given (e.g. over a subset of devices). On
+  SIGTERM (or JAX's preemption notice) the state at the step reached is checkpointed and returned early.
   """
   task = get_task(cfg.train.objective)
   mesh = make_mesh(cfg.mesh) if mesh is None else mesh
   tx = optim.make_optimizer(cfg.optim, cfg.train.num_steps)
-  data = task.make_data(cfg, local_batch_rows(cfg.train.batch_size))
+  data = task.make_data(cfg, local_batch_rows(cfg.train.batch_size, mesh))
   make_model = task.make_model(cfg)
   graphdef, init_fn, shardings = _initializer(task, make_model, tx, mesh)
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'), every=cfg.train.checkpoint_every,
                                     keep=cfg.train.keep_checkpoints, async_save=cfg.train.async_checkpointing)
   params_target = init.abstract_state(shardings, jax.eval_shape(init_fn, cfg.seed)).params
-  state = _restore_or_init(cfg, task, ckpt, init_fn, shardings, data, params_target)
-  step_fn, frozen = _compile_step(cfg, task, graphdef, tx, shardings, mesh, init_fn, params_target)
-  writer, start = MetricWriter(workdir), int(jax.device_get(state.step))
-  progress = Progress(start, cfg.train.num_steps, cfg.train.log_every)
   try:
-    for step in range(start + 1, cfg.train.num_steps + 1):
-      state, metrics = step_fn(state, frozen, global_batch(mesh, next(data)))
-      log_now = step % cfg.train.log_every == 0 or step == cfg.train.num_steps
-      save_now = step % cfg.train.checkpoint_every == 0 or step == cfg.train.num_steps
-      if log_now or save_now or step % _MAX_QUEUED_STEPS == 0:
-        metrics = _check_finite(jax.device_get(metrics), step)
-        progress.update(step, metrics if log_now else None)
-        if log_now:
-          writer.write(step, metrics)
-      if save_now:
-        ckpt.save(state, {'data': data.get_state(), 'config': config_to_json(cfg)}, force=True)
+    state, meta = _restore_or_init(cfg, task, ckpt, init_fn, shardings, data, params_target)
+    step_fn, frozen = _compile_step(cfg, task, graphdef, tx, shardings, mesh, init_fn, params_target)
+  except BaseException:
+    ckpt.close()
+    raise
+  start = int(jax.device_get(state.step))
+  guard = NonFiniteGuard(cfg.train.on_nonfinite, skipped=int(meta.get('skipped_updates', 0)))
+  writer, progress, watcher = MetricWriter(workdir), Progress(start, cfg.train.num_steps, cfg.train.log_every), None
+  try:
+    watcher = PreemptionWatcher()
+    state = _run(cfg, state, step_fn, frozen, data, mesh, ckpt, guard, writer, progress, watcher, start)
   finally:
+    if watcher is not None:
+      watcher.close()
     ckpt.wait()
     ckpt.close()
     writer.close()
     progress.close()
   return state
+
+
+def _run(cfg, state, step_fn, frozen, data, mesh, ckpt, guard, writer, progress, watcher, start) -> TrainState:
+  t = cfg.train
+  for step in range(start + 1, t.num_steps + 1):
+    state, metrics = step_fn(state, frozen, global_batch(mesh, next(data)))
+    guard.add(step, metrics)
+    log_now = step % t.log_every == 0 or step == t.num_steps
+    save_now = step % t.checkpoint_every == 0 or step == t.num_steps
+    sync = log_now or save_now or step % _MAX_QUEUED_STEPS == 0
+    preempted = watcher.requested(step, sync)
+    if sync or preempted:
+      guard.check()  # before any save: a non-finite state is never checkpointed
+      metrics = dict(jax.device_get(metrics), skipped_updates=guard.skipped)
+      progress.update(step, metrics if log_now else None)
+      if log_now:
+        writer.write(step, metrics)
+    if save_now or preempted:
+      _save(cfg, ckpt, state, data, guard)
+    if preempted:
+      log.warning('preempted: checkpoint at step %d written to %s; start the same command again to continue',
+                  step, ckpt.directory)
+      break
+  return state
+
+
+def _save(cfg, ckpt, state, data, guard) -> None:
+  meta = {'data': data.get_state(), 'config': config_to_json(cfg), 'skipped_updates': guard.skipped,
+          'processes': jax.process_count(), 'devices': jax.device_count()}
+  ckpt.save(state, meta, force=True)
 
 
 def _initializer(task, make_model, tx, mesh):
@@ -84,16 +99,16 @@ def _initializer(task, make_model, tx, mesh):
                                 extras_specs={'ema': param_specs(abstract)})
 
 
-def _restore_or_init(cfg, task, ckpt, init_fn, shardings, data, params_target) -> TrainState:
-  latest = ckpt.latest_step()
-  if latest is not None:
-    meta = ckpt.read_meta(latest)
-    check_resume_compatible(meta, cfg, ckpt.directory)
-    shapes = jax.eval_shape(init_fn, cfg.seed)
-    state, meta = ckpt.restore(init.abstract_state(shardings, shapes), latest)
+def _restore_or_init(cfg, task, ckpt, init_fn, shardings, data, params_target) -> tuple[TrainState, dict]:
+  target = init.abstract_state(shardings, jax.eval_shape(init_fn, cfg.seed))
+  found = ckpt.restore_latest_usable(target, lambda meta: check_resume_compatible(meta, cfg, ckpt.directory))
+  if found is not None:
+    state, meta, step = found
     data.set_state(meta['data'])
-    log.info('resumed from step %d in %s', latest, ckpt.directory)
-    return state
+    log.info('resumed from step %d in %s (written by %s process(es), %s devices; now %d and %d)', step,
+             ckpt.directory, meta.get('processes', '?'), meta.get('devices', '?'), jax.process_count(),
+             jax.device_count())
+    return state, meta
   state = jax.jit(init_fn, out_shardings=shardings)(cfg.seed)
   # An online policy starts from the reference policy unless told otherwise.
   warm_start = cfg.init_checkpoint or (cfg.online.reference_checkpoint if task.online else '')
@@ -102,20 +117,13 @@ def _restore_or_init(cfg, task, ckpt, init_fn, shardings, data, params_target) -
     log.info('initialised parameters from %s (step %d)', warm_start, step)
     extras = {'ema': params} if task.ema else state.extras
     state = state.replace(params=params, extras=extras)
-  return state
+  return state, {}
 
 
 def _compile_step(cfg, task, graphdef, tx, shardings, mesh, init_fn, params_target):
   lr = optim.schedule(cfg.optim, cfg.train.num_steps)
   initial_params = lambda: jax.jit(init_fn, out_shardings=shardings)(cfg.seed).params
   step, frozen = build_step(cfg, task, graphdef, tx, lr, mesh, initial_params, params_target)
+  step = guard_step(step, cfg.train.on_nonfinite)
   jitted = jax.jit(step, in_shardings=(shardings, None, None), out_shardings=(shardings, None), donate_argnums=0)
   return jitted, frozen
-
-
-def _check_finite(metrics: dict, step: int) -> dict:
-  loss = float(metrics['loss'])
-  if not math.isfinite(loss):
-    raise FloatingPointError(f'non-finite loss {loss} at step {step}; the last checkpoint (before this step) is '
-                             'kept. Lower the learning rate or check the data.')
-  return metrics
