@@ -5,6 +5,7 @@ import logging
 import os
 
 import jax
+import jax.numpy as jnp
 from jax.sharding import Mesh
 
 from nlhf_jax.config import ExperimentConfig
@@ -115,7 +116,7 @@ def _restore_or_init(cfg, task, ckpt, init_fn, shardings, data, params_target) -
   if warm_start:
     params, step = checkpointing.restore_params(checkpointing.checkpoints_dir(warm_start), params_target)
     log.info('initialised parameters from %s (step %d)', warm_start, step)
-    extras = {'ema': params} if task.ema else state.extras
+    extras = {'ema': jax.tree.map(jnp.copy, params)} if task.ema else state.extras  # own buffers: the step donates both
     state = state.replace(params=params, extras=extras)
   return state, {}
 
