@@ -21,13 +21,15 @@ $(STAMP): requirements.lock setup.cfg pyproject.toml
 test: install
 	$(PY) -m pytest -q tests
 
+# The whole pipeline (tokenizer, SFT, pairs, judges, eight policies, evaluation) on CPU; re-running resumes.
 demo: install
-	$(FAKE_DEVICES) $(PY) -m nlhf_jax.train --config=experiments/configs/sft.py:demo --workdir=$(WORKDIR)
+	$(FAKE_DEVICES) $(PY) -m nlhf_jax.pipeline --config=experiments/configs/pipeline.py:demo --workdir=$(WORKDIR)
 
 # Speed and memory figures (printed, never asserted).
 bench: install
 	$(PY) -m nlhf_jax.bench
 	$(PY) -m nlhf_jax.sampling.bench
+	$(PY) -m nlhf_jax.online.bench
 	$(PY) -m nlhf_jax.tabular.bench
 
 lint: install

@@ -1,0 +1,92 @@
+"""The end-to-end NLHF pipeline on the built-in benchmark (docs/pipeline.md).
+
+tokenizer -> data -> sft (mu) -> pairs (sampled from mu, labelled by the oracle) -> preference_model, reward_model
+-> policies (RLHF, SP, Nash-MD-PG at several beta, BR, Nash-EMA-PG) -> eval.
+
+Variants: `tiny` (tests: byte tokenizer, a few steps, three policies), `demo` (CPU, under 15 minutes on 2 cores
+with 8 fake devices), `full` (accelerators: realistic sizes).
+  nlhf-pipeline --config=experiments/configs/pipeline.py:demo --workdir=runs/demo
+  nlhf-eval --workdir=runs/demo
+Policy names (config.policies, comma-separated): rlhf, sp (beta 0), md_BETA (Nash-MD-PG, e.g. md_0.125),
+br (beta 1), ema (Nash-EMA-PG with config.policy.ema_rate).
+"""
+from __future__ import annotations
+
+import ml_collections
+
+from nlhf_jax.models.presets import preset
+
+VARIANTS = ('tiny', 'demo', 'full')
+ALL_POLICIES = 'rlhf,sp,md_0.125,md_0.25,md_0.5,md_0.75,br,ema'
+
+
+def _trainer(num_steps: int, batch_size: int, learning_rate: float, warmup: int = 0, every: int = 0):
+  return dict(num_steps=num_steps, batch_size=batch_size, learning_rate=learning_rate, warmup_steps=warmup,
+              checkpoint_every=every or max(num_steps // 2, 1), log_every=max(num_steps // 10, 1))
+
+
+def tiny() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.name = 'pipeline_tiny'
+  c.seed = 0
+  c.mesh = dict(data=-1, fsdp=1, tensor=1)
+  # 'sentencepiece' (trained on benchmark.language.corpus_text) or 'bytes'.
+  c.tokenizer = dict(kind='bytes', vocab_size=320, corpus_size=2000)
+  c.data = dict(num_prompts=512, num_demonstrations=512, validation_fraction=0.125, prompt_len=48,
+                response_len=32, seq_len=80)
+  c.model = preset('tiny', max_len=128)
+  c.judge_model = preset('tiny', max_len=128)
+  c.sft = _trainer(30, 16, 3e-3, warmup=5)
+  # Two responses per prompt from mu; labels 'probabilities' (P*) or 'draws' (0/1 Bernoulli(P*), seeded).
+  c.pairs = dict(num_prompts=128, labels='probabilities', temperature=1.0, batch_size=64)
+  c.preference_model = _trainer(20, 16, 1e-3)
+  c.reward_model = _trainer(20, 16, 1e-3)
+  c.policies = 'rlhf,sp,md_0.25'
+  c.policy = dict(tau=0.05, rlhf_tau=0.05, ema_rate=0.9, max_new_tokens=24, temperature=1.0,
+                  **_trainer(8, 16, 1e-3))
+  # Evaluation: num_prompts validation prompts x samples_per_prompt samples = N comparisons per cell.
+  c.eval = dict(seed=0, num_prompts=32, samples_per_prompt=1, judgement='expected', temperature=1.0,
+                max_new_tokens=24, batch_size=32, num_shown=3)
+  return c
+
+
+def demo() -> ml_collections.ConfigDict:
+  c = tiny()
+  c.name = 'pipeline_demo'
+  c.tokenizer.kind = 'sentencepiece'
+  c.data.update(num_prompts=2048, num_demonstrations=4096, prompt_len=16, response_len=16, seq_len=32)
+  c.model = preset('tiny', vocab_size=c.tokenizer.vocab_size, max_len=48)
+  c.judge_model = preset('tiny', vocab_size=c.tokenizer.vocab_size, max_len=48)
+  c.sft = _trainer(300, 32, 3e-3, warmup=20, every=100)
+  c.pairs.update(num_prompts=1024, batch_size=128)
+  c.preference_model = _trainer(200, 32, 1e-3, warmup=10, every=100)
+  c.reward_model = _trainer(200, 32, 1e-3, warmup=10, every=100)
+  c.policies = ALL_POLICIES
+  c.policy.update(max_new_tokens=12, **_trainer(100, 16, 1e-3, every=50))
+  c.eval.update(num_prompts=128, samples_per_prompt=2, max_new_tokens=12, batch_size=128)
+  return c
+
+
+def full() -> ml_collections.ConfigDict:
+  c = demo()
+  c.name = 'pipeline_full'
+  c.mesh = dict(data=-1, fsdp=1, tensor=1)
+  c.tokenizer.update(vocab_size=1024, corpus_size=50_000)
+  c.data.update(num_prompts=65_536, num_demonstrations=65_536, prompt_len=24, response_len=24, seq_len=48)
+  c.model = preset('small', vocab_size=c.tokenizer.vocab_size, max_len=64)
+  c.judge_model = preset('small', vocab_size=c.tokenizer.vocab_size, max_len=96)
+  c.sft = _trainer(5000, 256, 1e-3, warmup=200, every=1000)
+  c.pairs.update(num_prompts=32_768, batch_size=1024)
+  c.preference_model = _trainer(4000, 256, 3e-4, warmup=200, every=1000)
+  c.reward_model = _trainer(4000, 256, 3e-4, warmup=200, every=1000)
+  c.policy.update(tau=0.008, rlhf_tau=0.05, ema_rate=0.999, max_new_tokens=20,
+                  **_trainer(2000, 128, 3e-5, warmup=50, every=500))
+  c.eval.update(num_prompts=1024, samples_per_prompt=2, max_new_tokens=20, batch_size=512)
+  return c
+
+
+def get_config(arg: str = 'tiny') -> ml_collections.ConfigDict:
+  variant = arg or 'tiny'
+  if variant not in VARIANTS:
+    raise ValueError(f'unknown variant {variant!r} of pipeline.py; use one of: {", ".join(VARIANTS)}')
+  return {'tiny': tiny, 'demo': demo, 'full': full}[variant]()

@@ -1,0 +1,1 @@
+"""Evaluation of trained policies: the paper's pairwise win-rate matrix and per-policy statistics."""

@@ -1,0 +1,1 @@
+"""The end-to-end NLHF pipeline: tokenizer -> data -> SFT -> pairs -> judges -> policies -> evaluation."""

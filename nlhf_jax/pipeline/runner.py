@@ -1,0 +1,138 @@
+"""Running the stages in order: finished stages (DIR/STAGE/DONE) are skipped, an interrupted one resumes.
+
+Training stages resume by themselves (nlhf-train continues from DIR/STAGE/checkpoints); the other stages are
+cheap and idempotent and simply run again. A stage whose recorded config.json differs from the current one is
+still skipped once finished (with a warning): delete DIR/STAGE to redo it.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+
+import jax
+import ml_collections
+
+from nlhf_jax.pipeline import stages
+
+log = logging.getLogger(__name__)
+
+MARKER = 'DONE'
+
+
+class Interrupted(RuntimeError):
+  """Raised by `run_pipeline(..., interrupt=(stage, step))` after that stage's checkpoint at `step`."""
+
+
+def _tokenizer(scfg, stage_dir: str, mesh) -> None:
+  if scfg.kind == 'bytes':
+    return
+  from nlhf_jax.benchmark import language
+  from nlhf_jax.data.tokenizer import load_tokenizer, train_sentencepiece
+  train_sentencepiece(language.corpus_text(scfg.seed, scfg.corpus_size), scfg.vocab_size,
+                      os.path.splitext(scfg.output)[0])
+  log.info('tokenizer: %d pieces in %s', load_tokenizer(scfg.output).vocab_size, scfg.output)
+
+
+def _data(scfg, stage_dir: str, mesh) -> None:
+  from nlhf_jax.benchmark import language
+  from nlhf_jax.data import tfds_builders
+  # Prompts are examples [0, num_prompts), demonstrations the next num_demonstrations: disjoint sets.
+  sets = {'prompts': language.prompt_records(scfg.seed, scfg.num_prompts),
+          'demonstrations': language.demonstration_records(scfg.seed, scfg.num_demonstrations, scfg.num_prompts)}
+  for name, recs in sets.items():
+    counts = tfds_builders.build(recs, name, name, scfg.data_dir, scfg.validation_fraction, scfg.seed,
+                                 overwrite=True)
+    log.info('data: %s %s', name, counts)
+
+
+def _pairs(scfg, stage_dir: str, mesh) -> None:
+  from nlhf_jax.pipeline import pairs
+  pairs.run(scfg, stage_dir, mesh)
+
+
+def _eval(scfg, stage_dir: str, mesh) -> None:
+  from nlhf_jax.evaluation import evaluate, report
+  report.write(evaluate.evaluate(scfg, mesh), scfg.output_dir)
+
+
+def _train(scfg, stage_dir: str, mesh, stop_at: int | None = None) -> None:
+  from nlhf_jax.config import from_config_dict
+  from nlhf_jax.training.loop import train
+  scfg = ml_collections.ConfigDict(scfg.to_dict())
+  if stop_at is not None:
+    scfg.train.num_steps = stop_at
+  train(from_config_dict(scfg, num_devices=jax.device_count()), stage_dir, mesh)
+
+
+RUNNERS = {'tokenizer': _tokenizer, 'data': _data, 'pairs': _pairs, 'eval': _eval}
+
+
+def _write_config(scfg, stage_dir: str) -> bool:
+  """Writes config.json; True when an earlier one differed."""
+  path = os.path.join(stage_dir, 'config.json')
+  text = scfg.to_json(indent=1, sort_keys=True)
+  changed = False
+  if os.path.exists(path):
+    with open(path) as f:
+      changed = f.read() != text
+  with open(path, 'w') as f:
+    f.write(text)
+  return changed
+
+
+def _finished_config_changed(scfg, stage_dir: str) -> bool:
+  path = os.path.join(stage_dir, 'config.json')
+  if not os.path.exists(path):
+    return False
+  with open(path) as f:
+    return f.read() != scfg.to_json(indent=1, sort_keys=True)
+
+
+def run_stage(name: str, scfg, stage_dir: str, mesh=None, stop_at: int | None = None) -> float:
+  """Runs one stage (no marker logic); returns its wall time in seconds."""
+  start = time.time()
+  if name in RUNNERS:
+    RUNNERS[name](scfg, stage_dir, mesh)
+  else:
+    _train(scfg, stage_dir, mesh, stop_at)
+  return time.time() - start
+
+
+def run_pipeline(p, workdir: str, only: list[str] | None = None, interrupt: tuple[str, int] | None = None,
+                 mesh=None) -> dict[str, str]:
+  """Runs the pipeline described by `p` in `workdir`; returns {stage: 'skipped' | 'ran'}.
+
+  only: run just these stages (their inputs must exist). interrupt=(stage, step): train that stage to `step`
+  only, then raise Interrupted (a test hook that leaves a half-finished stage behind).
+  """
+  workdir = os.path.abspath(workdir)
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, 'pipeline.json'), 'w') as f:
+    f.write(p.to_json(indent=1, sort_keys=True))
+  status = {}
+  for name, scfg in stages.stage_configs(p, workdir).items():
+    if only and name not in only:
+      continue
+    stage_dir = os.path.join(workdir, name)
+    marker = os.path.join(stage_dir, MARKER)
+    if os.path.exists(marker):
+      if _finished_config_changed(scfg, stage_dir):
+        log.warning('stage %s finished with another config (%s); delete %s to redo it', name,
+                    os.path.join(stage_dir, 'config.json'), stage_dir)
+      log.info('stage %s: finished earlier (%s), skipped', name, marker)
+      status[name] = 'skipped'
+      continue
+    os.makedirs(stage_dir, exist_ok=True)
+    _write_config(scfg, stage_dir)
+    stop_at = interrupt[1] if interrupt and interrupt[0] == name else None
+    log.info('stage %s: running in %s', name, stage_dir)
+    seconds = run_stage(name, scfg, stage_dir, mesh, stop_at)
+    if stop_at is not None:
+      raise Interrupted(f'stage {name} stopped at step {stop_at} (test hook)')
+    with open(marker, 'w') as f:
+      json.dump({'stage': name, 'seconds': round(seconds, 1), 'finished': time.strftime('%Y-%m-%d %H:%M:%S')}, f)
+    log.info('stage %s: done in %.1fs', name, seconds)
+    status[name] = 'ran'
+  return status

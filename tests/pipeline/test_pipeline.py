@@ -1,0 +1,98 @@
+"""A miniature pipeline end to end: interrupted and resumed, then evaluated again on another mesh shape."""
+import json
+import logging
+import os
+
+import numpy as np
+import pytest
+
+from experiments.configs import pipeline as pipeline_configs
+from nlhf_jax.evaluation import cli as eval_cli
+from nlhf_jax.evaluation import evaluate, report
+from nlhf_jax.pipeline import runner, stages
+from nlhf_jax.training import checkpointing
+from tests.helpers import mesh
+
+pytestmark = pytest.mark.slow
+
+
+def mini_config():
+  p = pipeline_configs.get_config('tiny')
+  p.model.update(d_model=32, num_heads=4, head_dim=8, mlp_dim=64)
+  p.judge_model.update(d_model=32, num_heads=4, head_dim=8, mlp_dim=64)
+  p.data.update(num_prompts=256, num_demonstrations=256)
+  p.sft.update(num_steps=12, checkpoint_every=6)
+  p.pairs.update(num_prompts=64)
+  p.preference_model.update(num_steps=6, checkpoint_every=6)
+  p.reward_model.update(num_steps=6, checkpoint_every=6)
+  p.policies = 'rlhf,sp'
+  p.policy.update(num_steps=3, checkpoint_every=3, max_new_tokens=12)
+  p.eval.update(num_prompts=16, samples_per_prompt=2, max_new_tokens=12, batch_size=32)
+  return p
+
+
+@pytest.fixture(scope='module')
+def finished(tmp_path_factory, devices):
+  """(workdir, statuses of the second run, the resume log, DONE mtimes of the first run)."""
+  workdir = str(tmp_path_factory.mktemp('pipeline'))
+  p = mini_config()
+  with pytest.raises(runner.Interrupted):
+    runner.run_pipeline(p, workdir, interrupt=('sft', 6))
+  first = {s: os.path.getmtime(os.path.join(workdir, s, runner.MARKER)) for s in ('tokenizer', 'data')}
+  assert not os.path.exists(os.path.join(workdir, 'sft', runner.MARKER))
+  assert checkpointing.Checkpointer(os.path.join(workdir, 'sft', 'checkpoints')).latest_step() == 6
+  records = []
+  handler = logging.Handler()
+  handler.emit = records.append
+  logging.getLogger('nlhf_jax').addHandler(handler)
+  try:
+    status = runner.run_pipeline(p, workdir)
+  finally:
+    logging.getLogger('nlhf_jax').removeHandler(handler)
+  return workdir, status, [r.getMessage() for r in records], first
+
+
+def test_finished_stages_skipped_and_interrupted_stage_resumed(finished):
+  workdir, status, messages, first = finished
+  assert status['tokenizer'] == status['data'] == 'skipped'
+  assert all(status[s] == 'ran' for s in ('sft', 'pairs', 'preference_model', 'reward_model', 'rlhf', 'sp', 'eval'))
+  for stage, mtime in first.items():
+    assert os.path.getmtime(os.path.join(workdir, stage, runner.MARKER)) == mtime
+  sft_checkpoints = os.path.join(workdir, 'sft', 'checkpoints')
+  assert any(m.startswith('resumed from step 6') and sft_checkpoints in m for m in messages)
+  assert checkpointing.Checkpointer(os.path.join(workdir, 'sft', 'checkpoints')).latest_step() == 12
+  for stage in stages.stage_names(mini_config()):
+    assert os.path.exists(os.path.join(workdir, stage, 'config.json'))
+    assert os.path.exists(os.path.join(workdir, stage, runner.MARKER))
+  again = runner.run_pipeline(mini_config(), workdir)
+  assert set(again.values()) == {'skipped'}
+
+
+def test_evaluation_outputs(finished):
+  workdir = finished[0]
+  for name in report.FILES:
+    assert os.path.getsize(os.path.join(workdir, 'eval', name)) > 0
+  with open(os.path.join(workdir, 'eval', 'matrix.json')) as f:
+    result = json.load(f)
+  assert result['policies'] == ['sft', 'rlhf', 'sp'] and result['num_comparisons'] == 32
+  for key in ('oracle', 'preference_model'):
+    win = np.asarray(result[key]['win'])
+    np.testing.assert_allclose(win + win.T, 1.0, atol=1e-6)
+  for info in result['per_policy'].values():
+    assert sum(info['style_distribution'].values()) == pytest.approx(1.0)
+    assert 0.0 <= info['exploitability'] <= 1.0
+  assert result['per_policy']['sft']['kl_to_reference'] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_evaluation_reproducible_on_another_mesh(finished):
+  workdir = finished[0]
+  with open(os.path.join(workdir, 'eval', 'matrix.json')) as f:
+    before = json.load(f)
+  ecfg = eval_cli.eval_config(workdir, mesh='data=2,tensor=4')
+  after = evaluate.evaluate(ecfg, mesh(data=2, tensor=4))
+  assert after['mesh'] == {'data': 2, 'fsdp': 1, 'tensor': 4}
+  assert after['samples'] == before['samples']
+  np.testing.assert_array_equal(after['oracle']['win'], before['oracle']['win'])
+  np.testing.assert_allclose(after['preference_model']['win'], before['preference_model']['win'], atol=1e-5)
+  for name, info in after['per_policy'].items():
+    assert info['kl_to_reference'] == pytest.approx(before['per_policy'][name]['kl_to_reference'], abs=1e-4)
