@@ -96,3 +96,30 @@ def global_batch(mesh: Mesh, local: dict) -> dict:
     x = np.asarray(x)
     return jax.make_array_from_process_local_data(NamedSharding(mesh, batch_spec(x.ndim)), x)
   return jax.tree.map(put, local)
+
+
+def to_host(x) -> np.ndarray:
+  """The whole value of a (global) array as numpy on every process: an all-gather when it spans processes."""
+  if jax.process_count() == 1 or getattr(x, 'is_fully_addressable', True):
+    return np.asarray(jax.device_get(x))
+  from jax.experimental import multihost_utils
+  return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def barrier(name: str) -> None:
+  """Every process waits here until all have arrived (a no-op with one process)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
+
+
+def is_leader() -> bool:
+  """True on the process that writes shared files (process 0)."""
+  return jax.process_index() == 0
+
+
+def local_rows_of(batch: dict, mesh: Mesh) -> dict:
+  """This process's rows of a host batch that every process holds whole (e.g. evaluation prompts)."""
+  n = len(next(iter(batch.values())))
+  rows = local_batch_rows(n, mesh)
+  return {k: np.asarray(v)[rows] for k, v in batch.items()}

@@ -15,7 +15,7 @@ import numpy as np
 from nlhf_jax.config import DataConfig
 from nlhf_jax.data import pipelines
 from nlhf_jax.data.tfds_builders import SplitSource
-from nlhf_jax.distributed import global_batch
+from nlhf_jax.distributed import global_batch, local_rows_of, to_host
 from nlhf_jax.models import Transformer
 from nlhf_jax.models.judges import PreferenceModel, score_pairs
 from nlhf_jax.online.judges import FrozenModel, load_frozen
@@ -57,7 +57,8 @@ _sampler = functools.lru_cache(maxsize=8)(jit_sample)  # one compiled sampler fo
 
 
 def _device_batch(mesh, batch: dict) -> dict:
-  return global_batch(mesh, {k: batch[k] for k in ('prompt', 'prompt_mask', 'example_index')})
+  """Every process holds the whole batch; each supplies its rows of the global array."""
+  return global_batch(mesh, local_rows_of({k: batch[k] for k in ('prompt', 'prompt_mask', 'example_index')}, mesh))
 
 
 def generate(model: FrozenModel, batches: list[dict], key: jax.Array, scfg: SamplingConfig, mesh) -> dict:
@@ -65,7 +66,7 @@ def generate(model: FrozenModel, batches: list[dict], key: jax.Array, scfg: Samp
   fn = _sampler(model.graphdef, scfg, mesh)
   outs = []
   for batch in batches:
-    out = jax.device_get(fn(model.params, _device_batch(mesh, batch), key))
+    out = jax.tree.map(to_host, fn(model.params, _device_batch(mesh, batch), key))
     outs.append({k: np.asarray(v)[batch['valid']] for k, v in out.items()})
   return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}
 
@@ -85,7 +86,8 @@ def _chunks(batches: list[dict], arrays: dict, mesh):
     rows = batch['valid']
     n, size = int(rows.sum()), len(rows)
     pad = lambda x: np.concatenate([x[start:start + n], np.repeat(x[start + n - 1:start + n], size - n, 0)])
-    yield (_device_batch(mesh, batch), global_batch(mesh, {k: pad(v) for k, v in arrays.items()}), rows)
+    yield (_device_batch(mesh, batch), global_batch(mesh, local_rows_of({k: pad(v) for k, v in arrays.items()}, mesh)),
+           rows)
     start += n
 
 
@@ -94,8 +96,7 @@ def sequence_logprobs(model: FrozenModel, batches: list[dict], samples: dict, me
   fn = _jit_logprob_sum(model.graphdef)
   out = []
   for b, s, rows in _chunks(batches, {'tokens': samples['tokens'], 'mask': samples['mask']}, mesh):
-    out.append(np.asarray(jax.device_get(fn(model.params, b['prompt'], b['prompt_mask'], s['tokens'],
-                                            s['mask'])))[rows])
+    out.append(to_host(fn(model.params, b['prompt'], b['prompt_mask'], s['tokens'], s['mask']))[rows])
   return np.concatenate(out).astype(np.float64)
 
 
@@ -111,7 +112,7 @@ def preference_probs(pm: FrozenModel, batches: list[dict], a: dict, b: dict, mes
   out = []
   for x, s, rows in _chunks(batches, arrays, mesh):
     p = fn(pm.params, (x['prompt'], x['prompt_mask']), (s['a'], s['a_mask']), (s['b'], s['b_mask']))
-    out.append(np.asarray(jax.device_get(p))[rows])
+    out.append(to_host(p)[rows])
   return np.concatenate(out).astype(np.float64)
 
 

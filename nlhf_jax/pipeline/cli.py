@@ -21,6 +21,11 @@ _CONFIG = config_flags.DEFINE_config_file('config', None, 'Pipeline config, e.g.
                                           'experiments/configs/pipeline.py:demo', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory of the pipeline (one sub-directory per stage).')
 _STAGES = flags.DEFINE_list('stages', [], 'Run only these stages (default: all, in order).')
+_COORDINATOR = flags.DEFINE_string('coordinator_address', '', 'Multi-process: HOST:PORT of process 0.')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', 0, 'Multi-process: number of processes.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', -1, 'Multi-process: this process, 0 .. num_processes - 1.')
+_DISTRIBUTED = flags.DEFINE_bool('distributed', False, 'Call jax.distributed.initialize with what JAX detects '
+                                 '(TPU pod slices, Slurm) or the JAX_* environment variables.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -28,12 +33,19 @@ def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   logs.setup()
+  from nlhf_jax.config import DistributedConfig
+  from nlhf_jax.distributed import initialize, is_leader
   from nlhf_jax.pipeline import runner, stages
   stages.stage_configs(_CONFIG.value, _WORKDIR.value)  # config errors before any work
+  initialize(DistributedConfig(initialize=_DISTRIBUTED.value, coordinator_address=_COORDINATOR.value,
+                               num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value))
+  import jax
+  log.info('pipeline: %d processes, %d devices, workdir %s', jax.process_count(), jax.device_count(),
+           _WORKDIR.value)
   status = runner.run_pipeline(_CONFIG.value, _WORKDIR.value, only=_STAGES.value or None)
   out = os.path.join(os.path.abspath(_WORKDIR.value), 'eval')
   log.info('stages: %s', ', '.join(f'{k} ({v})' for k, v in status.items()))
-  if os.path.exists(os.path.join(out, 'matrix.md')):
+  if is_leader() and os.path.exists(os.path.join(out, 'matrix.md')):
     print(f'win-rate table: {os.path.join(out, "matrix.md")}\nheatmap:        {os.path.join(out, "matrix.png")}\n'
           f'samples:        {os.path.join(out, "samples.md")}', flush=True)
 

@@ -17,7 +17,7 @@ from nlhf_jax.benchmark import oracle
 from nlhf_jax.config import MeshConfig
 from nlhf_jax.data import tfds_builders
 from nlhf_jax.data.tokenizer import load_tokenizer
-from nlhf_jax.distributed import make_mesh
+from nlhf_jax.distributed import is_leader, make_mesh
 from nlhf_jax.evaluation import generate as gen
 from nlhf_jax.sampling.sampler import SamplingConfig
 
@@ -59,8 +59,10 @@ def build_records(prompts, as_, bs, labels: str, seed: int) -> tuple[list[dict],
 
 def run(scfg, stage_dir: str, mesh=None) -> dict:
   mesh = make_mesh(MeshConfig(**scfg.mesh.to_dict())) if mesh is None else mesh
-  prompts, as_, bs = sample_texts(scfg, mesh)
+  prompts, as_, bs = sample_texts(scfg, mesh)  # every process samples its rows and gathers all texts
   records, summary = build_records(prompts, as_, bs, scfg.labels, scfg.seed)
+  if not is_leader():  # process 0 writes the data set
+    return summary
   summary['splits'] = tfds_builders.build(records, 'pairs', 'pairs', scfg.output_dir, scfg.validation_fraction,
                                           scfg.seed, overwrite=True)
   with open(os.path.join(stage_dir, 'pairs.json'), 'w') as f:

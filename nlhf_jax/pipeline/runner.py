@@ -14,6 +14,7 @@ import time
 import jax
 import ml_collections
 
+from nlhf_jax.distributed import barrier, is_leader
 from nlhf_jax.pipeline import stages
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,7 @@ class Interrupted(RuntimeError):
 
 
 def _tokenizer(scfg, stage_dir: str, mesh) -> None:
-  if scfg.kind == 'bytes':
+  if scfg.kind == 'bytes' or not is_leader():
     return
   from nlhf_jax.benchmark import language
   from nlhf_jax.data.tokenizer import load_tokenizer, train_sentencepiece
@@ -36,6 +37,8 @@ def _tokenizer(scfg, stage_dir: str, mesh) -> None:
 
 
 def _data(scfg, stage_dir: str, mesh) -> None:
+  if not is_leader():
+    return
   from nlhf_jax.benchmark import language
   from nlhf_jax.data import tfds_builders
   # Prompts are examples [0, num_prompts), demonstrations the next num_demonstrations: disjoint sets.
@@ -54,7 +57,9 @@ def _pairs(scfg, stage_dir: str, mesh) -> None:
 
 def _eval(scfg, stage_dir: str, mesh) -> None:
   from nlhf_jax.evaluation import evaluate, report
-  report.write(evaluate.evaluate(scfg, mesh), scfg.output_dir)
+  result = evaluate.evaluate(scfg, mesh)  # every process samples its rows
+  if is_leader():
+    report.write(result, scfg.output_dir)
 
 
 def _train(scfg, stage_dir: str, mesh, stop_at: int | None = None) -> None:
@@ -97,6 +102,7 @@ def run_stage(name: str, scfg, stage_dir: str, mesh=None, stop_at: int | None = 
     RUNNERS[name](scfg, stage_dir, mesh)
   else:
     _train(scfg, stage_dir, mesh, stop_at)
+  barrier(f'pipeline stage {name}')  # files written by process 0 are there for every process
   return time.time() - start
 
 
@@ -109,8 +115,9 @@ def run_pipeline(p, workdir: str, only: list[str] | None = None, interrupt: tupl
   """
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, 'pipeline.json'), 'w') as f:
-    f.write(p.to_json(indent=1, sort_keys=True))
+  if is_leader():
+    with open(os.path.join(workdir, 'pipeline.json'), 'w') as f:
+      f.write(p.to_json(indent=1, sort_keys=True))
   status = {}
   for name, scfg in stages.stage_configs(p, workdir).items():
     if only and name not in only:
@@ -125,14 +132,18 @@ def run_pipeline(p, workdir: str, only: list[str] | None = None, interrupt: tupl
       status[name] = 'skipped'
       continue
     os.makedirs(stage_dir, exist_ok=True)
-    _write_config(scfg, stage_dir)
+    if is_leader():
+      _write_config(scfg, stage_dir)
     stop_at = interrupt[1] if interrupt and interrupt[0] == name else None
     log.info('stage %s: running in %s', name, stage_dir)
     seconds = run_stage(name, scfg, stage_dir, mesh, stop_at)
     if stop_at is not None:
       raise Interrupted(f'stage {name} stopped at step {stop_at} (test hook)')
-    with open(marker, 'w') as f:
-      json.dump({'stage': name, 'seconds': round(seconds, 1), 'finished': time.strftime('%Y-%m-%d %H:%M:%S')}, f)
+    if is_leader():
+      with open(marker, 'w') as f:
+        json.dump({'stage': name, 'seconds': round(seconds, 1), 'finished': time.strftime('%Y-%m-%d %H:%M:%S')},
+                  f)
+    barrier(f'pipeline marker {name}')
     log.info('stage %s: done in %.1fs', name, seconds)
     status[name] = 'ran'
   return status
