@@ -53,17 +53,18 @@ def tiny() -> ml_collections.ConfigDict:
 def demo() -> ml_collections.ConfigDict:
   c = tiny()
   c.name = 'pipeline_demo'
-  c.tokenizer.kind = 'sentencepiece'
-  c.data.update(num_prompts=2048, num_demonstrations=4096, prompt_len=16, response_len=16, seq_len=32)
+  c.tokenizer.update(kind='sentencepiece', vocab_size=300)
+  # Enough prompts for ~6k preference pairs: with fewer, the learned PM is weak and every policy exploits it.
+  c.data.update(num_prompts=8192, num_demonstrations=4096, prompt_len=16, response_len=16, seq_len=32)
   c.model = preset('tiny', vocab_size=c.tokenizer.vocab_size, max_len=48)
   c.judge_model = preset('tiny', vocab_size=c.tokenizer.vocab_size, max_len=48)
   c.sft = _trainer(300, 32, 3e-3, warmup=20, every=100)
-  c.pairs.update(num_prompts=1024, batch_size=128)
-  c.preference_model = _trainer(200, 32, 1e-3, warmup=10, every=100)
-  c.reward_model = _trainer(200, 32, 1e-3, warmup=10, every=100)
+  c.pairs.update(num_prompts=6144, batch_size=128)
+  c.preference_model = _trainer(600, 64, 1e-3, warmup=10, every=300)
+  c.reward_model = _trainer(600, 64, 1e-3, warmup=10, every=300)
   c.policies = ALL_POLICIES
   c.policy.update(max_new_tokens=12, **_trainer(100, 16, 1e-3, every=50))
-  c.eval.update(num_prompts=128, samples_per_prompt=2, max_new_tokens=12, batch_size=128)
+  c.eval.update(num_prompts=256, samples_per_prompt=2, max_new_tokens=12, batch_size=128)
   return c
 
 

@@ -16,7 +16,8 @@ def encode(text: str) -> list[int]:
 
 
 def decode(ids) -> str:
-  return bytes(int(i) - OFFSET for i in ids if int(i) >= OFFSET).decode('utf-8', errors='replace')
+  """Skips the special ids and any id past the byte range (a model's vocabulary may be larger)."""
+  return bytes(int(i) - OFFSET for i in ids if OFFSET <= int(i) < OFFSET + 256).decode('utf-8', errors='replace')
 
 
 def pack_demonstration(prompt: str, response: str, seq_len: int) -> dict[str, np.ndarray]:

@@ -68,8 +68,9 @@ class SentencePieceTokenizer:
     return list(self._sp.encode(text))
 
   def decode(self, ids) -> str:
+    """Skips the special ids and any id past the last piece (a model's vocabulary may be padded)."""
     specials = {self.pad_id, self.bos_id, self.eos_id, self.sep_id}
-    return self._sp.decode([int(i) for i in ids if int(i) not in specials])
+    return self._sp.decode([int(i) for i in ids if int(i) not in specials and 0 <= int(i) < self.vocab_size])
 
 
 def _lines(texts_or_files: Iterable[str] | str, from_files: bool) -> Iterable[str]:

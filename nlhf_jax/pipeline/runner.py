@@ -33,7 +33,10 @@ def _tokenizer(scfg, stage_dir: str, mesh) -> None:
   from nlhf_jax.data.tokenizer import load_tokenizer, train_sentencepiece
   train_sentencepiece(language.corpus_text(scfg.seed, scfg.corpus_size), scfg.vocab_size,
                       os.path.splitext(scfg.output)[0])
-  log.info('tokenizer: %d pieces in %s', load_tokenizer(scfg.output).vocab_size, scfg.output)
+  pieces = load_tokenizer(scfg.output).vocab_size
+  log.info('tokenizer: %d pieces in %s', pieces, scfg.output)
+  if pieces < scfg.vocab_size:  # the models keep vocab_size rows; the unused ones decode to nothing
+    log.warning('the corpus gave %d pieces, fewer than tokenizer.vocab_size=%d', pieces, scfg.vocab_size)
 
 
 def _data(scfg, stage_dir: str, mesh) -> None:

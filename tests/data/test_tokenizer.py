@@ -34,6 +34,14 @@ def test_sentencepiece_round_trip_and_reserved_ids(sp_model):
     assert tok.decode([tok.bos_id] + ids + [tok.eos_id, tok.pad_id]) == text
 
 
+def test_decode_skips_ids_past_the_vocabulary(sp_model):
+  # A model's embedding table may have more rows than the tokenizer has pieces; sampled ids there decode to ''.
+  sp, byte = load_tokenizer(sp_model), ByteTokenizer()
+  ids = sp.encode('the lazy fox')
+  assert sp.decode(ids + [sp.vocab_size, sp.vocab_size + 7]) == sp.decode(ids) == 'the lazy fox'
+  assert byte.decode(byte.encode('fox') + [260, 511]) == 'fox'
+
+
 def test_load_tokenizer_errors(tmp_path):
   missing = str(tmp_path / 'missing.model')
   with pytest.raises(TokenizerError, match=f"{missing}.*no such file.*tokenizer_cli"):
@@ -59,3 +67,12 @@ def test_tokenizer_cli_from_files(tmp_path, capsys):
   summary = json.loads(capsys.readouterr().out)
   assert summary['model'] == f'{tmp_path}/out/tok.model' and summary['sep_id'] == 4
   assert load_tokenizer(summary['model']).decode(load_tokenizer(summary['model']).encode('dog')) == 'dog'
+
+
+def test_training_data_refuses_a_tokenizer_larger_than_the_model(sp_model):
+  from nlhf_jax.training.tasks import get_task
+  from tests.helpers import tiny_config
+  n = load_tokenizer(sp_model).vocab_size
+  cfg = tiny_config(**{'data.tokenizer': sp_model, 'model.vocab_size': n - 1})
+  with pytest.raises(TokenizerError, match=f'{n} ids but config.model.vocab_size={n - 1}; set model.vocab_size >= {n}'):
+    get_task('sft').make_data(cfg, slice(0, cfg.train.batch_size))
