@@ -42,6 +42,15 @@ def matmul_peak_flops(dtype=jnp.float32, n: int = 1024, iters: int = 10) -> floa
   return 2 * n**3 / median_time(lambda: f(a, b), iters, warmup=2)
 
 
+def skinny_matmul_flops(rows: int, k: int, n: int, iters: int = 50) -> float:
+  """Achieved FLOP/s of a [rows, k] @ [k, n] float32 matmul: the shape of one decode step's MLP at a small
+  batch, which bounds how fast cached decoding can go on this device (it is far from the square-matmul peak)."""
+  a = jax.random.normal(jax.random.key(0), (rows, k), jnp.float32)
+  b = jax.random.normal(jax.random.key(1), (k, n), jnp.float32)
+  f = jax.jit(jnp.dot)
+  return 2 * rows * k * n / median_time(lambda: f(a, b), iters, warmup=2)
+
+
 def forward_flops_per_token(cfg: ModelConfig, context: int) -> float:
   """Matmul FLOPs of one token's forward pass attending over `context` keys (embedding lookup is free)."""
   attn_proj = 4 * cfg.d_model * cfg.num_heads * cfg.head_dim

@@ -4,7 +4,9 @@
 
 Prompts of 32-64 tokens (left-padded to 64), float32. EOS is disabled (eos_id -1) so that every row samples the
 full max_new_tokens and the token counts are exact. Reported: policy-only sampling, and the (y ~ policy,
-y' ~ mixture) pair in one loop, each with compile time and sampled tokens/s; then the peak memory.
+y' ~ mixture) pair in one loop, each with compile time and sampled tokens/s; the pair's matmul FLOPs and achieved
+rate, against the rate of a decode-shaped matmul ([3B, d_model] @ [d_model, mlp_dim]: the pair decodes 2B policy
+rows and B reference rows a step) and of a square one; then the peak memory.
 """
 from __future__ import annotations
 
@@ -18,7 +20,8 @@ from flax import nnx
 
 from nlhf_jax.config import ModelConfig
 from nlhf_jax.models import Transformer, preset
-from nlhf_jax.perf import block, fmt_bytes, median_time, peak_memory_bytes
+from nlhf_jax.perf import (block, fmt_bytes, forward_flops_per_token, matmul_peak_flops, median_time,
+                           peak_memory_bytes, skinny_matmul_flops)
 from nlhf_jax.sampling.sampler import SamplingConfig, jit_sample, jit_sample_pair
 
 
@@ -31,13 +34,21 @@ def make_batch(batch: int, max_prompt: int, min_prompt: int, vocab: int, seed: i
           'example_index': jnp.arange(batch, dtype=jnp.int32)}
 
 
-def timed(name: str, fn, args: tuple, tokens: int, iters: int) -> None:
+def pair_flops(cfg: ModelConfig, batch: int, prompt: int, new: int) -> float:
+  """Matmul FLOPs of the pair: one prefill per model of B x prompt tokens, then per step 3B one-token forwards."""
+  prefill = 2 * batch * prompt * forward_flops_per_token(cfg, prompt)
+  decode = sum(3 * batch * forward_flops_per_token(cfg, prompt + t) for t in range(new))
+  return prefill + decode
+
+
+def timed(name: str, fn, args: tuple, tokens: int, iters: int) -> float:
   t0 = time.perf_counter()
   block(fn(*args))
   first = time.perf_counter() - t0
   seconds = median_time(lambda: fn(*args), iters, warmup=0)
   print(f'{name:<34} {seconds * 1e3:8.1f} ms   {tokens / seconds:9.0f} sampled tokens/s   '
         f'(first call incl. compile {first:.2f} s, compile ~{max(first - seconds, 0):.2f} s)')
+  return seconds
 
 
 def main() -> None:
@@ -64,8 +75,13 @@ def main() -> None:
   single = jit_sample(graphdef, scfg)
   timed('policy only (B x T)', single, (policy, batch, key), args.batch * args.new, args.iters)
   pair = jit_sample_pair(graphdef, graphdef, scfg, args.beta)
-  timed('policy + mixture pair (2 x B x T)', pair, (policy, ref, batch, key), 2 * args.batch * args.new,
-        args.iters)
+  seconds = timed('policy + mixture pair (2 x B x T)', pair, (policy, ref, batch, key), 2 * args.batch * args.new,
+                  args.iters)
+  flops = pair_flops(cfg, args.batch, args.prompt, args.new)
+  skinny = skinny_matmul_flops(3 * args.batch, cfg.d_model, cfg.mlp_dim)
+  print(f'pair: {flops / 1e9:.2f} GFLOP, {flops / seconds / 1e9:.1f} GFLOP/s achieved; matmul rates measured now: '
+        f'[{3 * args.batch}x{cfg.d_model}]@[{cfg.d_model}x{cfg.mlp_dim}] {skinny / 1e9:.1f} GFLOP/s, '
+        f'1024^3 {matmul_peak_flops() / 1e9:.1f} GFLOP/s')
   peak, what = peak_memory_bytes()
   print(f'peak memory: {fmt_bytes(peak)} ({what})')
 
