@@ -1,4 +1,4 @@
-"""Nash-MD-PG (NLHF_MATH.md section 4): y ~ pi_theta, y' ~ pi^beta, preference-based policy gradient.
+"""Nash-MD-PG (docs/math.md section 4): y ~ pi_theta, y' ~ pi^beta, preference-based policy gradient.
 
 Self-play and best response are this algorithm at beta = 0 and beta = 1 (variants `,sp` and `,br`).
 Variants: `tiny` (tests and CPU: random reference, programmatic judge), `small` (the benchmark reference size),

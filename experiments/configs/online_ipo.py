@@ -1,5 +1,5 @@
 """Online IPO: y, y' ~ pi_theta, IPO loss weighted by the judge's P(y > y'); variant `,md` is IPO-MD (both
-samples from the token-level mixture pi^beta). NLHF_MATH.md section 5.
+samples from the token-level mixture pi^beta). docs/math.md section 5.
   nlhf-train --config=experiments/configs/online_ipo.py:tiny --workdir=/tmp/online_ipo
 """
 import os

@@ -1,4 +1,4 @@
-"""The pairwise preference model P(y > y' | x) (NLHF_MATH.md section 1): a backbone reading the prompt and both
+"""The pairwise preference model P(y > y' | x) (docs/math.md section 1): a backbone reading the prompt and both
 responses, antisymmetric by construction, trained with binary cross-entropy (soft labels allowed).
 
 Variants: `tiny` (built-in pairs, seconds on CPU), `125m` (a TFDS pairs data set, accelerators).

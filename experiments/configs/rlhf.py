@@ -1,5 +1,5 @@
 """The RLHF baseline: regularised policy gradient on a Bradley-Terry reward model r(x, y), with the reward of an
-independent second sample as baseline (NLHF_MATH.md section 4).
+independent second sample as baseline (docs/math.md section 4).
   nlhf-train --config=experiments/configs/rlhf.py:tiny --workdir=/tmp/rlhf \\
       --config.online.judge_checkpoint=/tmp/reward_model
 """

@@ -1,4 +1,4 @@
-"""The evaluation of a set of trained policies (NLHF_MATH.md section 6), as one JSON-able result.
+"""The evaluation of a set of trained policies (docs/math.md section 6), as one JSON-able result.
 
 For every policy: samples for N = num_prompts * samples_per_prompt comparisons (the validation prompts, each
 sampled samples_per_prompt times), then

@@ -5,7 +5,7 @@ by RIGHT-padded responses (response [eos]). Segments are concatenated with their
 padding is masked out of attention and the positions count real tokens only, so the result equals that of the
 packed sequence.
 
-Preference model (NLHF_MATH.md section 1): a backbone reads the joint text x, y, y' and a linear head gives a
+Preference model (docs/math.md section 1): a backbone reads the joint text x, y, y' and a linear head gives a
 score g(x, y, y'). The preference logit is f(x, y, y') = g(x, y, y') - g(x, y', y), antisymmetric by construction,
 so P(y > y' | x) = sigmoid(f) satisfies P(y > y') + P(y' > y) = 1 and P(y > y) = 1/2 exactly, whatever the
 parameters. Both orders are scored in one forward pass of a 2B batch.

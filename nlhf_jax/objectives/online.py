@@ -1,4 +1,4 @@
-"""Online NLHF objectives on fixed samples (NLHF_MATH.md sections 4-5).
+"""Online NLHF objectives on fixed samples (docs/math.md sections 4-5).
 
 The train step samples first (outside any gradient), scores the pairs with the judge, and then differentiates one
 of these surrogate losses with respect to the policy's per-token log-probabilities. Every function here takes

@@ -1,4 +1,4 @@
-"""Tabular learning dynamics as pure JAX functions: Nash-MD and its baselines (NLHF_MATH.md section 3).
+"""Tabular learning dynamics as pure JAX functions: Nash-MD and its baselines (docs/math.md section 3).
 
 Every algorithm is one mirror-descent step on the regularised objective against some opponent payoff a_t:
 
@@ -98,7 +98,7 @@ def kl(log_p, log_q, rho):
 
 
 def exploitability(game: Tables, log_pi, tau):
-  """e_tau(pi) = E_x [tau log sum_y mu(y) exp(P(y > pi) / tau) + tau KL(pi, mu)] - 1/2 (NLHF_MATH.md section 2).
+  """e_tau(pi) = E_x [tau log sum_y mu(y) exp(P(y > pi) / tau) + tau KL(pi, mu)] - 1/2 (docs/math.md section 2).
 
   tau must be positive here; for tau = 0 use exploitability0."""
   a = action_preference(game.P, jnp.exp(log_pi))

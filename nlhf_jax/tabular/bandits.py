@@ -1,7 +1,7 @@
 """Offline IPO and DPO on small bandits: the two-action and three-action examples of the IPO paper.
 
 A tabular policy pi = softmax(z) over n actions is fitted to a dataset of (winner, loser) pairs with counts
-(NLHF_MATH.md section 5):
+(docs/math.md section 5):
 
     h(y_w, y_l) = log(pi(y_w) / pi_ref(y_w)) - log(pi(y_l) / pi_ref(y_l)),
     DPO: L = -E log sigmoid(tau h),        IPO: L = E (h - 1 / (2 tau))^2.

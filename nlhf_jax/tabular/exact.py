@@ -1,4 +1,4 @@
-"""Exact quantities of a tabular preference game, in float64 numpy (NLHF_MATH.md sections 1-2).
+"""Exact quantities of a tabular preference game, in float64 numpy (docs/math.md sections 1-2).
 
 - P(pi > pi') = E_x pi(.|x)^T P_x pi'(.|x);  P(y > pi) = (P pi)(y).
 - KL_rho(pi, mu) = E_x KL(pi(.|x) || mu(.|x)).

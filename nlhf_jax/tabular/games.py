@@ -1,6 +1,6 @@
 """Preference games: matrices P with P + P^T = 1, contexts x ~ rho, and a reference policy mu.
 
-Notation (docs NLHF_MATH.md section 1): P[x, y, y'] = P(y > y' | x); antisymmetry P(y > y') = 1 - P(y' > y), hence
+Notation (docs/math.md section 1): P[x, y, y'] = P(y > y' | x); antisymmetry P(y > y') = 1 - P(y' > y), hence
 P(y > y) = 1/2. A game with C contexts and n actions stores P [C, n, n], mu [C, n] and rho [C]; a single-context game
 has C = 1. All builders return float64 numpy arrays (the exact solvers need the precision).
 """

@@ -100,7 +100,7 @@ def test_loss_value_on_hand_example():
 
 def test_ipo_loss_minimiser_two_actions():
   """Two single-token actions, uniform mu, a always preferred: the IPO optimum has h = 1/(2 tau), i.e.
-  pi(a) = sigmoid(1/(2 tau)) (NLHF_MATH.md section 7)."""
+  pi(a) = sigmoid(1/(2 tau)) (docs/math.md section 7)."""
   tau = 0.4
   ref = jnp.log(jnp.array([[0.5]]))
 

@@ -1,4 +1,4 @@
-"""IPO and DPO on the bandit examples of the IPO paper (NLHF_MATH.md sections 5 and 7)."""
+"""IPO and DPO on the bandit examples of the IPO paper (docs/math.md sections 5 and 7)."""
 import jax
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""Games and exact quantities: antisymmetry, closed forms, solvers and their certificates (NLHF_MATH.md 1-2, 7)."""
+"""Games and exact quantities: antisymmetry, closed forms, solvers and their certificates (docs/math.md 1-2, 7)."""
 import numpy as np
 import pytest
 from scipy import special
