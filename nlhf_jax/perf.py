@@ -34,21 +34,17 @@ def median_time(fn: Callable[[], object], iters: int, warmup: int = 1) -> float:
   return statistics.median(times)
 
 
-def matmul_peak_flops(dtype=jnp.float32, n: int = 1024, iters: int = 10) -> float:
-  """Achieved FLOP/s of an n x n x n matmul chain on the default device: the MFU denominator."""
-  a = jax.random.normal(jax.random.key(0), (n, n), dtype)
-  b = jax.random.normal(jax.random.key(1), (n, n), dtype)
+def matmul_flops(m: int, k: int, n: int, dtype=jnp.float32, iters: int = 10) -> float:
+  """Achieved FLOP/s of an [m, k] @ [k, n] matmul on the default device (float32 accumulation)."""
+  a = jax.random.normal(jax.random.key(0), (m, k), dtype)
+  b = jax.random.normal(jax.random.key(1), (k, n), dtype)
   f = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32).astype(dtype))
-  return 2 * n**3 / median_time(lambda: f(a, b), iters, warmup=2)
+  return 2 * m * k * n / median_time(lambda: f(a, b), iters, warmup=2)
 
 
-def skinny_matmul_flops(rows: int, k: int, n: int, iters: int = 50) -> float:
-  """Achieved FLOP/s of a [rows, k] @ [k, n] float32 matmul: the shape of one decode step's MLP at a small
-  batch, which bounds how fast cached decoding can go on this device (it is far from the square-matmul peak)."""
-  a = jax.random.normal(jax.random.key(0), (rows, k), jnp.float32)
-  b = jax.random.normal(jax.random.key(1), (k, n), jnp.float32)
-  f = jax.jit(jnp.dot)
-  return 2 * rows * k * n / median_time(lambda: f(a, b), iters, warmup=2)
+def matmul_peak_flops(dtype=jnp.float32, n: int = 1024, iters: int = 10) -> float:
+  """Achieved FLOP/s of an n x n x n matmul: the MFU denominator."""
+  return matmul_flops(n, n, n, dtype, iters)
 
 
 def forward_flops_per_token(cfg: ModelConfig, context: int) -> float:

@@ -20,8 +20,8 @@ from flax import nnx
 
 from nlhf_jax.config import ModelConfig
 from nlhf_jax.models import Transformer, preset
-from nlhf_jax.perf import (block, fmt_bytes, forward_flops_per_token, matmul_peak_flops, median_time,
-                           peak_memory_bytes, skinny_matmul_flops)
+from nlhf_jax.perf import (block, fmt_bytes, forward_flops_per_token, matmul_flops, matmul_peak_flops, median_time,
+                           peak_memory_bytes)
 from nlhf_jax.sampling.sampler import SamplingConfig, jit_sample, jit_sample_pair
 
 
@@ -78,7 +78,7 @@ def main() -> None:
   seconds = timed('policy + mixture pair (2 x B x T)', pair, (policy, ref, batch, key), 2 * args.batch * args.new,
                   args.iters)
   flops = pair_flops(cfg, args.batch, args.prompt, args.new)
-  skinny = skinny_matmul_flops(3 * args.batch, cfg.d_model, cfg.mlp_dim)
+  skinny = matmul_flops(3 * args.batch, cfg.d_model, cfg.mlp_dim, iters=50)  # one decode step's MLP shape
   print(f'pair: {flops / 1e9:.2f} GFLOP, {flops / seconds / 1e9:.1f} GFLOP/s achieved; matmul rates measured now: '
         f'[{3 * args.batch}x{cfg.d_model}]@[{cfg.d_model}x{cfg.mlp_dim}] {skinny / 1e9:.1f} GFLOP/s, '
         f'1024^3 {matmul_peak_flops() / 1e9:.1f} GFLOP/s')
