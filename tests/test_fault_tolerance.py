@@ -17,6 +17,7 @@ from helpers import mesh, tiny_config
 from multihost import launch
 from nlhf_jax.config import ConfigError, from_config_dict
 from nlhf_jax.training import checkpointing, loop
+from nlhf_jax.training.checkpointing import CheckpointError
 from nlhf_jax.training.loop import train
 
 CONFIG = 'experiments/configs/sft.py:tiny'
@@ -106,6 +107,18 @@ def test_unreadable_checkpoint_falls_back_to_the_previous_step(tmp_path, six_ste
   assert 'resumed from step 2' in caplog.text and 'incomplete checkpoint' in caplog.text
   assert (ckpts / '4.unreadable').is_dir()  # kept for inspection
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params), six_steps)
+
+
+def test_all_checkpoints_unreadable_stops_instead_of_starting_over(tmp_path):
+  _train(_cfg(4), tmp_path)
+  ckpts = tmp_path / 'checkpoints'
+  for f in ckpts.rglob('*'):
+    if f.is_file() and f.parent.name == 'meta':
+      f.write_bytes(b'\0garbage')
+  with pytest.raises(CheckpointError, match=r'no checkpoint in .* can be read; the run stops instead of starting '
+                     r'again from step 0\. The steps were moved to 4\.unreadable, 2\.unreadable'):
+    _train(_cfg(6), tmp_path)
+  assert sorted(p.name for p in ckpts.iterdir()) == ['2.unreadable', '4.unreadable']
 
 
 def test_on_nonfinite_is_validated():

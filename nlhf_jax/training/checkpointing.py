@@ -19,6 +19,10 @@ from nlhf_jax.training.state import TrainState
 log = logging.getLogger(__name__)
 
 
+class CheckpointError(RuntimeError):
+  """A workdir's checkpoints exist but none can be restored."""
+
+
 def _abstract(tree_with_shardings) -> Any:
   """ShapeDtypeStructs that carry concrete NamedShardings: the restore target."""
   def leaf(x):
@@ -84,22 +88,29 @@ class Checkpointer:
     `check_meta(meta)` runs before any array is read and its errors propagate (a config mismatch is not a
     damaged checkpoint). A step whose files cannot be read is reported, moved aside to `N.unreadable` (kept
     for inspection, never deleted) and the previous complete step is used; interrupted saves (Orbax's
-    temporary directories) are reported and ignored.
+    temporary directories) are reported and ignored. When every step is unreadable it raises CheckpointError
+    rather than let the run start again from step 0 (the cause may be a passing storage error).
     """
     self._report_incomplete()
+    set_aside = []
     for step in sorted(self.all_steps(), reverse=True):
       try:
         meta = self.read_meta(step)
       except Exception as e:  # noqa: BLE001 - any failure to read means the step is unusable
-        self._set_aside(step, e)
+        set_aside.append(self._set_aside(step, e))
         continue
       check_meta(meta)
       try:
         state, meta = self.restore(target, step)
       except Exception as e:  # noqa: BLE001
-        self._set_aside(step, e)
+        set_aside.append(self._set_aside(step, e))
         continue
       return state, meta, step
+    if set_aside:
+      raise CheckpointError(
+          f'no checkpoint in {self.directory} can be read; the run stops instead of starting again from step 0. '
+          f'The steps were moved to {", ".join(p.name for p in set_aside)}: if the storage error has passed, '
+          'move them back (e.g. `mv 4.unreadable 4`) and start again; to train afresh, use a new --workdir')
     return None
 
   def _report_incomplete(self) -> None:
@@ -110,7 +121,7 @@ class Checkpointer:
       if 'tmp' in path.name and path.name.split('.')[0].isdigit():
         log.warning('ignoring an incomplete checkpoint %s (a save that was interrupted)', path)
 
-  def _set_aside(self, step: int, error: Exception) -> None:
+  def _set_aside(self, step: int, error: Exception) -> epath.Path:
     path = epath.Path(self.directory) / str(step)
     aside = path.parent / f'{step}.unreadable'
     log.error('checkpoint step %d in %s cannot be read (%s: %s); it is moved to %s and the previous complete '
@@ -125,6 +136,7 @@ class Checkpointer:
       from jax.experimental import multihost_utils
       multihost_utils.sync_global_devices(f'nlhf_set_aside_{step}')
     self._manager.reload()
+    return aside
 
   def read_meta(self, step: int | None = None) -> dict:
     step = self.latest_step() if step is None else step
