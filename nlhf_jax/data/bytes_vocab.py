@@ -1,7 +1,7 @@
 """A byte-level vocabulary for the built-in data: no tokenizer file needed.
 
-Ids 0-3 are special (pad, bos, eos, sep); byte b is id b + 4. Fits any model with vocab_size >= 260, and
-printable ASCII (the built-in data) fits vocab_size >= 131.
+Ids 0-3 are special (pad, bos, eos, sep); byte b is id b + 4. UTF-8 never uses the bytes 0xF5-0xFF, so any
+text encodes to ids below 249 (MAX_BYTE + OFFSET + 1): it fits any model with vocab_size >= 249.
 """
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import numpy as np
 
 PAD, BOS, EOS, SEP = 0, 1, 2, 3
 OFFSET = 4
+MAX_BYTE = 0xF4  # the largest byte that occurs in UTF-8
+VOCAB_SIZE = MAX_BYTE + 1 + OFFSET
 
 
 def encode(text: str) -> list[int]:
@@ -16,8 +18,8 @@ def encode(text: str) -> list[int]:
 
 
 def decode(ids) -> str:
-  """Skips the special ids and any id past the byte range (a model's vocabulary may be larger)."""
-  return bytes(int(i) - OFFSET for i in ids if OFFSET <= int(i) < OFFSET + 256).decode('utf-8', errors='replace')
+  """Skips the special ids and any id past VOCAB_SIZE (a model's vocabulary may be larger)."""
+  return bytes(int(i) - OFFSET for i in ids if OFFSET <= int(i) < VOCAB_SIZE).decode('utf-8', errors='replace')
 
 
 def pack_demonstration(prompt: str, response: str, seq_len: int) -> dict[str, np.ndarray]:

@@ -34,7 +34,7 @@ class Tokenizer(Protocol):
 
 class ByteTokenizer:
   """UTF-8 bytes shifted past the four special ids (see bytes_vocab); no file needed."""
-  vocab_size = 256 + bytes_vocab.OFFSET
+  vocab_size = bytes_vocab.VOCAB_SIZE  # 249: the ids that UTF-8 text can produce
   pad_id, bos_id, eos_id, sep_id = bytes_vocab.PAD, bytes_vocab.BOS, bytes_vocab.EOS, bytes_vocab.SEP
 
   def encode(self, text: str) -> list[int]:

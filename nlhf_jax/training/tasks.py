@@ -37,10 +37,9 @@ def _model(cls):
 def _data(kind: str):
   def make(cfg: ExperimentConfig, rows: slice):
     from nlhf_jax.data import pipelines
-    from nlhf_jax.data.tokenizer import SentencePieceTokenizer, check_vocab, load_tokenizer
+    from nlhf_jax.data.tokenizer import check_vocab, load_tokenizer
     tokenizer = load_tokenizer(cfg.data.tokenizer)
-    if isinstance(tokenizer, SentencePieceTokenizer):  # byte ids of the built-in (ASCII) data fit 131 rows
-      check_vocab(tokenizer, cfg.model.vocab_size)
+    check_vocab(tokenizer, cfg.model.vocab_size)
     return pipelines.make_iterator(cfg.data, kind, cfg.seed, cfg.train.batch_size, rows, tokenizer=tokenizer,
                                    split_fields=kind != 'demonstrations')
   return make

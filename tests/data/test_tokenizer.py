@@ -21,7 +21,9 @@ def test_byte_tokenizer_round_trip_matches_bytes_vocab():
   text = 'sort: ant bée 猫'
   assert tok.encode(text) == bytes_vocab.encode(text)
   assert tok.decode([tok.bos_id] + tok.encode(text) + [tok.eos_id]) == text
-  assert (tok.pad_id, tok.bos_id, tok.eos_id, tok.sep_id, tok.vocab_size) == (0, 1, 2, 3, 260)
+  assert (tok.pad_id, tok.bos_id, tok.eos_id, tok.sep_id, tok.vocab_size) == (0, 1, 2, 3, 249)
+  # The largest code point's UTF-8 form (F4 8F BF BF) holds the largest byte UTF-8 uses: every id fits vocab_size.
+  assert max(tok.encode(chr(0x10FFFF) + 'ÿ' + chr(0xFFFD))) == tok.vocab_size - 1
 
 
 def test_sentencepiece_round_trip_and_reserved_ids(sp_model):
@@ -39,7 +41,7 @@ def test_decode_skips_ids_past_the_vocabulary(sp_model):
   sp, byte = load_tokenizer(sp_model), ByteTokenizer()
   ids = sp.encode('the lazy fox')
   assert sp.decode(ids + [sp.vocab_size, sp.vocab_size + 7]) == sp.decode(ids) == 'the lazy fox'
-  assert byte.decode(byte.encode('fox') + [260, 511]) == 'fox'
+  assert byte.decode(byte.encode('fox') + [249, 255, 511]) == 'fox'
 
 
 def test_load_tokenizer_errors(tmp_path):
@@ -51,8 +53,8 @@ def test_load_tokenizer_errors(tmp_path):
 
 
 def test_check_vocab(sp_model):
-  check_vocab(ByteTokenizer(), 260)
-  with pytest.raises(TokenizerError, match=r'260 ids but config.model.vocab_size=131'):
+  check_vocab(ByteTokenizer(), 249)
+  with pytest.raises(TokenizerError, match=r'249 ids but config.model.vocab_size=131'):
     check_vocab(ByteTokenizer(), 131)
   check_vocab(load_tokenizer(sp_model), 320)
 
