@@ -2,11 +2,9 @@
 theta_bar <- ema_rate * theta_bar + (1 - ema_rate) * theta after every update; KL-regularised towards mu.
   nlhf-train --config=experiments/configs/nash_ema.py:tiny --workdir=/tmp/nash_ema
 """
-import os
-import sys
+from nlhf_jax.config.defaults import sibling
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import nash_md  # noqa: E402  (the shared online config)
+nash_md = sibling(__file__, 'nash_md')  # the shared online config
 
 
 def get_config(arg: str = 'tiny'):

@@ -2,11 +2,9 @@
 samples from the token-level mixture pi^beta). docs/math.md section 5.
   nlhf-train --config=experiments/configs/online_ipo.py:tiny --workdir=/tmp/online_ipo
 """
-import os
-import sys
+from nlhf_jax.config.defaults import sibling
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import nash_md  # noqa: E402  (the shared online config)
+nash_md = sibling(__file__, 'nash_md')  # the shared online config
 
 
 def get_config(arg: str = 'tiny'):

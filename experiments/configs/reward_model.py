@@ -2,11 +2,9 @@
 the same pairs with the Bradley-Terry loss -log sigmoid(r(x, a) - r(x, b)) (soft labels allowed).
   nlhf-train --config=experiments/configs/reward_model.py:tiny --workdir=/tmp/rm
 """
-import os
-import sys
+from nlhf_jax.config.defaults import sibling
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import preference_model  # noqa: E402  (the shared pairwise config)
+preference_model = sibling(__file__, 'preference_model')  # the shared pairwise config
 
 
 def get_config(arg: str = 'tiny'):

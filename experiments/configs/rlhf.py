@@ -3,11 +3,9 @@ independent second sample as baseline (docs/math.md section 4).
   nlhf-train --config=experiments/configs/rlhf.py:tiny --workdir=/tmp/rlhf \\
       --config.online.judge_checkpoint=/tmp/reward_model
 """
-import os
-import sys
+from nlhf_jax.config.defaults import sibling
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import nash_md  # noqa: E402  (the shared online config)
+nash_md = sibling(__file__, 'nash_md')  # the shared online config
 
 
 def get_config(arg: str = 'tiny'):
