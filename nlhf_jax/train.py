@@ -21,7 +21,7 @@ from ml_collections import config_flags
 
 from nlhf_jax import config as config_lib
 from nlhf_jax import logs
-from nlhf_jax.distributed import initialize
+from nlhf_jax.distributed import initialize, resolve_launch
 
 log = logging.getLogger(__name__)
 
@@ -29,18 +29,16 @@ _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config fil
                                           'experiments/configs/sft.py:tiny', lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints and metrics (resumed if it exists).')
 _COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'Multi-process: HOST:PORT of process 0 '
-                                   '(overrides config.distributed.coordinator_address).')
+                                   '(overrides JAX_COORDINATOR_ADDRESS and config.distributed.coordinator_address).')
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Multi-process: number of processes.')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'Multi-process: this process, 0 .. num_processes - 1.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
-def distributed_config(cfg: config_lib.DistributedConfig) -> config_lib.DistributedConfig:
-  """The config's distributed section with the command-line flags applied."""
-  given = {'coordinator_address': _COORDINATOR.value, 'num_processes': _NUM_PROCESSES.value,
-           'process_id': _PROCESS_ID.value}
-  given = {k: v for k, v in given.items() if v is not None}
-  return dataclasses.replace(cfg, **given, initialize=cfg.initialize or bool(given))
+def launch_flags() -> dict:
+  """The multi-process flags as given on the command line (None where not given)."""
+  return {'coordinator_address': _COORDINATOR.value, 'num_processes': _NUM_PROCESSES.value,
+          'process_id': _PROCESS_ID.value}
 
 
 def main(argv) -> None:
@@ -48,7 +46,7 @@ def main(argv) -> None:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   logs.setup()
   cfg = config_lib.from_config_dict(_CONFIG.value)  # value checks: before any JAX work
-  initialize(distributed_config(cfg.distributed))
+  initialize(resolve_launch(cfg.distributed, launch_flags()))
   cfg = config_lib.from_config_dict(_CONFIG.value, num_devices=jax.device_count())
   from nlhf_jax.training.loop import train  # heavy imports after validation
   log.info('%s: %d processes, %d devices, workdir %s', cfg.name, jax.process_count(), jax.device_count(),

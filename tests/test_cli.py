@@ -11,7 +11,9 @@ ENV = {'XLA_FLAGS': '--xla_force_host_platform_device_count=8', 'JAX_PLATFORMS':
 
 
 def _train(workdir, *flags):
-  cmd = [sys.executable, '-m', 'nlhf_jax.train', '--config=experiments/configs/sft.py:tiny',
+  # The console script that `pip install` puts next to the interpreter (`python -m nlhf_jax.train` is the same).
+  script = pathlib.Path(sys.executable).parent / 'nlhf-train'
+  cmd = [str(script), '--config=experiments/configs/sft.py:tiny',
          f'--workdir={workdir}', '--config.train.log_every=2', '--config.train.checkpoint_every=2',
          '--config.train.keep_checkpoints=2', '--config.mesh.data=2', '--config.mesh.tensor=4', *flags]
   out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO, env=ENV)
@@ -25,6 +27,8 @@ def test_second_run_on_the_same_workdir_continues(tmp_path):
   assert 'resumed' not in log1 and 'step 4/4' in log1
   log2 = _train(tmp_path, '--config.train.num_steps=8')
   assert 'resumed from step 4' in log2
+  # A longer run than the checkpoint planned: the cosine schedule now spans 8 steps, and the log says so.
+  assert 'schedule now decays over 8 steps' in log2 and 'config.optim.decay_steps=4' in log2
   steps = [json.loads(line)['step'] for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
   assert steps == [2, 4, 6, 8]  # the second run logged only steps 5-8: it did not start over
   kept = sorted(int(p.name) for p in (tmp_path / 'checkpoints').iterdir() if p.name.isdigit())

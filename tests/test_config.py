@@ -78,18 +78,79 @@ def test_cli_rejects_bad_config_before_compiling(tmp_path):
 
 
 TRAINING_CONFIGS = ['sft', 'preference_model', 'reward_model', 'nash_md', 'nash_ema', 'rlhf', 'online_ipo']
+VARIANTS = {
+    'sft': ['tiny', 'demo', '125m', '1b'],
+    'preference_model': ['tiny', '125m'],
+    'reward_model': ['tiny', '125m'],
+    'nash_md': [f'{s}{f}' for s in ('tiny', 'small', '125m') for f in ('', ',sp', ',br')],
+    'nash_ema': ['tiny', 'small', '125m'],
+    'rlhf': ['tiny', 'small', '125m'],
+    'online_ipo': ['tiny', 'tiny,md', 'small', '125m', '125m,md'],
+}
+
+
+def _load(name: str):
+  import importlib.util
+  path = pathlib.Path(__file__).resolve().parents[1] / 'experiments/configs' / f'{name}.py'
+  spec = importlib.util.spec_from_file_location(f'{name}_by_path', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def _flat_keys(tree, prefix=''):
+  out = set()
+  for k, v in tree.items():
+    out |= _flat_keys(v, f'{prefix}{k}.') if isinstance(v, dict) else {f'{prefix}{k}'}
+  return out
+
+
+@pytest.mark.parametrize('name,variant', [(n, v) for n in TRAINING_CONFIGS for v in VARIANTS[n]])
+def test_every_variant_validates_and_has_every_key(name, variant):
+  """Every schema key exists in every variant, so each can be overridden on the (locked) command line."""
+  import dataclasses
+
+  from nlhf_jax.config import ExperimentConfig
+  c = _load(name).get_config(variant)
+  if c.online.judge in ('reward_model', 'preference_model') and c.train.objective not in (
+      'sft', 'preference_model', 'reward_model'):
+    c.online.judge_checkpoint = '/runs/judge'  # named on the command line
+  assert _flat_keys(c.to_dict()) == _flat_keys(dataclasses.asdict(ExperimentConfig()))
+  exp = from_config_dict(c, num_devices=8)
+  assert exp.train.objective == {'online_ipo': 'ipo_md' if variant.endswith(',md') else 'online_ipo'}.get(
+      name, name)
+  if name == 'nash_md' and variant.endswith((',sp', ',br')):
+    assert exp.online.beta == (0.0 if variant.endswith(',sp') else 1.0)
+
+
+@pytest.mark.parametrize('name,variant', [('rlhf', 'tiny,br'), ('nash_ema', 'tiny,sp'), ('online_ipo', 'tiny,br'),
+                                          ('nash_md', 'huge'), ('sft', 'small')])
+def test_unknown_variants_are_refused(name, variant):
+  with pytest.raises(ValueError, match=f'unknown variant {variant!r}'):
+    _load(name).get_config(variant)
+
+
+@pytest.mark.slow
+def test_locked_command_line_overrides_reach_every_section(tmp_path):
+  """Through `nlhf-train` (lock_config=True): overrides of keys in every section of sft.py are accepted; the
+  run then stops at validation on the one bad value given last, before any JAX work."""
+  out = subprocess.run(
+      [sys.executable, '-m', 'nlhf_jax.train', '--config=experiments/configs/sft.py:tiny',
+       f'--workdir={tmp_path / "run"}', '--config.train.on_nonfinite=skip', '--config.data.overflow=error',
+       '--config.online.beta=0.5', '--config.optim.decay_steps=40', '--config.model.rope_theta=500.0',
+       '--config.distributed.process_id=-1', '--config.train.num_steps=0'],
+      capture_output=True, text=True, timeout=120, cwd=pathlib.Path(__file__).parents[1],
+      env={'JAX_PLATFORMS': 'cpu', 'PATH': '/usr/bin:/bin'})
+  assert out.returncode != 0
+  assert 'Unknown command line flag' not in out.stderr, out.stderr[-2000:]
+  assert 'config.train.num_steps=0' in out.stderr, out.stderr[-2000:]
 
 
 @pytest.mark.parametrize('name', TRAINING_CONFIGS)
 def test_every_training_config_loads_by_path_and_validates(name):
   # `--config=experiments/configs/NAME.py:tiny` loads the file by path; sibling configs load without sys.path.
-  import importlib.util
   path_before = list(sys.path)
-  path = pathlib.Path(__file__).resolve().parents[1] / 'experiments/configs' / f'{name}.py'
-  spec = importlib.util.spec_from_file_location(f'{name}_by_path', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  c = module.get_config('tiny')
+  c = _load(name).get_config('tiny')
   if name == 'rlhf':  # its judge is a trained reward model, named on the command line
     c.online.judge_checkpoint = '/runs/reward_model'
   exp = from_config_dict(c, num_devices=8)

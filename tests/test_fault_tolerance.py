@@ -33,8 +33,9 @@ def _cfg(steps, **kw):
                         'train.async_checkpointing': False, 'train.batch_size': 16, **ONE, **kw})
 
 
-def _poison_step(monkeypatch, bad_step):
-  """Makes update number `bad_step` produce a NaN loss and NaN parameters."""
+def _poison_step(monkeypatch, bad_step, where='loss'):
+  """Makes update number `bad_step` non-finite: a NaN loss and NaN parameters (where='loss'), or a finite loss
+  with a NaN gradient norm and NaN parameters (where='grads')."""
   real = loop.build_step
 
   def build_step(*args, **kwargs):
@@ -43,7 +44,8 @@ def _poison_step(monkeypatch, bad_step):
     def poisoned(state, frozen, batch):
       new, metrics = step(state, frozen, batch)
       nan = jnp.where(state.step + 1 == bad_step, jnp.nan, 0.0)
-      return new.replace(params=jax.tree.map(lambda p: p + nan, new.params)), dict(metrics, loss=metrics['loss'] + nan)
+      key = 'loss' if where == 'loss' else 'grad_norm'
+      return new.replace(params=jax.tree.map(lambda p: p + nan, new.params)), dict(metrics, **{key: metrics[key] + nan})
     return poisoned, frozen
   monkeypatch.setattr(loop, 'build_step', build_step)
 
@@ -65,14 +67,26 @@ def test_nonfinite_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_
   assert step == 2 and _all_finite(params)
 
 
-def test_nonfinite_skip_counts_and_keeps_the_previous_update(tmp_path, monkeypatch):
-  _poison_step(monkeypatch, 3)
-  state = _train(_cfg(4, **{'train.on_nonfinite': 'skip'}), tmp_path)
+def test_nonfinite_gradient_with_a_finite_loss_also_stops(tmp_path, monkeypatch):
+  _poison_step(monkeypatch, 3, where='grads')
+  with pytest.raises(FloatingPointError, match=r'non-finite loss or gradient at step 3 \(loss [0-9.]+\)'):
+    _train(_cfg(6), tmp_path)
+  assert launch.checkpoint_steps(tmp_path) == [2]
+
+
+@pytest.mark.parametrize('where', ['loss', 'grads'])
+def test_nonfinite_skip_counts_and_keeps_the_previous_update(tmp_path, monkeypatch, where):
+  _poison_step(monkeypatch, 3, where)
+  state = _train(_cfg(4, **{'train.on_nonfinite': 'skip', 'train.checkpoint_every': 1}), tmp_path)
   assert int(state.step) == 4 and _all_finite((state.params, state.opt_state))
   rows = _metrics(tmp_path)
   assert [r['skipped_updates'] for r in rows] == [0, 0, 1, 1] and [r['nonfinite'] for r in rows] == [0, 0, 1, 0]
   meta = checkpointing.Checkpointer(str(tmp_path / 'checkpoints')).read_meta(4)
   assert meta['skipped_updates'] == 1
+  # The skipped update left the parameters of step 2 exactly as they were (step 4 then moved on).
+  (p2, _), (p3, _), (p4, _) = (launch.read_params(tmp_path, _cfg(4), s) for s in (2, 3, 4))
+  jax.tree.map(np.testing.assert_array_equal, p3, p2)
+  assert any(np.any(a != b) for a, b in zip(jax.tree.leaves(p4), jax.tree.leaves(p3)))
 
 
 def _snapshot(directory):
@@ -169,11 +183,13 @@ def test_sigkill_at_three_random_steps_then_resume_is_bitwise(tmp_path):
   full = _start(tmp_path / 'full', tmp_path / 'full.log', *flags)
   launch.finish(full, tmp_path / 'full.log')
   workdir = tmp_path / 'killed'
-  kill_points = sorted(random.SystemRandom().sample(range(2, steps - 1), 3))
+  # One random step in each third of the run, so that a kill that lands late cannot pass the next point.
+  choose = random.SystemRandom().choice
+  kill_points = [choose((2, 3)), choose((5, 6)), choose((8, 9))]
   print('SIGKILL after the checkpoints of steps', kill_points)
   for i, kill_at in enumerate(kill_points):
     log = tmp_path / f'killed.{i}.log'
-    kill_at = max(kill_at, max(launch.checkpoint_steps(workdir), default=0) + 1)
+    kill_at = min(max(kill_at, max(launch.checkpoint_steps(workdir), default=0) + 1), steps - 1)
     proc = _start(workdir, log, *flags)
     _wait_for(lambda: max(launch.checkpoint_steps(workdir), default=0) >= kill_at, proc, log)
     os.killpg(proc.pid, signal.SIGKILL)

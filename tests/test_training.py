@@ -39,9 +39,15 @@ def test_five_steps_on_a_mesh_match_a_single_device(name, single_device_run, tmp
   assert max(jax.tree.leaves(diffs)) <= 1e-5
 
 
+def _resume_cfg(steps, **kw):
+  """An 8-step run (2 warmup steps, then cosine decay over steps 3-8) of which the first `steps` are run: the
+  schedule spans optim.decay_steps=8 in both parts, so the resumed steps get the rates of the full run."""
+  return _cfg(steps, **{'optim.warmup_steps': 2, 'optim.decay_steps': 8, **kw})
+
+
 @pytest.fixture(scope='module')
 def uninterrupted_8_steps(tmp_path_factory):
-  return jax.device_get(train(_cfg(8), str(tmp_path_factory.mktemp('full')), mesh=mesh(2, 1, 4)))
+  return jax.device_get(train(_resume_cfg(8), str(tmp_path_factory.mktemp('full')), mesh=mesh(2, 1, 4)))
 
 
 def test_resume_on_another_mesh_equals_an_uninterrupted_run(tmp_path, uninterrupted_8_steps):
@@ -52,22 +58,26 @@ def test_resume_on_another_mesh_equals_an_uninterrupted_run(tmp_path, uninterrup
   the final parameters agree to <= 1e-6 rather than bitwise.
   """
   full = uninterrupted_8_steps
-  first = train(_cfg(4), str(tmp_path / 'split'), mesh=mesh(2, 1, 4))
+  first = train(_resume_cfg(4), str(tmp_path / 'split'), mesh=mesh(2, 1, 4))
   restored, step = checkpointing.restore_params(str(tmp_path / 'split' / 'checkpoints'),
                                                 _abstract_on(first.params, mesh(8, 1, 1)))
   assert step == 4
   jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), restored, first.params)
-  resumed = train(_cfg(8, **{'mesh.data': 8, 'mesh.tensor': 1}), str(tmp_path / 'split'), mesh=mesh(8, 1, 1))
+  resumed = train(_resume_cfg(8, **{'mesh.data': 8, 'mesh.tensor': 1}), str(tmp_path / 'split'),
+                  mesh=mesh(8, 1, 1))
   assert int(resumed.step) == 8
   assert resumed.params['embed'].sharding.mesh.shape == {'data': 8, 'fsdp': 1, 'tensor': 1}
-  diffs = jax.tree.map(lambda a, b: np.abs(np.asarray(a) - np.asarray(b)).max(), resumed.params, full.params)
-  assert max(jax.tree.leaves(diffs)) <= 1e-6
+  np.testing.assert_array_equal(jax.device_get(resumed.rng), full.rng)
+  for name, tree in (('params', 'params'), ('optimizer state', 'opt_state')):
+    diffs = jax.tree.map(lambda a, b: np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).max(),
+                         getattr(resumed, tree), getattr(full, tree))
+    assert max(jax.tree.leaves(diffs)) <= 1e-6, name
 
 
 def test_resume_on_the_same_mesh_is_bitwise(tmp_path, uninterrupted_8_steps):
   full = uninterrupted_8_steps
-  train(_cfg(4), str(tmp_path / 'split'), mesh=mesh(2, 1, 4))
-  resumed = train(_cfg(8), str(tmp_path / 'split'), mesh=mesh(2, 1, 4))
+  train(_resume_cfg(4), str(tmp_path / 'split'), mesh=mesh(2, 1, 4))
+  resumed = train(_resume_cfg(8), str(tmp_path / 'split'), mesh=mesh(2, 1, 4))
   for a, b in zip(jax.tree.leaves(jax.device_get((resumed.params, resumed.opt_state, resumed.rng))),
                   jax.tree.leaves(jax.device_get((full.params, full.opt_state, full.rng)))):
     np.testing.assert_array_equal(a, b)

@@ -8,7 +8,7 @@ nash_md = sibling(__file__, 'nash_md')  # the shared online config
 
 
 def get_config(arg: str = 'tiny'):
-  size, _ = nash_md.parse(arg, 'nash_ema.py')
+  size, _ = nash_md.parse(arg, 'nash_ema.py', flavours=())
   c = nash_md.online_config(size, 'nash_ema')
   c.online.ema_rate = 0.9 if size == 'tiny' else 0.999
   return c

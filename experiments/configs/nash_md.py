@@ -15,12 +15,12 @@ SIZES = ('tiny', 'small', '125m')
 FLAVOURS = {'md': None, 'sp': 0.0, 'br': 1.0}
 
 
-def parse(arg: str, name: str) -> tuple[str, str]:
+def parse(arg: str, name: str, flavours=tuple(FLAVOURS)) -> tuple[str, str]:
+  """'SIZE[,FLAVOUR]' -> (size, flavour or ''); an unknown size or a flavour that `name` lacks is an error."""
   size, _, flavour = (arg or 'tiny').partition(',')
-  flavour = flavour or 'md'
-  if size not in SIZES or flavour not in FLAVOURS:
-    raise ValueError(f'unknown variant {arg!r} of {name}; use SIZE[,FLAVOUR] with SIZE in {", ".join(SIZES)} '
-                     f'and FLAVOUR in {", ".join(FLAVOURS)}')
+  if size not in SIZES or (flavour and flavour not in flavours):
+    shape = f'SIZE[,FLAVOUR] with FLAVOUR in {", ".join(flavours)}' if flavours else 'SIZE'
+    raise ValueError(f'unknown variant {arg!r} of {name}; use {shape} and SIZE in {", ".join(SIZES)}')
   return size, flavour
 
 
@@ -51,7 +51,7 @@ def online_config(size: str, objective: str) -> ml_collections.ConfigDict:
 def get_config(arg: str = 'tiny') -> ml_collections.ConfigDict:
   size, flavour = parse(arg, 'nash_md.py')
   c = online_config(size, 'nash_md')
-  if FLAVOURS[flavour] is not None:
+  if flavour and FLAVOURS[flavour] is not None:
     c.online.beta = FLAVOURS[flavour]
     c.name = f'{flavour}_{size}'
   return c

@@ -8,7 +8,7 @@ nash_md = sibling(__file__, 'nash_md')  # the shared online config
 
 
 def get_config(arg: str = 'tiny'):
-  size, flavour = nash_md.parse(arg, 'online_ipo.py')
-  c = nash_md.online_config(size, 'ipo_md' if flavour == 'md' and ',' in (arg or '') else 'online_ipo')
+  size, flavour = nash_md.parse(arg, 'online_ipo.py', flavours=('md',))
+  c = nash_md.online_config(size, 'ipo_md' if flavour == 'md' else 'online_ipo')
   c.online.tau = 0.5 if size == 'tiny' else 0.1
   return c

@@ -9,7 +9,7 @@ nash_md = sibling(__file__, 'nash_md')  # the shared online config
 
 
 def get_config(arg: str = 'tiny'):
-  size, _ = nash_md.parse(arg, 'rlhf.py')
+  size, _ = nash_md.parse(arg, 'rlhf.py', flavours=())
   c = nash_md.online_config(size, 'rlhf')
   c.online.update(judge='reward_model', oracle='', tau=0.05)
   return c

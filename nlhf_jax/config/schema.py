@@ -42,6 +42,9 @@ class OptimConfig:
   learning_rate: float = 1e-3
   schedule: str = 'cosine'  # 'cosine', 'linear' or 'constant' (after warmup)
   warmup_steps: int = 0
+  # Steps over which the schedule decays (warmup included); 0: train.num_steps. Set it when a run may later be
+  # extended with a larger train.num_steps, so that the steps already taken keep their learning rates.
+  decay_steps: int = 0
   end_lr_factor: float = 0.1
   b1: float = 0.9
   b2: float = 0.95

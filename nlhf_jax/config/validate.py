@@ -106,6 +106,7 @@ def check_values(cfg: schema.ExperimentConfig) -> None:
   _require(o.schedule in ('cosine', 'linear', 'constant'),
            f"config.optim.schedule={o.schedule!r}: use 'cosine', 'linear' or 'constant'")
   _require(0 <= o.warmup_steps, f'config.optim.warmup_steps={o.warmup_steps}: must be >= 0')
+  _require(0 <= o.decay_steps, f'config.optim.decay_steps={o.decay_steps}: must be >= 0 (0: train.num_steps)')
   _require(0 <= o.end_lr_factor <= 1, f'config.optim.end_lr_factor={o.end_lr_factor}: must be in [0, 1]')
   _require(o.weight_decay >= 0, f'config.optim.weight_decay={o.weight_decay}: must be >= 0')
   _require(t.batch_size % t.grad_accum_steps == 0,

@@ -1,9 +1,9 @@
 """Multi-process helpers: initialisation, this process's rows of a global batch, and global arrays from them.
 
 A run on several processes (TPU pod hosts, Slurm tasks, or several processes on one machine) calls
-`jax.distributed.initialize`; arguments come from the config (or the `nlhf-train` flags that set it), then
-from the environment (JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID), and otherwise from JAX's
-own detection (Cloud TPU, Slurm, Open MPI, Kubernetes).
+`jax.distributed.initialize`; each argument comes from the command-line flags, else the environment
+(JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID), else the config, and otherwise from JAX's own
+detection (Cloud TPU, Slurm, Open MPI, Kubernetes).
 """
 from __future__ import annotations
 
@@ -23,21 +23,27 @@ log = logging.getLogger(__name__)
 ENV_COORDINATOR, ENV_NUM_PROCESSES, ENV_PROCESS_ID = 'JAX_COORDINATOR_ADDRESS', 'JAX_NUM_PROCESSES', 'JAX_PROCESS_ID'
 
 
-def from_environment(cfg: DistributedConfig, environ=None) -> DistributedConfig:
-  """Fills empty fields from the environment; any explicit field or JAX_COORDINATOR_ADDRESS implies initialize."""
+def resolve_launch(cfg: DistributedConfig, flags: dict | None = None, environ=None) -> DistributedConfig:
+  """The launch settings: command-line flags over the environment over the config.
+
+  `flags` holds the given --coordinator_address / --num_processes / --process_id (None: not given); the
+  environment is JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID. Any setting, from wherever it
+  comes, implies initialize; with none of them, `cfg.initialize` alone asks JAX to detect the rest.
+  """
   env = os.environ if environ is None else environ
-  address = cfg.coordinator_address or env.get(ENV_COORDINATOR, '')
-  num = cfg.num_processes if cfg.num_processes > 0 else int(env.get(ENV_NUM_PROCESSES, 0) or 0)
-  pid = cfg.process_id if cfg.process_id >= 0 else int(env.get(ENV_PROCESS_ID, -1))
-  wanted = cfg.initialize or bool(address) or num > 0 or pid >= 0
-  return dataclasses.replace(cfg, initialize=wanted, coordinator_address=address, num_processes=num,
-                             process_id=pid)
+  from_env = {'coordinator_address': env.get(ENV_COORDINATOR) or None,
+              'num_processes': int(env[ENV_NUM_PROCESSES]) if env.get(ENV_NUM_PROCESSES) else None,
+              'process_id': int(env[ENV_PROCESS_ID]) if env.get(ENV_PROCESS_ID) else None}
+  resolved = dataclasses.replace(cfg, **{k: v for k, v in from_env.items() if v is not None})
+  resolved = dataclasses.replace(resolved, **{k: v for k, v in (flags or {}).items() if v is not None})
+  wanted = (resolved.initialize or bool(resolved.coordinator_address) or resolved.num_processes > 0
+            or resolved.process_id >= 0)
+  return dataclasses.replace(resolved, initialize=wanted)
 
 
 def initialize(cfg: DistributedConfig) -> None:
-  """Calls jax.distributed.initialize when asked to (see `from_environment`); non-zero processes log warnings
-  and errors only."""
-  cfg = from_environment(cfg)
+  """Calls jax.distributed.initialize with the settings of `cfg` (see `resolve_launch`) when cfg.initialize;
+  non-zero processes then log warnings and errors only."""
   if not cfg.initialize:
     return
   kwargs = {}

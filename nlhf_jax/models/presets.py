@@ -1,6 +1,10 @@
 """Named model sizes. `tiny` is for tests and CPU demos; the others are realistic starting points."""
 from __future__ import annotations
 
+import dataclasses
+
+from nlhf_jax.config.schema import ModelConfig
+
 PRESETS = {
     # ~0.1M parameters: compiles in seconds on CPU.
     'tiny': dict(vocab_size=256, d_model=64, num_layers=2, num_heads=4, head_dim=16, mlp_dim=128, max_len=128),
@@ -16,7 +20,8 @@ PRESETS = {
 
 
 def preset(name: str, **overrides) -> dict:
-  """The model section for preset `name` as a plain dict (for ml_collections configs)."""
+  """The model section for preset `name` as a plain dict (for ml_collections configs): every ModelConfig key,
+  so that each can be overridden from the command line."""
   if name not in PRESETS:
     raise ValueError(f'unknown model preset {name!r}; choose one of {", ".join(PRESETS)}')
-  return dict(PRESETS[name], preset=name, **overrides)
+  return {**dataclasses.asdict(ModelConfig()), **PRESETS[name], 'preset': name, **overrides}

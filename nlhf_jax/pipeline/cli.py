@@ -34,11 +34,12 @@ def main(argv) -> None:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   logs.setup()
   from nlhf_jax.config import DistributedConfig
-  from nlhf_jax.distributed import initialize, is_leader
+  from nlhf_jax.distributed import initialize, is_leader, resolve_launch
   from nlhf_jax.pipeline import runner, stages
   stages.stage_configs(_CONFIG.value, _WORKDIR.value)  # config errors before any work
-  initialize(DistributedConfig(initialize=_DISTRIBUTED.value, coordinator_address=_COORDINATOR.value,
-                               num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value))
+  given = {'coordinator_address': _COORDINATOR.value or None, 'num_processes': _NUM_PROCESSES.value or None,
+           'process_id': None if _PROCESS_ID.value < 0 else _PROCESS_ID.value}
+  initialize(resolve_launch(DistributedConfig(initialize=_DISTRIBUTED.value), given))
   import jax
   log.info('pipeline: %d processes, %d devices, workdir %s', jax.process_count(), jax.device_count(),
            _WORKDIR.value)

@@ -163,12 +163,13 @@ def restore_params(directory: str, abstract_params, step: int | None = None) -> 
 
 
 def checkpoints_dir(path: str) -> str:
-  """A run's workdir or its checkpoints directory -> the checkpoints directory (clear error if neither)."""
-  path = os.path.abspath(path)
-  if os.path.isdir(os.path.join(path, 'checkpoints')):
-    return os.path.join(path, 'checkpoints')
-  if os.path.isdir(path):
-    return path
+  """A run's workdir or its checkpoints directory -> the checkpoints directory (clear error if neither).
+  Local paths and URLs that Orbax reads (gs://...) alike."""
+  root = epath.Path(_absolute(path))
+  if (root / 'checkpoints').is_dir():
+    return str(root / 'checkpoints')
+  if root.is_dir():
+    return str(root)
   raise FileNotFoundError(f'checkpoint path {path} does not exist; give the --workdir of an nlhf-train run '
                           '(or its checkpoints/ directory)')
 

@@ -94,10 +94,15 @@ def config_differences(saved: dict, cfg: ExperimentConfig) -> list[tuple[str, ob
   return [(k, before.get(k), now.get(k)) for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)]
 
 
+def _schedule_follows_num_steps(cfg: ExperimentConfig) -> bool:
+  return cfg.optim.decay_steps == 0 and cfg.optim.schedule != 'constant'
+
+
 def check_resume_compatible(meta: dict, cfg: ExperimentConfig, directory: str) -> None:
   """A checkpoint written for another model, vocabulary or objective cannot be continued: say what differs.
 
-  Other differences that change the result (seed, batch, data, optimizer) are logged as warnings.
+  Other differences that change the result (seed, batch, data, optimizer, and a new train.num_steps when the
+  learning-rate schedule spans train.num_steps) are logged as warnings.
   """
   diffs = config_differences(meta.get('config', {}), cfg)
   fatal = [d for d in diffs if _matches(d[0], FATAL_KEYS) and d[0] != 'model.preset']
@@ -106,6 +111,12 @@ def check_resume_compatible(meta: dict, cfg: ExperimentConfig, directory: str) -
     raise ConfigError(f'the checkpoint in {directory} was written with another model, vocabulary or objective; '
                       f'nothing was overwritten. Differences: {shown}. Use a new --workdir or the original config.')
   changed = [d for d in diffs if not _matches(d[0], BENIGN_KEYS)]
+  saved_steps = _flatten(meta.get('config', {})).get('train.num_steps')
+  if saved_steps != cfg.train.num_steps and _schedule_follows_num_steps(cfg):
+    log.warning('resuming with train.num_steps=%s (the checkpoint was written with %s): the %s learning-rate '
+                'schedule now decays over %s steps, so the steps still to come get other rates than the first run '
+                'planned. To keep the original schedule, set config.optim.decay_steps=%s.', cfg.train.num_steps,
+                saved_steps, cfg.optim.schedule, cfg.train.num_steps, saved_steps)
   if changed:
     log.warning('resuming with a config that differs from the checkpoint in %s; the result will differ from an '
                 'uninterrupted run: %s', directory,

@@ -6,10 +6,16 @@ import optax
 from nlhf_jax.config import OptimConfig
 
 
+def horizon(cfg: OptimConfig, num_steps: int) -> int:
+  """The number of steps the schedule spans: optim.decay_steps, or the run's train.num_steps when it is 0."""
+  return cfg.decay_steps or num_steps
+
+
 def schedule(cfg: OptimConfig, num_steps: int) -> optax.Schedule:
-  """Linear warmup to the peak rate, then cosine, linear or constant decay to end_lr_factor * peak."""
+  """Linear warmup to the peak rate, then cosine, linear or constant decay to end_lr_factor * peak at
+  `horizon(cfg, num_steps)` (and that rate after it)."""
   peak, end = cfg.learning_rate, cfg.learning_rate * cfg.end_lr_factor
-  decay_steps = max(num_steps - cfg.warmup_steps, 1)
+  decay_steps = max(horizon(cfg, num_steps) - cfg.warmup_steps, 1)
   if cfg.schedule == 'cosine':
     decay = optax.cosine_decay_schedule(peak, decay_steps, alpha=cfg.end_lr_factor)
   elif cfg.schedule == 'linear':
