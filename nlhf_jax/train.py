@@ -12,7 +12,6 @@ slice or under Slurm where JAX detects them, --config.distributed.initialize=tru
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 
 import jax

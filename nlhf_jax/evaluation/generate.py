@@ -17,7 +17,7 @@ from nlhf_jax.data import pipelines
 from nlhf_jax.data.tfds_builders import SplitSource
 from nlhf_jax.distributed import global_batch, local_rows_of, to_host
 from nlhf_jax.models import Transformer
-from nlhf_jax.models.judges import PreferenceModel, score_pairs
+from nlhf_jax.models.judges import PreferenceModel, pair_scorer
 from nlhf_jax.online.judges import FrozenModel, load_frozen
 from nlhf_jax.online.step import response_logprobs
 from nlhf_jax.sampling.sampler import SamplingConfig, jit_sample
@@ -102,7 +102,7 @@ def sequence_logprobs(model: FrozenModel, batches: list[dict], samples: dict, me
 
 @functools.lru_cache(maxsize=8)
 def _jit_score(graphdef):
-  return jax.jit(functools.partial(score_pairs, graphdef))
+  return jax.jit(pair_scorer(graphdef))
 
 
 def preference_probs(pm: FrozenModel, batches: list[dict], a: dict, b: dict, mesh) -> np.ndarray:

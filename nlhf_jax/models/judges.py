@@ -86,11 +86,21 @@ class RewardModel(ScalarHead):
                       batch['response_b'], batch['response_b_mask'])
 
 
-def score_pairs(graphdef: nnx.GraphDef, params, prompts, responses_a, responses_b) -> jax.Array:
-  """P(a > b | x), float32 [B], from a pure parameter pytree; each text argument is (tokens, mask).
+def pair_scorer(graphdef: nnx.GraphDef):
+  """`score_pairs(params, prompts, responses_a, responses_b) -> P(a > b | x)`, float32 [B], for the model
+  (preference or reward model) that `graphdef` describes; each text argument is a (tokens, mask) pair.
 
-  Pure and jittable; with sharded params and batch it runs sharded (the batch over the data axes, the
-  backbone by the rule table). `graphdef` is static: use functools.partial(score_pairs, graphdef) under jit.
+  Pure and jittable; with sharded params and batch it runs sharded (the batch over the data axes, the backbone
+  by the rule table). Online training judges sampled pairs through it (nlhf_jax/online/judges.py).
   """
-  model = nnx.merge(graphdef, params)
-  return jax.nn.sigmoid(model.logit(*prompts, *responses_a, *responses_b))
+  def score_pairs(params, prompts, responses_a, responses_b) -> jax.Array:
+    return jax.nn.sigmoid(nnx.merge(graphdef, params).logit(*prompts, *responses_a, *responses_b))
+  return score_pairs
+
+
+def reward_scorer(graphdef: nnx.GraphDef):
+  """`score(params, prompts, responses) -> r(x, y)`, float32 [B], for a RewardModel's graphdef; pure and
+  jittable like `pair_scorer`."""
+  def score(params, prompts, responses) -> jax.Array:
+    return nnx.merge(graphdef, params).reward(*prompts, *responses)
+  return score

@@ -22,7 +22,7 @@ from jax.sharding import Mesh
 
 from nlhf_jax.config import ConfigError, ModelConfig
 from nlhf_jax.distributed import named, param_specs
-from nlhf_jax.models.judges import PreferenceModel, RewardModel
+from nlhf_jax.models.judges import PreferenceModel, RewardModel, pair_scorer, reward_scorer
 from nlhf_jax.training import checkpointing
 
 JUDGE_KINDS = ('preference_model', 'reward_model', 'oracle')
@@ -122,13 +122,19 @@ def make_judge(kind: str, mesh: Mesh, checkpoint: str = '', oracle: str = '') ->
 
 
 def model_judge(kind: str, graphdef: nnx.GraphDef, params) -> Judge:
-  """A judge from a preference or reward model's graphdef and (frozen) parameters."""
-  module = lambda p: nnx.merge(graphdef, p)
-  prob = lambda p, *texts: jax.nn.sigmoid(module(p).logit(*texts))
-  reward = (lambda p, *texts: module(p).reward(*texts)) if kind == 'reward_model' else None
+  """A judge from a preference or reward model's graphdef and (frozen) parameters: `score_pairs` (and, for a
+  reward model, `score`) of nlhf_jax/models/judges.py on the sampled texts."""
+  score_pairs = pair_scorer(graphdef)
+  prob = lambda p, x, xm, y, ym, y2, y2m: score_pairs(p, (x, xm), (y, ym), (y2, y2m))
+  reward = None
+  if kind == 'reward_model':
+    score = reward_scorer(graphdef)
+    reward = lambda p, x, xm, y, ym: score(p, (x, xm), (y, ym))
   return Judge(kind, params, prob, reward)
 
 
-def binary_judgement(prob: jax.Array, key: jax.Array) -> jax.Array:
-  """A 0/1 judgement drawn with probability `prob` (the model-free variant)."""
-  return jax.random.bernoulli(key, prob).astype(jnp.float32)
+def binary_judgement(prob: jax.Array, key: jax.Array, example_index: jax.Array) -> jax.Array:
+  """0/1 judgements drawn with probability `prob` [B] (the model-free variant). Row b's draw uses
+  fold_in(key, example_index[b]), so it depends on the example, not on its position, the mesh or the process."""
+  uniform = jax.vmap(lambda i: jax.random.uniform(jax.random.fold_in(key, i)))(example_index)
+  return (uniform < prob).astype(jnp.float32)

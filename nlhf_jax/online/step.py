@@ -121,7 +121,7 @@ class OnlineStep:
     ref_lp = sg(response_logprobs(ref, *x, *yt))
     pref = sg(self.judge.prob(frozen['judge'], *x, *yt, *y2t))
     if o.binary_judgements:
-      pref = binary_judgement(pref, k_judge)
+      pref = binary_judgement(pref, k_judge, batch['example_index'])
     aux_in = {'pref': pref, 'ref_lp': ref_lp}
     if self.objective == 'rlhf':
       aux_in['reward'] = sg(self.judge.reward(frozen['judge'], *x, *yt))

@@ -1,14 +1,13 @@
 """Preference model and reward model: antisymmetry by construction, sharded scoring equals single-device."""
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from helpers import mesh, tiny_config
 from nlhf_jax.distributed import named, param_specs
-from nlhf_jax.models.judges import PreferenceModel, RewardModel, score_pairs
+from nlhf_jax.models.judges import PreferenceModel, RewardModel, pair_scorer, reward_scorer
 from nlhf_jax.objectives import pairwise
 
 
@@ -38,20 +37,22 @@ def randomised(model_cls, seed=0):
 def test_preference_model_is_antisymmetric_for_random_parameters():
   for seed in range(3):
     graphdef, params = randomised(PreferenceModel, seed)
+    score_pairs = pair_scorer(graphdef)
     x, a, b = random_pairs(seed)
-    p_ab = score_pairs(graphdef, params, x, a, b)
-    p_ba = score_pairs(graphdef, params, x, b, a)
+    p_ab = score_pairs(params, x, a, b)
+    p_ba = score_pairs(params, x, b, a)
     assert float(jnp.std(p_ab)) > 1e-3  # the test would be void if the model were constant
     np.testing.assert_array_less(jnp.abs(p_ab + p_ba - 1.0), 1e-6)
-    np.testing.assert_array_equal(score_pairs(graphdef, params, x, a, a), 0.5)
+    np.testing.assert_array_equal(score_pairs(params, x, a, a), 0.5)
 
 
 def test_reward_model_pair_probability_is_bradley_terry():
   graphdef, params = randomised(RewardModel)
   x, a, b = random_pairs(1)
-  model = nnx.merge(graphdef, params)
-  r_a, r_b = model.reward(*x, *a), model.reward(*x, *b)
-  np.testing.assert_allclose(score_pairs(graphdef, params, x, a, b), jax.nn.sigmoid(r_a - r_b), atol=1e-6)
+  score = reward_scorer(graphdef)
+  r_a, r_b = score(params, x, a), score(params, x, b)
+  assert float(jnp.std(r_a)) > 1e-3
+  np.testing.assert_allclose(pair_scorer(graphdef)(params, x, a, b), jax.nn.sigmoid(r_a - r_b), atol=1e-6)
 
 
 def test_padding_inside_the_joint_sequence_is_invisible():
@@ -67,19 +68,27 @@ def test_padding_inside_the_joint_sequence_is_invisible():
   np.testing.assert_allclose(model.read_out(tokens, mask), model.read_out(p_tokens, p_mask), atol=1e-5)
 
 
-def test_score_pairs_sharded_equals_single_device():
-  graphdef, params = randomised(PreferenceModel)
+@pytest.mark.parametrize('model_cls', [PreferenceModel, RewardModel])
+def test_scores_sharded_equal_single_device(model_cls):
+  """score_pairs (and the reward model's score) on mesh (data=2, tensor=4) equal the single-device values."""
+  graphdef, params = randomised(model_cls)
   x, a, b = random_pairs(3)
-  fn = jax.jit(functools.partial(score_pairs, graphdef))
-  single = fn(params, x, a, b)
+  score_pairs = jax.jit(pair_scorer(graphdef))
+  single = score_pairs(params, x, a, b)
   m = mesh(data=2, tensor=4)
-  abstract = nnx.split(nnx.eval_shape(lambda: PreferenceModel(tiny_config().model, nnx.Rngs(0))))[1]
+  abstract = nnx.split(nnx.eval_shape(lambda: model_cls(tiny_config().model, nnx.Rngs(0))))[1]
   sharded_params = jax.device_put(params, named(m, param_specs(abstract)))
   batch_sharding = jax.sharding.NamedSharding(m, jax.sharding.PartitionSpec(('data', 'fsdp')))
   put = lambda seg: tuple(jax.device_put(t, batch_sharding) for t in seg)
-  sharded = fn(sharded_params, put(x), put(a), put(b))
-  assert len(sharded_params['head'].sharding.device_set) == 8
+  mlp = sharded_params['backbone']['layer_0']['mlp']['up']
+  assert mlp.sharding.spec == jax.sharding.PartitionSpec('fsdp', 'tensor')  # really split over 'tensor'
+  assert mlp.addressable_shards[0].data.shape == (mlp.shape[0], mlp.shape[1] // 4)
+  sharded = score_pairs(sharded_params, put(x), put(a), put(b))
+  assert sharded.sharding.spec[0] in ('data', ('data', 'fsdp'))
   np.testing.assert_allclose(sharded, single, atol=1e-5)
+  if model_cls is RewardModel:
+    score = jax.jit(reward_scorer(graphdef))
+    np.testing.assert_allclose(score(sharded_params, put(x), put(a)), score(params, x, a), atol=1e-5)
 
 
 def test_pair_metrics_on_hand_example():
@@ -93,6 +102,9 @@ def test_pair_metrics_on_hand_example():
   # perfectly calibrated predictions have zero calibration error
   np.testing.assert_allclose(pairwise.calibration_error(jnp.array([0.25] * 4), jnp.array([1.0, 0, 0, 0])), 0.0,
                              atol=1e-7)
+  # two bins: {0.1, 0.15} with labels {1, 0} (gap |0.25 - 1|), {0.9, 0.95} with labels {1, 1} (gap |1.85 - 2|)
+  prob, label = jnp.array([0.1, 0.15, 0.9, 0.95]), jnp.array([1.0, 0.0, 1.0, 1.0])
+  np.testing.assert_allclose(pairwise.calibration_error(prob, label), (0.75 + 0.15) / 4, rtol=1e-6)
 
 
 def test_antisymmetry_error_is_zero_for_the_model_and_swap_complements_labels():
@@ -105,3 +117,17 @@ def test_antisymmetry_error_is_zero_for_the_model_and_swap_complements_labels():
   swapped = pairwise.swap_pairs(batch)
   np.testing.assert_array_equal(swapped['response_a'], batch['response_b'])
   np.testing.assert_allclose(swapped['preference'], 0.2, rtol=1e-6)
+
+
+def test_binary_judgements_are_bernoulli_draws_per_example():
+  from nlhf_jax.online.judges import binary_judgement
+  n = 20_000
+  prob = jnp.where(jnp.arange(n) % 2 == 0, 0.2, 0.9)
+  index = jnp.arange(n, dtype=jnp.int32)
+  draws = np.asarray(binary_judgement(prob, jax.random.key(0), index))
+  assert set(np.unique(draws)) == {0.0, 1.0}
+  for p, rows in ((0.2, draws[0::2]), (0.9, draws[1::2])):
+    assert abs(rows.mean() - p) < 4 * np.sqrt(p * (1 - p) / rows.size)
+  perm = np.random.default_rng(0).permutation(n)  # the same examples in another order: the same draws
+  np.testing.assert_array_equal(np.asarray(binary_judgement(prob[perm], jax.random.key(0), index[perm])),
+                                draws[perm])

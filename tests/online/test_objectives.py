@@ -119,3 +119,85 @@ def test_rlhf_baseline_does_not_bias_gradient():
   mask = jnp.ones((1, 2))
   g = lambda base: jax.grad(lambda x: online.rlhf_pg_loss(x, ref, mask, jnp.array([2.0]), base, 0.1))(lp)
   np.testing.assert_allclose(g(jnp.array([0.0])) - g(jnp.array([1.0])), -jnp.ones((1, 2)), rtol=1e-6)
+
+
+def exact_rlhf_objective(theta, mu, reward, tau):
+  """E_{y ~ pi_theta} r(y) - tau KL(pi_theta || mu)."""
+  pi = jnp.exp(token_logprobs(theta, SEQS).sum(1))
+  log_mu = token_logprobs(mu, SEQS).sum(1)
+  return pi @ reward - tau * jnp.sum(pi * (jnp.log(pi) - log_mu))
+
+
+@pytest.mark.parametrize('reward_to_go', [True, False])
+def test_rlhf_pg_with_a_second_sample_baseline_matches_exact(reward_to_go):
+  """The RLHF estimate with baseline r(y'') of an independent y'' ~ pi_theta is unbiased for the gradient of
+  E r - tau KL (docs/math.md section 4)."""
+  tau, n = 0.3, 100_000
+  theta, mu, _ = random_problem(11 + reward_to_go)
+  reward = jnp.asarray(np.random.default_rng(5).normal(size=9))
+  exact = jax.grad(exact_rlhf_objective)(theta, mu, reward, tau)
+  ky, kb = jax.random.split(jax.random.key(1))
+  iy, ib = sample(theta, ky, n), sample(theta, kb, n)
+  seqs, r, base = jnp.asarray(SEQS)[iy], reward[iy], reward[ib]
+  ref_lp = token_logprobs(mu, seqs)
+  mask = jnp.ones((1, 2))
+
+  def per_sample_loss(th, s, ref, r_y, b):
+    return online.rlhf_pg_loss(token_logprobs(th, s[None]), ref[None], mask, r_y[None], b[None], tau,
+                               reward_to_go)
+
+  grads = jax.vmap(jax.grad(per_sample_loss), in_axes=(None, 0, 0, 0, 0))(theta, seqs, ref_lp, r, base)
+  for g_exact, g_samples in zip(jax.tree.leaves(exact), jax.tree.leaves(grads)):
+    estimate, stderr = -g_samples.mean(0), g_samples.std(0) / np.sqrt(n)
+    np.testing.assert_array_less(np.abs(estimate - g_exact), 4.5 * stderr + 1e-6)
+
+
+def _expected_online_ipo_gradient(logits, log_mu, P, tau):
+  """The exact gradient of E_{y, y' ~ sg(pi)} [online IPO loss] for a tabular softmax policy (one token): every
+  pair (y, y') enumerated with weight pi(y) pi(y'), each pair's loss the project's `ipo_loss` on a batch of one."""
+  n = logits.shape[0]
+  ys, y2s = np.divmod(np.arange(n * n), n)
+  weights = jax.lax.stop_gradient(jnp.exp(jax.nn.log_softmax(logits)))
+  w = weights[ys] * weights[y2s]
+
+  def pair_loss(lg, y, y2, p):
+    lp = jax.nn.log_softmax(lg)
+    one = jnp.ones((1, 1))
+    return online.ipo_loss(lp[y][None, None], log_mu[y][None, None], one, lp[y2][None, None],
+                           log_mu[y2][None, None], one, p[None], tau)
+
+  grads = jax.vmap(jax.grad(pair_loss), in_axes=(None, 0, 0, 0))(logits, ys, y2s, P[ys, y2s])
+  return (w[:, None] * grads).sum(0)
+
+
+@pytest.mark.parametrize('seed', [0, 1, 2])
+def test_online_ipo_fixed_point_is_the_regularised_nash_equilibrium(seed):
+  """At pi*_tau (solved exactly by the tabular laboratory) the expected online IPO gradient vanishes; at a
+  perturbed policy it does not (IPO paper section 5, docs/math.md section 5)."""
+  from nlhf_jax.tabular import exact, games
+  jax.config.update('jax_enable_x64', True)
+  try:
+    rng = np.random.default_rng(seed)
+    n, tau = 5, [0.1, 0.3, 1.0][seed]
+    P = games.random_game(rng, n)
+    mu = rng.dirichlet(np.ones(n))
+    pi_star, cert = exact.solve_regularized(P, mu, tau)
+    assert cert.converged
+    log_mu, Pj = jnp.asarray(np.log(mu)), jnp.asarray(P)
+    at_star = _expected_online_ipo_gradient(jnp.asarray(np.log(pi_star)), log_mu, Pj, tau)
+    np.testing.assert_allclose(at_star, 0.0, atol=1e-9)
+    off = _expected_online_ipo_gradient(jnp.asarray(np.log(pi_star) + rng.normal(0, 0.3, n)), log_mu, Pj, tau)
+    assert np.abs(off).max() > 1e-3
+  finally:
+    jax.config.update('jax_enable_x64', False)
+
+
+def test_ipo_loss_with_a_soft_preference_on_hand_example():
+  """P (h - c)^2 + (1 - P) (-h - c)^2 with h = (lp_a - ref_a) - (lp_b - ref_b), c = 1 / (2 tau)."""
+  lp_a, ref_a = jnp.array([[-1.0, -0.5]]), jnp.array([[-1.2, -0.4]])
+  lp_b, ref_b = jnp.array([[-2.0, -9.0]]), jnp.array([[-1.0, 0.0]])
+  mask_b = jnp.array([[1.0, 0.0]])  # the second token of b is padding
+  h = (-1.5 + 1.6) - (-2.0 + 1.0)
+  c, p = 1 / (2 * 0.25), 0.7
+  loss = online.ipo_loss(lp_a, ref_a, jnp.ones((1, 2)), lp_b, ref_b, mask_b, jnp.array([p]), 0.25)
+  np.testing.assert_allclose(loss, p * (h - c) ** 2 + (1 - p) * (-h - c) ** 2, rtol=1e-6)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from helpers import mesh
-from experiments.configs import nash_md, nash_ema, online_ipo
+from experiments.configs import nash_md, nash_ema, online_ipo, rlhf
 from nlhf_jax.config import from_config_dict
 from nlhf_jax.data import pipelines
 from nlhf_jax.online import make_judge
@@ -19,22 +19,46 @@ from nlhf_jax.training.tasks import get_task
 pytestmark = pytest.mark.slow
 
 
+def random_reward_model(cfg, m):
+  """A frozen Bradley-Terry judge with random (non-zero) parameters, sharded on mesh m by the rule table."""
+  from flax import nnx
+
+  from nlhf_jax.distributed import named, param_specs
+  from nlhf_jax.models.judges import RewardModel
+  from nlhf_jax.online.judges import model_judge
+  graphdef, params = nnx.split(RewardModel(cfg.model, nnx.Rngs(7)))
+  leaves, tree = jax.tree.flatten(nnx.to_pure_dict(params))
+  keys = jax.random.split(jax.random.key(8), len(leaves))
+  params = jax.tree.unflatten(tree, [x + 0.3 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
+  params['head'] = 0.01 * params['head']  # rewards of order 0.1: the loss stays where float32 resolves 1e-5
+  params = jax.device_put(params, named(m, param_specs(nnx.split(nnx.eval_shape(
+      lambda: RewardModel(cfg.model, nnx.Rngs(0))))[1])))
+  return model_judge('reward_model', graphdef, params)
+
+
 def setup(c, m):
   cfg = from_config_dict(c, m.size)
   task = get_task(cfg.train.objective)
   tx = optim.make_optimizer(cfg.optim, cfg.train.num_steps)
   graphdef, init_fn, shardings = loop._initializer(task, task.make_model(cfg), tx, m)
   state = jax.jit(init_fn, out_shardings=shardings)(cfg.seed)
-  judge = make_judge('oracle', m, oracle=cfg.online.oracle)
+  if cfg.online.judge == 'reward_model':
+    judge = random_reward_model(cfg, m)
+  else:
+    judge = make_judge('oracle', m, oracle=cfg.online.oracle)
   step = OnlineStep(cfg, graphdef, tx, optim.schedule(cfg.optim, 10), judge, 2, m)
-  frozen = {'reference': jax.jit(init_fn, out_shardings=shardings)(cfg.seed + 1).params, 'judge': None}
+  frozen = {'reference': jax.jit(init_fn, out_shardings=shardings)(cfg.seed + 1).params, 'judge': judge.params}
   data = pipelines.make_iterator(cfg.data, 'prompts', cfg.seed, cfg.train.batch_size, slice(None))
   return cfg, graphdef, state, step, frozen, next(data), shardings
 
 
-def test_samples_loss_and_grads_match_across_meshes():
-  c = nash_md.get_config('tiny')
+@pytest.mark.parametrize('config', [nash_md, rlhf])
+def test_samples_loss_and_grads_match_across_meshes(config):
+  """nash_md with a programmatic judge, rlhf with a (sharded) learned reward model: one device and
+  (data=2, tensor=4) draw the same samples and give the same loss and gradients."""
+  c = config.get_config('tiny')
   c.train.batch_size = 8
+  c.online.judge_checkpoint = '-' if c.online.judge == 'reward_model' else ''  # built in memory instead
   results = []
   for m in (mesh(data=1), mesh(data=2, tensor=4)):
     c.mesh.update(data=m.shape['data'], fsdp=1, tensor=m.shape['tensor'])
@@ -46,6 +70,10 @@ def test_samples_loss_and_grads_match_across_meshes():
   np.testing.assert_array_equal(o1['y']['tokens'], o2['y']['tokens'])
   np.testing.assert_array_equal(o1['y2']['tokens'], o2['y2']['tokens'])
   assert o1['y2']['mask'].sum() > 0 and (o1['y']['tokens'] != o1['y2']['tokens']).any()
+  np.testing.assert_allclose(o1['pref'], o2['pref'], atol=1e-5)
+  if 'reward' in o1:
+    assert np.std(o1['reward']) > 1e-4
+    np.testing.assert_allclose(o1['reward'], o2['reward'], atol=1e-5)
   np.testing.assert_allclose(l1, l2, atol=1e-5)
   for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
     np.testing.assert_allclose(a, b, atol=1e-5)
@@ -71,13 +99,69 @@ def test_nash_ema_updates_the_ema_parameters():
   assert np.isfinite(float(metrics['loss']))
 
 
+def mixture_logprobs(graphdef, params, ref_params, batch, sample, beta):
+  """log pi^beta(y_n | x, y_<n) of a sampled response, by full forward passes of policy and reference:
+  log_softmax((1 - beta) logits_policy + beta logits_ref) at the sampled tokens (0 at padding)."""
+  from flax import nnx
+
+  def logits(p):
+    tokens = np.concatenate([batch['prompt'], sample['tokens']], 1)
+    mask = np.concatenate([batch['prompt_mask'], sample['mask']], 1)
+    out, _ = nnx.merge(graphdef, p)(tokens[:, :-1], mask[:, :-1])
+    return out[:, batch['prompt'].shape[1] - 1:]
+
+  mixed = jax.nn.log_softmax((1 - beta) * logits(params) + beta * logits(ref_params), axis=-1)
+  lp = np.take_along_axis(np.asarray(mixed), sample['tokens'][..., None], axis=-1)[..., 0]
+  return np.where(sample['mask'], lp, 0.0)
+
+
 def test_ipo_md_draws_both_samples_from_the_mixture():
+  """Both responses of ipo_md come from pi^beta: the sampler's per-token log-probabilities equal the mixture's
+  recomputed by full forward passes (and not the policy's), for y and y'."""
   c = online_ipo.get_config('tiny,md')
   c.mesh.update(data=8)
-  cfg, _, state, step, frozen, batch, _ = setup(c, mesh(data=8))
+  c.online.beta = 0.5
+  cfg, graphdef, state, step, frozen, batch, _ = setup(c, mesh(data=8))
   assert cfg.train.objective == 'ipo_md'
-  loss, grads, out = jax.jit(step.loss_and_grads)(state, frozen, batch)
-  assert np.isfinite(float(loss)) and (np.asarray(out['y']['tokens']) != np.asarray(out['y2']['tokens'])).any()
+  loss, grads, out = jax.device_get(jax.jit(step.loss_and_grads)(state, frozen, batch))
+  assert np.isfinite(float(loss)) and (out['y']['tokens'] != out['y2']['tokens']).any()
+  params, ref = jax.device_get((state.params, frozen['reference']))
+  for name in ('y', 'y2'):
+    sample = out[name]
+    np.testing.assert_allclose(sample['logprobs'], mixture_logprobs(graphdef, params, ref, batch, sample, 0.5),
+                               atol=1e-4)
+    policy_lp = mixture_logprobs(graphdef, params, ref, batch, sample, 0.0)
+    assert np.abs(sample['logprobs'] - policy_lp).max() > 1e-2
+
+
+def test_several_samples_per_prompt():
+  """samples_per_prompt=2: each prompt gets two different responses (own keys), and the step trains on all."""
+  c = nash_md.get_config('tiny')
+  c.mesh.update(data=8)
+  c.train.batch_size = 8
+  c.online.samples_per_prompt = 2
+  cfg, _, state, step, frozen, batch, _ = setup(c, mesh(data=8))
+  loss, grads, out = jax.device_get(jax.jit(step.loss_and_grads)(state, frozen, batch))
+  y = out['y']['tokens']
+  assert y.shape[0] == 16 and np.isfinite(float(loss))
+  assert all((y[2 * i] != y[2 * i + 1]).any() for i in range(8))
+  assert all(np.abs(g).max() > 0 for g in jax.tree.leaves(grads))
+
+
+def test_nash_ema_resume_is_bitwise(tmp_path):
+  """An online objective with sampling randomness and EMA extras: 3 steps, restart, 3 more equal 6 straight."""
+  c = nash_ema.get_config('tiny')
+  c.mesh.update(data=1)
+  c.online.max_new_tokens = 8
+  c.train.update(batch_size=8, log_every=3, checkpoint_every=3, async_checkpointing=False)
+  run = lambda steps, workdir: loop.train(from_config_dict(dict(c.to_dict(), train=dict(
+      c.train.to_dict(), num_steps=steps)), 1), str(workdir), mesh(data=1))
+  full = jax.device_get(run(6, tmp_path / 'full'))
+  run(3, tmp_path / 'split')
+  resumed = jax.device_get(run(6, tmp_path / 'split'))
+  for a, b in zip(jax.tree.leaves((resumed.params, resumed.opt_state, resumed.extras, resumed.rng)),
+                  jax.tree.leaves((full.params, full.opt_state, full.extras, full.rng))):
+    np.testing.assert_array_equal(a, b)
 
 
 def test_tiny_nash_md_run_beats_the_reference(tmp_path):
