@@ -8,6 +8,7 @@ by `setup` and passed to the jitted step as an argument (sharded by the rule tab
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Callable, Iterator
 
 import optax
@@ -19,6 +20,8 @@ from nlhf_jax.models import Transformer
 from nlhf_jax.models.judges import PreferenceModel, RewardModel
 from nlhf_jax.objectives import pair_loss, sft_loss
 from nlhf_jax.training import steps
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +76,11 @@ def build_step(cfg: ExperimentConfig, task: Task, graphdef: nnx.GraphDef, tx: op
   if not task.online:
     step = steps.make_train_step(graphdef, task.loss_fn, tx, lr_schedule, cfg.train.grad_accum_steps)
     return (lambda state, frozen, batch: step(state, batch)), {}
+  o = cfg.online
+  if o.temperature != 1.0 or o.top_k or o.top_p < 1.0:
+    log.warning('online sampling at temperature %s, top_k %s, top_p %s: y is not a sample of pi_theta, so the '
+                'policy gradient is off-policy and biased (docs/online.md); temperature 1 without filters '
+                'keeps it unbiased', o.temperature, o.top_k, o.top_p)
   from nlhf_jax.data.tokenizer import load_tokenizer
   from nlhf_jax.online import judges
   from nlhf_jax.online.step import OnlineStep
