@@ -31,9 +31,9 @@ def build(args: argparse.Namespace) -> dict[str, int]:
   if args.format == 'tldr':
     if args.kind != 'pairs':
       raise records.DataError('--format=tldr makes pairs; use --kind=pairs')
-    recs = tldr.read_comparisons(args.input)
+    recs = tldr.read_comparisons(args.input, with_source=True)
   else:
-    recs = records.read_jsonl(args.input, args.kind)
+    recs = records.read_jsonl(args.input, args.kind, with_source=True)
   import tensorflow_datasets as tfds
   tfds.disable_progress_bar()
   return tfds_builders.build(recs, args.kind, args.name, args.data_dir, args.validation_fraction, args.seed,

@@ -1,9 +1,12 @@
 """Deterministic, resumable, per-process batch iterators over prompts, demonstrations and preference pairs.
 
-Built on `IndexedBatches` rather than Grain: global batch k is a pure function of (seed, k), so each process
-reads exactly its `rows` of every global batch from a random-access source (a TFDS array_record split, an
-in-memory list or the built-in synthetic data), and the iterator state is one integer. Grain's MapDataset
-could express the same index arithmetic but would add a dependency on its state format for no gain.
+Global batches come from Grain (`nlhf_jax/data/iterators.py`): batch k is a pure function of (seed, k), so each
+process reads exactly its `rows` of every global batch from a random-access source (a TFDS array_record split,
+an in-memory list or the built-in synthetic data), and the iterator state is Grain's index of the next batch.
+
+Before any batch is made, every example of the source is encoded once to check it against the configured
+lengths: with data.overflow='error' the first one that does not fit stops the run there (naming the file and
+line it came from, and the field); with 'truncate' one warning gives how many will be cut and where.
 
 Batch formats (numpy, B = the process's rows of the global batch):
   prompts:        prompt int32 [B, prompt_len] left-padded ([bos] text [sep]); prompt_mask bool.
@@ -100,36 +103,38 @@ def make_source(data_cfg, kind: str, seed: int, split: str | None = None, recs: 
 # Encoding: records -> fixed-length arrays, with the overflow policy.
 
 class Encoder:
-  """Tokenises records into padded arrays; truncates (and counts) or raises on examples that do not fit."""
+  """Tokenises records into padded arrays; truncates or raises on examples that do not fit."""
 
   def __init__(self, tokenizer: Tokenizer, data_cfg, kind: str, source_name: str, split_fields: bool = True):
     if data_cfg.overflow not in ('truncate', 'error'):
       raise DataError(f"config.data.overflow={data_cfg.overflow!r} must be 'truncate' or 'error'")
     self.tok, self.cfg, self.kind, self.name, self.split_fields = tokenizer, data_cfg, kind, source_name, split_fields
-    self.num_truncated = 0
-    self._next_warning = 1
+    self.num_truncated = 0  # examples of the source that are cut to fit (counted by check_lengths)
+    self._overflows: list | None = None  # while check_lengths runs: every overflow seen
 
-  def _overflow(self, index: int, field: str, length: int, limit_name: str, limit: int) -> None:
+  def _overflow(self, where: str, field: str, length: int, limit_name: str, limit: int) -> None:
     if self.cfg.overflow == 'error':
-      raise DataError(f'{self.name} example {index}: field {field!r} has {length} tokens, more than '
-                      f"data.{limit_name}={limit} (data.overflow='error'; use 'truncate' or longer lengths)")
+      raise DataError(f'{where}: field {field!r} has {length} tokens, more than data.{limit_name}={limit} '
+                      "(data.overflow='error'; use 'truncate' or longer lengths)")
+    if self._overflows is not None:
+      self._overflows.append((where, field, length, limit_name, limit))
 
-  def _prompt(self, text: str, index: int, limit: int, limit_name: str) -> tuple[list[int], bool]:
+  def _prompt(self, text: str, where: str, limit: int, limit_name: str) -> list[int]:
     """[bos] text [sep]; an over-long prompt keeps its end (nearest the response)."""
     body = self.tok.encode(text)
     if len(body) + 2 <= limit:
-      return [self.tok.bos_id] + body + [self.tok.sep_id], False
-    self._overflow(index, 'prompt', len(body) + 2, limit_name, limit)
+      return [self.tok.bos_id] + body + [self.tok.sep_id]
+    self._overflow(where, 'prompt', len(body) + 2, limit_name, limit)
     keep = max(limit - 2, 0)
-    return [self.tok.bos_id] + (body[-keep:] if keep else []) + [self.tok.sep_id], True
+    return [self.tok.bos_id] + (body[-keep:] if keep else []) + [self.tok.sep_id]
 
-  def _response(self, text: str, index: int, field: str, limit: int, limit_name: str) -> tuple[list[int], bool]:
+  def _response(self, text: str, where: str, field: str, limit: int, limit_name: str) -> list[int]:
     """text [eos]; an over-long response is cut at the limit and has no eos (it did not end)."""
     ids = self.tok.encode(text) + [self.tok.eos_id]
     if len(ids) <= limit:
-      return ids, False
-    self._overflow(index, field, len(ids), limit_name, limit)
-    return ids[:limit], True
+      return ids
+    self._overflow(where, field, len(ids), limit_name, limit)
+    return ids[:limit]
 
   def _pad(self, ids: list[int], length: int, left: bool) -> tuple[np.ndarray, np.ndarray]:
     tokens = np.full(length, self.tok.pad_id, np.int32)
@@ -138,50 +143,64 @@ class Encoder:
     tokens[sl], mask[sl] = ids, True
     return tokens, mask
 
-  def _prompt_fields(self, record: dict, index: int, out: dict) -> bool:
-    ids, cut = self._prompt(record['prompt'], index, self.cfg.prompt_len, 'prompt_len')
+  def _prompt_fields(self, record: dict, where: str, out: dict) -> None:
+    ids = self._prompt(record['prompt'], where, self.cfg.prompt_len, 'prompt_len')
     out['prompt'], out['prompt_mask'] = self._pad(ids, self.cfg.prompt_len, left=True)
-    return cut
 
-  def _response_fields(self, record: dict, index: int, field: str, out: dict) -> bool:
-    ids, cut = self._response(record[field], index, field, self.cfg.response_len, 'response_len')
+  def _response_fields(self, record: dict, where: str, field: str, out: dict) -> None:
+    ids = self._response(record[field], where, field, self.cfg.response_len, 'response_len')
     out[field], out[field + '_mask'] = self._pad(ids, self.cfg.response_len, left=False)
-    return cut
 
-  def _packed(self, record: dict, index: int, out: dict) -> bool:
+  def _packed(self, record: dict, where: str, out: dict) -> None:
     """[bos] prompt [sep] response [eos] in seq_len tokens, as bytes_vocab.pack_demonstration."""
     seq_len = self.cfg.seq_len
-    prompt, cut_p = self._prompt(record['prompt'], index, seq_len - 1, 'seq_len')
-    response, cut_r = self._response(record['response'], index, 'response', seq_len - len(prompt), 'seq_len')
+    prompt = self._prompt(record['prompt'], where, seq_len - 1, 'seq_len')
+    response = self._response(record['response'], where, 'response', seq_len - len(prompt), 'seq_len')
     out['tokens'], out['mask'] = self._pad(prompt + response, seq_len, left=False)
     out['loss_mask'] = np.zeros(seq_len, np.float32)
     out['loss_mask'][len(prompt):len(prompt) + len(response)] = 1.0
-    return cut_p or cut_r
+
+  def where(self, record: dict, index: int) -> str:
+    """Where an example came from: its file and line when the data set recorded them."""
+    return record.get('source') or f'{self.name} example {index}'
 
   def encode(self, record: dict, index: int) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
+    where = self.where(record, index)
     if self.kind == 'demonstrations':
-      cut = self._packed(record, index, out)
+      self._packed(record, where, out)
       if self.split_fields:
-        cut = self._prompt_fields(record, index, out) | self._response_fields(record, index, 'response', out) | cut
+        self._prompt_fields(record, where, out)
+        self._response_fields(record, where, 'response', out)
     else:
-      cut = self._prompt_fields(record, index, out)
+      self._prompt_fields(record, where, out)
     if self.kind == 'pairs':
-      cut = self._response_fields(record, index, 'response_a', out) | cut
-      cut = self._response_fields(record, index, 'response_b', out) | cut
+      self._response_fields(record, where, 'response_a', out)
+      self._response_fields(record, where, 'response_b', out)
       out['preference'] = np.float32(record['preference'])
-    self._count(cut)
     return out
 
-  def _count(self, truncated: bool) -> None:
-    if not truncated:
-      return
-    self.num_truncated += 1
-    if self.num_truncated >= self._next_warning:  # 1, 10, 100, ...: visible without flooding the log
-      self._next_warning *= 10
-      log.warning("%s: %d example(s) truncated so far by this process to data.prompt_len=%d, "
-                  "response_len=%d, seq_len=%d (data.overflow='truncate')", self.name, self.num_truncated,
-                  self.cfg.prompt_len, self.cfg.response_len, self.cfg.seq_len)
+  def check_lengths(self, source, chunk: int = 1024) -> int:
+    """Encodes every example of `source` once, before training: raises on the first that does not fit
+    (overflow='error'), or counts those that will be truncated and logs one warning with examples."""
+    self._overflows, examples = [], set()
+    try:
+      for start in range(0, len(source), chunk):
+        indices = range(start, min(start + chunk, len(source)))
+        for record, i in zip(source.__getitems__(list(indices)), indices):
+          before = len(self._overflows)
+          self.encode(record, i)
+          if len(self._overflows) > before:
+            examples.add(i)
+      shown = self._overflows[:3]
+    finally:
+      self._overflows = None
+    self.num_truncated = len(examples)
+    if examples:
+      detail = '; '.join(f'{w}: {f!r} has {n} tokens > data.{name}={limit}' for w, f, n, name, limit in shown)
+      log.warning("%s: %d of %d examples do not fit and are truncated (data.overflow='truncate'), e.g. %s",
+                  self.name, len(examples), len(source), detail)
+    return self.num_truncated
 
   def batch(self, source, indices) -> dict[str, np.ndarray]:
     encoded = [self.encode(r, int(i)) for r, i in zip(source.__getitems__(indices), indices)]
@@ -200,11 +219,12 @@ class RecordBatches(IndexedBatches):
     if len(source) < batch_size:
       raise DataError(f'{source.name} has {len(source)} examples, fewer than the global batch size '
                       f'{batch_size}; use a smaller train.batch_size or more data')
+    encoder.check_lengths(source)
     super().__init__(lambda idx: encoder.batch(source, idx), len(source), batch_size, seed, rows)
     self.source, self.encoder = source, encoder
 
   def get_state(self) -> dict:
-    return {'batches_produced': self.batches_produced, 'num_examples': len(self.source)}
+    return dict(super().get_state(), num_examples=len(self.source))
 
   def set_state(self, state: dict) -> None:
     n = state.get('num_examples', len(self.source))
@@ -218,6 +238,7 @@ class EvalBatches:
   """The whole split once, in order; the last batch is filled with copies of the last example, valid=False."""
 
   def __init__(self, source, encoder: Encoder, batch_size: int, rows: slice):
+    encoder.check_lengths(source)
     self.source, self.encoder, self._bs, self._rows = source, encoder, batch_size, rows
     self.num_batches = math.ceil(len(source) / batch_size)
     self.batches_produced = 0

@@ -119,10 +119,12 @@ def iter_jsonl(path: str) -> Iterator[tuple[str, dict]]:
         raise DataError(f'{where}: malformed JSON ({e.msg} at column {e.colno})') from None
 
 
-def read_jsonl(path: str, kind: str) -> list[dict]:
-  """Reads and validates a JSONL file of `kind` records (one JSON object a line; blank lines are skipped)."""
+def read_jsonl(path: str, kind: str, with_source: bool = False) -> list[dict]:
+  """Reads and validates a JSONL file of `kind` records (one JSON object a line; blank lines are skipped).
+  With `with_source` each record also has 'source': 'FILE line N' (kept by the TFDS builder)."""
   check_kind(kind)
-  out = [validate(obj, kind, where) for where, obj in iter_jsonl(path)]
+  out = [dict(validate(obj, kind, where), **({'source': where} if with_source else {}))
+         for where, obj in iter_jsonl(path)]
   if not out:
     raise DataError(f'{os.path.basename(path)}: no records')
   return out

@@ -17,6 +17,7 @@ import numpy as np
 from nlhf_jax.data.records import DataError, TEXT_FIELDS, check_kind, validate_all
 
 VERSION = '1.0.0'
+SOURCE = 'source'
 _NAME = re.compile(r'^[a-z][a-z0-9_]*$')
 
 
@@ -37,6 +38,7 @@ def _features(kind: str):
   feats = {f: tfds.features.Text() for f in TEXT_FIELDS[kind]}
   if kind == 'pairs':
     feats['preference'] = tfds.features.Scalar(np.float32)
+  feats[SOURCE] = tfds.features.Text()  # where the example came from ('pairs.jsonl line 17'), for messages
   return tfds.features.FeaturesDict(feats)
 
 
@@ -71,11 +73,16 @@ def dataset_dir(name: str, data_dir: str) -> str:
 
 def build(records: list[dict], kind: str, name: str, data_dir: str, validation_fraction: float = 0.1,
           seed: int = 0, overwrite: bool = False) -> dict[str, int]:
-  """Validates `records`, writes TFDS data set `name` under `data_dir`; returns the count of each split."""
+  """Validates `records`, writes TFDS data set `name` under `data_dir`; returns the count of each split.
+
+  A record's optional 'source' field (as `records.read_jsonl(..., with_source=True)` adds) is stored with it, so
+  that errors found later (e.g. an over-long example) name the input file and line."""
   check_kind(kind)
   if not _NAME.match(name):
     raise DataError(f'data set name {name!r} must be lower-case snake_case (letters, digits, _)')
-  records = validate_all(records, kind, name)
+  sources = [r.get(SOURCE) if isinstance(r, dict) else None for r in records]
+  records = [dict(r, source=src or f'{name} input record {i}')
+             for i, (r, src) in enumerate(zip(validate_all(records, kind, name), sources))]
   target = dataset_dir(name, data_dir)
   if os.path.exists(target):
     if not overwrite:
@@ -98,7 +105,7 @@ def _read_only_builder(name: str, data_dir: str):
 
 def kind_of(feature_names) -> str:
   """The record kind whose fields are exactly `feature_names`."""
-  names = set(feature_names)
+  names = set(feature_names) - {SOURCE}
   for kind in TEXT_FIELDS:
     if names == set(TEXT_FIELDS[kind]) | ({'preference'} if kind == 'pairs' else set()):
       return kind
@@ -130,10 +137,12 @@ def _decode(example: dict) -> dict:
   return {k: v.decode('utf-8') if isinstance(v, bytes) else float(v) for k, v in example.items()}
 
 
-def read_split(name: str, data_dir: str, split: str) -> list[dict]:
-  """The whole split, in order (for inspection, tests and tokenizer training)."""
+def read_split(name: str, data_dir: str, split: str, with_source: bool = False) -> list[dict]:
+  """The whole split, in order (for inspection, tests and tokenizer training); the records' fields only,
+  unless `with_source` (then also where each came from)."""
   src = SplitSource(name, data_dir, split)
-  return src.__getitems__(range(len(src)))
+  recs = src.__getitems__(range(len(src)))
+  return recs if with_source else [{k: v for k, v in r.items() if k != SOURCE} for r in recs]
 
 
 def split_counts(name: str, data_dir: str) -> dict[str, int]:

@@ -48,9 +48,11 @@ def comparison_to_pair(obj: dict, where: str = 'comparison') -> dict:
   return validate(pair, 'pairs', where)
 
 
-def read_comparisons(path: str) -> list[dict]:
-  """Reads a comparisons JSONL file (e.g. comparisons/batch*.json of summarize-from-feedback) into pairs."""
-  out = [comparison_to_pair(obj, where) for where, obj in iter_jsonl(path)]
+def read_comparisons(path: str, with_source: bool = False) -> list[dict]:
+  """Reads a comparisons JSONL file (e.g. comparisons/batch*.json of summarize-from-feedback) into pairs
+  (with 'source': 'FILE line N' when `with_source`)."""
+  out = [dict(comparison_to_pair(obj, where), **({'source': where} if with_source else {}))
+         for where, obj in iter_jsonl(path)]
   if not out:
     raise DataError(f'{os.path.basename(path)}: no records')
   return out

@@ -76,27 +76,38 @@ def test_too_small_data_set():
     pipelines.from_records(_pairs(3), 'pairs', CFG, 0, 4, ALL)
 
 
-def test_truncate_counts_and_warns(caplog):
-  it = pipelines.from_records(_pairs(8, long_every=4), 'pairs', CFG, 0, 8, ALL)
+def test_truncate_counts_and_warns_before_the_first_batch(caplog):
   with caplog.at_level(logging.WARNING, logger='nlhf_jax.data.pipelines'):
-    b = next(it)
-  assert it.encoder.num_truncated == 2
-  assert 'records[train]: 1 example(s) truncated' in caplog.text
+    it = pipelines.from_records(_pairs(8, long_every=4), 'pairs', CFG, 0, 8, ALL)
+  assert it.encoder.num_truncated == 2  # examples 0 and 4, counted up front
+  assert ("records[train]: 2 of 8 examples do not fit and are truncated (data.overflow='truncate'), e.g. "
+          "records[train] example 0: 'prompt' has 70 tokens > data.prompt_len=40") in caplog.text
+  b = next(it)
   body = bytes_vocab.encode(_pairs(1, long_every=4)[0]['prompt'])[-(CFG.prompt_len - 2):]
   row = [i for i in range(8) if b['prompt_mask'][i].all()][0]
   assert b['prompt'][row].tolist()[1:-1] == body and b['prompt'][row, 0] == bytes_vocab.BOS
 
 
-def test_error_policy_names_source_example_and_field(tmp_path):
+def test_error_policy_stops_before_training_naming_file_line_and_field(tmp_path):
+  """An over-long example anywhere in the split (here the last one) stops the run when the iterator is made,
+  naming the JSONL file and line it came from (kept through `nlhf-data build`) and the field."""
+  from nlhf_jax.data import cli, records
+  recs = _pairs(12)
+  recs[11]['prompt'] += 'x' * 60
+  path = tmp_path / 'long.jsonl'
+  records.write_jsonl(str(path), recs)
+  assert cli.main(['build', '--kind=pairs', f'--input={path}', '--name=long', f'--data_dir={tmp_path}',
+                   '--validation_fraction=0']) == 0
   cfg = dataclasses.replace(CFG, overflow='error', source='tfds', name='long', data_dir=str(tmp_path))
-  tfds_builders.build(_pairs(8, long_every=4), 'pairs', 'long', str(tmp_path), validation_fraction=0)
-  it = pipelines.make_iterator(cfg, 'pairs', 0, 8, ALL)
-  with pytest.raises(DataError, match=r"long\[train\] example [04]: field 'prompt' has 70 tokens, more than "
+  with pytest.raises(DataError, match=r"long.jsonl line 12: field 'prompt' has 71 tokens, more than "
                                       r"data.prompt_len=40 \(data.overflow='error'"):
-    next(it)
+    pipelines.make_iterator(cfg, 'pairs', 0, 4, ALL)
   short = dataclasses.replace(cfg, response_len=4)
-  with pytest.raises(DataError, match=r"field 'response_a' has 10 tokens, more than data.response_len=4"):
-    next(pipelines.make_iterator(short, 'pairs', 0, 8, ALL, records=_pairs(8)))
+  with pytest.raises(DataError, match=r"records\[train\] example 0: field 'response_a' has 10 tokens, more "
+                                      r"than data.response_len=4"):
+    pipelines.make_iterator(short, 'pairs', 0, 8, ALL, records=_pairs(8))
+  with pytest.raises(DataError, match=r"long.jsonl line 12: field 'prompt'"):
+    pipelines.make_eval_iterator(cfg, 'pairs', 4, ALL, split='train')
 
 
 def test_tfds_source_and_eval_iterator(tmp_path):

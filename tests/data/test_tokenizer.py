@@ -78,3 +78,15 @@ def test_training_data_refuses_a_tokenizer_larger_than_the_model(sp_model):
   cfg = tiny_config(**{'data.tokenizer': sp_model, 'model.vocab_size': n - 1})
   with pytest.raises(TokenizerError, match=f'{n} ids but config.model.vocab_size={n - 1}; set model.vocab_size >= {n}'):
     get_task('sft').make_data(cfg, slice(0, cfg.train.batch_size))
+
+
+def test_tokenizer_cli_from_a_tfds_data_set(tmp_path, capsys):
+  """--dataset: the texts of the data set's train split (every text field) train the model."""
+  from nlhf_jax.data import tfds_builders
+  recs = [{'prompt': t, 'response': 'quokka ' * (1 + i % 3)} for i, t in enumerate(TEXTS)]
+  tfds_builders.build(recs, 'demonstrations', 'demos', str(tmp_path / 'tfds'), validation_fraction=0)
+  assert tokenizer_cli.main(['--dataset=demos', f'--data_dir={tmp_path}/tfds', '--vocab_size=300',
+                             f'--output={tmp_path}/tok']) == 0
+  tok = load_tokenizer(json.loads(capsys.readouterr().out.strip().splitlines()[-1])['model'])
+  assert len(tok.encode('quokka')) == 1  # a word only the responses hold is one piece
+  assert tok.decode(tok.encode(TEXTS[3])) == TEXTS[3]
