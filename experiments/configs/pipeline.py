@@ -39,6 +39,9 @@ def tiny() -> ml_collections.ConfigDict:
   c.sft = _trainer(30, 16, 3e-3, warmup=5)
   # Two responses per prompt from mu; labels 'probabilities' (P*) or 'draws' (0/1 Bernoulli(P*), seeded).
   c.pairs = dict(num_prompts=128, labels='probabilities', temperature=1.0, batch_size=64)
+  # The judge that labels the pairs and scores the evaluation: 'module:function' (or 'module:factory(args)')
+  # giving fn(prompts, responses_a, responses_b) -> P(a > b) over texts; the benchmark's exact oracle P*.
+  c.oracle = 'nlhf_jax.benchmark.oracle:preferences'
   c.preference_model = _trainer(20, 16, 1e-3)
   c.reward_model = _trainer(20, 16, 1e-3)
   c.policies = 'rlhf,sp,md_0.25'

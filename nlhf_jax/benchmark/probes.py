@@ -64,16 +64,16 @@ def _pairs(prompts, policy_responses) -> tuple[list[str], list[str]]:
   return xs, ys
 
 
-def probe_win_rates(prompts, policy_responses) -> dict[str, float]:
-  """{probe name: mean P*(probe > y)} over the policy's responses (one str or a list of str per prompt)."""
+def probe_win_rates(prompts, policy_responses, judge=oracle.preferences) -> dict[str, float]:
+  """{probe name: mean P(probe > y)} over the policy's responses (one str or a list of str per prompt), under
+  `judge(prompts, responses_a, responses_b) -> P(a > b)` (the benchmark oracle P* by default)."""
   xs, ys = _pairs(prompts, policy_responses)
   table = {x: probe_responses(x) for x in set(xs)}
-  return {name: float(np.mean(oracle.preferences(xs, [table[x][name] for x in xs], ys)))
-          for name in probe_names()}
+  return {name: float(np.mean(judge(xs, [table[x][name] for x in xs], ys))) for name in probe_names()}
 
 
-def exploitability(prompts, policy_responses) -> tuple[float, str]:
+def exploitability(prompts, policy_responses, judge=oracle.preferences) -> tuple[float, str]:
   """(best win rate of a probe against the policy, that probe's name)."""
-  rates = probe_win_rates(prompts, policy_responses)
+  rates = probe_win_rates(prompts, policy_responses, judge)
   name = max(rates, key=rates.get)
   return rates[name], name

@@ -16,12 +16,13 @@ import logging
 
 import numpy as np
 
-from nlhf_jax.benchmark import language, oracle, probes
+from nlhf_jax.benchmark import language, probes
 from nlhf_jax.config import MeshConfig
 from nlhf_jax.data.tokenizer import load_tokenizer
 from nlhf_jax.distributed import make_mesh
 from nlhf_jax.evaluation import generate as gen
 from nlhf_jax.evaluation import stats
+from nlhf_jax.online.judges import resolve_oracle
 from nlhf_jax.sampling.sampler import SamplingConfig
 
 log = logging.getLogger(__name__)
@@ -84,14 +85,16 @@ def evaluate(ecfg, mesh=None) -> dict:
   for name, path in policies:
     samples[name], texts[name], info[name] = _sample_policy(name, path, ecfg, batches, scfg, mesh, tokenizer, mu)
   n = len(xs)
-  oracle_m = stats.win_matrix(lambda r, c: oracle.preferences(xs, texts[names[c]], texts[names[r]]), len(names),
+  # Eval configs written before config.oracle existed judge with the benchmark oracle.
+  judge = resolve_oracle(ecfg.get('oracle', 'nlhf_jax.benchmark.oracle:preferences'), 'config.oracle')
+  oracle_m = stats.win_matrix(lambda r, c: judge(xs, texts[names[c]], texts[names[r]]), len(names),
                               n, ecfg.judgement, ecfg.seed)
   pm = gen.load_preference_model(ecfg.preference_model, mesh)
   pm_m = stats.win_matrix(lambda r, c: gen.preference_probs(pm, batches, samples[names[c]], samples[names[r]],
                                                             mesh), len(names), n, ecfg.judgement, ecfg.seed)
   ref = names.index(ecfg.reference)
   for i, name in enumerate(names):
-    value, probe = probes.exploitability(prompts, _per_prompt(texts[name], k))
+    value, probe = probes.exploitability(prompts, _per_prompt(texts[name], k), judge)
     info[name].update(
         win_rate_vs_reference_oracle=float(oracle_m['win'][ref, i]),
         win_rate_vs_reference_oracle_ci=[float(oracle_m['lower'][ref, i]), float(oracle_m['upper'][ref, i])],

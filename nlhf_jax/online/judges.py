@@ -63,17 +63,18 @@ def load_policy(path: str, target: Any) -> Any:
   return params
 
 
-def resolve_oracle(spec: str) -> Callable:
-  """'package.module:function' or 'package.module:factory(arg, ...)' (literal Python arguments)."""
+def resolve_oracle(spec: str, key: str = 'config.online.oracle') -> Callable:
+  """'package.module:function' or 'package.module:factory(arg, ...)' (literal Python arguments); errors name
+  the config `key` that gave the spec."""
   match = re.fullmatch(r'([\w.]+):(\w+)(?:\((.*)\))?', spec or '')
   if not match:
-    raise ConfigError(f"config.online.oracle={spec!r}: expected 'module:function' or 'module:factory(args)', "
+    raise ConfigError(f"{key}={spec!r}: expected 'module:function' or 'module:factory(args)', "
                       "e.g. 'nlhf_jax.online.oracles:more_of(\"a\")'")
   module_name, attr, args = match.groups()
   try:
     fn = getattr(importlib.import_module(module_name), attr)
   except (ImportError, AttributeError) as e:
-    raise ConfigError(f'config.online.oracle={spec!r}: cannot import it ({e})') from e
+    raise ConfigError(f'{key}={spec!r}: cannot import it ({e})') from e
   if args is not None:
     import ast
     fn = fn(*ast.literal_eval(f'({args},)')) if args.strip() else fn()

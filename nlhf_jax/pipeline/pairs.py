@@ -1,4 +1,5 @@
-"""The pairs stage: two responses per training prompt sampled from mu, labelled by the benchmark oracle.
+"""The pairs stage: two responses per training prompt sampled from mu, labelled by the pipeline's oracle
+(config.oracle; the benchmark's exact P* by default).
 
 Labels (config.pairs.labels): 'probabilities' stores P*(a > b | x) itself; 'draws' stores a 0/1 judgement drawn
 from it with numpy.random.default_rng([seed, 1]). A pair with an empty response (mu ended at once) cannot be
@@ -19,6 +20,7 @@ from nlhf_jax.data import tfds_builders
 from nlhf_jax.data.tokenizer import load_tokenizer
 from nlhf_jax.distributed import is_leader, make_mesh
 from nlhf_jax.evaluation import generate as gen
+from nlhf_jax.online.judges import resolve_oracle
 from nlhf_jax.sampling.sampler import SamplingConfig
 
 log = logging.getLogger(__name__)
@@ -45,8 +47,9 @@ def sample_texts(scfg, mesh) -> tuple[list[str], list[str], list[str]]:
   return prompts, texts[0::2], texts[1::2]
 
 
-def build_records(prompts, as_, bs, labels: str, seed: int) -> tuple[list[dict], dict]:
-  probs = oracle.preferences(prompts, as_, bs)
+def build_records(prompts, as_, bs, labels: str, seed: int, judge=oracle.preferences) -> tuple[list[dict], dict]:
+  """Pair records labelled by `judge(prompts, responses_a, responses_b) -> P(a > b)`, and a summary."""
+  probs = np.asarray(judge(prompts, as_, bs), np.float64)
   prefs = label(probs, labels, seed)
   keep = [i for i in range(len(prompts)) if as_[i].strip() and bs[i].strip()]
   records = [{'prompt': prompts[i], 'response_a': as_[i], 'response_b': bs[i], 'preference': float(prefs[i])}
@@ -60,7 +63,8 @@ def build_records(prompts, as_, bs, labels: str, seed: int) -> tuple[list[dict],
 def run(scfg, stage_dir: str, mesh=None) -> dict:
   mesh = make_mesh(MeshConfig(**scfg.mesh.to_dict())) if mesh is None else mesh
   prompts, as_, bs = sample_texts(scfg, mesh)  # every process samples its rows and gathers all texts
-  records, summary = build_records(prompts, as_, bs, scfg.labels, scfg.seed)
+  judge = resolve_oracle(scfg.oracle, 'config.oracle')
+  records, summary = build_records(prompts, as_, bs, scfg.labels, scfg.seed, judge)
   if not is_leader():  # process 0 writes the data set
     return summary
   summary['splits'] = tfds_builders.build(records, 'pairs', 'pairs', scfg.output_dir, scfg.validation_fraction,

@@ -12,7 +12,6 @@ import os
 import time
 
 import jax
-import ml_collections
 
 from nlhf_jax.distributed import barrier, is_leader
 from nlhf_jax.pipeline import stages
@@ -68,10 +67,7 @@ def _eval(scfg, stage_dir: str, mesh) -> None:
 def _train(scfg, stage_dir: str, mesh, stop_at: int | None = None) -> None:
   from nlhf_jax.config import from_config_dict
   from nlhf_jax.training.loop import train
-  scfg = ml_collections.ConfigDict(scfg.to_dict())
-  if stop_at is not None:
-    scfg.train.num_steps = stop_at
-  train(from_config_dict(scfg, num_devices=jax.device_count()), stage_dir, mesh)
+  train(from_config_dict(scfg, num_devices=jax.device_count()), stage_dir, mesh, stop_at=stop_at)
 
 
 RUNNERS = {'tokenizer': _tokenizer, 'data': _data, 'pairs': _pairs, 'eval': _eval}
@@ -113,8 +109,8 @@ def run_pipeline(p, workdir: str, only: list[str] | None = None, interrupt: tupl
                  mesh=None) -> dict[str, str]:
   """Runs the pipeline described by `p` in `workdir`; returns {stage: 'skipped' | 'ran'}.
 
-  only: run just these stages (their inputs must exist). interrupt=(stage, step): train that stage to `step`
-  only, then raise Interrupted (a test hook that leaves a half-finished stage behind).
+  only: run just these stages (their inputs must exist). interrupt=(stage, step): stop that stage's training
+  after `step` as a preemption would (checkpoint, stop), then raise Interrupted (a half-finished stage).
   """
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)

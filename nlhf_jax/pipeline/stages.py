@@ -108,7 +108,8 @@ def _simple_configs(p, workdir: str) -> dict[str, ml_collections.ConfigDict]:
           data_dir=_tfds_dir(workdir, 'data'), prompts_name='prompts', split='train',
           num_prompts=p.pairs.num_prompts, labels=p.pairs.labels, temperature=p.pairs.temperature,
           max_new_tokens=p.policy.max_new_tokens, prompt_len=p.data.prompt_len, batch_size=p.pairs.batch_size,
-          validation_fraction=p.data.validation_fraction, output_dir=_tfds_dir(workdir, 'pairs'))),
+          validation_fraction=p.data.validation_fraction, output_dir=_tfds_dir(workdir, 'pairs'),
+          oracle=p.oracle)),
   }
 
 
@@ -121,12 +122,14 @@ def eval_config(p, workdir: str) -> ml_collections.ConfigDict:
       preference_model=os.path.join(workdir, 'preference_model'), tokenizer=tokenizer_spec(p, workdir),
       data_dir=_tfds_dir(workdir, 'data'), prompts_name='prompts', split='validation', num_prompts=e.num_prompts,
       samples_per_prompt=e.samples_per_prompt, prompt_len=p.data.prompt_len, max_new_tokens=e.max_new_tokens,
-      temperature=e.temperature, batch_size=e.batch_size, num_shown=e.num_shown,
+      temperature=e.temperature, batch_size=e.batch_size, num_shown=e.num_shown, oracle=p.oracle,
       output_dir=os.path.join(workdir, 'eval')))
 
 
 def stage_configs(p, workdir: str) -> dict[str, ml_collections.ConfigDict]:
-  """{stage name: its ConfigDict}, in the order the stages run."""
+  """{stage name: its ConfigDict}, in the order the stages run (config errors raise here, before any work)."""
+  from nlhf_jax.online.judges import resolve_oracle
+  resolve_oracle(p.oracle, 'config.oracle')
   workdir = os.path.abspath(workdir)
   out = _simple_configs(p, workdir)
   data_dir, pairs_dir = _tfds_dir(workdir, 'data'), _tfds_dir(workdir, 'pairs')

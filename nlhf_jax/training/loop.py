@@ -25,11 +25,13 @@ log = logging.getLogger(__name__)
 _MAX_QUEUED_STEPS = 8
 
 
-def train(cfg: ExperimentConfig, workdir: str, mesh: Mesh | None = None) -> TrainState:
+def train(cfg: ExperimentConfig, workdir: str, mesh: Mesh | None = None, stop_at: int | None = None
+          ) -> TrainState:
   """Trains `cfg.train.objective` for cfg.train.num_steps steps, resuming from workdir if it holds a run.
 
   The mesh is built from cfg.mesh over all devices unless one is given (e.g. over a subset of devices). On
-  SIGTERM (or JAX's preemption notice) the state at the step reached is checkpointed and returned early.
+  SIGTERM (or JAX's preemption notice) the state at the step reached is checkpointed and returned early;
+  `stop_at` does the same after that step (an interruption at a known step, e.g. to test a resume).
   """
   task = get_task(cfg.train.objective)
   mesh = make_mesh(cfg.mesh) if mesh is None else mesh
@@ -51,7 +53,7 @@ def train(cfg: ExperimentConfig, workdir: str, mesh: Mesh | None = None) -> Trai
   writer, progress, watcher = MetricWriter(workdir), Progress(start, cfg.train.num_steps, cfg.train.log_every), None
   try:
     watcher = PreemptionWatcher()
-    state = _run(cfg, state, step_fn, frozen, data, mesh, ckpt, guard, writer, progress, watcher, start)
+    state = _run(cfg, state, step_fn, frozen, data, mesh, ckpt, guard, writer, progress, watcher, start, stop_at)
   finally:
     if watcher is not None:
       watcher.close()
@@ -62,7 +64,8 @@ def train(cfg: ExperimentConfig, workdir: str, mesh: Mesh | None = None) -> Trai
   return state
 
 
-def _run(cfg, state, step_fn, frozen, data, mesh, ckpt, guard, writer, progress, watcher, start) -> TrainState:
+def _run(cfg, state, step_fn, frozen, data, mesh, ckpt, guard, writer, progress, watcher, start,
+         stop_at=None) -> TrainState:
   t = cfg.train
   for step in range(start + 1, t.num_steps + 1):
     state, metrics = step_fn(state, frozen, global_batch(mesh, next(data)))
@@ -70,7 +73,7 @@ def _run(cfg, state, step_fn, frozen, data, mesh, ckpt, guard, writer, progress,
     log_now = step % t.log_every == 0 or step == t.num_steps
     save_now = step % t.checkpoint_every == 0 or step == t.num_steps
     sync = log_now or save_now or step % _MAX_QUEUED_STEPS == 0
-    preempted = watcher.requested(step, sync)
+    preempted = watcher.requested(step, sync) or step == stop_at
     if sync or preempted:
       guard.check()  # before any save: a non-finite state is never checkpointed
       metrics = dict(jax.device_get(metrics), skipped_updates=guard.skipped)

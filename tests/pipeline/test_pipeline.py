@@ -68,6 +68,38 @@ def test_finished_stages_skipped_and_interrupted_stage_resumed(finished):
   assert set(again.values()) == {'skipped'}
 
 
+def test_interrupted_stage_ends_as_an_uninterrupted_run(finished, tmp_path):
+  """The sft stage, stopped after step 6 of 12 and resumed, ends with the parameters of a straight 12 steps."""
+  import jax
+
+  from nlhf_jax.config import from_config_dict
+  from nlhf_jax.training.loop import train
+  from tests.multihost import launch
+  workdir = finished[0]
+  scfg = stages.stage_configs(mini_config(), workdir)['sft']
+  cfg = from_config_dict(scfg, num_devices=jax.device_count())
+  straight = jax.device_get(train(cfg, str(tmp_path / 'sft')).params)
+  resumed, step = launch.read_params(os.path.join(workdir, 'sft'), cfg)
+  assert step == 12
+  jax.tree.map(np.testing.assert_array_equal, resumed, straight)
+
+
+def test_pipeline_oracle_is_a_config_key(tmp_path):
+  """config.oracle names the judge of the pairs and of the evaluation; a bad name fails before any work."""
+  from nlhf_jax.config import ConfigError
+  from nlhf_jax.pipeline import pairs
+  p = mini_config()
+  configs = stages.stage_configs(p, str(tmp_path))
+  assert configs['pairs'].oracle == configs['eval'].oracle == 'nlhf_jax.benchmark.oracle:preferences'
+  records, summary = pairs.build_records(['x', 'y'], ['a', 'b'], ['c', 'd'], 'probabilities', 0,
+                                         judge=lambda xs, a, b: [0.9] * len(xs))
+  assert [r['preference'] for r in records] == [0.9, 0.9] and summary['mean_oracle_probability'] == 0.9
+  p.oracle = 'nlhf_jax.benchmark.oracle:no_such_judge'
+  with pytest.raises(ConfigError, match=r"config.oracle='nlhf_jax.benchmark.oracle:no_such_judge': cannot import"):
+    stages.stage_configs(p, str(tmp_path))
+  assert not os.listdir(tmp_path)
+
+
 def test_evaluation_outputs(finished):
   workdir = finished[0]
   for name in report.FILES:
