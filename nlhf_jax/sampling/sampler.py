@@ -27,10 +27,11 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from nlhf_jax.distributed.sharding import logical_to_spec
+from nlhf_jax.distributed.sharding import LOGICAL_AXIS_RULES, logical_to_spec
 from nlhf_jax.models.transformer import init_cache
 from nlhf_jax.sampling.filters import filter_logits
 
@@ -78,13 +79,23 @@ class Groups(NamedTuple):
 
 def constrain(x: jax.Array, axes: tuple, mesh: Mesh | None = None) -> jax.Array:
   """with_sharding_constraint by logical axis names; a no-op when there is neither a mesh argument nor a mesh
-  context (so the same code runs unsharded)."""
+  context (so the same code runs unsharded), and inside the per-shard loop of `run` (manual mesh axes)."""
   spec = logical_to_spec(axes)
   if mesh is not None:
     return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec))
-  if not jax.sharding.get_abstract_mesh().empty:
+  context = jax.sharding.get_abstract_mesh()
+  if not context.empty and not context.manual_axes:
     return jax.lax.with_sharding_constraint(x, spec)
   return x
+
+
+def batch_shards(mesh: Mesh | None) -> int:
+  """How many shards the batch axis has on `mesh` (the rule table's mesh axes of 'batch')."""
+  if mesh is None:
+    return 1
+  axes = LOGICAL_AXIS_RULES['batch']
+  axes = (axes,) if isinstance(axes, str) else axes
+  return int(np.prod([mesh.shape[a] for a in axes]))
 
 
 def _constrain_cache(cache: dict, mesh: Mesh | None) -> dict:
@@ -256,12 +267,38 @@ def finish(state: dict, cfg: SamplingConfig) -> dict:
   return {'tokens': tokens, 'mask': mask, 'logprobs': jnp.where(mask, state['logprobs'], 0.0)}
 
 
-def run(policy: nnx.Module | None, ref: nnx.Module | None, batch: dict, keys_bg: jax.Array, cfg: SamplingConfig,
-        groups: Groups, beta: float = 0.0, mesh: Mesh | None = None) -> dict:
-  """Prefill, decode and finish: {'tokens', 'mask', 'logprobs'} of shape [B, G, T]."""
+def _run_local(policy, ref, batch, keys_bg, cfg, groups, beta, mesh) -> dict:
   state = init_state(policy, ref, batch, keys_bg, cfg, groups, beta, mesh)
   state = decode(policy, ref, state, cfg, groups, beta, batch['prompt'].shape[1], mesh)
   return finish(state, cfg)
+
+
+def run(policy: nnx.Module | None, ref: nnx.Module | None, batch: dict, keys_bg: jax.Array, cfg: SamplingConfig,
+        groups: Groups, beta: float = 0.0, mesh: Mesh | None = None) -> dict:
+  """Prefill, decode and finish: {'tokens', 'mask', 'logprobs'} of shape [B, G, T].
+
+  On a mesh whose batch axes ('data', 'fsdp') have several shards, the whole loop runs per shard under
+  `jax.shard_map`, manual over those axes: the parameters are gathered over 'fsdp' once, at the shard_map
+  boundary (not inside the loop), each shard decodes its own rows and leaves its while loop when they are done, with no
+  cross-device reduction per token; 'tensor' stays automatic (GSPMD splits the heads and MLP). Samples are the
+  same either way (keys are per row). A batch that does not divide into the shards runs unsplit.
+  """
+  shards = batch_shards(mesh)
+  if shards == 1 or batch['prompt'].shape[0] % shards:
+    return _run_local(policy, ref, batch, keys_bg, cfg, groups, beta, mesh)
+  manual = LOGICAL_AXIS_RULES['batch']
+  manual = {manual} if isinstance(manual, str) else set(manual)
+  rows = logical_to_spec(('batch',))
+  split = lambda m: (None, None) if m is None else nnx.split(m)
+  (policy_def, policy_state), (ref_def, ref_state) = split(policy), split(ref)
+  merge = lambda d, st: None if d is None else nnx.merge(d, st)
+
+  def per_shard(policy_state, ref_state, batch, keys_bg):
+    return _run_local(merge(policy_def, policy_state), merge(ref_def, ref_state), batch, keys_bg, cfg, groups,
+                      beta, None)
+
+  return jax.shard_map(per_shard, mesh=mesh, in_specs=(P(), P(), rows, rows), out_specs=rows,
+                       axis_names=manual, check_vma=False)(policy_state, ref_state, batch, keys_bg)
 
 
 # ----------------------------------------------------------------------------------------------- public API
