@@ -47,12 +47,15 @@ def matmul_peak_flops(dtype=jnp.float32, n: int = 1024, iters: int = 10) -> floa
   return matmul_flops(n, n, n, dtype, iters)
 
 
-def forward_flops_per_token(cfg: ModelConfig, context: int) -> float:
-  """Matmul FLOPs of one token's forward pass attending over `context` keys (embedding lookup is free)."""
+def forward_flops_per_token(cfg: ModelConfig, context: int, vocab_head: bool = True) -> float:
+  """Matmul FLOPs of one token's forward pass attending over `context` keys (embedding lookup is free), with
+  the vocabulary projection unless `vocab_head` is False (a scalar-head judge, a position whose logits are not
+  needed)."""
   attn_proj = 4 * cfg.d_model * cfg.num_heads * cfg.head_dim
   mlp = 3 * cfg.d_model * cfg.mlp_dim
   scores = 2 * context * cfg.num_heads * cfg.head_dim  # q.k and probs.v
-  return 2 * (cfg.num_layers * (attn_proj + mlp) + cfg.d_model * cfg.vocab_size) + cfg.num_layers * 2 * scores
+  head = cfg.d_model * cfg.vocab_size if vocab_head else 0
+  return 2 * (cfg.num_layers * (attn_proj + mlp) + head) + cfg.num_layers * 2 * scores
 
 
 def train_flops(cfg: ModelConfig, batch: int, seq_len: int) -> float:

@@ -11,6 +11,12 @@ so P(y > y' | x) = sigmoid(f) satisfies P(y > y') + P(y' > y) = 1 and P(y > y) =
 parameters. Both orders are scored in one forward pass of a 2B batch.
 
 Reward model: the same backbone with a scalar head on x, y; P(y > y') = sigmoid(r(x, y) - r(x, y')).
+
+Scoring a pair reads the prompt once: the backbone runs over the prompt into a KV cache, which every
+continuation of that prompt (y and y' for the reward model; y y' and y' y for the preference model) then
+extends. The result is that of the full joint sequences (the same positions, masks and keys), at the cost of
+one prompt pass instead of two: the saving that matters with long prompts (a summarised post) and short
+responses.
 """
 from __future__ import annotations
 
@@ -20,7 +26,7 @@ from flax import nnx
 
 from nlhf_jax.config import ModelConfig
 from nlhf_jax.models.layers import param
-from nlhf_jax.models.transformer import Transformer
+from nlhf_jax.models.transformer import Transformer, init_cache
 
 
 def concat_segments(*segments: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
@@ -43,22 +49,43 @@ class ScalarHead(nnx.Module):
     self.head = param(rngs, (cfg.d_model,), ('embed',), jax.nn.initializers.zeros)
     self.bias = param(rngs, (), (), jax.nn.initializers.zeros)
 
-  def read_out(self, tokens_bt: jax.Array, mask_bt: jax.Array) -> jax.Array:
-    """float32 [B]."""
-    h, _ = self.backbone.hidden(tokens_bt, mask_bt)
-    last = jnp.take_along_axis(h, last_real_index(mask_bt)[:, None, None], axis=1)[:, 0]
+  def _head(self, h_btd: jax.Array, index_b: jax.Array) -> jax.Array:
+    last = jnp.take_along_axis(h_btd, index_b[:, None, None], axis=1)[:, 0]
     return (last.astype(jnp.float32) @ self.head[...]) + self.bias[...]
+
+  def read_out(self, tokens_bt: jax.Array, mask_bt: jax.Array) -> jax.Array:
+    """float32 [B]: the head on the last real token of each row."""
+    h, _ = self.backbone.hidden(tokens_bt, mask_bt)
+    return self._head(h, last_real_index(mask_bt))
+
+  def read_out_continuations(self, prefix: tuple[jax.Array, jax.Array],
+                             continuations: list[tuple[jax.Array, jax.Array]]) -> list[jax.Array]:
+    """read_out of [prefix, c] for every continuation c (each [B, Tc] with its mask, every row non-empty),
+    reading the prefix once: it is run into a KV cache that the K continuations extend as one K*B batch."""
+    prompt, prompt_mask = prefix
+    b, lp = prompt.shape
+    k = len(continuations)
+    tokens = jnp.concatenate([t for t, _ in continuations], axis=0)  # [K*B, Tc], continuation-major
+    mask = jnp.concatenate([m for _, m in continuations], axis=0)
+    cfg = self.backbone.cfg
+    cache = init_cache(cfg, b, lp + tokens.shape[1], self.backbone.compute_dtype)
+    cache['mask'] = jnp.concatenate([prompt_mask, jnp.zeros_like(mask[:b])], axis=1)
+    positions = jnp.maximum(jnp.cumsum(prompt_mask.astype(jnp.int32), axis=1) - 1, 0)
+    _, cache = self.backbone.hidden(prompt, prompt_mask, positions, cache, 0)
+    cache = jax.tree.map(lambda x: jnp.concatenate([x] * k, axis=0), cache)
+    cache['mask'] = jnp.concatenate([cache['mask'][:, :lp], mask], axis=1)
+    start = jnp.concatenate([prompt_mask.sum(axis=1)] * k).astype(jnp.int32)
+    positions = start[:, None] + jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=1) - 1, 0)
+    h, _ = self.backbone.hidden(tokens, mask, positions, cache, lp)
+    return jnp.split(self._head(h, last_real_index(mask)), k, axis=0)
 
 
 class PreferenceModel(ScalarHead):
   """Pairwise preference model: logit f(x, y, y') with f(x, y, y') = -f(x, y', y) exactly."""
 
   def logit(self, prompt, prompt_mask, response_a, response_a_mask, response_b, response_b_mask) -> jax.Array:
-    x, a, b = (prompt, prompt_mask), (response_a, response_a_mask), (response_b, response_b_mask)
-    ab, ab_mask = concat_segments(x, a, b)
-    ba, ba_mask = concat_segments(x, b, a)
-    g = self.read_out(jnp.concatenate([ab, ba], axis=0), jnp.concatenate([ab_mask, ba_mask], axis=0))
-    g_ab, g_ba = jnp.split(g, 2, axis=0)
+    a, b = (response_a, response_a_mask), (response_b, response_b_mask)
+    g_ab, g_ba = self.read_out_continuations((prompt, prompt_mask), [concat_segments(a, b), concat_segments(b, a)])
     return g_ab - g_ba
 
   def __call__(self, batch: dict) -> jax.Array:
@@ -73,12 +100,15 @@ class RewardModel(ScalarHead):
   def reward(self, prompt, prompt_mask, response, response_mask) -> jax.Array:
     return self.read_out(*concat_segments((prompt, prompt_mask), (response, response_mask)))
 
+  def rewards(self, prompt, prompt_mask, response_a, response_a_mask, response_b, response_b_mask
+              ) -> tuple[jax.Array, jax.Array]:
+    """(r(x, a), r(x, b)) with the prompt read once."""
+    r_a, r_b = self.read_out_continuations((prompt, prompt_mask), [(response_a, response_a_mask),
+                                                                   (response_b, response_b_mask)])
+    return r_a, r_b
+
   def logit(self, prompt, prompt_mask, response_a, response_a_mask, response_b, response_b_mask) -> jax.Array:
-    # One forward pass over both responses (a 2B batch).
-    both = lambda u, v: jnp.concatenate([u, v], axis=0)
-    r = self.reward(both(prompt, prompt), both(prompt_mask, prompt_mask), both(response_a, response_b),
-                    both(response_a_mask, response_b_mask))
-    r_a, r_b = jnp.split(r, 2, axis=0)
+    r_a, r_b = self.rewards(prompt, prompt_mask, response_a, response_a_mask, response_b, response_b_mask)
     return r_a - r_b
 
   def __call__(self, batch: dict) -> jax.Array:

@@ -21,16 +21,20 @@ _ITERS = flags.DEFINE_integer('iters', 5, 'Timed steps (median reported).')
 
 
 def step_flops(model_cfg, batch: int, prompt_len: int, new_tokens: int) -> float:
-  """Model FLOPs of one step: sampling (prefill, then decode with growing context; policy 2B rows, reference
-  B rows), reference and policy forward passes on [prompt, y], the backward pass (2x forward), the judge on both
-  responses."""
+  """Model FLOPs of one step, as computed: sampling (prefill, then decode with growing context; policy 2B rows,
+  reference B rows); the reference's forward pass and the policy's forward and backward passes (2x forward) on
+  [prompt, y], with the vocabulary projection on the response positions only; the judge reading the prompt
+  once and extending it with y and with y' (no vocabulary projection)."""
   from nlhf_jax.perf import forward_flops_per_token as fwd
   length = prompt_len + new_tokens
   prefill = prompt_len * fwd(model_cfg, prompt_len)
   decode = sum(fwd(model_cfg, prompt_len + t) for t in range(new_tokens))
   sampling = 3 * batch * (prefill + decode)
-  sequence = batch * length * fwd(model_cfg, length)
-  return sampling + sequence * (1 + 3 + 2)  # reference, policy forward + backward, judge on y and y'
+  body = (length - 1) * fwd(model_cfg, length - 1, vocab_head=False)
+  head = new_tokens * (fwd(model_cfg, 0) - fwd(model_cfg, 0, vocab_head=False))
+  sequence = batch * (body + head)
+  judge = batch * (prompt_len * fwd(model_cfg, prompt_len, False) + 2 * new_tokens * fwd(model_cfg, length, False))
+  return sampling + sequence * (1 + 3) + judge  # reference, policy forward + backward, judge on y and y'
 
 
 def online_config(preset: str, batch: int, new_tokens: int):

@@ -22,7 +22,7 @@ from jax.sharding import Mesh
 
 from nlhf_jax.config import ConfigError, ModelConfig
 from nlhf_jax.distributed import named, param_specs
-from nlhf_jax.models.judges import PreferenceModel, RewardModel, pair_scorer, reward_scorer
+from nlhf_jax.models.judges import PreferenceModel, RewardModel, pair_scorer
 from nlhf_jax.training import checkpointing
 
 JUDGE_KINDS = ('preference_model', 'reward_model', 'oracle')
@@ -92,20 +92,20 @@ def _on_host(fn: Callable) -> Callable:
 @dataclasses.dataclass(frozen=True, eq=False)  # hashed by identity (holds arrays)
 class Judge:
   """prob(params, prompt, prompt_mask, y, y_mask, y2, y2_mask) -> P(y > y2 | x), float32 [B]; for reward models
-  also reward(params, prompt, prompt_mask, y, y_mask) -> r(x, y)."""
+  also rewards(params, prompt, prompt_mask, y, y_mask, y2, y2_mask) -> (r(x, y), r(x, y2))."""
   kind: str
   params: Any  # frozen pytree (None for oracles): pass it to the jitted step as an argument
   _prob: Callable
-  _reward: Callable | None = None
+  _rewards: Callable | None = None
 
   def prob(self, params, *texts):
     return self._prob(params, *texts)
 
-  def reward(self, params, *texts):
-    if self._reward is None:
+  def rewards(self, params, *texts):
+    if self._rewards is None:
       raise ConfigError(f"this objective needs a scalar reward; config.online.judge={self.kind!r} gives only "
                         "pairwise preferences: use judge='reward_model'")
-    return self._reward(params, *texts)
+    return self._rewards(params, *texts)
 
 
 def make_judge(kind: str, mesh: Mesh, checkpoint: str = '', oracle: str = '') -> Judge:
@@ -123,15 +123,14 @@ def make_judge(kind: str, mesh: Mesh, checkpoint: str = '', oracle: str = '') ->
 
 
 def model_judge(kind: str, graphdef: nnx.GraphDef, params) -> Judge:
-  """A judge from a preference or reward model's graphdef and (frozen) parameters: `score_pairs` (and, for a
-  reward model, `score`) of nlhf_jax/models/judges.py on the sampled texts."""
+  """A judge from a preference or reward model's graphdef and (frozen) parameters: `score_pairs` of
+  nlhf_jax/models/judges.py on the sampled texts (and, for a reward model, both rewards)."""
   score_pairs = pair_scorer(graphdef)
   prob = lambda p, x, xm, y, ym, y2, y2m: score_pairs(p, (x, xm), (y, ym), (y2, y2m))
-  reward = None
-  if kind == 'reward_model':
-    score = reward_scorer(graphdef)
-    reward = lambda p, x, xm, y, ym: score(p, (x, xm), (y, ym))
-  return Judge(kind, params, prob, reward)
+  rewards = None
+  if kind == 'reward_model':  # both rewards with the prompt read once
+    rewards = lambda p, *texts: nnx.merge(graphdef, p).rewards(*texts)
+  return Judge(kind, params, prob, rewards)
 
 
 def binary_judgement(prob: jax.Array, key: jax.Array, example_index: jax.Array) -> jax.Array:

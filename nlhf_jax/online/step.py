@@ -41,11 +41,12 @@ def sampling_config(cfg: ExperimentConfig, eos_id: int) -> SamplingConfig:
 
 
 def response_logprobs(model: nnx.Module, prompt, prompt_mask, response, response_mask) -> jax.Array:
-  """float32 log pi(y_n | x, y_<n) [B, T] of right-padded responses after left-padded prompts (0 at padding)."""
+  """float32 log pi(y_n | x, y_<n) [B, T] of right-padded responses after left-padded prompts (0 at padding).
+  The vocabulary projection runs on the T positions that predict the response only."""
   tokens = jnp.concatenate([prompt, response], axis=1)
   mask = jnp.concatenate([prompt_mask, response_mask], axis=1)
-  logits, _ = model(tokens[:, :-1], mask[:, :-1])
-  lp = token_logprobs(logits[:, prompt.shape[1] - 1:], response)
+  hidden, _ = model.hidden(tokens[:, :-1], mask[:, :-1])
+  lp = token_logprobs(model.logits(hidden[:, prompt.shape[1] - 1:]), response)
   return jnp.where(response_mask, lp, 0.0)
 
 
@@ -124,8 +125,7 @@ class OnlineStep:
       pref = binary_judgement(pref, k_judge, batch['example_index'])
     aux_in = {'pref': pref, 'ref_lp': ref_lp}
     if self.objective == 'rlhf':
-      aux_in['reward'] = sg(self.judge.reward(frozen['judge'], *x, *yt))
-      aux_in['baseline'] = sg(self.judge.reward(frozen['judge'], *x, *y2t))
+      aux_in['reward'], aux_in['baseline'] = sg(self.judge.rewards(frozen['judge'], *x, *yt, *y2t))
     if self.objective in ('online_ipo', 'ipo_md'):
       aux_in['ref_lp2'] = sg(response_logprobs(ref, *x, *y2t))
 

@@ -55,6 +55,24 @@ def test_reward_model_pair_probability_is_bradley_terry():
   np.testing.assert_allclose(pair_scorer(graphdef)(params, x, a, b), jax.nn.sigmoid(r_a - r_b), atol=1e-6)
 
 
+@pytest.mark.parametrize('model_cls', [PreferenceModel, RewardModel])
+def test_a_shared_prompt_pass_equals_the_full_joint_sequences(model_cls):
+  """Pairs are scored with the prompt read once (a KV cache the continuations extend): the scores equal those
+  of the full joint sequences [x, a, b] / [x, b, a] (preference model) and [x, a] / [x, b] (reward model)."""
+  from nlhf_jax.models.judges import concat_segments
+  graphdef, params = randomised(model_cls, 3)
+  model = nnx.merge(graphdef, params)
+  x, a, b = random_pairs(5)
+  joint = [concat_segments(x, a, b), concat_segments(x, b, a)] if model_cls is PreferenceModel else [
+      concat_segments(x, a), concat_segments(x, b)]
+  full = [model.read_out(*j) for j in joint]
+  conts = [concat_segments(a, b), concat_segments(b, a)] if model_cls is PreferenceModel else [a, b]
+  shared = model.read_out_continuations(x, conts)
+  assert float(jnp.std(full[0])) > 1e-3
+  for u, v in zip(shared, full):
+    np.testing.assert_allclose(u, v, atol=2e-5)
+
+
 def test_padding_inside_the_joint_sequence_is_invisible():
   """Moving padding between segments (as the layout does) gives the score of the packed sequence."""
   graphdef, params = randomised(PreferenceModel)
