@@ -1,9 +1,9 @@
 """`nlhf-bench` (make bench): speed and memory of the sharded SFT train step.
 
-  nlhf-bench                          # tiny and small presets, each in a fresh process
-  nlhf-bench --presets=125m --batch_size=4 --seq_len=256 --iters=3
+  nlhf-bench                          # tiny, small and 125m (batch 4 x 128), each in a fresh process
+  nlhf-bench --presets=125m:8x256,1b:2x128 --iters=3
 
-For each preset it prints the median step time, tokens/s, model FLOPs per step, MFU against a matmul peak
+A preset may carry its own batch shape, PRESET:BATCHxSEQ (otherwise --batch_size x --seq_len). For each it prints the median step time, tokens/s, model FLOPs per step, MFU against a matmul peak
 measured in the same process, the compiled step's memory footprint and the process's peak memory. Each preset
 runs in its own process so that peak memory belongs to it alone.
 """
@@ -15,7 +15,8 @@ import sys
 
 from absl import app, flags
 
-_PRESETS = flags.DEFINE_list('presets', ['tiny', 'small'], 'Model presets (nlhf_jax/models/presets.py).')
+_PRESETS = flags.DEFINE_list('presets', ['tiny', 'small', '125m:4x128'],
+                             'Model presets (nlhf_jax/models/presets.py), each PRESET or PRESET:BATCHxSEQ.')
 _BATCH = flags.DEFINE_integer('batch_size', 8, 'Global batch size.')
 _SEQ = flags.DEFINE_integer('seq_len', 256, 'Tokens per example.')
 _ITERS = flags.DEFINE_integer('iters', 5, 'Timed steps (median reported).')
@@ -67,6 +68,17 @@ def measure(preset: str, batch: int, seq_len: int, iters: int, compute_dtype: st
               mfu=flops / seconds / peak, compiled_bytes=footprint, peak_bytes=mem_bytes, peak_kind=mem_kind)
 
 
+def parse_preset(entry: str, batch: int, seq_len: int) -> tuple[str, int, int]:
+  """'125m:4x128' -> ('125m', 4, 128); a bare preset takes the default batch shape."""
+  preset, _, shape = entry.partition(':')
+  if shape:
+    try:
+      batch, seq_len = (int(v) for v in shape.lower().split('x'))
+    except ValueError:
+      raise app.UsageError(f'--presets entry {entry!r}: expected PRESET or PRESET:BATCHxSEQ, e.g. 125m:4x128')
+  return preset, batch, seq_len
+
+
 def report(r: dict) -> str:
   from nlhf_jax.perf import fmt_bytes
   compiled = 'n/a' if r['compiled_bytes'] is None else fmt_bytes(r['compiled_bytes'])
@@ -83,9 +95,10 @@ def main(argv) -> None:
     print(json.dumps(measure(_CHILD.value, _BATCH.value, _SEQ.value, _ITERS.value, _DTYPE.value)))
     return
   print(f'SFT train step, median of {_ITERS.value} steps after compilation (one process per preset)')
-  for preset in _PRESETS.value:
-    cmd = [sys.executable, '-m', 'nlhf_jax.bench', f'--child={preset}', f'--batch_size={_BATCH.value}',
-           f'--seq_len={_SEQ.value}', f'--iters={_ITERS.value}', f'--compute_dtype={_DTYPE.value}']
+  for entry in _PRESETS.value:
+    preset, batch, seq_len = parse_preset(entry, _BATCH.value, _SEQ.value)
+    cmd = [sys.executable, '-m', 'nlhf_jax.bench', f'--child={preset}', f'--batch_size={batch}',
+           f'--seq_len={seq_len}', f'--iters={_ITERS.value}', f'--compute_dtype={_DTYPE.value}']
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
     print(report(json.loads(out.stdout.strip().splitlines()[-1])), flush=True)
 

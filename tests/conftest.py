@@ -16,3 +16,10 @@ logs.setup()
 def devices():
   assert jax.device_count() == 8, 'tests expect 8 fake CPU devices (XLA_FLAGS set before jax was imported)'
   return jax.devices()
+
+
+@pytest.fixture(scope='session')
+def mini_pipeline(tmp_path_factory, devices):
+  """The miniature pipeline (tests/pipeline/mini.py), run once per session: interrupted in sft, resumed."""
+  from tests.pipeline.mini import run_interrupted_then_resumed
+  return run_interrupted_then_resumed(str(tmp_path_factory.mktemp('pipeline')))

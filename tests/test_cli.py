@@ -34,3 +34,19 @@ def test_second_run_on_the_same_workdir_continues(tmp_path):
   kept = sorted(int(p.name) for p in (tmp_path / 'checkpoints').iterdir() if p.name.isdigit())
   assert kept == [6, 8]  # keep_checkpoints=2
   assert list((tmp_path / 'tb').glob('events.out.tfevents.*'))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('objective', ['preference_model', 'reward_model'])
+def test_judges_train_with_nlhf_train(tmp_path, objective):
+  """`nlhf-train --config=experiments/configs/{preference_model,reward_model}.py:tiny` trains and logs the pair
+  metrics."""
+  script = pathlib.Path(sys.executable).parent / 'nlhf-train'
+  cmd = [str(script), f'--config=experiments/configs/{objective}.py:tiny', f'--workdir={tmp_path}',
+         '--config.train.num_steps=2', '--config.train.log_every=1', '--config.train.checkpoint_every=2']
+  out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO, env=ENV)
+  assert out.returncode == 0, out.stderr[-3000:]
+  rows = [json.loads(line) for line in (tmp_path / 'metrics.jsonl').read_text().splitlines()]
+  assert [r['step'] for r in rows] == [1, 2]
+  assert all(k in rows[-1] for k in ('loss', 'accuracy', 'log_loss', 'calibration_error'))
+  assert (tmp_path / 'checkpoints' / '2').is_dir()

@@ -1,59 +1,23 @@
-"""A miniature pipeline end to end: interrupted and resumed, then evaluated again on another mesh shape."""
+"""A miniature pipeline end to end: interrupted and resumed, then evaluated again on another mesh shape.
+The run itself is the session fixture `mini_pipeline` (tests/conftest.py), shared with the two-process test."""
 import json
-import logging
 import os
 
 import numpy as np
 import pytest
 
-from experiments.configs import pipeline as pipeline_configs
 from nlhf_jax.evaluation import cli as eval_cli
 from nlhf_jax.evaluation import evaluate, report
 from nlhf_jax.pipeline import runner, stages
 from nlhf_jax.training import checkpointing
 from tests.helpers import mesh
+from tests.pipeline.mini import mini_config
 
 pytestmark = pytest.mark.slow
 
 
-def mini_config():
-  p = pipeline_configs.get_config('tiny')
-  p.model.update(d_model=32, num_heads=4, head_dim=8, mlp_dim=64)
-  p.judge_model.update(d_model=32, num_heads=4, head_dim=8, mlp_dim=64)
-  p.data.update(num_prompts=256, num_demonstrations=256)
-  p.sft.update(num_steps=12, checkpoint_every=6)
-  p.pairs.update(num_prompts=64)
-  p.preference_model.update(num_steps=6, checkpoint_every=6)
-  p.reward_model.update(num_steps=6, checkpoint_every=6)
-  p.policies = 'rlhf,sp'
-  p.policy.update(num_steps=3, checkpoint_every=3, max_new_tokens=12)
-  p.eval.update(num_prompts=16, samples_per_prompt=2, max_new_tokens=12, batch_size=32)
-  return p
-
-
-@pytest.fixture(scope='module')
-def finished(tmp_path_factory, devices):
-  """(workdir, statuses of the second run, the resume log, DONE mtimes of the first run)."""
-  workdir = str(tmp_path_factory.mktemp('pipeline'))
-  p = mini_config()
-  with pytest.raises(runner.Interrupted):
-    runner.run_pipeline(p, workdir, interrupt=('sft', 6))
-  first = {s: os.path.getmtime(os.path.join(workdir, s, runner.MARKER)) for s in ('tokenizer', 'data')}
-  assert not os.path.exists(os.path.join(workdir, 'sft', runner.MARKER))
-  assert checkpointing.Checkpointer(os.path.join(workdir, 'sft', 'checkpoints')).latest_step() == 6
-  records = []
-  handler = logging.Handler()
-  handler.emit = records.append
-  logging.getLogger('nlhf_jax').addHandler(handler)
-  try:
-    status = runner.run_pipeline(p, workdir)
-  finally:
-    logging.getLogger('nlhf_jax').removeHandler(handler)
-  return workdir, status, [r.getMessage() for r in records], first
-
-
-def test_finished_stages_skipped_and_interrupted_stage_resumed(finished):
-  workdir, status, messages, first = finished
+def test_finished_stages_skipped_and_interrupted_stage_resumed(mini_pipeline):
+  workdir, status, messages, first = mini_pipeline
   assert status['tokenizer'] == status['data'] == 'skipped'
   assert all(status[s] == 'ran' for s in ('sft', 'pairs', 'preference_model', 'reward_model', 'rlhf', 'sp', 'eval'))
   for stage, mtime in first.items():
@@ -68,14 +32,14 @@ def test_finished_stages_skipped_and_interrupted_stage_resumed(finished):
   assert set(again.values()) == {'skipped'}
 
 
-def test_interrupted_stage_ends_as_an_uninterrupted_run(finished, tmp_path):
+def test_interrupted_stage_ends_as_an_uninterrupted_run(mini_pipeline, tmp_path):
   """The sft stage, stopped after step 6 of 12 and resumed, ends with the parameters of a straight 12 steps."""
   import jax
 
   from nlhf_jax.config import from_config_dict
   from nlhf_jax.training.loop import train
   from tests.multihost import launch
-  workdir = finished[0]
+  workdir = mini_pipeline[0]
   scfg = stages.stage_configs(mini_config(), workdir)['sft']
   cfg = from_config_dict(scfg, num_devices=jax.device_count())
   straight = jax.device_get(train(cfg, str(tmp_path / 'sft')).params)
@@ -100,8 +64,8 @@ def test_pipeline_oracle_is_a_config_key(tmp_path):
   assert not os.listdir(tmp_path)
 
 
-def test_evaluation_outputs(finished):
-  workdir = finished[0]
+def test_evaluation_outputs(mini_pipeline):
+  workdir = mini_pipeline[0]
   for name in report.FILES:
     assert os.path.getsize(os.path.join(workdir, 'eval', name)) > 0
   with open(os.path.join(workdir, 'eval', 'matrix.json')) as f:
@@ -116,8 +80,8 @@ def test_evaluation_outputs(finished):
   assert result['per_policy']['sft']['kl_to_reference'] == pytest.approx(0.0, abs=1e-6)
 
 
-def test_evaluation_reproducible_on_another_mesh(finished):
-  workdir = finished[0]
+def test_evaluation_reproducible_on_another_mesh(mini_pipeline):
+  workdir = mini_pipeline[0]
   with open(os.path.join(workdir, 'eval', 'matrix.json')) as f:
     before = json.load(f)
   ecfg = eval_cli.eval_config(workdir, mesh='data=2,tensor=4')
