@@ -55,3 +55,17 @@ def test_no_parameter_is_materialised_whole_on_one_device():
   big = state.params['embed']
   shard_shapes = {s.data.shape for s in big.addressable_shards}
   assert shard_shapes == {(cfg.model.vocab_size, cfg.model.d_model // 8)}
+
+
+def test_sharded_init_never_holds_the_whole_state_on_a_device():
+  """The compiled init (jit with out_shardings) needs, per device, about 1/8 of the state on (fsdp=8): the
+  parameters and optimizer state are generated shard by shard, never whole and then split."""
+  cfg = tiny_config(**{'mesh.data': 1, 'mesh.fsdp': 8, 'mesh.tensor': 1, 'model.d_model': 256,
+                       'model.mlp_dim': 1024, 'model.vocab_size': 2048, 'model.num_heads': 4, 'model.head_dim': 64})
+  m = mesh(1, 8, 1)
+  _, init_fn, shardings = init.state_initializer(lambda rngs: Transformer(cfg.model, rngs),
+                                                 optim.make_optimizer(cfg.optim, 10), m)
+  whole = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(jax.eval_shape(init_fn, 0)))
+  mem = jax.jit(init_fn, out_shardings=shardings).lower(0).compile().memory_analysis()
+  per_device = mem.output_size_in_bytes + mem.temp_size_in_bytes
+  assert per_device < whole / 4, (per_device, whole)

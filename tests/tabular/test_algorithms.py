@@ -139,8 +139,9 @@ def test_contextual_game_runs_per_context():
   assert float(c.exploitability[0]) == pytest.approx(exact.exploitability(g.P, g.mu, g.mu, tau, g.rho), abs=1e-12)
 
 
-def test_dice_rlhf_is_exploitable_and_nash_md_is_not():
-  P, mu, tau = games.dice(), np.array([0.7, 0.2, 0.1]), 0.01
+@pytest.mark.parametrize('tau', [0.005, 0.01])
+def test_dice_rlhf_is_exploitable_and_nash_md_is_not(tau):
+  P, mu = games.dice(), np.array([0.7, 0.2, 0.1])
   r = exact.bt_fit(P, mu)  # reward model fitted on pairs drawn from mu
   pi_rlhf = exact.rlhf_policy(mu, r, tau)
   assert exact.exploitability(P, pi_rlhf, mu, 0.0) >= 0.05
