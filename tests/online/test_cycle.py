@@ -38,9 +38,9 @@ def test_preference_model_learns_a_cycle_that_bradley_terry_cannot(tmp_path):
     c.data.update(source='tfds', name='style_cycle', data_dir=data_dir, prompt_len=24, response_len=12)
     c.train.update(num_steps=250, batch_size=32, checkpoint_every=1000, log_every=50)
     c.optim.update(learning_rate=3e-3, warmup_steps=20)
-    c.mesh.update(data=8)
-    cfg = from_config_dict(c, 8)
-    state = loop.train(cfg, str(tmp_path / objective), mesh(data=8))
+    c.mesh.update(data=1)  # learning, not sharding, is under test: one device compiles and steps fastest
+    cfg = from_config_dict(c, 1)
+    state = loop.train(cfg, str(tmp_path / objective), mesh(data=1))
     from flax import nnx
     from nlhf_jax.training.tasks import get_task
     graphdef = nnx.graphdef(nnx.eval_shape(lambda: get_task(objective).make_model(cfg)(nnx.Rngs(0))))
@@ -49,5 +49,6 @@ def test_preference_model_learns_a_cycle_that_bradley_terry_cannot(tmp_path):
     assert metrics['num_pairs'] == 300
     assert metrics['antisymmetry_error'] <= 1e-6
     accuracy[objective] = metrics['accuracy']
+  print('held-out accuracy', accuracy)
   assert accuracy['preference_model'] >= 0.95, accuracy
   assert accuracy['reward_model'] <= 0.70, accuracy

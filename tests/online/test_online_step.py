@@ -149,16 +149,20 @@ def test_several_samples_per_prompt():
 
 
 def test_nash_ema_resume_is_bitwise(tmp_path):
-  """An online objective with sampling randomness and EMA extras: 3 steps, restart, 3 more equal 6 straight."""
+  """An online objective with sampling randomness and EMA extras: 6 straight steps (checkpoints at 3 and 6);
+  a run restarted from the step-3 checkpoint alone ends bitwise where the straight run did."""
+  import shutil
   c = nash_ema.get_config('tiny')
   c.mesh.update(data=1)
   c.online.max_new_tokens = 8
-  c.train.update(batch_size=8, log_every=3, checkpoint_every=3, async_checkpointing=False)
-  run = lambda steps, workdir: loop.train(from_config_dict(dict(c.to_dict(), train=dict(
-      c.train.to_dict(), num_steps=steps)), 1), str(workdir), mesh(data=1))
-  full = jax.device_get(run(6, tmp_path / 'full'))
-  run(3, tmp_path / 'split')
-  resumed = jax.device_get(run(6, tmp_path / 'split'))
+  c.train.update(batch_size=8, num_steps=6, log_every=3, checkpoint_every=3, async_checkpointing=False)
+  cfg = from_config_dict(c, 1)
+  full = jax.device_get(loop.train(cfg, str(tmp_path / 'full'), mesh(data=1)))
+  shutil.copytree(tmp_path / 'full' / 'checkpoints' / '3', tmp_path / 'split' / 'checkpoints' / '3')
+  resumed = jax.device_get(loop.train(cfg, str(tmp_path / 'split'), mesh(data=1)))
+  import json
+  logged = [json.loads(x)['step'] for x in (tmp_path / 'split' / 'metrics.jsonl').read_text().splitlines()]
+  assert logged == [6]  # it continued from step 3 instead of starting over
   for a, b in zip(jax.tree.leaves((resumed.params, resumed.opt_state, resumed.extras, resumed.rng)),
                   jax.tree.leaves((full.params, full.opt_state, full.extras, full.rng))):
     np.testing.assert_array_equal(a, b)
