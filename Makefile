@@ -18,8 +18,11 @@ $(STAMP): requirements.lock setup.cfg pyproject.toml
 	$(PY) -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
+# Two pytest workers, test files shared out between them: most tests are compile-bound (one core each).
+# PYTEST_WORKERS=0 runs every test in this process.
+PYTEST_WORKERS ?= 2
 test: install
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile tests
 
 # The whole pipeline (tokenizer, SFT, pairs, judges, eight policies, evaluation) on CPU; re-running resumes.
 demo: install

@@ -28,8 +28,8 @@ def test_bench_preset_shapes():
 def test_online_step_flops_count_every_pass():
   """The step benchmark's FLOP count: sampling + reference and policy (forward, backward) on [x, y] + judge."""
   from nlhf_jax.config import ModelConfig
-  from nlhf_jax.online.bench import step_flops
   from nlhf_jax.perf import forward_flops_per_token as fwd
+  from nlhf_jax.perf import nash_md_step_flops as step_flops
   cfg = ModelConfig(vocab_size=100, d_model=8, num_layers=1, num_heads=2, head_dim=4, mlp_dim=16)
   b, lp, t = 2, 3, 2
   sampling = 3 * b * (lp * fwd(cfg, lp) + fwd(cfg, lp) + fwd(cfg, lp + 1))

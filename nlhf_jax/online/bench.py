@@ -20,23 +20,6 @@ _NEW = flags.DEFINE_integer('new_tokens', 64, 'Response length (no EOS is sample
 _ITERS = flags.DEFINE_integer('iters', 5, 'Timed steps (median reported).')
 
 
-def step_flops(model_cfg, batch: int, prompt_len: int, new_tokens: int) -> float:
-  """Model FLOPs of one step, as computed: sampling (prefill, then decode with growing context; policy 2B rows,
-  reference B rows); the reference's forward pass and the policy's forward and backward passes (2x forward) on
-  [prompt, y], with the vocabulary projection on the response positions only; the judge reading the prompt
-  once and extending it with y and with y' (no vocabulary projection)."""
-  from nlhf_jax.perf import forward_flops_per_token as fwd
-  length = prompt_len + new_tokens
-  prefill = prompt_len * fwd(model_cfg, prompt_len)
-  decode = sum(fwd(model_cfg, prompt_len + t) for t in range(new_tokens))
-  sampling = 3 * batch * (prefill + decode)
-  body = (length - 1) * fwd(model_cfg, length - 1, vocab_head=False)
-  head = new_tokens * (fwd(model_cfg, 0) - fwd(model_cfg, 0, vocab_head=False))
-  sequence = batch * (body + head)
-  judge = batch * (prompt_len * fwd(model_cfg, prompt_len, False) + 2 * new_tokens * fwd(model_cfg, length, False))
-  return sampling + sequence * (1 + 3) + judge  # reference, policy forward + backward, judge on y and y'
-
-
 def online_config(preset: str, batch: int, new_tokens: int):
   """The benchmark's Nash-MD config (a reward-model judge built in memory, so no checkpoint path is read)."""
   import jax
@@ -97,7 +80,7 @@ def measure(preset: str, batch: int, new_tokens: int, iters: int) -> dict:
 
   seconds = perf.median_time(one_step, iters, warmup=2)
   peak = perf.matmul_peak_flops(jnp.float32)
-  flops = step_flops(cfg.model, batch, 64, new_tokens)
+  flops = perf.nash_md_step_flops(cfg.model, batch, 64, new_tokens)
   mem_bytes, mem_kind = perf.peak_memory_bytes()
   return dict(preset=preset, batch=batch, new_tokens=new_tokens, step_s=seconds,
               sampled_tokens_per_s=2 * batch * new_tokens / seconds, flops=flops, peak=peak,

@@ -1,7 +1,10 @@
-"""A miniature pipeline end to end: interrupted and resumed, then evaluated again on another mesh shape.
-The run itself is the session fixture `mini_pipeline` (tests/conftest.py), shared with the two-process test."""
+"""A miniature pipeline end to end: interrupted and resumed, evaluated again on another mesh shape, and run
+under jax.distributed (two processes x 4 fake CPU devices: process 0 writes the shared files, both train and
+sample collectively) to the matrices that one process with 8 devices gets. The in-process run is the session
+fixture `mini_pipeline` (tests/conftest.py); the two processes get the same config as command-line overrides."""
 import json
 import os
+import pathlib
 
 import numpy as np
 import pytest
@@ -11,8 +14,11 @@ from nlhf_jax.evaluation import evaluate, report
 from nlhf_jax.pipeline import runner, stages
 from nlhf_jax.training import checkpointing
 from tests.helpers import mesh
-from tests.pipeline.mini import mini_config
+from tests.multihost import launch
+from tests.pipeline.mini import mini_config, overrides
 
+# The tests that share the session's miniature pipeline live in this one file, so that `make test`'s
+# per-file distribution over workers (pytest-xdist --dist loadfile) builds it once.
 pytestmark = pytest.mark.slow
 
 
@@ -38,7 +44,6 @@ def test_interrupted_stage_ends_as_an_uninterrupted_run(mini_pipeline, tmp_path)
 
   from nlhf_jax.config import from_config_dict
   from nlhf_jax.training.loop import train
-  from tests.multihost import launch
   workdir = mini_pipeline[0]
   scfg = stages.stage_configs(mini_config(), workdir)['sft']
   cfg = from_config_dict(scfg, num_devices=jax.device_count())
@@ -92,3 +97,37 @@ def test_evaluation_reproducible_on_another_mesh(mini_pipeline):
   np.testing.assert_allclose(after['preference_model']['win'], before['preference_model']['win'], atol=1e-5)
   for name, info in after['per_policy'].items():
     assert info['kl_to_reference'] == pytest.approx(before['per_policy'][name]['kl_to_reference'], abs=1e-4)
+
+
+KILL_AFTER = 600  # a whole (tiny) pipeline per process
+
+
+def pipeline_cmd(workdir, *flags):
+  cmd = launch.train_cmd('experiments/configs/pipeline.py:tiny', workdir, *overrides(), *flags,
+                         kill_after=KILL_AFTER)
+  cmd[cmd.index('nlhf_jax.train')] = 'nlhf_jax.pipeline'
+  return cmd
+
+
+def matrix(workdir, judge):
+  with open(workdir / 'eval' / 'matrix.json') as f:
+    return np.asarray(json.load(f)[judge]['win'])
+
+
+def test_pipeline_on_two_processes_matches_one_process(tmp_path, mini_pipeline):
+  import shutil
+  one = pathlib.Path(mini_pipeline[0])
+  two = tmp_path / 'two'
+  for stage in ('tokenizer', 'data', 'sft'):  # finished in-process: the two processes start at the pairs stage
+    shutil.copytree(one / stage, two / stage)
+  port = launch.free_port()
+  procs = [launch.start(pipeline_cmd(two, f'--coordinator_address=localhost:{port}', '--num_processes=2',
+                                     f'--process_id={i}'), 4, tmp_path / f'two_{i}.log') for i in range(2)]
+  logs = [launch.finish(p, tmp_path / f'two_{i}.log', KILL_AFTER + 10) for i, p in enumerate(procs)]
+  assert 'pipeline: 2 processes, 8 devices' in logs[0]
+  assert 'stage sft: finished earlier' in logs[0]
+  for stage in ('pairs', 'preference_model', 'reward_model', 'rlhf', 'sp', 'eval'):
+    assert (two / stage / 'DONE').exists(), stage
+  np.testing.assert_allclose(matrix(two, 'oracle'), matrix(one, 'oracle'), atol=1e-6)
+  np.testing.assert_allclose(matrix(two, 'preference_model'), matrix(one, 'preference_model'), atol=1e-4)
+
