@@ -19,7 +19,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from nlhf_jax import config as config_lib
-from nlhf_jax import logs
+from nlhf_jax import commands, logs
 from nlhf_jax.distributed import initialize, resolve_launch
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ def main(argv) -> None:
 
 
 def run() -> None:
-  app.run(main)
+  commands.run(main)
 
 
 if __name__ == '__main__':

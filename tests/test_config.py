@@ -32,6 +32,9 @@ def _cfg(**overrides):
     ({'data.seq_len': 1000}, 8, 'config.data.seq_len=1000 exceeds config.model.max_len'),
     ({'model.compute_dtype': 'float16'}, 8, 'config.model.compute_dtype'),
     ({'optim.name': 'sgd'}, 8, "config.optim.name='sgd'"),
+    ({'optim.b2': 1.5}, 8, 'config.optim.b2=1.5: must be in'),
+    ({'optim.b1': -0.1}, 8, 'config.optim.b1=-0.1'),
+    ({'optim.eps': 0.0}, 8, 'config.optim.eps=0.0: must be a positive number'),
 ])
 def test_invalid_values_name_the_key(overrides, devices, message):
   if message is None:  # unknown objective: reported by the task registry, also before compilation
@@ -64,16 +67,22 @@ def test_mesh_fill_axis():
 
 
 @pytest.mark.slow
-def test_cli_rejects_bad_config_before_compiling(tmp_path):
-  """Through `nlhf-train`: the error names the key and no workdir contents are written."""
+@pytest.mark.parametrize('args, status, message', [
+    (['--config.mesh.data=3'], 1, 'error: config.mesh (data=3, fsdp=1, tensor=1) needs 3 devices but 8'),
+    (['--config.train.num_step=5'], 2, 'Did you mean "num_steps" instead of "num_step"?'),
+    (['--config=experiments/configs/nosuch.py:tiny'], 2, "No such file or directory: 'experiments/configs/nosuch.py'"),
+    (['--config=experiments/configs/sft.py:nope'], 1, "unknown variant 'nope' of sft.py; use one of: tiny"),
+])
+def test_cli_rejects_bad_config_before_compiling(tmp_path, args, status, message):
+  """Through `nlhf-train`: the error is one clear message (no traceback) and no workdir contents are written."""
   out = subprocess.run(
       [sys.executable, '-m', 'nlhf_jax.train', '--config=experiments/configs/sft.py:tiny',
-       f'--workdir={tmp_path / "run"}', '--config.mesh.data=3'],
+       f'--workdir={tmp_path / "run"}', *args],
       capture_output=True, text=True, timeout=120, cwd=pathlib.Path(__file__).parents[1],
       env={'XLA_FLAGS': '--xla_force_host_platform_device_count=8', 'JAX_PLATFORMS': 'cpu',
            'PATH': '/usr/bin:/bin'})
-  assert out.returncode != 0
-  assert 'config.mesh' in out.stderr
+  assert out.returncode == status, out.stderr[-2000:]
+  assert message in out.stderr and 'Traceback' not in out.stderr, out.stderr[-2000:]
   assert not (tmp_path / 'run').exists()
 
 

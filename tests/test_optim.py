@@ -79,3 +79,14 @@ def test_both_optimizers_minimise_a_quadratic(name):
   for _ in range(200):
     params, state = step(params, state)
   assert float(loss(params)) < 0.05 * start
+
+
+def test_a_warmup_longer_than_the_run_is_reported(caplog):
+  cfg = OptimConfig(learning_rate=3e-3, warmup_steps=500)
+  with caplog.at_level('WARNING', logger='nlhf_jax.training.optim'):
+    optim.warn_if_unusual(cfg, 4)
+    assert 'config.optim.warmup_steps=500 >= config.train.num_steps=4' in caplog.text
+    assert 'ends at 2.4e-05' in caplog.text
+    caplog.clear()
+    optim.warn_if_unusual(cfg, 1000)
+    assert not caplog.text

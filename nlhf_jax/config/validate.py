@@ -108,7 +108,13 @@ def check_values(cfg: schema.ExperimentConfig) -> None:
   _require(0 <= o.warmup_steps, f'config.optim.warmup_steps={o.warmup_steps}: must be >= 0')
   _require(0 <= o.decay_steps, f'config.optim.decay_steps={o.decay_steps}: must be >= 0 (0: train.num_steps)')
   _require(0 <= o.end_lr_factor <= 1, f'config.optim.end_lr_factor={o.end_lr_factor}: must be in [0, 1]')
-  _require(o.weight_decay >= 0, f'config.optim.weight_decay={o.weight_decay}: must be >= 0')
+  _require(math.isfinite(o.weight_decay) and o.weight_decay >= 0,
+           f'config.optim.weight_decay={o.weight_decay}: must be >= 0')
+  for key, value in [('b1', o.b1), ('b2', o.b2)]:
+    _require(0 <= value < 1, f'config.optim.{key}={value}: must be in [0, 1) (a decay rate of the moment estimates)')
+  _require(math.isfinite(o.eps) and o.eps > 0, f'config.optim.eps={o.eps}: must be a positive number')
+  _require(math.isfinite(o.grad_clip_norm), f'config.optim.grad_clip_norm={o.grad_clip_norm}: must be a number '
+           '(<= 0: no clipping)')
   _require(t.batch_size % t.grad_accum_steps == 0,
            f'config.train.batch_size={t.batch_size} is not divisible by '
            f'config.train.grad_accum_steps={t.grad_accum_steps}')

@@ -13,7 +13,7 @@ import os
 from absl import app, flags
 from ml_collections import config_flags
 
-from nlhf_jax import logs
+from nlhf_jax import commands, logs
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +36,12 @@ def main(argv) -> None:
   from nlhf_jax.config import DistributedConfig
   from nlhf_jax.distributed import initialize, is_leader, resolve_launch
   from nlhf_jax.pipeline import runner, stages
-  stages.stage_configs(_CONFIG.value, _WORKDIR.value)  # config errors before any work
+  configs = stages.stage_configs(_CONFIG.value, _WORKDIR.value)  # config errors before any work
   given = {'coordinator_address': _COORDINATOR.value or None, 'num_processes': _NUM_PROCESSES.value or None,
            'process_id': None if _PROCESS_ID.value < 0 else _PROCESS_ID.value}
   initialize(resolve_launch(DistributedConfig(initialize=_DISTRIBUTED.value), given))
   import jax
+  stages.check_training_configs(configs, num_devices=jax.device_count())  # and the mesh of every stage
   log.info('pipeline: %d processes, %d devices, workdir %s', jax.process_count(), jax.device_count(),
            _WORKDIR.value)
   status = runner.run_pipeline(_CONFIG.value, _WORKDIR.value, only=_STAGES.value or None)
@@ -52,7 +53,7 @@ def main(argv) -> None:
 
 
 def run() -> None:
-  app.run(main)
+  commands.run(main)
 
 
 if __name__ == '__main__':

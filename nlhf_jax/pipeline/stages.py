@@ -139,4 +139,29 @@ def stage_configs(p, workdir: str) -> dict[str, ml_collections.ConfigDict]:
   for name in policy_names(p):
     out[name] = _policy_config(p, workdir, name)
   out['eval'] = eval_config(p, workdir)
-  return {name: out[name] for name in stage_names(p)}
+  configs = {name: out[name] for name in stage_names(p)}
+  check_training_configs(configs)
+  return configs
+
+
+def _sections(stage: str) -> str:
+  """The pipeline config sections that a training stage's config is built from."""
+  if stage == 'sft':
+    return 'config.sft, config.model, config.data'
+  if stage in ('preference_model', 'reward_model'):
+    return f'config.{stage}, config.judge_model, config.data'
+  return 'config.policy, config.model, config.data'
+
+
+def check_training_configs(configs: dict, num_devices: int | None = None) -> None:
+  """Validates every training stage's ExperimentConfig (with `num_devices`, also against the mesh), so that a
+  bad value in a late stage stops the pipeline before the first stage starts."""
+  from nlhf_jax.config import ConfigError, from_config_dict
+  for name, c in configs.items():
+    if 'train' not in c:
+      continue
+    try:
+      from_config_dict(c, num_devices=num_devices)
+    except ConfigError as e:
+      raise ConfigError(f'pipeline stage {name!r}: {e} (that stage\'s config is built from {_sections(name)} of '
+                        'the pipeline config: fix the value there)') from None

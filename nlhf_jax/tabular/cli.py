@@ -18,6 +18,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
+from nlhf_jax import commands
 from nlhf_jax.tabular import algorithms, exact, games
 
 log = logging.getLogger(__name__)
@@ -55,8 +56,63 @@ def curve_points(num_steps: int, count: int) -> np.ndarray:
   return np.unique(np.concatenate([[0], np.geomspace(1, num_steps, max(count - 1, 1)).astype(int), [num_steps]]))
 
 
+def _fail(message: str) -> None:
+  from nlhf_jax.config import ConfigError
+  raise ConfigError(message)
+
+
+def algorithm_names(cfg) -> list[str]:
+  return [a.strip() for a in str(cfg.algorithms).split(',') if a.strip()]
+
+
+def check_config(cfg) -> None:
+  """Every value the experiment uses, checked before anything is solved; errors name the key and the fix."""
+  import math
+  if not (isinstance(cfg.tau, (int, float)) and math.isfinite(cfg.tau) and cfg.tau > 0):
+    _fail(f'config.tau={cfg.tau!r}: must be a positive number (the KL regularisation; e.g. 0.01)')
+  if not (isinstance(cfg.num_steps, int) and cfg.num_steps >= 1):
+    _fail(f'config.num_steps={cfg.num_steps!r}: must be a positive integer')
+  if cfg.num_curve_points < 2:
+    _fail(f'config.num_curve_points={cfg.num_curve_points}: must be >= 2')
+  names = algorithm_names(cfg)
+  unknown = [a for a in names if a not in algorithms.ALGORITHMS]
+  if not names or unknown:
+    _fail(f'config.algorithms={cfg.algorithms!r}: {"unknown " + repr(unknown[0]) if unknown else "empty"}; use a '
+          f'comma-separated list of {", ".join(algorithms.ALGORITHMS)}')
+  if cfg.schedule not in algorithms.SCHEDULES:
+    _fail(f'config.schedule={cfg.schedule!r}: use one of {", ".join(algorithms.SCHEDULES)}')
+  if not cfg.eta > 0:
+    _fail(f'config.eta={cfg.eta}: must be > 0')
+  if not 0 <= cfg.ema_beta < 1:
+    _fail(f'config.ema_beta={cfg.ema_beta}: must be in [0, 1)')
+  if cfg.bt_sampling not in ('mu', 'uniform'):
+    _fail(f"config.bt_sampling={cfg.bt_sampling!r}: use 'mu' or 'uniform'")
+  g = cfg.game
+  if g.family not in games.FAMILIES:
+    _fail(f'config.game.family={g.family!r}: use one of {", ".join(games.FAMILIES)}')
+  if g.family != 'dice' and g.num_actions < 2:
+    _fail(f'config.game.num_actions={g.num_actions}: must be >= 2')
+  if g.num_games < 1:
+    _fail(f'config.game.num_games={g.num_games}: must be >= 1')
+  if not 0 <= g.mixture_weight <= 1:
+    _fail(f'config.game.mixture_weight={g.mixture_weight}: must be in [0, 1]')
+  if cfg.mu.kind not in ('uniform', 'dirichlet', 'given'):
+    _fail(f"config.mu.kind={cfg.mu.kind!r}: use 'uniform', 'dirichlet' or 'given' (with config.mu.probs)")
+  if cfg.mu.kind == 'given':
+    n = 3 if g.family == 'dice' else g.num_actions
+    try:
+      probs = [float(p) for p in str(cfg.mu.probs).split(',') if p.strip()]
+    except ValueError:
+      probs = None
+    if probs is None or len(probs) != n or min(probs) <= 0:
+      _fail(f'config.mu.probs={cfg.mu.probs!r}: mu.kind=given needs {n} positive probabilities, comma-separated '
+            f'(one per action of the {g.family} game), e.g. {",".join(["%.3g" % (1 / n)] * min(n, 3))}'
+            f'{",..." if n > 3 else ""}')
+
+
 def run_experiment(cfg) -> dict:
   """Solves the games exactly, runs every algorithm (vmapped over the games) and returns the results as a dict."""
+  check_config(cfg)
   tau, T = float(cfg.tau), int(cfg.num_steps)
   gs = make_games(cfg)
   solved = [exact.solve_regularized_game(g.P, g.mu, tau) for g in gs]
@@ -70,7 +126,7 @@ def run_experiment(cfg) -> dict:
   idx = curve_points(T, cfg.num_curve_points)
   rows, curves = {}, {}
   with jax.enable_x64(True):
-    for name in [a.strip() for a in cfg.algorithms.split(',') if a.strip()]:
+    for name in algorithm_names(cfg):
       schedule = 'constant' if name == 'self_play' and cfg.schedule == 'theory' else cfg.schedule
       c = algorithms.run_batch(name, batch, taus, T, targets, schedule=schedule, eta=cfg.eta, beta=cfg.ema_beta,
                                reward=rewards if name == 'rlhf' else None)
@@ -180,7 +236,7 @@ def main(argv) -> None:
 
 def run() -> None:
   define_flags()
-  app.run(main)
+  commands.run(main)
 
 
 if __name__ == '__main__':

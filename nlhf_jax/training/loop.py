@@ -10,7 +10,7 @@ from jax.sharding import Mesh
 
 from nlhf_jax.config import ExperimentConfig
 from nlhf_jax.distributed import global_batch, local_batch_rows, make_mesh, param_specs
-from nlhf_jax.training import checkpointing, init, optim
+from nlhf_jax.training import checkpointing, init, optim, preflight
 from nlhf_jax.training.guards import NonFiniteGuard, check_resume_compatible, config_to_json, guard_step
 from nlhf_jax.training.metrics import MetricWriter, Progress
 from nlhf_jax.training.preemption import PreemptionWatcher
@@ -34,7 +34,9 @@ def train(cfg: ExperimentConfig, workdir: str, mesh: Mesh | None = None, stop_at
   `stop_at` does the same after that step (an interruption at a known step, e.g. to test a resume).
   """
   task = get_task(cfg.train.objective)
+  preflight.check_inputs(cfg, workdir)  # the workdir and the runs the config names, before any data or compile
   mesh = make_mesh(cfg.mesh) if mesh is None else mesh
+  optim.warn_if_unusual(cfg.optim, cfg.train.num_steps)
   tx = optim.make_optimizer(cfg.optim, cfg.train.num_steps)
   data = task.make_data(cfg, local_batch_rows(cfg.train.batch_size, mesh))
   make_model = task.make_model(cfg)

@@ -1,6 +1,8 @@
 """Optimizers and learning-rate schedules from config (optax)."""
 from __future__ import annotations
 
+import logging
+
 import optax
 
 from nlhf_jax.config import OptimConfig
@@ -9,6 +11,17 @@ from nlhf_jax.config import OptimConfig
 def horizon(cfg: OptimConfig, num_steps: int) -> int:
   """The number of steps the schedule spans: optim.decay_steps, or the run's train.num_steps when it is 0."""
   return cfg.decay_steps or num_steps
+
+
+log = logging.getLogger(__name__)
+
+
+def warn_if_unusual(cfg: OptimConfig, num_steps: int) -> None:
+  """Schedules that are valid but rarely meant: the warmup does not end before the run does."""
+  if cfg.warmup_steps >= num_steps:
+    log.warning('config.optim.warmup_steps=%d >= config.train.num_steps=%d: the learning rate never reaches '
+                'config.optim.learning_rate=%g (it ends at %g); lower warmup_steps', cfg.warmup_steps, num_steps,
+                cfg.learning_rate, cfg.learning_rate * num_steps / max(cfg.warmup_steps, 1))
 
 
 def schedule(cfg: OptimConfig, num_steps: int) -> optax.Schedule:

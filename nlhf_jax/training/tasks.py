@@ -77,7 +77,8 @@ def build_step(cfg: ExperimentConfig, task: Task, graphdef: nnx.GraphDef, tx: op
     step = steps.make_train_step(graphdef, task.loss_fn, tx, lr_schedule, cfg.train.grad_accum_steps)
     return (lambda state, frozen, batch: step(state, batch)), {}
   o = cfg.online
-  if o.temperature != 1.0 or o.top_k or o.top_p < 1.0:
+  top_k_filters = 0 < o.top_k < cfg.model.vocab_size  # top_k >= the vocabulary keeps every token
+  if o.temperature != 1.0 or top_k_filters or o.top_p < 1.0:
     log.warning('online sampling at temperature %s, top_k %s, top_p %s: y is not a sample of pi_theta, so the '
                 'policy gradient is off-policy and biased (docs/online.md); temperature 1 without filters '
                 'keeps it unbiased', o.temperature, o.top_k, o.top_p)

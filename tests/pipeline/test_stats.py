@@ -4,7 +4,7 @@ import pytest
 from scipy import stats as scipy_stats
 
 from experiments.configs import pipeline as pipeline_configs
-from nlhf_jax.config import from_config_dict
+from nlhf_jax.config import ConfigError, from_config_dict
 from nlhf_jax.evaluation import stats
 from nlhf_jax.pipeline import stages
 
@@ -61,3 +61,30 @@ def test_stage_configs_validate(variant, tmp_path):
     assert rlhf.online.judge == 'reward_model' and rlhf.online.judge_checkpoint.endswith('reward_model')
   assert configs['sp'].online.beta == 0.0 and configs['sp'].online.judge == 'preference_model'
   assert configs['sp'].online.reference_checkpoint == str(tmp_path / 'sft')
+
+
+def test_a_bad_policy_value_stops_the_pipeline_before_its_first_stage(tmp_path):
+  """A value that only the policy stages use is checked when the stage configs are built, naming the stage."""
+  p = pipeline_configs.get_config('tiny')
+  p.policy.tau = -1.0
+  with pytest.raises(ConfigError, match=r"pipeline stage 'sp': config.online.tau=-1.0: must be >= 0 .*built "
+                     r'from config.policy, config.model, config.data'):
+    stages.stage_configs(p, str(tmp_path))
+  assert not any(tmp_path.iterdir())
+
+
+def test_a_mesh_that_does_not_fit_is_named_with_the_stage(tmp_path):
+  p = pipeline_configs.get_config('tiny')
+  configs = stages.stage_configs(p, str(tmp_path))
+  configs['sft'].mesh.data = 3
+  with pytest.raises(ConfigError, match=r"pipeline stage 'sft': config.mesh \(data=3"):
+    stages.check_training_configs(configs, num_devices=8)
+
+
+def test_eval_mesh_flag():
+  from nlhf_jax.evaluation.cli import parse_mesh
+  assert parse_mesh('data=2,tensor=4') == {'data': 2, 'fsdp': 1, 'tensor': 4}
+  assert parse_mesh('fsdp=-1') == {'data': 1, 'fsdp': -1, 'tensor': 1}
+  for bad in ('data:2', 'dta=8', 'data=two', 'data=2,'):
+    with pytest.raises(ConfigError, match=r'--mesh=.*expected AXIS=SIZE pairs .*e.g. --mesh=data=2,tensor=4'):
+      parse_mesh(bad)

@@ -18,6 +18,26 @@ def test_config_variants(variant):
     tabular_config.get_config('chess')
 
 
+@pytest.mark.parametrize('key, value, message', [
+    ('tau', 0.0, r'config.tau=0.0: must be a positive number'),
+    ('algorithms', 'nash_md,nashema', r"config.algorithms='nash_md,nashema': unknown 'nashema'; use a "
+     r'comma-separated list of nash_md, omd'),
+    ('algorithms', '', r"config.algorithms='': empty"),
+    ('mu.probs', '0.7,0.2', r"config.mu.probs='0.7,0.2': mu.kind=given needs 3 positive probabilities"),
+    ('mu.probs', '0.7,x,0.1', r'config.mu.probs'),
+    ('schedule', 'fast', r"config.schedule='fast': use one of theory"),
+    ('game.family', 'chess', r"config.game.family='chess'"),
+])
+def test_bad_values_are_named_before_anything_runs(key, value, message, monkeypatch):
+  cfg = tabular_config.get_config('dice')
+  node, leaf = (cfg.mu, 'probs') if key == 'mu.probs' else (cfg.game, 'family') if key == 'game.family' else (
+      cfg, key)
+  node[leaf] = value
+  monkeypatch.setattr(cli, 'make_games', lambda cfg: pytest.fail('the check came too late'))
+  with pytest.raises(ValueError, match=message):
+    cli.run_experiment(cfg)
+
+
 def test_run_experiment_dice_small():
   cfg = tabular_config.get_config('dice')
   cfg.num_steps = 300
