@@ -231,8 +231,10 @@ def init_state(policy: nnx.Module | None, ref: nnx.Module | None, batch: dict, k
 
 
 def decode(policy: nnx.Module | None, ref: nnx.Module | None, state: dict, cfg: SamplingConfig, groups: Groups,
-           beta: float, prompt_length: int, mesh: Mesh | None = None) -> dict:
-  """Runs the while loop until every row is done or max_new_tokens tokens are sampled."""
+           beta: float, prompt_length: int, mesh: Mesh | None = None, sync_axes: tuple[str, ...] = ()) -> dict:
+  """Runs the while loop until every row is done or max_new_tokens tokens are sampled. Under shard_map,
+  `sync_axes` (manual mesh axes) makes "every row" mean the rows of all shards along them: needed when the body
+  holds collectives over other axes, which every device must enter the same number of times."""
   models = {'policy': (policy, groups.policy_rows), 'ref': (ref, groups.ref_rows)}
 
   def body(state):
@@ -253,7 +255,10 @@ def decode(policy: nnx.Module | None, ref: nnx.Module | None, state: dict, cfg: 
     return _record(dict(state, caches=caches), tokens, logp, t, cfg)
 
   def cond(state):
-    return (state['t'] < cfg.max_new_tokens) & ~jnp.all(state['done'])
+    running = jnp.sum(~state['done'], dtype=jnp.int32)
+    if sync_axes:
+      running = jax.lax.psum(running, sync_axes)
+    return (state['t'] < cfg.max_new_tokens) & (running > 0)
 
   return jax.lax.while_loop(cond, body, state)
 
@@ -267,9 +272,9 @@ def finish(state: dict, cfg: SamplingConfig) -> dict:
   return {'tokens': tokens, 'mask': mask, 'logprobs': jnp.where(mask, state['logprobs'], 0.0)}
 
 
-def _run_local(policy, ref, batch, keys_bg, cfg, groups, beta, mesh) -> dict:
+def _run_local(policy, ref, batch, keys_bg, cfg, groups, beta, mesh, sync_axes=()) -> dict:
   state = init_state(policy, ref, batch, keys_bg, cfg, groups, beta, mesh)
-  state = decode(policy, ref, state, cfg, groups, beta, batch['prompt'].shape[1], mesh)
+  state = decode(policy, ref, state, cfg, groups, beta, batch['prompt'].shape[1], mesh, sync_axes)
   return finish(state, cfg)
 
 
@@ -279,9 +284,11 @@ def run(policy: nnx.Module | None, ref: nnx.Module | None, batch: dict, keys_bg:
 
   On a mesh whose batch axes ('data', 'fsdp') have several shards, the whole loop runs per shard under
   `jax.shard_map`, manual over those axes: the parameters are gathered over 'fsdp' once, at the shard_map
-  boundary (not inside the loop), each shard decodes its own rows and leaves its while loop when they are done, with no
-  cross-device reduction per token; 'tensor' stays automatic (GSPMD splits the heads and MLP). Samples are the
-  same either way (keys are per row). A batch that does not divide into the shards runs unsplit.
+  boundary (not inside the loop) and each shard decodes its own rows; 'tensor' stays automatic (GSPMD splits the
+  heads, MLP and vocabulary). With tensor = 1 the body has no collective and each shard leaves its while loop when
+  its own rows are done; with tensor > 1 every device must run the body's collectives equally often, so the shards
+  leave together, when all rows are done (one scalar psum a token). Samples are the same either way (keys are per
+  row). A batch that does not divide into the shards runs unsplit.
   """
   shards = batch_shards(mesh)
   if shards == 1 or batch['prompt'].shape[0] % shards:
@@ -293,9 +300,12 @@ def run(policy: nnx.Module | None, ref: nnx.Module | None, batch: dict, keys_bg:
   (policy_def, policy_state), (ref_def, ref_state) = split(policy), split(ref)
   merge = lambda d, st: None if d is None else nnx.merge(d, st)
 
+  auto_axes = [a for a in mesh.axis_names if a not in manual and mesh.shape[a] > 1]
+  sync_axes = tuple(a for a in mesh.axis_names if a in manual) if auto_axes else ()
+
   def per_shard(policy_state, ref_state, batch, keys_bg):
     return _run_local(merge(policy_def, policy_state), merge(ref_def, ref_state), batch, keys_bg, cfg, groups,
-                      beta, None)
+                      beta, None, sync_axes)
 
   return jax.shard_map(per_shard, mesh=mesh, in_specs=(P(), P(), rows, rows), out_specs=rows,
                        axis_names=manual, check_vma=False)(policy_state, ref_state, batch, keys_bg)

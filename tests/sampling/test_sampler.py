@@ -196,3 +196,34 @@ def test_greedy_is_the_argmax_and_ignores_the_key(models):
   logits = _full_logits(graphdef, policy, batch, a['tokens'], a['mask'])
   np.testing.assert_array_equal(a['tokens'], jnp.argmax(logits, axis=-1))
   np.testing.assert_allclose(a['logprobs'], jnp.max(jax.nn.log_softmax(logits, -1), -1), atol=1e-5)
+
+
+def test_shards_that_finish_at_different_steps_on_a_tensor_mesh(models, devices):
+  """On mesh (data=2, tensor=4) the decode body has tensor collectives, so the two data shards must leave the
+  loop together: shard 0's rows end at their first token (EOS), shard 1's never do. The samples equal the
+  single-device ones."""
+  graphdef, policy, _ = models
+  greedy = SamplingConfig(max_new_tokens=8, temperature=0.0, eos_id=-1)
+  prompt_a = _batch(lengths=(6,), seed=0)
+  first_a = int(jit_sample(graphdef, greedy)(policy, prompt_a, jax.random.key(0))['tokens'][0, 0])
+  for seed in range(1, 50):  # a second prompt whose greedy response never contains that token
+    prompt_b = _batch(lengths=(6,), seed=seed)
+    if first_a not in np.asarray(jit_sample(graphdef, greedy)(policy, prompt_b, jax.random.key(0))['tokens']):
+      break
+  else:
+    pytest.fail('no second prompt found')
+  batch = {k: jnp.concatenate([prompt_a[k]] * 4 + [prompt_b[k]] * 4) for k in ('prompt', 'prompt_mask')}
+  batch['example_index'] = jnp.arange(8, dtype=jnp.int32)
+  # Sampled (not argmax) through top_k = 1: the same tokens as greedy, drawn by the inverse CDF, whose cumulative
+  # sum over the tensor-sharded vocabulary is the collective that hangs when the shards' loops differ in length.
+  cfg = dataclasses.replace(greedy, temperature=1.0, top_k=1, eos_id=first_a)
+  expect = jit_sample(graphdef, cfg)(policy, batch, jax.random.key(0))
+  assert np.asarray(expect['mask']).sum(1).tolist() == [1] * 4 + [8] * 4
+  m = mesh(data=2, tensor=4)
+  _, abstract = nnx.split(nnx.eval_shape(lambda: Transformer(CFG, nnx.Rngs(0))))
+  params = jax.tree.map(lambda x, s: jax.device_put(np.asarray(x), s), nnx.to_pure_dict(policy),
+                        named(m, param_specs(abstract)))
+  rows = jax.sharding.NamedSharding(m, jax.sharding.PartitionSpec(('data', 'fsdp')))
+  got = jit_sample(graphdef, cfg, m)(params, jax.device_put(batch, rows), jax.random.key(0))
+  np.testing.assert_array_equal(got['tokens'], expect['tokens'])
+  np.testing.assert_array_equal(got['mask'], expect['mask'])
