@@ -29,7 +29,8 @@ def online_config(size: str, objective: str) -> ml_collections.ConfigDict:
   c = defaults('tiny' if size == 'tiny' else size)
   c.name = f'{objective}_{size}'
   c.train.objective = objective
-  c.data.update(source='synthetic', tokenizer='bytes', prompt_len=32, num_examples=4096)
+  # The longest built-in prompt is 33 tokens (BOS and separator included).
+  c.data.update(source='synthetic', tokenizer='bytes', prompt_len=40, num_examples=4096)
   c.online.update(tau=0.05, beta=0.125, max_new_tokens=16, temperature=1.0, samples_per_prompt=1)
   c.online.update(judge='oracle', oracle="nlhf_jax.online.oracles:more_of('aeiou')")
   c.optim.update(name='adamw', learning_rate=1e-3, schedule='constant', warmup_steps=0, grad_clip_norm=1.0)

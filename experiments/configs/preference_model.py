@@ -20,7 +20,8 @@ def pairwise_config(arg: str, objective: str) -> ml_collections.ConfigDict:
   c = defaults(variant)
   c.name = f'{objective}_{variant}'
   c.train.objective = objective
-  c.data.update(source='synthetic', tokenizer='bytes', prompt_len=32, response_len=32, num_examples=4096)
+  # The longest built-in prompt is 33 tokens and the longest response 26 (special tokens included).
+  c.data.update(source='synthetic', tokenizer='bytes', prompt_len=40, response_len=32, num_examples=4096)
   c.optim.update(learning_rate=1e-3, schedule='cosine', warmup_steps=10)
   c.train.update(num_steps=40, batch_size=16, log_every=10, checkpoint_every=20)
   if variant == '125m':
