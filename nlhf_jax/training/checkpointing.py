@@ -33,7 +33,7 @@ def _abstract(tree_with_shardings) -> Any:
   return jax.tree.map(leaf, tree_with_shardings)
 
 
-def _absolute(path: str) -> str:
+def absolute(path: str) -> str:
   """Local paths made absolute; URLs (gs://...) as they are."""
   return path if '://' in path else os.path.abspath(path)
 
@@ -42,7 +42,7 @@ class Checkpointer:
   """Saves every `every` steps (asynchronously), keeps the last `keep`, restores the latest."""
 
   def __init__(self, directory: str, every: int = 1, keep: int = 3, async_save: bool = True):
-    self.directory = _absolute(directory)
+    self.directory = absolute(directory)
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=every,
                                            enable_async_checkpointing=async_save, create=True)
     self._manager = ocp.CheckpointManager(self.directory, options=options)
@@ -152,7 +152,7 @@ class Checkpointer:
 def restore_params(directory: str, abstract_params, step: int | None = None) -> tuple[Any, int]:
   """Only the parameters of a checkpoint (for evaluation or a warm start), onto `abstract_params`' shardings.
   `directory` is a run's checkpoints directory."""
-  manager = ocp.CheckpointManager(_absolute(directory))
+  manager = ocp.CheckpointManager(absolute(directory))
   step = manager.latest_step() if step is None else step
   if step is None:
     raise FileNotFoundError(f'no checkpoint in {directory}; expected step directories written by nlhf-train')
@@ -165,7 +165,7 @@ def restore_params(directory: str, abstract_params, step: int | None = None) -> 
 def checkpoints_dir(path: str) -> str:
   """A run's workdir or its checkpoints directory -> the checkpoints directory (clear error if neither).
   Local paths and URLs that Orbax reads (gs://...) alike."""
-  root = epath.Path(_absolute(path))
+  root = epath.Path(absolute(path))
   if (root / 'checkpoints').is_dir():
     return str(root / 'checkpoints')
   if root.is_dir():

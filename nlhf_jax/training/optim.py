@@ -7,13 +7,12 @@ import optax
 
 from nlhf_jax.config import OptimConfig
 
+log = logging.getLogger(__name__)
+
 
 def horizon(cfg: OptimConfig, num_steps: int) -> int:
   """The number of steps the schedule spans: optim.decay_steps, or the run's train.num_steps when it is 0."""
   return cfg.decay_steps or num_steps
-
-
-log = logging.getLogger(__name__)
 
 
 def warn_if_unusual(cfg: OptimConfig, num_steps: int) -> None:

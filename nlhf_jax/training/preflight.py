@@ -8,17 +8,16 @@ the path and the fix.
 """
 from __future__ import annotations
 
-import os
-
 from etils import epath
 
 from nlhf_jax.config import ConfigError, ExperimentConfig
+from nlhf_jax.config.validate import ONLINE_OBJECTIVES
 from nlhf_jax.training import checkpointing
 
 # Model fields that fix the parameters' shapes: a checkpoint restores onto a model only if all of them agree.
 SHAPE_KEYS = ('vocab_size', 'd_model', 'num_layers', 'num_heads', 'head_dim', 'mlp_dim', 'tie_embeddings')
 # Objectives whose runs hold a plain language model (the policy's architecture).
-LANGUAGE_MODEL_OBJECTIVES = ('sft', 'nash_md', 'nash_ema', 'rlhf', 'online_ipo', 'ipo_md')
+LANGUAGE_MODEL_OBJECTIVES = ('sft', *ONLINE_OBJECTIVES)
 
 
 def model_family(objective: str) -> str:
@@ -31,8 +30,7 @@ def check_inputs(cfg: ExperimentConfig, workdir: str) -> None:
   own = model_family(cfg.train.objective)
   if cfg.init_checkpoint:
     _check_run('config.init_checkpoint', cfg.init_checkpoint, cfg, family=own, same_shape=True)
-  online = cfg.train.objective in LANGUAGE_MODEL_OBJECTIVES and cfg.train.objective != 'sft'
-  if not online:
+  if cfg.train.objective not in ONLINE_OBJECTIVES:
     return
   o = cfg.online
   if o.reference_checkpoint:
@@ -43,7 +41,7 @@ def check_inputs(cfg: ExperimentConfig, workdir: str) -> None:
 
 
 def check_workdir(workdir: str) -> None:
-  path = epath.Path(os.path.abspath(workdir) if '://' not in workdir else workdir)
+  path = epath.Path(checkpointing.absolute(workdir))
   if path.exists() and not path.is_dir():
     raise ConfigError(f'--workdir={workdir} is a file, not a directory; give a directory (it is created if it '
                       'does not exist)')
