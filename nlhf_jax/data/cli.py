@@ -1,7 +1,11 @@
-"""`nlhf-data build`: JSONL records (or TL;DR comparisons) -> a TFDS array_record data set.
+"""`nlhf-data build`: JSONL or Parquet records (or TL;DR comparisons) -> a TFDS array_record data set.
 
   python -m nlhf_jax.data.cli build --kind=pairs --input=pairs.jsonl --name=my_pairs --data_dir=DIR \
-      [--validation_fraction=0.1] [--seed=0] [--format=jsonl|tldr] [--overwrite]
+      [--validation_fraction=0.1] [--seed=0] [--format=auto|jsonl|parquet|tldr] [--overwrite]
+
+--input is a JSONL file, a .parquet file, a directory of .parquet shards or a glob of them ('data/*.parquet',
+quoted); --format=auto (the default) reads Parquet for those and JSONL otherwise. Text fields may be strings or
+conversations (lists of {role, content} messages; see nlhf_jax/data/records.py).
 """
 from __future__ import annotations
 
@@ -14,11 +18,13 @@ from nlhf_jax.data import records, tfds_builders, tldr
 def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog='nlhf-data', description='Build the data sets that configs refer to.')
   sub = parser.add_subparsers(dest='command', required=True)
-  build = sub.add_parser('build', help='JSONL -> TFDS data set (train and validation splits)')
+  build = sub.add_parser('build', help='JSONL or Parquet -> TFDS data set (train and validation splits)')
   build.add_argument('--kind', choices=records.KINDS, default='pairs')
-  build.add_argument('--input', required=True, help='a JSONL file, one record a line')
-  build.add_argument('--format', choices=('jsonl', 'tldr'), default='jsonl',
-                     help="'tldr': OpenAI summarize-from-feedback comparisons (implies --kind=pairs)")
+  build.add_argument('--input', required=True,
+                     help='a JSONL file (one record a line), a .parquet file, or a directory or glob of .parquet files')
+  build.add_argument('--format', choices=('auto', 'jsonl', 'parquet', 'tldr'), default='auto',
+                     help="'auto': Parquet for .parquet files, directories and globs, else JSONL; "
+                          "'tldr': OpenAI summarize-from-feedback comparisons (implies --kind=pairs)")
   build.add_argument('--name', required=True, help='the TFDS name that configs use (data.name)')
   build.add_argument('--data_dir', required=True, help='the TFDS data directory (data.data_dir)')
   build.add_argument('--validation_fraction', type=float, default=0.1)
@@ -32,8 +38,12 @@ def build(args: argparse.Namespace) -> dict[str, int]:
     if args.kind != 'pairs':
       raise records.DataError('--format=tldr makes pairs; use --kind=pairs')
     recs = tldr.read_comparisons(args.input, with_source=True)
-  else:
+  elif args.format == 'parquet':
+    recs = records.read_parquet(args.input, args.kind, with_source=True)
+  elif args.format == 'jsonl':
     recs = records.read_jsonl(args.input, args.kind, with_source=True)
+  else:
+    recs = records.read_records(args.input, args.kind, with_source=True)
   import tensorflow_datasets as tfds
   tfds.disable_progress_bar()
   return tfds_builders.build(recs, args.kind, args.name, args.data_dir, args.validation_fraction, args.seed,

@@ -8,18 +8,26 @@ Before any batch is made, every example of the source is encoded once to check i
 lengths: with data.overflow='error' the first one that does not fit stops the run there (naming the file and
 line it came from, and the field); with 'truncate' one warning gives how many will be cut and where.
 
+The tokenizer frames each example (`Tokenizer.prompt_ids` / `response_ids`, nlhf_jax/data/tokenizer.py): the
+native tokenizers give [bos] text [sep] prompts and text [eos] responses; a Hugging Face tokenizer gives
+([bos]) text prompts and text [eos] responses, or, for conversations and with data.chat_template=True, the chat
+template's prompt (ending in the assistant header) and the response up to and including its end-of-turn id.
+Rendering happens here, with the configured tokenizer, so one data set serves any tokenizer; a conversation
+with a tokenizer that has no chat template fails when the iterator is made, naming the example and the field.
+
 Batch formats (numpy, B = the process's rows of the global batch):
-  prompts:        prompt int32 [B, prompt_len] left-padded ([bos] text [sep]); prompt_mask bool.
-  pairs:          the prompt fields; response_a/response_b int32 [B, response_len] right-padded (text [eos]);
-                  response_a_mask/response_b_mask bool; preference float32 [B] (P(a preferred)).
-  demonstrations: tokens int32 [B, seq_len] ([bos] prompt [sep] response [eos], right-padded), mask bool,
-                  loss_mask float32 (response and eos); with split_fields also prompt/prompt_mask and
-                  response/response_mask as above.
+  prompts:        prompt int32 [B, prompt_len] left-padded (the framed prompt); prompt_mask bool.
+  pairs:          the prompt fields; response_a/response_b int32 [B, response_len] right-padded (the framed
+                  responses); response_a_mask/response_b_mask bool; preference float32 [B] (P(a preferred)).
+  demonstrations: tokens int32 [B, seq_len] (framed prompt then framed response, right-padded), mask bool,
+                  loss_mask float32 (the response's ids, eos included); with split_fields also
+                  prompt/prompt_mask and response/response_mask as above.
 Every batch has example_index int32 [B] (index in the split). Evaluation batches add valid bool [B]
 (False on the padding rows of the last batch).
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
 
@@ -29,7 +37,7 @@ from nlhf_jax.data import records as records_lib
 from nlhf_jax.data import synthetic
 from nlhf_jax.data.iterators import IndexedBatches
 from nlhf_jax.data.records import DataError
-from nlhf_jax.data.tokenizer import Tokenizer, load_tokenizer
+from nlhf_jax.data.tokenizer import Tokenizer, TokenizerError, load_tokenizer
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +117,7 @@ class Encoder:
     if data_cfg.overflow not in ('truncate', 'error'):
       raise DataError(f"config.data.overflow={data_cfg.overflow!r} must be 'truncate' or 'error'")
     self.tok, self.cfg, self.kind, self.name, self.split_fields = tokenizer, data_cfg, kind, source_name, split_fields
+    self.chat = bool(getattr(data_cfg, 'chat_template', False))  # plain strings through the chat template too
     self.num_truncated = 0  # examples of the source that are cut to fit (counted by check_lengths)
     self._overflows: list | None = None  # while check_lengths runs: every overflow seen
 
@@ -119,18 +128,28 @@ class Encoder:
     if self._overflows is not None:
       self._overflows.append((where, field, length, limit_name, limit))
 
-  def _prompt(self, text: str, where: str, limit: int, limit_name: str) -> list[int]:
-    """[bos] text [sep]; an over-long prompt keeps its end (nearest the response)."""
-    body = self.tok.encode(text)
-    if len(body) + 2 <= limit:
-      return [self.tok.bos_id] + body + [self.tok.sep_id]
-    self._overflow(where, 'prompt', len(body) + 2, limit_name, limit)
-    keep = max(limit - 2, 0)
-    return [self.tok.bos_id] + (body[-keep:] if keep else []) + [self.tok.sep_id]
+  @staticmethod
+  def _framed(frame, where: str, field: str) -> list[int]:
+    """The tokenizer's ids for one field; its errors name the example and the field."""
+    try:
+      return frame()
+    except TokenizerError as e:
+      raise TokenizerError(f'{where}: field {field!r}: {e}') from None
 
-  def _response(self, text: str, where: str, field: str, limit: int, limit_name: str) -> list[int]:
-    """text [eos]; an over-long response is cut at the limit and has no eos (it did not end)."""
-    ids = self.tok.encode(text) + [self.tok.eos_id]
+  def _prompt(self, prompt, where: str, limit: int, limit_name: str) -> list[int]:
+    """The framed prompt; an over-long one keeps its end (nearest the response) and its leading bos."""
+    ids = self._framed(functools.partial(self.tok.prompt_ids, prompt, chat=self.chat), where, 'prompt')
+    if len(ids) <= limit:
+      return ids
+    self._overflow(where, 'prompt', len(ids), limit_name, limit)
+    head = ids[:1] if self.tok.bos_id is not None and ids[0] == self.tok.bos_id and limit > 0 else []
+    keep = limit - len(head)
+    return head + (ids[-keep:] if keep > 0 else [])
+
+  def _response(self, record: dict, field: str, where: str, limit: int, limit_name: str) -> list[int]:
+    """The framed response; an over-long one is cut at the limit and has no eos (it did not end)."""
+    frame = functools.partial(self.tok.response_ids, record[field], record['prompt'], chat=self.chat)
+    ids = self._framed(frame, where, field)
     if len(ids) <= limit:
       return ids
     self._overflow(where, field, len(ids), limit_name, limit)
@@ -148,14 +167,15 @@ class Encoder:
     out['prompt'], out['prompt_mask'] = self._pad(ids, self.cfg.prompt_len, left=True)
 
   def _response_fields(self, record: dict, where: str, field: str, out: dict) -> None:
-    ids = self._response(record[field], where, field, self.cfg.response_len, 'response_len')
+    ids = self._response(record, field, where, self.cfg.response_len, 'response_len')
     out[field], out[field + '_mask'] = self._pad(ids, self.cfg.response_len, left=False)
 
   def _packed(self, record: dict, where: str, out: dict) -> None:
-    """[bos] prompt [sep] response [eos] in seq_len tokens, as bytes_vocab.pack_demonstration."""
+    """Framed prompt then framed response in seq_len tokens (for native tokenizers [bos] prompt [sep] response
+    [eos], as bytes_vocab.pack_demonstration)."""
     seq_len = self.cfg.seq_len
     prompt = self._prompt(record['prompt'], where, seq_len - 1, 'seq_len')
-    response = self._response(record['response'], where, 'response', seq_len - len(prompt), 'seq_len')
+    response = self._response(record, 'response', where, seq_len - len(prompt), 'seq_len')
     out['tokens'], out['mask'] = self._pad(prompt + response, seq_len, left=False)
     out['loss_mask'] = np.zeros(seq_len, np.float32)
     out['loss_mask'][len(prompt):len(prompt) + len(response)] = 1.0

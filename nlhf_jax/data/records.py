@@ -1,4 +1,4 @@
-"""The three record kinds of the data layer and their validation.
+"""The three record kinds of the data layer, their validation, and the JSONL and Parquet readers.
 
 - prompts: {'prompt'}
 - demonstrations: {'prompt', 'response'}
@@ -6,11 +6,24 @@
   response_a is preferred (0/1 or soft). A pair may instead be written {'prompt', 'chosen', 'rejected'}, which
   reads as response_a=chosen, response_b=rejected, preference=1.
 
-Bad input raises `DataError` naming the file, the line and the field, so that a broken data set is fixed at
-the source instead of silently skipped.
+A text field is a string or a conversation: a non-empty list of messages {'role', 'content'} (role one of
+system, user, assistant, tool; content a string; other keys of a message are dropped). A response that is a
+conversation starts with an assistant message. Conversations may also come in these forms:
+- pairs with no 'prompt' (the implicit-prompt form): chosen/rejected (or response_a/response_b) are whole
+  conversations; the prompt is their longest common run of leading messages (non-empty), each response is the
+  rest (non-empty, starting with an assistant message). Responses that start with a non-assistant message are
+  whole conversations even when a 'prompt' is given too; that prompt must then be their shared start (as
+  messages, or as the text of its last user message).
+- demonstrations with 'messages' instead of prompt/response: the last message (an assistant one) is the response,
+  the messages before it the prompt; 'completion' may stand for 'response'.
+
+Validated records hold exactly their fields: strings, or lists of {'role', 'content'} dicts. Bad input raises
+`DataError` naming the file, the line (JSONL, 1-based) or row (Parquet, 0-based), the field and, for a message,
+its index, so that a broken data set is fixed at the source instead of silently skipped.
 """
 from __future__ import annotations
 
+import glob
 import json
 import math
 import os
@@ -22,6 +35,8 @@ TEXT_FIELDS = {
     'demonstrations': ('prompt', 'response'),
     'pairs': ('prompt', 'response_a', 'response_b'),
 }
+RESPONSE_FIELDS = ('response', 'response_a', 'response_b', 'chosen', 'rejected')
+ROLES = ('system', 'user', 'assistant', 'tool')
 
 
 class DataError(ValueError):
@@ -43,12 +58,48 @@ def _fail(where: str, message: str):
   raise DataError(f'{where}: {message}')
 
 
-def _text(record: dict, field: str, where: str, allow_empty: bool) -> str:
-  if field not in record:
+def _message(value, field: str, index: int, where: str) -> dict:
+  at = f'field {field!r} message {index}'
+  if not isinstance(value, dict):
+    _fail(where, f"{at} must be an object with 'role' and 'content', got {type(value).__name__} {value!r:.40}")
+  for key in ('role', 'content'):
+    if value.get(key) is None:
+      _fail(where, f'{at}: missing {key!r}')
+  role, content = value['role'], value['content']
+  if role not in ROLES:
+    _fail(where, f'{at}: role {role!r:.40} must be one of {", ".join(ROLES)}')
+  if not isinstance(content, str):
+    _fail(where, f"{at}: 'content' must be a string, got {type(content).__name__} {content!r:.40}")
+  return {'role': role, 'content': content}
+
+
+def conversation(value, field: str, where: str) -> list[dict]:
+  """The messages of a conversation field, each with exactly role and content."""
+  if not value:
+    _fail(where, f'field {field!r} is an empty conversation (a conversation has at least one message)')
+  return [_message(m, field, i, where) for i, m in enumerate(value)]
+
+
+def _check_response(messages: list[dict], field: str, where: str, offset: int = 0) -> None:
+  if messages[0]['role'] != 'assistant':
+    _fail(where, f"field {field!r} message {offset}: a response starts with an assistant message, got role "
+                 f"{messages[0]['role']!r}")
+
+
+def _text(record: dict, field: str, where: str, allow_empty: bool):
+  if record.get(field) is None:
     _fail(where, f'missing field {field!r}')
   value = record[field]
+  if isinstance(value, list):
+    value = conversation(value, field, where)
+    if field in RESPONSE_FIELDS:
+      _check_response(value, field, where)
+    if not allow_empty and not any(m['content'].strip() for m in value):
+      _fail(where, f'field {field!r} is empty (every message has empty content)')
+    return value
   if not isinstance(value, str):
-    _fail(where, f'field {field!r} must be a string, got {type(value).__name__} {value!r:.40}')
+    _fail(where, f'field {field!r} must be a string, got {type(value).__name__} {value!r:.40} (or a conversation: '
+                 "a list of {'role', 'content'} messages)")
   if not allow_empty and not value.strip():
     _fail(where, f'field {field!r} is empty')
   return value
@@ -65,12 +116,58 @@ def _preference(record: dict, where: str) -> float:
   return float(value)
 
 
+def _common_prefix(a: list[dict], b: list[dict]) -> int:
+  n = 0
+  while n < min(len(a), len(b)) and a[n] == b[n]:
+    n += 1
+  return n
+
+
+def _starts_whole(value) -> bool:
+  """Whether a response field holds a whole conversation (it starts with a message that is not the assistant's)."""
+  return isinstance(value, list) and bool(value) and isinstance(value[0], dict) and value[0].get('role') != 'assistant'
+
+
+def _same_prompt(given, shared: list[dict], where: str) -> bool:
+  if isinstance(given, list):
+    return conversation(given, 'prompt', where) == shared
+  users = [m['content'] for m in shared if m['role'] == 'user']
+  return isinstance(given, str) and bool(users) and users[-1].strip() == given.strip()
+
+
+def _implicit_prompt(record: dict, where: str) -> dict:
+  """Pairs whose chosen/rejected (or response_a/response_b) are whole conversations sharing their start: the
+  prompt is that start. A prompt field given as well must be that start (or the text of its last user message)."""
+  names = ('chosen', 'rejected') if 'chosen' in record or 'rejected' in record else ('response_a', 'response_b')
+  given = record.get('prompt')
+  if not all(isinstance(record.get(f), list) for f in names):
+    return record
+  if given is not None and not all(_starts_whole(record[f]) for f in names):
+    return record  # the explicit-prompt form
+  convs = [conversation(record[f], f, where) for f in names]
+  n = _common_prefix(*convs)
+  if n == 0:
+    lead = "no field 'prompt', and " if given is None else ''
+    _fail(where, f'{lead}fields {names[0]!r} and {names[1]!r} do not start with the same message (an implicit '
+                 'prompt is the messages both conversations start with); add a prompt field')
+  for f, conv in zip(names, convs):
+    if len(conv) == n:
+      _fail(where, f'field {f!r} has no messages after the prompt it shares with the other response (its '
+                   f'{n} messages are all shared)')
+    _check_response(conv[n:], f, where, offset=n)
+  if given is not None and not _same_prompt(given, convs[0][:n], where):
+    _fail(where, f"field 'prompt' does not match the {n} messages that {names[0]!r} and {names[1]!r} start with; "
+                 'drop the prompt field, or keep only the responses in them')
+  return dict(record, prompt=convs[0][:n], **{f: conv[n:] for f, conv in zip(names, convs)})
+
+
 def _normalise_pair(record: dict, where: str) -> dict:
   """Maps the chosen/rejected spelling onto response_a/response_b/preference."""
   has_cr = 'chosen' in record or 'rejected' in record
   has_ab = 'response_a' in record or 'response_b' in record
   if has_cr and has_ab:
     _fail(where, "a pair has either 'response_a'/'response_b'/'preference' or 'chosen'/'rejected', not both")
+  record = _implicit_prompt(record, where)
   if not has_cr:
     return record
   if 'preference' in record:
@@ -82,16 +179,38 @@ def _normalise_pair(record: dict, where: str) -> dict:
   return out
 
 
+def _normalise_demonstration(record: dict, where: str) -> dict:
+  """Maps 'messages' (a whole conversation) and 'completion' onto prompt/response."""
+  if 'completion' in record:
+    if 'response' in record:
+      _fail(where, "a demonstration has either 'response' or 'completion', not both")
+    record = dict({k: v for k, v in record.items() if k != 'completion'}, response=record['completion'])
+  if 'messages' not in record:
+    return record
+  if 'prompt' in record or 'response' in record:
+    _fail(where, "a demonstration has either 'messages' or 'prompt'/'response', not both")
+  value = record['messages']
+  if not isinstance(value, list):
+    _fail(where, f"field 'messages' must be a list of messages, got {type(value).__name__} {value!r:.40}")
+  messages = conversation(value, 'messages', where)
+  if messages[-1]['role'] != 'assistant' or len(messages) < 2:
+    _fail(where, f"field 'messages' message {len(messages) - 1}: the last message is the response, so it must be "
+                 'an assistant message after at least one other message')
+  return dict(record, prompt=messages[:-1], response=messages[-1:])
+
+
 def validate(record, kind: str, where: str = 'record') -> dict:
   """Returns the record of `kind` with exactly its fields; raises DataError naming `where` and the field.
 
-  Prompts must be non-empty strings; responses must be non-empty (an empty response cannot be scored).
+  Prompts must be non-empty; responses must be non-empty (an empty response cannot be scored).
   """
   check_kind(kind)
   if not isinstance(record, dict):
     _fail(where, f'a record must be a JSON object, got {type(record).__name__}')
   if kind == 'pairs':
     record = _normalise_pair(record, where)
+  elif kind == 'demonstrations':
+    record = _normalise_demonstration(record, where)
   out = {f: _text(record, f, where, allow_empty=False) for f in TEXT_FIELDS[kind]}
   if kind == 'pairs':
     out['preference'] = _preference(record, where)
@@ -119,15 +238,78 @@ def iter_jsonl(path: str) -> Iterator[tuple[str, dict]]:
         raise DataError(f'{where}: malformed JSON ({e.msg} at column {e.colno})') from None
 
 
+def _read(items: Iterable[tuple[str, dict]], kind: str, with_source: bool, name: str) -> list[dict]:
+  check_kind(kind)
+  out = [dict(validate(obj, kind, where), **({'source': where} if with_source else {})) for where, obj in items]
+  if not out:
+    raise DataError(f'{name}: no records')
+  return out
+
+
 def read_jsonl(path: str, kind: str, with_source: bool = False) -> list[dict]:
   """Reads and validates a JSONL file of `kind` records (one JSON object a line; blank lines are skipped).
   With `with_source` each record also has 'source': 'FILE line N' (kept by the TFDS builder)."""
   check_kind(kind)
-  out = [dict(validate(obj, kind, where), **({'source': where} if with_source else {}))
-         for where, obj in iter_jsonl(path)]
-  if not out:
-    raise DataError(f'{os.path.basename(path)}: no records')
-  return out
+  return _read(iter_jsonl(path), kind, with_source, os.path.basename(path))
+
+
+def _is_glob(path: str) -> bool:
+  return any(c in path for c in '*?[')
+
+
+def is_parquet(path: str) -> bool:
+  """Whether `path` names Parquet input: a .parquet file, a directory of them, or a glob pattern."""
+  return path.endswith('.parquet') or os.path.isdir(path) or _is_glob(path)
+
+
+def parquet_files(path: str) -> list[tuple[str, str]]:
+  """(file, name used in messages) for a .parquet file, a directory (searched recursively) or a glob, sorted."""
+  if os.path.isdir(path):
+    files = sorted(glob.glob(os.path.join(path, '**', '*.parquet'), recursive=True))
+    named = [(f, os.path.relpath(f, path)) for f in files]
+  elif _is_glob(path):
+    named = [(f, os.path.basename(f)) for f in sorted(glob.glob(path))]
+  elif os.path.exists(path):
+    named = [(path, os.path.basename(path))]
+  else:
+    raise DataError(f'{path}: no such file')
+  if not named:
+    raise DataError(f'{path}: no .parquet files there')
+  return named
+
+
+def iter_parquet(path: str, batch_size: int = 1024) -> Iterator[tuple[str, dict]]:
+  """Yields (where, row) for every row of the Parquet input; `where` is 'FILE row N' (0-based, per file).
+  Lists of structs come back as lists of dicts."""
+  import pyarrow
+  import pyarrow.parquet as pq
+  for file, name in parquet_files(path):
+    try:
+      batches = pq.ParquetFile(file).iter_batches(batch_size=batch_size)
+      n = 0
+      for batch in batches:
+        for row in batch.to_pylist():
+          yield f'{name} row {n}', row
+          n += 1
+    except (pyarrow.ArrowException, OSError) as e:
+      raise DataError(f'{name}: not a readable Parquet file ({e})') from None
+
+
+def read_parquet(path: str, kind: str, with_source: bool = False) -> list[dict]:
+  """Reads and validates Parquet rows of `kind` (a file, a directory of shards or a glob); extra columns are
+  dropped. With `with_source` each record also has 'source': 'FILE row N'."""
+  check_kind(kind)
+  return _read(iter_parquet(path), kind, with_source, path)
+
+
+def read_records(path: str, kind: str, with_source: bool = False) -> list[dict]:
+  """JSONL or Parquet records (Parquet when `is_parquet(path)`)."""
+  return (read_parquet if is_parquet(path) else read_jsonl)(path, kind, with_source)
+
+
+def iter_objects(path: str) -> Iterator[tuple[str, dict]]:
+  """(where, object) of every record of a JSONL or Parquet input, unvalidated."""
+  return iter_parquet(path) if is_parquet(path) else iter_jsonl(path)
 
 
 def write_jsonl(path: str, records: Iterable[dict]) -> None:

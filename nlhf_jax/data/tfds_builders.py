@@ -5,9 +5,15 @@ readers open them as random-access data sources (`tfds.data_source(name, data_di
 as `name` is not also the name of a data set in the TFDS catalogue). Configs refer to a data set by its
 name and data_dir. Examples keep the order of the input within each split; the train/validation split is a
 permutation seeded by `seed`.
+
+Every text field is a Text feature. A conversation (a list of {'role', 'content'} messages) is stored as its
+JSON text, and the per-example feature 'conversation_fields' names those fields (comma-separated, '' when
+none); readers turn them back into message lists. Like 'source' (where the example came from), it is not a
+field of the record kind. Data sets built before conversations existed have neither and read as before.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -18,6 +24,8 @@ from nlhf_jax.data.records import DataError, TEXT_FIELDS, check_kind, validate_a
 
 VERSION = '1.0.0'
 SOURCE = 'source'
+CONVERSATION_FIELDS = 'conversation_fields'
+BOOKKEEPING = (SOURCE, CONVERSATION_FIELDS)  # per-example features that are not fields of a record kind
 _NAME = re.compile(r'^[a-z][a-z0-9_]*$')
 
 
@@ -39,7 +47,16 @@ def _features(kind: str):
   if kind == 'pairs':
     feats['preference'] = tfds.features.Scalar(np.float32)
   feats[SOURCE] = tfds.features.Text()  # where the example came from ('pairs.jsonl line 17'), for messages
+  feats[CONVERSATION_FIELDS] = tfds.features.Text()  # the text fields stored as JSON conversations
   return tfds.features.FeaturesDict(feats)
+
+
+def _storable(record: dict) -> dict:
+  """A validated record with its conversations as JSON text, named in CONVERSATION_FIELDS."""
+  chats = [k for k, v in record.items() if isinstance(v, list)]
+  out = {k: json.dumps(v, ensure_ascii=False) if k in chats else v for k, v in record.items()}
+  out[CONVERSATION_FIELDS] = ','.join(chats)
+  return out
 
 
 def _builder_class(name: str, kind: str):
@@ -81,7 +98,7 @@ def build(records: list[dict], kind: str, name: str, data_dir: str, validation_f
   if not _NAME.match(name):
     raise DataError(f'data set name {name!r} must be lower-case snake_case (letters, digits, _)')
   sources = [r.get(SOURCE) if isinstance(r, dict) else None for r in records]
-  records = [dict(r, source=src or f'{name} input record {i}')
+  records = [_storable(dict(r, source=src or f'{name} input record {i}'))
              for i, (r, src) in enumerate(zip(validate_all(records, kind, name), sources))]
   target = dataset_dir(name, data_dir)
   if os.path.exists(target):
@@ -105,7 +122,7 @@ def _read_only_builder(name: str, data_dir: str):
 
 def kind_of(feature_names) -> str:
   """The record kind whose fields are exactly `feature_names`."""
-  names = set(feature_names) - {SOURCE}
+  names = set(feature_names) - set(BOOKKEEPING)
   for kind in TEXT_FIELDS:
     if names == set(TEXT_FIELDS[kind]) | ({'preference'} if kind == 'pairs' else set()):
       return kind
@@ -113,7 +130,8 @@ def kind_of(feature_names) -> str:
 
 
 class SplitSource:
-  """Random access to one split as validated-shape record dicts (text decoded to str)."""
+  """Random access to one split as validated-shape record dicts: text decoded to str, conversations to lists of
+  messages, plus 'source'."""
 
   def __init__(self, name: str, data_dir: str, split: str):
     builder = _read_only_builder(name, data_dir)
@@ -134,7 +152,11 @@ class SplitSource:
 
 
 def _decode(example: dict) -> dict:
-  return {k: v.decode('utf-8') if isinstance(v, bytes) else float(v) for k, v in example.items()}
+  out = {k: v.decode('utf-8') if isinstance(v, bytes) else float(v) for k, v in example.items()}
+  chats = out.pop(CONVERSATION_FIELDS, '')
+  for field in filter(None, chats.split(',')):
+    out[field] = json.loads(out[field])
+  return out
 
 
 def read_split(name: str, data_dir: str, split: str, with_source: bool = False) -> list[dict]:

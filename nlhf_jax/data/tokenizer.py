@@ -1,8 +1,22 @@
-"""Tokenizers behind one interface: the built-in byte vocabulary or a sentencepiece model.
+"""Tokenizers behind one interface: the built-in byte vocabulary, a sentencepiece model or a Hugging Face
+tokenizer directory (nlhf_jax/data/hf_tokenizer.py).
 
-Both reserve the same four special tokens: pad, bos, eos and a separator between prompt and response. A
-sentencepiece model trained by `train_sentencepiece` has pad=0, bos=1, eos=2, unk=3 and the control piece
-'<sep>' at 4; a model from elsewhere works when it defines pad, bos, eos and '<sep>'.
+The interface (`Tokenizer`):
+- vocab_size, pad_id; bos_id (None: no bos goes before a prompt); eos_id (ends a response in training data
+  without a chat template); stop_ids (every id that ends a sampled response: eos_id and, with a chat template,
+  its end-of-turn id); sep_id (the native prompt/response separator; None for Hugging Face tokenizers);
+  has_chat_template.
+- encode(text) adds no special tokens; decode(ids) skips special ids and ids >= vocab_size (a model's vocabulary
+  may be padded).
+- prompt_ids(prompt, chat=False) and response_ids(response, prompt=None, chat=False) frame a prompt and a
+  response. A prompt or response may be a string or a conversation (a list of {'role', 'content'} messages);
+  conversations, and strings with chat=True, go through the tokenizer's chat template.
+
+The native tokenizers (bytes, sentencepiece) frame prompts as [bos] text [sep] and responses as text [eos], and
+have no chat template: a conversation or chat=True raises TokenizerError. They reserve the same four special
+tokens: pad, bos, eos and the separator. A sentencepiece model trained by `train_sentencepiece` has pad=0,
+bos=1, eos=2, unk=3 and the control piece '<sep>' at 4; a model from elsewhere works when it defines pad, bos,
+eos and '<sep>'.
 """
 from __future__ import annotations
 
@@ -20,22 +34,66 @@ class TokenizerError(ValueError):
   """A tokenizer that cannot be loaded or used with the configured model."""
 
 
+Text = str | list  # a string, or a conversation: a list of {'role': str, 'content': str} messages
+
+
 class Tokenizer(Protocol):
   vocab_size: int
   pad_id: int
-  bos_id: int
+  bos_id: int | None
   eos_id: int
-  sep_id: int
+  stop_ids: tuple[int, ...]
+  sep_id: int | None
+  has_chat_template: bool
 
   def encode(self, text: str) -> list[int]: ...
 
   def decode(self, ids) -> str: ...
 
+  def prompt_ids(self, prompt: Text, chat: bool = False) -> list[int]: ...
 
-class ByteTokenizer:
+  def response_ids(self, response: Text, prompt: Text | None = None, chat: bool = False) -> list[int]: ...
+
+
+def is_conversation(value) -> bool:
+  """Whether a prompt or response is a conversation (a list of messages) rather than a string."""
+  return isinstance(value, list)
+
+
+def as_messages(value: Text, role: str) -> list[dict]:
+  """A conversation as a list of messages; a string becomes one message of `role`."""
+  return [dict(m) for m in value] if is_conversation(value) else [{'role': role, 'content': value}]
+
+
+class _NativeFraming:
+  """[bos] text [sep] prompts and text [eos] responses; no chat template."""
+  has_chat_template = False
+  name = 'the tokenizer'
+
+  @property
+  def stop_ids(self) -> tuple[int, ...]:
+    return (self.eos_id,)
+
+  def prompt_ids(self, prompt: Text, chat: bool = False) -> list[int]:
+    self._check_plain(prompt, chat)
+    return [self.bos_id] + self.encode(prompt) + [self.sep_id]
+
+  def response_ids(self, response: Text, prompt: Text | None = None, chat: bool = False) -> list[int]:
+    self._check_plain(response, chat or is_conversation(prompt))
+    return self.encode(response) + [self.eos_id]
+
+  def _check_plain(self, text, chat: bool) -> None:
+    if chat or is_conversation(text):
+      raise TokenizerError(f'{self.name} has no chat template, so it cannot encode conversations '
+                           '(lists of messages) or data.chat_template=True; set data.tokenizer to a Hugging Face '
+                           'tokenizer directory with a chat template (tokenizer.json, tokenizer_config.json)')
+
+
+class ByteTokenizer(_NativeFraming):
   """UTF-8 bytes shifted past the four special ids (see bytes_vocab); no file needed."""
   vocab_size = bytes_vocab.VOCAB_SIZE  # 249: the ids that UTF-8 text can produce
   pad_id, bos_id, eos_id, sep_id = bytes_vocab.PAD, bytes_vocab.BOS, bytes_vocab.EOS, bytes_vocab.SEP
+  name = 'the byte tokenizer (data.tokenizer=bytes)'
 
   def encode(self, text: str) -> list[int]:
     return bytes_vocab.encode(text)
@@ -44,12 +102,13 @@ class ByteTokenizer:
     return bytes_vocab.decode(ids)
 
 
-class SentencePieceTokenizer:
+class SentencePieceTokenizer(_NativeFraming):
   """A sentencepiece model that defines pad, bos, eos and the '<sep>' control piece."""
 
   def __init__(self, model_path: str):
     import sentencepiece as spm
     self.path = model_path
+    self.name = f'the sentencepiece model {model_path}'
     self._sp = spm.SentencePieceProcessor(model_file=model_path)
     self.vocab_size = int(self._sp.get_piece_size())
     self.pad_id, self.bos_id, self.eos_id = self._sp.pad_id(), self._sp.bos_id(), self._sp.eos_id()
@@ -108,19 +167,45 @@ def train_sentencepiece(texts: Iterable[str] | None = None, vocab_size: int = 80
   return path
 
 
+_KINDS_HINT = ("'bytes' or the path of a sentencepiece .model file or of a Hugging Face tokenizer directory "
+               '(holding tokenizer.json)')
+
+
+def _hf_directory(spec: str) -> Tokenizer:
+  from nlhf_jax.data import hf_tokenizer
+  if os.path.exists(os.path.join(spec, hf_tokenizer.TOKENIZER_JSON)):
+    return hf_tokenizer.HFTokenizer(spec)
+  if os.path.exists(os.path.join(spec, 'tokenizer.model')):
+    raise TokenizerError(f'config.data.tokenizer={spec!r}: the directory has tokenizer.model but no tokenizer.json; '
+                         'write one with transformers (AutoTokenizer.from_pretrained(DIR).save_pretrained(DIR)), or '
+                         'give the .model file itself if it reserves pad, bos, eos and <sep>')
+  raise TokenizerError(f'config.data.tokenizer={spec!r}: the directory has no tokenizer.json; give a Hugging Face '
+                       'tokenizer directory (tokenizer.json, tokenizer_config.json), a sentencepiece .model file or '
+                       "'bytes'")
+
+
 @functools.lru_cache(maxsize=8)
 def load_tokenizer(spec: str) -> Tokenizer:
-  """'bytes' -> ByteTokenizer; a path to a .model file -> SentencePieceTokenizer."""
+  """'bytes' -> ByteTokenizer; a .model file -> SentencePieceTokenizer; a directory -> HFTokenizer."""
   if spec == 'bytes':
     return ByteTokenizer()
-  if not spec.endswith('.model'):
-    raise TokenizerError(f"config.data.tokenizer={spec!r} must be 'bytes' or the path of a sentencepiece "
-                         '.model file')
-  if not os.path.exists(spec):
-    raise TokenizerError(f'config.data.tokenizer={spec!r}: no such file; train one with `python -m '
-                         'nlhf_jax.data.tokenizer_cli --input=TEXT.txt --vocab_size=N --output=PREFIX` '
-                         '(writes PREFIX.model), or use tokenizer=bytes')
-  return SentencePieceTokenizer(spec)
+  if os.path.isdir(spec):
+    return _hf_directory(spec)
+  if spec.endswith('.model'):
+    if not os.path.exists(spec):
+      raise TokenizerError(f'config.data.tokenizer={spec!r}: no such file; train one with `python -m '
+                           'nlhf_jax.data.tokenizer_cli --input=TEXT.txt --vocab_size=N --output=PREFIX` '
+                           '(writes PREFIX.model), or use tokenizer=bytes')
+    return SentencePieceTokenizer(spec)
+  if os.path.basename(spec) == 'tokenizer.json' and os.path.isfile(spec):
+    return _hf_directory(os.path.dirname(spec) or '.')
+  if os.path.exists(spec):
+    raise TokenizerError(f'config.data.tokenizer={spec!r} must be {_KINDS_HINT}')
+  if os.sep in spec:
+    raise TokenizerError(f'config.data.tokenizer={spec!r}: no such directory; give a Hugging Face tokenizer '
+                         'directory (e.g. tokenizer.save_pretrained(DIR) in transformers), a sentencepiece .model '
+                         "file or 'bytes'")
+  raise TokenizerError(f'config.data.tokenizer={spec!r} must be {_KINDS_HINT}')
 
 
 def check_vocab(tokenizer: Tokenizer, model_vocab_size: int) -> None:

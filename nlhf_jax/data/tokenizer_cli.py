@@ -3,8 +3,9 @@
   python -m nlhf_jax.data.tokenizer_cli --input=a.txt [--input=b.jsonl ...] --vocab_size=8000 --output=PREFIX
   python -m nlhf_jax.data.tokenizer_cli --dataset=NAME --data_dir=DIR --vocab_size=8000 --output=PREFIX
 
-Text files give one sentence a line; JSONL files and data sets give every text field of every record
-(prompts and responses). Writes PREFIX.model.
+Text files give one sentence a line; JSONL and Parquet files (.jsonl, .parquet) and data sets give every text
+field of every record (prompts and responses; for conversations, the content of every message). Writes
+PREFIX.model.
 """
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from nlhf_jax.data.tokenizer import TokenizerError, load_tokenizer, train_senten
 
 def _parser() -> argparse.ArgumentParser:
   parser = argparse.ArgumentParser(prog='nlhf-tokenizer', description=__doc__.split('\n')[0])
-  parser.add_argument('--input', action='append', default=[], help='a text or .jsonl file (repeatable)')
+  parser.add_argument('--input', action='append', default=[],
+                      help='a text, .jsonl or .parquet file (repeatable)')
   parser.add_argument('--dataset', default='', help='a TFDS data set built by nlhf-data (its train split)')
   parser.add_argument('--data_dir', default='')
   parser.add_argument('--split', default='train')
@@ -29,13 +31,23 @@ def _parser() -> argparse.ArgumentParser:
   return parser
 
 
+def _value_texts(value) -> Iterator[str]:
+  """A string, or the string contents of the messages of a conversation."""
+  if isinstance(value, str):
+    yield value
+  elif isinstance(value, list):
+    yield from (m['content'] for m in value if isinstance(m, dict) and isinstance(m.get('content'), str))
+
+
 def _record_texts(record: dict) -> Iterator[str]:
-  yield from (v for k, v in record.items() if isinstance(v, str) and k != 'preference')
+  for key, value in record.items():
+    if key != 'preference':
+      yield from _value_texts(value)
 
 
 def _file_texts(path: str) -> Iterator[str]:
-  if path.endswith('.jsonl'):
-    for _, obj in records.iter_jsonl(path):
+  if path.endswith('.jsonl') or path.endswith('.parquet'):
+    for _, obj in records.iter_objects(path):
       yield from _record_texts(obj) if isinstance(obj, dict) else ()
     return
   with open(path, encoding='utf-8') as f:

@@ -129,3 +129,69 @@ def test_synthetic_source_without_records():
   a_sorted = [sorted(w.split()) == w.split() for w in map(bytes_vocab.decode, b['response_a'])]
   assert b['preference'].tolist() == [float(x) for x in a_sorted]
   assert len(pipelines.make_eval_iterator(cfg, 'prompts', 4, ALL)) == 1
+
+
+# Native tokenizers: the framing through Tokenizer.prompt_ids/response_ids is bitwise the framing from before.
+
+def _framed_before(tok, text, limit):
+  body = tok.encode(text)
+  if len(body) + 2 <= limit:
+    return [tok.bos_id] + body + [tok.sep_id]
+  keep = max(limit - 2, 0)
+  return [tok.bos_id] + (body[-keep:] if keep else []) + [tok.sep_id]
+
+
+def _batch_before(tok, recs, cfg):
+  """The batches as the encoder made them with the hard-coded [bos] text [sep] / text [eos] framing."""
+  def pad(ids, n, left):
+    row = np.full(n, tok.pad_id, np.int32)
+    mask = np.zeros(n, bool)
+    sl = slice(n - len(ids), n) if left else slice(0, len(ids))
+    row[sl], mask[sl] = ids, True
+    return row, mask
+
+  out = {k: [] for k in ('prompt', 'prompt_mask', 'response_a', 'response_a_mask', 'response_b', 'response_b_mask',
+                         'tokens', 'mask', 'loss_mask')}
+  for r in recs:
+    for key, value in zip(('prompt', 'prompt_mask'), pad(_framed_before(tok, r['prompt'], cfg.prompt_len),
+                                                         cfg.prompt_len, True)):
+      out[key].append(value)
+    for field in ('response_a', 'response_b'):
+      ids = (tok.encode(r[field]) + [tok.eos_id])[:cfg.response_len]
+      for key, value in zip((field, field + '_mask'), pad(ids, cfg.response_len, False)):
+        out[key].append(value)
+    prompt = _framed_before(tok, r['prompt'], cfg.seq_len - 1)
+    response = (tok.encode(r['response_a']) + [tok.eos_id])[:cfg.seq_len - len(prompt)]
+    tokens, mask = pad(prompt + response, cfg.seq_len, False)
+    loss = np.zeros(cfg.seq_len, np.float32)
+    loss[len(prompt):len(prompt) + len(response)] = 1.0
+    out['tokens'].append(tokens), out['mask'].append(mask), out['loss_mask'].append(loss)
+  return {k: np.stack(v) for k, v in out.items()}
+
+
+@pytest.fixture(scope='module')
+def sp_path(tmp_path_factory):
+  from nlhf_jax.data.tokenizer import train_sentencepiece
+  texts = [f'prompt {i} answer a{i} b{i} the quick brown fox' for i in range(200)]
+  return train_sentencepiece(texts, vocab_size=300, model_prefix=str(tmp_path_factory.mktemp('sp') / 'tok'))
+
+
+@pytest.mark.parametrize('which', ['bytes', 'sentencepiece'])
+def test_native_framing_is_bitwise_as_before(which, sp_path):
+  from nlhf_jax.data.tokenizer import load_tokenizer
+  tok = load_tokenizer('bytes' if which == 'bytes' else sp_path)
+  cfg = dataclasses.replace(CFG, seq_len=48, prompt_len=24, response_len=12)
+  recs = _pairs(12, long_every=3)
+  for i in (1, 5):
+    recs[i]['response_a'] += ' and a much longer answer é 猫' * 3
+  want = _batch_before(tok, recs, cfg)
+  pairs = pipelines.from_records(recs, 'pairs', cfg, 0, 12, ALL, tokenizer=tok)._make_batch(np.arange(12))
+  demos = [{'prompt': r['prompt'], 'response': r['response_a']} for r in recs]
+  packed = pipelines.from_records(demos, 'demonstrations', cfg, 0, 12, ALL, tokenizer=tok,
+                                  split_fields=False)._make_batch(np.arange(12))
+  assert pairs['prompt'].dtype == packed['tokens'].dtype == np.int32 and packed['loss_mask'].dtype == np.float32
+  for key in ('prompt', 'prompt_mask', 'response_a', 'response_a_mask', 'response_b', 'response_b_mask'):
+    assert np.array_equal(pairs[key], want[key]) and pairs[key].dtype == want[key].dtype, key
+  for key in ('tokens', 'mask', 'loss_mask'):
+    assert np.array_equal(packed[key], want[key]) and packed[key].dtype == want[key].dtype, key
+  assert pairs['prompt_mask'].all(axis=1).sum() == 4  # some prompts were truncated (and kept [bos] ... [sep])

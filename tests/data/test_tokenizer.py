@@ -90,3 +90,23 @@ def test_tokenizer_cli_from_a_tfds_data_set(tmp_path, capsys):
   tok = load_tokenizer(json.loads(capsys.readouterr().out.strip().splitlines()[-1])['model'])
   assert len(tok.encode('quokka')) == 1  # a word only the responses hold is one piece
   assert tok.decode(tok.encode(TEXTS[3])) == TEXTS[3]
+
+
+def test_tokenizer_cli_texts_include_message_contents_and_parquet(tmp_path, capsys):
+  import pyarrow as pa
+  import pyarrow.parquet as pq
+  convs = [{'prompt': [{'role': 'system', 'content': 'be brief'}, {'role': 'user', 'content': f'question {i}'}],
+            'chosen': [{'role': 'assistant', 'content': 'yes'}], 'rejected': 'no', 'preference_note': 'x'}
+           for i in range(2)]
+  jsonl = tmp_path / 'c.jsonl'
+  jsonl.write_text('\n'.join(json.dumps(c) for c in convs))
+  table = pa.Table.from_pylist([{'prompt': t, 'response': 'quokka'} for t in TEXTS])
+  pq.write_table(table, str(tmp_path / 't.parquet'))
+  args = tokenizer_cli._parser().parse_args([f'--input={jsonl}', '--output=x'])
+  assert list(tokenizer_cli.texts(args)) == ['be brief', 'question 0', 'yes', 'no', 'x', 'be brief', 'question 1',
+                                             'yes', 'no', 'x']
+  args = tokenizer_cli._parser().parse_args([f'--input={tmp_path}/t.parquet', '--output=x'])
+  assert list(tokenizer_cli.texts(args))[:4] == [TEXTS[0], 'quokka', TEXTS[1], 'quokka']
+  assert tokenizer_cli.main([f'--input={tmp_path}/t.parquet', '--vocab_size=300', f'--output={tmp_path}/tok']) == 0
+  tok = load_tokenizer(json.loads(capsys.readouterr().out)['model'])
+  assert tok.decode(tok.encode('quokka ' + TEXTS[5])) == 'quokka ' + TEXTS[5]
