@@ -23,9 +23,11 @@ def user_errors() -> tuple[type[BaseException], ...]:
   from nlhf_jax.config import ConfigError
   from nlhf_jax.data.records import DataError
   from nlhf_jax.data.tokenizer import TokenizerError
+  from nlhf_jax.models.hf.config import HFFormatError
+  from nlhf_jax.models.hf.safetensors import SafetensorsError
   from nlhf_jax.training.checkpointing import CheckpointError
-  return (ConfigError, DataError, TokenizerError, CheckpointError, FileNotFoundError, NotADirectoryError,
-          FloatingPointError)
+  return (ConfigError, DataError, TokenizerError, CheckpointError, HFFormatError, SafetensorsError,
+          FileNotFoundError, NotADirectoryError, FloatingPointError)
 
 
 def _message(e: BaseException) -> str:

@@ -12,7 +12,28 @@ from typing import Optional
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-  """A decoder-only Transformer (Llama-style: RMSNorm, RoPE, SwiGLU)."""
+  """A decoder-only Transformer. The defaults are the native Llama-style model (RMSNorm, RoPE, SwiGLU, one KV
+  head per query head); the other fields select the conventions of the pretrained families (docs/models.md):
+
+  - `num_kv_heads` (0: num_heads): grouped-query attention; the KV cache holds kv heads only.
+  - `qkv_bias`, `out_bias`: biases on the q/k/v projections (Qwen 2.5) and on the output projection.
+  - `qk_norm`: RMSNorm over head_dim on every query and key head, before RoPE (Qwen 3, Gemma 3).
+  - `norm_offset`: RMSNorm multiplies by (norm_offset + weight); Gemma stores weight - 1 (norm_offset=1).
+  - `scale_embeddings`: token embeddings multiplied by sqrt(d_model) (Gemma).
+  - `mlp_activation`: 'silu' (SwiGLU) or 'gelu_tanh' (GeGLU with the tanh approximation, Gemma).
+  - `post_norms`: RMSNorm also after attention and after the MLP, before each residual add (Gemma 2/3).
+  - `query_pre_attn_scalar` (0: head_dim): attention logits are scaled by query_pre_attn_scalar ** -0.5.
+  - `attn_logit_softcap`, `final_logit_softcap` (0: off): cap * tanh(x / cap) on the attention and output
+    logits (Gemma 2).
+  - `sliding_window` (0: off) and `layer_types`: a 'local' layer attends to the last sliding_window positions
+    only (itself included); `layer_types` names each layer 'global' or 'local' (empty: every layer is local when
+    sliding_window > 0, as in Mistral, else global).
+  - `rope_local_theta` (0: rope_theta): the RoPE base of local layers, which then get no rope scaling (Gemma 3).
+  - `rope_scaling`: 'none', 'linear' (positions divided by rope_factor) or 'llama3' (the frequency-dependent
+    scaling of Llama 3.1, with rope_low_freq_factor, rope_high_freq_factor, rope_original_max_len).
+  - `family`: the Hugging Face family a model was imported from (llama, qwen2, qwen3, mistral, gemma2,
+    gemma3_text) and is exported to; '' for native models (exported as llama).
+  """
   preset: str = 'tiny'
   vocab_size: int = 256
   d_model: int = 64
@@ -26,6 +47,56 @@ class ModelConfig:
   norm_eps: float = 1e-6
   compute_dtype: str = 'float32'  # 'float32' or 'bfloat16'; params and logits stay float32.
   pad_id: int = 0
+  num_kv_heads: int = 0
+  qkv_bias: bool = False
+  out_bias: bool = False
+  qk_norm: bool = False
+  norm_offset: float = 0.0
+  scale_embeddings: bool = False
+  mlp_activation: str = 'silu'
+  post_norms: bool = False
+  query_pre_attn_scalar: float = 0.0
+  attn_logit_softcap: float = 0.0
+  final_logit_softcap: float = 0.0
+  sliding_window: int = 0
+  layer_types: tuple[str, ...] = ()
+  rope_local_theta: float = 0.0
+  rope_scaling: str = 'none'
+  rope_factor: float = 1.0
+  rope_low_freq_factor: float = 1.0
+  rope_high_freq_factor: float = 4.0
+  rope_original_max_len: int = 8192
+  family: str = ''
+
+  @property
+  def kv_heads(self) -> int:
+    return self.num_kv_heads or self.num_heads
+
+  def is_local(self, layer: int) -> bool:
+    """Whether `layer` attends through a sliding window."""
+    if not self.sliding_window:
+      return False
+    return not self.layer_types or self.layer_types[layer] == 'local'
+
+  @classmethod
+  def from_dict(cls, values: dict) -> 'ModelConfig':
+    """A ModelConfig from a saved (JSON) model section: unknown keys dropped, missing keys at their defaults,
+    lists as tuples (configs are hashed as static arguments)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in names})
+
+
+# Model fields that do not change the parameters or what the model computes in float32: a checkpoint of one
+# restores onto another that differs in these only.
+MODEL_RUNTIME_FIELDS = ('preset', 'compute_dtype', 'max_len', 'pad_id')
+
+
+def architecture(model: ModelConfig | dict) -> dict:
+  """The model fields that fix its parameters and its function (everything but MODEL_RUNTIME_FIELDS), with
+  defaults for keys a saved config lacks."""
+  values = dataclasses.asdict(model) if isinstance(model, ModelConfig) else model
+  full = dataclasses.asdict(ModelConfig.from_dict(values))
+  return {k: list(v) if isinstance(v, tuple) else v for k, v in full.items() if k not in MODEL_RUNTIME_FIELDS}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,7 +137,12 @@ class DataConfig:
   data_dir: str = ''
   split: str = 'train'
   eval_split: str = 'validation'
-  tokenizer: str = 'bytes'  # 'bytes' (built-in byte vocabulary) or the path of a sentencepiece .model file
+  # 'bytes' (built-in byte vocabulary), the path of a sentencepiece .model file, or a Hugging Face tokenizer
+  # directory (tokenizer.json and tokenizer_config.json, e.g. the tokenizer/ folder of an nlhf-import run).
+  tokenizer: str = 'bytes'
+  # Plain-text prompts (and responses) rendered with the tokenizer's chat template as a one-turn conversation;
+  # conversational records (lists of {role, content} messages) always are.
+  chat_template: bool = False
   seq_len: int = 64
   prompt_len: int = 32
   response_len: int = 32

@@ -93,6 +93,7 @@ def check_values(cfg: schema.ExperimentConfig) -> None:
                      ('data.response_len', d.response_len), ('data.num_examples', d.num_examples)]:
     _require(value > 0, f'config.{key}={value}: must be a positive integer')
   _require(m.head_dim % 2 == 0, f'config.model.head_dim={m.head_dim}: RoPE needs an even head dimension')
+  check_architecture(m)
   _require(m.compute_dtype in ('float32', 'bfloat16'),
            f"config.model.compute_dtype={m.compute_dtype!r}: use 'float32' or 'bfloat16'")
   _require(0 <= m.pad_id < m.vocab_size, f'config.model.pad_id={m.pad_id}: must be a token id below vocab_size')
@@ -129,7 +130,41 @@ def check_values(cfg: schema.ExperimentConfig) -> None:
            'config.mesh: at most one of data, fsdp, tensor may be -1')
 
 
+def check_architecture(m: schema.ModelConfig) -> None:
+  """The family fields of config.model (see ModelConfig)."""
+  _require(m.num_kv_heads >= 0 and m.num_heads % m.kv_heads == 0,
+           f'config.model.num_kv_heads={m.num_kv_heads}: must divide config.model.num_heads={m.num_heads} '
+           '(0: one kv head per query head)')
+  _require(m.mlp_activation in ('silu', 'gelu_tanh'),
+           f"config.model.mlp_activation={m.mlp_activation!r}: use 'silu' or 'gelu_tanh'")
+  for key in ('norm_offset', 'query_pre_attn_scalar', 'attn_logit_softcap', 'final_logit_softcap',
+              'rope_local_theta'):
+    value = getattr(m, key)
+    _require(math.isfinite(value) and value >= 0, f'config.model.{key}={value}: must be a number >= 0')
+  _require(math.isfinite(m.rope_theta) and m.rope_theta > 0, f'config.model.rope_theta={m.rope_theta}: must be > 0')
+  _require(m.sliding_window >= 0, f'config.model.sliding_window={m.sliding_window}: must be >= 0 (0: off)')
+  if m.layer_types:
+    _require(len(m.layer_types) == m.num_layers,
+             f'config.model.layer_types has {len(m.layer_types)} entries for config.model.num_layers='
+             f'{m.num_layers}; give one per layer (or none)')
+    bad = [t for t in m.layer_types if t not in ('global', 'local')]
+    _require(not bad, f"config.model.layer_types: {bad[0]!r} is not a layer type; use 'global' or 'local'")
+    _require(m.sliding_window > 0 or 'local' not in m.layer_types,
+             'config.model.layer_types names local layers but config.model.sliding_window=0; set the window')
+  _require(m.rope_scaling in ('none', 'linear', 'llama3'),
+           f"config.model.rope_scaling={m.rope_scaling!r}: use 'none', 'linear' or 'llama3'")
+  if m.rope_scaling != 'none':
+    _require(m.rope_factor > 0, f'config.model.rope_factor={m.rope_factor}: must be > 0')
+  if m.rope_scaling == 'llama3':
+    _require(0 < m.rope_low_freq_factor < m.rope_high_freq_factor and m.rope_original_max_len > 0,
+             'config.model: llama3 rope scaling needs 0 < rope_low_freq_factor < rope_high_freq_factor and '
+             f'rope_original_max_len > 0 (got {m.rope_low_freq_factor}, {m.rope_high_freq_factor}, '
+             f'{m.rope_original_max_len})')
+
+
 ONLINE_OBJECTIVES = ('nash_md', 'nash_ema', 'rlhf', 'online_ipo', 'ipo_md')
+# The objective recorded by nlhf-import: a run that holds a pretrained language model and no training state.
+IMPORTED = 'import'
 
 
 def check_online(cfg: schema.ExperimentConfig) -> None:
@@ -189,7 +224,8 @@ def check_against_mesh(cfg: schema.ExperimentConfig, axes: Mapping[str, int]) ->
            f'{t.grad_accum_steps}) is not divisible by the data-parallel devices mesh.data*mesh.fsdp='
            f'{batch_shards}; use a multiple of {batch_shards}')
   for key, size, axis in [('model.d_model', m.d_model, 'fsdp'), ('model.vocab_size', m.vocab_size, 'tensor'),
-                          ('model.num_heads', m.num_heads, 'tensor'), ('model.mlp_dim', m.mlp_dim, 'tensor')]:
+                          ('model.num_heads', m.num_heads, 'tensor'), ('model.mlp_dim', m.mlp_dim, 'tensor'),
+                          ('model.num_kv_heads', m.kv_heads, 'tensor')]:
     _require(size % axes[axis] == 0,
              f'config.{key}={size} is not divisible by config.mesh.{axis}={axes[axis]}; '
              f'choose a mesh.{axis} that divides it')
@@ -197,7 +233,8 @@ def check_against_mesh(cfg: schema.ExperimentConfig, axes: Mapping[str, int]) ->
 
 def from_config_dict(cfg: Any, num_devices: int | None = None) -> schema.ExperimentConfig:
   """ConfigDict -> validated ExperimentConfig. With `num_devices`, also checks the mesh against the model."""
-  exp = build(schema.ExperimentConfig, _to_mapping(cfg))
+  from nlhf_jax.config import runs
+  exp = build(schema.ExperimentConfig, runs.resolve(_to_mapping(cfg)))
   check_values(exp)
   if num_devices is not None:
     check_against_mesh(exp, resolve_mesh_shape(exp.mesh, num_devices))

@@ -14,6 +14,7 @@ LOGICAL_AXIS_RULES: Mapping[str, Any] = {
     'embed': 'fsdp',
     'mlp': 'tensor',
     'heads': 'tensor',
+    'kv_heads': 'tensor',
     'head_dim': None,
     'length': None,
     'norm': None,

@@ -43,21 +43,9 @@ def eval_config(workdir: str, pipeline_cfg=None, output: str = '', mesh: str = '
   if output:
     ecfg.output_dir = os.path.abspath(output)
   if mesh:
+    from nlhf_jax.distributed.mesh import parse_mesh
     ecfg.mesh = parse_mesh(mesh)
   return ecfg
-
-
-def parse_mesh(text: str) -> dict[str, int]:
-  """'data=2,tensor=4' -> {'data': 2, 'fsdp': 1, 'tensor': 4}; a clear error for anything else."""
-  from nlhf_jax.config import ConfigError
-  axes = {'data': 1, 'fsdp': 1, 'tensor': 1}
-  for item in text.split(','):
-    name, sep, size = (part.strip() for part in item.partition('='))
-    if not sep or name not in axes or not size.lstrip('-').isdigit():
-      raise ConfigError(f'--mesh={text!r}: expected AXIS=SIZE pairs separated by commas, with AXIS one of data, '
-                        'fsdp, tensor (e.g. --mesh=data=2,tensor=4)')
-    axes[name] = int(size)
-  return axes
 
 
 def main(argv) -> None:

@@ -54,7 +54,7 @@ def _sample_policy(name, path, ecfg, batches, scfg, mesh, tokenizer, mu):
   lp_pi = gen.sequence_logprobs(model, batches, samples, mesh)
   lp_mu = gen.sequence_logprobs(mu, batches, samples, mesh)
   texts = gen.decode(tokenizer, samples['tokens'], samples['mask'])
-  ended = ((samples['tokens'] == tokenizer.eos_id) & samples['mask']).sum(1)
+  ended = (np.isin(samples['tokens'], tokenizer.stop_ids) & samples['mask']).sum(1)
   info = {'kl_to_reference': float(np.mean(lp_pi - lp_mu)),
           'mean_length_tokens': float(np.mean(samples['mask'].sum(1) - ended)),
           'mean_length_words': float(np.mean([len(t.split()) for t in texts])),
@@ -78,8 +78,8 @@ def evaluate(ecfg, mesh=None) -> dict:
   k = ecfg.samples_per_prompt
   xs = [p for p in prompts for _ in range(k)]
   batches = gen.prompt_batches(prompts, ecfg.tokenizer, ecfg.prompt_len, k, ecfg.batch_size)
-  scfg = SamplingConfig(max_new_tokens=ecfg.max_new_tokens, temperature=ecfg.temperature, eos_id=tokenizer.eos_id,
-                        pad_id=tokenizer.pad_id)
+  scfg = SamplingConfig(max_new_tokens=ecfg.max_new_tokens, temperature=ecfg.temperature,
+                        stop_ids=tokenizer.stop_ids, pad_id=tokenizer.pad_id)
   mu = gen.load_policy(dict(policies)[ecfg.reference], mesh)
   samples, texts, info = {}, {}, {}
   for name, path in policies:

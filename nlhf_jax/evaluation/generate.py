@@ -117,12 +117,11 @@ def preference_probs(pm: FrozenModel, batches: list[dict], a: dict, b: dict, mes
 
 
 def decode(tokenizer, tokens: np.ndarray, mask: np.ndarray) -> list[str]:
-  """Response texts: masked ids up to the first eos, special ids dropped."""
-  specials = {tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id, tokenizer.sep_id}
+  """Response texts: masked ids up to the first stop id, special ids dropped (by the tokenizer's decode)."""
+  stops = set(tokenizer.stop_ids)
   texts = []
   for row, row_mask in zip(np.asarray(tokens), np.asarray(mask).astype(bool)):
     kept = [int(i) for i in row[row_mask]]
-    if tokenizer.eos_id in kept:
-      kept = kept[:kept.index(tokenizer.eos_id)]
-    texts.append(tokenizer.decode([i for i in kept if i not in specials]))
+    end = next((n for n, i in enumerate(kept) if i in stops), len(kept))
+    texts.append(tokenizer.decode(kept[:end]))
   return texts

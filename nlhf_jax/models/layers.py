@@ -2,11 +2,14 @@
 table in nlhf_jax/distributed/sharding.py maps to mesh axes."""
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+
+from nlhf_jax.config import ModelConfig
 
 _INIT = jax.nn.initializers.normal(stddev=0.02)
 
@@ -18,32 +21,72 @@ def param(rngs: nnx.Rngs, shape: Sequence[int], axes: Sequence[str | None], init
 
 
 class RMSNorm(nnx.Module):
-  def __init__(self, dim: int, eps: float, rngs: nnx.Rngs):
-    self.scale = param(rngs, (dim,), ('norm',), jax.nn.initializers.ones)
+  """x / rms(x) * (offset + scale), computed in float32. offset 0 is the Llama convention (scale starts at 1);
+  offset 1 is Gemma's, which stores scale - 1 (it starts at 0)."""
+
+  def __init__(self, dim: int, eps: float, rngs: nnx.Rngs, offset: float = 0.0):
+    init = jax.nn.initializers.zeros if offset else jax.nn.initializers.ones
+    self.scale = param(rngs, (dim,), ('norm',), init)
     self.eps = eps
+    self.offset = offset
 
   def __call__(self, x: jax.Array) -> jax.Array:
     x32 = x.astype(jnp.float32)
     normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-    return (normed * self.scale[...]).astype(x.dtype)
+    scale = self.scale[...] + self.offset if self.offset else self.scale[...]
+    return (normed * scale).astype(x.dtype)
 
 
-class SwiGLU(nnx.Module):
-  def __init__(self, d_model: int, mlp_dim: int, rngs: nnx.Rngs):
+_ACTIVATIONS = {'silu': jax.nn.silu, 'gelu_tanh': lambda x: jax.nn.gelu(x, approximate=True)}
+
+
+class GatedMLP(nnx.Module):
+  """down(act(x @ gate) * (x @ up)): SwiGLU with act = silu, GeGLU with act = tanh-approximate gelu."""
+
+  def __init__(self, d_model: int, mlp_dim: int, rngs: nnx.Rngs, activation: str = 'silu'):
     self.gate = param(rngs, (d_model, mlp_dim), ('embed', 'mlp'))
     self.up = param(rngs, (d_model, mlp_dim), ('embed', 'mlp'))
     self.down = param(rngs, (mlp_dim, d_model), ('mlp', 'embed'))
+    self.activation = activation
 
   def __call__(self, x: jax.Array) -> jax.Array:
     dt = x.dtype
-    h = jax.nn.silu(x @ self.gate[...].astype(dt)) * (x @ self.up[...].astype(dt))
+    h = _ACTIVATIONS[self.activation](x @ self.gate[...].astype(dt)) * (x @ self.up[...].astype(dt))
     return h @ self.down[...].astype(dt)
 
 
-def rope(x_bthd: jax.Array, positions_bt: jax.Array, theta: float) -> jax.Array:
-  """Rotary position embedding (rotate-half form), computed in float32."""
-  head_dim = x_bthd.shape[-1]
-  freq = theta ** (-jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
+def softcap(x: jax.Array, cap: float) -> jax.Array:
+  """cap * tanh(x / cap); the identity when cap is 0."""
+  return cap * jnp.tanh(x / cap) if cap else x
+
+
+def rope_frequencies(cfg: ModelConfig, local: bool) -> jax.Array:
+  """float32 [head_dim / 2] rotation frequencies of a layer: base theta, then the configured scaling.
+
+  Local layers with their own base (rope_local_theta > 0) are not scaled."""
+  dim = cfg.head_dim
+  own_base = local and cfg.rope_local_theta > 0
+  theta = cfg.rope_local_theta if own_base else cfg.rope_theta
+  freq = theta ** (-jnp.arange(0, dim, 2, dtype=jnp.float32) / dim)
+  if own_base or cfg.rope_scaling == 'none':
+    return freq
+  if cfg.rope_scaling == 'linear':
+    return freq / cfg.rope_factor
+  # 'llama3': long wavelengths divided by the factor, short ones kept, a smooth blend in between.
+  wavelength = 2 * math.pi / freq
+  low_wavelength = cfg.rope_original_max_len / cfg.rope_low_freq_factor
+  high_wavelength = cfg.rope_original_max_len / cfg.rope_high_freq_factor
+  smooth = (cfg.rope_original_max_len / wavelength - cfg.rope_low_freq_factor) / (
+      cfg.rope_high_freq_factor - cfg.rope_low_freq_factor)
+  blended = (1 - smooth) * freq / cfg.rope_factor + smooth * freq
+  scaled = jnp.where(wavelength > low_wavelength, freq / cfg.rope_factor, freq)
+  medium = (wavelength >= high_wavelength) & (wavelength <= low_wavelength)
+  return jnp.where(medium, blended, scaled)
+
+
+def rope(x_bthd: jax.Array, positions_bt: jax.Array, freq: jax.Array) -> jax.Array:
+  """Rotary position embedding (rotate-half form) with the [head_dim / 2] frequencies of rope_frequencies,
+  computed in float32."""
   angle = positions_bt[..., None].astype(jnp.float32) * freq  # [B, T, D/2]
   sin, cos = jnp.sin(angle)[:, :, None, :], jnp.cos(angle)[:, :, None, :]
   x1, x2 = jnp.split(x_bthd.astype(jnp.float32), 2, axis=-1)

@@ -1,4 +1,5 @@
-"""Decoder-only Transformer language model (Llama-style) in Flax NNX."""
+"""Decoder-only Transformer language model in Flax NNX: the native Llama-style model and, through ModelConfig
+fields, the conventions of the pretrained families (Llama 3, Qwen 2.5/3, Mistral, Gemma 2/3; docs/models.md)."""
 from __future__ import annotations
 
 import jax
@@ -7,22 +8,30 @@ from flax import nnx
 
 from nlhf_jax.config import ModelConfig
 from nlhf_jax.models.attention import Attention
-from nlhf_jax.models.layers import RMSNorm, SwiGLU, param
+from nlhf_jax.models.layers import GatedMLP, RMSNorm, param, softcap
 
 _UNWRITTEN = 2**30  # cache position of a slot that holds no key yet: never attended to
 
 
 class Block(nnx.Module):
-  def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
-    self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps, rngs)
-    self.attn = Attention(cfg.d_model, cfg.num_heads, cfg.head_dim, cfg.rope_theta, rngs)
-    self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps, rngs)
-    self.mlp = SwiGLU(cfg.d_model, cfg.mlp_dim, rngs)
+  """Pre-norm residual block; with cfg.post_norms also a norm on each branch's output (Gemma's sandwich)."""
+
+  def __init__(self, cfg: ModelConfig, layer: int, rngs: nnx.Rngs):
+    norm = lambda: RMSNorm(cfg.d_model, cfg.norm_eps, rngs, cfg.norm_offset)
+    self.attn_norm = norm()
+    self.attn = Attention(cfg, layer, rngs)
+    self.mlp_norm = norm()
+    self.mlp = GatedMLP(cfg.d_model, cfg.mlp_dim, rngs, cfg.mlp_activation)
+    if cfg.post_norms:
+      self.attn_post_norm = norm()
+      self.mlp_post_norm = norm()
+    self.post_norms = cfg.post_norms
 
   def __call__(self, x, positions, key_mask, cache=None, cache_index=None):
     h, cache = self.attn(self.attn_norm(x), positions, key_mask, cache, cache_index)
-    x = x + h
-    return x + self.mlp(self.mlp_norm(x)), cache
+    x = x + (self.attn_post_norm(h) if self.post_norms else h)
+    h = self.mlp(self.mlp_norm(x))
+    return x + (self.mlp_post_norm(h) if self.post_norms else h), cache
 
 
 class Transformer(nnx.Module):
@@ -32,8 +41,8 @@ class Transformer(nnx.Module):
     self.cfg = cfg
     self.embed = param(rngs, (cfg.vocab_size, cfg.d_model), ('vocab', 'embed'))
     for i in range(cfg.num_layers):
-      setattr(self, f'layer_{i}', Block(cfg, rngs))
-    self.final_norm = RMSNorm(cfg.d_model, cfg.norm_eps, rngs)
+      setattr(self, f'layer_{i}', Block(cfg, i, rngs))
+    self.final_norm = RMSNorm(cfg.d_model, cfg.norm_eps, rngs, cfg.norm_offset)
     if not cfg.tie_embeddings:
       self.unembed = param(rngs, (cfg.d_model, cfg.vocab_size), ('embed', 'vocab'))
 
@@ -50,6 +59,8 @@ class Transformer(nnx.Module):
     if positions_bt is None:
       positions_bt = jnp.maximum(jnp.cumsum(mask_bt.astype(jnp.int32), axis=1) - 1, 0)
     x = jnp.take(self.embed[...], tokens_bt, axis=0).astype(self.compute_dtype)
+    if self.cfg.scale_embeddings:
+      x = x * jnp.asarray(self.cfg.d_model ** 0.5, self.compute_dtype)
     key_mask = mask_bt if cache is None else cache['mask']
     new_cache = None if cache is None else {'mask': key_mask}
     for i in range(self.cfg.num_layers):
@@ -61,7 +72,8 @@ class Transformer(nnx.Module):
 
   def logits(self, hidden_btd):
     w = self.embed[...].T if self.cfg.tie_embeddings else self.unembed[...]
-    return jnp.einsum('btd,dv->btv', hidden_btd, w.astype(hidden_btd.dtype)).astype(jnp.float32)
+    logits = jnp.einsum('btd,dv->btv', hidden_btd, w.astype(hidden_btd.dtype)).astype(jnp.float32)
+    return softcap(logits, self.cfg.final_logit_softcap)
 
   def __call__(self, tokens_bt, mask_bt, positions_bt=None, cache=None, cache_index=None):
     h, cache = self.hidden(tokens_bt, mask_bt, positions_bt, cache, cache_index)
@@ -71,7 +83,7 @@ class Transformer(nnx.Module):
 def init_cache(cfg: ModelConfig, batch: int, length: int, dtype=jnp.float32) -> dict:
   """An empty KV cache of `length` slots. cache['mask'] marks slots that hold real (non-padding) keys;
   the sampler sets it as it writes."""
-  shape = (batch, cfg.num_heads, length, cfg.head_dim)  # head-major: see attention.py
+  shape = (batch, cfg.kv_heads, length, cfg.head_dim)  # head-major, kv heads only: see attention.py
   layer = lambda: {'k': jnp.zeros(shape, dtype), 'v': jnp.zeros(shape, dtype),
                    'pos': jnp.full((batch, length), _UNWRITTEN, jnp.int32)}
   cache = {f'layer_{i}': layer() for i in range(cfg.num_layers)}

@@ -59,7 +59,7 @@ def measure(preset: str, batch: int, new_tokens: int, iters: int) -> dict:
   rm_graphdef, rm_params = nnx.split(RewardModel(cfg.model, nnx.Rngs(2)))
   rm_params = jax.tree.map(lambda x: x + 0.02, nnx.to_pure_dict(rm_params))  # a non-constant reward
   judge = model_judge('reward_model', rm_graphdef, rm_params)
-  step = OnlineStep(cfg, graphdef, tx, optim.schedule(cfg.optim, 1000), judge, eos_id=-1, mesh=mesh)
+  step = OnlineStep(cfg, graphdef, tx, optim.schedule(cfg.optim, 1000), judge, stop_ids=(), mesh=mesh)
   jitted = jax.jit(step, in_shardings=(shardings, None, None), out_shardings=(shardings, None), donate_argnums=0)
   frozen = {'reference': reference, 'judge': judge.params}
   rng = np.random.default_rng(0)

@@ -21,7 +21,6 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from nlhf_jax.config import ConfigError, ModelConfig
-from nlhf_jax.distributed import named, param_specs
 from nlhf_jax.models.judges import PreferenceModel, RewardModel, pair_scorer
 from nlhf_jax.training import checkpointing
 
@@ -41,13 +40,9 @@ class FrozenModel:
 
 def load_frozen(path: str, model_cls, mesh: Mesh) -> FrozenModel:
   """Restores `model_cls` (its config read from the checkpoint) sharded on `mesh` by the rule table."""
-  run_cfg = checkpointing.read_run_config(path)
-  fields = {f.name for f in dataclasses.fields(ModelConfig)}
-  model_cfg = ModelConfig(**{k: v for k, v in run_cfg.get('model', {}).items() if k in fields})
+  model_cfg = ModelConfig.from_dict(checkpointing.read_run_config(path).get('model', {}))
   graphdef, abstract = nnx.split(nnx.eval_shape(lambda: model_cls(model_cfg, nnx.Rngs(0))))
-  shardings = named(mesh, param_specs(abstract))
-  target = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                        nnx.to_pure_dict(abstract), shardings)
+  target = checkpointing.params_target(abstract, mesh)
   params, _ = checkpointing.restore_params(checkpointing.checkpoints_dir(path), target)
   return FrozenModel(graphdef, params, model_cfg)
 

@@ -34,10 +34,10 @@ from nlhf_jax.training.state import TrainState
 sg = jax.lax.stop_gradient
 
 
-def sampling_config(cfg: ExperimentConfig, eos_id: int) -> SamplingConfig:
+def sampling_config(cfg: ExperimentConfig, stop_ids: tuple[int, ...]) -> SamplingConfig:
   o = cfg.online
   return SamplingConfig(max_new_tokens=o.max_new_tokens, temperature=o.temperature, top_k=o.top_k, top_p=o.top_p,
-                        eos_id=eos_id, pad_id=cfg.model.pad_id)
+                        stop_ids=stop_ids, pad_id=cfg.model.pad_id)
 
 
 def response_logprobs(model: nnx.Module, prompt, prompt_mask, response, response_mask) -> jax.Array:
@@ -67,7 +67,7 @@ class OnlineStep:
   tx: optax.GradientTransformation
   lr_schedule: optax.Schedule
   judge: Judge
-  eos_id: int
+  stop_ids: tuple[int, ...]  # the tokenizer's ids that end a response
   mesh: Mesh | None = None  # constrains the sampler's caches and activations by the rule table
 
   @property
@@ -85,7 +85,7 @@ class OnlineStep:
 
   def sample(self, params, anchor, batch, key, beta: float, both_mixed: bool):
     """(y, y'): y ~ pi_theta and y' ~ pi^beta, or both from pi^beta (ipo_md); each {'tokens', 'mask', 'logprobs'}."""
-    scfg = sampling_config(self.cfg, self.eos_id)
+    scfg = sampling_config(self.cfg, self.stop_ids)
     if not both_mixed or beta in (0.0, 1.0):
       out = sample_pair(self.graphdef, params, self.graphdef, anchor, batch, key, scfg, beta, self.mesh)
       if not both_mixed:
@@ -149,7 +149,7 @@ class OnlineStep:
   def metrics(self, loss, grads, state, out) -> dict:
     y, y2, lp = out['y'], out['y2'], out['lp']
     stats = losses.sample_statistics(lp, out['ref_lp'], y['mask'])
-    ended = jnp.any((y['tokens'] == self.eos_id) & y['mask'], axis=1)
+    ended = jnp.any(sampling_config(self.cfg, self.stop_ids).is_stop(y['tokens']) & y['mask'], axis=1)
     metrics = dict(stats, loss=loss, grad_norm=optax.tree.norm(grads), learning_rate=self.lr_schedule(state.step),
                    preference=out['pref'].mean(), entropy=-jnp.mean(jnp.sum(lp, axis=1)),
                    eos_rate=ended.astype(jnp.float32).mean(),

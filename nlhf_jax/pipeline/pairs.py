@@ -40,7 +40,7 @@ def sample_texts(scfg, mesh) -> tuple[list[str], list[str], list[str]]:
   prompts = gen.read_prompts(scfg.data_dir, scfg.prompts_name, scfg.split, scfg.num_prompts)
   batches = gen.prompt_batches(prompts, scfg.tokenizer, scfg.prompt_len, 2, scfg.batch_size)
   sampling = SamplingConfig(max_new_tokens=scfg.max_new_tokens, temperature=scfg.temperature,
-                            eos_id=tokenizer.eos_id, pad_id=tokenizer.pad_id)
+                            stop_ids=tokenizer.stop_ids, pad_id=tokenizer.pad_id)
   mu = gen.load_policy(scfg.reference, mesh)
   out = gen.generate(mu, batches, jax.random.key(scfg.seed), sampling, mesh)
   texts = gen.decode(tokenizer, out['tokens'], out['mask'])

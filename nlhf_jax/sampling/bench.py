@@ -2,7 +2,7 @@
 
   python -m nlhf_jax.sampling.bench [--preset small] [--batch 8] [--new 64] [--iters 5]
 
-Prompts of 32-64 tokens (left-padded to 64), float32. EOS is disabled (eos_id -1) so that every row samples the
+Prompts of 32-64 tokens (left-padded to 64), float32. EOS is disabled (no stop ids) so that every row samples the
 full max_new_tokens and the token counts are exact. Reported: policy-only sampling, and the (y ~ policy,
 y' ~ mixture) pair in one loop, each with compile time and sampled tokens/s; the pair's matmul FLOPs and achieved
 rate, against the rate of a decode-shaped matmul ([3B, d_model] @ [d_model, mlp_dim]: the pair decodes 2B policy
@@ -66,7 +66,7 @@ def main() -> None:
   graphdef, policy = nnx.split(Transformer(cfg, nnx.Rngs(0)))
   _, ref = nnx.split(Transformer(cfg, nnx.Rngs(1)))
   batch = make_batch(args.batch, args.prompt, args.min_prompt, cfg.vocab_size)
-  scfg = SamplingConfig(max_new_tokens=args.new, temperature=1.0, eos_id=-1)
+  scfg = SamplingConfig(max_new_tokens=args.new, temperature=1.0, stop_ids=())
   key = jax.random.key(0)
   print(f'{jax.devices()[0].platform} x{jax.device_count()}, preset {args.preset}: vocab {cfg.vocab_size}, '
         f'd_model {cfg.d_model}, {cfg.num_layers} layers, {cfg.num_heads} heads; batch {args.batch}, prompts '

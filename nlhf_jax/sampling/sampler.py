@@ -38,12 +38,14 @@ from nlhf_jax.sampling.filters import filter_logits
 
 @dataclasses.dataclass(frozen=True)
 class SamplingConfig:
-  """How to sample responses. temperature 0 is greedy; top_k 0 and top_p 1 disable those filters."""
+  """How to sample responses. temperature 0 is greedy; top_k 0 and top_p 1 disable those filters. A row ends at
+  the first of `stop_ids` it samples (the tokenizer's eos and end-of-turn ids; none: every row runs to
+  max_new_tokens)."""
   max_new_tokens: int = 64
   temperature: float = 1.0
   top_k: int = 0
   top_p: float = 1.0
-  eos_id: int = 2
+  stop_ids: tuple[int, ...] = (2,)
   pad_id: int = 0
 
   def __post_init__(self):
@@ -53,6 +55,14 @@ class SamplingConfig:
       raise ValueError(f'temperature must be >= 0, got {self.temperature}')
     if not 0.0 < self.top_p <= 1.0:
       raise ValueError(f'top_p must be in (0, 1], got {self.top_p}')
+    object.__setattr__(self, 'stop_ids', tuple(int(i) for i in self.stop_ids))
+
+  def is_stop(self, tokens: jax.Array) -> jax.Array:
+    """bool, the shape of `tokens`: which tokens end a response."""
+    stop = jnp.zeros(tokens.shape, bool)
+    for i in self.stop_ids:
+      stop |= tokens == i
+    return stop
 
 
 class Groups(NamedTuple):
@@ -102,8 +112,8 @@ def _constrain_cache(cache: dict, mesh: Mesh | None) -> dict:
   out = {'mask': constrain(cache['mask'], ('batch', 'length'), mesh)}
   for name, layer in cache.items():
     if name != 'mask':
-      out[name] = {'k': constrain(layer['k'], ('batch', 'heads', 'length', 'head_dim'), mesh),
-                   'v': constrain(layer['v'], ('batch', 'heads', 'length', 'head_dim'), mesh),
+      out[name] = {'k': constrain(layer['k'], ('batch', 'kv_heads', 'length', 'head_dim'), mesh),
+                   'v': constrain(layer['v'], ('batch', 'kv_heads', 'length', 'head_dim'), mesh),
                    'pos': constrain(layer['pos'], ('batch', 'length'), mesh)}
   return out
 
@@ -199,7 +209,7 @@ def _record(state: dict, tokens_bg, logp_bg, t, cfg: SamplingConfig) -> dict:
   logp_bg = jnp.where(done, 0.0, logp_bg)
   write = lambda buf, x: jax.lax.dynamic_update_slice_in_dim(buf, x[..., None].astype(buf.dtype), t, axis=2)
   return dict(state, tokens=write(state['tokens'], tokens_bg), logprobs=write(state['logprobs'], logp_bg),
-              done=done | (tokens_bg == cfg.eos_id), t=t + 1)
+              done=done | cfg.is_stop(tokens_bg), t=t + 1)
 
 
 def init_state(policy: nnx.Module | None, ref: nnx.Module | None, batch: dict, keys_bg: jax.Array,
@@ -264,8 +274,9 @@ def decode(policy: nnx.Module | None, ref: nnx.Module | None, state: dict, cfg: 
 
 
 def finish(state: dict, cfg: SamplingConfig) -> dict:
-  """{'tokens', 'mask', 'logprobs'}, each [B, G, T]: the mask covers the response up to and including EOS."""
-  is_eos = state['tokens'] == cfg.eos_id
+  """{'tokens', 'mask', 'logprobs'}, each [B, G, T]: the mask covers the response up to and including its stop
+  token."""
+  is_eos = cfg.is_stop(state['tokens'])
   ended_before = (jnp.cumsum(is_eos.astype(jnp.int32), axis=2) - is_eos) > 0
   mask = ~ended_before
   tokens = jnp.where(mask, state['tokens'], cfg.pad_id)

@@ -5,6 +5,7 @@ sharded arrays, and `meta` (JSON: the data iterator's state and the config that 
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 from typing import Any, Callable
@@ -149,6 +150,17 @@ class Checkpointer:
     self._manager.close()
 
 
+def params_target(abstract_params, mesh) -> Any:
+  """ShapeDtypeStructs of a model's parameters (nnx abstract state) with the rule table's shardings on `mesh`:
+  the restore target of a params-only read."""
+  from flax import nnx
+
+  from nlhf_jax.distributed import named, param_specs
+  shardings = named(mesh, param_specs(abstract_params))
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                      nnx.to_pure_dict(abstract_params), shardings)
+
+
 def restore_params(directory: str, abstract_params, step: int | None = None) -> tuple[Any, int]:
   """Only the parameters of a checkpoint (for evaluation or a warm start), onto `abstract_params`' shardings.
   `directory` is a run's checkpoints directory."""
@@ -160,6 +172,18 @@ def restore_params(directory: str, abstract_params, step: int | None = None) -> 
       params=ocp.args.StandardRestore(_abstract(abstract_params))))
   manager.close()
   return restored['params'], step
+
+
+def write_run_config(workdir: str, config_json: dict) -> None:
+  """RUN/config.json: the run's experiment config, where other commands and configs (model.preset='from_run')
+  read it without opening a checkpoint. Written by process 0."""
+  if jax.process_index() != 0:
+    return
+  root = epath.Path(absolute(workdir))
+  root.mkdir(parents=True, exist_ok=True)
+  tmp = root / 'config.json.tmp'
+  tmp.write_text(json.dumps(config_json, indent=2))
+  tmp.rename(root / 'config.json')
 
 
 def checkpoints_dir(path: str) -> str:

@@ -90,7 +90,10 @@ def _matches(key: str, patterns: tuple[str, ...]) -> bool:
 
 
 def config_differences(saved: dict, cfg: ExperimentConfig) -> list[tuple[str, object, object]]:
-  before, now = _flatten(saved), _flatten(config_to_json(cfg))
+  """(key, saved value, current value) of every key that differs; keys a saved config lacks (written before
+  they existed) count as their defaults."""
+  before = {**_flatten(config_to_json(ExperimentConfig())), **_flatten(saved)}
+  now = _flatten(config_to_json(cfg))
   return [(k, before.get(k), now.get(k)) for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)]
 
 

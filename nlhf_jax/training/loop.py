@@ -35,6 +35,7 @@ def train(cfg: ExperimentConfig, workdir: str, mesh: Mesh | None = None, stop_at
   """
   task = get_task(cfg.train.objective)
   preflight.check_inputs(cfg, workdir)  # the workdir and the runs the config names, before any data or compile
+  checkpointing.write_run_config(workdir, config_to_json(cfg))
   mesh = make_mesh(cfg.mesh) if mesh is None else mesh
   optim.warn_if_unusual(cfg.optim, cfg.train.num_steps)
   tx = optim.make_optimizer(cfg.optim, cfg.train.num_steps)
@@ -119,11 +120,21 @@ def _restore_or_init(cfg, task, ckpt, init_fn, shardings, data, params_target) -
   # An online policy starts from the reference policy unless told otherwise.
   warm_start = cfg.init_checkpoint or (cfg.online.reference_checkpoint if task.online else '')
   if warm_start:
-    params, step = checkpointing.restore_params(checkpointing.checkpoints_dir(warm_start), params_target)
+    params, step = _warm_start_params(warm_start, params_target, state.params)
     log.info('initialised parameters from %s (step %d)', warm_start, step)
     extras = {'ema': jax.tree.map(jnp.copy, params)} if task.ema else state.extras  # own buffers: the step donates both
     state = state.replace(params=params, extras=extras)
   return state, {}
+
+
+def _warm_start_params(path: str, params_target, initial: dict) -> tuple[dict, int]:
+  """The parameters restored from the run at `path`: the whole model, or, for a judge that starts from a
+  language model (an SFT or imported run), its backbone, with the head at its initial values."""
+  directory = checkpointing.checkpoints_dir(path)
+  if 'backbone' in params_target and preflight.init_is_language_model(path):
+    backbone, step = checkpointing.restore_params(directory, params_target['backbone'])
+    return {**initial, 'backbone': backbone}, step
+  return checkpointing.restore_params(directory, params_target)
 
 
 def _compile_step(cfg, task, graphdef, tx, shardings, mesh, init_fn, params_target):

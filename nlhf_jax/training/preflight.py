@@ -8,16 +8,17 @@ the path and the fix.
 """
 from __future__ import annotations
 
+import json
+
 from etils import epath
 
 from nlhf_jax.config import ConfigError, ExperimentConfig
-from nlhf_jax.config.validate import ONLINE_OBJECTIVES
+from nlhf_jax.config.schema import architecture
+from nlhf_jax.config.validate import IMPORTED, ONLINE_OBJECTIVES
 from nlhf_jax.training import checkpointing
-
-# Model fields that fix the parameters' shapes: a checkpoint restores onto a model only if all of them agree.
-SHAPE_KEYS = ('vocab_size', 'd_model', 'num_layers', 'num_heads', 'head_dim', 'mlp_dim', 'tie_embeddings')
-# Objectives whose runs hold a plain language model (the policy's architecture).
-LANGUAGE_MODEL_OBJECTIVES = ('sft', *ONLINE_OBJECTIVES)
+# Objectives whose runs hold a plain language model (the policy's architecture); nlhf-import writes IMPORTED.
+LANGUAGE_MODEL_OBJECTIVES = ('sft', IMPORTED, *ONLINE_OBJECTIVES)
+JUDGE_OBJECTIVES = ('preference_model', 'reward_model')
 
 
 def model_family(objective: str) -> str:
@@ -29,7 +30,11 @@ def check_inputs(cfg: ExperimentConfig, workdir: str) -> None:
   check_workdir(workdir)
   own = model_family(cfg.train.objective)
   if cfg.init_checkpoint:
-    _check_run('config.init_checkpoint', cfg.init_checkpoint, cfg, family=own, same_shape=True)
+    # A judge may start from a language model: its backbone (a new head).
+    init_family = own
+    if own in JUDGE_OBJECTIVES and init_is_language_model(cfg.init_checkpoint):
+      init_family = 'language_model'
+    _check_run('config.init_checkpoint', cfg.init_checkpoint, cfg, family=init_family, same_shape=True)
   if cfg.train.objective not in ONLINE_OBJECTIVES:
     return
   o = cfg.online
@@ -40,11 +45,25 @@ def check_inputs(cfg: ExperimentConfig, workdir: str) -> None:
     _check_run('config.online.judge_checkpoint', o.judge_checkpoint, cfg, family=o.judge, same_shape=False)
 
 
+def init_is_language_model(path: str) -> bool:
+  """Whether the run at `path` holds a language model (an sft, online or imported run)."""
+  try:
+    objective = checkpointing.read_run_config(path).get('train', {}).get('objective', '?')
+  except FileNotFoundError:
+    return False  # reported by the check of the run itself
+  return model_family(objective) == 'language_model'
+
+
 def check_workdir(workdir: str) -> None:
   path = epath.Path(checkpointing.absolute(workdir))
   if path.exists() and not path.is_dir():
     raise ConfigError(f'--workdir={workdir} is a file, not a directory; give a directory (it is created if it '
                       'does not exist)')
+  saved = path / 'config.json'
+  if saved.exists() and json.loads(saved.read_text()).get('train', {}).get('objective') == IMPORTED:
+    raise ConfigError(f'--workdir={workdir} holds an imported model (nlhf-import), which is not trained in place; '
+                      f'train into a new --workdir with --config.init_checkpoint={workdir} (or use it as '
+                      'config.online.reference_checkpoint)')
 
 
 def _check_run(key: str, path: str, cfg: ExperimentConfig, family: str, same_shape: bool) -> None:
@@ -57,11 +76,12 @@ def _check_run(key: str, path: str, cfg: ExperimentConfig, family: str, same_sha
     wanted = 'an sft (or online) run' if family == 'language_model' else f'a {family} run'
     raise ConfigError(f'{key}={path} is a {objective!r} run, but {wanted} is needed here; give the --workdir '
                       f'of {wanted}')
-  model = saved.get('model', {})
-  keys = SHAPE_KEYS if same_shape else ('vocab_size',)
-  diffs = [(k, model.get(k), getattr(cfg.model, k)) for k in keys if model.get(k) != getattr(cfg.model, k)]
+  theirs, ours = architecture(saved.get('model', {})), architecture(cfg.model)
+  keys = list(ours) if same_shape else ['vocab_size']
+  diffs = [(k, theirs[k], ours[k]) for k in keys if theirs[k] != ours[k]]
   if diffs:
     shown = ', '.join(f'model.{k}: checkpoint {a!r}, config {b!r}' for k, a, b in diffs)
-    fix = ('set config.model to the checkpoint\'s values' if same_shape else
+    fix = ('set config.model to the checkpoint\'s values (or config.model.preset=from_run to read them from '
+           'the run named by config.init_checkpoint)' if same_shape else
            'the judge must read the policy\'s tokens: use a judge trained with the same tokenizer and vocabulary')
     raise ConfigError(f'{key}={path} was written with another model ({shown}); {fix}')

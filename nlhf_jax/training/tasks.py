@@ -88,5 +88,5 @@ def build_step(cfg: ExperimentConfig, task: Task, graphdef: nnx.GraphDef, tx: op
   judge = judges.make_judge(cfg.online.judge, mesh, cfg.online.judge_checkpoint, cfg.online.oracle)
   reference = initial_params() if not cfg.online.reference_checkpoint else judges.load_policy(
       cfg.online.reference_checkpoint, params_target)
-  step = OnlineStep(cfg, graphdef, tx, lr_schedule, judge, load_tokenizer(cfg.data.tokenizer).eos_id, mesh)
+  step = OnlineStep(cfg, graphdef, tx, lr_schedule, judge, load_tokenizer(cfg.data.tokenizer).stop_ids, mesh)
   return step, {'reference': reference, 'judge': judge.params}

@@ -82,7 +82,7 @@ def test_a_mesh_that_does_not_fit_is_named_with_the_stage(tmp_path):
 
 
 def test_eval_mesh_flag():
-  from nlhf_jax.evaluation.cli import parse_mesh
+  from nlhf_jax.distributed.mesh import parse_mesh
   assert parse_mesh('data=2,tensor=4') == {'data': 2, 'fsdp': 1, 'tensor': 4}
   assert parse_mesh('fsdp=-1') == {'data': 1, 'fsdp': -1, 'tensor': 1}
   for bad in ('data:2', 'dta=8', 'data=two', 'data=2,'):

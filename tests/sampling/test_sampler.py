@@ -79,7 +79,7 @@ def _recomputed_logprobs(models, batch, out, cfg, beta):
 def test_logprobs_are_those_of_the_mixed_tempered_filtered_distribution(models):
   graphdef, policy, ref = models
   batch = _batch()
-  cfg = SamplingConfig(max_new_tokens=6, temperature=0.7, top_k=20, top_p=0.9, eos_id=-1)
+  cfg = SamplingConfig(max_new_tokens=6, temperature=0.7, top_k=20, top_p=0.9, stop_ids=())
   out = jit_sample_pair(graphdef, graphdef, cfg, 0.3)(policy, ref, batch, jax.random.key(1))
   for name, beta in (('policy', 0.0), ('mixture', 0.3)):
     expect = _recomputed_logprobs(models, batch, out[name], cfg, beta)
@@ -92,7 +92,7 @@ def test_logprobs_are_those_of_the_mixed_tempered_filtered_distribution(models):
 def test_mixture_reduces_to_policy_and_reference(models, beta):
   graphdef, policy, ref = models
   batch = _batch()
-  cfg = SamplingConfig(max_new_tokens=6, eos_id=-1)
+  cfg = SamplingConfig(max_new_tokens=6, stop_ids=())
   key = jax.random.key(7)
   pair = jit_sample_pair(graphdef, graphdef, cfg, beta)(policy, ref, batch, key)
   single = jit_sample(graphdef, cfg)
@@ -109,7 +109,7 @@ def test_mixture_frequencies_match_the_exact_mixture():
   models = _models(SMALL_VOCAB)
   graphdef, policy, ref = models
   n, beta = 3000, 0.4
-  cfg = SamplingConfig(max_new_tokens=2, temperature=0.8, eos_id=-1)
+  cfg = SamplingConfig(max_new_tokens=2, temperature=0.8, stop_ids=())
   one = _batch(lengths=(3,), width=3, vocab=8)
   batch = {'prompt': jnp.repeat(one['prompt'], n, 0), 'prompt_mask': jnp.repeat(one['prompt_mask'], n, 0),
            'example_index': jnp.arange(n, dtype=jnp.int32)}
@@ -135,7 +135,7 @@ def test_mixture_frequencies_match_the_exact_mixture():
 
 def test_samples_depend_on_the_example_not_on_the_batch(models):
   graphdef, policy, _ = models
-  cfg = SamplingConfig(max_new_tokens=5, eos_id=-1)
+  cfg = SamplingConfig(max_new_tokens=5, stop_ids=())
   fn = jit_sample(graphdef, cfg)
   key = jax.random.key(3)
   full = fn(policy, _batch(indices=[10, 11, 12, 13]), key)
@@ -151,7 +151,7 @@ def test_samples_depend_on_the_example_not_on_the_batch(models):
 
 def test_same_samples_on_one_device_and_on_a_mesh(models, devices):
   graphdef, policy, ref = models
-  cfg = SamplingConfig(max_new_tokens=5, top_k=50, eos_id=-1)
+  cfg = SamplingConfig(max_new_tokens=5, top_k=50, stop_ids=())
   batch = _batch()
   key = jax.random.key(11)
   expect = jit_sample_pair(graphdef, graphdef, cfg, 0.25)(policy, ref, batch, key)
@@ -172,7 +172,7 @@ def test_same_samples_on_one_device_and_on_a_mesh(models, devices):
 
 def test_eos_ends_the_response_and_max_length_holds():
   graphdef, policy, ref = _models(SMALL_VOCAB)
-  cfg = SamplingConfig(max_new_tokens=12, eos_id=2, pad_id=0)
+  cfg = SamplingConfig(max_new_tokens=12, stop_ids=(2,), pad_id=0)
   batch = _batch(lengths=(3, 2, 1, 3) * 8, width=3, vocab=8)
   out = jit_sample_pair(graphdef, graphdef, cfg, 0.5)(policy, ref, batch, jax.random.key(0))
   for o in out.values():
@@ -189,7 +189,7 @@ def test_eos_ends_the_response_and_max_length_holds():
 def test_greedy_is_the_argmax_and_ignores_the_key(models):
   graphdef, policy, _ = models
   batch = _batch()
-  cfg = SamplingConfig(max_new_tokens=4, temperature=0.0, eos_id=-1)
+  cfg = SamplingConfig(max_new_tokens=4, temperature=0.0, stop_ids=())
   fn = jit_sample(graphdef, cfg)
   a, b = fn(policy, batch, jax.random.key(0)), fn(policy, batch, jax.random.key(1))
   np.testing.assert_array_equal(a['tokens'], b['tokens'])
@@ -203,7 +203,7 @@ def test_shards_that_finish_at_different_steps_on_a_tensor_mesh(models, devices)
   loop together: shard 0's rows end at their first token (EOS), shard 1's never do. The samples equal the
   single-device ones."""
   graphdef, policy, _ = models
-  greedy = SamplingConfig(max_new_tokens=8, temperature=0.0, eos_id=-1)
+  greedy = SamplingConfig(max_new_tokens=8, temperature=0.0, stop_ids=())
   prompt_a = _batch(lengths=(6,), seed=0)
   first_a = int(jit_sample(graphdef, greedy)(policy, prompt_a, jax.random.key(0))['tokens'][0, 0])
   for seed in range(1, 50):  # a second prompt whose greedy response never contains that token
@@ -216,7 +216,7 @@ def test_shards_that_finish_at_different_steps_on_a_tensor_mesh(models, devices)
   batch['example_index'] = jnp.arange(8, dtype=jnp.int32)
   # Sampled (not argmax) through top_k = 1: the same tokens as greedy, drawn by the inverse CDF, whose cumulative
   # sum over the tensor-sharded vocabulary is the collective that hangs when the shards' loops differ in length.
-  cfg = dataclasses.replace(greedy, temperature=1.0, top_k=1, eos_id=first_a)
+  cfg = dataclasses.replace(greedy, temperature=1.0, top_k=1, stop_ids=(first_a,))
   expect = jit_sample(graphdef, cfg)(policy, batch, jax.random.key(0))
   assert np.asarray(expect['mask']).sum(1).tolist() == [1] * 4 + [8] * 4
   m = mesh(data=2, tensor=4)

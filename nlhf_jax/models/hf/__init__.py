@@ -1,0 +1,161 @@
+"""Hugging Face checkpoints in and out of the one Transformer (Llama 3, Qwen 2.5/3, Mistral, Gemma 2/3).
+
+  model = from_pretrained('~/models/Qwen2.5-0.5B')          # an NNX Transformer, float32 parameters
+  logits, _ = model(tokens_bt, mask_bt)
+
+`read_config` maps config.json to a ModelConfig (config.py), `check_tensors` checks every tensor's name and shape
+against the family's table (tensors.py) before anything is read, and `load_params` places each parameter onto
+its sharding by the rule table, each device reading its own slice from the safetensors memory map
+(`jax.make_array_from_callback`). The nlhf-import and nlhf-export commands (nlhf_jax/interop) build on these.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from nlhf_jax.config import ModelConfig
+from nlhf_jax.distributed.multihost import is_leader, to_host
+from nlhf_jax.distributed.sharding import param_specs
+from nlhf_jax.models.hf.config import FAMILIES, HFFormatError, hf_config, model_config
+from nlhf_jax.models.hf.safetensors import SafetensorsError, SafetensorsReader, write_sharded
+from nlhf_jax.models.hf.tensors import IGNORED_SUFFIXES, TEXT_PREFIXES, Entry, entries, hf_name
+from nlhf_jax.models.transformer import Transformer
+
+__all__ = ['FAMILIES', 'HFFormatError', 'SafetensorsError', 'abstract_transformer', 'check_tensors',
+           'from_pretrained', 'hf_config', 'load_params', 'model_config', 'read_config', 'save_pretrained']
+
+log = logging.getLogger(__name__)
+
+
+def read_config(hf_dir: str) -> tuple[ModelConfig, dict]:
+  """(ModelConfig, the raw config.json) of a Hugging Face model directory."""
+  path = os.path.join(hf_dir, 'config.json')
+  if not os.path.isdir(hf_dir):
+    raise HFFormatError(f'{hf_dir} is not a directory; give the folder of a Hugging Face model (config.json and '
+                        '*.safetensors, as save_pretrained or a download writes them)')
+  if not os.path.exists(path):
+    raise HFFormatError(f'{hf_dir} has no config.json; give the folder of a Hugging Face model')
+  try:
+    with open(path) as f:
+      raw = json.load(f)
+  except (OSError, json.JSONDecodeError) as e:
+    raise HFFormatError(f'{path}: not valid JSON ({e})') from None
+  return model_config(raw), raw
+
+
+def _text_prefix(reader: SafetensorsReader) -> str:
+  for prefix in TEXT_PREFIXES:
+    if hf_name('model.embed_tokens.weight', prefix) in reader:
+      return prefix
+  raise HFFormatError(f'{reader.directory}: no tensor model.embed_tokens.weight in the safetensors files; this '
+                      'is not a causal language model checkpoint of a supported family')
+
+
+def check_tensors(reader: SafetensorsReader, cfg: ModelConfig) -> tuple[str, list[Entry]]:
+  """(prefix of the language model's names, table entries) after checking that the checkpoint holds exactly
+  the tensors `cfg` implies, with their shapes; HFFormatError naming the first that does not."""
+  prefix = _text_prefix(reader)
+  table = entries(cfg)
+  for e in table:
+    name = hf_name(e.name, prefix)
+    if name not in reader:
+      raise HFFormatError(f'{reader.directory}: tensor {name} is missing (config.json implies it); the checkpoint '
+                          'is incomplete or belongs to another architecture')
+    if reader.shape(name) != e.stored_shape:
+      raise HFFormatError(f'{reader.directory}: tensor {name} has shape {list(reader.shape(name))}, but config.json '
+                          f'implies {list(e.stored_shape)}')
+    reader.dtype(name)  # an unsupported dtype fails here, before any read
+  known = {hf_name(e.name, prefix) for e in table} | {hf_name('lm_head.weight', prefix)}
+  text_names = [n for n in reader.names() if prefix == '' or n.startswith(prefix) or n == 'lm_head.weight']
+  extra = [n for n in text_names if n not in known and not n.endswith(IGNORED_SUFFIXES)]
+  if extra:
+    raise HFFormatError(f'{reader.directory}: unexpected tensor {extra[0]} ({len(extra)} in all); config.json and '
+                        'the weights describe different architectures')
+  return prefix, table
+
+
+def _sharding(mesh: Mesh | None, spec: P):
+  return jax.sharding.SingleDeviceSharding(jax.devices()[0]) if mesh is None else NamedSharding(mesh, spec)
+
+
+def _set(tree: dict, path: tuple[str, ...], value) -> None:
+  for key in path[:-1]:
+    tree = tree.setdefault(key, {})
+  tree[path[-1]] = value
+
+
+def _get(tree: dict, path: tuple[str, ...]):
+  for key in path:
+    tree = tree[key]
+  return tree
+
+
+def abstract_transformer(cfg: ModelConfig) -> tuple[nnx.GraphDef, Any]:
+  return nnx.split(nnx.eval_shape(lambda: Transformer(cfg, nnx.Rngs(0))))
+
+
+def load_params(hf_dir: str, cfg: ModelConfig, mesh: Mesh | None = None, dtype=jnp.float32,
+                reader: SafetensorsReader | None = None) -> dict:
+  """The Transformer's parameters (a pure dict) from the checkpoint in hf_dir, each placed onto its sharding by
+  the rule table on `mesh` (one device when None) and cast to `dtype`; every device reads only its slice."""
+  reader = SafetensorsReader(hf_dir) if reader is None else reader
+  prefix, table = check_tensors(reader, cfg)
+  _, abstract = abstract_transformer(cfg)
+  specs = param_specs(abstract)
+  dtype = np.dtype(dtype)
+  params: dict = {}
+  for e in table:
+    view = e.layout.to_param(reader.array(hf_name(e.name, prefix)))
+    fetch = lambda index, view=view: np.asarray(view[index], dtype=dtype)
+    _set(params, e.path, jax.make_array_from_callback(view.shape, _sharding(mesh, _get(specs, e.path)), fetch))
+  return params
+
+
+def from_pretrained(hf_dir: str, dtype=jnp.float32, mesh: Mesh | None = None,
+                    compute_dtype: str = 'float32') -> Transformer:
+  """The NNX Transformer of a Hugging Face model directory, parameters in `dtype` (float32 by default), sharded
+  on `mesh` by the rule table when given. model(tokens_bt, mask_bt) returns (float32 logits, cache)."""
+  cfg, _ = read_config(os.path.expanduser(hf_dir))
+  cfg = dataclasses.replace(cfg, compute_dtype=compute_dtype)
+  graphdef, abstract = abstract_transformer(cfg)
+  params = load_params(os.path.expanduser(hf_dir), cfg, mesh, dtype)
+  return nnx.merge(graphdef, params)
+
+
+def save_pretrained(out_dir: str, cfg: ModelConfig, params: dict, dtype: str = 'float32',
+                    extra: dict[str, Any] | None = None, token_ids: dict | None = None,
+                    max_shard_bytes: int = 5 * 10**9) -> list[str]:
+  """Writes config.json and the safetensors shards of the Transformer (cfg, params) in its family's names and
+  layouts (native models as llama), cast to `dtype`, one tensor on the host at a time; `extra` adds tensors
+  under their own names (e.g. a judge's head). Every process must call it (sharded parameters are gathered);
+  process 0 writes. Returns the files written."""
+  table = entries(cfg)
+  np_dtype = np.dtype(jnp.dtype(dtype))
+  config = hf_config(cfg, dtype=str(jnp.dtype(dtype)), token_ids=token_ids)
+  values = {e.name: (e, _get(params, e.path)) for e in table}
+  for name, x in (extra or {}).items():
+    values[name] = (None, x)
+
+  def fetch(name: str) -> np.ndarray:
+    entry, x = values[name]
+    host = to_host(x)
+    return host if entry is None else entry.layout.to_stored(host, entry.stored_shape)
+
+  shapes = [(n, e.stored_shape if e is not None else tuple(np.shape(x)), np_dtype) for n, (e, x) in values.items()]
+  if not is_leader():  # the others take part in the gathers only
+    for name, _, _ in shapes:
+      fetch(name)
+    return []
+  os.makedirs(out_dir, exist_ok=True)
+  with open(os.path.join(out_dir, 'config.json'), 'w') as f:
+    json.dump(config, f, indent=2, sort_keys=True)
+  return ['config.json', *write_sharded(out_dir, shapes, fetch, max_shard_bytes)]
