@@ -2,16 +2,20 @@
 
 Self-play and best response are this algorithm at beta = 0 and beta = 1 (variants `,sp` and `,br`).
 Variants: `tiny` (tests and CPU: random reference, programmatic judge), `small` (the benchmark reference size),
-`125m` (accelerators: SFT reference and preference-model judge checkpoints given on the command line).
+`125m` (accelerators: SFT reference and preference-model judge checkpoints given on the command line), `hf` (a
+pretrained reference imported by nlhf-import, or an SFT run from one: the policy's shape and tokenizer are read
+from config.online.reference_checkpoint; a preference-model judge).
   nlhf-train --config=experiments/configs/nash_md.py:tiny --workdir=/tmp/nash_md
   nlhf-train --config=experiments/configs/nash_md.py:125m,sp --workdir=gs://bucket/sp \\
       --config.online.reference_checkpoint=gs://bucket/sft --config.online.judge_checkpoint=gs://bucket/pm
+  nlhf-train --config=experiments/configs/nash_md.py:hf --workdir=runs/md --config.online.reference_checkpoint=runs/sft \\
+      --config.online.judge_checkpoint=runs/pm --config.data.name=my_prompts --config.data.data_dir=DATA
 """
 import ml_collections
 
-from nlhf_jax.config.defaults import defaults
+from nlhf_jax.config.defaults import defaults, sibling
 
-SIZES = ('tiny', 'small', '125m')
+SIZES = ('tiny', 'small', '125m', 'hf')
 FLAVOURS = {'md': None, 'sp': 0.0, 'br': 1.0}
 
 
@@ -26,7 +30,7 @@ def parse(arg: str, name: str, flavours=tuple(FLAVOURS)) -> tuple[str, str]:
 
 def online_config(size: str, objective: str) -> ml_collections.ConfigDict:
   """The shared shape of the online configs (nash_md, nash_ema, rlhf, online_ipo)."""
-  c = defaults('tiny' if size == 'tiny' else size)
+  c = defaults(size if size in ('small', '125m') else 'tiny')
   c.name = f'{objective}_{size}'
   c.train.objective = objective
   # The longest built-in prompt is 33 tokens (BOS and separator included).
@@ -46,6 +50,12 @@ def online_config(size: str, objective: str) -> ml_collections.ConfigDict:
     c.online.update(tau=0.008, max_new_tokens=128, judge='preference_model', oracle='')
     c.optim.update(learning_rate=1e-5, warmup_steps=100)
     c.train.update(batch_size=128, num_steps=10_000, log_every=50, checkpoint_every=500)
+  if size == 'hf':
+    sibling(__file__, 'sft').from_imported_run(c)
+    c.data.update(prompt_len=256)
+    c.online.update(tau=0.008, max_new_tokens=128, judge='preference_model', oracle='')
+    c.optim.update(learning_rate=1e-6, warmup_steps=20)
+    c.train.update(batch_size=32, num_steps=1000, log_every=5, checkpoint_every=50)
   return c
 
 

@@ -1,23 +1,26 @@
 """The pairwise preference model P(y > y' | x) (docs/math.md section 1): a backbone reading the prompt and both
 responses, antisymmetric by construction, trained with binary cross-entropy (soft labels allowed).
 
-Variants: `tiny` (built-in pairs, seconds on CPU), `125m` (a TFDS pairs data set, accelerators).
+Variants: `tiny` (built-in pairs, seconds on CPU), `125m` (a TFDS pairs data set, accelerators), `hf` (the
+backbone of a run imported by nlhf-import, with a new head: --config.init_checkpoint=RUN).
   nlhf-train --config=experiments/configs/preference_model.py:tiny --workdir=/tmp/pm
   nlhf-train --config=experiments/configs/preference_model.py:125m --workdir=DIR \\
       --config.data.name=tldr_pairs --config.data.data_dir=DATA --config.data.tokenizer=DATA/tok.model
+  nlhf-train --config=experiments/configs/preference_model.py:hf --workdir=runs/pm \\
+      --config.init_checkpoint=runs/qwen --config.data.name=my_pairs --config.data.data_dir=DATA
 """
 import ml_collections
 
-from nlhf_jax.config.defaults import defaults
+from nlhf_jax.config.defaults import defaults, sibling
 
-VARIANTS = ('tiny', '125m')
+VARIANTS = ('tiny', '125m', 'hf')
 
 
 def pairwise_config(arg: str, objective: str) -> ml_collections.ConfigDict:
   variant = arg or 'tiny'
   if variant not in VARIANTS:
     raise ValueError(f'unknown variant {variant!r} of {objective}.py; use one of: {", ".join(VARIANTS)}')
-  c = defaults(variant)
+  c = defaults('tiny' if variant == 'hf' else variant)
   c.name = f'{objective}_{variant}'
   c.train.objective = objective
   # The longest built-in prompt is 33 tokens and the longest response 26 (special tokens included).
@@ -29,6 +32,11 @@ def pairwise_config(arg: str, objective: str) -> ml_collections.ConfigDict:
     c.data.update(source='tfds', name='pairs', prompt_len=512, response_len=128, tokenizer='')
     c.optim.update(learning_rate=1e-5, warmup_steps=200)
     c.train.update(num_steps=5000, batch_size=64, log_every=50, checkpoint_every=500)
+  if variant == 'hf':
+    sibling(__file__, 'sft').from_imported_run(c)
+    c.data.update(prompt_len=512, response_len=256)
+    c.optim.update(learning_rate=5e-6, warmup_steps=100)
+    c.train.update(num_steps=2000, batch_size=32, log_every=10, checkpoint_every=200)
   return c
 
 

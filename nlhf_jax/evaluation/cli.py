@@ -1,5 +1,10 @@
-"""`nlhf-eval`: the win-rate matrix and per-policy statistics of a pipeline's policies.
+"""`nlhf-eval`: the win-rate matrices and per-policy statistics of trained policies.
 
+Any runs, by path (the tokenizer, prompt length and chat-template setting come from the reference's run):
+  nlhf-eval --policies=sft=runs/sft,md=runs/nash_md --reference=sft --judge=runs/pm \
+      --prompts=my_prompts --data_dir=data [--split=validation --num_prompts=256 --oracle=module:function] \
+      --output=runs/eval
+A pipeline's policies:
   nlhf-eval --workdir=DIR                      # the eval config the pipeline wrote (DIR/eval/config.json)
   nlhf-eval --workdir=DIR --config=experiments/configs/pipeline.py:demo --config.eval.seed=1 --output=DIR/eval1
   python -m nlhf_jax.evaluation.cli --workdir=DIR --mesh=data=2,tensor=4
@@ -23,10 +28,24 @@ log = logging.getLogger(__name__)
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Optional pipeline config (the eval stage config is '
                                           'derived from it); default: DIR/eval/config.json.', lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'The pipeline directory.')
+_WORKDIR = flags.DEFINE_string('workdir', None, 'A pipeline directory (or give --policies).')
 _OUTPUT = flags.DEFINE_string('output', '', 'Where to write the results (default: DIR/eval).')
 _MESH = flags.DEFINE_string('mesh', '', 'Evaluation mesh, e.g. data=2,tensor=4 (default: the config\'s).')
-flags.mark_flags_as_required(['workdir'])
+_POLICIES = flags.DEFINE_string('policies', '', 'Runs to compare, NAME=RUN_DIR,NAME=RUN_DIR,...')
+_REFERENCE = flags.DEFINE_string('reference', '', 'The policy the others are compared with (default: the first).')
+_JUDGE = flags.DEFINE_string('judge', '', 'A preference_model run that judges the pairs.')
+_ORACLE = flags.DEFINE_string('oracle', '', "A text oracle 'module:function' (prompts, a_texts, b_texts) -> P(a > b).")
+_PROMPTS = flags.DEFINE_string('prompts', '', 'The prompts data set (nlhf-data build --kind=prompts).')
+_DATA_DIR = flags.DEFINE_string('data_dir', '', 'Its data directory.')
+_SPLIT = flags.DEFINE_string('split', 'validation', 'Its split.')
+_NUM_PROMPTS = flags.DEFINE_integer('num_prompts', 256, 'Prompts to evaluate on (the first of the split).')
+_SAMPLES = flags.DEFINE_integer('samples_per_prompt', 1, 'Responses per prompt and policy.')
+_MAX_NEW = flags.DEFINE_integer('max_new_tokens', 0, 'Response length (0: the reference run\'s '
+                                'online.max_new_tokens, or data.response_len).')
+_TEMPERATURE = flags.DEFINE_float('temperature', 1.0, 'Sampling temperature.')
+_BATCH = flags.DEFINE_integer('batch_size', 64, 'Prompts per sampling batch.')
+_SEED = flags.DEFINE_integer('seed', 0, 'Seeds the samples (per policy name) and Bernoulli judgements.')
+_JUDGEMENT = flags.DEFINE_enum('judgement', 'expected', ['expected', 'bernoulli'], 'How a probability counts.')
 
 
 def eval_config(workdir: str, pipeline_cfg=None, output: str = '', mesh: str = '') -> ml_collections.ConfigDict:
@@ -48,12 +67,89 @@ def eval_config(workdir: str, pipeline_cfg=None, output: str = '', mesh: str = '
   return ecfg
 
 
+def parse_policies(text: str) -> list[tuple[str, str]]:
+  """'a=runs/a,b=runs/b' -> [('a', 'runs/a'), ('b', 'runs/b')]; a clear error for anything else."""
+  from nlhf_jax.config import ConfigError
+  out = []
+  for item in (part.strip() for part in text.split(',') if part.strip()):
+    name, sep, path = item.partition('=')
+    if not sep or not name.strip() or not path.strip():
+      raise ConfigError(f'--policies={text!r}: expected NAME=RUN_DIR pairs separated by commas '
+                        '(e.g. --policies=sft=runs/sft,md=runs/nash_md)')
+    out.append((name.strip(), os.path.abspath(path.strip())))
+  names = [n for n, _ in out]
+  if len(set(names)) != len(names):
+    raise ConfigError(f'--policies={text!r} names a policy twice')
+  return out
+
+
+def runs_config(policies: list[tuple[str, str]], reference: str = '', judge: str = '', oracle: str = '',
+                prompts: str = '', data_dir: str = '', split: str = 'validation', num_prompts: int = 256,
+                samples_per_prompt: int = 1, max_new_tokens: int = 0, temperature: float = 1.0, batch_size: int = 64,
+                seed: int = 0, judgement: str = 'expected', output: str = '', mesh: str = ''
+                ) -> ml_collections.ConfigDict:
+  """The eval config of runs named by path; what the runs share (tokenizer, prompt length, chat template) is
+  read from the reference's saved config. Every input is checked here, before any model is read."""
+  from nlhf_jax.config import ConfigError
+  from nlhf_jax.training import checkpointing
+  from nlhf_jax.training.preflight import model_family
+  reference = reference or policies[0][0]
+  if reference not in dict(policies):
+    raise ConfigError(f'--reference={reference!r} is not one of --policies ({", ".join(n for n, _ in policies)})')
+  for name, path in policies:
+    objective = checkpointing.read_run_config(path).get('train', {}).get('objective', '?')
+    if model_family(objective) != 'language_model':
+      raise ConfigError(f'--policies: {name}={path} is a {objective!r} run, not a policy (a language model)')
+  if judge:
+    objective = checkpointing.read_run_config(judge).get('train', {}).get('objective', '?')
+    if objective != 'preference_model':
+      raise ConfigError(f'--judge={judge} is a {objective!r} run; give a preference_model run')
+  if not judge and not oracle:
+    raise ConfigError('give a judge: --judge=PREFERENCE_MODEL_RUN and/or --oracle=module:function')
+  if oracle:
+    from nlhf_jax.online.judges import resolve_oracle
+    resolve_oracle(oracle, '--oracle')
+  if not prompts or not data_dir:
+    raise ConfigError('give the prompts to evaluate on: --prompts=DATASET --data_dir=DIR (a data set built by '
+                      '`nlhf-data build --kind=prompts`)')
+  ref = checkpointing.read_run_config(dict(policies)[reference])
+  data, online = ref.get('data', {}), ref.get('online', {})
+  return ml_collections.ConfigDict(dict(
+      seed=seed, judgement=judgement, mesh=parse_mesh_or_default(mesh), policy_names=[n for n, _ in policies],
+      policy_workdirs=[p for _, p in policies], reference=reference,
+      preference_model=os.path.abspath(judge) if judge else '', tokenizer=data.get('tokenizer', 'bytes'),
+      chat_template=bool(data.get('chat_template', False)), data_dir=os.path.abspath(data_dir), prompts_name=prompts,
+      split=split, num_prompts=num_prompts, samples_per_prompt=samples_per_prompt,
+      prompt_len=int(data.get('prompt_len', 32)),
+      max_new_tokens=max_new_tokens or int(online.get('max_new_tokens') or data.get('response_len', 64)),
+      temperature=temperature, batch_size=batch_size, num_shown=8, oracle=oracle,
+      output_dir=os.path.abspath(output or 'eval')))
+
+
+def parse_mesh_or_default(text: str) -> dict:
+  from nlhf_jax.distributed.mesh import parse_mesh
+  return parse_mesh(text) if text else {'data': -1, 'fsdp': 1, 'tensor': 1}
+
+
+def _config_from_flags() -> ml_collections.ConfigDict:
+  from nlhf_jax.config import ConfigError
+  if _POLICIES.value:
+    return runs_config(parse_policies(_POLICIES.value), _REFERENCE.value, _JUDGE.value, _ORACLE.value,
+                       _PROMPTS.value, _DATA_DIR.value, _SPLIT.value, _NUM_PROMPTS.value, _SAMPLES.value,
+                       _MAX_NEW.value, _TEMPERATURE.value, _BATCH.value, _SEED.value, _JUDGEMENT.value,
+                       _OUTPUT.value, _MESH.value)
+  if not _WORKDIR.value:
+    raise ConfigError('give the runs to evaluate (--policies=NAME=RUN,... with --judge or --oracle, --prompts and '
+                      '--data_dir) or a pipeline directory (--workdir=DIR)')
+  return eval_config(_WORKDIR.value, _CONFIG.value, _OUTPUT.value, _MESH.value)
+
+
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   logs.setup()
   from nlhf_jax.evaluation import evaluate, report
-  ecfg = eval_config(_WORKDIR.value, _CONFIG.value, _OUTPUT.value, _MESH.value)
+  ecfg = _config_from_flags()
   paths = report.write(evaluate.evaluate(ecfg), ecfg.output_dir)
   print(f'win-rate table: {paths["matrix.md"]}\nheatmap:        {paths["matrix.png"]}', flush=True)
 

@@ -1,14 +1,16 @@
 """The evaluation of a set of trained policies (docs/math.md section 6), as one JSON-able result.
 
-For every policy: samples for N = num_prompts * samples_per_prompt comparisons (the validation prompts, each
+For every policy: samples for N = num_prompts * samples_per_prompt comparisons (the prompts of a split, each
 sampled samples_per_prompt times), then
-- the matrix of P(pi_col > pi_row) under the benchmark oracle P* and under the learned preference model, with
-  95% Clopper-Pearson intervals (evaluation/stats.py says how soft probabilities become counts);
-- the win rate against the reference (SFT) policy (the reference's row of the matrix);
+- the matrix of P(pi_col > pi_row) under each judge the config names, with 95% Clopper-Pearson intervals
+  (evaluation/stats.py says how soft probabilities become counts): a text oracle (`oracle`, e.g. the benchmark's
+  exact P*; empty: none) and a learned preference model (`preference_model`, a run's path; empty: none);
+- the win rate against the reference policy (the reference's row of each matrix);
 - KL(pi || mu), Monte-Carlo: the mean over pi's samples of log pi(y|x) - log mu(y|x) (teacher-forced sums; an
   estimate of the KL of the sampled distribution when the evaluation temperature is 1);
-- the mean response length (tokens before eos, and words), the style distribution (benchmark.language.style_of)
-  and the oracle exploitability estimate (benchmark.probes.exploitability: the best probe's mean win rate).
+- the mean response length (tokens before the stop id, and words); with the benchmark oracle also the style
+  distribution (benchmark.language.style_of) and the exploitability estimate (benchmark.probes.exploitability:
+  the best probe's mean win rate).
 """
 from __future__ import annotations
 
@@ -22,12 +24,14 @@ from nlhf_jax.data.tokenizer import load_tokenizer
 from nlhf_jax.distributed import make_mesh
 from nlhf_jax.evaluation import generate as gen
 from nlhf_jax.evaluation import stats
+from nlhf_jax.evaluation.report import BENCHMARK_ORACLE
 from nlhf_jax.online.judges import resolve_oracle
 from nlhf_jax.sampling.sampler import SamplingConfig
 
 log = logging.getLogger(__name__)
 
 STYLE_KEYS = {0: 'plain', 1: 'and', 2: 'so', language.NO_STYLE: 'none'}
+JUDGES = ('oracle', 'preference_model')  # the matrices an evaluation can have, in report order
 
 
 def _policies(ecfg) -> list[tuple[str, str]]:
@@ -48,7 +52,7 @@ def _per_prompt(texts: list[str], k: int) -> list[list[str]]:
   return [texts[i:i + k] for i in range(0, len(texts), k)]
 
 
-def _sample_policy(name, path, ecfg, batches, scfg, mesh, tokenizer, mu):
+def _sample_policy(name, path, ecfg, batches, scfg, mesh, tokenizer, mu, styles: bool):
   model = mu if path == dict(_policies(ecfg))[ecfg.reference] else gen.load_policy(path, mesh)
   samples = gen.generate(model, batches, gen.policy_key(ecfg.seed, name), scfg, mesh)
   lp_pi = gen.sequence_logprobs(model, batches, samples, mesh)
@@ -58,8 +62,9 @@ def _sample_policy(name, path, ecfg, batches, scfg, mesh, tokenizer, mu):
   info = {'kl_to_reference': float(np.mean(lp_pi - lp_mu)),
           'mean_length_tokens': float(np.mean(samples['mask'].sum(1) - ended)),
           'mean_length_words': float(np.mean([len(t.split()) for t in texts])),
-          'eos_rate': float(np.mean(ended > 0)),
-          'style_distribution': _style_distribution(texts)}
+          'eos_rate': float(np.mean(ended > 0))}
+  if styles:
+    info['style_distribution'] = _style_distribution(texts)
   log.info('eval: sampled %d responses from %s (%s)', len(texts), name, path)
   return samples, texts, info
 
@@ -68,41 +73,68 @@ def _matrix_json(m: dict, names: list[str]) -> dict:
   return {'policies': names, **{k: np.round(v, 6).tolist() for k, v in m.items()}}
 
 
+def _judges(ecfg) -> tuple[str, str]:
+  """(oracle spec, preference model path); eval configs written before config.oracle existed judge with the
+  benchmark oracle. At least one judge is needed."""
+  from nlhf_jax.config import ConfigError
+  oracle, pm = ecfg.get('oracle', BENCHMARK_ORACLE), ecfg.get('preference_model', '')
+  if not oracle and not pm:
+    raise ConfigError('the evaluation has no judge: give a preference model run (--judge=RUN) or a text oracle '
+                      "(--oracle='module:function')")
+  return oracle, pm
+
+
+def _read_prompts(ecfg) -> list:
+  prompts = gen.read_prompts(ecfg.data_dir, ecfg.prompts_name, ecfg.split, ecfg.num_prompts)
+  if len(prompts) < ecfg.num_prompts:
+    log.warning('eval: %s[%s] has %d prompts, fewer than the %d asked for: the intervals are wider than planned',
+                ecfg.prompts_name, ecfg.split, len(prompts), ecfg.num_prompts)
+  return prompts
+
+
 def evaluate(ecfg, mesh=None) -> dict:
-  """Runs the evaluation described by the eval stage config `ecfg` (see pipeline/stages.py); returns the result."""
+  """Runs the evaluation described by the eval config `ecfg` (see pipeline/stages.py and
+  evaluation/cli.runs_config); returns the result."""
   mesh = make_mesh(MeshConfig(**ecfg.mesh.to_dict())) if mesh is None else mesh
+  oracle_spec, pm_path = _judges(ecfg)
+  judge = resolve_oracle(oracle_spec, 'config.oracle') if oracle_spec else None
+  benchmark = oracle_spec == BENCHMARK_ORACLE
   tokenizer = load_tokenizer(ecfg.tokenizer)
   policies = _policies(ecfg)
   names = [n for n, _ in policies]
-  prompts = gen.read_prompts(ecfg.data_dir, ecfg.prompts_name, ecfg.split, ecfg.num_prompts)
+  prompts = _read_prompts(ecfg)
   k = ecfg.samples_per_prompt
   xs = [p for p in prompts for _ in range(k)]
-  batches = gen.prompt_batches(prompts, ecfg.tokenizer, ecfg.prompt_len, k, ecfg.batch_size)
+  batches = gen.prompt_batches(prompts, ecfg.tokenizer, ecfg.prompt_len, k, ecfg.batch_size,
+                               ecfg.get('chat_template', False))
   scfg = SamplingConfig(max_new_tokens=ecfg.max_new_tokens, temperature=ecfg.temperature,
                         stop_ids=tokenizer.stop_ids, pad_id=tokenizer.pad_id)
   mu = gen.load_policy(dict(policies)[ecfg.reference], mesh)
   samples, texts, info = {}, {}, {}
   for name, path in policies:
-    samples[name], texts[name], info[name] = _sample_policy(name, path, ecfg, batches, scfg, mesh, tokenizer, mu)
+    samples[name], texts[name], info[name] = _sample_policy(name, path, ecfg, batches, scfg, mesh, tokenizer, mu,
+                                                            styles=benchmark)
   n = len(xs)
-  # Eval configs written before config.oracle existed judge with the benchmark oracle.
-  judge = resolve_oracle(ecfg.get('oracle', 'nlhf_jax.benchmark.oracle:preferences'), 'config.oracle')
-  oracle_m = stats.win_matrix(lambda r, c: judge(xs, texts[names[c]], texts[names[r]]), len(names),
-                              n, ecfg.judgement, ecfg.seed)
-  pm = gen.load_preference_model(ecfg.preference_model, mesh)
-  pm_m = stats.win_matrix(lambda r, c: gen.preference_probs(pm, batches, samples[names[c]], samples[names[r]],
-                                                            mesh), len(names), n, ecfg.judgement, ecfg.seed)
+  matrices = {}
+  if judge is not None:
+    matrices['oracle'] = stats.win_matrix(lambda r, c: judge(xs, texts[names[c]], texts[names[r]]), len(names),
+                                          n, ecfg.judgement, ecfg.seed)
+  if pm_path:
+    pm = gen.load_preference_model(pm_path, mesh)
+    matrices['preference_model'] = stats.win_matrix(
+        lambda r, c: gen.preference_probs(pm, batches, samples[names[c]], samples[names[r]], mesh), len(names), n,
+        ecfg.judgement, ecfg.seed)
   ref = names.index(ecfg.reference)
   for i, name in enumerate(names):
-    value, probe = probes.exploitability(prompts, _per_prompt(texts[name], k), judge)
-    info[name].update(
-        win_rate_vs_reference_oracle=float(oracle_m['win'][ref, i]),
-        win_rate_vs_reference_oracle_ci=[float(oracle_m['lower'][ref, i]), float(oracle_m['upper'][ref, i])],
-        win_rate_vs_reference_preference_model=float(pm_m['win'][ref, i]),
-        exploitability=float(value), exploitability_probe=probe)
+    for key, m in matrices.items():
+      info[name][f'win_rate_vs_reference_{key}'] = float(m['win'][ref, i])
+      info[name][f'win_rate_vs_reference_{key}_ci'] = [float(m['lower'][ref, i]), float(m['upper'][ref, i])]
+    if benchmark:
+      value, probe = probes.exploitability(prompts, _per_prompt(texts[name], k), judge)
+      info[name].update(exploitability=float(value), exploitability_probe=probe)
   return {'policies': names, 'reference': ecfg.reference, 'num_comparisons': n, 'num_prompts': len(prompts),
-          'samples_per_prompt': k, 'judgement': ecfg.judgement, 'seed': ecfg.seed,
-          'mesh': dict(mesh.shape), 'oracle': _matrix_json(oracle_m, names),
-          'preference_model': _matrix_json(pm_m, names), 'per_policy': info,
+          'samples_per_prompt': k, 'judgement': ecfg.judgement, 'seed': ecfg.seed, 'oracle_spec': oracle_spec,
+          'preference_model_run': pm_path, 'mesh': dict(mesh.shape),
+          **{key: _matrix_json(m, names) for key, m in matrices.items()}, 'per_policy': info,
           'samples': {name: [{'prompt': xs[j], 'response': texts[name][j]} for j in range(0, n, k)][:ecfg.num_shown]
                       for name in names}}

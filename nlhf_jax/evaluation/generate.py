@@ -23,18 +23,18 @@ from nlhf_jax.online.step import response_logprobs
 from nlhf_jax.sampling.sampler import SamplingConfig, jit_sample
 
 
-def read_prompts(data_dir: str, name: str, split: str, num_prompts: int) -> list[str]:
+def read_prompts(data_dir: str, name: str, split: str, num_prompts: int) -> list:
   """The first `num_prompts` prompts of a split of a prompts data set (all of them when it has fewer)."""
   source = SplitSource(name, data_dir, split)
   n = min(num_prompts, len(source))
   return [r['prompt'] for r in source.__getitems__(list(range(n)))]
 
 
-def prompt_batches(prompts: list[str], tokenizer: str, prompt_len: int, samples_per_prompt: int,
-                   batch_size: int) -> list[dict]:
-  """Encoded prompts, each repeated samples_per_prompt times (comparison index i * k + j), in batches of
-  batch_size rows; the last batch is padded with copies of the last row (valid=False)."""
-  data_cfg = DataConfig(tokenizer=tokenizer, prompt_len=prompt_len)
+def prompt_batches(prompts: list, tokenizer: str, prompt_len: int, samples_per_prompt: int,
+                   batch_size: int, chat_template: bool = False) -> list[dict]:
+  """Encoded prompts (strings or conversations), each repeated samples_per_prompt times (comparison index
+  i * k + j), in batches of batch_size rows; the last batch is padded with copies of the last row (valid=False)."""
+  data_cfg = DataConfig(tokenizer=tokenizer, prompt_len=prompt_len, chat_template=chat_template)
   recs = [{'prompt': p} for p in prompts for _ in range(samples_per_prompt)]
   return list(pipelines.make_eval_iterator(data_cfg, 'prompts', batch_size, slice(None), records=recs))
 

@@ -6,6 +6,8 @@ import os
 
 import numpy as np
 
+BENCHMARK_ORACLE = 'nlhf_jax.benchmark.oracle:preferences'
+
 FILES = ('matrix.json', 'matrix.md', 'matrix.png', 'samples.md')
 
 
@@ -22,38 +24,61 @@ def matrix_table(m: dict) -> str:
   return '\n'.join(lines)
 
 
+_TITLES = {'oracle': 'oracle', 'preference_model': 'learned preference model'}
+
+
+def _judges(result: dict) -> list[str]:
+  return [k for k in _TITLES if k in result]
+
+
 def policy_table(result: dict) -> str:
-  head = ('| policy | win vs ref (oracle) | win vs ref (PM) | KL to mu | length (tokens) | words | styles '
-          'plain/and/so/none | exploitability (probe) |')
-  lines = [head, '|---' * 8 + '|']
+  judges = _judges(result)
+  first = result['per_policy'][result['policies'][0]]
+  styles, probes = 'style_distribution' in first, 'exploitability' in first
+  head = ['policy', *(f'win vs ref ({"PM" if j == "preference_model" else j})' for j in judges), 'KL to mu',
+          'length (tokens)', 'words']
+  head += ['styles plain/and/so/none'] * styles + ['exploitability (probe)'] * probes
+  lines = ['| ' + ' | '.join(head) + ' |', '|---' * len(head) + '|']
   for name in result['policies']:
     p = result['per_policy'][name]
-    lo, hi = p['win_rate_vs_reference_oracle_ci']
-    s = p['style_distribution']
-    lines.append(f"| {name} | {p['win_rate_vs_reference_oracle']:.3f} [{lo:.2f}, {hi:.2f}] | "
-                 f"{p['win_rate_vs_reference_preference_model']:.3f} | {p['kl_to_reference']:.3f} | "
-                 f"{p['mean_length_tokens']:.2f} | {p['mean_length_words']:.2f} | "
-                 f"{s['plain']:.2f}/{s['and']:.2f}/{s['so']:.2f}/{s['none']:.2f} | "
-                 f"{p['exploitability']:.3f} ({p['exploitability_probe']}) |")
+    cells = [name]
+    for j in judges:
+      lo, hi = p[f'win_rate_vs_reference_{j}_ci']
+      cells.append(f"{p[f'win_rate_vs_reference_{j}']:.3f} [{lo:.2f}, {hi:.2f}]")
+    cells += [f"{p['kl_to_reference']:.3f}", f"{p['mean_length_tokens']:.2f}", f"{p['mean_length_words']:.2f}"]
+    if styles:
+      s = p['style_distribution']
+      cells.append(f"{s['plain']:.2f}/{s['and']:.2f}/{s['so']:.2f}/{s['none']:.2f}")
+    if probes:
+      cells.append(f"{p['exploitability']:.3f} ({p['exploitability_probe']})")
+    lines.append('| ' + ' | '.join(cells) + ' |')
   return '\n'.join(lines)
 
 
 def markdown(result: dict) -> str:
   n, judgement = result['num_comparisons'], result['judgement']
-  return '\n\n'.join([
-      '# Evaluation', f"Cell (row, col) = P(pi_col > pi_row) over N = {n} comparisons "
-      f"({result['num_prompts']} prompts x {result['samples_per_prompt']} samples), judgement '{judgement}', "
-      f"95% Clopper-Pearson interval in brackets; seed {result['seed']}.",
-      '## Oracle P*', matrix_table(result['oracle']),
-      '## Learned preference model', matrix_table(result['preference_model']),
-      f"## Policies (reference: {result['reference']})", policy_table(result)]) + '\n'
+  sections = ['# Evaluation', f"Cell (row, col) = P(pi_col > pi_row) over N = {n} comparisons "
+              f"({result['num_prompts']} prompts x {result['samples_per_prompt']} samples), judgement "
+              f"'{judgement}', 95% Clopper-Pearson interval in brackets; seed {result['seed']}."]
+  for j in _judges(result):
+    spec = result.get('oracle_spec', BENCHMARK_ORACLE)
+    title = ('Oracle P*' if spec == BENCHMARK_ORACLE else f'Oracle ({spec})') if j == 'oracle' else \
+        'Learned preference model'
+    sections += [f'## {title}', matrix_table(result[j])]
+  sections += [f"## Policies (reference: {result['reference']})", policy_table(result)]
+  return '\n\n'.join(sections) + '\n'
+
+
+def _text(prompt) -> str:
+  """A prompt as one line: a conversation shows its last message."""
+  return prompt[-1]['content'] if isinstance(prompt, list) and prompt else str(prompt)
 
 
 def samples_markdown(result: dict) -> str:
   lines = ['# Sample generations', '']
   for name, rows in result['samples'].items():
     lines += [f'## {name}', '']
-    lines += [f"- `{row['prompt']}` -> `{row['response']}`" for row in rows]
+    lines += [f"- `{_text(row['prompt'])}` -> `{row['response']}`" for row in rows]
     lines.append('')
   return '\n'.join(lines)
 
@@ -62,9 +87,11 @@ def heatmap(result: dict, path: str) -> None:
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
-  names = result['policies']
-  fig, axes = plt.subplots(1, 2, figsize=(2 + 1.3 * len(names), 1 + 0.6 * len(names)))
-  for ax, key, title in zip(axes, ('oracle', 'preference_model'), ('oracle P*', 'learned preference model')):
+  names, judges = result['policies'], _judges(result)
+  fig, axes = plt.subplots(1, len(judges), figsize=(2 + 0.65 * len(judges) * len(names), 1 + 0.6 * len(names)),
+                           squeeze=False)
+  for ax, key in zip(axes[0], judges):
+    title = _TITLES[key]
     win = np.asarray(result[key]['win'])
     ax.imshow(win, cmap='RdBu', vmin=0.0, vmax=1.0)
     ax.set_xticks(range(len(names)), names, rotation=60, ha='right', fontsize=8)

@@ -183,7 +183,7 @@ def write_run_config(workdir: str, config_json: dict) -> None:
   root.mkdir(parents=True, exist_ok=True)
   tmp = root / 'config.json.tmp'
   tmp.write_text(json.dumps(config_json, indent=2))
-  tmp.rename(root / 'config.json')
+  tmp.replace(root / 'config.json')
 
 
 def checkpoints_dir(path: str) -> str:

@@ -41,12 +41,13 @@ def _specs():
 FAMILIES = ('llama', 'qwen2', 'qwen3', 'mistral', 'gemma2', 'gemma3_text')
 
 
-def make_model(family: str, path: str, seed: int = 0):
-  """(torch model in eval mode, its save_pretrained directory) of a tiny random `family` model (float32)."""
+def make_model(family: str, path: str, seed: int = 0, **overrides):
+  """(torch model in eval mode, its save_pretrained directory) of a tiny random `family` model (float32);
+  `overrides` change config fields (e.g. vocab_size, num_hidden_layers)."""
   import torch
   config_cls, model_cls, extra = _specs()[family]
   torch.manual_seed(seed)
-  model = model_cls(config_cls(**_COMMON, **extra)).eval()
+  model = model_cls(config_cls(**{**_COMMON, **extra, **overrides})).eval()
   with torch.no_grad():
     for p in model.parameters():
       p.add_(0.15 * torch.randn_like(p))

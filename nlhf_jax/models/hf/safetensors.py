@@ -140,7 +140,7 @@ def write_sharded(directory: str, tensors: Iterable[tuple[str, tuple[int, ...], 
     with open(os.path.join(directory, file), 'wb') as f:
       f.write(_header_bytes(shard))
       for name, shape, dtype in shard:
-        value = np.ascontiguousarray(fetch(name), dtype=dtype)
+        value = np.array(fetch(name), dtype=dtype, order='C', copy=None)  # 0-d stays 0-d
         if value.shape != tuple(shape):
           raise SafetensorsError(f'tensor {name}: got shape {value.shape}, declared {tuple(shape)}')
         f.write(value.tobytes())  # little-endian: every platform JAX runs on
