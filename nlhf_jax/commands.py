@@ -76,3 +76,22 @@ def run(main: Callable[[list[str]], None]) -> None:
         raise
       _fail(f'cannot load the config: {str(e).split("failure to load: ")[-1].strip()}', 2)
   app.run(guarded, flags_parser=parse_flags)
+
+
+def define_launch_flags() -> None:
+  """--coordinator_address, --num_processes, --process_id, for commands that run on several processes (the same
+  meaning as nlhf-train's; docs/launching.md)."""
+  flags.DEFINE_string('coordinator_address', None, 'Multi-process: HOST:PORT of process 0 (overrides '
+                      'JAX_COORDINATOR_ADDRESS).')
+  flags.DEFINE_integer('num_processes', None, 'Multi-process: number of processes.')
+  flags.DEFINE_integer('process_id', None, 'Multi-process: this process, 0 .. num_processes - 1.')
+
+
+def launch() -> None:
+  """jax.distributed.initialize when the launch flags or the environment (JAX_COORDINATOR_ADDRESS, ...) ask
+  for several processes; nothing otherwise."""
+  from nlhf_jax.config import DistributedConfig
+  from nlhf_jax.distributed import initialize, resolve_launch
+  f = flags.FLAGS
+  given = {k: getattr(f, k) for k in ('coordinator_address', 'num_processes', 'process_id')}
+  initialize(resolve_launch(DistributedConfig(), given))

@@ -165,3 +165,52 @@ def test_every_training_config_loads_by_path_and_validates(name):
   exp = from_config_dict(c, num_devices=8)
   assert exp.train.objective == name
   assert sys.path == path_before
+
+
+def _imported_run(tmp_path):
+  """A run directory as nlhf-import leaves it (only its config.json matters to config building)."""
+  import dataclasses
+  import json
+
+  from nlhf_jax.config import ExperimentConfig, ModelConfig
+  from nlhf_jax.training.guards import config_to_json
+  model = ModelConfig(preset='hf:qwen2', family='qwen2', vocab_size=512, d_model=64, num_layers=2, num_heads=4,
+                      num_kv_heads=2, head_dim=16, mlp_dim=128, max_len=32768, qkv_bias=True, rope_theta=1e6)
+  cfg = ExperimentConfig(model=model)
+  cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, tokenizer='/runs/qwen/tokenizer'),
+                            train=dataclasses.replace(cfg.train, objective='import'))
+  (tmp_path / 'config.json').write_text(json.dumps(config_to_json(cfg)))
+  return str(tmp_path), model
+
+
+@pytest.mark.parametrize('name', TRAINING_CONFIGS)
+def test_hf_variants_read_the_model_and_tokenizer_from_the_run(name, tmp_path):
+  run, model = _imported_run(tmp_path)
+  c = _load(name).get_config('hf')
+  c.data.name = 'my_data'
+  if c.train.objective in ('sft', 'preference_model', 'reward_model'):
+    c.init_checkpoint = run
+  else:
+    c.online.reference_checkpoint = run
+    c.online.judge_checkpoint = '/runs/judge'
+  assert _flat_keys(c.to_dict()) == _flat_keys(dataclasses_asdict_of_defaults())
+  exp = from_config_dict(c, num_devices=8)
+  assert exp.model.family == 'qwen2' and exp.model.num_kv_heads == 2 and exp.model.max_len == 32768
+  assert exp.model.compute_dtype == 'float32' and exp.data.tokenizer == '/runs/qwen/tokenizer'
+
+
+def dataclasses_asdict_of_defaults():
+  import dataclasses
+
+  from nlhf_jax.config import ExperimentConfig
+  return dataclasses.asdict(ExperimentConfig())
+
+
+def test_from_run_needs_a_run_with_a_config(tmp_path):
+  from nlhf_jax.config import ConfigError
+  c = _load('sft').get_config('hf')
+  with pytest.raises(ConfigError, match='needs a run to read them from: set config.init_checkpoint'):
+    from_config_dict(c)
+  c.init_checkpoint = str(tmp_path)
+  with pytest.raises(ConfigError, match='no config.json there'):
+    from_config_dict(c)

@@ -1,5 +1,6 @@
 """The decoder LM: causality, padding invariance, cached decoding, dtype policy and logical axes."""
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -89,3 +90,32 @@ def test_realistic_presets_have_their_advertised_size(name, low, high):
   n = sum(x.size for x in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
   assert low < n < high, n
   assert set(PRESETS) >= {'tiny', '125m', '1b'}
+
+
+def test_sliding_window_layers_never_see_past_their_window_with_or_without_cache():
+  """One local layer of window 3: the next-token logits at t depend on tokens t-2..t only, in the full forward
+  pass and in cached decoding; the cache holds the kv heads only (grouped-query attention)."""
+  cfg = dataclasses.replace(CFG, num_layers=1, sliding_window=3, num_kv_heads=2)
+  graphdef, params = nnx.split(Transformer(cfg, nnx.Rngs(1)))
+  tokens = _tokens(1, 8, seed=3)
+  mask = jnp.ones_like(tokens, bool)
+
+  @functools.partial(jax.jit, static_argnums=1)
+  def last_logits(toks, cached):
+    m = nnx.merge(graphdef, params)
+    if not cached:
+      return m(toks, mask)[0][:, -1]
+    cache = init_cache(cfg, 1, 8)
+    assert cache['layer_0']['k'].shape == (1, 2, 8, cfg.head_dim)
+    cache['mask'] = cache['mask'].at[:, :7].set(True)
+    positions = jnp.arange(8)[None]
+    _, cache = m(toks[:, :7], mask[:, :7], positions[:, :7], cache, 0)
+    cache['mask'] = cache['mask'].at[:, 7].set(True)
+    return m(toks[:, 7:], mask[:, 7:], positions[:, 7:], cache, 7)[0][:, -1]
+
+  for cached in (False, True):
+    base = last_logits(tokens, cached)
+    outside = last_logits(tokens.at[:, 4].set(7), cached)  # position 4 is 3 back from 7: outside the window
+    inside = last_logits(tokens.at[:, 5].set(7), cached)
+    np.testing.assert_array_equal(np.asarray(outside), np.asarray(base))
+    assert np.abs(np.asarray(inside) - np.asarray(base)).max() > 1e-4

@@ -26,26 +26,28 @@ from nlhf_jax import commands, logs
 
 log = logging.getLogger(__name__)
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Optional pipeline config (the eval stage config is '
-                                          'derived from it); default: DIR/eval/config.json.', lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'A pipeline directory (or give --policies).')
-_OUTPUT = flags.DEFINE_string('output', '', 'Where to write the results (default: DIR/eval).')
-_MESH = flags.DEFINE_string('mesh', '', 'Evaluation mesh, e.g. data=2,tensor=4 (default: the config\'s).')
-_POLICIES = flags.DEFINE_string('policies', '', 'Runs to compare, NAME=RUN_DIR,NAME=RUN_DIR,...')
-_REFERENCE = flags.DEFINE_string('reference', '', 'The policy the others are compared with (default: the first).')
-_JUDGE = flags.DEFINE_string('judge', '', 'A preference_model run that judges the pairs.')
-_ORACLE = flags.DEFINE_string('oracle', '', "A text oracle 'module:function' (prompts, a_texts, b_texts) -> P(a > b).")
-_PROMPTS = flags.DEFINE_string('prompts', '', 'The prompts data set (nlhf-data build --kind=prompts).')
-_DATA_DIR = flags.DEFINE_string('data_dir', '', 'Its data directory.')
-_SPLIT = flags.DEFINE_string('split', 'validation', 'Its split.')
-_NUM_PROMPTS = flags.DEFINE_integer('num_prompts', 256, 'Prompts to evaluate on (the first of the split).')
-_SAMPLES = flags.DEFINE_integer('samples_per_prompt', 1, 'Responses per prompt and policy.')
-_MAX_NEW = flags.DEFINE_integer('max_new_tokens', 0, 'Response length (0: the reference run\'s '
-                                'online.max_new_tokens, or data.response_len).')
-_TEMPERATURE = flags.DEFINE_float('temperature', 1.0, 'Sampling temperature.')
-_BATCH = flags.DEFINE_integer('batch_size', 64, 'Prompts per sampling batch.')
-_SEED = flags.DEFINE_integer('seed', 0, 'Seeds the samples (per policy name) and Bernoulli judgements.')
-_JUDGEMENT = flags.DEFINE_enum('judgement', 'expected', ['expected', 'bernoulli'], 'How a probability counts.')
+def _define_flags() -> None:
+  """The command's flags, defined when it runs (so that importing this module defines none)."""
+  config_flags.DEFINE_config_file('config', None, 'Optional pipeline config (the eval stage config is derived from '
+                                  'it); default: DIR/eval/config.json.', lock_config=True)
+  flags.DEFINE_string('workdir', None, 'A pipeline directory (or give --policies).')
+  flags.DEFINE_string('output', '', 'Where to write the results (default: DIR/eval).')
+  flags.DEFINE_string('mesh', '', 'Evaluation mesh, e.g. data=2,tensor=4 (default: the config\'s).')
+  flags.DEFINE_string('policies', '', 'Runs to compare, NAME=RUN_DIR,NAME=RUN_DIR,...')
+  flags.DEFINE_string('reference', '', 'The policy the others are compared with (default: the first).')
+  flags.DEFINE_string('judge', '', 'A preference_model run that judges the pairs.')
+  flags.DEFINE_string('oracle', '', "A text oracle 'module:function' (prompts, a_texts, b_texts) -> P(a > b).")
+  flags.DEFINE_string('prompts', '', 'The prompts data set (nlhf-data build --kind=prompts).')
+  flags.DEFINE_string('data_dir', '', 'Its data directory.')
+  flags.DEFINE_string('split', 'validation', 'Its split.')
+  flags.DEFINE_integer('num_prompts', 256, 'Prompts to evaluate on (the first of the split).')
+  flags.DEFINE_integer('samples_per_prompt', 1, 'Responses per prompt and policy.')
+  flags.DEFINE_integer('max_new_tokens', 0, 'Response length (0: the reference run\'s online.max_new_tokens, or '
+                       'data.response_len).')
+  flags.DEFINE_float('temperature', 1.0, 'Sampling temperature.')
+  flags.DEFINE_integer('batch_size', 64, 'Prompts per sampling batch.')
+  flags.DEFINE_integer('seed', 0, 'Seeds the samples (per policy name) and Bernoulli judgements.')
+  flags.DEFINE_enum('judgement', 'expected', ['expected', 'bernoulli'], 'How a probability counts.')
 
 
 def eval_config(workdir: str, pipeline_cfg=None, output: str = '', mesh: str = '') -> ml_collections.ConfigDict:
@@ -133,15 +135,15 @@ def parse_mesh_or_default(text: str) -> dict:
 
 def _config_from_flags() -> ml_collections.ConfigDict:
   from nlhf_jax.config import ConfigError
-  if _POLICIES.value:
-    return runs_config(parse_policies(_POLICIES.value), _REFERENCE.value, _JUDGE.value, _ORACLE.value,
-                       _PROMPTS.value, _DATA_DIR.value, _SPLIT.value, _NUM_PROMPTS.value, _SAMPLES.value,
-                       _MAX_NEW.value, _TEMPERATURE.value, _BATCH.value, _SEED.value, _JUDGEMENT.value,
-                       _OUTPUT.value, _MESH.value)
-  if not _WORKDIR.value:
+  f = flags.FLAGS
+  if f.policies:
+    return runs_config(parse_policies(f.policies), f.reference, f.judge, f.oracle, f.prompts, f.data_dir, f.split,
+                       f.num_prompts, f.samples_per_prompt, f.max_new_tokens, f.temperature, f.batch_size, f.seed,
+                       f.judgement, f.output, f.mesh)
+  if not f.workdir:
     raise ConfigError('give the runs to evaluate (--policies=NAME=RUN,... with --judge or --oracle, --prompts and '
                       '--data_dir) or a pipeline directory (--workdir=DIR)')
-  return eval_config(_WORKDIR.value, _CONFIG.value, _OUTPUT.value, _MESH.value)
+  return eval_config(f.workdir, f.config, f.output, f.mesh)
 
 
 def main(argv) -> None:
@@ -155,6 +157,7 @@ def main(argv) -> None:
 
 
 def run() -> None:
+  _define_flags()
   commands.run(main)
 
 

@@ -1,6 +1,7 @@
 """`nlhf-export`: a run -> a Hugging Face model directory that transformers and vLLM load.
 
   nlhf-export --workdir=runs/nash_md --out=exported/nash_md [--dtype=bfloat16] [--step=N]
+  (on several hosts: the same command on each, with the launch flags of nlhf-train; process 0 writes)
 
 Writes config.json (the family's own keys; native models as llama), the weights in the family's tensor names and
 layouts (model.safetensors, or shards of at most 5 GB with model.safetensors.index.json), generation_config.json
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 
 def _define_flags() -> None:
   """The command's flags, defined when it runs (so that the library functions import without them)."""
+  commands.define_launch_flags()
   flags.DEFINE_string('workdir', None, 'The run to export (an nlhf-train or nlhf-import --workdir).')
   flags.DEFINE_string('out', None, 'The directory to write.')
   flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16', 'float16'], 'dtype of the weights written.')
@@ -116,6 +118,7 @@ def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   logs.setup()
+  commands.launch()
   f = flags.FLAGS
   files = export_run(f.workdir, f.out, f.dtype, f.step, max_shard_bytes=int(f.max_shard_gb * 1e9))
   if files:

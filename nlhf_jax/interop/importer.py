@@ -2,6 +2,9 @@
 
   nlhf-import --hf_dir=~/models/Qwen2.5-0.5B-Instruct --workdir=runs/qwen [--dtype=float32] [--mesh=fsdp=8]
 
+On several hosts, run the same command on each with --coordinator_address/--num_processes/--process_id (or the
+JAX_* environment, as for nlhf-train): each host reads only its devices' slices; process 0 writes the files.
+
 config.json is mapped to a ModelConfig and every tensor's name and shape is checked (both before anything is
 read or compiled); then each parameter is placed onto the mesh by the rule table, each device reading its slice
 from the safetensors memory map, and written as an Orbax params checkpoint with the tokenizer files beside it
@@ -27,6 +30,7 @@ log = logging.getLogger(__name__)
 
 def _define_flags() -> None:
   """The command's flags, defined when it runs (so that the library functions import without them)."""
+  commands.define_launch_flags()
   flags.DEFINE_string('hf_dir', None, 'A Hugging Face model directory (config.json, *.safetensors, the tokenizer '
                       'files), as save_pretrained or a download writes it.')
   flags.DEFINE_string('workdir', None, 'The run directory to write.')
@@ -58,14 +62,20 @@ def _check_workdir(workdir: str, overwrite: bool) -> None:
 
 def _tokenizer(hf_dir: str, workdir: str, vocab_size: int) -> str:
   """Copies the tokenizer files into RUN/tokenizer and checks them; returns data.tokenizer for the run."""
-  from nlhf_jax.data.tokenizer import check_vocab, load_tokenizer
+  from nlhf_jax.data.tokenizer import TokenizerError, check_vocab, load_tokenizer
   from nlhf_jax.interop.runs import copy_tokenizer_files
   target = os.path.join(workdir, 'tokenizer')
   if not copy_tokenizer_files(hf_dir, target):
     log.warning('%s has no tokenizer files (tokenizer.json, tokenizer_config.json): the run records no tokenizer; '
                 'set config.data.tokenizer when you use it', hf_dir)
     return ''
-  check_vocab(load_tokenizer(target), vocab_size)
+  try:
+    tokenizer = load_tokenizer(target)
+  except TokenizerError as e:
+    log.warning('the tokenizer files of %s cannot be used (%s): the run records no tokenizer; set '
+                'config.data.tokenizer when you use it', hf_dir, e)
+    return ''
+  check_vocab(tokenizer, vocab_size)
   return target
 
 
@@ -111,6 +121,7 @@ def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   logs.setup()
+  commands.launch()
   from nlhf_jax.config import MeshConfig
   from nlhf_jax.distributed import make_mesh
   from nlhf_jax.distributed.mesh import parse_mesh

@@ -55,7 +55,8 @@ class SamplingConfig:
       raise ValueError(f'temperature must be >= 0, got {self.temperature}')
     if not 0.0 < self.top_p <= 1.0:
       raise ValueError(f'top_p must be in (0, 1], got {self.top_p}')
-    object.__setattr__(self, 'stop_ids', tuple(int(i) for i in self.stop_ids))
+    ids = (self.stop_ids,) if isinstance(self.stop_ids, int) else self.stop_ids  # one id or several
+    object.__setattr__(self, 'stop_ids', tuple(int(i) for i in ids))
 
   def is_stop(self, tokens: jax.Array) -> jax.Array:
     """bool, the shape of `tokens`: which tokens end a response."""

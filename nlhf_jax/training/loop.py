@@ -35,7 +35,6 @@ def train(cfg: ExperimentConfig, workdir: str, mesh: Mesh | None = None, stop_at
   """
   task = get_task(cfg.train.objective)
   preflight.check_inputs(cfg, workdir)  # the workdir and the runs the config names, before any data or compile
-  checkpointing.write_run_config(workdir, config_to_json(cfg))
   mesh = make_mesh(cfg.mesh) if mesh is None else mesh
   optim.warn_if_unusual(cfg.optim, cfg.train.num_steps)
   tx = optim.make_optimizer(cfg.optim, cfg.train.num_steps)
@@ -47,6 +46,7 @@ def train(cfg: ExperimentConfig, workdir: str, mesh: Mesh | None = None, stop_at
   params_target = init.abstract_state(shardings, jax.eval_shape(init_fn, cfg.seed)).params
   try:
     state, meta = _restore_or_init(cfg, task, ckpt, init_fn, shardings, data, params_target)
+    checkpointing.write_run_config(workdir, config_to_json(cfg))  # after the resume check: it may refuse the run
     step_fn, frozen = _compile_step(cfg, task, graphdef, tx, shardings, mesh, init_fn, params_target)
   except BaseException:
     ckpt.close()

@@ -5,6 +5,8 @@ weight gets N(0, 0.15^2) noise before saving. Sequences in the tests are longer 
 """
 import os
 
+import json
+
 import numpy as np
 
 VOCAB = 300
@@ -38,6 +40,13 @@ def _specs():
   }
 
 
+def _small_llama():
+  from nlhf_jax.config import ModelConfig
+  return ModelConfig(family='llama', vocab_size=96, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2,
+                     head_dim=8, mlp_dim=64, max_len=64, tie_embeddings=False)
+
+
+SMALL_LLAMA = _small_llama()  # checkpoints written without torch (write_checkpoint)
 FAMILIES = ('llama', 'qwen2', 'qwen3', 'mistral', 'gemma2', 'gemma3_text')
 
 
@@ -67,3 +76,23 @@ def torch_logits(model, tokens_bt: np.ndarray, mask_bt: np.ndarray | None = None
   with torch.no_grad():
     kwargs = {} if mask_bt is None else {'attention_mask': torch.tensor(mask_bt.astype(np.int64))}
     return model(torch.tensor(tokens_bt.astype(np.int64)), **kwargs).logits.float().numpy()
+
+
+def write_checkpoint(path, cfg=None, dtype=np.float32, max_shard_bytes=10**9, change=None, extra=()):
+  """A checkpoint directory for `cfg` with random tensors; `change` maps a name to a new shape."""
+  from nlhf_jax.models import hf
+  from nlhf_jax.models.hf import safetensors
+  from nlhf_jax.models.hf.tensors import entries
+  cfg = SMALL_LLAMA if cfg is None else cfg
+  rng = np.random.default_rng(0)
+  tensors = {e.name: rng.normal(size=e.stored_shape).astype(dtype) for e in entries(cfg)}
+  for name, shape in (change or {}).items():
+    tensors[name] = rng.normal(size=shape).astype(dtype)
+  for name in extra:
+    tensors[name] = np.zeros((2, 2), dtype)
+  os.makedirs(path, exist_ok=True)
+  with open(os.path.join(path, 'config.json'), 'w') as f:
+    json.dump(hf.hf_config(cfg), f)
+  safetensors.write_sharded(path, [(n, t.shape, np.dtype(dtype)) for n, t in tensors.items()], tensors.get,
+                            max_shard_bytes)
+  return tensors

@@ -80,3 +80,22 @@ def test_import_export_round_trip_is_bitwise(family, tmp_path):
   tokens = hf_models.tokens(2, 20, seed=2)
   np.testing.assert_array_equal(hf_models.torch_logits(back, tokens), hf_models.torch_logits(model, tokens))
   assert os.path.exists(os.path.join(run, 'config.json'))
+
+
+def test_native_models_export_as_llama(tmp_path):
+  """A model of the built-in shape (no family) is written as a Llama checkpoint with tied embeddings that
+  transformers loads with the same logits."""
+  import transformers
+
+  from nlhf_jax.config import ModelConfig
+  from nlhf_jax.models import Transformer, preset
+  cfg = ModelConfig(**preset('tiny'))
+  model = Transformer(cfg, nnx.Rngs(3))
+  _, params = nnx.split(model)
+  files = hf.save_pretrained(str(tmp_path), cfg, nnx.to_pure_dict(params))
+  assert files == ['config.json', 'model.safetensors']
+  back = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path), attn_implementation='eager').eval()
+  assert type(back).__name__ == 'LlamaForCausalLM' and back.config.tie_word_embeddings
+  tokens = hf_models.tokens(2, 10) % cfg.vocab_size
+  ours, _ = model(jnp.asarray(tokens), jnp.ones(tokens.shape, bool))
+  np.testing.assert_allclose(np.asarray(ours), hf_models.torch_logits(back, tokens), atol=1e-4, rtol=0)

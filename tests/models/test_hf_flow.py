@@ -71,7 +71,7 @@ def imported(tmp_path_factory, devices):
   make_tokenizer_dir(model_dir, 'qwen')
   from nlhf_jax.data.tokenizer import load_tokenizer
   vocab = -(-load_tokenizer(model_dir).vocab_size // 8) * 8
-  model, _ = hf_models.make_model('qwen2', model_dir, vocab_size=vocab, num_hidden_layers=2)
+  model, _ = hf_models.make_model('qwen2', model_dir, vocab_size=vocab, num_hidden_layers=1)
   run = str(root / 'import')
   out = _cli('nlhf_jax.interop.importer', f'--hf_dir={model_dir}', f'--workdir={run}')
   assert 'imported run' in out.stdout
@@ -116,7 +116,7 @@ def test_the_whole_flow(imported, tmp_path):
   # Nash-MD from the SFT policy with the imported reference and the learned judge; interrupted, then resumed on
   # another mesh.
   md = dict(common, **{'data.name': 'prompts', 'online.reference_checkpoint': run,
-                       'online.judge_checkpoint': pm_dir, 'online.max_new_tokens': 8, 'train.num_steps': 4,
+                       'online.judge_checkpoint': pm_dir, 'online.max_new_tokens': 6, 'train.num_steps': 4,
                        'optim.learning_rate': 1e-4}, init_checkpoint=sft_dir)
   md_dir = str(tmp_path / 'md')
   cfg = from_config_dict(_config('nash_md', 'hf', **md), num_devices=8)
@@ -129,11 +129,11 @@ def test_the_whole_flow(imported, tmp_path):
   assert lines[-1]['step'] == 4 and np.isfinite(lines[-1]['loss'])
   # nlhf-eval of the runs by path, judged by the preference model.
   out_eval = str(tmp_path / 'eval')
-  _cli('nlhf_jax.evaluation.cli', f'--policies=sft={sft_dir},md={md_dir},base={run}', f'--judge={pm_dir}',
-       '--prompts=prompts', f'--data_dir={data_dir}', '--num_prompts=8', '--max_new_tokens=8', '--batch_size=8',
+  _cli('nlhf_jax.evaluation.cli', f'--policies=sft={sft_dir},md={md_dir}', f'--judge={pm_dir}',
+       '--prompts=prompts', f'--data_dir={data_dir}', '--num_prompts=8', '--max_new_tokens=6', '--batch_size=8',
        f'--output={out_eval}')
   result = json.loads(pathlib.Path(out_eval, 'matrix.json').read_text())
-  assert result['policies'] == ['sft', 'md', 'base'] and 'oracle' not in result
+  assert result['policies'] == ['sft', 'md'] and 'oracle' not in result
   win = np.asarray(result['preference_model']['win'])
   np.testing.assert_allclose(win + win.T, 1.0, atol=1e-6)
   # nlhf-export: transformers loads the trained policy, with the same logits and the tokenizer.
@@ -149,8 +149,9 @@ def test_the_whole_flow(imported, tmp_path):
     theirs = back(torch.tensor(tokens.astype(np.int64))).logits.numpy()
   np.testing.assert_allclose(ours, theirs, atol=1e-4, rtol=0)
   # A preference model exports its backbone plus its head.
+  from nlhf_jax.interop.exporter import export_run
   pm_out = str(tmp_path / 'pm_exported')
-  _cli('nlhf_jax.interop.exporter', f'--workdir={pm_dir}', f'--out={pm_out}')
+  export_run(pm_dir, pm_out, mesh=mesh(data=8))
   from nlhf_jax.models.hf.safetensors import SafetensorsReader
   reader = SafetensorsReader(pm_out)
   assert reader.shape('nlhf.head.weight') == (64,) and reader.shape('nlhf.head.bias') == ()

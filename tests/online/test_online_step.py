@@ -46,7 +46,7 @@ def setup(c, m):
     judge = random_reward_model(cfg, m)
   else:
     judge = make_judge('oracle', m, oracle=cfg.online.oracle)
-  step = OnlineStep(cfg, graphdef, tx, optim.schedule(cfg.optim, 10), judge, 2, m)
+  step = OnlineStep(cfg, graphdef, tx, optim.schedule(cfg.optim, 10), judge, (2,), m)
   frozen = {'reference': jax.jit(init_fn, out_shardings=shardings)(cfg.seed + 1).params, 'judge': judge.params}
   data = pipelines.make_iterator(cfg.data, 'prompts', cfg.seed, cfg.train.batch_size, slice(None))
   return cfg, graphdef, state, step, frozen, next(data), shardings
@@ -183,7 +183,7 @@ def test_tiny_nash_md_run_beats_the_reference(tmp_path):
   prompts = next(pipelines.make_eval_iterator(cfg.data, 'prompts', 64, slice(None)))
   prompts.pop('valid')
   rate = jax.jit(functools.partial(win_rate, graphdef, judge=judge, judge_params=None,
-                                   cfg=sampling_config(cfg, 2)))
+                                   cfg=sampling_config(cfg, (2,))))
   key = jax.random.key(123)
   assert abs(float(rate(reference, reference, batch=prompts, key=key)) - 0.5) < 0.1
   assert float(rate(state.params, reference, batch=prompts, key=key)) > 0.6
