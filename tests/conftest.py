@@ -1,8 +1,19 @@
-"""Eight fake CPU devices for every test, so that sharded code paths run without accelerators."""
+"""Eight fake CPU devices for every test, so that sharded code paths run without accelerators.
+
+One persistent XLA compilation cache serves the whole session (both pytest-xdist workers inherit it, and so do
+the subprocesses that tests launch with tests.helpers.subprocess_env or tests.multihost.launch.env): restarted and
+repeated runs of the same program (kill-and-resume tests, several processes) then compile it once.
+"""
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8').strip()
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:  # the first process of the session makes it and removes it
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(prefix='nlhf_jax_xla_cache_')
+  atexit.register(shutil.rmtree, os.environ['JAX_COMPILATION_CACHE_DIR'], True)
 
 import jax  # noqa: E402  (after XLA_FLAGS)
 import pytest  # noqa: E402

@@ -1,4 +1,6 @@
-"""Shared test helpers: tiny experiment configs and meshes."""
+"""Shared test helpers: tiny experiment configs, meshes and the environment of subprocesses."""
+import os
+
 import jax
 
 from experiments.configs import sft
@@ -27,3 +29,14 @@ def _devices_for(c):
 def mesh(data=1, fsdp=1, tensor=1):
   n = data * fsdp * tensor
   return make_mesh(MeshConfig(data=data, fsdp=fsdp, tensor=tensor), devices=jax.devices()[:n])
+
+
+def subprocess_env(devices: int | None = 8) -> dict:
+  """A minimal environment for a command under test: CPU, `devices` fake devices (None: one), and the session's
+  compilation cache (tests/conftest.py)."""
+  env = {'JAX_PLATFORMS': 'cpu', 'PATH': '/usr/bin:/bin'}
+  if devices:
+    env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
+  if os.environ.get('JAX_COMPILATION_CACHE_DIR'):
+    env['JAX_COMPILATION_CACHE_DIR'] = os.environ['JAX_COMPILATION_CACHE_DIR']
+  return env

@@ -6,8 +6,10 @@ import sys
 
 import pytest
 
+from tests.helpers import subprocess_env
+
 REPO = pathlib.Path(__file__).parents[1]
-ENV = {'XLA_FLAGS': '--xla_force_host_platform_device_count=8', 'JAX_PLATFORMS': 'cpu', 'PATH': '/usr/bin:/bin'}
+ENV = subprocess_env(8)
 
 
 def _train(workdir, *flags):

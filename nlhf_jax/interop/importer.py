@@ -108,8 +108,8 @@ def import_run(hf_dir: str, workdir: str, dtype: str = 'float32', mesh=None, ove
   manager.save(0, args=ocp.args.Composite(params=ocp.args.StandardSave(params), meta=ocp.args.JsonSave(meta)))
   manager.wait_until_finished()
   manager.close()
+  checkpointing.write_run_config(workdir, config)
   if is_leader():
-    write_json(os.path.join(workdir, 'config.json'), config)
     write_json(os.path.join(workdir, 'hf_config.json'), raw)
   barrier('nlhf_import_done')
   n = sum(x.size for x in jax.tree.leaves(params))

@@ -19,7 +19,7 @@ import pytest
 from nlhf_jax.config import from_config_dict
 from nlhf_jax.config.defaults import sibling
 from nlhf_jax.data import synthetic, tfds_builders
-from tests.helpers import mesh
+from tests.helpers import mesh, subprocess_env
 from tests.models import hf_models
 
 pytest.importorskip('transformers')
@@ -29,8 +29,7 @@ CONFIGS = ROOT / 'experiments' / 'configs'
 
 def _cli(module: str, *args: str, status: int = 0) -> subprocess.CompletedProcess:
   out = subprocess.run([sys.executable, '-m', module, *args], capture_output=True, text=True, timeout=300, cwd=ROOT,
-                       env={'XLA_FLAGS': '--xla_force_host_platform_device_count=8', 'JAX_PLATFORMS': 'cpu',
-                            'PATH': '/usr/bin:/bin', 'HOME': os.environ.get('HOME', '/tmp')})
+                       env=dict(subprocess_env(8), HOME=os.environ.get('HOME', '/tmp')))
   assert out.returncode == status, out.stderr[-3000:]
   return out
 

@@ -18,7 +18,8 @@ KILL_AFTER_S = 300
 
 
 def env(devices: int) -> dict:
-  base = {k: v for k, v in os.environ.items() if not k.startswith(('JAX_', 'XLA_'))}
+  keep = ('JAX_COMPILATION_CACHE_DIR', 'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS')
+  base = {k: v for k, v in os.environ.items() if not k.startswith(('JAX_', 'XLA_')) or k in keep}
   return dict(base, JAX_PLATFORMS='cpu', XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
               JAX_CPU_COLLECTIVES_IMPLEMENTATION='gloo', PYTHONUNBUFFERED='1')
 
