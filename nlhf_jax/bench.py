@@ -2,10 +2,18 @@
 
   nlhf-bench                          # tiny, small and 125m (batch 4 x 128), each in a fresh process
   nlhf-bench --presets=125m:8x256,1b:2x128 --iters=3
+  nlhf-bench --presets=tiny:2x16 --iters=1 --json
 
-A preset may carry its own batch shape, PRESET:BATCHxSEQ (otherwise --batch_size x --seq_len). For each it prints the median step time, tokens/s, model FLOPs per step, MFU against a matmul peak
-measured in the same process, the compiled step's memory footprint and the process's peak memory. Each preset
-runs in its own process so that peak memory belongs to it alone.
+A preset may carry its own batch shape, PRESET:BATCHxSEQ (otherwise --batch_size x --seq_len). For each it prints
+the median step time, tokens/s, model FLOPs per step, MFU against a matmul peak measured in the same process, the
+compiled step's memory footprint and the process's peak memory. Each preset runs in its own process so that peak
+memory belongs to it alone.
+
+--json adds, as the last line, one JSON object with one entry per preset, keyed PRESET:BATCHxSEQ, each an
+object of numbers: params, batch, seq_len, devices, step_s, tokens_per_s, step_flop_count (model FLOPs of one
+step), step_flops (their achieved rate), peak_flops (the matmul peak measured in the same process, in the
+compute dtype: float32 unless --compute_dtype=bfloat16), step_fraction_of_peak (the MFU), compiled_bytes (absent
+where XLA gives no memory analysis) and peak_bytes.
 """
 from __future__ import annotations
 
@@ -22,6 +30,7 @@ _SEQ = flags.DEFINE_integer('seq_len', 256, 'Tokens per example.')
 _ITERS = flags.DEFINE_integer('iters', 5, 'Timed steps (median reported).')
 _DTYPE = flags.DEFINE_enum('compute_dtype', 'float32', ['float32', 'bfloat16'], 'Compute dtype of the model.')
 _CHILD = flags.DEFINE_string('child', None, 'Internal: measure this preset in this process, print JSON.')
+_JSON = flags.DEFINE_bool('json', False, 'Print every figure as one JSON object, the last line.')
 
 
 def measure(preset: str, batch: int, seq_len: int, iters: int, compute_dtype: str) -> dict:
@@ -89,18 +98,32 @@ def report(r: dict) -> str:
           f"compiled {compiled} | peak {fmt_bytes(r['peak_bytes'])} ({r['peak_kind']})")
 
 
+def figures(r: dict) -> dict:
+  """The numbers of one measurement (a `measure` result), named as --json prints them."""
+  out = {'params': r['params'], 'batch': r['batch'], 'seq_len': r['seq_len'], 'devices': r['devices'],
+         'step_s': r['step_s'], 'tokens_per_s': r['tokens_per_s'], 'step_flop_count': r['flops_per_step'],
+         'step_flops': r['flops_per_step'] / r['step_s'], 'peak_flops': r['matmul_peak'],
+         'step_fraction_of_peak': r['mfu'], 'compiled_bytes': r['compiled_bytes'], 'peak_bytes': r['peak_bytes']}
+  return {k: v for k, v in out.items() if v is not None}
+
+
 def main(argv) -> None:
   del argv
   if _CHILD.value:
     print(json.dumps(measure(_CHILD.value, _BATCH.value, _SEQ.value, _ITERS.value, _DTYPE.value)))
     return
   print(f'SFT train step, median of {_ITERS.value} steps after compilation (one process per preset)')
+  results = {}
   for entry in _PRESETS.value:
     preset, batch, seq_len = parse_preset(entry, _BATCH.value, _SEQ.value)
     cmd = [sys.executable, '-m', 'nlhf_jax.bench', f'--child={preset}', f'--batch_size={batch}',
            f'--seq_len={seq_len}', f'--iters={_ITERS.value}', f'--compute_dtype={_DTYPE.value}']
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
-    print(report(json.loads(out.stdout.strip().splitlines()[-1])), flush=True)
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    print(report(r), flush=True)
+    results[f'{preset}:{batch}x{seq_len}'] = figures(r)
+  if _JSON.value:
+    print(json.dumps(results), flush=True)
 
 
 def run() -> None:

@@ -51,7 +51,7 @@ def forward_flops_per_token(cfg: ModelConfig, context: int, vocab_head: bool = T
   """Matmul FLOPs of one token's forward pass attending over `context` keys (embedding lookup is free), with
   the vocabulary projection unless `vocab_head` is False (a scalar-head judge, a position whose logits are not
   needed)."""
-  attn_proj = 4 * cfg.d_model * cfg.num_heads * cfg.head_dim
+  attn_proj = 2 * cfg.d_model * (cfg.num_heads + cfg.kv_heads) * cfg.head_dim  # q, o; k, v over kv heads
   mlp = 3 * cfg.d_model * cfg.mlp_dim
   scores = 2 * context * cfg.num_heads * cfg.head_dim  # q.k and probs.v
   head = cfg.d_model * cfg.vocab_size if vocab_head else 0

@@ -1,22 +1,46 @@
-"""`make bench` smoke tests at toy sizes: every benchmark runs and prints its figures (no time is asserted)."""
+"""`make bench` smoke tests at toy sizes: every benchmark runs and prints its figures, and with --json ends with
+one JSON object of them (no time is asserted)."""
+import json
+import math
 import pathlib
 import subprocess
 import sys
 
 import pytest
 
+from tests.helpers import subprocess_env
+
 REPO = pathlib.Path(__file__).parents[1]
+
+
+def _last_json(stdout: str) -> dict:
+  return json.loads(stdout.strip().splitlines()[-1])
+
+
+def _check_figures(figures: dict, keys: set, non_negative: tuple = ()) -> None:
+  """Exactly `keys`, each a finite number, positive (or >= 0 for the names ending in `non_negative`)."""
+  assert set(figures) == keys, set(figures) ^ keys
+  for k, v in figures.items():
+    assert isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v), (k, v)
+    assert v >= 0 if k.endswith(non_negative) else v > 0, (k, v)
 
 
 @pytest.mark.slow
 def test_sft_bench_prints_every_figure():
-  out = subprocess.run([sys.executable, '-m', 'nlhf_jax.bench', '--presets=tiny:2x16', '--iters=1'],
-                       capture_output=True, text=True, timeout=300, cwd=REPO,
-                       env={'JAX_PLATFORMS': 'cpu', 'PATH': '/usr/bin:/bin'})
+  out = subprocess.run([sys.executable, '-m', 'nlhf_jax.bench', '--presets=tiny:2x16', '--iters=1', '--json'],
+                       capture_output=True, text=True, timeout=300, cwd=REPO, env=subprocess_env(None))
   assert out.returncode == 0, out.stderr[-3000:]
   line = [x for x in out.stdout.splitlines() if x.strip().startswith('tiny')][0]
   for figure in ('batch 2 x 16', 'tok/s', 'GFLOP/step', 'MFU', 'GFLOP/s (float32 matmul, measured)', 'peak'):
     assert figure in line, line
+  figures = _last_json(out.stdout)
+  assert list(figures) == ['tiny:2x16']
+  _check_figures(figures['tiny:2x16'], {'params', 'batch', 'seq_len', 'devices', 'step_s', 'tokens_per_s',
+                                        'step_flop_count', 'step_flops', 'peak_flops', 'step_fraction_of_peak',
+                                        'compiled_bytes', 'peak_bytes'})
+  tiny = figures['tiny:2x16']
+  assert (tiny['batch'], tiny['seq_len']) == (2, 16)
+  assert math.isclose(tiny['step_fraction_of_peak'], tiny['step_flops'] / tiny['peak_flops'])
 
 
 def test_bench_preset_shapes():
@@ -44,3 +68,34 @@ def test_tabular_bench_prints(capsys):
   bench.main(num_steps=200, n=5, batch=2)
   out = capsys.readouterr().out
   assert 'steps' in out and 'KL' in out
+
+
+def test_tabular_bench_json(capsys):
+  from nlhf_jax.tabular import bench
+  bench.cli(['--num_steps=200', '--actions=5', '--games=2', '--json'])
+  out = capsys.readouterr().out
+  assert 'KL' in out.splitlines()[-2]
+  per_dtype = ('one_game_s', 'step_s', 'games_s', 'final_kl', 'final_exploitability')
+  keys = {'num_steps', 'actions', 'games', 'tau'} | {f'{d}_{k}' for d in ('float64', 'float32') for k in per_dtype}
+  figures = _last_json(out)
+  _check_figures(figures, keys, non_negative=('final_kl', 'final_exploitability'))
+  assert (figures['num_steps'], figures['actions'], figures['games']) == (200, 5, 2)
+
+
+def test_sampling_bench_json(capsys):
+  """Toy sizes, in process: the human-readable lines, then every figure, the pair's rate against the square
+  float32 matmul peak measured in the same run."""
+  from nlhf_jax.sampling import bench
+  returned = bench.main(['--preset=tiny', '--batch=2', '--new=3', '--prompt=6', '--min_prompt=3', '--iters=1',
+                         '--json'])
+  lines = capsys.readouterr().out.strip().splitlines()
+  assert lines[1].startswith('policy only') and lines[2].startswith('policy + mixture pair')
+  assert lines[3].startswith('pair: ') and '1024^3' in lines[3] and lines[4].startswith('peak memory')
+  figures = json.loads(lines[-1])
+  assert figures == returned
+  timing = ('s', 'tokens_per_s', 'first_call_s', 'compile_s')
+  keys = {f'{w}_{k}' for w in ('policy', 'pair') for k in timing} | {
+      'pair_flop_count', 'pair_flops', 'decode_matmul_flops', 'peak_flops', 'pair_fraction_of_peak', 'peak_bytes'}
+  _check_figures(figures, keys, non_negative=('compile_s',))
+  assert math.isclose(figures['pair_fraction_of_peak'], figures['pair_flops'] / figures['peak_flops'])
+  assert math.isclose(figures['pair_flops'], figures['pair_flop_count'] / figures['pair_s'])

@@ -1,12 +1,13 @@
 """Experiment configuration: frozen dataclasses and their validation."""
-from nlhf_jax.config.schema import (DataConfig, DistributedConfig, ExperimentConfig, MeshConfig, ModelConfig,
-                                    OnlineConfig, OptimConfig, TrainConfig)
+from nlhf_jax.config.schema import (DataConfig, DistributedConfig, ExperimentConfig, LoraConfig, MeshConfig,
+                                    ModelConfig, OnlineConfig, OptimConfig, TrainConfig)
 from nlhf_jax.config.validate import ConfigError, build, check_against_mesh, from_config_dict, resolve_mesh_shape
 
 __all__ = [
     'DataConfig',
     'DistributedConfig',
     'ExperimentConfig',
+    'LoraConfig',
     'MeshConfig',
     'ModelConfig',
     'OnlineConfig',

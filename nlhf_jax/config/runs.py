@@ -2,8 +2,9 @@
 
 A run directory holds its experiment config as RUN/config.json (written by nlhf-train and nlhf-import). With
 `config.model.preset='from_run'` the model section is that of the run named by `config.init_checkpoint` (or, when
-that is empty, `config.online.reference_checkpoint`), so an imported model's shape is never copied by hand; only
-`model.compute_dtype` keeps the value of the config. `config.data.tokenizer='from_run'` likewise takes the run's
+that is empty, `config.online.reference_checkpoint`), so an imported model's shape is never copied by hand; the
+fields that say how to run it (KEPT_MODEL_FIELDS: compute and parameter dtypes, scanned layers, remat, attention
+implementation, vocabulary chunks, LoRA) keep the config's values. `config.data.tokenizer='from_run'` likewise takes the run's
 tokenizer. The resolution happens before validation, so every later check sees the concrete values.
 """
 from __future__ import annotations
@@ -17,7 +18,9 @@ from nlhf_jax.config.validate import ConfigError
 
 FROM_RUN = 'from_run'
 RUN_CONFIG = 'config.json'
-KEPT_MODEL_FIELDS = ('compute_dtype',)  # the config's own value wins over the run's
+# The config's own values win over the run's: how to run the model, not what it is.
+KEPT_MODEL_FIELDS = ('compute_dtype', 'scan_layers', 'remat', 'param_dtype', 'attention_impl', 'logits_chunk',
+                     'lora')
 
 
 def run_config_path(run: str) -> epath.Path:

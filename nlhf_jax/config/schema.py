@@ -11,6 +11,20 @@ from typing import Optional
 
 
 @dataclasses.dataclass(frozen=True)
+class LoraConfig:
+  """config.model.lora: low-rank adapters on the Transformer's projections (nlhf_jax/models/lora.py).
+
+  `rank` 0 is off. Otherwise every projection (q, k, v, o; gate, up, down) of a module whose path relative to
+  the Transformer ('layer_0/attn', 'layer_3/mlp'; 'layers/attn' with scan_layers) fully matches the regex
+  `targets` computes x W + (alpha / rank) x A B; only A and B are trained (and checkpointed), the base weights
+  stay frozen, and the reference policy of an online run is the base itself (the adapters off).
+  """
+  rank: int = 0
+  alpha: float = 16.0
+  targets: str = '.*(attn|mlp)'
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelConfig:
   """A decoder-only Transformer. The defaults are the native Llama-style model (RMSNorm, RoPE, SwiGLU, one KV
   head per query head); the other fields select the conventions of the pretrained families (docs/models.md):
@@ -33,6 +47,16 @@ class ModelConfig:
     scaling of Llama 3.1, with rope_low_freq_factor, rope_high_freq_factor, rope_original_max_len).
   - `family`: the Hugging Face family a model was imported from (llama, qwen2, qwen3, mistral, gemma2,
     gemma3_text) and is exported to; '' for native models (exported as llama).
+
+  Memory and speed switches (docs/architecture.md, "Memory at size"), none of which changes the function:
+  - `scan_layers`: one stack of layers run by jax.lax.scan (compile time independent of depth) instead of
+    unrolled layers; parameters and caches get a leading layer axis (checkpoints convert between the two).
+  - `remat`: 'none', 'dots_saveable' (keep matmul outputs) or 'full' (keep each layer's input only).
+  - `param_dtype`: 'float32' or 'bfloat16' storage of the parameters (compute follows `compute_dtype`).
+  - `attention_impl`: 'einsum' or 'dot_product' (jax.nn.dot_product_attention for training and prefill).
+  - `logits_chunk` (0: off): log-probabilities over vocabulary chunks of this many ids, never a [B, T, V] array.
+
+  `lora` (LoraConfig): train low-rank adapters instead of the parameters.
   """
   preset: str = 'tiny'
   vocab_size: int = 256
@@ -67,6 +91,12 @@ class ModelConfig:
   rope_high_freq_factor: float = 4.0
   rope_original_max_len: int = 8192
   family: str = ''
+  scan_layers: bool = False
+  remat: str = 'none'
+  param_dtype: str = 'float32'
+  attention_impl: str = 'einsum'
+  logits_chunk: int = 0
+  lora: LoraConfig = LoraConfig()
 
   @property
   def kv_heads(self) -> int:
@@ -83,20 +113,28 @@ class ModelConfig:
     """A ModelConfig from a saved (JSON) model section: unknown keys dropped, missing keys at their defaults,
     lists as tuples (configs are hashed as static arguments)."""
     names = {f.name for f in dataclasses.fields(cls)}
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in names})
+    out = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items() if k in names}
+    if isinstance(out.get('lora'), dict):
+      lora_names = {f.name for f in dataclasses.fields(LoraConfig)}
+      out['lora'] = LoraConfig(**{k: v for k, v in out['lora'].items() if k in lora_names})
+    return cls(**out)
 
 
 # Model fields that do not change the parameters or what the model computes in float32: a checkpoint of one
-# restores onto another that differs in these only.
-MODEL_RUNTIME_FIELDS = ('preset', 'compute_dtype', 'max_len', 'pad_id')
+# restores onto another that differs in these only (scan_layers and param_dtype by converting the layout or the
+# dtype on restore).
+MODEL_RUNTIME_FIELDS = ('preset', 'compute_dtype', 'max_len', 'pad_id', 'scan_layers', 'remat', 'param_dtype',
+                        'attention_impl', 'logits_chunk')
 
 
 def architecture(model: ModelConfig | dict) -> dict:
   """The model fields that fix its parameters and its function (everything but MODEL_RUNTIME_FIELDS), with
-  defaults for keys a saved config lacks."""
+  defaults for keys a saved config lacks. `lora` is left out: a LoRA run restores as its merged weights, a
+  model of the same architecture (a resume compares the whole model section, lora included)."""
   values = dataclasses.asdict(model) if isinstance(model, ModelConfig) else model
   full = dataclasses.asdict(ModelConfig.from_dict(values))
-  return {k: list(v) if isinstance(v, tuple) else v for k, v in full.items() if k not in MODEL_RUNTIME_FIELDS}
+  return {k: list(v) if isinstance(v, tuple) else v for k, v in full.items()
+          if k not in MODEL_RUNTIME_FIELDS and k != 'lora'}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,6 +221,11 @@ class OnlineConfig:
   judge_checkpoint: str = ''  # the preference_model / reward_model run
   oracle: str = ''  # 'module:function' or 'module:factory(args)' for judge='oracle'
   binary_judgements: bool = False  # replace P(y > y') by a 0/1 draw (the model-free variant)
+  # dtype of the frozen reference and judge parameters ('': as stored); 'bfloat16' halves them at real sizes.
+  frozen_dtype: str = ''
+  # Keep the parameters sharded over 'fsdp' while decoding (models larger than one device) instead of gathering
+  # them once at the decode loop's boundary.
+  sharded_decode: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import typing
 from typing import Any, Mapping
 
@@ -122,6 +123,7 @@ def check_values(cfg: schema.ExperimentConfig) -> None:
   _require(t.on_nonfinite in ('stop', 'skip'),
            f"config.train.on_nonfinite={t.on_nonfinite!r}: use 'stop' or 'skip'")
   check_online(cfg)
+  check_lora(cfg)
   mesh = cfg.mesh
   axes = {'data': mesh.data, 'fsdp': mesh.fsdp, 'tensor': mesh.tensor}
   for name, size in axes.items():
@@ -151,6 +153,11 @@ def check_architecture(m: schema.ModelConfig) -> None:
     _require(not bad, f"config.model.layer_types: {bad[0]!r} is not a layer type; use 'global' or 'local'")
     _require(m.sliding_window > 0 or 'local' not in m.layer_types,
              'config.model.layer_types names local layers but config.model.sliding_window=0; set the window')
+  for key, value, allowed in [('remat', m.remat, ('none', 'dots_saveable', 'full')),
+                              ('param_dtype', m.param_dtype, ('float32', 'bfloat16')),
+                              ('attention_impl', m.attention_impl, ('einsum', 'dot_product'))]:
+    _require(value in allowed, f'config.model.{key}={value!r}: use {" or ".join(repr(a) for a in allowed)}')
+  _require(m.logits_chunk >= 0, f'config.model.logits_chunk={m.logits_chunk}: must be >= 0 (0: off)')
   _require(m.rope_scaling in ('none', 'linear', 'llama3'),
            f"config.model.rope_scaling={m.rope_scaling!r}: use 'none', 'linear' or 'llama3'")
   if m.rope_scaling != 'none':
@@ -178,6 +185,8 @@ def check_online(cfg: schema.ExperimentConfig) -> None:
   _require(o.top_k >= 0, f'config.online.top_k={o.top_k}: must be >= 0 (0: off)')
   _require(0.0 < o.top_p <= 1.0, f'config.online.top_p={o.top_p}: must be in (0, 1] (1: off)')
   _require(o.max_new_tokens > 0, f'config.online.max_new_tokens={o.max_new_tokens}: must be positive')
+  _require(o.frozen_dtype in ('', 'float32', 'bfloat16'),
+           f"config.online.frozen_dtype={o.frozen_dtype!r}: use '' (as stored), 'float32' or 'bfloat16'")
   _require(o.judge in ('preference_model', 'reward_model', 'oracle'),
            f"config.online.judge={o.judge!r}: use 'preference_model', 'reward_model' or 'oracle'")
   objective = cfg.train.objective
@@ -195,6 +204,32 @@ def check_online(cfg: schema.ExperimentConfig) -> None:
     need = d.prompt_len + (2 if objective == 'preference_model' else 1) * d.response_len
     _require(need <= m.max_len, f'config.model.max_len={m.max_len} is shorter than the {objective} input: '
              f'data.prompt_len + {"2 * " if objective == "preference_model" else ""}data.response_len = {need}')
+
+
+def check_lora(cfg: schema.ExperimentConfig) -> None:
+  """config.model.lora: its values, and the runs LoRA needs (adapters train on top of a base model's weights)."""
+  lora, objective = cfg.model.lora, cfg.train.objective
+  _require(lora.rank >= 0, f'config.model.lora.rank={lora.rank}: must be >= 0 (0: off)')
+  if lora.rank == 0:
+    return
+  _require(math.isfinite(lora.alpha) and lora.alpha > 0, f'config.model.lora.alpha={lora.alpha}: must be > 0')
+  try:
+    re.compile(lora.targets)
+  except re.error as e:
+    raise ConfigError(f'config.model.lora.targets={lora.targets!r} is not a regular expression ({e})') from None
+  _require(objective == 'sft' or objective in ONLINE_OBJECTIVES,
+           f'config.model.lora.rank={lora.rank}: LoRA trains policies (sft and the online objectives), not a '
+           f'{objective!r} run; set config.model.lora.rank=0')
+  if objective == 'sft':
+    _require(bool(cfg.init_checkpoint), 'config.model.lora.rank > 0 trains adapters on a base model: set '
+             'config.init_checkpoint to its run (an nlhf-import or sft --workdir)')
+    return
+  reference = cfg.online.reference_checkpoint
+  _require(bool(reference), 'config.model.lora.rank > 0 trains adapters on the reference policy\'s weights: set '
+           'config.online.reference_checkpoint to its run (an nlhf-import or sft --workdir)')
+  _require(not cfg.init_checkpoint or cfg.init_checkpoint == reference,
+           f'config.init_checkpoint={cfg.init_checkpoint} differs from config.online.reference_checkpoint='
+           f'{reference}: with LoRA the policy is the reference plus adapters; leave config.init_checkpoint empty')
 
 
 def resolve_mesh_shape(mesh: schema.MeshConfig, num_devices: int) -> dict[str, int]:

@@ -2,8 +2,8 @@
 from nlhf_jax.distributed.mesh import MESH_AXES, make_mesh
 from nlhf_jax.distributed.multihost import (barrier, global_batch, initialize, is_leader, local_batch_rows,
                                             local_rows_of, resolve_launch, to_host)
-from nlhf_jax.distributed.sharding import (LOGICAL_AXIS_RULES, batch_spec, like_params, logical_to_spec, named,
-                                           param_specs)
+from nlhf_jax.distributed.sharding import (LOGICAL_AXIS_RULES, batch_spec, constrain_activations, like_params,
+                                           logical_to_spec, named, param_specs, within_mesh)
 
 __all__ = [
     'MESH_AXES',
@@ -18,8 +18,10 @@ __all__ = [
     'local_batch_rows',
     'LOGICAL_AXIS_RULES',
     'batch_spec',
+    'constrain_activations',
     'like_params',
     'logical_to_spec',
     'named',
     'param_specs',
+    'within_mesh',
 ]

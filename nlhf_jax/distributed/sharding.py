@@ -16,6 +16,7 @@ LOGICAL_AXIS_RULES: Mapping[str, Any] = {
     'heads': 'tensor',
     'kv_heads': 'tensor',
     'head_dim': None,
+    'layers': None,
     'length': None,
     'norm': None,
 }
@@ -71,3 +72,38 @@ def _key(k) -> Any:
 def batch_spec(ndim: int) -> P:
   """Batches are split over (data, fsdp) on their leading dimension."""
   return logical_to_spec(('batch',) + (None,) * (ndim - 1))
+
+
+def constrain_activations(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
+  """x constrained to the rule table's sharding of the logical `axes`, on the mesh of the surrounding
+  `within_mesh` (none: x unchanged). Mesh axes that are manual here (inside a shard_map over them) are left out.
+
+  Used on the Transformer's residual stream: without it, GSPMD propagates the parameters' sharding ('embed' over
+  fsdp) into the activations and keeps every sequence of the batch on every device (an all-reduce per matmul).
+  """
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return x
+  manual = set(getattr(mesh, 'manual_axes', ()))
+
+  def entry(name):
+    rule = LOGICAL_AXIS_RULES.get(name) if name is not None else None
+    names = (rule,) if isinstance(rule, str) else tuple(rule or ())
+    kept = tuple(a for a in names if a in mesh.axis_names and a not in manual and mesh.shape[a] > 1)
+    return kept or None
+  spec = P(*(entry(a) for a in axes))
+  if all(e is None for e in spec):
+    return x
+  return jax.lax.with_sharding_constraint(x, spec)
+
+
+def within_mesh(fn, mesh):
+  """fn traced with `mesh` as the abstract mesh in context, so that `constrain_activations` applies inside it
+  (wrap a step before jax.jit)."""
+  if mesh is None:
+    return fn
+
+  def wrapped(*args, **kwargs):
+    with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
+      return fn(*args, **kwargs)
+  return wrapped

@@ -9,6 +9,12 @@ keys/values at `cache_index` and attends over every cache slot whose `key_mask` 
 in the future. Masks are by position (the count of real tokens before a token), so padding anywhere in the
 sequence changes nothing; a local (sliding-window) layer also skips keys `sliding_window` or more positions back,
 in the cache as in a full forward pass.
+
+A layer knows whether it is local and its RoPE frequencies from its index (`LayerKind.of`); a layer of a scanned
+stack (config.model.scan_layers) has no index of its own and receives its LayerKind (a traced flag and frequency
+array) with each call. With config.model.attention_impl='dot_product' the attention of more than one query
+position (training, prefill) goes through `jax.nn.dot_product_attention` (cuDNN flash attention on GPU where it
+applies, XLA elsewhere) with the same mask; one-token decoding over the cache keeps the einsum form.
 """
 from __future__ import annotations
 
@@ -16,31 +22,51 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from typing import NamedTuple
+
 from nlhf_jax.config import ModelConfig
-from nlhf_jax.models.layers import RMSNorm, param, rope, rope_frequencies, softcap
+from nlhf_jax.models.layers import RMSNorm, param, param_dtype, rope, rope_frequencies, softcap
 
 _NEG_INF = -1e30
 
 
+class LayerKind(NamedTuple):
+  """What differs between layers: whether the layer is local (a Python bool, or a traced bool in a scanned
+  stack) and its RoPE frequencies [head_dim / 2]."""
+  local: bool | jax.Array
+  freq: jax.Array
+
+  @classmethod
+  def of(cls, cfg: ModelConfig, layer: int) -> 'LayerKind':
+    local = cfg.is_local(layer)
+    return cls(local, rope_frequencies(cfg, local))
+
+  @classmethod
+  def stacked(cls, cfg: ModelConfig) -> 'LayerKind':
+    """Every layer's kind, stacked on a leading layer axis (the scanned inputs of a stack)."""
+    kinds = [cls.of(cfg, i) for i in range(cfg.num_layers)]
+    return cls(jnp.asarray([k.local for k in kinds]), jnp.stack([k.freq for k in kinds]))
+
+
 class Attention(nnx.Module):
-  def __init__(self, cfg: ModelConfig, layer: int, rngs: nnx.Rngs):
-    d, h, kv, hd = cfg.d_model, cfg.num_heads, cfg.kv_heads, cfg.head_dim
-    self.q = param(rngs, (d, h, hd), ('embed', 'heads', 'head_dim'))
-    self.k = param(rngs, (d, kv, hd), ('embed', 'kv_heads', 'head_dim'))
-    self.v = param(rngs, (d, kv, hd), ('embed', 'kv_heads', 'head_dim'))
-    self.o = param(rngs, (h, hd, d), ('heads', 'head_dim', 'embed'))
+  def __init__(self, cfg: ModelConfig, layer: int | None, rngs: nnx.Rngs):
+    d, h, kv, hd, dt = cfg.d_model, cfg.num_heads, cfg.kv_heads, cfg.head_dim, param_dtype(cfg)
+    self.q = param(rngs, (d, h, hd), ('embed', 'heads', 'head_dim'), dtype=dt)
+    self.k = param(rngs, (d, kv, hd), ('embed', 'kv_heads', 'head_dim'), dtype=dt)
+    self.v = param(rngs, (d, kv, hd), ('embed', 'kv_heads', 'head_dim'), dtype=dt)
+    self.o = param(rngs, (h, hd, d), ('heads', 'head_dim', 'embed'), dtype=dt)
     zeros = jax.nn.initializers.zeros
     if cfg.qkv_bias:
-      self.q_bias = param(rngs, (h, hd), ('heads', 'head_dim'), zeros)
-      self.k_bias = param(rngs, (kv, hd), ('kv_heads', 'head_dim'), zeros)
-      self.v_bias = param(rngs, (kv, hd), ('kv_heads', 'head_dim'), zeros)
+      self.q_bias = param(rngs, (h, hd), ('heads', 'head_dim'), zeros, dt)
+      self.k_bias = param(rngs, (kv, hd), ('kv_heads', 'head_dim'), zeros, dt)
+      self.v_bias = param(rngs, (kv, hd), ('kv_heads', 'head_dim'), zeros, dt)
     if cfg.out_bias:
-      self.o_bias = param(rngs, (d,), ('embed',), zeros)
+      self.o_bias = param(rngs, (d,), ('embed',), zeros, dt)
     if cfg.qk_norm:
-      self.q_norm = RMSNorm(hd, cfg.norm_eps, rngs, cfg.norm_offset)
-      self.k_norm = RMSNorm(hd, cfg.norm_eps, rngs, cfg.norm_offset)
+      self.q_norm = RMSNorm(hd, cfg.norm_eps, rngs, cfg.norm_offset, dt)
+      self.k_norm = RMSNorm(hd, cfg.norm_eps, rngs, cfg.norm_offset, dt)
     self.cfg = cfg
-    self.local = cfg.is_local(layer)
+    self.layer = layer  # None in a scanned stack: the kind comes with each call
 
   def _project(self, x_btd: jax.Array, name: str) -> jax.Array:
     dt = x_btd.dtype
@@ -51,16 +77,16 @@ class Attention(nnx.Module):
       out = getattr(self, f'{name}_norm')(out)
     return out
 
-  def __call__(self, x_btd, positions_bt, key_mask_bs, cache=None, cache_index=None):
+  def __call__(self, x_btd, positions_bt, key_mask_bs, cache=None, cache_index=None, kind: LayerKind | None = None):
     """Returns (output [B, T, D], new cache or None).
 
     Without a cache, keys are the T inputs themselves and key_mask_bs is [B, T]. With a cache of S slots,
     the T new keys are written at slots cache_index..cache_index+T-1 and key_mask_bs is [B, S].
     """
     cfg, dt = self.cfg, x_btd.dtype
-    freq = rope_frequencies(cfg, self.local)
-    q = rope(self._project(x_btd, 'q'), positions_bt, freq)
-    k = rope(self._project(x_btd, 'k'), positions_bt, freq)
+    kind = LayerKind.of(cfg, self.layer) if kind is None else kind
+    q = rope(self._project(x_btd, 'q'), positions_bt, kind.freq)
+    k = rope(self._project(x_btd, 'k'), positions_bt, kind.freq)
     v = self._project(x_btd, 'v')
     if cache is None:
       key_positions, k_spec = positions_bt, 'bsnk'
@@ -71,6 +97,22 @@ class Attention(nnx.Module):
       cache = {'k': k, 'v': v, 'pos': jax.lax.dynamic_update_slice_in_dim(
           cache['pos'], positions_bt.astype(cache['pos'].dtype), cache_index, axis=1)}
       key_positions, k_spec = cache['pos'], 'bnsk'
+    allowed = (key_positions[:, None, :] <= positions_bt[:, :, None]) & key_mask_bs[:, None, :]  # [B, T, S]
+    if cfg.sliding_window and kind.local is not False:
+      in_window = key_positions[:, None, :] > positions_bt[:, :, None] - cfg.sliding_window
+      allowed &= in_window if kind.local is True else (in_window | ~kind.local)
+    if cfg.attention_impl == 'dot_product' and q.shape[1] > 1 and not cfg.attn_logit_softcap:
+      out = _fused(q, k, v, allowed, cache is not None, (cfg.query_pre_attn_scalar or q.shape[-1]) ** -0.5)
+    else:
+      out = self._einsum_attention(q, k, v, allowed, k_spec)
+    out = jnp.einsum('bthk,hkd->btd', out, self.o[...].astype(dt))
+    if cfg.out_bias:
+      out = out + self.o_bias[...].astype(dt)
+    return out, cache
+
+  def _einsum_attention(self, q, k, v, allowed, k_spec: str):
+    """softmax(q k^T * scale [soft-capped], masked) v in float32 logits; q [B, T, H, D], k/v as k_spec."""
+    cfg, dt = self.cfg, q.dtype
     b, t, h, hd = q.shape
     group = h // cfg.kv_heads
     if group > 1:  # queries [B, T, KV, G, D] against keys [B, S, KV, D] (the cache: [B, KV, S, D])
@@ -80,14 +122,16 @@ class Attention(nnx.Module):
     scale = (cfg.query_pre_attn_scalar or hd) ** -0.5
     logits = jnp.einsum(f'{q_spec},{k_spec}->{logit_spec}', q, k.astype(dt)).astype(jnp.float32) * scale
     logits = softcap(logits, cfg.attn_logit_softcap)
-    allowed = (key_positions[:, None, :] <= positions_bt[:, :, None]) & key_mask_bs[:, None, :]
-    if self.local:
-      allowed &= key_positions[:, None, :] > positions_bt[:, :, None] - cfg.sliding_window
     allowed = allowed.reshape((b,) + (1,) * (logits.ndim - 3) + allowed.shape[1:])
     logits = jnp.where(allowed, logits, _NEG_INF)
     probs = jax.nn.softmax(logits, axis=-1).astype(dt)
-    out = jnp.einsum(f'{logit_spec},{k_spec}->{q_spec}', probs, v.astype(dt)).reshape(b, t, h, hd)
-    out = jnp.einsum('bthk,hkd->btd', out, self.o[...].astype(dt))
-    if cfg.out_bias:
-      out = out + self.o_bias[...].astype(dt)
-    return out, cache
+    return jnp.einsum(f'{logit_spec},{k_spec}->{q_spec}', probs, v.astype(dt)).reshape(b, t, h, hd)
+
+
+def _fused(q, k, v, allowed, head_major: bool, scale: float) -> jax.Array:
+  """jax.nn.dot_product_attention with the boolean mask `allowed` [B, T, S]; keys in the cache's head-major
+  layout are brought to [B, S, KV, D] first. Returns [B, T, H, D]."""
+  if head_major:
+    k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
+  dt = q.dtype
+  return jax.nn.dot_product_attention(q, k.astype(dt), v.astype(dt), mask=allowed[:, None], scale=scale)

@@ -26,7 +26,7 @@ from flax import nnx
 
 from nlhf_jax.config import ModelConfig
 from nlhf_jax.models.layers import param
-from nlhf_jax.models.transformer import Transformer, init_cache
+from nlhf_jax.models.transformer import Transformer, init_cache, map_cache_rows
 
 
 def concat_segments(*segments: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
@@ -72,7 +72,7 @@ class ScalarHead(nnx.Module):
     cache['mask'] = jnp.concatenate([prompt_mask, jnp.zeros_like(mask[:b])], axis=1)
     positions = jnp.maximum(jnp.cumsum(prompt_mask.astype(jnp.int32), axis=1) - 1, 0)
     _, cache = self.backbone.hidden(prompt, prompt_mask, positions, cache, 0)
-    cache = jax.tree.map(lambda x: jnp.concatenate([x] * k, axis=0), cache)
+    cache = map_cache_rows(lambda x, axis: jnp.concatenate([x] * k, axis=axis), cache)
     cache['mask'] = jnp.concatenate([cache['mask'][:, :lp], mask], axis=1)
     start = jnp.concatenate([prompt_mask.sum(axis=1)] * k).astype(jnp.int32)
     positions = start[:, None] + jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=1) - 1, 0)

@@ -14,26 +14,33 @@ from nlhf_jax.config import ModelConfig
 _INIT = jax.nn.initializers.normal(stddev=0.02)
 
 
-def param(rngs: nnx.Rngs, shape: Sequence[int], axes: Sequence[str | None], init=_INIT) -> nnx.Param:
-  """A float32 parameter with its logical axis names."""
+def param(rngs: nnx.Rngs, shape: Sequence[int], axes: Sequence[str | None], init=_INIT,
+          dtype=jnp.float32) -> nnx.Param:
+  """A parameter (float32 unless `dtype` says otherwise) with its logical axis names."""
   assert len(shape) == len(axes), (shape, axes)
-  return nnx.Param(init(rngs.params(), tuple(shape), jnp.float32), logical_axes=tuple(axes))
+  return nnx.Param(init(rngs.params(), tuple(shape), jnp.float32).astype(dtype), logical_axes=tuple(axes))
+
+
+def param_dtype(cfg: ModelConfig):
+  """The dtype the model stores its parameters in (config.model.param_dtype)."""
+  return jnp.bfloat16 if cfg.param_dtype == 'bfloat16' else jnp.float32
 
 
 class RMSNorm(nnx.Module):
   """x / rms(x) * (offset + scale), computed in float32. offset 0 is the Llama convention (scale starts at 1);
   offset 1 is Gemma's, which stores scale - 1 (it starts at 0)."""
 
-  def __init__(self, dim: int, eps: float, rngs: nnx.Rngs, offset: float = 0.0):
+  def __init__(self, dim: int, eps: float, rngs: nnx.Rngs, offset: float = 0.0, dtype=jnp.float32):
     init = jax.nn.initializers.zeros if offset else jax.nn.initializers.ones
-    self.scale = param(rngs, (dim,), ('norm',), init)
+    self.scale = param(rngs, (dim,), ('norm',), init, dtype)
     self.eps = eps
     self.offset = offset
 
   def __call__(self, x: jax.Array) -> jax.Array:
     x32 = x.astype(jnp.float32)
     normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-    scale = self.scale[...] + self.offset if self.offset else self.scale[...]
+    scale = self.scale[...].astype(jnp.float32)
+    scale = scale + self.offset if self.offset else scale
     return (normed * scale).astype(x.dtype)
 
 
@@ -43,16 +50,17 @@ _ACTIVATIONS = {'silu': jax.nn.silu, 'gelu_tanh': lambda x: jax.nn.gelu(x, appro
 class GatedMLP(nnx.Module):
   """down(act(x @ gate) * (x @ up)): SwiGLU with act = silu, GeGLU with act = tanh-approximate gelu."""
 
-  def __init__(self, d_model: int, mlp_dim: int, rngs: nnx.Rngs, activation: str = 'silu'):
-    self.gate = param(rngs, (d_model, mlp_dim), ('embed', 'mlp'))
-    self.up = param(rngs, (d_model, mlp_dim), ('embed', 'mlp'))
-    self.down = param(rngs, (mlp_dim, d_model), ('mlp', 'embed'))
+  def __init__(self, d_model: int, mlp_dim: int, rngs: nnx.Rngs, activation: str = 'silu', dtype=jnp.float32):
+    self.gate = param(rngs, (d_model, mlp_dim), ('embed', 'mlp'), dtype=dtype)
+    self.up = param(rngs, (d_model, mlp_dim), ('embed', 'mlp'), dtype=dtype)
+    self.down = param(rngs, (mlp_dim, d_model), ('mlp', 'embed'), dtype=dtype)
     self.activation = activation
 
   def __call__(self, x: jax.Array) -> jax.Array:
     dt = x.dtype
-    h = _ACTIVATIONS[self.activation](x @ self.gate[...].astype(dt)) * (x @ self.up[...].astype(dt))
-    return h @ self.down[...].astype(dt)
+    # jnp.dot rather than `@`: LoRA (nlhf_jax/models/lora.py) intercepts jnp.dot / jnp.einsum, not jnp.matmul.
+    h = _ACTIVATIONS[self.activation](jnp.dot(x, self.gate[...].astype(dt))) * jnp.dot(x, self.up[...].astype(dt))
+    return jnp.dot(h, self.down[...].astype(dt))
 
 
 def softcap(x: jax.Array, cap: float) -> jax.Array:

@@ -5,6 +5,9 @@ import dataclasses
 
 from nlhf_jax.config.schema import ModelConfig
 
+_AT_SIZE = dict(scan_layers=True, remat='full', compute_dtype='bfloat16', attention_impl='dot_product',
+                logits_chunk=16384)
+
 PRESETS = {
     # ~0.1M parameters: compiles in seconds on CPU.
     'tiny': dict(vocab_size=256, d_model=64, num_layers=2, num_heads=4, head_dim=16, mlp_dim=128, max_len=128),
@@ -13,9 +16,14 @@ PRESETS = {
     # ~125M parameters (GPT-2 small shape with a 32k vocabulary).
     '125m': dict(vocab_size=32768, d_model=768, num_layers=12, num_heads=12, head_dim=64, mlp_dim=2048,
                  max_len=1024),
-    # ~1B parameters.
-    '1b': dict(vocab_size=32768, d_model=2048, num_layers=18, num_heads=16, head_dim=128, mlp_dim=5632,
-               max_len=2048),
+    # Real sizes: the shapes of Llama 3.2 1B (1.24B parameters, tied embeddings) and Llama 3.1 8B (8.03B), with
+    # the switches that make them fit (docs/architecture.md, "Memory at size"): scanned and rematerialised
+    # layers, bfloat16 compute, fused attention, log-probabilities over vocabulary chunks.
+    '1b': dict(vocab_size=128256, d_model=2048, num_layers=16, num_heads=32, num_kv_heads=8, head_dim=64,
+               mlp_dim=8192, max_len=8192, rope_theta=500_000.0, norm_eps=1e-5, **_AT_SIZE),
+    '8b': dict(vocab_size=128256, d_model=4096, num_layers=32, num_heads=32, num_kv_heads=8, head_dim=128,
+               mlp_dim=14336, max_len=8192, rope_theta=500_000.0, norm_eps=1e-5, tie_embeddings=False,
+               **_AT_SIZE),
 }
 
 

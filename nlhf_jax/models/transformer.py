@@ -1,5 +1,13 @@
 """Decoder-only Transformer language model in Flax NNX: the native Llama-style model and, through ModelConfig
-fields, the conventions of the pretrained families (Llama 3, Qwen 2.5/3, Mistral, Gemma 2/3; docs/models.md)."""
+fields, the conventions of the pretrained families (Llama 3, Qwen 2.5/3, Mistral, Gemma 2/3; docs/models.md).
+
+Layers are unrolled (`layer_0`, `layer_1`, ... : one compiled copy each) or, with config.model.scan_layers, one
+stack `layers` whose parameters carry a leading layer axis and which `jax.lax.scan` runs (compile time independent
+of depth). Both layouts compute the same function; checkpoints convert between them (`stack_layers`,
+`unstack_layers`). config.model.remat puts each layer under `jax.checkpoint` (policies 'dots_saveable': keep the
+matmul outputs; 'full': keep only the layer's input). The KV cache follows the layout: per-layer dicts, or one
+dict 'layers' of arrays with the layer axis first (`cache_batch_axis` says where the rows are).
+"""
 from __future__ import annotations
 
 import jax
@@ -7,28 +15,36 @@ import jax.numpy as jnp
 from flax import nnx
 
 from nlhf_jax.config import ModelConfig
-from nlhf_jax.models.attention import Attention
-from nlhf_jax.models.layers import GatedMLP, RMSNorm, param, softcap
+from nlhf_jax.distributed.sharding import constrain_activations
+from nlhf_jax.models.attention import Attention, LayerKind
+from nlhf_jax.models.layers import GatedMLP, RMSNorm, param, param_dtype, softcap
+from nlhf_jax.models.logprobs import TokenStats, chunked_logits, chunked_token_logprobs, token_logprobs
 
+STACK = 'layers'  # the parameter (and cache) subtree of a scanned stack
+REMAT_POLICIES = {'full': jax.checkpoint_policies.nothing_saveable,
+                  'dots_saveable': jax.checkpoint_policies.dots_saveable}
+
+# The residual stream's sharding (under distributed.within_mesh): rows over the batch axes, like the inputs.
+RESIDUAL = ('batch', 'length', None)
 _UNWRITTEN = 2**30  # cache position of a slot that holds no key yet: never attended to
 
 
 class Block(nnx.Module):
   """Pre-norm residual block; with cfg.post_norms also a norm on each branch's output (Gemma's sandwich)."""
 
-  def __init__(self, cfg: ModelConfig, layer: int, rngs: nnx.Rngs):
-    norm = lambda: RMSNorm(cfg.d_model, cfg.norm_eps, rngs, cfg.norm_offset)
+  def __init__(self, cfg: ModelConfig, layer: int | None, rngs: nnx.Rngs):
+    norm = lambda: RMSNorm(cfg.d_model, cfg.norm_eps, rngs, cfg.norm_offset, param_dtype(cfg))
     self.attn_norm = norm()
     self.attn = Attention(cfg, layer, rngs)
     self.mlp_norm = norm()
-    self.mlp = GatedMLP(cfg.d_model, cfg.mlp_dim, rngs, cfg.mlp_activation)
+    self.mlp = GatedMLP(cfg.d_model, cfg.mlp_dim, rngs, cfg.mlp_activation, param_dtype(cfg))
     if cfg.post_norms:
       self.attn_post_norm = norm()
       self.mlp_post_norm = norm()
     self.post_norms = cfg.post_norms
 
-  def __call__(self, x, positions, key_mask, cache=None, cache_index=None):
-    h, cache = self.attn(self.attn_norm(x), positions, key_mask, cache, cache_index)
+  def __call__(self, x, positions, key_mask, cache=None, cache_index=None, kind: LayerKind | None = None):
+    h, cache = self.attn(self.attn_norm(x), positions, key_mask, cache, cache_index, kind)
     x = x + (self.attn_post_norm(h) if self.post_norms else h)
     h = self.mlp(self.mlp_norm(x))
     return x + (self.mlp_post_norm(h) if self.post_norms else h), cache
@@ -39,12 +55,16 @@ class Transformer(nnx.Module):
 
   def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
     self.cfg = cfg
-    self.embed = param(rngs, (cfg.vocab_size, cfg.d_model), ('vocab', 'embed'))
-    for i in range(cfg.num_layers):
-      setattr(self, f'layer_{i}', Block(cfg, i, rngs))
-    self.final_norm = RMSNorm(cfg.d_model, cfg.norm_eps, rngs, cfg.norm_offset)
+    dt = param_dtype(cfg)
+    self.embed = param(rngs, (cfg.vocab_size, cfg.d_model), ('vocab', 'embed'), dtype=dt)
+    if cfg.scan_layers:
+      setattr(self, STACK, _stacked_blocks(cfg, rngs))
+    else:
+      for i in range(cfg.num_layers):
+        setattr(self, f'layer_{i}', Block(cfg, i, rngs))
+    self.final_norm = RMSNorm(cfg.d_model, cfg.norm_eps, rngs, cfg.norm_offset, dt)
     if not cfg.tie_embeddings:
-      self.unembed = param(rngs, (cfg.d_model, cfg.vocab_size), ('embed', 'vocab'))
+      self.unembed = param(rngs, (cfg.d_model, cfg.vocab_size), ('embed', 'vocab'), dtype=dt)
 
   @property
   def compute_dtype(self):
@@ -61,37 +81,119 @@ class Transformer(nnx.Module):
     x = jnp.take(self.embed[...], tokens_bt, axis=0).astype(self.compute_dtype)
     if self.cfg.scale_embeddings:
       x = x * jnp.asarray(self.cfg.d_model ** 0.5, self.compute_dtype)
+    x = constrain_activations(x, RESIDUAL)
     key_mask = mask_bt if cache is None else cache['mask']
     new_cache = None if cache is None else {'mask': key_mask}
+
+    def run(block_graphdef, block_state, x, layer_cache, kind):
+      x, layer_cache = nnx.merge(block_graphdef, block_state)(x, positions_bt, key_mask, layer_cache, cache_index,
+                                                              kind)
+      return constrain_activations(x, RESIDUAL), layer_cache
+    if self.cfg.remat != 'none':
+      run = jax.checkpoint(run, policy=REMAT_POLICIES[self.cfg.remat], static_argnums=(0,))
+    if self.cfg.scan_layers:
+      graphdef, stacked = nnx.split(getattr(self, STACK))
+
+      def body(x, inputs):
+        layer_state, kind, layer_cache = inputs
+        return run(graphdef, layer_state, x, layer_cache, kind)
+      layer_caches = None if cache is None else cache[STACK]
+      x, layer_caches = jax.lax.scan(body, x, (stacked, LayerKind.stacked(self.cfg), layer_caches))
+      if cache is not None:
+        new_cache[STACK] = layer_caches
+      return self.final_norm(x), new_cache
     for i in range(self.cfg.num_layers):
       layer_cache = None if cache is None else cache[f'layer_{i}']
-      x, layer_cache = getattr(self, f'layer_{i}')(x, positions_bt, key_mask, layer_cache, cache_index)
+      block = getattr(self, f'layer_{i}')
+      if self.cfg.remat == 'none':
+        x, layer_cache = block(x, positions_bt, key_mask, layer_cache, cache_index)
+        x = constrain_activations(x, RESIDUAL)
+      else:
+        x, layer_cache = run(*nnx.split(block), x, layer_cache, LayerKind.of(self.cfg, i))
       if cache is not None:
         new_cache[f'layer_{i}'] = layer_cache
     return self.final_norm(x), new_cache
 
+  def unembedding(self) -> jax.Array:
+    """[D, V]: the output projection (the embedding, transposed, when they are tied)."""
+    return self.embed[...].T if self.cfg.tie_embeddings else self.unembed[...]
+
   def logits(self, hidden_btd):
-    w = self.embed[...].T if self.cfg.tie_embeddings else self.unembed[...]
+    """float32 logits [B, T, V]. With config.model.logits_chunk they are made chunk by chunk of the vocabulary
+    (models/logprobs.chunked_logits: a sharded unembedding is gathered a chunk at a time, e.g. while decoding)."""
+    w = self.unembedding()
+    if self.cfg.logits_chunk:
+      return chunked_logits(hidden_btd, w, self.cfg.logits_chunk, self.cfg.final_logit_softcap)
     logits = jnp.einsum('btd,dv->btv', hidden_btd, w.astype(hidden_btd.dtype)).astype(jnp.float32)
     return softcap(logits, self.cfg.final_logit_softcap)
+
+  def token_logprobs(self, hidden_btd, targets_bt, with_stats: bool = False):
+    """float32 log p(targets) [B, T] from final hidden states (with_stats: a TokenStats with the entropy and
+    whether each target is the argmax). With config.model.logits_chunk the vocabulary is visited in chunks and
+    no [B, T, V] array exists (nlhf_jax/models/logprobs.py); otherwise the logits are made whole."""
+    if self.cfg.logits_chunk:
+      return chunked_token_logprobs(hidden_btd, self.unembedding(), targets_bt, self.cfg.logits_chunk,
+                                    self.cfg.final_logit_softcap, with_stats)
+    logits = self.logits(hidden_btd)
+    lp = token_logprobs(logits, targets_bt)
+    if not with_stats:
+      return lp
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    entropy = -jnp.sum(jnp.exp(logp) * logp, axis=-1)
+    return TokenStats(lp, entropy, jnp.argmax(logits, axis=-1) == targets_bt)
 
   def __call__(self, tokens_bt, mask_bt, positions_bt=None, cache=None, cache_index=None):
     h, cache = self.hidden(tokens_bt, mask_bt, positions_bt, cache, cache_index)
     return self.logits(h), cache
 
 
+def _stacked_blocks(cfg: ModelConfig, rngs: nnx.Rngs) -> Block:
+  """num_layers Blocks as one, each parameter with a leading 'layers' axis (each layer its own init keys)."""
+  @nnx.split_rngs(splits=cfg.num_layers)
+  @nnx.vmap(in_axes=(0,), out_axes=0)
+  def make(layer_rngs):
+    return Block(cfg, None, layer_rngs)
+  stack = make(rngs)
+  for _, var in nnx.iter_graph(stack):
+    if isinstance(var, nnx.Param):
+      var.set_metadata(logical_axes=('layers',) + tuple(var.get_metadata()['logical_axes']))
+  return stack
+
+
 def init_cache(cfg: ModelConfig, batch: int, length: int, dtype=jnp.float32) -> dict:
   """An empty KV cache of `length` slots. cache['mask'] marks slots that hold real (non-padding) keys;
-  the sampler sets it as it writes."""
-  shape = (batch, cfg.kv_heads, length, cfg.head_dim)  # head-major, kv heads only: see attention.py
+  the sampler sets it as it writes. With scan_layers the layers' arrays are stacked under cache['layers']."""
+  stack = (cfg.num_layers,) if cfg.scan_layers else ()
+  shape = stack + (batch, cfg.kv_heads, length, cfg.head_dim)  # head-major, kv heads only: see attention.py
   layer = lambda: {'k': jnp.zeros(shape, dtype), 'v': jnp.zeros(shape, dtype),
-                   'pos': jnp.full((batch, length), _UNWRITTEN, jnp.int32)}
-  cache = {f'layer_{i}': layer() for i in range(cfg.num_layers)}
+                   'pos': jnp.full(stack + (batch, length), _UNWRITTEN, jnp.int32)}
+  cache = {STACK: layer()} if cfg.scan_layers else {f'layer_{i}': layer() for i in range(cfg.num_layers)}
   cache['mask'] = jnp.zeros((batch, length), bool)
   return cache
 
 
-def token_logprobs(logits_btv: jax.Array, targets_bt: jax.Array) -> jax.Array:
-  """float32 log-probabilities of `targets` under `logits`."""
-  logp = jax.nn.log_softmax(logits_btv.astype(jnp.float32), axis=-1)
-  return jnp.take_along_axis(logp, targets_bt[..., None], axis=-1)[..., 0]
+def cache_batch_axis(path: tuple) -> int:
+  """The row axis of a cache leaf at `path` (a tuple of keys): 1 in a stacked cache (layers first), else 0."""
+  return 1 if path and path[0] == STACK else 0
+
+
+def map_cache_rows(fn, cache: dict) -> dict:
+  """fn(leaf, row_axis) on every leaf of a cache, e.g. repeating or concatenating rows whatever the layout."""
+  return {name: (fn(value, 0) if name == 'mask' else jax.tree.map(lambda x: fn(x, cache_batch_axis((name,))), value))
+          for name, value in cache.items()}
+
+
+def stack_layers(params: dict, num_layers: int) -> dict:
+  """Unrolled params (layer_0 ... layer_{L-1}) -> the scanned layout (one 'layers' subtree, layer axis first)."""
+  layers = [params[f'layer_{i}'] for i in range(num_layers)]
+  out = {k: v for k, v in params.items() if not k.startswith('layer_')}
+  out[STACK] = jax.tree.map(lambda *xs: jnp.stack(xs), *layers)
+  return out
+
+
+def unstack_layers(params: dict, num_layers: int) -> dict:
+  """The scanned layout -> unrolled params."""
+  out = {k: v for k, v in params.items() if k != STACK}
+  for i in range(num_layers):
+    out[f'layer_{i}'] = jax.tree.map(lambda x: x[i], params[STACK])
+  return out

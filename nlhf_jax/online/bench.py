@@ -1,6 +1,8 @@
-"""Speed of the full Nash-MD-PG train step (`make bench`; printed, never asserted).
+"""Speed of the full Nash-MD-PG train step (`make bench`; printed, never asserted), and its compiled memory at
+real sizes.
 
-  python -m nlhf_jax.online.bench [--preset=small --batch_size=8 --new_tokens=64 --iters=5]
+  python -m nlhf_jax.online.bench [--preset=small --batch_size=8 --new_tokens=64 --iters=5] [--json]
+  python -m nlhf_jax.online.bench --preset=8b --compile_only --mesh=fsdp=8 [--lora_rank=16] [--json]
 
 The reference configuration: Llama-style policy and reference (preset `small`: vocabulary 4096, d_model 256,
 4 layers, 4 heads, MLP 1024), prompts of 32 to 64 tokens (left-padded to 64), batch 8, 64 new tokens, float32,
@@ -9,30 +11,118 @@ y' ~ pi^beta in one decode loop, judge the pairs, reference log-probabilities of
 its gradient, and the AdamW update. Printed: median step time, sampled tokens/s (2 x batch x new tokens per
 step over the step time), model FLOPs per step, MFU against a matmul peak measured in the same process, the
 compiled step's memory and the process's peak memory.
+
+--compile_only lowers and compiles the step against abstract inputs (jax.ShapeDtypeStruct with the rule table's
+shardings: nothing is allocated) and prints the compiled memory per device from XLA's memory analysis, beside
+what the inputs hold: the policy's parameters and optimizer state, the frozen reference and judge (in
+config.online.frozen_dtype) and the KV caches. Its defaults are the real-size shape of the issue that introduced
+it: batch 64 prompts of 256 tokens, 128 new tokens, bfloat16 compute, a preference-model judge of the policy's
+size. --json adds the figures as one JSON object on the last line.
 """
 from __future__ import annotations
+
+import json
 
 from absl import app, flags
 
 _PRESET = flags.DEFINE_string('preset', 'small', 'Model preset of policy, reference and reward model.')
-_BATCH = flags.DEFINE_integer('batch_size', 8, 'Prompts per step.')
-_NEW = flags.DEFINE_integer('new_tokens', 64, 'Response length (no EOS is sampled: every row runs to the end).')
+_BATCH = flags.DEFINE_integer('batch_size', None, 'Prompts per step (default 8; 64 with --compile_only).')
+_NEW = flags.DEFINE_integer('new_tokens', None, 'Response length (no EOS is sampled: every row runs to the end; '
+                            'default 64; 128 with --compile_only).')
+_PROMPT = flags.DEFINE_integer('prompt_len', None, 'Prompt length (default 64; 256 with --compile_only).')
 _ITERS = flags.DEFINE_integer('iters', 5, 'Timed steps (median reported).')
+_COMPILE_ONLY = flags.DEFINE_bool('compile_only', False, 'Compile against abstract inputs and print the compiled '
+                                  'memory per device (allocates nothing).')
+_MESH = flags.DEFINE_string('mesh', '', 'Mesh, e.g. fsdp=8 (default: data over every device).')
+_LORA = flags.DEFINE_integer('lora_rank', 0, 'LoRA rank of the policy (0: full fine-tuning).')
+_JSON = flags.DEFINE_bool('json', False, 'Print the figures as one JSON object on the last line.')
 
 
-def online_config(preset: str, batch: int, new_tokens: int):
-  """The benchmark's Nash-MD config (a reward-model judge built in memory, so no checkpoint path is read)."""
+def online_config(preset: str, batch: int, new_tokens: int, prompt_len: int = 64, mesh: str = '',
+                  judge: str = 'reward_model', frozen_dtype: str = '', lora_rank: int = 0):
+  """The benchmark's Nash-MD config (judges and the LoRA base built in memory, so no checkpoint path is read)."""
   import jax
 
   from nlhf_jax.config import from_config_dict
   from nlhf_jax.config.defaults import defaults
+  from nlhf_jax.distributed.mesh import parse_mesh
   c = defaults(preset)
   c.train.update(objective='nash_md', batch_size=batch)
-  c.data.update(prompt_len=64)
-  c.online.update(max_new_tokens=new_tokens, beta=0.125, tau=0.008, judge='reward_model', judge_checkpoint='-')
+  c.data.update(prompt_len=prompt_len)
+  c.model.max_len = max(c.model.max_len, prompt_len + new_tokens)
+  c.online.update(max_new_tokens=new_tokens, beta=0.125, tau=0.008, judge=judge, judge_checkpoint='-',
+                  frozen_dtype=frozen_dtype, sharded_decode=bool(mesh))
   c.optim.update(schedule='constant')
-  c.mesh.update(data=-1, fsdp=1, tensor=1)
+  if lora_rank:
+    c.model.lora.rank = lora_rank
+    c.online.reference_checkpoint = '-'  # the base: abstract here
+  c.mesh = parse_mesh(mesh) if mesh else dict(data=-1, fsdp=1, tensor=1)
   return from_config_dict(c, jax.device_count())
+
+
+def _abstract_batch(cfg, mesh):
+  import jax
+  import jax.numpy as jnp
+  from jax.sharding import NamedSharding
+
+  from nlhf_jax.distributed import batch_spec
+  b, lp = cfg.train.batch_size, cfg.data.prompt_len
+  sds = lambda shape, dt: jax.ShapeDtypeStruct(shape, dt, sharding=NamedSharding(mesh, batch_spec(len(shape))))
+  return {'prompt': sds((b, lp), jnp.int32), 'prompt_mask': sds((b, lp), jnp.bool_),
+          'example_index': sds((b,), jnp.int32)}
+
+
+def _nbytes(tree) -> int:
+  import jax
+  import numpy as np
+  return int(sum(np.prod(x.shape, dtype=np.int64) * x.dtype.itemsize for x in jax.tree.leaves(tree)))
+
+
+def compile_memory(preset: str, batch: int, prompt_len: int, new_tokens: int, mesh_spec: str,
+                   lora_rank: int = 0) -> dict:
+  """Compiles the Nash-MD-PG step of `preset` (policy, bfloat16 frozen reference and preference-model judge of
+  the same size) against abstract inputs on the mesh; returns XLA's memory figures per device and what the
+  inputs hold, per device (the rule table's shards)."""
+  import jax
+  from flax import nnx
+
+  from nlhf_jax.distributed import make_mesh, within_mesh
+  from nlhf_jax.models.judges import PreferenceModel
+  from nlhf_jax.online.judges import model_judge
+  from nlhf_jax.online.step import OnlineStep
+  from nlhf_jax.training import checkpointing, init, optim, tasks
+  cfg = online_config(preset, batch, new_tokens, prompt_len, mesh_spec, 'preference_model', 'bfloat16', lora_rank)
+  mesh = make_mesh(cfg.mesh)
+  task = tasks.get_task('nash_md')
+  tx = optim.make_optimizer(cfg.optim, 1000)
+  run = tasks.setup(cfg, task, tx, mesh)
+  graphdef, shardings = run.graphdef, run.shardings
+  state = init.abstract_state(shardings, jax.eval_shape(run.init, 0))
+  # The reference mu: a bfloat16 copy of the policy, or under LoRA the (bfloat16) base that the policy adapts.
+  reference = checkpointing.as_dtype(run.params_target(), 'bfloat16')
+  pm_graphdef, pm_abstract = nnx.split(nnx.eval_shape(lambda: PreferenceModel(cfg.model, nnx.Rngs(0))))
+  judge_params = checkpointing.as_dtype(checkpointing.params_target(pm_abstract, mesh), 'bfloat16')
+  judge = model_judge('preference_model', pm_graphdef, None)
+  step = OnlineStep(cfg, graphdef, tx, optim.schedule(cfg.optim, 1000), judge, stop_ids=(), mesh=mesh,
+                    base_graphdef=run.base_graphdef)
+  jitted = jax.jit(within_mesh(step, mesh), in_shardings=(shardings, None, None), out_shardings=(shardings, None), donate_argnums=0)
+  frozen = {'base' if run.lora else 'reference': reference, 'judge': judge_params}
+  compiled = jitted.lower(state, frozen, _abstract_batch(cfg, mesh)).compile()
+  mem = compiled.memory_analysis()
+  n = mesh.size
+  per_device = (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
+                - mem.alias_size_in_bytes)
+  m = cfg.model
+  rows = 3 * batch  # the policy decodes y and the mixture's y', the reference the mixture's y'
+  cache = 2 * m.num_layers * rows * m.kv_heads * (prompt_len + new_tokens) * m.head_dim * 2  # bfloat16 k, v
+  return dict(preset=preset, batch=batch, prompt_len=prompt_len, new_tokens=new_tokens, mesh=dict(mesh.shape),
+              devices=n, lora_rank=lora_rank, per_device_bytes=int(per_device),
+              argument_bytes=int(mem.argument_size_in_bytes), output_bytes=int(mem.output_size_in_bytes),
+              temp_bytes=int(mem.temp_size_in_bytes), alias_bytes=int(mem.alias_size_in_bytes),
+              params_bytes=_nbytes(state.params) // n, opt_state_bytes=_nbytes(state.opt_state) // n,
+              reference_bytes=_nbytes(reference) // n, judge_bytes=_nbytes(judge_params) // n,
+              kv_cache_bytes=cache // n, parameters=sum(x.size for x in jax.tree.leaves(reference)),
+              trained_parameters=sum(x.size for x in jax.tree.leaves(state.params)))
 
 
 def measure(preset: str, batch: int, new_tokens: int, iters: int) -> dict:
@@ -42,25 +132,26 @@ def measure(preset: str, batch: int, new_tokens: int, iters: int) -> dict:
   from flax import nnx
 
   from nlhf_jax import perf
-  from nlhf_jax.distributed import make_mesh
+  from nlhf_jax.distributed import make_mesh, within_mesh
   from nlhf_jax.models.judges import RewardModel
   from nlhf_jax.online.judges import model_judge
   from nlhf_jax.online.step import OnlineStep
-  from nlhf_jax.training import loop, optim
+  from nlhf_jax.training import optim, tasks
   from nlhf_jax.training.tasks import get_task
 
   cfg = online_config(preset, batch, new_tokens)
   mesh = make_mesh(cfg.mesh)
   task = get_task('nash_md')
   tx = optim.make_optimizer(cfg.optim, 1000)
-  graphdef, init_fn, shardings = loop._initializer(task, task.make_model(cfg), tx, mesh)
+  run = tasks.setup(cfg, task, tx, mesh)
+  graphdef, init_fn, shardings = run.graphdef, run.init, run.shardings
   state = jax.jit(init_fn, out_shardings=shardings)(0)
   reference = jax.jit(init_fn, out_shardings=shardings)(1).params
   rm_graphdef, rm_params = nnx.split(RewardModel(cfg.model, nnx.Rngs(2)))
   rm_params = jax.tree.map(lambda x: x + 0.02, nnx.to_pure_dict(rm_params))  # a non-constant reward
   judge = model_judge('reward_model', rm_graphdef, rm_params)
   step = OnlineStep(cfg, graphdef, tx, optim.schedule(cfg.optim, 1000), judge, stop_ids=(), mesh=mesh)
-  jitted = jax.jit(step, in_shardings=(shardings, None, None), out_shardings=(shardings, None), donate_argnums=0)
+  jitted = jax.jit(within_mesh(step, mesh), in_shardings=(shardings, None, None), out_shardings=(shardings, None), donate_argnums=0)
   frozen = {'reference': reference, 'judge': judge.params}
   rng = np.random.default_rng(0)
   lengths = rng.integers(32, 65, batch)
@@ -88,10 +179,33 @@ def measure(preset: str, batch: int, new_tokens: int, iters: int) -> dict:
               devices=jax.device_count(), platform=jax.devices()[0].platform)
 
 
+def _print_memory(r: dict) -> None:
+  from nlhf_jax.perf import fmt_bytes
+  print(f"Nash-MD-PG step, compiled only ({r['preset']}: {r['parameters'] / 1e9:.2f}B parameters; policy, bfloat16 "
+        f"reference and preference-model judge; batch {r['batch']} x {r['prompt_len']} prompt tokens, "
+        f"{r['new_tokens']} new tokens; mesh {r['mesh']}, LoRA rank {r['lora_rank']}), per device:")
+  print(f"  total {fmt_bytes(r['per_device_bytes'])} = arguments {fmt_bytes(r['argument_bytes'])} + outputs "
+        f"{fmt_bytes(r['output_bytes'])} + temporaries {fmt_bytes(r['temp_bytes'])} - aliased (donated) "
+        f"{fmt_bytes(r['alias_bytes'])}")
+  trained = (f"LoRA adapters ({r['trained_parameters'] / 1e6:.1f}M)" if r['lora_rank'] else "policy parameters")
+  reference = 'reference = the frozen base' if r['lora_rank'] else 'reference'
+  print(f"  inputs: {trained} {fmt_bytes(r['params_bytes'])}, optimizer state "
+        f"{fmt_bytes(r['opt_state_bytes'])}, {reference} {fmt_bytes(r['reference_bytes'])}, judge "
+        f"{fmt_bytes(r['judge_bytes'])}; KV caches (in the temporaries) {fmt_bytes(r['kv_cache_bytes'])}",
+        flush=True)
+
+
 def main(argv) -> None:
   del argv
   from nlhf_jax.perf import fmt_bytes
-  r = measure(_PRESET.value, _BATCH.value, _NEW.value, _ITERS.value)
+  if _COMPILE_ONLY.value:
+    r = compile_memory(_PRESET.value, _BATCH.value or 64, _PROMPT.value or 256, _NEW.value or 128, _MESH.value,
+                       _LORA.value)
+    _print_memory(r)
+    if _JSON.value:
+      print(json.dumps(r), flush=True)
+    return
+  r = measure(_PRESET.value, _BATCH.value or 8, _NEW.value or 64, _ITERS.value)
   compiled = 'n/a' if r['compiled_bytes'] is None else fmt_bytes(r['compiled_bytes'])
   print(f"Nash-MD-PG step ({r['preset']} policy/reference/reward model, batch {r['batch']}, prompts 32-64, "
         f"{r['new_tokens']} new tokens, float32, {r['devices']} {r['platform']} device(s)), median of "
@@ -100,6 +214,8 @@ def main(argv) -> None:
         f"{r['flops'] / 1e9:.2f} GFLOP/step | MFU {100 * r['mfu']:.1f}% of {r['peak'] / 1e9:.0f} GFLOP/s "
         f"(float32 matmul, measured) | compiled {compiled} | peak {fmt_bytes(r['peak_bytes'])} ({r['peak_kind']})",
         flush=True)
+  if _JSON.value:
+    print(json.dumps({**r, 'peak_flops': r['peak']}), flush=True)
 
 
 def run() -> None:

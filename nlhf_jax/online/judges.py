@@ -38,11 +38,12 @@ class FrozenModel:
     return nnx.merge(self.graphdef, self.params if params is None else params)
 
 
-def load_frozen(path: str, model_cls, mesh: Mesh) -> FrozenModel:
-  """Restores `model_cls` (its config read from the checkpoint) sharded on `mesh` by the rule table."""
+def load_frozen(path: str, model_cls, mesh: Mesh, dtype: str = '') -> FrozenModel:
+  """Restores `model_cls` (its config read from the checkpoint) sharded on `mesh` by the rule table, its
+  parameters cast to `dtype` ('': as the run stored them)."""
   model_cfg = ModelConfig.from_dict(checkpointing.read_run_config(path).get('model', {}))
   graphdef, abstract = nnx.split(nnx.eval_shape(lambda: model_cls(model_cfg, nnx.Rngs(0))))
-  target = checkpointing.params_target(abstract, mesh)
+  target = checkpointing.as_dtype(checkpointing.params_target(abstract, mesh), dtype)
   params, _ = checkpointing.restore_params(checkpointing.checkpoints_dir(path), target)
   return FrozenModel(graphdef, params, model_cfg)
 
@@ -103,7 +104,7 @@ class Judge:
     return self._rewards(params, *texts)
 
 
-def make_judge(kind: str, mesh: Mesh, checkpoint: str = '', oracle: str = '') -> Judge:
+def make_judge(kind: str, mesh: Mesh, checkpoint: str = '', oracle: str = '', dtype: str = '') -> Judge:
   if kind == 'oracle':
     fn = resolve_oracle(oracle)
     fn = _on_host(fn) if getattr(fn, 'runs_on_host', False) else fn
@@ -113,7 +114,7 @@ def make_judge(kind: str, mesh: Mesh, checkpoint: str = '', oracle: str = '') ->
   if not checkpoint:
     raise ConfigError(f"config.online.judge={kind!r} needs config.online.judge_checkpoint (the --workdir of the "
                       f"{kind} run)")
-  frozen = load_frozen(checkpoint, PreferenceModel if kind == 'preference_model' else RewardModel, mesh)
+  frozen = load_frozen(checkpoint, PreferenceModel if kind == 'preference_model' else RewardModel, mesh, dtype)
   return model_judge(kind, frozen.graphdef, frozen.params)
 
 

@@ -3,7 +3,9 @@
   step(state, frozen, batch) -> (state, metrics)
 
 state: the policy's TrainState (extras['ema'] holds the EMA parameters for nash_ema); frozen: {'reference': mu's
-params, 'judge': the judge's params or None}, sharded by the rule table and never differentiated; batch: prompts
+params, 'judge': the judge's params or None}, sharded by the rule table and never differentiated (with LoRA,
+{'base': the base weights, 'judge': ...}: state.params are the adapters, the policy is base + adapters and mu is
+the base run without them, so the reference costs no memory of its own); batch: prompts
 {'prompt' [B, Lp] left-padded, 'prompt_mask', 'example_index' int32 [B]} (global dataset indices: the sampling keys
 are folded from them, so samples do not depend on the mesh or the number of processes).
 
@@ -25,7 +27,8 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from nlhf_jax.config import ExperimentConfig
-from nlhf_jax.models.transformer import token_logprobs
+from nlhf_jax.models import lora
+from nlhf_jax.models.logprobs import response_logprobs
 from nlhf_jax.objectives import online as losses
 from nlhf_jax.online.judges import Judge, binary_judgement
 from nlhf_jax.sampling.sampler import Groups, SamplingConfig, row_keys, run, sample_pair
@@ -37,17 +40,7 @@ sg = jax.lax.stop_gradient
 def sampling_config(cfg: ExperimentConfig, stop_ids: tuple[int, ...]) -> SamplingConfig:
   o = cfg.online
   return SamplingConfig(max_new_tokens=o.max_new_tokens, temperature=o.temperature, top_k=o.top_k, top_p=o.top_p,
-                        stop_ids=stop_ids, pad_id=cfg.model.pad_id)
-
-
-def response_logprobs(model: nnx.Module, prompt, prompt_mask, response, response_mask) -> jax.Array:
-  """float32 log pi(y_n | x, y_<n) [B, T] of right-padded responses after left-padded prompts (0 at padding).
-  The vocabulary projection runs on the T positions that predict the response only."""
-  tokens = jnp.concatenate([prompt, response], axis=1)
-  mask = jnp.concatenate([prompt_mask, response_mask], axis=1)
-  hidden, _ = model.hidden(tokens[:, :-1], mask[:, :-1])
-  lp = token_logprobs(model.logits(hidden[:, prompt.shape[1] - 1:]), response)
-  return jnp.where(response_mask, lp, 0.0)
+                        stop_ids=stop_ids, pad_id=cfg.model.pad_id, sharded_params=o.sharded_decode)
 
 
 def repeat_prompts(batch: dict, k: int) -> dict:
@@ -69,31 +62,44 @@ class OnlineStep:
   judge: Judge
   stop_ids: tuple[int, ...]  # the tokenizer's ids that end a response
   mesh: Mesh | None = None  # constrains the sampler's caches and activations by the rule table
+  base_graphdef: nnx.GraphDef | None = None  # LoRA: the model without adapters, which runs mu from frozen['base']
 
   @property
   def objective(self) -> str:
     return self.cfg.train.objective
 
+  def model_params(self, params, frozen: dict):
+    """What `graphdef` runs: the trained params, with LoRA combined with the frozen base."""
+    return params if self.base_graphdef is None else lora.combine(frozen['base'], params)
+
+  def reference(self, frozen: dict) -> tuple[nnx.GraphDef, dict]:
+    """(graphdef, params) of mu: with LoRA the base weights without the adapters."""
+    if self.base_graphdef is None:
+      return self.graphdef, frozen['reference']
+    return self.base_graphdef, frozen['base']
+
   def opponent(self, state: TrainState, frozen: dict):
-    """(anchor params, beta) of the opponent's token-level mixture and whether y is also drawn from it."""
+    """(anchor graphdef, anchor params, beta) of the opponent's token-level mixture and whether y is also drawn
+    from it."""
     o = self.cfg.online
     if self.objective == 'nash_ema':
-      return state.extras['ema'], 1.0, False
+      return self.graphdef, self.model_params(state.extras['ema'], frozen), 1.0, False
     if self.objective in ('rlhf', 'online_ipo'):
-      return frozen['reference'], 0.0, False
-    return frozen['reference'], o.beta, self.objective == 'ipo_md'
+      return *self.reference(frozen), 0.0, False
+    return *self.reference(frozen), o.beta, self.objective == 'ipo_md'
 
-  def sample(self, params, anchor, batch, key, beta: float, both_mixed: bool):
-    """(y, y'): y ~ pi_theta and y' ~ pi^beta, or both from pi^beta (ipo_md); each {'tokens', 'mask', 'logprobs'}."""
+  def sample(self, params, anchor_graphdef, anchor, batch, key, beta: float, both_mixed: bool):
+    """(y, y'): y ~ pi_theta and y' ~ pi^beta, or both from pi^beta (ipo_md); each {'tokens', 'mask', 'logprobs'}.
+    `params` are what self.graphdef runs."""
     scfg = sampling_config(self.cfg, self.stop_ids)
     if not both_mixed or beta in (0.0, 1.0):
-      out = sample_pair(self.graphdef, params, self.graphdef, anchor, batch, key, scfg, beta, self.mesh)
+      out = sample_pair(self.graphdef, params, anchor_graphdef, anchor, batch, key, scfg, beta, self.mesh)
       if not both_mixed:
         return out['policy'], out['mixture']
-      return out['mixture'], sample_pair(self.graphdef, params, self.graphdef, anchor, batch,
+      return out['mixture'], sample_pair(self.graphdef, params, anchor_graphdef, anchor, batch,
                                          jax.random.fold_in(key, 1), scfg, beta, self.mesh)['mixture']
     groups = Groups(n_policy=0, n_mix=2)
-    policy, ref = nnx.merge(self.graphdef, params), nnx.merge(self.graphdef, anchor)
+    policy, ref = nnx.merge(self.graphdef, params), nnx.merge(anchor_graphdef, anchor)
     out = run(policy, ref, batch, row_keys(key, batch['example_index'], 2), scfg, groups, beta, self.mesh)
     return ({k: v[:, 0] for k, v in out.items()}, {k: v[:, 1] for k, v in out.items()})
 
@@ -115,10 +121,11 @@ class OnlineStep:
     k_sample, k_judge = jax.random.split(state.step_key())
     batch = repeat_prompts(batch, o.samples_per_prompt)
     x = (batch['prompt'], batch['prompt_mask'])
-    anchor, beta, both_mixed = self.opponent(state, frozen)
-    y, y2 = self.sample(state.params, anchor, batch, k_sample, beta, both_mixed)
+    anchor_graphdef, anchor, beta, both_mixed = self.opponent(state, frozen)
+    y, y2 = self.sample(self.model_params(state.params, frozen), anchor_graphdef, anchor, batch, k_sample, beta,
+                        both_mixed)
     yt, y2t = (y['tokens'], y['mask']), (y2['tokens'], y2['mask'])
-    ref = nnx.merge(self.graphdef, frozen['reference'])
+    ref = nnx.merge(*self.reference(frozen))
     ref_lp = sg(response_logprobs(ref, *x, *yt))
     pref = sg(self.judge.prob(frozen['judge'], *x, *yt, *y2t))
     if o.binary_judgements:
@@ -130,7 +137,7 @@ class OnlineStep:
       aux_in['ref_lp2'] = sg(response_logprobs(ref, *x, *y2t))
 
     def loss_fn(params):
-      policy = nnx.merge(self.graphdef, params)
+      policy = nnx.merge(self.graphdef, self.model_params(params, frozen))
       lp = response_logprobs(policy, *x, *yt)
       if self.objective in ('nash_md', 'nash_ema'):
         loss = losses.nash_md_pg_loss(lp, aux_in['ref_lp'], y['mask'], pref, o.tau, o.reward_to_go)

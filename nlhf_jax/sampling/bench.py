@@ -1,17 +1,25 @@
 """Sampling throughput on the reference configuration (prints, never asserts).
 
-  python -m nlhf_jax.sampling.bench [--preset small] [--batch 8] [--new 64] [--iters 5]
+  python -m nlhf_jax.sampling.bench [--preset small] [--batch 8] [--new 64] [--iters 5] [--json]
 
 Prompts of 32-64 tokens (left-padded to 64), float32. EOS is disabled (no stop ids) so that every row samples the
 full max_new_tokens and the token counts are exact. Reported: policy-only sampling, and the (y ~ policy,
 y' ~ mixture) pair in one loop, each with compile time and sampled tokens/s; the pair's matmul FLOPs and achieved
 rate, against the rate of a decode-shaped matmul ([3B, d_model] @ [d_model, mlp_dim]: the pair decodes 2B policy
 rows and B reference rows a step) and of a square one; then the peak memory.
+
+--json adds, as the last line, one JSON object of every figure (numbers; seconds as *_s, rates as *_per_s, FLOP/s
+as *_flops, bytes as *_bytes): policy_s, policy_tokens_per_s, policy_first_call_s, policy_compile_s, the same
+four for pair_*, pair_flop_count (matmul FLOPs of one pair call), pair_flops (its achieved rate),
+decode_matmul_flops, peak_flops (the square float32 matmul), pair_fraction_of_peak = pair_flops / peak_flops and
+peak_bytes.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import time
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -41,17 +49,23 @@ def pair_flops(cfg: ModelConfig, batch: int, prompt: int, new: int) -> float:
   return prefill + decode
 
 
-def timed(name: str, fn, args: tuple, tokens: int, iters: int) -> float:
+def timed(name: str, fn, args: tuple, tokens: int, iters: int) -> dict:
+  """Times fn(*args): prints one line; returns its figures keyed s, tokens_per_s, first_call_s, compile_s."""
   t0 = time.perf_counter()
   block(fn(*args))
   first = time.perf_counter() - t0
   seconds = median_time(lambda: fn(*args), iters, warmup=0)
+  compile_s = max(first - seconds, 0)
   print(f'{name:<34} {seconds * 1e3:8.1f} ms   {tokens / seconds:9.0f} sampled tokens/s   '
-        f'(first call incl. compile {first:.2f} s, compile ~{max(first - seconds, 0):.2f} s)')
-  return seconds
+        f'(first call incl. compile {first:.2f} s, compile ~{compile_s:.2f} s)')
+  return {'s': seconds, 'tokens_per_s': tokens / seconds, 'first_call_s': first, 'compile_s': compile_s}
 
 
-def main() -> None:
+def _prefixed(prefix: str, figures: dict) -> dict:
+  return {f'{prefix}_{k}': v for k, v in figures.items()}
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--preset', default='small')
   parser.add_argument('--batch', type=int, default=8)
@@ -60,8 +74,13 @@ def main() -> None:
   parser.add_argument('--min_prompt', type=int, default=32)
   parser.add_argument('--beta', type=float, default=0.125)
   parser.add_argument('--iters', type=int, default=5)
-  args = parser.parse_args()
+  parser.add_argument('--json', action='store_true', help='Print every figure as one JSON object, last line.')
+  return parser.parse_args(argv)
 
+
+def main(argv: Sequence[str] | None = None) -> dict:
+  """Runs the bench on `argv` (default: the command line); returns the figures that --json prints."""
+  args = parse_args(argv)
   cfg = ModelConfig(**preset(args.preset))
   graphdef, policy = nnx.split(Transformer(cfg, nnx.Rngs(0)))
   _, ref = nnx.split(Transformer(cfg, nnx.Rngs(1)))
@@ -73,17 +92,25 @@ def main() -> None:
         f'{args.min_prompt}-{args.prompt}, {args.new} new tokens, beta {args.beta}, float32')
 
   single = jit_sample(graphdef, scfg)
-  timed('policy only (B x T)', single, (policy, batch, key), args.batch * args.new, args.iters)
+  figures = _prefixed('policy', timed('policy only (B x T)', single, (policy, batch, key), args.batch * args.new,
+                                      args.iters))
   pair = jit_sample_pair(graphdef, graphdef, scfg, args.beta)
-  seconds = timed('policy + mixture pair (2 x B x T)', pair, (policy, ref, batch, key), 2 * args.batch * args.new,
-                  args.iters)
+  figures.update(_prefixed('pair', timed('policy + mixture pair (2 x B x T)', pair, (policy, ref, batch, key),
+                                         2 * args.batch * args.new, args.iters)))
   flops = pair_flops(cfg, args.batch, args.prompt, args.new)
   skinny = matmul_flops(3 * args.batch, cfg.d_model, cfg.mlp_dim, iters=50)  # one decode step's MLP shape
+  square = matmul_peak_flops()
+  seconds = figures['pair_s']
   print(f'pair: {flops / 1e9:.2f} GFLOP, {flops / seconds / 1e9:.1f} GFLOP/s achieved; matmul rates measured now: '
         f'[{3 * args.batch}x{cfg.d_model}]@[{cfg.d_model}x{cfg.mlp_dim}] {skinny / 1e9:.1f} GFLOP/s, '
-        f'1024^3 {matmul_peak_flops() / 1e9:.1f} GFLOP/s')
+        f'1024^3 {square / 1e9:.1f} GFLOP/s')
   peak, what = peak_memory_bytes()
   print(f'peak memory: {fmt_bytes(peak)} ({what})')
+  figures.update(pair_flop_count=flops, pair_flops=flops / seconds, decode_matmul_flops=skinny, peak_flops=square,
+                 pair_fraction_of_peak=flops / seconds / square, peak_bytes=peak)
+  if args.json:
+    print(json.dumps(figures), flush=True)
+  return figures
 
 
 if __name__ == '__main__':

@@ -32,7 +32,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from nlhf_jax.distributed.sharding import LOGICAL_AXIS_RULES, logical_to_spec
-from nlhf_jax.models.transformer import init_cache
+from nlhf_jax.models.transformer import cache_batch_axis, init_cache, map_cache_rows
 from nlhf_jax.sampling.filters import filter_logits
 
 
@@ -47,6 +47,9 @@ class SamplingConfig:
   top_p: float = 1.0
   stop_ids: tuple[int, ...] = (2,)
   pad_id: int = 0
+  # Models larger than one device: keep the parameters sharded over 'fsdp' in the decode loop (each step gathers
+  # a layer's weights as it needs them) instead of gathering them whole at the per-shard loop's boundary.
+  sharded_params: bool = False
 
   def __post_init__(self):
     if self.max_new_tokens < 1:
@@ -113,9 +116,10 @@ def _constrain_cache(cache: dict, mesh: Mesh | None) -> dict:
   out = {'mask': constrain(cache['mask'], ('batch', 'length'), mesh)}
   for name, layer in cache.items():
     if name != 'mask':
-      out[name] = {'k': constrain(layer['k'], ('batch', 'kv_heads', 'length', 'head_dim'), mesh),
-                   'v': constrain(layer['v'], ('batch', 'kv_heads', 'length', 'head_dim'), mesh),
-                   'pos': constrain(layer['pos'], ('batch', 'length'), mesh)}
+      lead = ('layers',) * cache_batch_axis((name,))  # a scanned stack's caches: the layer axis first
+      out[name] = {'k': constrain(layer['k'], lead + ('batch', 'kv_heads', 'length', 'head_dim'), mesh),
+                   'v': constrain(layer['v'], lead + ('batch', 'kv_heads', 'length', 'head_dim'), mesh),
+                   'pos': constrain(layer['pos'], lead + ('batch', 'length'), mesh)}
   return out
 
 
@@ -225,7 +229,7 @@ def init_state(policy: nnx.Module | None, ref: nnx.Module | None, batch: dict, k
     if g:  # prefill once per prompt; the g rows of a prompt share (a copy of) its cache
       last, cache = prefill(model, constrain(prompt, ('batch', None), mesh), constrain(mask, ('batch', None), mesh),
                             slots, mesh)
-      caches[name] = _constrain_cache(jax.tree.map(lambda x: jnp.repeat(x, g, axis=0), cache), mesh)
+      caches[name] = _constrain_cache(map_cache_rows(lambda x, axis: jnp.repeat(x, g, axis=axis), cache), mesh)
       logits[name] = jnp.repeat(last[:, None], g, axis=1)
   state = {
       't': jnp.zeros((), jnp.int32),
@@ -246,9 +250,13 @@ def decode(policy: nnx.Module | None, ref: nnx.Module | None, state: dict, cfg: 
   """Runs the while loop until every row is done or max_new_tokens tokens are sampled. Under shard_map,
   `sync_axes` (manual mesh axes) makes "every row" mean the rows of all shards along them: needed when the body
   holds collectives over other axes, which every device must enter the same number of times."""
-  models = {'policy': (policy, groups.policy_rows), 'ref': (ref, groups.ref_rows)}
+  # Split here and merged inside the body, so that a model is a module of the loop's own trace (a module that
+  # sets attributes as it runs, such as a LoRA-adapted one, may only do so at the trace level it was made in).
+  split = lambda m: None if m is None else nnx.split(m)
+  parts = {'policy': (split(policy), groups.policy_rows), 'ref': (split(ref), groups.ref_rows)}
 
   def body(state):
+    models = {name: (None if part is None else nnx.merge(*part), g) for name, (part, g) in parts.items()}
     t = state['t']
     prev = jax.lax.dynamic_index_in_dim(state['tokens'], t - 1, axis=2, keepdims=False)  # [B, G]
     position = state['prompt_len'] + t - 1  # [B]
@@ -299,11 +307,14 @@ def run(policy: nnx.Module | None, ref: nnx.Module | None, batch: dict, keys_bg:
   boundary (not inside the loop) and each shard decodes its own rows; 'tensor' stays automatic (GSPMD splits the
   heads, MLP and vocabulary). With tensor = 1 the body has no collective and each shard leaves its while loop when
   its own rows are done; with tensor > 1 every device must run the body's collectives equally often, so the shards
-  leave together, when all rows are done (one scalar psum a token). Samples are the same either way (keys are per
-  row). A batch that does not divide into the shards runs unsplit.
+  leave together, when all rows are done (one scalar psum a token). With cfg.sharded_params the loop is one GSPMD
+  program instead: the parameters stay sharded over 'fsdp' (and 'tensor'), each step gathering a layer's weights
+  as it needs them (ZeRO-3 style), so a model larger than one device's memory decodes; every row stops when all
+  are done. Samples are the same every way (keys are per row). A batch that does not divide into the shards runs
+  unsplit.
   """
   shards = batch_shards(mesh)
-  if shards == 1 or batch['prompt'].shape[0] % shards:
+  if cfg.sharded_params or shards == 1 or batch['prompt'].shape[0] % shards:
     return _run_local(policy, ref, batch, keys_bg, cfg, groups, beta, mesh)
   manual = LOGICAL_AXIS_RULES['batch']
   manual = {manual} if isinstance(manual, str) else set(manual)

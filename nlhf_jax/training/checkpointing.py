@@ -15,6 +15,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from jax.sharding import NamedSharding
 
+from nlhf_jax.training import layouts
 from nlhf_jax.training.state import TrainState
 
 log = logging.getLogger(__name__)
@@ -161,17 +162,58 @@ def params_target(abstract_params, mesh) -> Any:
                       nnx.to_pure_dict(abstract_params), shardings)
 
 
+def as_dtype(target: Any, dtype: str) -> Any:
+  """Restore targets (ShapeDtypeStructs) with floating-point leaves in `dtype` ('': unchanged)."""
+  if not dtype:
+    return target
+  floating = lambda x: jax.numpy.issubdtype(x.dtype, jax.numpy.floating)
+  cast = lambda x: jax.ShapeDtypeStruct(x.shape, jax.numpy.dtype(dtype) if floating(x) else x.dtype,
+                                        sharding=x.sharding)
+  return jax.tree.map(cast, target)
+
+
 def restore_params(directory: str, abstract_params, step: int | None = None) -> tuple[Any, int]:
-  """Only the parameters of a checkpoint (for evaluation or a warm start), onto `abstract_params`' shardings.
+  """Only the parameters of a checkpoint (for evaluation or a warm start), onto `abstract_params`' shardings
+  and dtypes (cast as they are read), in its layout (unrolled or scanned layers: training/layouts.py) whatever
+  the checkpoint's.
   `directory` is a run's checkpoints directory."""
   manager = ocp.CheckpointManager(absolute(directory))
   step = manager.latest_step() if step is None else step
   if step is None:
     raise FileNotFoundError(f'no checkpoint in {directory}; expected step directories written by nlhf-train')
-  restored = manager.restore(step, args=ocp.args.Composite(
-      params=ocp.args.StandardRestore(_abstract(abstract_params))))
+  meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+  saved = meta.get('config', {}).get('model', {})
+  target = _abstract(abstract_params)
+  # Orbax casts each array to the target's dtype as it reads it (a float32 checkpoint into a bfloat16 reference).
+  read = layouts.saved_target(target, bool(saved.get('scan_layers', False)) if saved else None)
+  if saved.get('lora', {}).get('rank', 0) > 0:
+    params = _restore_lora_run(manager, step, meta['config'], read)
+  else:
+    params = manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(read)))['params']
   manager.close()
-  return restored['params'], step
+  return layouts.to_target(params, target), step
+
+
+def _restore_lora_run(manager, step: int, config: dict, read: Any) -> Any:
+  """The merged weights (base + adapters) of a LoRA run, in the run's layout (`read`: its base's target). Its
+  checkpoint holds the adapters; the base is the run that its config names (init_checkpoint for sft,
+  online.reference_checkpoint online), restored itself by `restore_params` (a LoRA run's base may be one too)."""
+  from flax import nnx
+
+  from nlhf_jax.config import ModelConfig
+  from nlhf_jax.models import Transformer, lora
+  base_run = config.get('init_checkpoint') or config.get('online', {}).get('reference_checkpoint', '')
+  if not base_run:
+    raise CheckpointError(f'{manager.directory} holds LoRA adapters but its config names no base run')
+  base, _ = restore_params(checkpoints_dir(base_run), read)
+  model_cfg = ModelConfig.from_dict(config['model'])
+  abstract = nnx.state(nnx.eval_shape(lambda: lora.apply_lora(Transformer(model_cfg, nnx.Rngs(0)), model_cfg.lora,
+                                                              nnx.Rngs(0))))
+  mesh = next(x.sharding.mesh for x in jax.tree.leaves(read))
+  adapters_target = lora.split_adapters(params_target(abstract, mesh))[0]
+  adapters = manager.restore(step, args=ocp.args.Composite(
+      params=ocp.args.StandardRestore(adapters_target)))['params']
+  return jax.jit(lora.merge_adapters, static_argnums=2)(base, adapters, model_cfg.lora)
 
 
 def write_run_config(workdir: str, config_json: dict) -> None:

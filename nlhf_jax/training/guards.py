@@ -23,7 +23,7 @@ FATAL_KEYS = ('model.', 'data.tokenizer', 'train.objective')
 # Keys that may change between runs of the same experiment without changing its result.
 BENIGN_KEYS = ('train.num_steps', 'train.log_every', 'train.checkpoint_every', 'train.keep_checkpoints',
                'train.async_checkpointing', 'train.on_nonfinite', 'mesh.', 'distributed.', 'name',
-               'model.preset')
+               'model.preset', 'model.remat', 'model.attention_impl', 'model.logits_chunk')
 
 
 def config_to_json(cfg: ExperimentConfig) -> dict:
@@ -108,7 +108,7 @@ def check_resume_compatible(meta: dict, cfg: ExperimentConfig, directory: str) -
   learning-rate schedule spans train.num_steps) are logged as warnings.
   """
   diffs = config_differences(meta.get('config', {}), cfg)
-  fatal = [d for d in diffs if _matches(d[0], FATAL_KEYS) and d[0] != 'model.preset']
+  fatal = [d for d in diffs if _matches(d[0], FATAL_KEYS) and not _matches(d[0], BENIGN_KEYS)]
   if fatal:
     shown = '; '.join(f'{k}: checkpoint {a!r}, config {b!r}' for k, a, b in fatal)
     raise ConfigError(f'the checkpoint in {directory} was written with another model, vocabulary or objective; '

@@ -13,6 +13,12 @@ from nlhf_jax.distributed import like_params, named, param_specs
 from nlhf_jax.training.state import TrainState
 
 ModelCtor = Callable[[nnx.Rngs], nnx.Module]
+# The part of a params tree (pure dict) that is trained, e.g. LoRA's adapters; the rest stays out of the state.
+Trainable = Callable[[dict], dict]
+
+
+def _everything(tree: dict) -> dict:
+  return tree
 
 
 def abstract_model(make_model: ModelCtor) -> tuple[nnx.GraphDef, nnx.State]:
@@ -25,25 +31,29 @@ def init_params(make_model: ModelCtor, key: jax.Array) -> dict:
 
 
 def state_shardings(mesh: Mesh, abstract_params: nnx.State, tx: optax.GradientTransformation,
-                    extras_specs=None) -> TrainState:
+                    extras_specs=None, trainable: Trainable | None = None) -> TrainState:
   """NamedShardings of every leaf of the train state, as the rule table implies."""
-  p_specs = param_specs(abstract_params)
-  opt_shape = jax.eval_shape(tx.init, nnx.to_pure_dict(abstract_params))
+  trainable = trainable or _everything
+  p_specs = trainable(param_specs(abstract_params))
+  opt_shape = jax.eval_shape(tx.init, trainable(nnx.to_pure_dict(abstract_params)))
   specs = TrainState(step=P(), params=p_specs, opt_state=like_params(opt_shape, p_specs), rng=P(),
                      extras=extras_specs)
   return named(mesh, specs)
 
 
 def state_initializer(make_model: ModelCtor, tx: optax.GradientTransformation, mesh: Mesh,
-                      make_extras: Callable[[dict], object] | None = None, extras_specs=None):
+                      make_extras: Callable[[dict], object] | None = None, extras_specs=None,
+                      trainable: Trainable | None = None):
   """(graphdef, init(seed) -> TrainState, shardings). Jit `init` with out_shardings=shardings so that no full
-  copy of the parameters ever lives on one device (see `create_state`)."""
+  copy of the parameters ever lives on one device (see `create_state`). With `trainable` the state holds only
+  that part of the parameters (the rest is never materialised: dead code under jit)."""
+  trainable = trainable or _everything
   graphdef, abstract_params = abstract_model(make_model)
-  shardings = state_shardings(mesh, abstract_params, tx, extras_specs)
+  shardings = state_shardings(mesh, abstract_params, tx, extras_specs, trainable)
 
   def init(seed):
     root = jax.random.key(seed)
-    params = init_params(make_model, jax.random.fold_in(root, 0))
+    params = trainable(init_params(make_model, jax.random.fold_in(root, 0)))
     extras = None if make_extras is None else make_extras(params)
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                       rng=jax.random.key_data(jax.random.fold_in(root, 1)), extras=extras)

@@ -9,13 +9,13 @@ import jax.numpy as jnp
 from jax.sharding import Mesh
 
 from nlhf_jax.config import ExperimentConfig
-from nlhf_jax.distributed import global_batch, local_batch_rows, make_mesh, param_specs
+from nlhf_jax.distributed import global_batch, local_batch_rows, make_mesh, within_mesh
 from nlhf_jax.training import checkpointing, init, optim, preflight
 from nlhf_jax.training.guards import NonFiniteGuard, check_resume_compatible, config_to_json, guard_step
 from nlhf_jax.training.metrics import MetricWriter, Progress
 from nlhf_jax.training.preemption import PreemptionWatcher
 from nlhf_jax.training.state import TrainState
-from nlhf_jax.training.tasks import build_step, get_task
+from nlhf_jax.training.tasks import build_step, get_task, setup
 
 __all__ = ['train', 'config_to_json', 'check_resume_compatible']
 
@@ -39,15 +39,13 @@ def train(cfg: ExperimentConfig, workdir: str, mesh: Mesh | None = None, stop_at
   optim.warn_if_unusual(cfg.optim, cfg.train.num_steps)
   tx = optim.make_optimizer(cfg.optim, cfg.train.num_steps)
   data = task.make_data(cfg, local_batch_rows(cfg.train.batch_size, mesh))
-  make_model = task.make_model(cfg)
-  graphdef, init_fn, shardings = _initializer(task, make_model, tx, mesh)
+  run = setup(cfg, task, tx, mesh)
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'), every=cfg.train.checkpoint_every,
                                     keep=cfg.train.keep_checkpoints, async_save=cfg.train.async_checkpointing)
-  params_target = init.abstract_state(shardings, jax.eval_shape(init_fn, cfg.seed)).params
   try:
-    state, meta = _restore_or_init(cfg, task, ckpt, init_fn, shardings, data, params_target)
+    state, meta = _restore_or_init(cfg, task, ckpt, run, data)
     checkpointing.write_run_config(workdir, config_to_json(cfg))  # after the resume check: it may refuse the run
-    step_fn, frozen = _compile_step(cfg, task, graphdef, tx, shardings, mesh, init_fn, params_target)
+    step_fn, frozen = _compile_step(cfg, task, run, tx, mesh)
   except BaseException:
     ckpt.close()
     raise
@@ -98,16 +96,8 @@ def _save(cfg, ckpt, state, data, guard) -> None:
   ckpt.save(state, meta, force=True)
 
 
-def _initializer(task, make_model, tx, mesh):
-  if not task.ema:
-    return init.state_initializer(make_model, tx, mesh)
-  _, abstract = init.abstract_model(make_model)
-  return init.state_initializer(make_model, tx, mesh, make_extras=lambda params: {'ema': params},
-                                extras_specs={'ema': param_specs(abstract)})
-
-
-def _restore_or_init(cfg, task, ckpt, init_fn, shardings, data, params_target) -> tuple[TrainState, dict]:
-  target = init.abstract_state(shardings, jax.eval_shape(init_fn, cfg.seed))
+def _restore_or_init(cfg, task, ckpt, run, data) -> tuple[TrainState, dict]:
+  target = init.abstract_state(run.shardings, jax.eval_shape(run.init, cfg.seed))
   found = ckpt.restore_latest_usable(target, lambda meta: check_resume_compatible(meta, cfg, ckpt.directory))
   if found is not None:
     state, meta, step = found
@@ -116,11 +106,12 @@ def _restore_or_init(cfg, task, ckpt, init_fn, shardings, data, params_target) -
              ckpt.directory, meta.get('processes', '?'), meta.get('devices', '?'), jax.process_count(),
              jax.device_count())
     return state, meta
-  state = jax.jit(init_fn, out_shardings=shardings)(cfg.seed)
-  # An online policy starts from the reference policy unless told otherwise.
+  state = jax.jit(run.init, out_shardings=run.shardings)(cfg.seed)
+  # An online policy starts from the reference policy unless told otherwise; LoRA adapters start at zero on
+  # their frozen base (read by the step's setup), so nothing is warm-started.
   warm_start = cfg.init_checkpoint or (cfg.online.reference_checkpoint if task.online else '')
-  if warm_start:
-    params, step = _warm_start_params(warm_start, params_target, state.params)
+  if warm_start and not run.lora:
+    params, step = _warm_start_params(warm_start, target.params, state.params)
     log.info('initialised parameters from %s (step %d)', warm_start, step)
     extras = {'ema': jax.tree.map(jnp.copy, params)} if task.ema else state.extras  # own buffers: the step donates both
     state = state.replace(params=params, extras=extras)
@@ -137,10 +128,11 @@ def _warm_start_params(path: str, params_target, initial: dict) -> tuple[dict, i
   return checkpointing.restore_params(directory, params_target)
 
 
-def _compile_step(cfg, task, graphdef, tx, shardings, mesh, init_fn, params_target):
+def _compile_step(cfg, task, run, tx, mesh):
   lr = optim.schedule(cfg.optim, cfg.train.num_steps)
-  initial_params = lambda: jax.jit(init_fn, out_shardings=shardings)(cfg.seed).params
-  step, frozen = build_step(cfg, task, graphdef, tx, lr, mesh, initial_params, params_target)
-  step = guard_step(step, cfg.train.on_nonfinite)
-  jitted = jax.jit(step, in_shardings=(shardings, None, None), out_shardings=(shardings, None), donate_argnums=0)
+  initial_params = lambda: jax.jit(run.init, out_shardings=run.shardings)(cfg.seed).params
+  step, frozen = build_step(cfg, task, run, tx, lr, mesh, initial_params)
+  step = within_mesh(guard_step(step, cfg.train.on_nonfinite), mesh)  # activations sharded by the rule table
+  jitted = jax.jit(step, in_shardings=(run.shardings, None, None), out_shardings=(run.shardings, None),
+                   donate_argnums=0)
   return jitted, frozen

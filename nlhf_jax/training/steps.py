@@ -1,7 +1,8 @@
 """Pure train steps: step(state, batch) -> (state, metrics).
 
 A step is built from a loss function `loss_fn(model, batch, rng) -> (loss, metrics)` that sees a merged NNX
-model; gradient accumulation splits the global batch into micro-batches and scans over them.
+model; gradient accumulation splits the global batch into micro-batches and scans over them. With LoRA the state
+holds the adapters and the step takes the frozen base weights as a third argument (the model merges both).
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from nlhf_jax.models import lora
 from nlhf_jax.training.state import TrainState
 
 LossFn = Callable[[nnx.Module, dict, jax.Array], tuple[jax.Array, dict]]
@@ -21,29 +23,30 @@ def make_train_step(graphdef: nnx.GraphDef, loss_fn: LossFn, tx: optax.GradientT
                     lr_schedule: optax.Schedule, accum_steps: int = 1):
   """The (unjitted) train step for `loss_fn`."""
 
-  def loss_of_params(params, batch, rng):
-    return loss_fn(nnx.merge(graphdef, params), batch, rng)
+  def loss_of_params(params, batch, rng, base):
+    return loss_fn(nnx.merge(graphdef, params if base is None else lora.combine(base, params)), batch, rng)
 
   grad_fn = jax.value_and_grad(loss_of_params, has_aux=True)
 
-  def grads_and_metrics(params, batch, rng):
+  def grads_and_metrics(params, batch, rng, base):
     if accum_steps == 1:
-      (loss, metrics), grads = grad_fn(params, batch, rng)
+      (loss, metrics), grads = grad_fn(params, batch, rng, base)
       return loss, metrics, grads
     micro = jax.tree.map(lambda x: x.reshape((accum_steps, -1) + x.shape[1:]), batch)
 
     def body(carry, inputs):
       i, mb = inputs
-      (loss, metrics), grads = grad_fn(params, mb, jax.random.fold_in(rng, i))
+      (loss, metrics), grads = grad_fn(params, mb, jax.random.fold_in(rng, i), base)
       return jax.tree.map(jnp.add, carry, (loss, metrics, grads)), None
 
-    zero = jax.tree.map(jnp.zeros_like, jax.eval_shape(grad_fn, params, jax.tree.map(lambda x: x[0], micro), rng))
+    first = jax.tree.map(lambda x: x[0], micro)
+    zero = jax.tree.map(jnp.zeros_like, jax.eval_shape(grad_fn, params, first, rng, base))
     zero = (zero[0][0], zero[0][1], zero[1])
     total, _ = jax.lax.scan(body, zero, (jnp.arange(accum_steps), micro))
     return jax.tree.map(lambda x: x / accum_steps, total)
 
-  def train_step(state: TrainState, batch: dict):
-    loss, metrics, grads = grads_and_metrics(state.params, batch, state.step_key())
+  def train_step(state: TrainState, batch: dict, base: dict | None = None):
+    loss, metrics, grads = grads_and_metrics(state.params, batch, state.step_key(), base)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads),

@@ -2,8 +2,14 @@
 
 A task bundles what differs between objectives: the model, the data and the step. The loop, the sharding and the
 checkpointing are shared by all of them. Every step has the signature step(state, frozen, batch) -> (state,
-metrics); `frozen` holds parameters that the step reads but never trains (the reference policy, the judge), built
-by `setup` and passed to the jitted step as an argument (sharded by the rule table, not checkpointed with the run).
+metrics); `frozen` holds parameters that the step reads but never trains (the reference policy, the judge; with
+LoRA the base weights under 'base'), built by `build_step` and passed to the jitted step as an argument (sharded
+by the rule table, not checkpointed with the run).
+
+With config.model.lora the model is built with adapters (nlhf_jax/models/lora.py) and the train state's params
+are the adapters only (`Setup.trainable`); the base weights are read from the base run (config.init_checkpoint for
+sft, config.online.reference_checkpoint online) into frozen['base'], and an online run's reference policy is that
+same base, run with the graphdef of the model without adapters (`Setup.base_graphdef`).
 """
 from __future__ import annotations
 
@@ -11,15 +17,18 @@ import dataclasses
 import logging
 from typing import Callable, Iterator
 
+import jax
 import optax
 from flax import nnx
 from jax.sharding import Mesh
 
 from nlhf_jax.config import ConfigError, ExperimentConfig
-from nlhf_jax.models import Transformer
+from nlhf_jax.distributed import param_specs
+from nlhf_jax.models import Transformer, lora
 from nlhf_jax.models.judges import PreferenceModel, RewardModel
 from nlhf_jax.objectives import pair_loss, sft_loss
-from nlhf_jax.training import steps
+from nlhf_jax.training import checkpointing, init, steps
+from nlhf_jax.training.state import TrainState
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +43,11 @@ class Task:
 
 
 def _model(cls):
-  return lambda cfg: (lambda rngs: cls(cfg.model, rngs))
+  def make(cfg: ExperimentConfig):
+    if lora.enabled(cfg.model.lora):
+      return lambda rngs: lora.apply_lora(cls(cfg.model, rngs), cfg.model.lora, rngs)
+    return lambda rngs: cls(cfg.model, rngs)
+  return make
 
 
 def _data(kind: str):
@@ -68,14 +81,61 @@ def get_task(name: str) -> Task:
   return TASKS[name]
 
 
-def build_step(cfg: ExperimentConfig, task: Task, graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
-               lr_schedule: optax.Schedule, mesh: Mesh, initial_params: Callable[[], dict], params_target):
+@dataclasses.dataclass(frozen=True)
+class Setup:
+  """What a run trains: the model's graphdef, the train state's initialiser and shardings, and under LoRA the
+  frozen base (its graphdef without adapters and the restore target of its weights)."""
+  graphdef: nnx.GraphDef  # the model as trained (with adapters under LoRA)
+  init: Callable[[int], TrainState]  # seed -> a fresh TrainState (jit it with out_shardings=shardings)
+  shardings: TrainState
+  base_graphdef: nnx.GraphDef | None = None  # LoRA: the model without adapters
+  base_target: dict | None = None  # LoRA: ShapeDtypeStructs (with shardings) of the base weights
+
+  @property
+  def lora(self) -> bool:
+    return self.base_graphdef is not None
+
+  def params_target(self) -> dict:
+    """ShapeDtypeStructs (with shardings) of the model's plain parameters: where a model checkpoint (a
+    reference, a warm start) is restored. Under LoRA those of the base."""
+    if self.lora:
+      return self.base_target
+    return init.abstract_state(self.shardings, jax.eval_shape(self.init, 0)).params
+
+
+def setup(cfg: ExperimentConfig, task: Task, tx: optax.GradientTransformation, mesh: Mesh) -> Setup:
+  make_model = task.make_model(cfg)
+  graphdef, abstract = init.abstract_model(make_model)
+  lora_on = lora.enabled(cfg.model.lora)
+  trainable = (lambda tree: lora.split_adapters(tree)[0]) if lora_on else None
+  extras = {}
+  if task.ema:
+    specs = param_specs(abstract)
+    extras = dict(make_extras=lambda params: {'ema': params},
+                  extras_specs={'ema': trainable(specs) if trainable else specs})
+  _, init_fn, shardings = init.state_initializer(make_model, tx, mesh, trainable=trainable, **extras)
+  if not lora_on:
+    return Setup(graphdef, init_fn, shardings)
+  base_graphdef, base_abstract = init.abstract_model(lambda rngs: Transformer(cfg.model, rngs))
+  return Setup(graphdef, init_fn, shardings, base_graphdef, checkpointing.params_target(base_abstract, mesh))
+
+
+def build_step(cfg: ExperimentConfig, task: Task, run: Setup, tx: optax.GradientTransformation,
+               lr_schedule: optax.Schedule, mesh: Mesh, initial_params: Callable[[], dict]):
   """(step(state, frozen, batch), frozen). `initial_params()` gives the run's initial parameters (the reference
-  policy mu when config.online.reference_checkpoint is empty); `params_target` (ShapeDtypeStructs with shardings)
-  is where a reference checkpoint is restored."""
+  policy mu when config.online.reference_checkpoint is empty); a reference checkpoint is restored onto
+  `run.params_target()`."""
+  o = cfg.online
+  base = None
+  if run.lora:  # the frozen base: the reference policy online, the init checkpoint for sft
+    source = o.reference_checkpoint if task.online else cfg.init_checkpoint
+    base, _ = checkpointing.restore_params(checkpointing.checkpoints_dir(source),
+                                           checkpointing.as_dtype(run.base_target, o.frozen_dtype))
   if not task.online:
-    step = steps.make_train_step(graphdef, task.loss_fn, tx, lr_schedule, cfg.train.grad_accum_steps)
-    return (lambda state, frozen, batch: step(state, batch)), {}
+    step = steps.make_train_step(run.graphdef, task.loss_fn, tx, lr_schedule, cfg.train.grad_accum_steps)
+    if base is None:
+      return (lambda state, frozen, batch: step(state, batch)), {}
+    return (lambda state, frozen, batch: step(state, batch, frozen['base'])), {'base': base}
   o = cfg.online
   top_k_filters = 0 < o.top_k < cfg.model.vocab_size  # top_k >= the vocabulary keeps every token
   if o.temperature != 1.0 or top_k_filters or o.top_p < 1.0:
@@ -85,8 +145,16 @@ def build_step(cfg: ExperimentConfig, task: Task, graphdef: nnx.GraphDef, tx: op
   from nlhf_jax.data.tokenizer import load_tokenizer
   from nlhf_jax.online import judges
   from nlhf_jax.online.step import OnlineStep
-  judge = judges.make_judge(cfg.online.judge, mesh, cfg.online.judge_checkpoint, cfg.online.oracle)
-  reference = initial_params() if not cfg.online.reference_checkpoint else judges.load_policy(
-      cfg.online.reference_checkpoint, params_target)
-  step = OnlineStep(cfg, graphdef, tx, lr_schedule, judge, load_tokenizer(cfg.data.tokenizer).stop_ids, mesh)
+  judge = judges.make_judge(o.judge, mesh, o.judge_checkpoint, o.oracle, o.frozen_dtype)
+  stop_ids = load_tokenizer(cfg.data.tokenizer).stop_ids
+  step = OnlineStep(cfg, run.graphdef, tx, lr_schedule, judge, stop_ids, mesh, run.base_graphdef)
+  if base is not None:
+    return step, {'base': base, 'judge': judge.params}
+  if o.reference_checkpoint:
+    reference = judges.load_policy(o.reference_checkpoint,
+                                   checkpointing.as_dtype(run.params_target(), o.frozen_dtype))
+  else:
+    reference = initial_params()
+    if o.frozen_dtype:
+      reference = jax.tree.map(lambda x: x.astype(o.frozen_dtype), reference)
   return step, {'reference': reference, 'judge': judge.params}

@@ -131,3 +131,21 @@ def test_nlhf_import_stops_with_one_error_line(tmp_path, problem):
   assert {'moe': 'mixture of experts', 'rope': "rope type 'longrope'", 'shape': 'k_proj.weight has shape'}[
       problem] in lines[0]
   assert not (tmp_path / 'run').exists()
+
+
+def test_scanned_layout_reads_each_layer_into_the_stack(tmp_path, devices):
+  """A checkpoint read into the scanned layout (config.model.scan_layers) is the unrolled one, stacked; on an
+  fsdp mesh as well. Export writes the same tensors back."""
+  import dataclasses
+
+  from nlhf_jax.models.transformer import stack_layers
+  tensors = hf_models.write_checkpoint(tmp_path / 'hf')
+  scanned = dataclasses.replace(CFG, scan_layers=True)
+  expected = stack_layers(hf.load_params(str(tmp_path / 'hf'), CFG), CFG.num_layers)
+  got = hf.load_params(str(tmp_path / 'hf'), scanned, mesh(fsdp=8))
+  assert got['layers']['attn']['q'].shape == (CFG.num_layers, 32, 4, 8)
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), got, expected)
+  hf.save_pretrained(str(tmp_path / 'out'), scanned, got)
+  reader = safetensors.SafetensorsReader(str(tmp_path / 'out'))
+  for name, value in tensors.items():
+    np.testing.assert_array_equal(np.asarray(reader.array(name)), value)

@@ -13,7 +13,7 @@ from nlhf_jax.data import pipelines
 from nlhf_jax.online import make_judge
 from nlhf_jax.online.evaluate import win_rate
 from nlhf_jax.online.step import OnlineStep, repeat_prompts, sampling_config
-from nlhf_jax.training import loop, optim
+from nlhf_jax.training import loop, optim, tasks
 from nlhf_jax.training.tasks import get_task
 
 pytestmark = pytest.mark.slow
@@ -40,7 +40,8 @@ def setup(c, m):
   cfg = from_config_dict(c, m.size)
   task = get_task(cfg.train.objective)
   tx = optim.make_optimizer(cfg.optim, cfg.train.num_steps)
-  graphdef, init_fn, shardings = loop._initializer(task, task.make_model(cfg), tx, m)
+  run = tasks.setup(cfg, task, tx, m)
+  graphdef, init_fn, shardings = run.graphdef, run.init, run.shardings
   state = jax.jit(init_fn, out_shardings=shardings)(cfg.seed)
   if cfg.online.judge == 'reward_model':
     judge = random_reward_model(cfg, m)
@@ -177,7 +178,8 @@ def test_tiny_nash_md_run_beats_the_reference(tmp_path):
   state = loop.train(cfg, str(tmp_path / 'run'), mesh(data=8))
   task = get_task('nash_md')
   m = mesh(data=8)
-  graphdef, init_fn, shardings = loop._initializer(task, task.make_model(cfg), optim.make_optimizer(cfg.optim, 1), m)
+  run = tasks.setup(cfg, task, optim.make_optimizer(cfg.optim, 1), m)
+  graphdef, init_fn, shardings = run.graphdef, run.init, run.shardings
   reference = jax.jit(init_fn, out_shardings=shardings)(cfg.seed).params  # mu = the initial policy
   judge = make_judge('oracle', m, oracle=cfg.online.oracle)
   prompts = next(pipelines.make_eval_iterator(cfg.data, 'prompts', 64, slice(None)))

@@ -170,6 +170,32 @@ def test_same_samples_on_one_device_and_on_a_mesh(models, devices):
   assert got['policy']['tokens'].sharding.spec[0] in (('data', 'fsdp'), 'data')
 
 
+@pytest.mark.parametrize('shape', [dict(fsdp=8), dict(data=2, fsdp=2, tensor=2)])
+def test_params_sharded_in_the_loop_sample_what_replicated_params_sample(models, devices, shape):
+  """With sharded_params the weights stay sharded over fsdp (and tensor) inside the decode loop; the samples are
+  those of the replicated model for the same key, and the outputs keep the batch sharding."""
+  graphdef, policy, ref = models
+  cfg = SamplingConfig(max_new_tokens=5, top_k=50, stop_ids=())
+  batch = _batch(lengths=LENGTHS * 2)
+  key = jax.random.key(12)
+  expect = jit_sample_pair(graphdef, graphdef, cfg, 0.25)(policy, ref, batch, key)
+  m = mesh(**shape)
+  _, abstract = nnx.split(nnx.eval_shape(lambda: Transformer(CFG, nnx.Rngs(0))))
+  p_shard = named(m, param_specs(abstract))
+  b_shard = jax.sharding.NamedSharding(m, jax.sharding.PartitionSpec(('data', 'fsdp')))
+  put = lambda tree, s: jax.tree.map(lambda x, sh: jax.device_put(np.asarray(x), sh), tree, s)
+  args = (put(nnx.to_pure_dict(policy), p_shard), put(nnx.to_pure_dict(ref), p_shard),
+          jax.tree.map(lambda x: jax.device_put(np.asarray(x), b_shard), batch))
+  sharded_cfg = dataclasses.replace(cfg, sharded_params=True)
+  fn = jax.jit(lambda p, r, b, k: sample_pair(graphdef, p, graphdef, r, b, k, sharded_cfg, 0.25, mesh=m))
+  got = fn(*args, key)
+  for name in ('policy', 'mixture'):
+    np.testing.assert_array_equal(got[name]['tokens'], expect[name]['tokens'])
+    np.testing.assert_allclose(got[name]['logprobs'], expect[name]['logprobs'], atol=1e-4)
+  hlo = fn.lower(*args, key).compile().as_text()
+  assert 'all-gather' in hlo  # weights gathered as the steps need them, not held whole
+
+
 def test_eos_ends_the_response_and_max_length_holds():
   graphdef, policy, ref = _models(SMALL_VOCAB)
   cfg = SamplingConfig(max_new_tokens=12, stop_ids=(2,), pad_id=0)

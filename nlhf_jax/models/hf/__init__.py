@@ -28,7 +28,7 @@ from nlhf_jax.distributed.sharding import param_specs
 from nlhf_jax.models.hf.config import FAMILIES, HFFormatError, hf_config, model_config
 from nlhf_jax.models.hf.safetensors import SafetensorsError, SafetensorsReader, write_sharded
 from nlhf_jax.models.hf.tensors import IGNORED_SUFFIXES, TEXT_PREFIXES, Entry, entries, hf_name
-from nlhf_jax.models.transformer import Transformer
+from nlhf_jax.models.transformer import STACK, Transformer
 
 __all__ = ['FAMILIES', 'HFFormatError', 'SafetensorsError', 'abstract_transformer', 'check_tensors',
            'from_pretrained', 'hf_config', 'load_params', 'model_config', 'read_config', 'save_pretrained']
@@ -99,6 +99,14 @@ def _get(tree: dict, path: tuple[str, ...]):
   return tree
 
 
+def _param_of(params: dict, path: tuple[str, ...], cfg: ModelConfig):
+  """A thunk giving the parameter at the table's (unrolled) `path`; in a scanned stack, that layer's slice."""
+  if cfg.scan_layers and path[0].startswith('layer_'):
+    i = int(path[0].split('_')[1])
+    return lambda: _get(params, (STACK,) + path[1:])[i]
+  return lambda: _get(params, path)
+
+
 def abstract_transformer(cfg: ModelConfig) -> tuple[nnx.GraphDef, Any]:
   return nnx.split(nnx.eval_shape(lambda: Transformer(cfg, nnx.Rngs(0))))
 
@@ -112,12 +120,27 @@ def load_params(hf_dir: str, cfg: ModelConfig, mesh: Mesh | None = None, dtype=j
   _, abstract = abstract_transformer(cfg)
   specs = param_specs(abstract)
   dtype = np.dtype(dtype)
+  views = {e.path: e.layout.to_param(reader.array(hf_name(e.name, prefix))) for e in table}
   params: dict = {}
-  for e in table:
-    view = e.layout.to_param(reader.array(hf_name(e.name, prefix)))
-    fetch = lambda index, view=view: np.asarray(view[index], dtype=dtype)
-    _set(params, e.path, jax.make_array_from_callback(view.shape, _sharding(mesh, _get(specs, e.path)), fetch))
+  for path, (shape, fetch) in _sources(views, cfg, dtype).items():
+    _set(params, path, jax.make_array_from_callback(shape, _sharding(mesh, _get(specs, path)), fetch))
   return params
+
+
+def _sources(views: dict, cfg: ModelConfig, dtype: np.dtype) -> dict:
+  """{parameter path: (shape, fetch(index) -> numpy slice)}: the table's views, or, for a scanned stack, each
+  per-layer parameter stacked on a leading layer axis (a device's slice reads only its layers' slices)."""
+  single = lambda view: (view.shape, lambda index: np.asarray(view[index], dtype=dtype))
+  if not cfg.scan_layers:
+    return {path: single(view) for path, view in views.items()}
+  out = {path: single(view) for path, view in views.items() if not path[0].startswith('layer_')}
+  for rest in {path[1:] for path in views if path[0] == 'layer_0'}:
+    layers = [views[(f'layer_{i}',) + rest] for i in range(cfg.num_layers)]
+
+    def fetch(index, layers=layers):
+      return np.stack([np.asarray(layers[i][index[1:]], dtype=dtype) for i in range(cfg.num_layers)[index[0]]])
+    out[(STACK,) + rest] = ((cfg.num_layers,) + layers[0].shape, fetch)
+  return out
 
 
 def from_pretrained(hf_dir: str, dtype=jnp.float32, mesh: Mesh | None = None,
@@ -141,16 +164,17 @@ def save_pretrained(out_dir: str, cfg: ModelConfig, params: dict, dtype: str = '
   table = entries(cfg)
   np_dtype = np.dtype(jnp.dtype(dtype))
   config = hf_config(cfg, dtype=str(jnp.dtype(dtype)), token_ids=token_ids)
-  values = {e.name: (e, _get(params, e.path)) for e in table}
+  values = {e.name: (e, _param_of(params, e.path, cfg)) for e in table}
   for name, x in (extra or {}).items():
-    values[name] = (None, x)
+    values[name] = (None, lambda x=x: x)
 
   def fetch(name: str) -> np.ndarray:
-    entry, x = values[name]
-    host = to_host(x)
+    entry, get = values[name]
+    host = to_host(get())
     return host if entry is None else entry.layout.to_stored(host, entry.stored_shape)
 
-  shapes = [(n, e.stored_shape if e is not None else tuple(np.shape(x)), np_dtype) for n, (e, x) in values.items()]
+  shapes = [(n, e.stored_shape if e is not None else tuple(np.shape(get())), np_dtype)
+            for n, (e, get) in values.items()]
   if not is_leader():  # the others take part in the gathers only
     for name, _, _ in shapes:
       fetch(name)

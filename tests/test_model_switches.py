@@ -1,0 +1,157 @@
+"""The memory and speed switches of the Transformer change no numbers (docs/architecture.md, "Memory at size"):
+scanned layers equal unrolled ones, remat equals no remat, dot_product_attention equals the einsum attention
+(sliding windows and padding included), bfloat16 storage is what it says, and checkpoints convert between the
+layouts and dtypes on restore."""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from flax import nnx
+
+from nlhf_jax.config import ModelConfig
+from nlhf_jax.models import Transformer, init_cache
+from nlhf_jax.models.transformer import stack_layers, unstack_layers
+from nlhf_jax.training import checkpointing
+from tests.helpers import mesh
+
+# Grouped-query attention, a local layer between global ones with its own rope base: every per-layer difference.
+CFG = ModelConfig(num_layers=3, num_kv_heads=2, sliding_window=3, layer_types=('local', 'global', 'local'),
+                  rope_local_theta=100.0, rope_scaling='linear', rope_factor=2.0)
+TOKENS = jax.random.randint(jax.random.key(1), (2, 9), 4, 256)
+MASK = jnp.ones((2, 9), bool).at[0, :3].set(False)  # row 0 left-padded
+
+
+@pytest.fixture(scope='module')
+def unrolled():
+  graphdef, params = nnx.split(Transformer(CFG, nnx.Rngs(0)))
+  return graphdef, nnx.to_pure_dict(params)
+
+
+def _graphdef(cfg):
+  return nnx.split(nnx.eval_shape(lambda: Transformer(cfg, nnx.Rngs(0))))[0]
+
+
+def _loss_and_grads(graphdef, params):
+  def loss(p):
+    logits, _ = nnx.merge(graphdef, p)(TOKENS, MASK)
+    return jnp.sum(jnp.where(MASK[..., None], jax.nn.log_softmax(logits), 0.0) ** 2) * 1e-4, logits
+  return jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+
+
+def _cached_logits(graphdef, params, cfg):
+  """Prefill 9 tokens, then decode one more with the cache: the last logits."""
+  @jax.jit
+  def run(p):
+    model = nnx.merge(graphdef, p)
+    cache = init_cache(cfg, 2, 10)
+    cache['mask'] = cache['mask'].at[:, :9].set(MASK)
+    positions = jnp.maximum(jnp.cumsum(MASK, axis=1) - 1, 0)
+    _, cache = model(TOKENS, MASK, positions, cache, 0)
+    cache['mask'] = cache['mask'].at[:, 9].set(True)
+    return model(TOKENS[:, :1], jnp.ones((2, 1), bool), positions[:, -1:] + 1, cache, 9)[0]
+  return run(params)
+
+
+def test_scanned_layers_equal_unrolled_ones(unrolled):
+  graphdef, params = unrolled
+  scfg = dataclasses.replace(CFG, scan_layers=True)
+  stacked = stack_layers(params, CFG.num_layers)
+  (loss_u, logits_u), grads_u = _loss_and_grads(graphdef, params)
+  (loss_s, logits_s), grads_s = _loss_and_grads(_graphdef(scfg), stacked)
+  np.testing.assert_allclose(np.asarray(logits_s), np.asarray(logits_u), atol=1e-6, rtol=0)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6, rtol=0),
+               unstack_layers(grads_s, CFG.num_layers), grads_u)
+  np.testing.assert_allclose(np.asarray(_cached_logits(_graphdef(scfg), stacked, scfg)),
+                             np.asarray(_cached_logits(graphdef, params, CFG)), atol=1e-6, rtol=0)
+  assert init_cache(scfg, 2, 10)['layers']['k'].shape == (3, 2, 2, 10, CFG.head_dim)
+  jax.tree.map(np.testing.assert_array_equal, unstack_layers(stacked, CFG.num_layers), params)
+
+
+@pytest.mark.parametrize('policy', ['dots_saveable', 'full'])
+def test_remat_equals_no_remat(unrolled, policy):
+  graphdef, params = unrolled
+  (_, logits), grads = _loss_and_grads(graphdef, params)
+  for cfg in (dataclasses.replace(CFG, remat=policy), dataclasses.replace(CFG, remat=policy, scan_layers=True)):
+    p = stack_layers(params, CFG.num_layers) if cfg.scan_layers else params
+    (_, logits_r), grads_r = _loss_and_grads(_graphdef(cfg), p)
+    grads_r = unstack_layers(grads_r, CFG.num_layers) if cfg.scan_layers else grads_r
+    np.testing.assert_allclose(np.asarray(logits_r), np.asarray(logits), atol=1e-6, rtol=0)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6, rtol=0),
+                 grads_r, grads)
+
+
+def test_dot_product_attention_equals_the_einsum_attention(unrolled):
+  graphdef, params = unrolled
+  dcfg = dataclasses.replace(CFG, attention_impl='dot_product')
+  (_, logits), grads = _loss_and_grads(graphdef, params)
+  (_, logits_d), grads_d = _loss_and_grads(_graphdef(dcfg), params)
+  real = np.asarray(MASK)
+  np.testing.assert_allclose(np.asarray(logits_d)[real], np.asarray(logits)[real], atol=1e-5, rtol=0)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-5, rtol=0),
+               grads_d, grads)
+  np.testing.assert_allclose(np.asarray(_cached_logits(_graphdef(dcfg), params, dcfg)),
+                             np.asarray(_cached_logits(graphdef, params, CFG)), atol=1e-5, rtol=0)
+
+
+def test_bfloat16_storage():
+  cfg = dataclasses.replace(CFG, param_dtype='bfloat16', compute_dtype='bfloat16')
+  model = Transformer(cfg, nnx.Rngs(0))
+  assert {x.dtype for x in jax.tree.leaves(nnx.state(model, nnx.Param))} == {jnp.dtype(jnp.bfloat16)}
+  logits, _ = model(TOKENS, MASK)
+  assert logits.dtype == jnp.float32 and bool(jnp.isfinite(logits).all())
+
+
+def test_params_restore_across_layouts_and_dtypes(unrolled, tmp_path, devices):
+  """A checkpoint of unrolled float32 layers restores onto a scanned bfloat16 target (and back), sharded."""
+  graphdef, params = unrolled
+  manager = ocp.CheckpointManager(str(tmp_path), options=ocp.CheckpointManagerOptions(create=True))
+  meta = {'config': {'model': dataclasses.asdict(CFG)}}
+  manager.save(0, args=ocp.args.Composite(params=ocp.args.StandardSave(params), meta=ocp.args.JsonSave(meta)))
+  manager.wait_until_finished()
+  m = mesh(fsdp=4, tensor=2)
+  scfg = dataclasses.replace(CFG, scan_layers=True, param_dtype='bfloat16')
+  _, abstract = nnx.split(nnx.eval_shape(lambda: Transformer(scfg, nnx.Rngs(0))))
+  target = checkpointing.params_target(abstract, m)
+  restored, step = checkpointing.restore_params(str(tmp_path), target)
+  assert step == 0
+  expected = jax.tree.map(lambda x: np.asarray(x.astype(jnp.bfloat16)), stack_layers(params, CFG.num_layers))
+  jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), b), restored, expected)
+  jax.tree.map(lambda a, t: (a.sharding == t.sharding) or pytest.fail(f'{a.sharding} != {t.sharding}'),
+               restored, target)
+
+
+def test_1b_nash_md_step_compiles_within_its_memory(devices):
+  """The compile-only check of a real size (python -m nlhf_jax.online.bench --preset=1b --compile_only): the full
+  Nash-MD-PG step of a 1.24B policy with a bfloat16 reference and judge of the same size, batch 64 x 256 prompt
+  tokens and 128 new tokens, compiles against abstract inputs on fsdp=8 (nothing allocated), and its memory per
+  device is what its inputs hold plus bounded temporaries."""
+  from nlhf_jax.online.bench import compile_memory
+  r = compile_memory('1b', 64, 256, 128, 'fsdp=8')
+  assert 1.2e9 < r['parameters'] < 1.3e9
+  assert r['params_bytes'] == r['parameters'] * 4 // 8 and r['reference_bytes'] == r['parameters'] * 2 // 8
+  assert r['argument_bytes'] >= r['params_bytes'] + r['opt_state_bytes'] + r['reference_bytes']
+  assert r['per_device_bytes'] < 16 * 2**30, r
+
+
+def test_chunked_vocabulary_log_probabilities_equal_the_dense_ones(unrolled):
+  """config.model.logits_chunk: the response log-probabilities, the SFT loss and its gradient are those of
+  the whole logits (the chunks need not divide the vocabulary)."""
+  from nlhf_jax.models.logprobs import response_logprobs
+  from nlhf_jax.objectives import sft_loss
+  graphdef, params = unrolled
+  ccfg = dataclasses.replace(CFG, logits_chunk=100)
+  batch = {'tokens': TOKENS, 'mask': jnp.ones_like(MASK), 'loss_mask': jnp.ones(TOKENS.shape, jnp.float32)}
+
+  def figures(g):
+    def loss(p):
+      value, metrics = sft_loss(nnx.merge(g, p), batch, None)
+      return value, metrics['token_accuracy']
+    (value, accuracy), grads = jax.value_and_grad(loss, has_aux=True)(params)
+    lp = response_logprobs(nnx.merge(g, params), TOKENS[:, :5], MASK[:, :5], TOKENS[:, 5:], jnp.ones((2, 4), bool))
+    return value, accuracy, grads, lp
+  dense, chunked = jax.jit(lambda: figures(graphdef))(), jax.jit(lambda: figures(_graphdef(ccfg)))()
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6, rtol=0),
+               chunked, dense)
