@@ -291,6 +291,12 @@ def combine(base: dict, adapters: dict) -> dict:
   return traverse_util.unflatten_dict({**flat_base, **flat_adapters})
 
 
+def with_base(params: dict, base: dict | None) -> dict:
+  """What an adapted graphdef runs: trained `params` (the adapters) combined with the frozen `base`; `params`
+  alone when there is no base (LoRA off)."""
+  return params if base is None else combine(base, params)
+
+
 def merge_adapters(base: dict, adapters: dict, lora_cfg: LoraConfig) -> dict:
   """Base-shaped params with W + (alpha / rank) * A B folded into every adapted weight, in the weight's own layout
   and dtype (the product in float32 at full precision): what the adapted model computes, as a plain model.

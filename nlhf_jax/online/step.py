@@ -70,7 +70,7 @@ class OnlineStep:
 
   def model_params(self, params, frozen: dict):
     """What `graphdef` runs: the trained params, with LoRA combined with the frozen base."""
-    return params if self.base_graphdef is None else lora.combine(frozen['base'], params)
+    return lora.with_base(params, frozen['base'] if self.base_graphdef is not None else None)
 
   def reference(self, frozen: dict) -> tuple[nnx.GraphDef, dict]:
     """(graphdef, params) of mu: with LoRA the base weights without the adapters."""

@@ -24,7 +24,7 @@ def make_train_step(graphdef: nnx.GraphDef, loss_fn: LossFn, tx: optax.GradientT
   """The (unjitted) train step for `loss_fn`."""
 
   def loss_of_params(params, batch, rng, base):
-    return loss_fn(nnx.merge(graphdef, params if base is None else lora.combine(base, params)), batch, rng)
+    return loss_fn(nnx.merge(graphdef, lora.with_base(params, base)), batch, rng)
 
   grad_fn = jax.value_and_grad(loss_of_params, has_aux=True)
 
