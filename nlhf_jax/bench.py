@@ -23,14 +23,21 @@ import sys
 
 from absl import app, flags
 
-_PRESETS = flags.DEFINE_list('presets', ['tiny', 'small', '125m:4x128'],
-                             'Model presets (nlhf_jax/models/presets.py), each PRESET or PRESET:BATCHxSEQ.')
-_BATCH = flags.DEFINE_integer('batch_size', 8, 'Global batch size.')
-_SEQ = flags.DEFINE_integer('seq_len', 256, 'Tokens per example.')
-_ITERS = flags.DEFINE_integer('iters', 5, 'Timed steps (median reported).')
-_DTYPE = flags.DEFINE_enum('compute_dtype', 'float32', ['float32', 'bfloat16'], 'Compute dtype of the model.')
-_CHILD = flags.DEFINE_string('child', None, 'Internal: measure this preset in this process, print JSON.')
-_JSON = flags.DEFINE_bool('json', False, 'Print every figure as one JSON object, the last line.')
+
+def _define_flags() -> None:
+  """The command's flags, defined when it runs (not on import, so its functions import beside other
+  commands' flags)."""
+  flags.DEFINE_list('presets', ['tiny', 'small', '125m:4x128'],
+                    'Model presets (nlhf_jax/models/presets.py), each PRESET or PRESET:BATCHxSEQ.')
+  flags.DEFINE_integer('batch_size', 8, 'Global batch size.')
+  flags.DEFINE_integer('seq_len', 256, 'Tokens per example.')
+  flags.DEFINE_integer('iters', 5, 'Timed steps (median reported).')
+  flags.DEFINE_enum('compute_dtype', 'float32', ['float32', 'bfloat16'], 'Compute dtype of the model.')
+  flags.DEFINE_string('child', None, 'Internal: measure this preset in this process, print JSON.')
+  flags.DEFINE_bool('json', False, 'Print every figure as one JSON object, the last line.')
+
+
+FLAGS = flags.FLAGS
 
 
 def measure(preset: str, batch: int, seq_len: int, iters: int, compute_dtype: str) -> dict:
@@ -109,24 +116,25 @@ def figures(r: dict) -> dict:
 
 def main(argv) -> None:
   del argv
-  if _CHILD.value:
-    print(json.dumps(measure(_CHILD.value, _BATCH.value, _SEQ.value, _ITERS.value, _DTYPE.value)))
+  if FLAGS.child:
+    print(json.dumps(measure(FLAGS.child, FLAGS.batch_size, FLAGS.seq_len, FLAGS.iters, FLAGS.compute_dtype)))
     return
-  print(f'SFT train step, median of {_ITERS.value} steps after compilation (one process per preset)')
+  print(f'SFT train step, median of {FLAGS.iters} steps after compilation (one process per preset)')
   results = {}
-  for entry in _PRESETS.value:
-    preset, batch, seq_len = parse_preset(entry, _BATCH.value, _SEQ.value)
+  for entry in FLAGS.presets:
+    preset, batch, seq_len = parse_preset(entry, FLAGS.batch_size, FLAGS.seq_len)
     cmd = [sys.executable, '-m', 'nlhf_jax.bench', f'--child={preset}', f'--batch_size={batch}',
-           f'--seq_len={seq_len}', f'--iters={_ITERS.value}', f'--compute_dtype={_DTYPE.value}']
+           f'--seq_len={seq_len}', f'--iters={FLAGS.iters}', f'--compute_dtype={FLAGS.compute_dtype}']
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
     r = json.loads(out.stdout.strip().splitlines()[-1])
     print(report(r), flush=True)
     results[f'{preset}:{batch}x{seq_len}'] = figures(r)
-  if _JSON.value:
+  if FLAGS.json:
     print(json.dumps(results), flush=True)
 
 
 def run() -> None:
+  _define_flags()
   app.run(main)
 
 

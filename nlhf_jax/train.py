@@ -24,37 +24,37 @@ from nlhf_jax.distributed import initialize, resolve_launch
 
 log = logging.getLogger(__name__)
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file, e.g. '
-                                          'experiments/configs/sft.py:tiny', lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints and metrics (resumed if it exists).')
-_COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'Multi-process: HOST:PORT of process 0 '
-                                   '(overrides JAX_COORDINATOR_ADDRESS and config.distributed.coordinator_address).')
-_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Multi-process: number of processes.')
-_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'Multi-process: this process, 0 .. num_processes - 1.')
-flags.mark_flags_as_required(['config', 'workdir'])
+def _define_flags() -> None:
+  """The command's flags, defined when it runs (so that importing this module defines none)."""
+  config_flags.DEFINE_config_file('config', None, 'Experiment config file, e.g. experiments/configs/sft.py:tiny',
+                                  lock_config=True)
+  flags.DEFINE_string('workdir', None, 'Directory for checkpoints and metrics (resumed if it exists).')
+  commands.define_launch_flags()
+  flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def launch_flags() -> dict:
   """The multi-process flags as given on the command line (None where not given)."""
-  return {'coordinator_address': _COORDINATOR.value, 'num_processes': _NUM_PROCESSES.value,
-          'process_id': _PROCESS_ID.value}
+  f = flags.FLAGS
+  return {k: getattr(f, k) for k in ('coordinator_address', 'num_processes', 'process_id')}
 
 
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   logs.setup()
-  cfg = config_lib.from_config_dict(_CONFIG.value)  # value checks: before any JAX work
+  cfg = config_lib.from_config_dict(flags.FLAGS.config)  # value checks: before any JAX work
   initialize(resolve_launch(cfg.distributed, launch_flags()))
-  cfg = config_lib.from_config_dict(_CONFIG.value, num_devices=jax.device_count())
+  cfg = config_lib.from_config_dict(flags.FLAGS.config, num_devices=jax.device_count())
   from nlhf_jax.training.loop import train  # heavy imports after validation
   log.info('%s: %d processes, %d devices, workdir %s', cfg.name, jax.process_count(), jax.device_count(),
-           _WORKDIR.value)
-  state = train(cfg, _WORKDIR.value)
+           flags.FLAGS.workdir)
+  state = train(cfg, flags.FLAGS.workdir)
   log.info('stopped at step %d of %d', int(jax.device_get(state.step)), cfg.train.num_steps)
 
 
 def run() -> None:
+  _define_flags()
   commands.run(main)
 
 

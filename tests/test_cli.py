@@ -51,3 +51,19 @@ def test_judges_train_with_nlhf_train(tmp_path, objective):
   assert [r['step'] for r in rows] == [1, 2]
   assert all(k in rows[-1] for k in ('loss', 'accuracy', 'log_loss', 'calibration_error'))
   assert (tmp_path / 'checkpoints' / '2').is_dir()
+
+
+def test_every_module_imports_in_one_process():
+  """Commands define their flags when they run, not on import: every module of the package imports beside every
+  other (a test or a notebook that imports two commands' functions must not meet a DuplicateFlagError)."""
+  code = ('import importlib, pkgutil, nlhf_jax\n'
+          'for m in pkgutil.walk_packages(nlhf_jax.__path__, "nlhf_jax."):\n'
+          '  if not m.name.endswith(".__main__"):\n'
+          '    importlib.import_module(m.name)\n'
+          'from absl import flags\n'
+          'print(sorted(n for n, f in flags.FLAGS._flags().items() if f.name == n and '
+          'flags.FLAGS.find_module_defining_flag(n).startswith("nlhf_jax")))\n')
+  out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120, cwd=REPO,
+                       env=subprocess_env(None))
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert out.stdout.strip() == '[]', out.stdout  # and none of them defined a flag on import

@@ -26,6 +26,7 @@ from nlhf_jax import commands, logs
 
 log = logging.getLogger(__name__)
 
+
 def _define_flags() -> None:
   """The command's flags, defined when it runs (so that importing this module defines none)."""
   config_flags.DEFINE_config_file('config', None, 'Optional pipeline config (the eval stage config is derived from '

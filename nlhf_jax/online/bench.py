@@ -25,17 +25,24 @@ import json
 
 from absl import app, flags
 
-_PRESET = flags.DEFINE_string('preset', 'small', 'Model preset of policy, reference and reward model.')
-_BATCH = flags.DEFINE_integer('batch_size', None, 'Prompts per step (default 8; 64 with --compile_only).')
-_NEW = flags.DEFINE_integer('new_tokens', None, 'Response length (no EOS is sampled: every row runs to the end; '
-                            'default 64; 128 with --compile_only).')
-_PROMPT = flags.DEFINE_integer('prompt_len', None, 'Prompt length (default 64; 256 with --compile_only).')
-_ITERS = flags.DEFINE_integer('iters', 5, 'Timed steps (median reported).')
-_COMPILE_ONLY = flags.DEFINE_bool('compile_only', False, 'Compile against abstract inputs and print the compiled '
-                                  'memory per device (allocates nothing).')
-_MESH = flags.DEFINE_string('mesh', '', 'Mesh, e.g. fsdp=8 (default: data over every device).')
-_LORA = flags.DEFINE_integer('lora_rank', 0, 'LoRA rank of the policy (0: full fine-tuning).')
-_JSON = flags.DEFINE_bool('json', False, 'Print the figures as one JSON object on the last line.')
+
+def _define_flags() -> None:
+  """The command's flags, defined when it runs (not on import, so its functions import beside other
+  commands' flags)."""
+  flags.DEFINE_string('preset', 'small', 'Model preset of policy, reference and reward model.')
+  flags.DEFINE_integer('batch_size', None, 'Prompts per step (default 8; 64 with --compile_only).')
+  flags.DEFINE_integer('new_tokens', None, 'Response length (no EOS is sampled: every row runs to the end; '
+                       'default 64; 128 with --compile_only).')
+  flags.DEFINE_integer('prompt_len', None, 'Prompt length (default 64; 256 with --compile_only).')
+  flags.DEFINE_integer('iters', 5, 'Timed steps (median reported).')
+  flags.DEFINE_bool('compile_only', False, 'Compile against abstract inputs and print the compiled '
+                    'memory per device (allocates nothing).')
+  flags.DEFINE_string('mesh', '', 'Mesh, e.g. fsdp=8 (default: data over every device).')
+  flags.DEFINE_integer('lora_rank', 0, 'LoRA rank of the policy (0: full fine-tuning).')
+  flags.DEFINE_bool('json', False, 'Print the figures as one JSON object on the last line.')
+
+
+FLAGS = flags.FLAGS
 
 
 def online_config(preset: str, batch: int, new_tokens: int, prompt_len: int = 64, mesh: str = '',
@@ -198,27 +205,28 @@ def _print_memory(r: dict) -> None:
 def main(argv) -> None:
   del argv
   from nlhf_jax.perf import fmt_bytes
-  if _COMPILE_ONLY.value:
-    r = compile_memory(_PRESET.value, _BATCH.value or 64, _PROMPT.value or 256, _NEW.value or 128, _MESH.value,
-                       _LORA.value)
+  if FLAGS.compile_only:
+    r = compile_memory(FLAGS.preset, FLAGS.batch_size or 64, FLAGS.prompt_len or 256, FLAGS.new_tokens or 128, FLAGS.mesh,
+                       FLAGS.lora_rank)
     _print_memory(r)
-    if _JSON.value:
+    if FLAGS.json:
       print(json.dumps(r), flush=True)
     return
-  r = measure(_PRESET.value, _BATCH.value or 8, _NEW.value or 64, _ITERS.value)
+  r = measure(FLAGS.preset, FLAGS.batch_size or 8, FLAGS.new_tokens or 64, FLAGS.iters)
   compiled = 'n/a' if r['compiled_bytes'] is None else fmt_bytes(r['compiled_bytes'])
   print(f"Nash-MD-PG step ({r['preset']} policy/reference/reward model, batch {r['batch']}, prompts 32-64, "
         f"{r['new_tokens']} new tokens, float32, {r['devices']} {r['platform']} device(s)), median of "
-        f"{_ITERS.value} steps after compilation:")
+        f"{FLAGS.iters} steps after compilation:")
   print(f"  step {r['step_s'] * 1e3:.1f} ms | {r['sampled_tokens_per_s']:.0f} sampled tok/s (y and y') | "
         f"{r['flops'] / 1e9:.2f} GFLOP/step | MFU {100 * r['mfu']:.1f}% of {r['peak'] / 1e9:.0f} GFLOP/s "
         f"(float32 matmul, measured) | compiled {compiled} | peak {fmt_bytes(r['peak_bytes'])} ({r['peak_kind']})",
         flush=True)
-  if _JSON.value:
+  if FLAGS.json:
     print(json.dumps({**r, 'peak_flops': r['peak']}), flush=True)
 
 
 def run() -> None:
+  _define_flags()
   app.run(main)
 
 

@@ -17,16 +17,16 @@ from nlhf_jax import commands, logs
 
 log = logging.getLogger(__name__)
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Pipeline config, e.g. '
-                                          'experiments/configs/pipeline.py:demo', lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory of the pipeline (one sub-directory per stage).')
-_STAGES = flags.DEFINE_list('stages', [], 'Run only these stages (default: all, in order).')
-_COORDINATOR = flags.DEFINE_string('coordinator_address', '', 'Multi-process: HOST:PORT of process 0.')
-_NUM_PROCESSES = flags.DEFINE_integer('num_processes', 0, 'Multi-process: number of processes.')
-_PROCESS_ID = flags.DEFINE_integer('process_id', -1, 'Multi-process: this process, 0 .. num_processes - 1.')
-_DISTRIBUTED = flags.DEFINE_bool('distributed', False, 'Call jax.distributed.initialize with what JAX detects '
-                                 '(TPU pod slices, Slurm) or the JAX_* environment variables.')
-flags.mark_flags_as_required(['config', 'workdir'])
+def _define_flags() -> None:
+  """The command's flags, defined when it runs (so that importing this module defines none)."""
+  config_flags.DEFINE_config_file('config', None, 'Pipeline config, e.g. experiments/configs/pipeline.py:demo',
+                                  lock_config=True)
+  flags.DEFINE_string('workdir', None, 'Directory of the pipeline (one sub-directory per stage).')
+  flags.DEFINE_list('stages', [], 'Run only these stages (default: all, in order).')
+  commands.define_launch_flags()
+  flags.DEFINE_bool('distributed', False, 'Call jax.distributed.initialize with what JAX detects (TPU pod slices, '
+                    'Slurm) or the JAX_* environment variables.')
+  flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def main(argv) -> None:
@@ -36,16 +36,16 @@ def main(argv) -> None:
   from nlhf_jax.config import DistributedConfig
   from nlhf_jax.distributed import initialize, is_leader, resolve_launch
   from nlhf_jax.pipeline import runner, stages
-  configs = stages.stage_configs(_CONFIG.value, _WORKDIR.value)  # config errors before any work
-  given = {'coordinator_address': _COORDINATOR.value or None, 'num_processes': _NUM_PROCESSES.value or None,
-           'process_id': None if _PROCESS_ID.value < 0 else _PROCESS_ID.value}
-  initialize(resolve_launch(DistributedConfig(initialize=_DISTRIBUTED.value), given))
+  configs = stages.stage_configs(flags.FLAGS.config, flags.FLAGS.workdir)  # config errors before any work
+  f = flags.FLAGS
+  given = {k: getattr(f, k) for k in ('coordinator_address', 'num_processes', 'process_id')}
+  initialize(resolve_launch(DistributedConfig(initialize=f.distributed), given))
   import jax
   stages.check_training_configs(configs, num_devices=jax.device_count())  # and the mesh of every stage
   log.info('pipeline: %d processes, %d devices, workdir %s', jax.process_count(), jax.device_count(),
-           _WORKDIR.value)
-  status = runner.run_pipeline(_CONFIG.value, _WORKDIR.value, only=_STAGES.value or None)
-  out = os.path.join(os.path.abspath(_WORKDIR.value), 'eval')
+           flags.FLAGS.workdir)
+  status = runner.run_pipeline(flags.FLAGS.config, flags.FLAGS.workdir, only=flags.FLAGS.stages or None)
+  out = os.path.join(os.path.abspath(flags.FLAGS.workdir), 'eval')
   log.info('stages: %s', ', '.join(f'{k} ({v})' for k, v in status.items()))
   if is_leader() and os.path.exists(os.path.join(out, 'matrix.md')):
     print(f'win-rate table: {os.path.join(out, "matrix.md")}\nheatmap:        {os.path.join(out, "matrix.png")}\n'
@@ -53,6 +53,7 @@ def main(argv) -> None:
 
 
 def run() -> None:
+  _define_flags()
   commands.run(main)
 
 
