@@ -6,6 +6,8 @@ sampled samples_per_prompt times), then
   (evaluation/stats.py says how soft probabilities become counts): a text oracle (`oracle`, e.g. the benchmark's
   exact P*; empty: none) and a learned preference model (`preference_model`, a run's path; empty: none);
 - the win rate against the reference policy (the reference's row of each matrix);
+- the Nash averaging of each matrix (`nash` inside it, evaluation/stats.nash_summary): the maximum-entropy Nash
+  equilibrium of the meta-game with payoff P(pi_i > pi_j) - 1/2, its support, and each policy's win rate against it;
 - KL(pi || mu), Monte-Carlo: the mean over pi's samples of log pi(y|x) - log mu(y|x) (teacher-forced sums; an
   estimate of the KL of the sampled distribution when the evaluation temperature is 1);
 - the mean response length (tokens before the stop id, and words); with the benchmark oracle also the style
@@ -70,7 +72,10 @@ def _sample_policy(name, path, ecfg, batches, scfg, mesh, tokenizer, mu, styles:
 
 
 def _matrix_json(m: dict, names: list[str]) -> dict:
-  return {'policies': names, **{k: np.round(v, 6).tolist() for k, v in m.items()}}
+  """The matrices to 6 decimals and the Nash averaging of that (stored) win matrix, so that matrix.json alone
+  reproduces it."""
+  out = {'policies': names, **{k: np.round(v, 6).tolist() for k, v in m.items()}}
+  return {**out, 'nash': stats.nash_summary(out['win'], names)}
 
 
 def _judges(ecfg) -> tuple[str, str]:

@@ -1,10 +1,18 @@
-"""Writing an evaluation result: matrix.json, matrix.md (tables), matrix.png (heatmaps) and samples.md."""
+"""Writing an evaluation result: matrix.json, matrix.md (tables), matrix.png (heatmaps) and samples.md.
+
+matrix.md: per judge the win-rate matrix and its Nash averaging (a table: policy, Nash weight, win rate vs the Nash
+mixture; evaluation/stats.nash_summary), then the per-policy table. matrix.png: per judge the heatmap and, beside
+it on the same rows, a bar panel of the Nash weights annotated with the win rates vs the mixture. A result without
+a `nash` entry (written before it existed) gets one computed from its stored win matrix.
+"""
 from __future__ import annotations
 
 import json
 import os
 
 import numpy as np
+
+from nlhf_jax.evaluation import stats
 
 BENCHMARK_ORACLE = 'nlhf_jax.benchmark.oracle:preferences'
 
@@ -25,6 +33,24 @@ def matrix_table(m: dict) -> str:
 
 
 _TITLES = {'oracle': 'oracle', 'preference_model': 'learned preference model'}
+
+
+def nash(m: dict) -> dict:
+  """The matrix's Nash averaging: the stored one, or computed from its win matrix."""
+  return m['nash'] if 'nash' in m else stats.nash_summary(m['win'], m['policies'])
+
+
+def nash_table(m: dict) -> str:
+  """Markdown: the maximum-entropy Nash equilibrium of the matrix's meta-game, one row per policy."""
+  avg, names = nash(m), m['policies']
+  lines = [f"Maximum-entropy Nash equilibrium of the meta-game with payoff P(pi_i > pi_j) - 1/2 (Nash averaging, "
+           f"Balduzzi et al. 2018): support {{{', '.join(avg['support'])}}} ({len(avg['support'])} of {len(names)} "
+           f"policies), entropy {avg['entropy']:.3f}. Win rate vs Nash = P(pi > Nash mixture), the Nash-weighted mean "
+           f"of the policy's column above: at most 1/2 for every policy, 1/2 on the support.", '',
+           '| policy | Nash weight | win rate vs Nash mixture |', '|---|---|---|']
+  for name, w, v in zip(names, avg['weights'], avg['win_rate_vs_nash']):
+    lines.append(f'| {name} | {w:.3f} | {v:.3f} |')
+  return '\n'.join(lines)
 
 
 def _judges(result: dict) -> list[str]:
@@ -64,7 +90,7 @@ def markdown(result: dict) -> str:
     spec = result.get('oracle_spec', BENCHMARK_ORACLE)
     title = ('Oracle P*' if spec == BENCHMARK_ORACLE else f'Oracle ({spec})') if j == 'oracle' else \
         'Learned preference model'
-    sections += [f'## {title}', matrix_table(result[j])]
+    sections += [f'## {title}', matrix_table(result[j]), f'### Nash averaging ({title})', nash_table(result[j])]
   sections += [f"## Policies (reference: {result['reference']})", policy_table(result)]
   return '\n\n'.join(sections) + '\n'
 
@@ -84,23 +110,38 @@ def samples_markdown(result: dict) -> str:
 
 
 def heatmap(result: dict, path: str) -> None:
+  """Per judge: the heatmap of P(col > row) and, on its rows, the bars of the Nash weights (win rate vs the
+  Nash mixture written beside each bar)."""
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
   names, judges = result['policies'], _judges(result)
-  fig, axes = plt.subplots(1, len(judges), figsize=(2 + 0.65 * len(judges) * len(names), 1 + 0.6 * len(names)),
-                           squeeze=False)
-  for ax, key in zip(axes[0], judges):
-    title = _TITLES[key]
+  n, bars = len(names), 2.2  # the bar panel's width in inches
+  fig, axes = plt.subplots(1, 2 * len(judges), squeeze=False,
+                           figsize=(len(judges) * (2.2 + 0.65 * n + bars), 1.6 + 0.6 * n),
+                           gridspec_kw={'width_ratios': [0.65 * n, bars] * len(judges)})
+  for i, key in enumerate(judges):
+    ax, bx = axes[0, 2 * i], axes[0, 2 * i + 1]
     win = np.asarray(result[key]['win'])
-    ax.imshow(win, cmap='RdBu', vmin=0.0, vmax=1.0)
-    ax.set_xticks(range(len(names)), names, rotation=60, ha='right', fontsize=8)
-    ax.set_yticks(range(len(names)), names, fontsize=8)
+    ax.imshow(win, cmap='RdBu', vmin=0.0, vmax=1.0, aspect='auto')
+    ax.set_xticks(range(n), names, rotation=60, ha='right', fontsize=8)
+    ax.set_yticks(range(n), names, fontsize=8)
     ax.set_xlabel('column policy (P(col > row))')
-    ax.set_title(title)
-    for r in range(len(names)):
-      for c in range(len(names)):
+    ax.set_title(_TITLES[key])
+    for r in range(n):
+      for c in range(n):
         ax.text(c, r, f'{win[r, c]:.2f}', ha='center', va='center', fontsize=7)
+    avg = nash(result[key])
+    bx.barh(range(n), avg['weights'], height=0.6, color='tab:gray')
+    for r, (w, v) in enumerate(zip(avg['weights'], avg['win_rate_vs_nash'])):
+      bx.text(w + 0.02, r, f'{w:.2f} | {v:.2f}', va='center', fontsize=7)
+    bx.set_ylim(n - 0.5, -0.5)
+    bx.set_yticks(range(n), [''] * n)
+    bx.set_xlim(0.0, 1.45)
+    bx.set_xticks([0.0, 0.5, 1.0])
+    bx.tick_params(labelsize=7)
+    bx.set_xlabel('Nash weight | win rate vs Nash', fontsize=8)
+    bx.set_title('Nash averaging', fontsize=10)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)

@@ -1,4 +1,4 @@
-"""Win-rate estimates with 95% Clopper-Pearson intervals, and the mirrored comparison matrix.
+"""Win-rate estimates with 95% Clopper-Pearson intervals, the mirrored comparison matrix, and its Nash averaging.
 
 A cell (row r, column c) estimates P(pi_c > pi_r) from N judged pairs (y_c, y_r), one per comparison index n.
 Judgements are either
@@ -8,11 +8,17 @@ Judgements are either
   integer count.
 Only the cells above the diagonal are judged; cell (c, r) is their complement (N - successes), so mirrored cells
 sum to 1 exactly in both modes. The diagonal is 1/2 by definition (no comparisons are spent on it).
+
+Nash averaging (nash_summary; docs/math.md section 6): the maximum-entropy Nash equilibrium p of the meta-game whose
+payoff is P(pi_i > pi_j) - 1/2 = win[j, i] - 1/2 (tabular/nash_average.py), and each policy's win rate against the
+mixture, P(pi_i > p) = sum_r p_r win[r, i]: the p-weighted mean of column i; <= 1/2, and = 1/2 on the support.
 """
 from __future__ import annotations
 
 import numpy as np
 from scipy import stats
+
+from nlhf_jax.tabular.nash_average import nash_average
 
 JUDGEMENTS = ('expected', 'bernoulli')
 
@@ -55,3 +61,12 @@ def win_matrix(prob_fn, num_policies: int, n: int, judgement: str = 'expected', 
   bounds = np.array([[clopper_pearson(k[r, c], n, alpha) for c in range(num_policies)]
                      for r in range(num_policies)]).reshape(num_policies, num_policies, 2)
   return {'win': k / n, 'lower': bounds[..., 0], 'upper': bounds[..., 1], 'successes': k}
+
+
+def nash_summary(win, names: list[str], atol: float = 1e-5) -> dict:
+  """{'weights', 'win_rate_vs_nash', 'support', 'entropy', 'exploitability'} of a win matrix [P, P] whose cell
+  (r, c) is P(pi_c > pi_r) (as win_matrix's, or as stored in matrix.json to 6 decimals: mirrored cells sum to 1
+  within atol). weights and win_rate_vs_nash follow `names`; support lists the names with positive weight."""
+  res = nash_average(np.asarray(win, np.float64).T, atol=atol)
+  return {'weights': [float(w) for w in res.weights], 'win_rate_vs_nash': [float(w) for w in res.win_rates],
+          'support': [names[i] for i in res.support], 'entropy': res.entropy, 'exploitability': res.exploitability}
