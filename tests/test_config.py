@@ -1,5 +1,6 @@
 """Config validation: every invalid value fails before any compilation, naming the key."""
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -214,3 +215,24 @@ def test_from_run_needs_a_run_with_a_config(tmp_path):
   c.init_checkpoint = str(tmp_path)
   with pytest.raises(ConfigError, match='no config.json there'):
     from_config_dict(c)
+
+
+@pytest.mark.parametrize('config,overrides,message', [
+    ('online_ipo:tiny', {'online.tau': 0.0}, "config.online.tau=0.0: config.train.objective='online_ipo' needs tau"),
+    ('online_ipo:tiny,md', {'online.tau': 0.0}, "config.online.tau=0.0: config.train.objective='ipo_md' needs tau"),
+    ('nash_ema:tiny', {'online.beta': 0.5}, "config.online.beta=0.5: config.train.objective='nash_ema' does not"),
+])
+def test_online_values_that_an_objective_cannot_use_are_refused(config, overrides, message):
+  """IPO's target 1 / (2 tau) needs tau > 0; Nash-EMA's opponent is the EMA policy alone (no beta mixing)."""
+  import importlib
+  name, variant = config.split(':')
+  c = importlib.import_module(f'experiments.configs.{name}').get_config(variant)
+  for key, value in overrides.items():
+    section, leaf = key.split('.')
+    c[section][leaf] = value
+  with pytest.raises(ConfigError, match=re.escape(message)):
+    from_config_dict(c)
+  for key in overrides:  # the shipped values pass
+    section, leaf = key.split('.')
+    c[section][leaf] = importlib.import_module(f'experiments.configs.{name}').get_config(variant)[section][leaf]
+  from_config_dict(c)

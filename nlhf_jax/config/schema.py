@@ -207,7 +207,7 @@ class OnlineConfig:
 
   Self-play is nash_md with beta = 0 and best response is nash_md with beta = 1.
   """
-  beta: float = 0.125  # weight of the anchor (mu; the EMA policy for nash_ema) in the opponent's logits
+  beta: float = 0.125  # weight of mu in the opponent's token-level mixture (nash_md, ipo_md); nash_ema has none
   tau: float = 0.008  # KL(pi || mu) regularisation
   ema_rate: float = 0.999  # nash_ema: theta_bar <- ema_rate * theta_bar + (1 - ema_rate) * theta
   samples_per_prompt: int = 1

@@ -200,6 +200,13 @@ def check_online(cfg: schema.ExperimentConfig) -> None:
              "config.online.judge='oracle' needs config.online.oracle ('module:function')")
     _require(o.judge == 'oracle' or bool(o.judge_checkpoint),
              f'config.online.judge={o.judge!r} needs config.online.judge_checkpoint (the workdir of that run)')
+    _require(objective not in ('online_ipo', 'ipo_md') or o.tau > 0,
+             f'config.online.tau={o.tau}: config.train.objective={objective!r} needs tau > 0 (the IPO target is '
+             '1 / (2 tau)); set config.online.tau to a positive number')
+    default_beta = schema.OnlineConfig.beta
+    _require(objective != 'nash_ema' or o.beta == default_beta,
+             f"config.online.beta={o.beta}: config.train.objective='nash_ema' does not use beta (its opponent is "
+             f'the EMA policy alone, whose rate is config.online.ema_rate); leave beta at {default_beta}')
   if objective in ('preference_model', 'reward_model'):
     need = d.prompt_len + (2 if objective == 'preference_model' else 1) * d.response_len
     _require(need <= m.max_len, f'config.model.max_len={m.max_len} is shorter than the {objective} input: '

@@ -135,6 +135,27 @@ def test_ipo_md_draws_both_samples_from_the_mixture():
     assert np.abs(sample['logprobs'] - policy_lp).max() > 1e-2
 
 
+def test_nash_ema_opponent_is_sampled_from_the_ema_parameters():
+  """y' of nash_ema is a sample of the policy with the EMA parameters theta_bar (and y one of pi_theta): the
+  sampler's per-token log-probabilities of y' equal theta_bar's recomputed by full forward passes, not theta's
+  and not mu's. theta_bar is moved away from theta first, so that the three models differ."""
+  c = nash_ema.get_config('tiny')
+  c.mesh.update(data=8)
+  cfg, graphdef, state, step, frozen, batch, _ = setup(c, mesh(data=8))
+  leaves, tree = jax.tree.flatten(state.extras['ema'])
+  keys = jax.random.split(jax.random.key(3), len(leaves))
+  ema = jax.tree.unflatten(tree, [x + 0.5 * jax.random.normal(k, x.shape) for x, k in zip(leaves, keys)])
+  state = state.replace(extras={'ema': ema})
+  loss, grads, out = jax.device_get(jax.jit(step.loss_and_grads)(state, frozen, batch))
+  assert np.isfinite(float(loss))
+  params, ema, ref = jax.device_get((state.params, ema, frozen['reference']))
+  y, y2 = out['y'], out['y2']
+  np.testing.assert_allclose(y['logprobs'], mixture_logprobs(graphdef, params, ref, batch, y, 0.0), atol=1e-4)
+  np.testing.assert_allclose(y2['logprobs'], mixture_logprobs(graphdef, ema, ref, batch, y2, 0.0), atol=1e-3)
+  for other in (params, ref):
+    assert np.abs(y2['logprobs'] - mixture_logprobs(graphdef, other, ref, batch, y2, 0.0)).max() > 1e-2
+
+
 def test_several_samples_per_prompt():
   """samples_per_prompt=2: each prompt gets two different responses (own keys), and the step trains on all."""
   c = nash_md.get_config('tiny')
