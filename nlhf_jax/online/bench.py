@@ -18,10 +18,20 @@ what the inputs hold: the policy's parameters and optimizer state, the frozen re
 config.online.frozen_dtype) and the KV caches. Its defaults are the real-size shape of the issue that introduced
 it: batch 64 prompts of 256 tokens, 128 new tokens, bfloat16 compute, a preference-model judge of the policy's
 size. --json adds the figures as one JSON object on the last line.
+
+On CPU, XLA computes bfloat16 matmuls in float32: it upcasts their operands, and its while-loop invariant code
+motion then moves those upcasts of the stacked layer weights (and of the saved residuals) out of the layer and
+decode loops, a float32 copy of every frozen model's weights at once, which no accelerator makes (their bfloat16
+matmuls are native). --compile_only therefore compiles with that one pass off
+(--xla_disable_hlo_passes=while-loop-invariant-code-motion, added to XLA_FLAGS; the figures say so as
+`hoisting: false`); --hoisting keeps XLA's default. The per-layer float32 copies inside the loops remain, so the
+CPU figures still overstate an accelerator's.
 """
+
 from __future__ import annotations
 
 import json
+import os
 
 from absl import app, flags
 
@@ -39,10 +49,26 @@ def _define_flags() -> None:
                     'memory per device (allocates nothing).')
   flags.DEFINE_string('mesh', '', 'Mesh, e.g. fsdp=8 (default: data over every device).')
   flags.DEFINE_integer('lora_rank', 0, 'LoRA rank of the policy (0: full fine-tuning).')
+  flags.DEFINE_bool('hoisting', False, "With --compile_only: keep XLA's while-loop invariant code motion (on CPU it "
+                    'hoists float32 copies of the bfloat16 weights out of the layer loop; see the module doc).')
   flags.DEFINE_bool('json', False, 'Print the figures as one JSON object on the last line.')
 
 
 FLAGS = flags.FLAGS
+NO_HOISTING = '--xla_disable_hlo_passes=while-loop-invariant-code-motion'
+
+
+def _hoisting() -> bool:
+  """Whether XLA's while-loop invariant code motion is on in this process (XLA_FLAGS)."""
+  return NO_HOISTING not in os.environ.get('XLA_FLAGS', '').split()
+
+
+def _turn_off_hoisting() -> None:
+  """Adds NO_HOISTING to XLA_FLAGS; before JAX starts its backend (XLA reads the flags once)."""
+  import jax._src.xla_bridge as xb
+  if xb.backends_are_initialized():
+    raise RuntimeError('XLA_FLAGS must change before JAX starts its backend')
+  os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} {NO_HOISTING}".strip()
 
 
 def online_config(preset: str, batch: int, new_tokens: int, prompt_len: int = 64, mesh: str = '',
@@ -128,7 +154,7 @@ def compile_memory(preset: str, batch: int, prompt_len: int, new_tokens: int, me
               temp_bytes=int(mem.temp_size_in_bytes), alias_bytes=int(mem.alias_size_in_bytes),
               params_bytes=_nbytes(state.params) // n, opt_state_bytes=_nbytes(state.opt_state) // n,
               reference_bytes=_nbytes(reference) // n, judge_bytes=_nbytes(judge_params) // n,
-              kv_cache_bytes=cache // n, parameters=sum(x.size for x in jax.tree.leaves(reference)),
+              kv_cache_bytes=cache // n, hoisting=_hoisting(), parameters=sum(x.size for x in jax.tree.leaves(reference)),
               trained_parameters=sum(x.size for x in jax.tree.leaves(state.params)))
 
 
@@ -190,7 +216,8 @@ def _print_memory(r: dict) -> None:
   from nlhf_jax.perf import fmt_bytes
   print(f"Nash-MD-PG step, compiled only ({r['preset']}: {r['parameters'] / 1e9:.2f}B parameters; policy, bfloat16 "
         f"reference and preference-model judge; batch {r['batch']} x {r['prompt_len']} prompt tokens, "
-        f"{r['new_tokens']} new tokens; mesh {r['mesh']}, LoRA rank {r['lora_rank']}), per device:")
+        f"{r['new_tokens']} new tokens; mesh {r['mesh']}, LoRA rank {r['lora_rank']}; XLA's loop-invariant code motion "
+        f"{'on' if r['hoisting'] else 'off'}), per device:")
   print(f"  total {fmt_bytes(r['per_device_bytes'])} = arguments {fmt_bytes(r['argument_bytes'])} + outputs "
         f"{fmt_bytes(r['output_bytes'])} + temporaries {fmt_bytes(r['temp_bytes'])} - aliased (donated) "
         f"{fmt_bytes(r['alias_bytes'])}")
@@ -206,6 +233,8 @@ def main(argv) -> None:
   del argv
   from nlhf_jax.perf import fmt_bytes
   if FLAGS.compile_only:
+    if not FLAGS.hoisting and _hoisting():
+      _turn_off_hoisting()
     r = compile_memory(FLAGS.preset, FLAGS.batch_size or 64, FLAGS.prompt_len or 256, FLAGS.new_tokens or 128, FLAGS.mesh,
                        FLAGS.lora_rank)
     _print_memory(r)
