@@ -7,16 +7,18 @@ packed sequence.
 
 Preference model (docs/math.md section 1): a backbone reads the joint text x, y, y' and a linear head gives a
 score g(x, y, y'). The preference logit is f(x, y, y') = g(x, y, y') - g(x, y', y), antisymmetric by construction,
-so P(y > y' | x) = sigmoid(f) satisfies P(y > y') + P(y' > y) = 1 and P(y > y) = 1/2 exactly, whatever the
-parameters. Both orders are scored in one forward pass of a 2B batch.
+so P(y > y' | x) = sigmoid(f) satisfies P(y > y') + P(y' > y) = 1 and P(y > y) = 1/2, whatever the parameters.
+Exactly, not to rounding: the two orders are scored by one computation on the same B rows, taken in turn (a
+`lax.map` over the orders), so swapping y and y' swaps two bitwise-equal scores: f(x, y', y) == -f(x, y, y') and
+f(x, y, y) == 0 bitwise, and P(y > y') + P(y' > y) = 1 to one float32 rounding of the sigmoid.
 
 Reward model: the same backbone with a scalar head on x, y; P(y > y') = sigmoid(r(x, y) - r(x, y')).
 
 Scoring a pair reads the prompt once: the backbone runs over the prompt into a KV cache, which every
 continuation of that prompt (y and y' for the reward model; y y' and y' y for the preference model) then
-extends. The result is that of the full joint sequences (the same positions, masks and keys), at the cost of
-one prompt pass instead of two: the saving that matters with long prompts (a summarised post) and short
-responses.
+extends, one after the other. The result is that of the full joint sequences (the same positions, masks and
+keys), at the cost of one prompt pass instead of two: the saving that matters with long prompts (a summarised
+post) and short responses.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ from flax import nnx
 
 from nlhf_jax.config import ModelConfig
 from nlhf_jax.models.layers import param
-from nlhf_jax.models.transformer import Transformer, init_cache, map_cache_rows
+from nlhf_jax.models.transformer import Transformer, init_cache
 
 
 def concat_segments(*segments: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
@@ -60,24 +62,32 @@ class ScalarHead(nnx.Module):
 
   def read_out_continuations(self, prefix: tuple[jax.Array, jax.Array],
                              continuations: list[tuple[jax.Array, jax.Array]]) -> list[jax.Array]:
-    """read_out of [prefix, c] for every continuation c (each [B, Tc] with its mask, every row non-empty),
-    reading the prefix once: it is run into a KV cache that the K continuations extend as one K*B batch."""
+    """read_out of [prefix, c] for every continuation c (each [B, Tc] with its mask, every row non-empty, all of
+    one width), reading the prefix once: it is run into a KV cache that each continuation then extends.
+
+    The continuations take turns through one `lax.map` body over B rows, so every continuation is scored by the
+    same computation at the same row: equal inputs give bitwise equal scores, whichever turn they come in (what
+    makes the preference model's antisymmetry exact rather than true to rounding)."""
     prompt, prompt_mask = prefix
     b, lp = prompt.shape
-    k = len(continuations)
-    tokens = jnp.concatenate([t for t, _ in continuations], axis=0)  # [K*B, Tc], continuation-major
-    mask = jnp.concatenate([m for _, m in continuations], axis=0)
+    tokens = jnp.stack([t for t, _ in continuations])  # [K, B, Tc]
+    mask = jnp.stack([m for _, m in continuations])
     cfg = self.backbone.cfg
-    cache = init_cache(cfg, b, lp + tokens.shape[1], self.backbone.compute_dtype)
-    cache['mask'] = jnp.concatenate([prompt_mask, jnp.zeros_like(mask[:b])], axis=1)
+    cache = init_cache(cfg, b, lp + tokens.shape[2], self.backbone.compute_dtype)
+    cache['mask'] = jnp.concatenate([prompt_mask, jnp.zeros_like(mask[0])], axis=1)
     positions = jnp.maximum(jnp.cumsum(prompt_mask.astype(jnp.int32), axis=1) - 1, 0)
     _, cache = self.backbone.hidden(prompt, prompt_mask, positions, cache, 0)
-    cache = map_cache_rows(lambda x, axis: jnp.concatenate([x] * k, axis=axis), cache)
-    cache['mask'] = jnp.concatenate([cache['mask'][:, :lp], mask], axis=1)
-    start = jnp.concatenate([prompt_mask.sum(axis=1)] * k).astype(jnp.int32)
-    positions = start[:, None] + jnp.maximum(jnp.cumsum(mask.astype(jnp.int32), axis=1) - 1, 0)
-    h, _ = self.backbone.hidden(tokens, mask, positions, cache, lp)
-    return jnp.split(self._head(h, last_real_index(mask)), k, axis=0)
+    start = prompt_mask.sum(axis=1).astype(jnp.int32)
+    backbone = nnx.split(self.backbone)  # merged inside the body: a module of the loop's own trace
+
+    def extend(continuation):
+      c_tokens, c_mask = continuation
+      c_cache = dict(cache, mask=jnp.concatenate([cache['mask'][:, :lp], c_mask], axis=1))
+      c_positions = start[:, None] + jnp.maximum(jnp.cumsum(c_mask.astype(jnp.int32), axis=1) - 1, 0)
+      h, _ = nnx.merge(*backbone).hidden(c_tokens, c_mask, c_positions, c_cache, lp)
+      return self._head(h, last_real_index(c_mask))
+
+    return list(jax.lax.map(extend, (tokens, mask)))
 
 
 class PreferenceModel(ScalarHead):

@@ -34,15 +34,21 @@ def randomised(model_cls, seed=0):
   return graphdef, jax.tree.unflatten(tree, leaves)
 
 
-def test_preference_model_is_antisymmetric_for_random_parameters():
+@pytest.mark.parametrize('batch', [7, 8, 3])
+def test_preference_model_is_antisymmetric_for_random_parameters(batch):
+  """Exactly, not to rounding, at any batch size: f(a, b) == -f(b, a) and f(a, a) == 0 bitwise, P(a, a) == 1/2,
+  and P(a, b) + P(b, a) = 1 to one float32 rounding."""
   for seed in range(3):
     graphdef, params = randomised(PreferenceModel, seed)
-    score_pairs = pair_scorer(graphdef)
-    x, a, b = random_pairs(seed)
-    p_ab = score_pairs(params, x, a, b)
-    p_ba = score_pairs(params, x, b, a)
-    assert float(jnp.std(p_ab)) > 1e-3  # the test would be void if the model were constant
-    np.testing.assert_array_less(jnp.abs(p_ab + p_ba - 1.0), 1e-6)
+    model = nnx.merge(graphdef, params)
+    logit, score_pairs = jax.jit(model.logit), jax.jit(pair_scorer(graphdef))
+    x, a, b = random_pairs(seed, batch=batch)
+    f_ab, f_ba = np.asarray(logit(*x, *a, *b)), np.asarray(logit(*x, *b, *a))
+    assert float(np.std(f_ab)) > 1e-3  # the test would be void if the model were constant
+    np.testing.assert_array_equal(f_ba, -f_ab)
+    np.testing.assert_array_equal(np.asarray(logit(*x, *a, *a)), 0.0)
+    p_ab, p_ba = np.asarray(score_pairs(params, x, a, b)), np.asarray(score_pairs(params, x, b, a))
+    np.testing.assert_array_less(np.abs(p_ab.astype(np.float64) + p_ba - 1.0), np.finfo(np.float32).eps)
     np.testing.assert_array_equal(score_pairs(params, x, a, a), 0.5)
 
 
@@ -131,7 +137,7 @@ def test_antisymmetry_error_is_zero_for_the_model_and_swap_complements_labels():
   batch = dict(prompt=x[0], prompt_mask=x[1], response_a=a[0], response_a_mask=a[1], response_b=b[0],
                response_b_mask=b[1], preference=jnp.full((8,), 0.8))
   model = nnx.merge(graphdef, params)
-  assert float(pairwise.antisymmetry_error(model, batch)) <= 1e-6
+  assert float(pairwise.antisymmetry_error(model, batch)) <= np.finfo(np.float32).eps  # one rounding of sigmoid
   swapped = pairwise.swap_pairs(batch)
   np.testing.assert_array_equal(swapped['response_a'], batch['response_b'])
   np.testing.assert_allclose(swapped['preference'], 0.2, rtol=1e-6)
