@@ -1,6 +1,6 @@
 """Experiment configuration: frozen dataclasses and their validation."""
 from nlhf_jax.config.schema import (DataConfig, DistributedConfig, ExperimentConfig, LoraConfig, MeshConfig,
-                                    ModelConfig, OnlineConfig, OptimConfig, TrainConfig)
+                                    ModelConfig, OfflineConfig, OnlineConfig, OptimConfig, TrainConfig)
 from nlhf_jax.config.validate import ConfigError, build, check_against_mesh, from_config_dict, resolve_mesh_shape
 
 __all__ = [
@@ -10,6 +10,7 @@ __all__ = [
     'LoraConfig',
     'MeshConfig',
     'ModelConfig',
+    'OfflineConfig',
     'OnlineConfig',
     'OptimConfig',
     'TrainConfig',

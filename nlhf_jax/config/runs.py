@@ -43,9 +43,10 @@ def read_saved_config(run: str, key: str) -> dict:
 def _source(values: Mapping[str, Any]) -> tuple[str, str]:
   if values.get('init_checkpoint'):
     return 'config.init_checkpoint', values['init_checkpoint']
-  reference = values.get('online', {}).get('reference_checkpoint', '')
-  if reference:
-    return 'config.online.reference_checkpoint', reference
+  for section in ('online', 'offline'):
+    reference = values.get(section, {}).get('reference_checkpoint', '')
+    if reference:
+      return f'config.{section}.reference_checkpoint', reference
   raise ConfigError(f"'{FROM_RUN}' in config.model.preset or config.data.tokenizer needs a run to read them "
                     'from: set config.init_checkpoint (or config.online.reference_checkpoint) to its --workdir')
 

@@ -229,6 +229,17 @@ class OnlineConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class OfflineConfig:
+  """Offline preference optimisation (dpo, ipo) on a pairs data set against a frozen reference mu
+  (nlhf_jax/objectives/offline.py)."""
+  tau: float = 0.1  # the KL regularisation: DPO's beta; IPO's target margin is 1 / (2 tau)
+  label_smoothing: float = 0.0  # dpo: the probability that a label is flipped (conservative DPO); 0: off
+  length_normalized: bool = False  # ipo: log-ratios as token means (the length-normalised IPO variant)
+  reference_checkpoint: str = ''  # the run of mu (the SFT run); empty: mu is the policy's initial parameters
+  frozen_dtype: str = ''  # dtype of mu's parameters ('': as stored)
+
+
+@dataclasses.dataclass(frozen=True)
 class DistributedConfig:
   """Multi-process launch. With `initialize=True` the run calls jax.distributed.initialize; empty fields are
   read from the environment (JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID) or detected by JAX
@@ -249,5 +260,6 @@ class ExperimentConfig:
   data: DataConfig = DataConfig()
   train: TrainConfig = TrainConfig()
   online: OnlineConfig = OnlineConfig()
+  offline: OfflineConfig = OfflineConfig()
   distributed: DistributedConfig = DistributedConfig()
   init_checkpoint: Optional[str] = None  # params-only warm start (e.g. an SFT model)

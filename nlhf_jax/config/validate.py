@@ -123,6 +123,7 @@ def check_values(cfg: schema.ExperimentConfig) -> None:
   _require(t.on_nonfinite in ('stop', 'skip'),
            f"config.train.on_nonfinite={t.on_nonfinite!r}: use 'stop' or 'skip'")
   check_online(cfg)
+  check_offline(cfg)
   check_lora(cfg)
   mesh = cfg.mesh
   axes = {'data': mesh.data, 'fsdp': mesh.fsdp, 'tensor': mesh.tensor}
@@ -170,6 +171,7 @@ def check_architecture(m: schema.ModelConfig) -> None:
 
 
 ONLINE_OBJECTIVES = ('nash_md', 'nash_ema', 'rlhf', 'online_ipo', 'ipo_md')
+OFFLINE_OBJECTIVES = ('dpo', 'ipo')  # a policy trained on a pairs data set against a frozen reference
 # The objective recorded by nlhf-import: a run that holds a pretrained language model and no training state.
 IMPORTED = 'import'
 
@@ -213,6 +215,28 @@ def check_online(cfg: schema.ExperimentConfig) -> None:
              f'data.prompt_len + {"2 * " if objective == "preference_model" else ""}data.response_len = {need}')
 
 
+def check_offline(cfg: schema.ExperimentConfig) -> None:
+  """Checks of config.offline (always) and of the lengths the offline objectives need."""
+  o, objective = cfg.offline, cfg.train.objective
+  _require(math.isfinite(o.tau) and o.tau > 0, f'config.offline.tau={o.tau}: must be > 0 (DPO\'s beta; IPO\'s '
+           'target margin is 1 / (2 tau))')
+  _require(0.0 <= o.label_smoothing < 0.5, f'config.offline.label_smoothing={o.label_smoothing}: must be in '
+           '[0, 0.5) (the probability that a label is flipped; 0: off)')
+  _require(o.frozen_dtype in ('', 'float32', 'bfloat16'),
+           f"config.offline.frozen_dtype={o.frozen_dtype!r}: use '' (as stored), 'float32' or 'bfloat16'")
+  if objective not in OFFLINE_OBJECTIVES:
+    return
+  _require(objective == 'dpo' or o.label_smoothing == 0.0,
+           f'config.offline.label_smoothing={o.label_smoothing}: only dpo smooths labels (ipo takes soft '
+           'preferences as they are); set it to 0')
+  _require(objective == 'ipo' or not o.length_normalized,
+           'config.offline.length_normalized=True: only ipo has a length-normalised variant; set it to False')
+  d, m = cfg.data, cfg.model
+  _require(d.prompt_len + d.response_len <= m.max_len,
+           f'config.model.max_len={m.max_len} is shorter than data.prompt_len + data.response_len = '
+           f'{d.prompt_len + d.response_len} (the policy reads the prompt and one response)')
+
+
 def check_lora(cfg: schema.ExperimentConfig) -> None:
   """config.model.lora: its values, and the runs LoRA needs (adapters train on top of a base model's weights)."""
   lora, objective = cfg.model.lora, cfg.train.objective
@@ -224,9 +248,17 @@ def check_lora(cfg: schema.ExperimentConfig) -> None:
     re.compile(lora.targets)
   except re.error as e:
     raise ConfigError(f'config.model.lora.targets={lora.targets!r} is not a regular expression ({e})') from None
-  _require(objective == 'sft' or objective in ONLINE_OBJECTIVES,
-           f'config.model.lora.rank={lora.rank}: LoRA trains policies (sft and the online objectives), not a '
-           f'{objective!r} run; set config.model.lora.rank=0')
+  _require(objective == 'sft' or objective in ONLINE_OBJECTIVES or objective in OFFLINE_OBJECTIVES,
+           f'config.model.lora.rank={lora.rank}: LoRA trains policies (sft, the online and the offline '
+           f'objectives), not a {objective!r} run; set config.model.lora.rank=0')
+  if objective in OFFLINE_OBJECTIVES:
+    init, reference = cfg.init_checkpoint, cfg.offline.reference_checkpoint
+    _require(bool(init or reference), 'config.model.lora.rank > 0 trains adapters on the reference policy\'s '
+             'weights: set config.init_checkpoint (or config.offline.reference_checkpoint) to its run')
+    _require(not (init and reference) or init == reference,
+             f'config.init_checkpoint={init} differs from config.offline.reference_checkpoint={reference}: with '
+             'LoRA the policy is the reference plus adapters; set only one of them')
+    return
   if objective == 'sft':
     _require(bool(cfg.init_checkpoint), 'config.model.lora.rank > 0 trains adapters on a base model: set '
              'config.init_checkpoint to its run (an nlhf-import or sft --workdir)')

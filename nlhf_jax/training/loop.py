@@ -107,9 +107,11 @@ def _restore_or_init(cfg, task, ckpt, run, data) -> tuple[TrainState, dict]:
              jax.device_count())
     return state, meta
   state = jax.jit(run.init, out_shardings=run.shardings)(cfg.seed)
-  # An online policy starts from the reference policy unless told otherwise; LoRA adapters start at zero on
-  # their frozen base (read by the step's setup), so nothing is warm-started.
-  warm_start = cfg.init_checkpoint or (cfg.online.reference_checkpoint if task.online else '')
+  # An online or offline policy starts from the reference policy unless told otherwise; LoRA adapters start at
+  # zero on their frozen base (read by the step's setup), so nothing is warm-started.
+  reference = (cfg.online.reference_checkpoint if task.online else
+               cfg.offline.reference_checkpoint if task.offline else '')
+  warm_start = cfg.init_checkpoint or reference
   if warm_start and not run.lora:
     params, step = _warm_start_params(warm_start, target.params, state.params)
     log.info('initialised parameters from %s (step %d)', warm_start, step)

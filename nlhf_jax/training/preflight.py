@@ -1,7 +1,7 @@
 """Checks of a run's inputs on disk, before any data is read, any model is built or anything is compiled.
 
 `check_inputs` looks at the workdir and at the runs that the config points to (config.init_checkpoint,
-config.online.reference_checkpoint, config.online.judge_checkpoint): each must exist, hold a checkpoint, and have
+config.online.reference_checkpoint, config.online.judge_checkpoint, config.offline.reference_checkpoint): each must exist, hold a checkpoint, and have
 been written by the right kind of run with a model that fits. Only the runs' saved configs are read (small JSON),
 never their parameters, so the check is cheap; each problem is a ConfigError or FileNotFoundError naming the key,
 the path and the fix.
@@ -14,10 +14,10 @@ from etils import epath
 
 from nlhf_jax.config import ConfigError, ExperimentConfig
 from nlhf_jax.config.schema import architecture
-from nlhf_jax.config.validate import IMPORTED, ONLINE_OBJECTIVES
+from nlhf_jax.config.validate import IMPORTED, OFFLINE_OBJECTIVES, ONLINE_OBJECTIVES
 from nlhf_jax.training import checkpointing
 # Objectives whose runs hold a plain language model (the policy's architecture); nlhf-import writes IMPORTED.
-LANGUAGE_MODEL_OBJECTIVES = ('sft', IMPORTED, *ONLINE_OBJECTIVES)
+LANGUAGE_MODEL_OBJECTIVES = ('sft', IMPORTED, *ONLINE_OBJECTIVES, *OFFLINE_OBJECTIVES)
 JUDGE_OBJECTIVES = ('preference_model', 'reward_model')
 
 
@@ -35,6 +35,9 @@ def check_inputs(cfg: ExperimentConfig, workdir: str) -> None:
     if own in JUDGE_OBJECTIVES and init_is_language_model(cfg.init_checkpoint):
       init_family = 'language_model'
     _check_run('config.init_checkpoint', cfg.init_checkpoint, cfg, family=init_family, same_shape=True)
+  if cfg.train.objective in OFFLINE_OBJECTIVES and cfg.offline.reference_checkpoint:
+    _check_run('config.offline.reference_checkpoint', cfg.offline.reference_checkpoint, cfg,
+               family='language_model', same_shape=True)
   if cfg.train.objective not in ONLINE_OBJECTIVES:
     return
   o = cfg.online

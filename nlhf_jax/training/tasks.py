@@ -40,6 +40,7 @@ class Task:
   loss_fn: steps.LossFn | None = None  # supervised objectives
   online: bool = False  # sampled-pair objectives (nlhf_jax/online/step.py)
   ema: bool = False  # keep EMA parameters in state.extras['ema']
+  offline: str = ''  # offline preference optimisation on pairs against a frozen reference: 'dpo' or 'ipo'
 
 
 def _model(cls):
@@ -72,6 +73,8 @@ TASKS: dict[str, Task] = {
     'rlhf': Task(**_ONLINE),
     'online_ipo': Task(**_ONLINE),
     'ipo_md': Task(**_ONLINE),
+    'dpo': Task(_model(Transformer), _data('pairs'), offline='dpo'),
+    'ipo': Task(_model(Transformer), _data('pairs'), offline='ipo'),
 }
 
 
@@ -127,10 +130,14 @@ def build_step(cfg: ExperimentConfig, task: Task, run: Setup, tx: optax.Gradient
   `run.params_target()`."""
   o = cfg.online
   base = None
-  if run.lora:  # the frozen base: the reference policy online, the init checkpoint for sft
-    source = o.reference_checkpoint if task.online else cfg.init_checkpoint
+  if run.lora:  # the frozen base: the reference policy online and offline, the init checkpoint for sft
+    source = (o.reference_checkpoint if task.online else
+              cfg.offline.reference_checkpoint or cfg.init_checkpoint if task.offline else cfg.init_checkpoint)
+    dtype = cfg.offline.frozen_dtype if task.offline else o.frozen_dtype
     base, _ = checkpointing.restore_params(checkpointing.checkpoints_dir(source),
-                                           checkpointing.as_dtype(run.base_target, o.frozen_dtype))
+                                           checkpointing.as_dtype(run.base_target, dtype))
+  if task.offline:
+    return _offline_step(cfg, task, run, tx, lr_schedule, initial_params, base)
   if not task.online:
     step = steps.make_train_step(run.graphdef, task.loss_fn, tx, lr_schedule, cfg.train.grad_accum_steps)
     if base is None:
@@ -158,3 +165,32 @@ def build_step(cfg: ExperimentConfig, task: Task, run: Setup, tx: optax.Gradient
     if o.frozen_dtype:
       reference = jax.tree.map(lambda x: x.astype(o.frozen_dtype), reference)
   return step, {'reference': reference, 'judge': judge.params}
+
+
+def _offline_step(cfg: ExperimentConfig, task: Task, run: Setup, tx: optax.GradientTransformation,
+                  lr_schedule: optax.Schedule, initial_params: Callable[[], dict], base: dict | None):
+  """dpo / ipo: mu's log-probabilities of both responses join the batch, then the supervised step on the offline
+  loss. mu is config.offline.reference_checkpoint, else config.init_checkpoint (the policy's warm start), else the
+  policy's initial parameters (frozen['reference']); under LoRA it is the base that the adapters sit on
+  (frozen['base'])."""
+  from nlhf_jax.objectives import offline
+  o = cfg.offline
+  loss_fn = offline.make_loss(task.offline, o.tau, o.label_smoothing, o.length_normalized)
+  step = steps.make_train_step(run.graphdef, loss_fn, tx, lr_schedule, cfg.train.grad_accum_steps)
+  if base is not None:
+    def lora_step(state, frozen, batch):
+      batch = offline.with_reference(nnx.merge(run.base_graphdef, frozen['base']), batch)
+      return step(state, batch, frozen['base'])
+    return lora_step, {'base': base}
+  source = o.reference_checkpoint or cfg.init_checkpoint  # mu: the SFT run, by default the one the policy starts at
+  if source:
+    from nlhf_jax.online import judges
+    reference = judges.load_policy(source, checkpointing.as_dtype(run.params_target(), o.frozen_dtype))
+  else:
+    reference = initial_params()
+    if o.frozen_dtype:
+      reference = jax.tree.map(lambda x: x.astype(o.frozen_dtype), reference)
+
+  def reference_step(state, frozen, batch):
+    return step(state, offline.with_reference(nnx.merge(run.graphdef, frozen['reference']), batch))
+  return reference_step, {'reference': reference}
