@@ -197,12 +197,13 @@ def restore_params(directory: str, abstract_params, step: int | None = None) -> 
 def _restore_lora_run(manager, step: int, config: dict, read: Any) -> Any:
   """The merged weights (base + adapters) of a LoRA run, in the run's layout (`read`: its base's target). Its
   checkpoint holds the adapters; the base is the run that its config names (init_checkpoint for sft,
-  online.reference_checkpoint online), restored itself by `restore_params` (a LoRA run's base may be one too)."""
+  online.reference_checkpoint online, offline.reference_checkpoint or init_checkpoint offline), restored itself by `restore_params` (a LoRA run's base may be one too)."""
   from flax import nnx
 
   from nlhf_jax.config import ModelConfig
   from nlhf_jax.models import Transformer, lora
-  base_run = config.get('init_checkpoint') or config.get('online', {}).get('reference_checkpoint', '')
+  base_run = (config.get('init_checkpoint') or config.get('online', {}).get('reference_checkpoint', '')
+              or config.get('offline', {}).get('reference_checkpoint', ''))
   if not base_run:
     raise CheckpointError(f'{manager.directory} holds LoRA adapters but its config names no base run')
   base, _ = restore_params(checkpoints_dir(base_run), read)

@@ -2,6 +2,8 @@
 the adapted model computes, only the adapters train and are checkpointed, and an online run's reference policy is
 the base itself (the same weights with the adapters off)."""
 import dataclasses
+import json
+import math
 
 import jax
 import jax.numpy as jnp
@@ -9,7 +11,7 @@ import numpy as np
 import pytest
 from flax import nnx, traverse_util
 
-from experiments.configs import nash_md, sft
+from experiments.configs import dpo, nash_md, sft
 from nlhf_jax.config import ConfigError, LoraConfig, ModelConfig, from_config_dict
 from nlhf_jax.data import pipelines
 from nlhf_jax.models import Transformer, lora
@@ -177,4 +179,28 @@ def test_lora_nash_md_reference_is_the_base_without_adapters(base_run, tmp_path)
   assert all(lora.is_adapter(p) for p in traverse_util.flatten_dict(trained.params))
   merged, _ = checkpointing.restore_params(str(tmp_path / 'md' / 'checkpoints'), _plain_target(cfg, m))
   expected = lora.merge_adapters(frozen['base'], trained.params, cfg.model.lora)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6), merged, expected)
+
+
+def test_lora_dpo_reference_is_the_base_and_the_run_restores_merged(base_run, tmp_path):
+  """Offline DPO with LoRA on the SFT base (config.offline.reference_checkpoint): at the first step the adapters
+  are zero, so the policy is mu exactly (every h = 0: the loss is log 2, the margin 0); the run's checkpoint holds
+  the adapters, and a params-only restore finds the base through config.offline.reference_checkpoint."""
+  c = dpo.get_config('tiny')
+  c.train.update(batch_size=8, num_steps=2, checkpoint_every=2, log_every=1)
+  c.mesh.update(data=2, fsdp=2, tensor=1)
+  c.model.lora.update(rank=4, alpha=8.0)
+  c.offline.reference_checkpoint = base_run
+  cfg = from_config_dict(c, 4)
+  m = mesh(data=2, fsdp=2)
+  workdir = tmp_path / 'dpo'
+  state = loop.train(cfg, str(workdir), m)
+  assert all(lora.is_adapter(p) for p in traverse_util.flatten_dict(jax.device_get(state.params)))
+  first = json.loads((workdir / 'metrics.jsonl').read_text().splitlines()[0])
+  assert first['step'] == 1 and abs(first['implicit_reward_margin']) < 1e-6
+  assert math.isclose(first['loss'], math.log(2), rel_tol=1e-6)
+  merged, step = checkpointing.restore_params(str(workdir / 'checkpoints'), _plain_target(cfg, m))
+  base, _ = checkpointing.restore_params(checkpointing.checkpoints_dir(base_run), _plain_target(cfg, m))
+  assert step == 2
+  expected = lora.merge_adapters(base, state.params, cfg.model.lora)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6), merged, expected)
