@@ -15,6 +15,8 @@ Objectives (config.train.objective):
 - nash_ema: as nash_md with the opponent the policy with EMA parameters (updated after every step);
 - rlhf: y, y'' ~ pi_theta, regularised policy gradient on a reward model's r(x, y) with baseline r(x, y'');
 - online_ipo: y, y' ~ pi_theta, IPO loss weighted by the judge; ipo_md: both samples from pi^beta.
+With config.online.temperature != 1 or top-k/top-p, "pi_theta" in every loss is the distribution sampled, pi_T
+(`sampled_logprobs`): the tempered, filtered policy is what is optimised.
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ from nlhf_jax.models import lora
 from nlhf_jax.models.logprobs import response_logprobs
 from nlhf_jax.objectives import online as losses
 from nlhf_jax.online.judges import Judge, binary_judgement
+from nlhf_jax.sampling.filters import filter_logits
 from nlhf_jax.sampling.sampler import Groups, SamplingConfig, row_keys, run, sample_pair
 from nlhf_jax.training.state import TrainState
 
@@ -41,6 +44,37 @@ def sampling_config(cfg: ExperimentConfig, stop_ids: tuple[int, ...]) -> Samplin
   o = cfg.online
   return SamplingConfig(max_new_tokens=o.max_new_tokens, temperature=o.temperature, top_k=o.top_k, top_p=o.top_p,
                         stop_ids=stop_ids, pad_id=cfg.model.pad_id, sharded_params=o.sharded_decode)
+
+
+def sampled_logprobs(model, prompt, prompt_mask, response, response_mask, scfg: SamplingConfig) -> jax.Array:
+  """float32 log pi_T(y_n | x, y_<n) [B, T] (0 at padding): the log-probabilities of the distribution the sampler
+  drew y from, pi_theta's logits at `scfg.temperature` through its top-k and top-p filters (sampling/filters.py;
+  temperature 0, greedy, counts as 1). Every online loss differentiates these, so the policy-gradient estimates
+  are unbiased for the objective of pi_T, the policy actually sampled (docs/math.md section 4).
+
+  At temperature 1 without filters they are `response_logprobs`. With a temperature alone and no final soft-cap,
+  logits(h / T) = logits(h) / T (the projection is linear), so the hidden states are scaled and the vocabulary
+  projection stays as it was (chunked with model.logits_chunk). Filters (or a soft-cap) need the whole
+  distribution: the [B, T, V] logits are made, even with model.logits_chunk. The sampled token is always kept in
+  the filtered support (a token at the filter's edge could fall out of it by a rounding difference between the
+  decode loop and this pass)."""
+  temperature = scfg.temperature or 1.0
+  filters = (0 < scfg.top_k < model.cfg.vocab_size) or scfg.top_p < 1.0
+  if temperature == 1.0 and not filters:
+    return response_logprobs(model, prompt, prompt_mask, response, response_mask)
+  tokens = jnp.concatenate([prompt, response], axis=1)
+  mask = jnp.concatenate([prompt_mask, response_mask], axis=1)
+  hidden, _ = model.hidden(tokens[:, :-1], mask[:, :-1])
+  hidden = hidden[:, prompt.shape[1] - 1:]
+  if not filters and not model.cfg.final_logit_softcap:
+    lp = model.token_logprobs(hidden / jnp.asarray(temperature, hidden.dtype), response)
+  else:
+    tempered = model.logits(hidden) / temperature
+    filtered = filter_logits(tempered, 1.0, scfg.top_k, scfg.top_p)
+    target = jax.nn.one_hot(response, tempered.shape[-1], dtype=bool)
+    logp = jax.nn.log_softmax(jnp.where(target, tempered, filtered), axis=-1)
+    lp = jnp.take_along_axis(logp, response[..., None], axis=-1)[..., 0]
+  return jnp.where(response_mask, lp, 0.0)
 
 
 def repeat_prompts(batch: dict, k: int) -> dict:
@@ -136,16 +170,18 @@ class OnlineStep:
     if self.objective in ('online_ipo', 'ipo_md'):
       aux_in['ref_lp2'] = sg(response_logprobs(ref, *x, *y2t))
 
-    def loss_fn(params):
+    scfg = sampling_config(self.cfg, self.stop_ids)
+
+    def loss_fn(params):  # log-probabilities of the distribution sampled (tempered, filtered): unbiased for pi_T
       policy = nnx.merge(self.graphdef, self.model_params(params, frozen))
-      lp = response_logprobs(policy, *x, *yt)
+      lp = sampled_logprobs(policy, *x, *yt, scfg)
       if self.objective in ('nash_md', 'nash_ema'):
         loss = losses.nash_md_pg_loss(lp, aux_in['ref_lp'], y['mask'], pref, o.tau, o.reward_to_go)
       elif self.objective == 'rlhf':
         loss = losses.rlhf_pg_loss(lp, aux_in['ref_lp'], y['mask'], aux_in['reward'], aux_in['baseline'], o.tau,
                                    o.reward_to_go)
       else:
-        lp2 = response_logprobs(policy, *x, *y2t)
+        lp2 = sampled_logprobs(policy, *x, *y2t, scfg)
         loss = losses.ipo_loss(lp, aux_in['ref_lp'], y['mask'], lp2, aux_in['ref_lp2'], y2['mask'], pref, o.tau)
       return loss, sg(lp)
 

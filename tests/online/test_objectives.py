@@ -201,3 +201,65 @@ def test_ipo_loss_with_a_soft_preference_on_hand_example():
   c, p = 1 / (2 * 0.25), 0.7
   loss = online.ipo_loss(lp_a, ref_a, jnp.ones((1, 2)), lp_b, ref_b, mask_b, jnp.array([p]), 0.25)
   np.testing.assert_allclose(loss, p * (h - c) ** 2 + (1 - p) * (-h - c) ** 2, rtol=1e-6)
+
+
+@pytest.mark.parametrize('temperature,top_k', [(0.7, 0), (0.7, 5)])
+def test_tempered_filtered_sampling_gradient_is_exact_for_the_sampled_policy(temperature, top_k):
+  """y drawn at temperature 0.7 (and through top-k 5): the expected Nash-MD-PG gradient of the online step's
+  log-probabilities (`sampled_logprobs`) equals the exact gradient of P(pi_T > pi') - tau KL(pi_T || mu) for the
+  distribution sampled, pi_T. A Transformer with vocabulary 8 and two generated tokens: the 64 responses are
+  enumerated, each weighted by its probability under pi_T (no Monte Carlo). The untempered log pi_theta of the
+  same loss (what the step used before) misses it by far more than the tolerance."""
+  import dataclasses
+  from flax import nnx
+  from nlhf_jax.config import ModelConfig
+  from nlhf_jax.models import Transformer, preset
+  from nlhf_jax.models.logprobs import response_logprobs
+  from nlhf_jax.online.step import sampled_logprobs
+  from nlhf_jax.sampling import SamplingConfig, filter_logits
+  jax.config.update('jax_enable_x64', True)
+  try:
+    cfg = dataclasses.replace(ModelConfig(**preset('tiny')), vocab_size=8, d_model=32, num_layers=1, mlp_dim=64)
+    graphdef, theta = nnx.split(Transformer(cfg, nnx.Rngs(0)))
+    _, mu = nnx.split(Transformer(cfg, nnx.Rngs(1)))
+    theta, mu = (jax.tree.map(lambda x: 3.0 * jnp.asarray(x, jnp.float64), p) for p in (theta, mu))
+    scfg = SamplingConfig(temperature=temperature, top_k=top_k, stop_ids=())
+    seqs = jnp.asarray(list(itertools.product(range(8), repeat=2)), jnp.int32)
+    n = seqs.shape[0]
+    prompt, prompt_mask = jnp.tile(jnp.array([[5, 3, 6]], jnp.int32), (n, 1)), jnp.ones((n, 3), bool)
+    mask = jnp.ones((n, 2), bool)
+    pref = jnp.asarray(np.random.default_rng(0).uniform(size=n))  # P(y > pi'), the opponent held fixed
+    tau = 0.3
+
+    def exact_logprobs(params):  # log pi_T(y) from full forward logits, tempered and filtered
+      logits, _ = nnx.merge(graphdef, params)(jnp.concatenate([prompt, seqs], 1)[:, :-1], jnp.ones((n, 4), bool))
+      logp = jax.nn.log_softmax(filter_logits(logits[:, 2:], temperature, top_k), axis=-1)
+      return jnp.take_along_axis(logp, seqs[..., None], axis=-1)[..., 0].sum(1)
+
+    support = np.isfinite(np.asarray(exact_logprobs(theta)))
+    assert 0 < support.sum() < n if top_k else support.all()
+    keep = jnp.asarray(np.flatnonzero(support))
+    log_mu = response_logprobs(nnx.merge(graphdef, mu), prompt, prompt_mask, seqs, mask)
+
+    def objective(params):
+      lp = exact_logprobs(params)[keep]
+      pi = jnp.exp(lp)
+      return pi @ pref[keep] - tau * jnp.sum(pi * (lp - log_mu.sum(1)[keep]))
+
+    exact = jax.grad(objective)(theta)
+    weights = jax.lax.stop_gradient(jnp.exp(exact_logprobs(theta)[keep]))
+
+    def expected_estimate(logprobs_fn):
+      def loss(params):
+        lp = logprobs_fn(nnx.merge(graphdef, params), prompt[keep], prompt_mask[keep], seqs[keep], mask[keep])
+        per_example = jax.vmap(lambda l, r, p: online.nash_md_pg_loss(l[None], r[None], mask[:1], p[None], tau))(
+            lp, log_mu[keep], pref[keep])
+        return -(weights @ per_example)  # E_{y ~ pi_T} of the estimate (the loss is the negated objective)
+      return jax.grad(loss)(theta)
+
+    scale = max(float(jnp.abs(g).max()) for g in jax.tree.leaves(exact))
+    error = lambda g: max(float(jnp.abs(a - b).max()) for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(exact)))
+    assert error(expected_estimate(lambda *a: sampled_logprobs(*a, scfg))) < 1e-6 * scale
+    assert error(expected_estimate(response_logprobs)) > 0.05 * scale  # the untempered log pi is biased
+  finally:
+    jax.config.update('jax_enable_x64', False)
