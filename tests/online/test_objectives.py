@@ -113,12 +113,36 @@ def test_ipo_loss_minimiser_two_actions():
   np.testing.assert_allclose(jax.nn.sigmoid(logit), jax.nn.sigmoid(0.5 / tau), atol=1e-4)
 
 
+def _expected_rlhf_gradient(theta, mu, reward, baseline_fn, tau):
+  """E_{y, y'' ~ pi_theta} of the RLHF estimate's gradient, every pair enumerated with weight pi(y) pi(y'')."""
+  pi = jax.lax.stop_gradient(jnp.exp(token_logprobs(theta, SEQS).sum(1)))
+  iy, ib = np.divmod(np.arange(81), 9)
+  seqs = jnp.asarray(SEQS)
+  ref = token_logprobs(mu, seqs)
+
+  def loss(th):
+    lp = token_logprobs(th, seqs[iy])
+    per = jax.vmap(lambda l, r, y, b: online.rlhf_pg_loss(l[None], r[None], jnp.ones((1, 2)), reward[y][None],
+                                                          b[None], tau))(lp, ref[iy], jnp.asarray(iy),
+                                                                         baseline_fn(iy, ib))
+    return (pi[iy] * pi[ib]) @ per
+  return jax.grad(loss)(theta)
+
+
 def test_rlhf_baseline_does_not_bias_gradient():
-  lp = jnp.array([[-1.0, -2.0]])
-  ref = lp
-  mask = jnp.ones((1, 2))
-  g = lambda base: jax.grad(lambda x: online.rlhf_pg_loss(x, ref, mask, jnp.array([2.0]), base, 0.1))(lp)
-  np.testing.assert_allclose(g(jnp.array([0.0])) - g(jnp.array([1.0])), -jnp.ones((1, 2)), rtol=1e-6)
+  """The expected gradient (exact, by enumeration) is the same with the baseline r(y'') of an independent y'' as
+  with none, and equals the exact gradient of E r - tau KL; a baseline that depends on y itself (r(y) / 2) changes
+  it, so the check can tell a biased baseline from an unbiased one."""
+  tau = 0.3
+  theta, mu, _ = random_problem(21)
+  reward = jnp.asarray(np.random.default_rng(6).normal(size=9))
+  exact = jax.grad(exact_rlhf_objective)(theta, mu, reward, tau)
+  cases = {'none': lambda iy, ib: jnp.zeros(iy.shape), 'independent': lambda iy, ib: reward[ib],
+           'biased': lambda iy, ib: 0.5 * reward[iy]}
+  grads = {k: _expected_rlhf_gradient(theta, mu, reward, f, tau) for k, f in cases.items()}
+  gap = lambda g: max(float(jnp.abs(-a - b).max()) for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(exact)))
+  assert gap(grads['none']) < 1e-5 and gap(grads['independent']) < 1e-5
+  assert gap(grads['biased']) > 1e-2
 
 
 def exact_rlhf_objective(theta, mu, reward, tau):
@@ -263,3 +287,36 @@ def test_tempered_filtered_sampling_gradient_is_exact_for_the_sampled_policy(tem
     assert error(expected_estimate(response_logprobs)) > 0.05 * scale  # the untempered log pi is biased
   finally:
     jax.config.update('jax_enable_x64', False)
+
+
+@pytest.mark.parametrize('reward_to_go', [True, False])
+def test_nash_md_pg_gradient_with_eos_and_padding(reward_to_go):
+  """Responses of one or two tokens: token 0 is EOS, so [0, pad] ends after one token (its second position is
+  padding, masked out, whatever the policy says of it) and the 6 others [a, b] with a != 0 run to the length
+  limit. The expected gradient (exact, by enumeration of the 7 responses) equals the exact gradient of
+  P(pi > pi') - tau KL(pi || mu) over variable-length responses."""
+  tau, pad = 0.3, 2  # the padding token is a real id: only the mask can hide it
+  theta, mu, _ = random_problem(31 + reward_to_go)
+  seqs = jnp.asarray([[0, pad]] + [[a, b] for a in (1, 2) for b in range(V)], jnp.int32)
+  mask = jnp.asarray([[1, 0]] + [[1, 1]] * 6, jnp.float32)
+  pref = jnp.asarray(np.random.default_rng(3).uniform(size=7))  # P(y > pi'), the opponent held fixed
+  seq_lp = lambda th: jnp.sum(token_logprobs(th, seqs) * mask, axis=1)
+  log_mu = seq_lp(mu)
+
+  def objective(th):
+    pi = jnp.exp(seq_lp(th))
+    return pi @ pref - tau * jnp.sum(pi * (jnp.log(pi) - log_mu))
+
+  np.testing.assert_allclose(jnp.exp(seq_lp(theta)).sum(), 1.0, rtol=1e-6)  # the 7 responses are all there are
+  exact = jax.grad(objective)(theta)
+  weights = jax.lax.stop_gradient(jnp.exp(seq_lp(theta)))
+  ref_lp = token_logprobs(mu, seqs)
+
+  def expected_loss(th):
+    per = jax.vmap(lambda l, r, m, p: online.nash_md_pg_loss(l[None], r[None], m[None], p[None], tau,
+                                                             reward_to_go))(token_logprobs(th, seqs), ref_lp, mask,
+                                                                            pref)
+    return weights @ per
+
+  for g, e in zip(jax.tree.leaves(jax.grad(expected_loss)(theta)), jax.tree.leaves(exact)):
+    np.testing.assert_allclose(-g, e, atol=1e-5)
