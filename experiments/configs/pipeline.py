@@ -1,14 +1,15 @@
 """The end-to-end NLHF pipeline on the built-in benchmark (docs/pipeline.md).
 
 tokenizer -> data -> sft (mu) -> pairs (sampled from mu, labelled by the oracle) -> preference_model, reward_model
--> policies (RLHF, SP, Nash-MD-PG at several beta, BR, Nash-EMA-PG) -> eval.
+-> policies (RLHF, SP, Nash-MD-PG at several beta, BR, Nash-EMA-PG; offline DPO and IPO on the same pairs) -> eval.
 
 Variants: `tiny` (tests: byte tokenizer, a few steps, three policies), `demo` (CPU, under 15 minutes on 2 cores
 with 8 fake devices), `full` (accelerators: realistic sizes).
   nlhf-pipeline --config=experiments/configs/pipeline.py:demo --workdir=runs/demo
   nlhf-eval --workdir=runs/demo
 Policy names (config.policies, comma-separated): rlhf, sp (beta 0), md_BETA (Nash-MD-PG, e.g. md_0.125),
-br (beta 1), ema (Nash-EMA-PG with config.policy.ema_rate).
+br (beta 1), ema (Nash-EMA-PG with config.policy.ema_rate), dpo and ipo (offline, on the pairs, with
+config.offline: its tau and trainer).
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import ml_collections
 from nlhf_jax.models.presets import preset
 
 VARIANTS = ('tiny', 'demo', 'full')
-ALL_POLICIES = 'rlhf,sp,md_0.125,md_0.25,md_0.5,md_0.75,br,ema'
+ALL_POLICIES = 'rlhf,sp,md_0.125,md_0.25,md_0.5,md_0.75,br,ema,dpo,ipo'
 
 
 def _trainer(num_steps: int, batch_size: int, learning_rate: float, warmup: int = 0, every: int = 0):
@@ -47,6 +48,8 @@ def tiny() -> ml_collections.ConfigDict:
   c.policies = 'rlhf,sp,md_0.25'
   c.policy = dict(tau=0.05, rlhf_tau=0.05, ema_rate=0.9, max_new_tokens=24, temperature=1.0,
                   **_trainer(8, 16, 1e-3))
+  # Offline DPO and IPO (policies 'dpo', 'ipo'): tau and the trainer, on the pairs; mu and the start are sft.
+  c.offline = dict(tau=0.1, **_trainer(8, 16, 1e-3))
   # Evaluation: num_prompts validation prompts x samples_per_prompt samples = N comparisons per cell.
   c.eval = dict(seed=0, num_prompts=32, samples_per_prompt=1, judgement='expected', temperature=1.0,
                 max_new_tokens=24, batch_size=32, num_shown=3)
@@ -67,6 +70,7 @@ def demo() -> ml_collections.ConfigDict:
   c.reward_model = _trainer(600, 64, 1e-3, warmup=10, every=300)
   c.policies = ALL_POLICIES
   c.policy.update(max_new_tokens=12, **_trainer(100, 16, 1e-3, every=50))
+  c.offline.update(**_trainer(200, 32, 1e-3, every=100))
   c.eval.update(num_prompts=256, samples_per_prompt=2, max_new_tokens=12, batch_size=128)
   return c
 
@@ -85,6 +89,7 @@ def full() -> ml_collections.ConfigDict:
   c.reward_model = _trainer(4000, 256, 3e-4, warmup=200, every=1000)
   c.policy.update(tau=0.008, rlhf_tau=0.05, ema_rate=0.999, max_new_tokens=20,
                   **_trainer(2000, 128, 3e-5, warmup=50, every=500))
+  c.offline.update(**_trainer(2000, 128, 3e-5, warmup=50, every=500))
   c.eval.update(num_prompts=1024, samples_per_prompt=2, max_new_tokens=20, batch_size=512)
   return c
 

@@ -10,7 +10,8 @@ ExperimentConfig ConfigDict, so `nlhf-train --config=...` could run any of them 
   pairs             DIR/pairs/tfds: 'pairs', two samples from mu per training prompt labelled by the oracle
   preference_model  trained on the pairs
   reward_model      Bradley-Terry reward model on the same pairs
-  <policy>          one per name in config.policies (rlhf, sp, md_BETA, br, ema), initialised from mu
+  <policy>          one per name in config.policies (rlhf, sp, md_BETA, br, ema online; dpo, ipo offline on the
+                    pairs), initialised from mu
   eval              DIR/eval/matrix.{json,md,png}, samples.md
 """
 from __future__ import annotations
@@ -28,15 +29,17 @@ _MD = re.compile(r'^md_(0?\.\d+)$')
 
 
 def parse_policy(name: str) -> tuple[str, float | None]:
-  """(objective, beta) of a policy name: rlhf, sp (beta 0), md_BETA (0 < BETA < 1), br (beta 1), ema."""
-  fixed = {'rlhf': ('rlhf', None), 'sp': ('nash_md', 0.0), 'br': ('nash_md', 1.0), 'ema': ('nash_ema', None)}
+  """(objective, beta) of a policy name: rlhf, sp (beta 0), md_BETA (0 < BETA < 1), br (beta 1), ema, and the
+  offline dpo and ipo."""
+  fixed = {'rlhf': ('rlhf', None), 'sp': ('nash_md', 0.0), 'br': ('nash_md', 1.0), 'ema': ('nash_ema', None),
+           'dpo': ('dpo', None), 'ipo': ('ipo', None)}
   if name in fixed:
     return fixed[name]
   match = _MD.match(name)
   if match and 0.0 < float(match.group(1)) < 1.0:
     return 'nash_md', float(match.group(1))
-  raise ValueError(f'unknown policy {name!r} in config.policies; use rlhf, sp, br, ema or md_BETA with '
-                   '0 < BETA < 1 (e.g. md_0.125)')
+  raise ValueError(f'unknown policy {name!r} in config.policies; use rlhf, sp, br, ema, dpo, ipo or md_BETA '
+                   'with 0 < BETA < 1 (e.g. md_0.125)')
 
 
 def policy_names(p) -> list[str]:
@@ -80,8 +83,19 @@ def _train_config(p, workdir: str, stage: str, objective: str, model, trainer, d
   return c
 
 
+def _offline_config(p, workdir: str, name: str, objective: str) -> ml_collections.ConfigDict:
+  """dpo / ipo on the pairs the preference model learns from, from mu (also their reference)."""
+  q = p.offline
+  c = _train_config(p, workdir, name, objective, p.model, q, 'pairs', _tfds_dir(workdir, 'pairs'))
+  c.init_checkpoint = os.path.join(workdir, 'sft')
+  c.offline.tau = q.tau
+  return c
+
+
 def _policy_config(p, workdir: str, name: str) -> ml_collections.ConfigDict:
   objective, beta = parse_policy(name)
+  if objective in ('dpo', 'ipo'):
+    return _offline_config(p, workdir, name, objective)
   q = p.policy
   c = _train_config(p, workdir, name, objective, p.model, q, 'prompts', _tfds_dir(workdir, 'data'))
   judge = 'reward_model' if objective == 'rlhf' else 'preference_model'
@@ -150,6 +164,8 @@ def _sections(stage: str) -> str:
     return 'config.sft, config.model, config.data'
   if stage in ('preference_model', 'reward_model'):
     return f'config.{stage}, config.judge_model, config.data'
+  if stage in ('dpo', 'ipo'):
+    return 'config.offline, config.model, config.data'
   return 'config.policy, config.model, config.data'
 
 

@@ -69,16 +69,27 @@ def test_pipeline_oracle_is_a_config_key(tmp_path):
   assert not os.listdir(tmp_path)
 
 
+def test_offline_policies_train_on_the_pairs_from_mu(tmp_path):
+  """A 'dpo' policy is an offline run on the pairs stage's data set, started from (and regularised towards) sft."""
+  configs = stages.stage_configs(mini_config(), str(tmp_path))
+  c = configs['dpo']
+  assert c.train.objective == 'dpo' and c.data.name == 'pairs'
+  assert c.data.data_dir == os.path.join(str(tmp_path), 'pairs', 'tfds')
+  assert c.init_checkpoint == os.path.join(str(tmp_path), 'sft') and c.offline.tau == 0.1
+  assert list(configs).index('dpo') > list(configs).index('pairs')
+
+
 def test_evaluation_outputs(mini_pipeline):
   workdir = mini_pipeline[0]
   for name in report.FILES:
     assert os.path.getsize(os.path.join(workdir, 'eval', name)) > 0
   with open(os.path.join(workdir, 'eval', 'matrix.json')) as f:
     result = json.load(f)
-  assert result['policies'] == ['sft', 'rlhf', 'sp'] and result['num_comparisons'] == 32
+  assert result['policies'] == ['sft', 'rlhf', 'sp', 'dpo'] and result['num_comparisons'] == 32
   for key in ('oracle', 'preference_model'):
     win = np.asarray(result[key]['win'])
     np.testing.assert_allclose(win + win.T, 1.0, atol=1e-6)
+    assert sum(result[key]['nash']['weights']) == pytest.approx(1.0, abs=1e-5)
   for info in result['per_policy'].values():
     assert sum(info['style_distribution'].values()) == pytest.approx(1.0)
     assert 0.0 <= info['exploitability'] <= 1.0
