@@ -146,9 +146,9 @@ def build_step(cfg: ExperimentConfig, task: Task, run: Setup, tx: optax.Gradient
   o = cfg.online
   top_k_filters = 0 < o.top_k < cfg.model.vocab_size  # top_k >= the vocabulary keeps every token
   if o.temperature != 1.0 or top_k_filters or o.top_p < 1.0:
-    log.warning('online sampling at temperature %s, top_k %s, top_p %s: y is not a sample of pi_theta, so the '
-                'policy gradient is off-policy and biased (docs/online.md); temperature 1 without filters '
-                'keeps it unbiased', o.temperature, o.top_k, o.top_p)
+    log.info('online sampling at temperature %s, top_k %s, top_p %s: the policy optimised is the sampled pi_T '
+             '(the tempered, filtered policy; docs/online.md), not pi_theta at temperature 1',
+             o.temperature, o.top_k, o.top_p)
   from nlhf_jax.data.tokenizer import load_tokenizer
   from nlhf_jax.online import judges
   from nlhf_jax.online.step import OnlineStep
