@@ -70,8 +70,8 @@ def test_mesh_fill_axis():
 @pytest.mark.slow
 @pytest.mark.parametrize('args, status, message', [
     (['--config.mesh.data=3'], 1, 'error: config.mesh (data=3, fsdp=1, tensor=1) needs 3 devices but 8'),
-    (['--config.train.num_step=5'], 2, 'Did you mean "num_steps" instead of "num_step"?'),
-    (['--config=experiments/configs/nosuch.py:tiny'], 2, "No such file or directory: 'experiments/configs/nosuch.py'"),
+    (['--config.train.num_step=5'], 2, "config.train has no field 'num_step'; did you mean 'num_steps'?"),
+    (['--config=experiments/configs/nosuch.py:tiny'], 2, 'config file experiments/configs/nosuch.py does not exist'),
     (['--config=experiments/configs/sft.py:nope'], 1, "unknown variant 'nope' of sft.py; use one of: tiny"),
 ])
 def test_cli_rejects_bad_config_before_compiling(tmp_path, args, status, message):
