@@ -51,12 +51,13 @@ def build(args: argparse.Namespace) -> dict[str, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-  args = _parser().parse_args(argv)
-  try:
-    counts = build(args)
-  except records.DataError as e:
-    print(f'error: {e}', file=sys.stderr)
-    return 1
+  """Exit status 0, 1 after `error: ...` for bad input (nlhf_jax/commands.py guard), 2 for bad arguments."""
+  from nlhf_jax import commands
+  return commands.guard(_main, _parser().parse_args(argv))
+
+
+def _main(args: argparse.Namespace) -> int:
+  counts = build(args)
   total = sum(counts.values())
   print(f'built {args.kind} data set {args.name!r} in {args.data_dir} ({total} examples)')
   for split, n in counts.items():

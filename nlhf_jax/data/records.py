@@ -19,7 +19,9 @@ conversation starts with an assistant message. Conversations may also come in th
 
 Validated records hold exactly their fields: strings, or lists of {'role', 'content'} dicts. Bad input raises
 `DataError` naming the file, the line (JSONL, 1-based) or row (Parquet, 0-based), the field and, for a message,
-its index, so that a broken data set is fixed at the source instead of silently skipped.
+its index, so that a broken data set is fixed at the source instead of silently skipped. The file readers check
+every record before failing: one bad record gives its message alone; several give one DataError that counts them
+and lists the first MAX_LISTED, each with its line (or row), its message and the fields the record has.
 """
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ TEXT_FIELDS = {
 }
 RESPONSE_FIELDS = ('response', 'response_a', 'response_b', 'chosen', 'rejected')
 ROLES = ('system', 'user', 'assistant', 'tool')
+MAX_LISTED = 10  # bad records a reader's error lists
 
 
 class DataError(ValueError):
@@ -222,8 +225,9 @@ def validate_all(records: Iterable, kind: str, name: str = 'records') -> list[di
   return [validate(r, kind, f'{name} record {i}') for i, r in enumerate(records)]
 
 
-def iter_jsonl(path: str) -> Iterator[tuple[str, dict]]:
-  """Yields (where, object) for every non-blank line; `where` is 'FILE line N' (1-based)."""
+def iter_jsonl(path: str, bad: list[str] | None = None) -> Iterator[tuple[str, dict]]:
+  """Yields (where, object) for every non-blank line; `where` is 'FILE line N' (1-based). A malformed line raises
+  DataError, or, when a `bad` list is given, has its message appended there and is skipped."""
   if not os.path.exists(path):
     raise DataError(f'{path}: no such file')
   name = os.path.basename(path)
@@ -233,24 +237,63 @@ def iter_jsonl(path: str) -> Iterator[tuple[str, dict]]:
         continue
       where = f'{name} line {n}'
       try:
-        yield where, json.loads(line.rstrip('\r\n'))
+        obj = json.loads(line.rstrip('\r\n'))
       except json.JSONDecodeError as e:
-        raise DataError(f'{where}: malformed JSON ({e.msg} at column {e.colno})') from None
+        message = f'{where}: malformed JSON ({e.msg} at column {e.colno})'
+        if bad is None:
+          raise DataError(message) from None
+        bad.append(message)
+        continue
+      yield where, obj
 
 
-def _read(items: Iterable[tuple[str, dict]], kind: str, with_source: bool, name: str) -> list[dict]:
-  check_kind(kind)
-  out = [dict(validate(obj, kind, where), **({'source': where} if with_source else {})) for where, obj in items]
+def _with_fields(message: str, obj) -> str:
+  if not isinstance(obj, dict):
+    return message
+  return f'{message} [fields: {", ".join(map(str, obj)) or "none"}]'
+
+
+def bad_records_error(name: str, bad: list[str], total: int) -> DataError:
+  """One error for the bad records of an input: a single one as its own message; several counted (of `total`),
+  the first MAX_LISTED of them listed one a line."""
+  if len(bad) == 1:
+    return DataError(bad[0])
+  shown = bad[:MAX_LISTED]
+  which = f'the first {len(shown)}' if len(bad) > len(shown) else 'all of them'
+  lines = '\n'.join(f'  {m}' for m in shown)
+  return DataError(f'{name}: {len(bad)} of {total} records are bad ({which} below); fix them at the source\n{lines}')
+
+
+def convert_all(items: Iterable[tuple[str, object]], convert, name: str, bad: list[str] | None = None) -> list:
+  """[convert(obj, where) for every (where, obj)], checking them all: raises `bad_records_error` when any record
+  (or, through the shared `bad` list, any line the reader skipped) is bad, 'NAME: no records' when there are none."""
+  bad = [] if bad is None else bad
+  out = []
+  for where, obj in items:
+    try:
+      out.append(convert(obj, where))
+    except DataError as e:
+      bad.append(_with_fields(str(e), obj))
+  if bad:
+    raise bad_records_error(name, bad, len(out) + len(bad))
   if not out:
     raise DataError(f'{name}: no records')
   return out
+
+
+def _read(items: Iterable[tuple[str, dict]], kind: str, with_source: bool, name: str,
+          bad: list[str] | None = None) -> list[dict]:
+  check_kind(kind)
+  convert = lambda obj, where: dict(validate(obj, kind, where), **({'source': where} if with_source else {}))
+  return convert_all(items, convert, name, bad)
 
 
 def read_jsonl(path: str, kind: str, with_source: bool = False) -> list[dict]:
   """Reads and validates a JSONL file of `kind` records (one JSON object a line; blank lines are skipped).
   With `with_source` each record also has 'source': 'FILE line N' (kept by the TFDS builder)."""
   check_kind(kind)
-  return _read(iter_jsonl(path), kind, with_source, os.path.basename(path))
+  bad: list[str] = []
+  return _read(iter_jsonl(path, bad), kind, with_source, os.path.basename(path), bad)
 
 
 def _is_glob(path: str) -> bool:

@@ -10,13 +10,19 @@ Every text field is a Text feature. A conversation (a list of {'role', 'content'
 JSON text, and the per-example feature 'conversation_fields' names those fields (comma-separated, '' when
 none); readers turn them back into message lists. Like 'source' (where the example came from), it is not a
 field of the record kind. Data sets built before conversations existed have neither and read as before.
+
+Building is quiet: TFDS's "Downloading and preparing dataset ..." lines are not printed (nothing is downloaded;
+the caller reports what was built) and no downloads/ folder is left in data_dir. Opening a data set that is not
+there names the data sets that data_dir holds.
 """
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import re
 import shutil
+import tempfile
 
 import numpy as np
 
@@ -81,6 +87,12 @@ def _builder_class(name: str, kind: str):
       for i, r in enumerate(recs):
         yield i, r
 
+    def _log_download_bytes(self):  # "Downloading and preparing dataset Unknown size ...": nothing is downloaded
+      pass
+
+    def _log_download_done(self):
+      pass
+
   return type(f'Builder_{name}', (_RecordsBuilder,), {'name': name}, skip_registration=True)
 
 
@@ -108,16 +120,38 @@ def build(records: list[dict], kind: str, name: str, data_dir: str, validation_f
   splits = {s: [records[i] for i in idx] for s, idx in split_indices(len(records), validation_fraction,
                                                                       seed).items()}
   builder = _builder_class(name, kind)(splits=splits, data_dir=data_dir, file_format='array_record')
-  builder.download_and_prepare()
+  with tempfile.TemporaryDirectory(prefix='nlhf_tfds_downloads_') as downloads:  # TFDS makes one; none is needed
+    builder.download_and_prepare(download_dir=downloads)
   return {s: len(r) for s, r in splits.items()}
 
 
 def _read_only_builder(name: str, data_dir: str):
   from tensorflow_datasets.core import read_only_builder
   if not os.path.exists(os.path.join(dataset_dir(name, data_dir), 'dataset_info.json')):
-    raise DataError(f'no data set {name!r} in data_dir={data_dir!r}; build it with `python -m '
-                    f'nlhf_jax.data.cli build --kind=KIND --input=FILE.jsonl --name={name} --data_dir={data_dir}`')
+    raise DataError(f'no data set {name!r} in data_dir={data_dir!r} ({_holds(data_dir, name)}); build it with '
+                    f'`nlhf-data build --kind=KIND --input=FILE.jsonl --name={name} --data_dir={data_dir}`')
   return read_only_builder.builder_from_files(name, data_dir=data_dir)
+
+
+def available(data_dir: str) -> list[str]:
+  """The names of the data sets (of this VERSION) built in `data_dir`, sorted."""
+  if not data_dir or not os.path.isdir(data_dir):
+    return []
+  return sorted(n for n in os.listdir(data_dir) if os.path.exists(os.path.join(dataset_dir(n, data_dir),
+                                                                               'dataset_info.json')))
+
+
+def _holds(data_dir: str, name: str) -> str:
+  """What data_dir holds, for the error about a missing data set `name`."""
+  if not data_dir:
+    return 'config.data.data_dir is empty'
+  if not os.path.isdir(data_dir):
+    return 'that folder does not exist'
+  names = available(data_dir)
+  if not names:
+    return 'it holds no data sets'
+  close = difflib.get_close_matches(name, names, n=1)
+  return f'it holds {", ".join(names)}' + (f'; did you mean {close[0]!r}?' if close else '')
 
 
 def kind_of(feature_names) -> str:

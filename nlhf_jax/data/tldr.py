@@ -3,13 +3,14 @@
 Each comparison looks like {'info': {'post': ..., 'title': ..., 'subreddit': ...}, 'summaries': [{'text': ...},
 {'text': ...}], 'choice': 0 or 1}, where `choice` is the index of the preferred summary. It becomes a pair record
 with response_a = summaries[0], response_b = summaries[1] and preference = 1 - choice (the probability that a is
-preferred), keeping the order of the source so that position effects stay visible.
+preferred), keeping the order of the source so that position effects stay visible. Every comparison is checked
+before failing; the error lists the first bad ones (records.convert_all).
 """
 from __future__ import annotations
 
 import os
 
-from nlhf_jax.data.records import DataError, iter_jsonl, validate
+from nlhf_jax.data.records import DataError, convert_all, iter_jsonl, validate
 
 
 def format_prompt(info: dict) -> str:
@@ -51,8 +52,6 @@ def comparison_to_pair(obj: dict, where: str = 'comparison') -> dict:
 def read_comparisons(path: str, with_source: bool = False) -> list[dict]:
   """Reads a comparisons JSONL file (e.g. comparisons/batch*.json of summarize-from-feedback) into pairs
   (with 'source': 'FILE line N' when `with_source`)."""
-  out = [dict(comparison_to_pair(obj, where), **({'source': where} if with_source else {}))
-         for where, obj in iter_jsonl(path)]
-  if not out:
-    raise DataError(f'{os.path.basename(path)}: no records')
-  return out
+  bad: list[str] = []
+  convert = lambda obj, where: dict(comparison_to_pair(obj, where), **({'source': where} if with_source else {}))
+  return convert_all(iter_jsonl(path, bad), convert, os.path.basename(path), bad)

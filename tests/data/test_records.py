@@ -86,3 +86,33 @@ def test_tldr_bad_comparisons(tmp_path, change, pattern):
   path = _write(tmp_path, 'batch1.json', [_comparison(0), {**_comparison(0), **change}])
   with pytest.raises(DataError, match=pattern):
     tldr.read_comparisons(path)
+
+
+def test_every_bad_line_is_counted_and_the_first_ten_listed(tmp_path):
+  """The whole file is checked; the error counts the bad records (malformed JSON included) and lists the first 10
+  with their lines, messages and fields."""
+  lines = [GOOD, {'prompt': 'p', 'chosen': 'c'}, GOOD, '{"prompt"', {**GOOD, 'preference': 2}]
+  lines += [{'prompt': f'p{i}', 'response_a': 'a'} for i in range(10)]
+  path = _write(tmp_path, 'pairs.jsonl', lines)
+  with pytest.raises(DataError) as e:
+    records.read_jsonl(path, 'pairs')
+  got = str(e.value).splitlines()
+  assert got[0] == 'pairs.jsonl: 13 of 15 records are bad (the first 10 below); fix them at the source'
+  assert got[1:4] == [
+      "  pairs.jsonl line 2: missing field 'rejected' [fields: prompt, chosen]",
+      "  pairs.jsonl line 4: malformed JSON (Expecting ':' delimiter at column 10)",
+      "  pairs.jsonl line 5: field 'preference'=2 must be in [0, 1] "
+      '[fields: prompt, response_a, response_b, preference]']
+  assert got[4:] == [f"  pairs.jsonl line {n}: missing field 'response_b' [fields: prompt, response_a]"
+                     for n in range(6, 13)]
+
+
+def test_tldr_comparisons_report_every_bad_line(tmp_path):
+  comp = {'info': {'post': 'post'}, 'summaries': [{'text': 's0'}, {'text': 's1'}], 'choice': 1}
+  path = _write(tmp_path, 'batch1.json', [comp, {**comp, 'choice': 2}, comp, {**comp, 'summaries': []}])
+  with pytest.raises(DataError) as e:
+    tldr.read_comparisons(path)
+  assert str(e.value).splitlines() == [
+      'batch1.json: 2 of 4 records are bad (all of them below); fix them at the source',
+      "  batch1.json line 2: field 'choice'=2 must be 0 or 1 [fields: info, summaries, choice]",
+      "  batch1.json line 4: field 'summaries' must hold 2 summaries, got 0 [fields: info, summaries, choice]"]

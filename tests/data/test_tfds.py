@@ -45,7 +45,8 @@ def test_cli_build_chosen_rejected_and_summary(tmp_path, capsys):
           '--validation_fraction=0.2', '--seed=1']
   assert cli.main(argv) == 0
   out = capsys.readouterr().out
-  assert 'train: 8' in out and 'validation: 2' in out
+  assert out == f"built pairs data set 'cr_pairs' in {tmp_path}/tfds (10 examples)\n  train: 8\n  validation: 2\n"
+  assert sorted(p.name for p in (tmp_path / 'tfds').iterdir()) == ['cr_pairs']  # no empty downloads/ folder
   back = tfds_builders.read_split('cr_pairs', f'{tmp_path}/tfds', 'train')
   assert all(r['response_a'] == 'c' + r['prompt'][1:] and r['preference'] == 1.0 for r in back)
   assert cli.main(argv) == 1 and 'already exists' in capsys.readouterr().err
@@ -63,12 +64,26 @@ def test_cli_build_tldr_and_bad_input(tmp_path, capsys):
   bad.write_text(json.dumps({'prompt': 'p', 'response': 'r'}) + '\n{"prompt": "p"}\n')
   assert cli.main(['build', '--kind=demonstrations', f'--input={bad}', '--name=x', f'--data_dir={tmp_path}']) == 1
   assert "bad.jsonl line 2: missing field 'response'" in capsys.readouterr().err
+  bad.write_text(''.join(json.dumps({'prompt': f'p{i}'}) + '\n' for i in range(12)) + '{"prompt"\n')
+  assert cli.main(['build', '--kind=demonstrations', f'--input={bad}', '--name=x', f'--data_dir={tmp_path}']) == 1
+  err = capsys.readouterr().err.splitlines()
+  assert err[0] == 'error: bad.jsonl: 13 of 13 records are bad (the first 10 below); fix them at the source'
+  assert err[1:] == [f"  bad.jsonl line {n}: missing field 'response' [fields: prompt]" for n in range(1, 11)]
 
 
 def test_reading_errors(tmp_path):
-  with pytest.raises(DataError, match=r"no data set 'absent' in data_dir=.*nlhf_jax.data.cli build"):
+  with pytest.raises(DataError, match=r"no data set 'absent' in data_dir=.* \(it holds no data sets\); build it with "
+                                      r"`nlhf-data build"):
     tfds_builders.SplitSource('absent', str(tmp_path), 'train')
+  with pytest.raises(DataError, match=r"no data set 'absent' in data_dir=.* \(that folder does not exist\)"):
+    tfds_builders.SplitSource('absent', str(tmp_path / 'nowhere'), 'train')
   tfds_builders.build([{'prompt': 'p'}] * 3, 'prompts', 'few', str(tmp_path), validation_fraction=0)
+  tfds_builders.build([{'prompt': 'p'}] * 3, 'prompts', 'many', str(tmp_path), validation_fraction=0)
+  with pytest.raises(DataError) as e:
+    tfds_builders.SplitSource('fewer', str(tmp_path), 'train')
+  assert str(e.value) == (f"no data set 'fewer' in data_dir={str(tmp_path)!r} (it holds few, many; did you mean "
+                          f"'few'?); build it with `nlhf-data build --kind=KIND --input=FILE.jsonl --name=fewer "
+                          f"--data_dir={tmp_path}`")
   with pytest.raises(DataError, match=r"has no split 'validation' \(it has train\)"):
     tfds_builders.SplitSource('few', str(tmp_path), 'validation')
   with pytest.raises(DataError, match='snake_case'):
