@@ -6,7 +6,9 @@ an in-memory list or the built-in synthetic data), and the iterator state is Gra
 
 Before any batch is made, every example of the source is encoded once to check it against the configured
 lengths: with data.overflow='error' the first one that does not fit stops the run there (naming the file and
-line it came from, and the field); with 'truncate' one warning gives how many will be cut and where.
+line it came from, and the field); with 'truncate' one warning gives how many will be cut and where. Both name
+the limit a field went over: data.prompt_len or data.response_len, or for a demonstration packed into data.seq_len
+the room left for that field (a response gets what the prompt leaves).
 
 The tokenizer frames each example (`Tokenizer.prompt_ids` / `response_ids`, nlhf_jax/data/tokenizer.py): the
 native tokenizers give [bos] text [sep] prompts and text [eos] responses; a Hugging Face tokenizer gives
@@ -121,12 +123,14 @@ class Encoder:
     self.num_truncated = 0  # examples of the source that are cut to fit (counted by check_lengths)
     self._overflows: list | None = None  # while check_lengths runs: every overflow seen
 
-  def _overflow(self, where: str, field: str, length: int, limit_name: str, limit: int) -> None:
+  def _overflow(self, where: str, field: str, length: int, limit: int, room: str) -> None:
+    """An over-long field: `room` names the limit of `limit` tokens ('data.prompt_len=40', or for packed
+    demonstrations what data.seq_len leaves for the field)."""
     if self.cfg.overflow == 'error':
-      raise DataError(f'{where}: field {field!r} has {length} tokens, more than data.{limit_name}={limit} '
+      raise DataError(f'{where}: field {field!r} has {length} tokens, more than {room} '
                       "(data.overflow='error'; use 'truncate' or longer lengths)")
     if self._overflows is not None:
-      self._overflows.append((where, field, length, limit_name, limit))
+      self._overflows.append((where, field, length, limit, room))
 
   @staticmethod
   def _framed(frame, where: str, field: str) -> list[int]:
@@ -136,23 +140,23 @@ class Encoder:
     except TokenizerError as e:
       raise TokenizerError(f'{where}: field {field!r}: {e}') from None
 
-  def _prompt(self, prompt, where: str, limit: int, limit_name: str) -> list[int]:
+  def _prompt(self, prompt, where: str, limit: int, room: str) -> list[int]:
     """The framed prompt; an over-long one keeps its end (nearest the response) and its leading bos."""
     ids = self._framed(functools.partial(self.tok.prompt_ids, prompt, chat=self.chat), where, 'prompt')
     if len(ids) <= limit:
       return ids
-    self._overflow(where, 'prompt', len(ids), limit_name, limit)
+    self._overflow(where, 'prompt', len(ids), limit, room)
     head = ids[:1] if self.tok.bos_id is not None and ids[0] == self.tok.bos_id and limit > 0 else []
     keep = limit - len(head)
     return head + (ids[-keep:] if keep > 0 else [])
 
-  def _response(self, record: dict, field: str, where: str, limit: int, limit_name: str) -> list[int]:
+  def _response(self, record: dict, field: str, where: str, limit: int, room: str) -> list[int]:
     """The framed response; an over-long one is cut at the limit and has no eos (it did not end)."""
     frame = functools.partial(self.tok.response_ids, record[field], record['prompt'], chat=self.chat)
     ids = self._framed(frame, where, field)
     if len(ids) <= limit:
       return ids
-    self._overflow(where, field, len(ids), limit_name, limit)
+    self._overflow(where, field, len(ids), limit, room)
     return ids[:limit]
 
   def _pad(self, ids: list[int], length: int, left: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -163,19 +167,22 @@ class Encoder:
     return tokens, mask
 
   def _prompt_fields(self, record: dict, where: str, out: dict) -> None:
-    ids = self._prompt(record['prompt'], where, self.cfg.prompt_len, 'prompt_len')
+    ids = self._prompt(record['prompt'], where, self.cfg.prompt_len, f'data.prompt_len={self.cfg.prompt_len}')
     out['prompt'], out['prompt_mask'] = self._pad(ids, self.cfg.prompt_len, left=True)
 
   def _response_fields(self, record: dict, where: str, field: str, out: dict) -> None:
-    ids = self._response(record, field, where, self.cfg.response_len, 'response_len')
+    ids = self._response(record, field, where, self.cfg.response_len, f'data.response_len={self.cfg.response_len}')
     out[field], out[field + '_mask'] = self._pad(ids, self.cfg.response_len, left=False)
 
   def _packed(self, record: dict, where: str, out: dict) -> None:
     """Framed prompt then framed response in seq_len tokens (for native tokenizers [bos] prompt [sep] response
     [eos], as bytes_vocab.pack_demonstration)."""
     seq_len = self.cfg.seq_len
-    prompt = self._prompt(record['prompt'], where, seq_len - 1, 'seq_len')
-    response = self._response(record, 'response', where, seq_len - len(prompt), 'seq_len')
+    most = f'the {seq_len - 1} of data.seq_len={seq_len} a prompt may take (one is left for the response)'
+    prompt = self._prompt(record['prompt'], where, seq_len - 1, most)
+    room = seq_len - len(prompt)
+    left = f'the {room} that data.seq_len={seq_len} leaves after the {len(prompt)}-token prompt'
+    response = self._response(record, 'response', where, room, left)
     out['tokens'], out['mask'] = self._pad(prompt + response, seq_len, left=False)
     out['loss_mask'] = np.zeros(seq_len, np.float32)
     out['loss_mask'][len(prompt):len(prompt) + len(response)] = 1.0
@@ -217,7 +224,7 @@ class Encoder:
       self._overflows = None
     self.num_truncated = len(examples)
     if examples:
-      detail = '; '.join(f'{w}: {f!r} has {n} tokens > data.{name}={limit}' for w, f, n, name, limit in shown)
+      detail = '; '.join(f'{w}: {f!r} has {n} tokens > {room}' for w, f, n, _, room in shown)
       log.warning("%s: %d of %d examples do not fit and are truncated (data.overflow='truncate'), e.g. %s",
                   self.name, len(examples), len(source), detail)
     return self.num_truncated

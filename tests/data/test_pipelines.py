@@ -195,3 +195,21 @@ def test_native_framing_is_bitwise_as_before(which, sp_path):
   for key in ('tokens', 'mask', 'loss_mask'):
     assert np.array_equal(packed[key], want[key]) and packed[key].dtype == want[key].dtype, key
   assert pairs['prompt_mask'].all(axis=1).sum() == 4  # some prompts were truncated (and kept [bos] ... [sep])
+
+
+def test_packed_demonstration_overflow_names_the_room_the_prompt_leaves(caplog):
+  """A demonstration is packed into data.seq_len: an over-long response is measured against what is left after
+  its prompt, and the messages say so (not as if that room were data.seq_len)."""
+  recs = [{'prompt': 'x' * 48, 'response': 'y' * 20}] * 4  # 50 prompt ids ([bos] text [sep]), 21 response ids
+  with caplog.at_level(logging.WARNING, logger='nlhf_jax.data.pipelines'):
+    pipelines.from_records(recs, 'demonstrations', CFG, 0, 4, ALL, split_fields=False)
+  assert ("records[train]: 4 of 4 examples do not fit and are truncated (data.overflow='truncate'), e.g. "
+          "records[train] example 0: 'response' has 21 tokens > the 14 that data.seq_len=64 leaves after the "
+          "50-token prompt;") in caplog.text
+  strict = dataclasses.replace(CFG, overflow='error')
+  with pytest.raises(DataError) as e:
+    pipelines.from_records([{'prompt': 'x' * 80, 'response': 'y'}] * 4, 'demonstrations', strict, 0, 4, ALL,
+                           split_fields=False)
+  assert str(e.value) == ("records[train] example 0: field 'prompt' has 82 tokens, more than the 63 of "
+                          "data.seq_len=64 a prompt may take (one is left for the response) (data.overflow='error'; "
+                          "use 'truncate' or longer lengths)")
