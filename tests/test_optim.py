@@ -85,8 +85,13 @@ def test_a_warmup_longer_than_the_run_is_reported(caplog):
   cfg = OptimConfig(learning_rate=3e-3, warmup_steps=500)
   with caplog.at_level('WARNING', logger='nlhf_jax.training.optim'):
     optim.warn_if_unusual(cfg, 4)
-    assert 'config.optim.warmup_steps=500 >= config.train.num_steps=4' in caplog.text
-    assert 'ends at 2.4e-05' in caplog.text
+    assert ('config.optim.warmup_steps=500 >= config.train.num_steps=4: the run ends during the warmup, so the '
+            'learning rate only rises, to 1.8e-05 at the last of the 4 steps (1% of config.optim.learning_rate=0.003), '
+            'and never decays; set warmup_steps below num_steps (e.g. 1)') in caplog.text
+    caplog.clear()
+    optim.warn_if_unusual(dataclasses.replace(cfg, warmup_steps=20), 20)  # the rate reached is schedule(19)
+    assert 'to 0.00285 at the last of the 20 steps (95% of config.optim.learning_rate=0.003)' in caplog.text
+    assert 'e.g. 2)' in caplog.text
     caplog.clear()
     optim.warn_if_unusual(cfg, 1000)
     assert not caplog.text

@@ -1,4 +1,8 @@
-"""Optimizers and learning-rate schedules from config (optax)."""
+"""Optimizers and learning-rate schedules from config (optax).
+
+The schedule is indexed by the optimizer's step count: step k of a run (0-based) is taken at rate schedule(k), so
+with warmup the first step's rate is 0 and a run of num_steps steps ends at schedule(num_steps - 1).
+"""
 from __future__ import annotations
 
 import logging
@@ -15,12 +19,23 @@ def horizon(cfg: OptimConfig, num_steps: int) -> int:
   return cfg.decay_steps or num_steps
 
 
+def unusual(cfg: OptimConfig, num_steps: int) -> str | None:
+  """The warning for a schedule that is valid but rarely meant, or None: the warmup does not end before the run
+  does, so the rate only rises. Step k of a run (0-based) uses the rate schedule(k); the last is num_steps - 1."""
+  if num_steps < 1 or cfg.warmup_steps < num_steps:
+    return None
+  last = float(schedule(cfg, num_steps)(num_steps - 1))
+  return (f'config.optim.warmup_steps={cfg.warmup_steps} >= config.train.num_steps={num_steps}: the run ends '
+          f'during the warmup, so the learning rate only rises, to {last:.3g} at the last of the {num_steps} steps '
+          f'({100 * last / cfg.learning_rate:.0f}% of config.optim.learning_rate={cfg.learning_rate:g}), and never '
+          f'decays; set warmup_steps below num_steps (e.g. {max(num_steps // 10, 1)})')
+
+
 def warn_if_unusual(cfg: OptimConfig, num_steps: int) -> None:
-  """Schedules that are valid but rarely meant: the warmup does not end before the run does."""
-  if cfg.warmup_steps >= num_steps:
-    log.warning('config.optim.warmup_steps=%d >= config.train.num_steps=%d: the learning rate never reaches '
-                'config.optim.learning_rate=%g (it ends at %g); lower warmup_steps', cfg.warmup_steps, num_steps,
-                cfg.learning_rate, cfg.learning_rate * num_steps / max(cfg.warmup_steps, 1))
+  """Logs `unusual`'s warning, if any."""
+  message = unusual(cfg, num_steps)
+  if message:
+    log.warning('%s', message)
 
 
 def schedule(cfg: OptimConfig, num_steps: int) -> optax.Schedule:
