@@ -1,4 +1,9 @@
-"""The outer training loop: no math here, only order of events (restore, step, guard, log, checkpoint, stop)."""
+"""The outer training loop: no math here, only order of events (restore, step, guard, log, checkpoint, stop).
+
+Besides checkpoints, a run leaves RUN/config.json (the resolved config), RUN/run.json (one session per start:
+command, versions, devices, mesh, start and end, outcome), RUN/metrics.jsonl and RUN/tb (training.metrics), and at
+the end RUN/curves.png (training.plot).
+"""
 from __future__ import annotations
 
 import logging
@@ -12,7 +17,7 @@ from nlhf_jax.config import ExperimentConfig
 from nlhf_jax.distributed import global_batch, local_batch_rows, make_mesh, within_mesh
 from nlhf_jax.training import checkpointing, init, optim, preflight
 from nlhf_jax.training.guards import NonFiniteGuard, check_resume_compatible, config_to_json, guard_step
-from nlhf_jax.training.metrics import MetricWriter, Progress
+from nlhf_jax.training.metrics import MetricWriter, Progress, RunRecord
 from nlhf_jax.training.preemption import PreemptionWatcher
 from nlhf_jax.training.state import TrainState
 from nlhf_jax.training.tasks import build_step, get_task, setup
@@ -52,9 +57,15 @@ def train(cfg: ExperimentConfig, workdir: str, mesh: Mesh | None = None, stop_at
   start = int(jax.device_get(state.step))
   guard = NonFiniteGuard(cfg.train.on_nonfinite, skipped=int(meta.get('skipped_updates', 0)))
   writer, progress, watcher = MetricWriter(workdir), Progress(start, cfg.train.num_steps, cfg.train.log_every), None
+  record, outcome = RunRecord(workdir, mesh, start, cfg.train.num_steps), None
   try:
     watcher = PreemptionWatcher()
-    state = _run(cfg, state, step_fn, frozen, data, mesh, ckpt, guard, writer, progress, watcher, start, stop_at)
+    state, outcome = _run(cfg, state, step_fn, frozen, data, mesh, ckpt, guard, writer, progress, watcher, start,
+                          stop_at)
+  except BaseException as e:
+    outcome = 'interrupted' if isinstance(e, KeyboardInterrupt) else 'failed'
+    record.end(progress.last_step, outcome, error=f'{type(e).__name__}: {e}'[:2000])
+    raise
   finally:
     if watcher is not None:
       watcher.close()
@@ -62,32 +73,54 @@ def train(cfg: ExperimentConfig, workdir: str, mesh: Mesh | None = None, stop_at
     ckpt.close()
     writer.close()
     progress.close()
+  record.end(progress.last_step, outcome)
+  _write_curves(workdir)
   return state
 
 
+def _write_curves(workdir: str) -> None:
+  """RUN/curves.png from the run's metrics (process 0); a plot that fails is a warning, never a failed run."""
+  if jax.process_index() != 0:
+    return
+  try:
+    from nlhf_jax.training import plot
+    path = plot.write_curves([workdir])
+    if path:
+      log.info('training curves: %s (nlhf-plot --workdir=%s redraws them, several runs overlaid)', path, workdir)
+  except Exception as e:  # noqa: BLE001  (matplotlib, fonts, a damaged metrics file: none may fail the run)
+    log.warning('could not draw the training curves of %s: %s: %s', workdir, type(e).__name__, e)
+
+
 def _run(cfg, state, step_fn, frozen, data, mesh, ckpt, guard, writer, progress, watcher, start,
-         stop_at=None) -> TrainState:
+         stop_at=None) -> tuple[TrainState, str]:
+  """The steps after `start`; returns the state and how the loop ended: finished, preempted or stopped."""
   t = cfg.train
   for step in range(start + 1, t.num_steps + 1):
-    state, metrics = step_fn(state, frozen, global_batch(mesh, next(data)))
+    batch = global_batch(mesh, next(data))
+    if step == start + 1:
+      progress.compiling(step)
+    state, metrics = step_fn(state, frozen, batch)
+    progress.after_step(step, metrics)  # the first step waits for its compilation and logs it
     guard.add(step, metrics)
     log_now = step % t.log_every == 0 or step == t.num_steps
     save_now = step % t.checkpoint_every == 0 or step == t.num_steps
     sync = log_now or save_now or step % _MAX_QUEUED_STEPS == 0
-    preempted = watcher.requested(step, sync) or step == stop_at
+    signalled = watcher.requested(step, sync)
+    preempted = signalled or step == stop_at
     if sync or preempted:
       guard.check()  # before any save: a non-finite state is never checkpointed
       metrics = dict(jax.device_get(metrics), skipped_updates=guard.skipped)
-      progress.update(step, metrics if log_now else None)
       if log_now:
-        writer.write(step, metrics)
+        writer.write(step, progress.update(step, metrics))  # with the interval's rates (sampled_tokens_per_s)
+      else:
+        progress.update(step, None)
     if save_now or preempted:
       _save(cfg, ckpt, state, data, guard)
     if preempted:
       log.warning('preempted: checkpoint at step %d written to %s; start the same command again to continue',
                   step, ckpt.directory)
-      break
-  return state
+      return state, 'preempted' if signalled else 'stopped'
+  return state, 'finished'
 
 
 def _save(cfg, ckpt, state, data, guard) -> None:
