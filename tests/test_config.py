@@ -236,3 +236,26 @@ def test_online_values_that_an_objective_cannot_use_are_refused(config, override
     section, leaf = key.split('.')
     c[section][leaf] = importlib.import_module(f'experiments.configs.{name}').get_config(variant)[section][leaf]
   from_config_dict(c)
+
+
+def test_one_table_of_objectives_describes_every_task():
+  """config/objectives.py is the one home of "objective": each row has its task (model class, data, loss),
+  online rows a loss the online step knows and judges validation accepts, offline rows an offline loss."""
+  from nlhf_jax.config import objectives
+  from nlhf_jax.objectives import offline
+  from nlhf_jax.training import tasks
+  assert objectives.names('online') == ('nash_md', 'nash_ema', 'rlhf', 'online_ipo', 'ipo_md')
+  assert objectives.names('offline') == ('dpo', 'ipo') and objectives.names('supervised') == (
+      'sft', 'preference_model', 'reward_model')
+  for name, spec in objectives.OBJECTIVES.items():
+    task = tasks.get_task(name)
+    assert task.objective is spec and (task.loss_fn is not None) == (spec.kind == 'supervised'), name
+    assert tasks.MODELS[spec.model] is not None and spec.data in ('demonstrations', 'pairs', 'prompts')
+    if spec.online:
+      assert spec.loss in ('nash_md_pg', 'rlhf_pg', 'ipo_pg') and spec.opponent in ('mixture', 'ema', 'policy')
+      assert spec.judges and set(spec.judges) <= {'preference_model', 'reward_model', 'oracle'}
+    if spec.offline:
+      assert spec.loss in offline.LOSSES
+  assert objectives.model_family('import') == 'language_model' == objectives.model_family('dpo')
+  with pytest.raises(ConfigError, match=r"config.train.objective='nash' is unknown; choose one of .*nash_md"):
+    objectives.get('nash')

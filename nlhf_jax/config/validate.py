@@ -11,7 +11,7 @@ import re
 import typing
 from typing import Any, Mapping
 
-from nlhf_jax.config import schema
+from nlhf_jax.config import objectives, schema
 
 
 class ConfigError(ValueError):
@@ -170,10 +170,7 @@ def check_architecture(m: schema.ModelConfig) -> None:
              f'{m.rope_original_max_len})')
 
 
-ONLINE_OBJECTIVES = ('nash_md', 'nash_ema', 'rlhf', 'online_ipo', 'ipo_md')
-OFFLINE_OBJECTIVES = ('dpo', 'ipo')  # a policy trained on a pairs data set against a frozen reference
-# The objective recorded by nlhf-import: a run that holds a pretrained language model and no training state.
-IMPORTED = 'import'
+IMPORTED = objectives.IMPORTED
 
 
 def check_online(cfg: schema.ExperimentConfig) -> None:
@@ -192,27 +189,30 @@ def check_online(cfg: schema.ExperimentConfig) -> None:
   _require(o.judge in ('preference_model', 'reward_model', 'oracle'),
            f"config.online.judge={o.judge!r}: use 'preference_model', 'reward_model' or 'oracle'")
   objective = cfg.train.objective
-  if objective in ONLINE_OBJECTIVES:
+  spec = objectives.get(objective)
+  if spec.online:
     _require(d.prompt_len + o.max_new_tokens <= m.max_len,
              f'config.data.prompt_len={d.prompt_len} + config.online.max_new_tokens={o.max_new_tokens} exceeds '
              f'config.model.max_len={m.max_len}')
-    _require(objective != 'rlhf' or o.judge == 'reward_model',
-             f"config.train.objective='rlhf' needs config.online.judge='reward_model' (got {o.judge!r})")
+    _require(o.judge in spec.judges,
+             f"config.train.objective={objective!r} needs config.online.judge={' or '.join(map(repr, spec.judges))} "
+             f'(got {o.judge!r})')
     _require(o.judge != 'oracle' or bool(o.oracle),
              "config.online.judge='oracle' needs config.online.oracle ('module:function')")
     _require(o.judge == 'oracle' or bool(o.judge_checkpoint),
              f'config.online.judge={o.judge!r} needs config.online.judge_checkpoint (the workdir of that run)')
-    _require(objective not in ('online_ipo', 'ipo_md') or o.tau > 0,
+    _require(not spec.needs_positive_tau or o.tau > 0,
              f'config.online.tau={o.tau}: config.train.objective={objective!r} needs tau > 0 (the IPO target is '
              '1 / (2 tau)); set config.online.tau to a positive number')
     default_beta = schema.OnlineConfig.beta
-    _require(objective != 'nash_ema' or o.beta == default_beta,
-             f"config.online.beta={o.beta}: config.train.objective='nash_ema' does not use beta (its opponent is "
+    _require(spec.opponent != 'ema' or o.beta == default_beta,
+             f'config.online.beta={o.beta}: config.train.objective={objective!r} does not use beta (its opponent is '
              f'the EMA policy alone, whose rate is config.online.ema_rate); leave beta at {default_beta}')
-  if objective in ('preference_model', 'reward_model'):
-    need = d.prompt_len + (2 if objective == 'preference_model' else 1) * d.response_len
+  if spec.kind == 'supervised' and not spec.trains_policy:
+    need = d.prompt_len + spec.responses * d.response_len
+    twice = f'{spec.responses} * ' if spec.responses > 1 else ''
     _require(need <= m.max_len, f'config.model.max_len={m.max_len} is shorter than the {objective} input: '
-             f'data.prompt_len + {"2 * " if objective == "preference_model" else ""}data.response_len = {need}')
+             f'data.prompt_len + {twice}data.response_len = {need}')
 
 
 def check_offline(cfg: schema.ExperimentConfig) -> None:
@@ -224,12 +224,13 @@ def check_offline(cfg: schema.ExperimentConfig) -> None:
            '[0, 0.5) (the probability that a label is flipped; 0: off)')
   _require(o.frozen_dtype in ('', 'float32', 'bfloat16'),
            f"config.offline.frozen_dtype={o.frozen_dtype!r}: use '' (as stored), 'float32' or 'bfloat16'")
-  if objective not in OFFLINE_OBJECTIVES:
+  loss = objectives.get(objective).loss
+  if not objectives.get(objective).offline:
     return
-  _require(objective == 'dpo' or o.label_smoothing == 0.0,
+  _require(loss == 'dpo' or o.label_smoothing == 0.0,
            f'config.offline.label_smoothing={o.label_smoothing}: only dpo smooths labels (ipo takes soft '
            'preferences as they are); set it to 0')
-  _require(objective == 'ipo' or not o.length_normalized,
+  _require(loss == 'ipo' or not o.length_normalized,
            'config.offline.length_normalized=True: only ipo has a length-normalised variant; set it to False')
   d, m = cfg.data, cfg.model
   _require(d.prompt_len + d.response_len <= m.max_len,
@@ -248,10 +249,11 @@ def check_lora(cfg: schema.ExperimentConfig) -> None:
     re.compile(lora.targets)
   except re.error as e:
     raise ConfigError(f'config.model.lora.targets={lora.targets!r} is not a regular expression ({e})') from None
-  _require(objective == 'sft' or objective in ONLINE_OBJECTIVES or objective in OFFLINE_OBJECTIVES,
+  spec = objectives.get(objective)
+  _require(spec.trains_policy,
            f'config.model.lora.rank={lora.rank}: LoRA trains policies (sft, the online and the offline '
            f'objectives), not a {objective!r} run; set config.model.lora.rank=0')
-  if objective in OFFLINE_OBJECTIVES:
+  if spec.offline:
     init, reference = cfg.init_checkpoint, cfg.offline.reference_checkpoint
     _require(bool(init or reference), 'config.model.lora.rank > 0 trains adapters on the reference policy\'s '
              'weights: set config.init_checkpoint (or config.offline.reference_checkpoint) to its run')
@@ -259,7 +261,7 @@ def check_lora(cfg: schema.ExperimentConfig) -> None:
              f'config.init_checkpoint={init} differs from config.offline.reference_checkpoint={reference}: with '
              'LoRA the policy is the reference plus adapters; set only one of them')
     return
-  if objective == 'sft':
+  if spec.kind == 'supervised':
     _require(bool(cfg.init_checkpoint), 'config.model.lora.rank > 0 trains adapters on a base model: set '
              'config.init_checkpoint to its run (an nlhf-import or sft --workdir)')
     return

@@ -95,7 +95,7 @@ def runs_config(policies: list[tuple[str, str]], reference: str = '', judge: str
   read from the reference's saved config. Every input is checked here, before any model is read."""
   from nlhf_jax.config import ConfigError
   from nlhf_jax.training import checkpointing
-  from nlhf_jax.training.preflight import model_family
+  from nlhf_jax.config.objectives import model_family
   reference = reference or policies[0][0]
   if reference not in dict(policies):
     raise ConfigError(f'--reference={reference!r} is not one of --policies ({", ".join(n for n, _ in policies)})')

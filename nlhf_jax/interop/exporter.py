@@ -39,7 +39,7 @@ HEAD_TENSORS = ('nlhf.head.weight', 'nlhf.head.bias')
 
 
 def _kind(objective: str) -> str:
-  from nlhf_jax.training.preflight import model_family
+  from nlhf_jax.config.objectives import model_family
   return model_family(objective)
 
 

@@ -28,7 +28,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from nlhf_jax.config import ExperimentConfig
+from nlhf_jax.config import ExperimentConfig, objectives
 from nlhf_jax.models import lora
 from nlhf_jax.models.logprobs import response_logprobs
 from nlhf_jax.objectives import online as losses
@@ -99,8 +99,9 @@ class OnlineStep:
   base_graphdef: nnx.GraphDef | None = None  # LoRA: the model without adapters, which runs mu from frozen['base']
 
   @property
-  def objective(self) -> str:
-    return self.cfg.train.objective
+  def objective(self) -> objectives.Objective:
+    """The objective's description (config/objectives.py): its opponent, loss and what the loss reads."""
+    return objectives.get(self.cfg.train.objective)
 
   def model_params(self, params, frozen: dict):
     """What `graphdef` runs: the trained params, with LoRA combined with the frozen base."""
@@ -115,12 +116,12 @@ class OnlineStep:
   def opponent(self, state: TrainState, frozen: dict):
     """(anchor graphdef, anchor params, beta) of the opponent's token-level mixture and whether y is also drawn
     from it."""
-    o = self.cfg.online
-    if self.objective == 'nash_ema':
+    spec = self.objective
+    if spec.opponent == 'ema':  # the policy with its EMA parameters alone
       return self.graphdef, self.model_params(state.extras['ema'], frozen), 1.0, False
-    if self.objective in ('rlhf', 'online_ipo'):
+    if spec.opponent == 'policy':  # an independent sample of pi_theta (a mixture with no weight on mu)
       return *self.reference(frozen), 0.0, False
-    return *self.reference(frozen), o.beta, self.objective == 'ipo_md'
+    return *self.reference(frozen), self.cfg.online.beta, spec.both_from_opponent
 
   def sample(self, params, anchor_graphdef, anchor, batch, key, beta: float, both_mixed: bool):
     """(y, y'): y ~ pi_theta and y' ~ pi^beta, or both from pi^beta (ipo_md); each {'tokens', 'mask', 'logprobs'}.
@@ -143,7 +144,7 @@ class OnlineStep:
     updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     extras = state.extras
-    if self.objective == 'nash_ema':
+    if self.objective.ema:
       extras = {'ema': jax.tree.map(lambda e, p: o.ema_rate * e + (1.0 - o.ema_rate) * p, extras['ema'], params)}
     metrics = self.metrics(loss, grads, state, out)
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state, extras=extras), metrics
@@ -165,9 +166,10 @@ class OnlineStep:
     if o.binary_judgements:
       pref = binary_judgement(pref, k_judge, batch['example_index'])
     aux_in = {'pref': pref, 'ref_lp': ref_lp}
-    if self.objective == 'rlhf':
+    spec = self.objective
+    if spec.rewards:
       aux_in['reward'], aux_in['baseline'] = sg(self.judge.rewards(frozen['judge'], *x, *yt, *y2t))
-    if self.objective in ('online_ipo', 'ipo_md'):
+    if spec.second_logprobs:
       aux_in['ref_lp2'] = sg(response_logprobs(ref, *x, *y2t))
 
     scfg = sampling_config(self.cfg, self.stop_ids)
@@ -175,12 +177,12 @@ class OnlineStep:
     def loss_fn(params):  # log-probabilities of the distribution sampled (tempered, filtered): unbiased for pi_T
       policy = nnx.merge(self.graphdef, self.model_params(params, frozen))
       lp = sampled_logprobs(policy, *x, *yt, scfg)
-      if self.objective in ('nash_md', 'nash_ema'):
+      if spec.loss == 'nash_md_pg':
         loss = losses.nash_md_pg_loss(lp, aux_in['ref_lp'], y['mask'], pref, o.tau, o.reward_to_go)
-      elif self.objective == 'rlhf':
+      elif spec.loss == 'rlhf_pg':
         loss = losses.rlhf_pg_loss(lp, aux_in['ref_lp'], y['mask'], aux_in['reward'], aux_in['baseline'], o.tau,
                                    o.reward_to_go)
-      else:
+      else:  # 'ipo_pg'
         lp2 = sampled_logprobs(policy, *x, *y2t, scfg)
         loss = losses.ipo_loss(lp, aux_in['ref_lp'], y['mask'], lp2, aux_in['ref_lp2'], y2['mask'], pref, o.tau)
       return loss, sg(lp)

@@ -21,10 +21,11 @@ import re
 
 import ml_collections
 
+from nlhf_jax.config import objectives
 from nlhf_jax.config.defaults import defaults
 
 FIXED_BEFORE = ('tokenizer', 'data', 'sft', 'pairs', 'preference_model', 'reward_model')
-TRAINING = ('sft', 'preference_model', 'reward_model')
+TRAINING = objectives.names('supervised')  # cosine schedules; the policies' are constant
 _MD = re.compile(r'^md_(0?\.\d+)$')
 
 
@@ -94,11 +95,11 @@ def _offline_config(p, workdir: str, name: str, objective: str) -> ml_collection
 
 def _policy_config(p, workdir: str, name: str) -> ml_collections.ConfigDict:
   objective, beta = parse_policy(name)
-  if objective in ('dpo', 'ipo'):
+  if objectives.get(objective).offline:
     return _offline_config(p, workdir, name, objective)
   q = p.policy
   c = _train_config(p, workdir, name, objective, p.model, q, 'prompts', _tfds_dir(workdir, 'data'))
-  judge = 'reward_model' if objective == 'rlhf' else 'preference_model'
+  judge = 'reward_model' if objectives.get(objective).rewards else 'preference_model'
   c.online.update(tau=q.rlhf_tau if objective == 'rlhf' else q.tau, ema_rate=q.ema_rate,
                   max_new_tokens=q.max_new_tokens, temperature=q.temperature,
                   reference_checkpoint=os.path.join(workdir, 'sft'), judge=judge,
@@ -164,7 +165,7 @@ def _sections(stage: str) -> str:
     return 'config.sft, config.model, config.data'
   if stage in ('preference_model', 'reward_model'):
     return f'config.{stage}, config.judge_model, config.data'
-  if stage in ('dpo', 'ipo'):
+  if stage in objectives.OBJECTIVES and objectives.get(stage).offline:
     return 'config.offline, config.model, config.data'
   return 'config.policy, config.model, config.data'
 

@@ -14,31 +14,25 @@ from etils import epath
 
 from nlhf_jax.config import ConfigError, ExperimentConfig
 from nlhf_jax.config.schema import architecture
-from nlhf_jax.config.validate import IMPORTED, OFFLINE_OBJECTIVES, ONLINE_OBJECTIVES
+from nlhf_jax.config import objectives
+from nlhf_jax.config.objectives import IMPORTED, model_family
 from nlhf_jax.training import checkpointing
-# Objectives whose runs hold a plain language model (the policy's architecture); nlhf-import writes IMPORTED.
-LANGUAGE_MODEL_OBJECTIVES = ('sft', IMPORTED, *ONLINE_OBJECTIVES, *OFFLINE_OBJECTIVES)
-JUDGE_OBJECTIVES = ('preference_model', 'reward_model')
-
-
-def model_family(objective: str) -> str:
-  """'language_model', 'preference_model' or 'reward_model': which model class an objective trains."""
-  return 'language_model' if objective in LANGUAGE_MODEL_OBJECTIVES else objective
 
 
 def check_inputs(cfg: ExperimentConfig, workdir: str) -> None:
   check_workdir(workdir)
-  own = model_family(cfg.train.objective)
+  spec = objectives.get(cfg.train.objective)
+  own = spec.model
   if cfg.init_checkpoint:
     # A judge may start from a language model: its backbone (a new head).
     init_family = own
-    if own in JUDGE_OBJECTIVES and init_is_language_model(cfg.init_checkpoint):
+    if not spec.trains_policy and init_is_language_model(cfg.init_checkpoint):
       init_family = 'language_model'
     _check_run('config.init_checkpoint', cfg.init_checkpoint, cfg, family=init_family, same_shape=True)
-  if cfg.train.objective in OFFLINE_OBJECTIVES and cfg.offline.reference_checkpoint:
+  if spec.offline and cfg.offline.reference_checkpoint:
     _check_run('config.offline.reference_checkpoint', cfg.offline.reference_checkpoint, cfg,
                family='language_model', same_shape=True)
-  if cfg.train.objective not in ONLINE_OBJECTIVES:
+  if not spec.online:
     return
   o = cfg.online
   if o.reference_checkpoint:

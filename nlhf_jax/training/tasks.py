@@ -22,7 +22,8 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
-from nlhf_jax.config import ConfigError, ExperimentConfig
+from nlhf_jax.config import ExperimentConfig, objectives
+from nlhf_jax.config.objectives import OBJECTIVES, Objective
 from nlhf_jax.distributed import param_specs
 from nlhf_jax.models import Transformer, lora
 from nlhf_jax.models.judges import PreferenceModel, RewardModel
@@ -35,12 +36,24 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class Task:
+  """An objective's description (config/objectives.py) with what builds its model and data, and its loss when it
+  is supervised."""
+  objective: Objective
   make_model: Callable[[ExperimentConfig], Callable[[nnx.Rngs], nnx.Module]]
   make_data: Callable[[ExperimentConfig, slice], Iterator[dict]]
   loss_fn: steps.LossFn | None = None  # supervised objectives
-  online: bool = False  # sampled-pair objectives (nlhf_jax/online/step.py)
-  ema: bool = False  # keep EMA parameters in state.extras['ema']
-  offline: str = ''  # offline preference optimisation on pairs against a frozen reference: 'dpo' or 'ipo'
+
+  @property
+  def online(self) -> bool:  # sampled-pair objectives (nlhf_jax/online/step.py)
+    return self.objective.online
+
+  @property
+  def offline(self) -> bool:  # a policy on a pairs data set against a frozen reference (objectives/offline.py)
+    return self.objective.offline
+
+  @property
+  def ema(self) -> bool:  # keeps EMA parameters in state.extras['ema']
+    return self.objective.ema
 
 
 def _model(cls):
@@ -62,26 +75,17 @@ def _data(kind: str):
   return make
 
 
-_ONLINE = dict(make_model=_model(Transformer), make_data=_data('prompts'), online=True)
+MODELS = {'language_model': Transformer, 'preference_model': PreferenceModel, 'reward_model': RewardModel}
+SUPERVISED_LOSSES = {'sft': sft_loss, 'pairwise': pair_loss}  # online losses: online/step.py; offline: _offline_step
 
 TASKS: dict[str, Task] = {
-    'sft': Task(_model(Transformer), _data('demonstrations'), loss_fn=sft_loss),
-    'preference_model': Task(_model(PreferenceModel), _data('pairs'), loss_fn=pair_loss),
-    'reward_model': Task(_model(RewardModel), _data('pairs'), loss_fn=pair_loss),
-    'nash_md': Task(**_ONLINE),
-    'nash_ema': Task(**_ONLINE, ema=True),
-    'rlhf': Task(**_ONLINE),
-    'online_ipo': Task(**_ONLINE),
-    'ipo_md': Task(**_ONLINE),
-    'dpo': Task(_model(Transformer), _data('pairs'), offline='dpo'),
-    'ipo': Task(_model(Transformer), _data('pairs'), offline='ipo'),
-}
+    name: Task(o, _model(MODELS[o.model]), _data(o.data),
+               SUPERVISED_LOSSES[o.loss] if o.kind == 'supervised' else None)
+    for name, o in OBJECTIVES.items()}
 
 
 def get_task(name: str) -> Task:
-  if name not in TASKS:
-    raise ConfigError(f'config.train.objective={name!r} is unknown; choose one of {", ".join(sorted(TASKS))}')
-  return TASKS[name]
+  return TASKS[objectives.get(name).name]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,7 +179,7 @@ def _offline_step(cfg: ExperimentConfig, task: Task, run: Setup, tx: optax.Gradi
   (frozen['base'])."""
   from nlhf_jax.objectives import offline
   o = cfg.offline
-  loss_fn = offline.make_loss(task.offline, o.tau, o.label_smoothing, o.length_normalized)
+  loss_fn = offline.make_loss(task.objective.loss, o.tau, o.label_smoothing, o.length_normalized)
   step = steps.make_train_step(run.graphdef, loss_fn, tx, lr_schedule, cfg.train.grad_accum_steps)
   if base is not None:
     def lora_step(state, frozen, batch):
