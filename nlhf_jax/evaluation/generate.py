@@ -18,7 +18,7 @@ from nlhf_jax.data.tfds_builders import SplitSource
 from nlhf_jax.distributed import global_batch, local_rows_of, to_host
 from nlhf_jax.models import Transformer
 from nlhf_jax.models.judges import PreferenceModel, pair_scorer
-from nlhf_jax.online.judges import FrozenModel, load_frozen
+from nlhf_jax.training.checkpointing import FrozenModel, load_frozen
 from nlhf_jax.models.logprobs import response_logprobs
 from nlhf_jax.sampling.sampler import SamplingConfig, jit_sample
 

@@ -20,43 +20,11 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from nlhf_jax.config import ConfigError, ModelConfig
+from nlhf_jax.config import ConfigError
 from nlhf_jax.models.judges import PreferenceModel, RewardModel, pair_scorer
-from nlhf_jax.training import checkpointing
+from nlhf_jax.training.checkpointing import load_frozen
 
 JUDGE_KINDS = ('preference_model', 'reward_model', 'oracle')
-
-
-@dataclasses.dataclass(frozen=True, eq=False)  # hashed by identity (holds arrays)
-class FrozenModel:
-  """A model restored params-only from a run's checkpoint, for use inside jitted steps."""
-  graphdef: nnx.GraphDef
-  params: Any
-  model_cfg: ModelConfig
-
-  def module(self, params=None) -> nnx.Module:
-    return nnx.merge(self.graphdef, self.params if params is None else params)
-
-
-def load_frozen(path: str, model_cls, mesh: Mesh, dtype: str = '') -> FrozenModel:
-  """Restores `model_cls` (its config read from the checkpoint) sharded on `mesh` by the rule table, its
-  parameters cast to `dtype` ('': as the run stored them)."""
-  model_cfg = ModelConfig.from_dict(checkpointing.read_run_config(path).get('model', {}))
-  graphdef, abstract = nnx.split(nnx.eval_shape(lambda: model_cls(model_cfg, nnx.Rngs(0))))
-  target = checkpointing.as_dtype(checkpointing.params_target(abstract, mesh), dtype)
-  params, _ = checkpointing.restore_params(checkpointing.checkpoints_dir(path), target)
-  return FrozenModel(graphdef, params, model_cfg)
-
-
-def load_policy(path: str, target: Any) -> Any:
-  """A language model's parameters from a run's checkpoint, restored onto `target` (ShapeDtypeStructs with
-  shardings: the policy's parameters). The reference policy mu must have the policy's architecture: the two are
-  mixed token by token."""
-  try:
-    params, _ = checkpointing.restore_params(checkpointing.checkpoints_dir(path), target)
-  except ValueError as e:
-    raise ConfigError(f'the checkpoint in {path} does not fit the policy model (config.model): {e}') from e
-  return params
 
 
 def resolve_oracle(spec: str, key: str = 'config.online.oracle') -> Callable:

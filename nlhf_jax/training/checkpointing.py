@@ -5,6 +5,7 @@ sharded arrays, and `meta` (JSON: the data iterator's state and the config that 
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -13,8 +14,10 @@ from typing import Any, Callable
 import jax
 import orbax.checkpoint as ocp
 from etils import epath
-from jax.sharding import NamedSharding
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding
 
+from nlhf_jax.config import ConfigError, ModelConfig
 from nlhf_jax.training import layouts
 from nlhf_jax.training.state import TrainState
 
@@ -251,3 +254,38 @@ def read_run_config(path: str, step: int | None = None) -> dict:
   meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
   manager.close()
   return meta.get('config', {})
+
+
+# ------------------------------------------------------------------- frozen models (references, judges)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)  # hashed by identity (holds arrays)
+class FrozenModel:
+  """A model restored params-only from a run's checkpoint, for use inside jitted steps."""
+  graphdef: nnx.GraphDef
+  params: Any
+  model_cfg: ModelConfig
+
+  def module(self, params=None) -> nnx.Module:
+    return nnx.merge(self.graphdef, self.params if params is None else params)
+
+
+def load_frozen(path: str, model_cls, mesh: Mesh, dtype: str = '') -> FrozenModel:
+  """Restores `model_cls` (its config read from the checkpoint) sharded on `mesh` by the rule table, its
+  parameters cast to `dtype` ('': as the run stored them)."""
+  model_cfg = ModelConfig.from_dict(read_run_config(path).get('model', {}))
+  graphdef, abstract = nnx.split(nnx.eval_shape(lambda: model_cls(model_cfg, nnx.Rngs(0))))
+  target = as_dtype(params_target(abstract, mesh), dtype)
+  params, _ = restore_params(checkpoints_dir(path), target)
+  return FrozenModel(graphdef, params, model_cfg)
+
+
+def load_policy(path: str, target: Any) -> Any:
+  """A language model's parameters from a run's checkpoint, restored onto `target` (ShapeDtypeStructs with
+  shardings: the policy's parameters). The reference policy mu must have the policy's architecture: the two are
+  mixed token by token."""
+  try:
+    params, _ = restore_params(checkpoints_dir(path), target)
+  except ValueError as e:
+    raise ConfigError(f'the checkpoint in {path} does not fit the policy model (config.model): {e}') from e
+  return params

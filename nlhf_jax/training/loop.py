@@ -10,7 +10,6 @@ import logging
 import os
 
 import jax
-import jax.numpy as jnp
 from jax.sharding import Mesh
 
 from nlhf_jax.config import ExperimentConfig
@@ -148,8 +147,7 @@ def _restore_or_init(cfg, task, ckpt, run, data) -> tuple[TrainState, dict]:
   if warm_start and not run.lora:
     params, step = _warm_start_params(warm_start, target.params, state.params)
     log.info('initialised parameters from %s (step %d)', warm_start, step)
-    extras = {'ema': jax.tree.map(jnp.copy, params)} if task.ema else state.extras  # own buffers: the step donates both
-    state = state.replace(params=params, extras=extras)
+    state = run.warm_started(state, params)
   return state, {}
 
 

@@ -18,6 +18,7 @@ import logging
 from typing import Callable, Iterator
 
 import jax
+import jax.numpy as jnp
 import optax
 from flax import nnx
 from jax.sharding import Mesh
@@ -97,10 +98,17 @@ class Setup:
   shardings: TrainState
   base_graphdef: nnx.GraphDef | None = None  # LoRA: the model without adapters
   base_target: dict | None = None  # LoRA: ShapeDtypeStructs (with shardings) of the base weights
+  make_extras: Callable[[dict], dict] | None = None  # params -> the objective's extra state (nash_ema: the EMA)
 
   @property
   def lora(self) -> bool:
     return self.base_graphdef is not None
+
+  def warm_started(self, state: TrainState, params: dict) -> TrainState:
+    """`state` with restored `params`, and the objective's extra state built from them (the EMA starts at the
+    warm start; own buffers, since the step donates both)."""
+    extras = state.extras if self.make_extras is None else self.make_extras(jax.tree.map(jnp.copy, params))
+    return state.replace(params=params, extras=extras)
 
   def params_target(self) -> dict:
     """ShapeDtypeStructs (with shardings) of the model's plain parameters: where a model checkpoint (a
@@ -121,10 +129,12 @@ def setup(cfg: ExperimentConfig, task: Task, tx: optax.GradientTransformation, m
     extras = dict(make_extras=lambda params: {'ema': params},
                   extras_specs={'ema': trainable(specs) if trainable else specs})
   _, init_fn, shardings = init.state_initializer(make_model, tx, mesh, trainable=trainable, **extras)
+  make_extras = extras.get('make_extras')
   if not lora_on:
-    return Setup(graphdef, init_fn, shardings)
+    return Setup(graphdef, init_fn, shardings, make_extras=make_extras)
   base_graphdef, base_abstract = init.abstract_model(lambda rngs: Transformer(cfg.model, rngs))
-  return Setup(graphdef, init_fn, shardings, base_graphdef, checkpointing.params_target(base_abstract, mesh))
+  return Setup(graphdef, init_fn, shardings, base_graphdef, checkpointing.params_target(base_abstract, mesh),
+               make_extras)
 
 
 def build_step(cfg: ExperimentConfig, task: Task, run: Setup, tx: optax.GradientTransformation,
@@ -162,7 +172,7 @@ def build_step(cfg: ExperimentConfig, task: Task, run: Setup, tx: optax.Gradient
   if base is not None:
     return step, {'base': base, 'judge': judge.params}
   if o.reference_checkpoint:
-    reference = judges.load_policy(o.reference_checkpoint,
+    reference = checkpointing.load_policy(o.reference_checkpoint,
                                    checkpointing.as_dtype(run.params_target(), o.frozen_dtype))
   else:
     reference = initial_params()
@@ -188,8 +198,7 @@ def _offline_step(cfg: ExperimentConfig, task: Task, run: Setup, tx: optax.Gradi
     return lora_step, {'base': base}
   source = o.reference_checkpoint or cfg.init_checkpoint  # mu: the SFT run, by default the one the policy starts at
   if source:
-    from nlhf_jax.online import judges
-    reference = judges.load_policy(source, checkpointing.as_dtype(run.params_target(), o.frozen_dtype))
+    reference = checkpointing.load_policy(source, checkpointing.as_dtype(run.params_target(), o.frozen_dtype))
   else:
     reference = initial_params()
     if o.frozen_dtype:
