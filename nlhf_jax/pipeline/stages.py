@@ -21,7 +21,7 @@ import re
 
 import ml_collections
 
-from nlhf_jax.config import objectives
+from nlhf_jax.config import ConfigError, objectives
 from nlhf_jax.config.defaults import defaults
 
 FIXED_BEFORE = ('tokenizer', 'data', 'sft', 'pairs', 'preference_model', 'reward_model')
@@ -39,7 +39,7 @@ def parse_policy(name: str) -> tuple[str, float | None]:
   match = _MD.match(name)
   if match and 0.0 < float(match.group(1)) < 1.0:
     return 'nash_md', float(match.group(1))
-  raise ValueError(f'unknown policy {name!r} in config.policies; use rlhf, sp, br, ema, dpo, ipo or md_BETA '
+  raise ConfigError(f'unknown policy {name!r} in config.policies; use rlhf, sp, br, ema, dpo, ipo or md_BETA '
                    'with 0 < BETA < 1 (e.g. md_0.125)')
 
 
@@ -48,7 +48,7 @@ def policy_names(p) -> list[str]:
   for n in names:
     parse_policy(n)
   if len(set(names)) != len(names):
-    raise ValueError(f'config.policies={p.policies!r} names a policy twice')
+    raise ConfigError(f'config.policies={p.policies!r} names a policy twice')
   return names
 
 
@@ -60,7 +60,7 @@ def tokenizer_spec(p, workdir: str) -> str:
   if p.tokenizer.kind == 'bytes':
     return 'bytes'
   if p.tokenizer.kind != 'sentencepiece':
-    raise ValueError(f"config.tokenizer.kind={p.tokenizer.kind!r}: use 'sentencepiece' or 'bytes'")
+    raise ConfigError(f"config.tokenizer.kind={p.tokenizer.kind!r}: use 'sentencepiece' or 'bytes'")
   return os.path.join(workdir, 'tokenizer', 'spm.model')
 
 
@@ -173,7 +173,7 @@ def _sections(stage: str) -> str:
 def check_training_configs(configs: dict, num_devices: int | None = None) -> None:
   """Validates every training stage's ExperimentConfig (with `num_devices`, also against the mesh), so that a
   bad value in a late stage stops the pipeline before the first stage starts."""
-  from nlhf_jax.config import ConfigError, from_config_dict
+  from nlhf_jax.config import from_config_dict
   for name, c in configs.items():
     if 'train' not in c:
       continue
