@@ -27,21 +27,24 @@ def offline_config(arg: str, objective: str) -> ml_collections.ConfigDict:
   c.data.update(source='synthetic', tokenizer='bytes', prompt_len=40, response_len=32, num_examples=4096)
   c.offline.tau = 0.1
   c.optim.update(learning_rate=1e-3, schedule='cosine', warmup_steps=10)
-  c.train.update(num_steps=40, batch_size=16, log_every=10, checkpoint_every=20)
+  c.train.update(num_steps=40, batch_size=16, log_every=10, checkpoint_every=20,
+                 eval_every=20, eval_batches=4)
   if variant == '125m':
     c.model.compute_dtype = 'bfloat16'
     c.mesh.update(data=1, fsdp=-1, tensor=1)
     c.data.update(source='tfds', name='pairs', prompt_len=512, response_len=256, tokenizer='')
     c.offline.frozen_dtype = 'bfloat16'
     c.optim.update(learning_rate=5e-7, warmup_steps=100, weight_decay=0.0)
-    c.train.update(num_steps=2000, batch_size=64, log_every=50, checkpoint_every=500)
+    c.train.update(num_steps=2000, batch_size=64, log_every=50, checkpoint_every=500,
+                   eval_every=500)
   if variant == 'hf':
     sibling(__file__, 'sft').from_imported_run(c)
     c.data.update(prompt_len=512, response_len=512)
     c.model.max_len = max(c.model.max_len, 1024)
     c.offline.frozen_dtype = 'bfloat16'
     c.optim.update(learning_rate=5e-7, warmup_steps=100, weight_decay=0.0)
-    c.train.update(num_steps=2000, batch_size=32, log_every=10, checkpoint_every=200)
+    c.train.update(num_steps=2000, batch_size=32, log_every=10, checkpoint_every=200,
+                   eval_every=200)
   return c
 
 

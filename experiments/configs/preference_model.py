@@ -26,17 +26,20 @@ def pairwise_config(arg: str, objective: str) -> ml_collections.ConfigDict:
   # The longest built-in prompt is 33 tokens and the longest response 26 (special tokens included).
   c.data.update(source='synthetic', tokenizer='bytes', prompt_len=40, response_len=32, num_examples=4096)
   c.optim.update(learning_rate=1e-3, schedule='cosine', warmup_steps=10)
-  c.train.update(num_steps=40, batch_size=16, log_every=10, checkpoint_every=20)
+  c.train.update(num_steps=40, batch_size=16, log_every=10, checkpoint_every=20,
+                 eval_every=20, eval_batches=4)
   if variant == '125m':
     c.model.compute_dtype = 'bfloat16'
     c.data.update(source='tfds', name='pairs', prompt_len=512, response_len=128, tokenizer='')
     c.optim.update(learning_rate=1e-5, warmup_steps=200)
-    c.train.update(num_steps=5000, batch_size=64, log_every=50, checkpoint_every=500)
+    c.train.update(num_steps=5000, batch_size=64, log_every=50, checkpoint_every=500,
+                   eval_every=500)
   if variant == 'hf':
     sibling(__file__, 'sft').from_imported_run(c)
     c.data.update(prompt_len=512, response_len=256)
     c.optim.update(learning_rate=5e-6, warmup_steps=100)
-    c.train.update(num_steps=2000, batch_size=32, log_every=10, checkpoint_every=200)
+    c.train.update(num_steps=2000, batch_size=32, log_every=10, checkpoint_every=200,
+                   eval_every=200)
   return c
 
 

@@ -24,21 +24,25 @@ def get_config(arg: str = 'tiny') -> ml_collections.ConfigDict:
   c.name = f'sft_{variant}'
   c.optim.update(name='adamw', learning_rate=3e-3, schedule='cosine', warmup_steps=10, end_lr_factor=0.1)
   c.data.update(source='synthetic', tokenizer='bytes', seq_len=64, num_examples=4096)
-  c.train.update(objective='sft', num_steps=20, batch_size=16, log_every=5, checkpoint_every=10)
+  c.train.update(objective='sft', num_steps=20, batch_size=16, log_every=5, checkpoint_every=10,
+                 eval_every=10, eval_batches=4)
   if variant == 'demo':
     c.model.update(d_model=128, num_layers=2, mlp_dim=256, num_heads=4, head_dim=32)
-    c.train.update(num_steps=300, batch_size=32, log_every=25, checkpoint_every=100)
+    c.train.update(num_steps=300, batch_size=32, log_every=25, checkpoint_every=100,
+                   eval_every=50, eval_batches=8)
   if variant in ('125m', '1b'):
     c.model.compute_dtype = 'bfloat16'
     c.mesh.update(data=1, fsdp=-1, tensor=1)
     c.data.seq_len = 512
     c.optim.update(learning_rate=3e-4 if variant == '125m' else 2e-4, warmup_steps=500)
-    c.train.update(num_steps=20_000, batch_size=256, log_every=50, checkpoint_every=1000)
+    c.train.update(num_steps=20_000, batch_size=256, log_every=50, checkpoint_every=1000,
+                   eval_every=1000)
   if variant == 'hf':
     from_imported_run(c)
     c.data.update(seq_len=1024)
     c.optim.update(learning_rate=1e-5, warmup_steps=100, weight_decay=0.0)
-    c.train.update(num_steps=2000, batch_size=64, log_every=10, checkpoint_every=200)
+    c.train.update(num_steps=2000, batch_size=64, log_every=10, checkpoint_every=200,
+                   eval_every=200)
   return c
 
 

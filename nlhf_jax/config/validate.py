@@ -93,6 +93,8 @@ def check_values(cfg: schema.ExperimentConfig) -> None:
                      ('data.seq_len', d.seq_len), ('data.prompt_len', d.prompt_len),
                      ('data.response_len', d.response_len), ('data.num_examples', d.num_examples)]:
     _require(value > 0, f'config.{key}={value}: must be a positive integer')
+  _require(t.eval_every >= 0, f'config.train.eval_every={t.eval_every}: must be >= 0 (0 turns validation off)')
+  _require(t.eval_batches > 0, f'config.train.eval_batches={t.eval_batches}: must be a positive integer')
   _require(m.head_dim % 2 == 0, f'config.model.head_dim={m.head_dim}: RoPE needs an even head dimension')
   check_architecture(m)
   _require(m.compute_dtype in ('float32', 'bfloat16'),

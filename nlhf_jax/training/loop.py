@@ -2,7 +2,8 @@
 
 Besides checkpoints, a run leaves RUN/config.json (the resolved config), RUN/run.json (one session per start:
 command, versions, devices, mesh, start and end, outcome), RUN/metrics.jsonl and RUN/tb (training.metrics), and at
-the end RUN/curves.png (training.plot).
+the end RUN/curves.png (training.plot). With config.train.eval_every > 0 the validation metrics (training.validation)
+join the metrics row of every eval_every-th step.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from jax.sharding import Mesh
 
 from nlhf_jax.config import ExperimentConfig
 from nlhf_jax.distributed import global_batch, local_batch_rows, make_mesh, within_mesh
-from nlhf_jax.training import checkpointing, init, optim, preflight
+from nlhf_jax.training import checkpointing, init, optim, preflight, validation
 from nlhf_jax.training.guards import NonFiniteGuard, check_resume_compatible, config_to_json, guard_step
 from nlhf_jax.training.metrics import MetricWriter, Progress, RunRecord
 from nlhf_jax.training.preemption import PreemptionWatcher
@@ -50,6 +51,9 @@ def train(cfg: ExperimentConfig, workdir: str, mesh: Mesh | None = None, stop_at
     state, meta = _restore_or_init(cfg, task, ckpt, run, data)
     checkpointing.write_run_config(workdir, config_to_json(cfg))  # after the resume check: it may refuse the run
     step_fn, frozen = _compile_step(cfg, task, run, tx, mesh)
+    validator = validation.make_validator(cfg, task, run, mesh)
+    if validator is not None:
+      validator.set_state(meta.get('validation'))
   except BaseException:
     ckpt.close()
     raise
@@ -60,7 +64,7 @@ def train(cfg: ExperimentConfig, workdir: str, mesh: Mesh | None = None, stop_at
   try:
     watcher = PreemptionWatcher()
     state, outcome = _run(cfg, state, step_fn, frozen, data, mesh, ckpt, guard, writer, progress, watcher, start,
-                          stop_at)
+                          stop_at, validator)
   except BaseException as e:
     outcome = 'interrupted' if isinstance(e, KeyboardInterrupt) else 'failed'
     record.end(progress.last_step, outcome, error=f'{type(e).__name__}: {e}'[:2000])
@@ -91,7 +95,7 @@ def _write_curves(workdir: str) -> None:
 
 
 def _run(cfg, state, step_fn, frozen, data, mesh, ckpt, guard, writer, progress, watcher, start,
-         stop_at=None) -> tuple[TrainState, str]:
+         stop_at=None, validator=None) -> tuple[TrainState, str]:
   """The steps after `start`; returns the state and how the loop ended: finished, preempted or stopped."""
   t = cfg.train
   for step in range(start + 1, t.num_steps + 1):
@@ -101,7 +105,8 @@ def _run(cfg, state, step_fn, frozen, data, mesh, ckpt, guard, writer, progress,
     state, metrics = step_fn(state, frozen, batch)
     progress.after_step(step, metrics)  # the first step waits for its compilation and logs it
     guard.add(step, metrics)
-    log_now = step % t.log_every == 0 or step == t.num_steps
+    eval_now = validator is not None and validator.due(step)
+    log_now = step % t.log_every == 0 or step == t.num_steps or eval_now
     save_now = step % t.checkpoint_every == 0 or step == t.num_steps
     sync = log_now or save_now or step % _MAX_QUEUED_STEPS == 0
     signalled = watcher.requested(step, sync)
@@ -109,12 +114,14 @@ def _run(cfg, state, step_fn, frozen, data, mesh, ckpt, guard, writer, progress,
     if sync or preempted:
       guard.check()  # before any save: a non-finite state is never checkpointed
       metrics = dict(jax.device_get(metrics), skipped_updates=guard.skipped)
+      if eval_now:
+        metrics.update(validator.evaluate(step, state.params, frozen))
       if log_now:
         writer.write(step, progress.update(step, metrics))  # with the interval's rates (sampled_tokens_per_s)
       else:
         progress.update(step, None)
     if save_now or preempted:
-      _save(cfg, ckpt, state, data, guard)
+      _save(cfg, ckpt, state, data, guard, validator)
     if preempted:
       log.warning('preempted: checkpoint at step %d written to %s; start the same command again to continue',
                   step, ckpt.directory)
@@ -122,9 +129,11 @@ def _run(cfg, state, step_fn, frozen, data, mesh, ckpt, guard, writer, progress,
   return state, 'finished'
 
 
-def _save(cfg, ckpt, state, data, guard) -> None:
+def _save(cfg, ckpt, state, data, guard, validator=None) -> None:
   meta = {'data': data.get_state(), 'config': config_to_json(cfg), 'skipped_updates': guard.skipped,
           'processes': jax.process_count(), 'devices': jax.device_count()}
+  if validator is not None:
+    meta['validation'] = validator.get_state()  # the best val/loss so far, for a resumed run
   ckpt.save(state, meta, force=True)
 
 
