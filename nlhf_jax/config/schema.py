@@ -266,4 +266,4 @@ class ExperimentConfig:
   online: OnlineConfig = OnlineConfig()
   offline: OfflineConfig = OfflineConfig()
   distributed: DistributedConfig = DistributedConfig()
-  init_checkpoint: Optional[str] = None  # params-only warm start (e.g. an SFT model)
+  init_checkpoint: Optional[str] = ''  # params-only warm start (e.g. an SFT model); '' (or None): none

@@ -4,6 +4,8 @@ Any runs, by path (the tokenizer, prompt length and chat-template setting come f
   nlhf-eval --policies=sft=runs/sft,md=runs/nash_md --reference=sft --judge=runs/pm \
       --prompts=my_prompts --data_dir=data [--split=validation --num_prompts=256 --oracle=module:function] \
       --output=runs/eval
+  nlhf-eval --policy=sft=runs/sft --policy=md=runs/nash_md --judge=runs/pm --prompts=my_prompts.jsonl
+Each policy's objective, beta, tau and steps are read from its run (RUN/config.json), not from its name.
 A pipeline's policies:
   nlhf-eval --workdir=DIR                      # the eval config the pipeline wrote (DIR/eval/config.json)
   nlhf-eval --workdir=DIR --config=experiments/configs/pipeline.py:demo --config.eval.seed=1 --output=DIR/eval1
@@ -35,10 +37,13 @@ def _define_flags() -> None:
   flags.DEFINE_string('output', '', 'Where to write the results (default: DIR/eval).')
   flags.DEFINE_string('mesh', '', 'Evaluation mesh, e.g. data=2,tensor=4 (default: the config\'s).')
   flags.DEFINE_string('policies', '', 'Runs to compare, NAME=RUN_DIR,NAME=RUN_DIR,...')
+  flags.DEFINE_multi_string('policy', [], 'One run to compare, NAME=RUN_DIR (repeatable; with or instead of '
+                            '--policies).')
   flags.DEFINE_string('reference', '', 'The policy the others are compared with (default: the first).')
   flags.DEFINE_string('judge', '', 'A preference_model run that judges the pairs.')
   flags.DEFINE_string('oracle', '', "A text oracle 'module:function' (prompts, a_texts, b_texts) -> P(a > b).")
-  flags.DEFINE_string('prompts', '', 'The prompts data set (nlhf-data build --kind=prompts).')
+  flags.DEFINE_string('prompts', '', 'The prompts: a data set (nlhf-data build --kind=prompts) with --data_dir, or '
+                      'a file of prompt records (JSONL or Parquet) without it.')
   flags.DEFINE_string('data_dir', '', 'Its data directory.')
   flags.DEFINE_string('split', 'validation', 'Its split.')
   flags.DEFINE_integer('num_prompts', 256, 'Prompts to evaluate on (the first of the split).')
@@ -112,16 +117,20 @@ def runs_config(policies: list[tuple[str, str]], reference: str = '', judge: str
   if oracle:
     from nlhf_jax.online.judges import resolve_oracle
     resolve_oracle(oracle, '--oracle')
-  if not prompts or not data_dir:
+  if not prompts:
     raise ConfigError('give the prompts to evaluate on: --prompts=DATASET --data_dir=DIR (a data set built by '
-                      '`nlhf-data build --kind=prompts`)')
+                      '`nlhf-data build --kind=prompts`) or --prompts=FILE.jsonl (prompt records)')
+  if not data_dir and not os.path.isfile(prompts):
+    raise ConfigError(f'--prompts={prompts}: no such file; give a file of prompt records (JSONL or Parquet) or a '
+                      'data set name with --data_dir=DIR')
   ref = checkpointing.read_run_config(dict(policies)[reference])
   data, online = ref.get('data', {}), ref.get('online', {})
   return ml_collections.ConfigDict(dict(
       seed=seed, judgement=judgement, mesh=parse_mesh_or_default(mesh), policy_names=[n for n, _ in policies],
       policy_workdirs=[p for _, p in policies], reference=reference,
       preference_model=os.path.abspath(judge) if judge else '', tokenizer=data.get('tokenizer', 'bytes'),
-      chat_template=bool(data.get('chat_template', False)), data_dir=os.path.abspath(data_dir), prompts_name=prompts,
+      chat_template=bool(data.get('chat_template', False)), data_dir=os.path.abspath(data_dir) if data_dir else '',
+      prompts_name=prompts if data_dir else os.path.abspath(prompts),
       split=split, num_prompts=num_prompts, samples_per_prompt=samples_per_prompt,
       prompt_len=int(data.get('prompt_len', 32)),
       max_new_tokens=max_new_tokens or int(online.get('max_new_tokens') or data.get('response_len', 64)),
@@ -137,8 +146,8 @@ def parse_mesh_or_default(text: str) -> dict:
 def _config_from_flags() -> ml_collections.ConfigDict:
   from nlhf_jax.config import ConfigError
   f = flags.FLAGS
-  if f.policies:
-    return runs_config(parse_policies(f.policies), f.reference, f.judge, f.oracle, f.prompts, f.data_dir, f.split,
+  if f.policies or f.policy:
+    return runs_config(parse_policies(','.join([f.policies, *f.policy])), f.reference, f.judge, f.oracle, f.prompts, f.data_dir, f.split,
                        f.num_prompts, f.samples_per_prompt, f.max_new_tokens, f.temperature, f.batch_size, f.seed,
                        f.judgement, f.output, f.mesh)
   if not f.workdir:

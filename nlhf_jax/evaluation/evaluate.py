@@ -29,6 +29,7 @@ from nlhf_jax.evaluation import stats
 from nlhf_jax.evaluation.report import BENCHMARK_ORACLE
 from nlhf_jax.online.judges import resolve_oracle
 from nlhf_jax.sampling.sampler import SamplingConfig
+from nlhf_jax.training import checkpointing
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,24 @@ def _policies(ecfg) -> list[tuple[str, str]]:
   if ecfg.reference not in names:
     raise ValueError(f'eval config: reference {ecfg.reference!r} is not one of the policies {names}')
   return list(zip(names, dirs))
+
+
+def run_summary(run_cfg: dict) -> dict:
+  """What a policy run was trained with, read from its RUN/config.json (never from its folder name): the
+  objective, and the beta / tau that objective uses, and its number of steps."""
+  from nlhf_jax.config import objectives
+  train, online, offline = run_cfg.get('train', {}), run_cfg.get('online', {}), run_cfg.get('offline', {})
+  name = train.get('objective', '?')
+  out = {'objective': name, 'num_steps': int(train.get('num_steps', 0))}
+  spec = objectives.OBJECTIVES.get(name)
+  if spec is not None and spec.online:
+    out['tau'] = float(online.get('tau', 0.0))
+    if spec.opponent == 'mixture':
+      out['beta'] = float(online.get('beta', 0.0))
+  if spec is not None and spec.offline:
+    out['tau'] = float(offline.get('tau', 0.0))
+  return out
+
 
 
 def _style_distribution(texts: list[str]) -> dict[str, float]:
@@ -119,6 +138,7 @@ def evaluate(ecfg, mesh=None) -> dict:
   for name, path in policies:
     samples[name], texts[name], info[name] = _sample_policy(name, path, ecfg, batches, scfg, mesh, tokenizer, mu,
                                                             styles=benchmark)
+    info[name]['run'] = run_summary(checkpointing.read_run_config(path))
   n = len(xs)
   matrices = {}
   if judge is not None:

@@ -57,17 +57,25 @@ def _judges(result: dict) -> list[str]:
   return [k for k in _TITLES if k in result]
 
 
+def trained_as(run: dict) -> str:
+  """'nash_md beta 0.125 tau 0.05, 100 steps' from a policy's run summary (evaluate.run_summary)."""
+  knobs = ''.join(f' {k} {run[k]:g}' for k in ('beta', 'tau') if k in run)
+  return f"{run.get('objective', '?')}{knobs}, {run.get('num_steps', 0)} steps"
+
+
 def policy_table(result: dict) -> str:
   judges = _judges(result)
   first = result['per_policy'][result['policies'][0]]
   styles, probes = 'style_distribution' in first, 'exploitability' in first
-  head = ['policy', *(f'win vs ref ({"PM" if j == "preference_model" else j})' for j in judges), 'KL to mu',
+  trained = any('run' in p for p in result['per_policy'].values())
+  head = ['policy', *(['trained as'] * trained),
+          *(f'win vs ref ({"PM" if j == "preference_model" else j})' for j in judges), 'KL to mu',
           'length (tokens)', 'words']
   head += ['styles plain/and/so/none'] * styles + ['exploitability (probe)'] * probes
   lines = ['| ' + ' | '.join(head) + ' |', '|---' * len(head) + '|']
   for name in result['policies']:
     p = result['per_policy'][name]
-    cells = [name]
+    cells = [name, *([trained_as(p['run']) if 'run' in p else ''] * trained)]
     for j in judges:
       lo, hi = p[f'win_rate_vs_reference_{j}_ci']
       cells.append(f"{p[f'win_rate_vs_reference_{j}']:.3f} [{lo:.2f}, {hi:.2f}]")

@@ -133,6 +133,21 @@ def test_the_whole_flow(imported, tmp_path):
        f'--output={out_eval}')
   result = json.loads(pathlib.Path(out_eval, 'matrix.json').read_text())
   assert result['policies'] == ['sft', 'md'] and 'oracle' not in result
+  # What each policy was trained with comes from its run, whatever it is called here.
+  assert result['per_policy']['md']['run'] == {'objective': 'nash_md', 'num_steps': 4, 'tau': cfg2.online.tau,
+                                               'beta': cfg2.online.beta}
+  assert result['per_policy']['sft']['run']['objective'] == 'sft'
+  assert f'nash_md beta {cfg2.online.beta:g} tau {cfg2.online.tau:g}, 4 steps' in (
+      pathlib.Path(out_eval, 'matrix.md').read_text())
+  # The same with repeated --policy and the prompts from a JSONL file (no data set).
+  prompts_file = tmp_path / 'prompts.jsonl'
+  prompts_file.write_text(''.join(json.dumps({'prompt': f'sort: {w} a'}) + '\n' for w in 'bcdefghi'))
+  out_file = str(tmp_path / 'eval_file')
+  _cli('nlhf_jax.evaluation.cli', f'--policy=first={sft_dir}', f'--policy=second={md_dir}', f'--judge={pm_dir}',
+       f'--prompts={prompts_file}', '--num_prompts=8', '--max_new_tokens=6', '--batch_size=8', f'--output={out_file}')
+  result_file = json.loads(pathlib.Path(out_file, 'matrix.json').read_text())
+  assert result_file['policies'] == ['first', 'second'] and result_file['num_prompts'] == 8
+  assert result_file['per_policy']['second']['run']['objective'] == 'nash_md'
   win = np.asarray(result['preference_model']['win'])
   np.testing.assert_allclose(win + win.T, 1.0, atol=1e-6)
   # nlhf-export: transformers loads the trained policy, with the same logits and the tokenizer.
