@@ -37,8 +37,11 @@ def test_the_own_data_walkthrough_runs_as_written(tmp_path):
   assert result['per_policy']['dpo']['run'] == {'objective': 'dpo', 'num_steps': 20, 'tau': 0.1}
   matrix = (out / 'eval' / 'matrix.md').read_text()
   assert 'dpo tau 0.1, 20 steps' in matrix and 'Oracle' not in matrix
+  by_rm = json.loads((out / 'eval_rm' / 'matrix.json').read_text())
+  assert by_rm['judge_kind'] == 'reward_model' and result['judge_kind'] == 'preference_model'
+  assert '## Learned reward model' in (out / 'eval_rm' / 'matrix.md').read_text()
   assert (out / 'curves.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
-  for run_dir in ('sft', 'pm', 'md', 'dpo'):
+  for run_dir in ('sft', 'pm', 'rm', 'md', 'dpo'):
     d = out / run_dir
     assert json.loads((d / 'config.json').read_text())['train']['num_steps'] > 0
     sessions = json.loads((d / 'run.json').read_text())['sessions']

@@ -35,12 +35,13 @@ def _define_flags() -> None:
                                   'it); default: DIR/eval/config.json.', lock_config=True)
   flags.DEFINE_string('workdir', None, 'A pipeline directory (or give --policies).')
   flags.DEFINE_string('output', '', 'Where to write the results (default: DIR/eval).')
+  flags.DEFINE_alias('out', 'output')
   flags.DEFINE_string('mesh', '', 'Evaluation mesh, e.g. data=2,tensor=4 (default: the config\'s).')
   flags.DEFINE_string('policies', '', 'Runs to compare, NAME=RUN_DIR,NAME=RUN_DIR,...')
   flags.DEFINE_multi_string('policy', [], 'One run to compare, NAME=RUN_DIR (repeatable; with or instead of '
                             '--policies).')
   flags.DEFINE_string('reference', '', 'The policy the others are compared with (default: the first).')
-  flags.DEFINE_string('judge', '', 'A preference_model run that judges the pairs.')
+  flags.DEFINE_string('judge', '', 'A preference_model (or reward_model) run that judges the pairs.')
   flags.DEFINE_string('oracle', '', "A text oracle 'module:function' (prompts, a_texts, b_texts) -> P(a > b).")
   flags.DEFINE_string('prompts', '', 'The prompts: a data set (nlhf-data build --kind=prompts) with --data_dir, or '
                       'a file of prompt records (JSONL or Parquet) without it.')
@@ -110,8 +111,8 @@ def runs_config(policies: list[tuple[str, str]], reference: str = '', judge: str
       raise ConfigError(f'--policies: {name}={path} is a {objective!r} run, not a policy (a language model)')
   if judge:
     objective = checkpointing.read_run_config(judge).get('train', {}).get('objective', '?')
-    if objective != 'preference_model':
-      raise ConfigError(f'--judge={judge} is a {objective!r} run; give a preference_model run')
+    if objective not in ('preference_model', 'reward_model'):
+      raise ConfigError(f'--judge={judge} is a {objective!r} run; give a preference_model or reward_model run')
   if not judge and not oracle:
     raise ConfigError('give a judge: --judge=PREFERENCE_MODEL_RUN and/or --oracle=module:function')
   if oracle:

@@ -108,11 +108,20 @@ def _judges(ecfg) -> tuple[str, str]:
   return oracle, pm
 
 
+def _judge_kind(path: str) -> str:
+  """'preference_model' or 'reward_model': what the learned judge's run holds ('' without one)."""
+  from nlhf_jax.config.objectives import model_family
+  return model_family(checkpointing.read_run_config(path).get('train', {}).get('objective', '?')) if path else ''
+
+
 def _read_prompts(ecfg) -> list:
   prompts = gen.read_prompts(ecfg.data_dir, ecfg.prompts_name, ecfg.split, ecfg.num_prompts)
   if len(prompts) < ecfg.num_prompts:
-    log.warning('eval: %s[%s] has %d prompts, fewer than the %d asked for: the intervals are wider than planned',
-                ecfg.prompts_name, ecfg.split, len(prompts), ecfg.num_prompts)
+    n = len(prompts) * ecfg.samples_per_prompt
+    width = stats.clopper_pearson(n / 2, n)[1] - stats.clopper_pearson(n / 2, n)[0] if n else 1.0
+    log.warning('eval: %s[%s] has %d prompts, fewer than the %d asked for: N = %d comparisons a cell, so a 95%% '
+                'interval around 1/2 is %.2f wide', ecfg.prompts_name, ecfg.split, len(prompts), ecfg.num_prompts, n,
+                width)
   return prompts
 
 
@@ -145,7 +154,7 @@ def evaluate(ecfg, mesh=None) -> dict:
     matrices['oracle'] = stats.win_matrix(lambda r, c: judge(xs, texts[names[c]], texts[names[r]]), len(names),
                                           n, ecfg.judgement, ecfg.seed)
   if pm_path:
-    pm = gen.load_preference_model(pm_path, mesh)
+    pm = gen.load_judge(pm_path, mesh)
     matrices['preference_model'] = stats.win_matrix(
         lambda r, c: gen.preference_probs(pm, batches, samples[names[c]], samples[names[r]], mesh), len(names), n,
         ecfg.judgement, ecfg.seed)
@@ -159,7 +168,7 @@ def evaluate(ecfg, mesh=None) -> dict:
       info[name].update(exploitability=float(value), exploitability_probe=probe)
   return {'policies': names, 'reference': ecfg.reference, 'num_comparisons': n, 'num_prompts': len(prompts),
           'samples_per_prompt': k, 'judgement': ecfg.judgement, 'seed': ecfg.seed, 'oracle_spec': oracle_spec,
-          'preference_model_run': pm_path, 'mesh': dict(mesh.shape),
+          'preference_model_run': pm_path, 'judge_kind': _judge_kind(pm_path), 'mesh': dict(mesh.shape),
           **{key: _matrix_json(m, names) for key, m in matrices.items()}, 'per_policy': info,
           'samples': {name: [{'prompt': xs[j], 'response': texts[name][j]} for j in range(0, n, k)][:ecfg.num_shown]
                       for name in names}}

@@ -17,7 +17,7 @@ from nlhf_jax.data import pipelines
 from nlhf_jax.data.tfds_builders import SplitSource
 from nlhf_jax.distributed import global_batch, local_rows_of, to_host
 from nlhf_jax.models import Transformer
-from nlhf_jax.models.judges import PreferenceModel, pair_scorer
+from nlhf_jax.models.judges import PreferenceModel, RewardModel, pair_scorer
 from nlhf_jax.training.checkpointing import FrozenModel, load_frozen
 from nlhf_jax.models.logprobs import response_logprobs
 from nlhf_jax.sampling.sampler import SamplingConfig, jit_sample
@@ -48,8 +48,13 @@ def load_policy(path: str, mesh) -> FrozenModel:
   return load_frozen(path, Transformer, mesh)
 
 
-def load_preference_model(path: str, mesh) -> FrozenModel:
-  return load_frozen(path, PreferenceModel, mesh)
+def load_judge(path: str, mesh) -> FrozenModel:
+  """A preference model or a Bradley-Terry reward model run (which its saved objective says), for
+  `preference_probs` (P(a > b) = sigmoid(f(x, a, b)) or sigmoid(r(x, a) - r(x, b)))."""
+  from nlhf_jax.config.objectives import model_family
+  from nlhf_jax.training.checkpointing import read_run_config
+  kind = model_family(read_run_config(path).get('train', {}).get('objective', '?'))
+  return load_frozen(path, RewardModel if kind == 'reward_model' else PreferenceModel, mesh)
 
 
 def policy_key(seed: int, name: str) -> jax.Array:
@@ -110,7 +115,7 @@ def _jit_score(graphdef):
 
 
 def preference_probs(pm: FrozenModel, batches: list[dict], a: dict, b: dict, mesh) -> np.ndarray:
-  """The learned preference model's P(a > b | x), float64 [N], for aligned samples a and b."""
+  """The learned judge's P(a > b | x), float64 [N], for aligned samples a and b."""
   fn = _jit_score(pm.graphdef)
   arrays = {'a': a['tokens'], 'a_mask': a['mask'], 'b': b['tokens'], 'b_mask': b['mask']}
   out = []

@@ -96,8 +96,8 @@ def markdown(result: dict) -> str:
               f"'{judgement}', 95% Clopper-Pearson interval in brackets; seed {result['seed']}."]
   for j in _judges(result):
     spec = result.get('oracle_spec', BENCHMARK_ORACLE)
-    title = ('Oracle P*' if spec == BENCHMARK_ORACLE else f'Oracle ({spec})') if j == 'oracle' else \
-        'Learned preference model'
+    learned = 'Learned reward model' if result.get('judge_kind') == 'reward_model' else 'Learned preference model'
+    title = ('Oracle P*' if spec == BENCHMARK_ORACLE else f'Oracle ({spec})') if j == 'oracle' else learned
     sections += [f'## {title}', matrix_table(result[j]), f'### Nash averaging ({title})', nash_table(result[j])]
   sections += [f"## Policies (reference: {result['reference']})", policy_table(result)]
   return '\n\n'.join(sections) + '\n'
