@@ -27,6 +27,7 @@ import tempfile
 import numpy as np
 
 from nlhf_jax.data.records import DataError, TEXT_FIELDS, check_kind, validate_all
+from nlhf_jax.logs import progress_bar
 
 VERSION = '1.0.0'
 SOURCE = 'source'
@@ -84,7 +85,7 @@ def _builder_class(name: str, kind: str):
       return {split: self._generate_examples(recs) for split, recs in self._splits.items()}
 
     def _generate_examples(self, recs):
-      for i, r in enumerate(recs):
+      for i, r in enumerate(progress_bar(recs, 'writing examples', total=len(recs), unit='example')):
         yield i, r
 
     def _log_download_bytes(self):  # "Downloading and preparing dataset Unknown size ...": nothing is downloaded

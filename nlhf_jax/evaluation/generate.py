@@ -14,6 +14,7 @@ import numpy as np
 
 from nlhf_jax.config import DataConfig
 from nlhf_jax.data import pipelines
+from nlhf_jax.logs import progress_bar
 from nlhf_jax.data.tfds_builders import SplitSource
 from nlhf_jax.distributed import global_batch, local_rows_of, to_host
 from nlhf_jax.models import Transformer
@@ -74,7 +75,7 @@ def generate(model: FrozenModel, batches: list[dict], key: jax.Array, scfg: Samp
   """{'tokens', 'mask', 'logprobs'} as numpy [N, T] over the valid rows of `batches`."""
   fn = _sampler(model.graphdef, scfg, mesh)
   outs = []
-  for batch in batches:
+  for batch in progress_bar(batches, 'sampling', unit='batch'):
     out = jax.tree.map(to_host, fn(model.params, _device_batch(mesh, batch), key))
     outs.append({k: np.asarray(v)[batch['valid']] for k, v in out.items()})
   return {k: np.concatenate([o[k] for o in outs]) for k in outs[0]}

@@ -15,7 +15,7 @@ Contracts (all writing happens on process 0 only; the other processes compute th
   over the interval's steps, over the interval's wall time) and prints the progress line: step, steps/s over the
   interval, ETA from the mean rate since compilation, the metrics. On a terminal a tqdm bar (started once the
   step is compiled) replaces the lines.
-- `progress_bar(iterable, ...)`: a tqdm bar on a terminal (process 0), the bare iterable otherwise.
+- `progress_bar` (from nlhf_jax.logs): a tqdm bar on a terminal (process 0), the bare iterable otherwise.
 """
 from __future__ import annotations
 
@@ -27,7 +27,6 @@ import math
 import os
 import sys
 import time
-from typing import Iterable
 
 import jax
 import numpy as np
@@ -153,14 +152,6 @@ def duration(seconds: float) -> str:
 
 def _is_terminal() -> bool:
   return jax.process_index() == 0 and sys.stderr.isatty()
-
-
-def progress_bar(iterable: Iterable, desc: str, total: int | None = None, unit: str = 'it') -> Iterable:
-  """`iterable` with a tqdm bar on stderr when it is a terminal (process 0 only); the iterable itself otherwise."""
-  if not _is_terminal():
-    return iterable
-  from tqdm import tqdm
-  return tqdm(iterable, desc=desc, total=total, unit=unit, dynamic_ncols=True, leave=False)
 
 
 class Progress:

@@ -25,6 +25,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from nlhf_jax.config import ModelConfig
 from nlhf_jax.distributed.multihost import is_leader, to_host
 from nlhf_jax.distributed.sharding import param_specs
+from nlhf_jax.logs import progress_bar
 from nlhf_jax.models.hf.config import FAMILIES, HFFormatError, hf_config, model_config
 from nlhf_jax.models.hf.safetensors import SafetensorsError, SafetensorsReader, write_sharded
 from nlhf_jax.models.hf.tensors import IGNORED_SUFFIXES, TEXT_PREFIXES, Entry, entries, hf_name
@@ -122,7 +123,8 @@ def load_params(hf_dir: str, cfg: ModelConfig, mesh: Mesh | None = None, dtype=j
   dtype = np.dtype(dtype)
   views = {e.path: e.layout.to_param(reader.array(hf_name(e.name, prefix))) for e in table}
   params: dict = {}
-  for path, (shape, fetch) in _sources(views, cfg, dtype).items():
+  sources = _sources(views, cfg, dtype)
+  for path, (shape, fetch) in progress_bar(sources.items(), 'placing tensors', total=len(sources), unit='tensor'):
     _set(params, path, jax.make_array_from_callback(shape, _sharding(mesh, _get(specs, path)), fetch))
   return params
 
