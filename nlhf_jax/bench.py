@@ -28,7 +28,7 @@ def _define_flags() -> None:
   """The command's flags, defined when it runs (not on import, so its functions import beside other
   commands' flags)."""
   flags.DEFINE_list('presets', ['tiny', 'small', '125m:4x128'],
-                    'Model presets (nlhf_jax/models/presets.py), each PRESET or PRESET:BATCHxSEQ.')
+                    'Model presets (nlhf_jax/config/presets.py), each PRESET or PRESET:BATCHxSEQ.')
   flags.DEFINE_integer('batch_size', 8, 'Global batch size.')
   flags.DEFINE_integer('seq_len', 256, 'Tokens per example.')
   flags.DEFINE_integer('iters', 5, 'Timed steps (median reported).')
@@ -49,7 +49,7 @@ def measure(preset: str, batch: int, seq_len: int, iters: int, compute_dtype: st
   from nlhf_jax.config import MeshConfig, ModelConfig, OptimConfig
   from nlhf_jax.distributed import make_mesh
   from nlhf_jax.models import Transformer
-  from nlhf_jax.models.presets import PRESETS
+  from nlhf_jax.config.presets import PRESETS
   from nlhf_jax.objectives import sft_loss
   from nlhf_jax.training import init, optim, steps
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import ml_collections
 
-from nlhf_jax.models.presets import preset
+from nlhf_jax.config.presets import preset
 
 VARIANTS = ('tiny', 'demo', 'full')
 ALL_POLICIES = 'rlhf,sp,md_0.125,md_0.25,md_0.5,md_0.75,br,ema,dpo,ipo'

@@ -14,7 +14,7 @@ import types
 import ml_collections
 
 from nlhf_jax.config.schema import ExperimentConfig
-from nlhf_jax.models.presets import preset
+from nlhf_jax.config.presets import preset
 
 
 def defaults(model_preset: str = 'tiny', **model_overrides) -> ml_collections.ConfigDict:

@@ -1,5 +1,5 @@
 """Models: the decoder LM and the heads built on it."""
-from nlhf_jax.models.presets import PRESETS, preset
+from nlhf_jax.config.presets import PRESETS, preset
 from nlhf_jax.models.logprobs import token_logprobs
 from nlhf_jax.models.transformer import Transformer, init_cache
 
