@@ -99,3 +99,20 @@ def test_sampling_bench_json(capsys):
   _check_figures(figures, keys, non_negative=('compile_s',))
   assert math.isclose(figures['pair_fraction_of_peak'], figures['pair_flops'] / figures['peak_flops'])
   assert math.isclose(figures['pair_flops'], figures['pair_flop_count'] / figures['pair_s'])
+
+
+@pytest.mark.slow
+def test_online_bench_times_float32_and_bfloat16_in_one_run():
+  """`python -m nlhf_jax.online.bench` at a toy size: both compute dtypes timed in the same process, each against
+  its own matmul peak measured there, and bfloat16's log-probabilities compared with float32's on the same
+  samples (close, but not equal: the comparison is real)."""
+  out = subprocess.run([sys.executable, '-m', 'nlhf_jax.online.bench', '--preset=tiny', '--batch_size=2',
+                        '--new_tokens=4', '--iters=1', '--json'], capture_output=True, text=True, timeout=300,
+                       cwd=REPO, env=subprocess_env(None))
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert 'bfloat16 step / float32 step' in out.stdout
+  f = _last_json(out.stdout)
+  for key in ('step_s', 'mfu', 'peak_flops', 'step_s_bfloat16', 'mfu_bfloat16', 'peak_bfloat16'):
+    assert math.isfinite(f[key]) and f[key] > 0, key
+  assert f['compute_dtype'] == 'float32' and f['logprob_abs_diff_vs_float32'] is None
+  assert 0 < f['logprob_abs_diff_vs_float32_bfloat16'] < 0.1

@@ -10,7 +10,11 @@ and a Bradley-Terry reward model of the same size as judge (sigmoid(r - r')). On
 y' ~ pi^beta in one decode loop, judge the pairs, reference log-probabilities of y, the policy-gradient loss and
 its gradient, and the AdamW update. Printed: median step time, sampled tokens/s (2 x batch x new tokens per
 step over the step time), model FLOPs per step, MFU against a matmul peak measured in the same process, the
-compiled step's memory and the process's peak memory.
+compiled step's memory and the process's peak memory. Each of --compute_dtypes (default float32 and bfloat16) is
+timed in the same process against the matmul peak of its own dtype; bfloat16 computes in bfloat16 with float32
+accumulation and log-probabilities, and its mean |log pi - log pi (float32)| a token on the same samples and
+parameters is printed beside the speed-up over float32. --json: the float32 figures, then each other dtype's
+step_s, mfu, peak, sampled_tokens_per_s and logprob_abs_diff_vs_float32 with the dtype as suffix.
 
 --compile_only lowers and compiles the step against abstract inputs (jax.ShapeDtypeStruct with the rule table's
 shardings: nothing is allocated) and prints the compiled memory per device from XLA's memory analysis, beside
@@ -30,6 +34,7 @@ CPU figures still overstate an accelerator's.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -52,6 +57,9 @@ def _define_flags() -> None:
   flags.DEFINE_bool('hoisting', False, "With --compile_only: keep XLA's while-loop invariant code motion (on CPU it "
                     'hoists float32 copies of the bfloat16 weights out of the layer loop; see the module doc).')
   flags.DEFINE_bool('json', False, 'Print the figures as one JSON object on the last line.')
+  flags.DEFINE_list('compute_dtypes', ['float32', 'bfloat16'], 'Compute dtypes to time, each in this process '
+                    '(bfloat16: compute in bfloat16, float32 accumulation and log-probabilities; its log pi is '
+                    'compared with float32 on the same samples).')
 
 
 FLAGS = flags.FLAGS
@@ -158,7 +166,7 @@ def compile_memory(preset: str, batch: int, prompt_len: int, new_tokens: int, me
               trained_parameters=sum(x.size for x in jax.tree.leaves(state.params)))
 
 
-def measure(preset: str, batch: int, new_tokens: int, iters: int) -> dict:
+def measure(preset: str, batch: int, new_tokens: int, iters: int, compute_dtype: str = 'float32') -> dict:
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -173,6 +181,7 @@ def measure(preset: str, batch: int, new_tokens: int, iters: int) -> dict:
   from nlhf_jax.training.tasks import get_task
 
   cfg = online_config(preset, batch, new_tokens)
+  cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, compute_dtype=compute_dtype))
   mesh = make_mesh(cfg.mesh)
   task = get_task('nash_md')
   tx = optim.make_optimizer(cfg.optim, 1000)
@@ -203,13 +212,38 @@ def measure(preset: str, batch: int, new_tokens: int, iters: int) -> dict:
     return metrics['loss']
 
   seconds = perf.median_time(one_step, iters, warmup=2)
-  peak = perf.matmul_peak_flops(jnp.float32)
+  peak = perf.matmul_peak_flops(jnp.dtype(compute_dtype))
   flops = perf.nash_md_step_flops(cfg.model, batch, 64, new_tokens)
   mem_bytes, mem_kind = perf.peak_memory_bytes()
-  return dict(preset=preset, batch=batch, new_tokens=new_tokens, step_s=seconds,
+  agreement = None
+  if compute_dtype != 'float32':
+    agreement = logprob_agreement(step, box['state'], frozen, data)
+  return dict(preset=preset, batch=batch, new_tokens=new_tokens, compute_dtype=compute_dtype,
+              logprob_abs_diff_vs_float32=agreement, step_s=seconds,
               sampled_tokens_per_s=2 * batch * new_tokens / seconds, flops=flops, peak=peak,
               mfu=flops / seconds / peak, compiled_bytes=footprint, peak_bytes=mem_bytes, peak_kind=mem_kind,
               devices=jax.device_count(), platform=jax.devices()[0].platform)
+
+
+def logprob_agreement(step, state, frozen: dict, data: dict) -> float:
+  """mean |log pi(y_n) at the step's compute dtype - log pi(y_n) in float32| per response token, for responses y
+  the step samples, with the same parameters: how far the lower-precision training path is from float32."""
+  import jax
+  import jax.numpy as jnp
+  from flax import nnx
+
+  from nlhf_jax.models import Transformer
+  from nlhf_jax.models.logprobs import response_logprobs
+  model_cfg = dataclasses.replace(step.cfg.model, compute_dtype='float32')
+  f32 = nnx.graphdef(nnx.eval_shape(lambda: Transformer(model_cfg, nnx.Rngs(0))))
+
+  def diff(state):
+    _, _, out = step.loss_and_grads(state, frozen, data)
+    y, x = out['y'], (data['prompt'], data['prompt_mask'])
+    low = response_logprobs(nnx.merge(step.graphdef, state.params), *x, y['tokens'], y['mask'])
+    high = response_logprobs(nnx.merge(f32, state.params), *x, y['tokens'], y['mask'])
+    return jnp.sum(jnp.abs(low - high)) / jnp.maximum(y['mask'].sum(), 1)
+  return float(jax.jit(diff)(state))
 
 
 def _print_memory(r: dict) -> None:
@@ -241,17 +275,32 @@ def main(argv) -> None:
     if FLAGS.json:
       print(json.dumps(r), flush=True)
     return
-  r = measure(FLAGS.preset, FLAGS.batch_size or 8, FLAGS.new_tokens or 64, FLAGS.iters)
-  compiled = 'n/a' if r['compiled_bytes'] is None else fmt_bytes(r['compiled_bytes'])
-  print(f"Nash-MD-PG step ({r['preset']} policy/reference/reward model, batch {r['batch']}, prompts 32-64, "
-        f"{r['new_tokens']} new tokens, float32, {r['devices']} {r['platform']} device(s)), median of "
-        f"{FLAGS.iters} steps after compilation:")
-  print(f"  step {r['step_s'] * 1e3:.1f} ms | {r['sampled_tokens_per_s']:.0f} sampled tok/s (y and y') | "
-        f"{r['flops'] / 1e9:.2f} GFLOP/step | MFU {100 * r['mfu']:.1f}% of {r['peak'] / 1e9:.0f} GFLOP/s "
-        f"(float32 matmul, measured) | compiled {compiled} | peak {fmt_bytes(r['peak_bytes'])} ({r['peak_kind']})",
-        flush=True)
+  results = {}
+  for dtype in FLAGS.compute_dtypes:
+    r = measure(FLAGS.preset, FLAGS.batch_size or 8, FLAGS.new_tokens or 64, FLAGS.iters, dtype)
+    results[dtype] = r
+    compiled = 'n/a' if r['compiled_bytes'] is None else fmt_bytes(r['compiled_bytes'])
+    print(f"Nash-MD-PG step ({r['preset']} policy/reference/reward model, batch {r['batch']}, prompts 32-64, "
+          f"{r['new_tokens']} new tokens, {dtype} compute, {r['devices']} {r['platform']} device(s)), median of "
+          f"{FLAGS.iters} steps after compilation:")
+    agreement = ('' if r['logprob_abs_diff_vs_float32'] is None else
+                 f" | mean |log pi - log pi (float32)| {r['logprob_abs_diff_vs_float32']:.2e} a token")
+    print(f"  step {r['step_s'] * 1e3:.1f} ms | {r['sampled_tokens_per_s']:.0f} sampled tok/s (y and y') | "
+          f"{r['flops'] / 1e9:.2f} GFLOP/step | MFU {100 * r['mfu']:.1f}% of {r['peak'] / 1e9:.0f} GFLOP/s "
+          f"({dtype} matmul, measured) | compiled {compiled} | peak {fmt_bytes(r['peak_bytes'])} "
+          f"({r['peak_kind']}){agreement}", flush=True)
+  if 'float32' in results and len(results) > 1:
+    for dtype, r in results.items():
+      if dtype != 'float32':
+        print(f"  {dtype} step / float32 step: {r['step_s'] / results['float32']['step_s']:.2f} "
+              f"(speed-up {results['float32']['step_s'] / r['step_s']:.2f}x, same run)", flush=True)
   if FLAGS.json:
-    print(json.dumps({**r, 'peak_flops': r['peak']}), flush=True)
+    first = results[FLAGS.compute_dtypes[0]]
+    out = {**first, 'peak_flops': first['peak']}
+    for dtype, r in list(results.items())[1:]:
+      out.update({f'{k}_{dtype}': v for k, v in r.items() if k in ('step_s', 'mfu', 'peak', 'sampled_tokens_per_s',
+                                                                    'logprob_abs_diff_vs_float32')})
+    print(json.dumps(out), flush=True)
 
 
 def run() -> None:
