@@ -30,6 +30,9 @@ def tiny() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.name = 'pipeline_tiny'
   c.seed = 0
+  # Several seeds: '0,1,2' runs every stage but tokenizer and data once per seed, in DIR/seed_S/STAGE, and pools
+  # the evaluations in DIR/eval (docs/pipeline.md); '' runs config.seed alone, in DIR/STAGE.
+  c.seeds = ''
   c.mesh = dict(data=-1, fsdp=1, tensor=1)
   # 'sentencepiece' (trained on benchmark.language.corpus_text) or 'bytes'.
   c.tokenizer = dict(kind='bytes', vocab_size=320, corpus_size=2000)

@@ -164,7 +164,8 @@ def main(argv) -> None:
   from nlhf_jax.evaluation import evaluate, report
   ecfg = _config_from_flags()
   paths = report.write(evaluate.evaluate(ecfg), ecfg.output_dir)
-  print(f'win-rate table: {paths["matrix.md"]}\nheatmap:        {paths["matrix.png"]}', flush=True)
+  print(f'win-rate table: {paths["matrix.md"]}\nheatmap:        {paths["matrix.png"]}\n'
+        f'findings:       {paths["findings.md"]}', flush=True)
 
 
 def run() -> None:

@@ -3,7 +3,8 @@
 matrix.md: per judge the win-rate matrix and its Nash averaging (a table: policy, Nash weight, win rate vs the Nash
 mixture; evaluation/stats.nash_summary), then the per-policy table. matrix.png: per judge the heatmap and, beside
 it on the same rows, a bar panel of the Nash weights annotated with the win rates vs the mixture. A result without
-a `nash` entry (written before it existed) gets one computed from its stored win matrix.
+a `nash` entry (written before it existed) gets one computed from its stored win matrix. findings.{md,json}: the
+paper's claims checked against this one evaluation (evaluation/findings.py; per seed = pooled).
 """
 from __future__ import annotations
 
@@ -156,7 +157,7 @@ def heatmap(result: dict, path: str) -> None:
 
 
 def write(result: dict, out_dir: str) -> dict[str, str]:
-  """Writes the four files into out_dir; returns {file name: path}."""
+  """Writes the four files and findings.{md,json} into out_dir; returns {file name: path}."""
   os.makedirs(out_dir, exist_ok=True)
   paths = {f: os.path.join(out_dir, f) for f in FILES}
   with open(paths['matrix.json'], 'w') as f:
@@ -166,4 +167,6 @@ def write(result: dict, out_dir: str) -> dict[str, str]:
   with open(paths['samples.md'], 'w') as f:
     f.write(samples_markdown(result))
   heatmap(result, paths['matrix.png'])
+  from nlhf_jax.evaluation import findings
+  paths.update(findings.write_findings([result], [f"eval seed {result['seed']}"], out_dir))
   return paths

@@ -50,6 +50,10 @@ def main(argv) -> None:
   if is_leader() and os.path.exists(os.path.join(out, 'matrix.md')):
     print(f'win-rate table: {os.path.join(out, "matrix.md")}\nheatmap:        {os.path.join(out, "matrix.png")}\n'
           f'samples:        {os.path.join(out, "samples.md")}', flush=True)
+  elif is_leader() and os.path.exists(os.path.join(out, 'aggregate.md')):
+    print(f'pooled over seeds: {os.path.join(out, "aggregate.md")}', flush=True)
+  if is_leader() and os.path.exists(os.path.join(out, 'findings.md')):
+    print(f'findings:       {os.path.join(out, "findings.md")}', flush=True)
 
 
 def run() -> None:

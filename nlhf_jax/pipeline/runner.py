@@ -2,7 +2,9 @@
 
 Training stages resume by themselves (nlhf-train continues from DIR/STAGE/checkpoints); the other stages are
 cheap and idempotent and simply run again. A stage whose recorded config.json differs from the current one is
-still skipped once finished (with a warning): delete DIR/STAGE to redo it.
+still skipped once finished (with a warning): delete DIR/STAGE to redo it. With several seeds a stage's name is
+'seed_S/STAGE' (its folder DIR/seed_S/STAGE) and runs as STAGE does; the last stage, 'eval', then pools the seeds'
+evaluations (evaluation/findings.py).
 """
 from __future__ import annotations
 
@@ -70,7 +72,24 @@ def _train(scfg, stage_dir: str, mesh, stop_at: int | None = None) -> None:
   train(from_config_dict(scfg, num_devices=jax.device_count()), stage_dir, mesh, stop_at=stop_at)
 
 
+def _aggregate(scfg, stage_dir: str, mesh) -> None:
+  if not is_leader():
+    return
+  from nlhf_jax.evaluation import findings
+  results = []
+  for path in scfg.seed_evals:
+    with open(os.path.join(path, 'matrix.json')) as f:
+      results.append(json.load(f))
+  paths = findings.write_aggregate(results, list(scfg.seeds), scfg.output_dir)
+  log.info('eval: %d seeds pooled into %s', len(results), ', '.join(paths.values()))
+
+
 RUNNERS = {'tokenizer': _tokenizer, 'data': _data, 'pairs': _pairs, 'eval': _eval}
+
+
+def _kind(name: str, scfg) -> str:
+  """What a stage runs: its name without the seed_S/ prefix; 'aggregate' for the pooling of several seeds."""
+  return 'aggregate' if scfg.get('aggregate', False) else name.rsplit('/', 1)[-1]
 
 
 def _write_config(scfg, stage_dir: str) -> bool:
@@ -97,8 +116,11 @@ def _finished_config_changed(scfg, stage_dir: str) -> bool:
 def run_stage(name: str, scfg, stage_dir: str, mesh=None, stop_at: int | None = None) -> float:
   """Runs one stage (no marker logic); returns its wall time in seconds."""
   start = time.time()
-  if name in RUNNERS:
-    RUNNERS[name](scfg, stage_dir, mesh)
+  kind = _kind(name, scfg)
+  if kind == 'aggregate':
+    _aggregate(scfg, stage_dir, mesh)
+  elif kind in RUNNERS:
+    RUNNERS[kind](scfg, stage_dir, mesh)
   else:
     _train(scfg, stage_dir, mesh, stop_at)
   barrier(f'pipeline stage {name}')  # files written by process 0 are there for every process
@@ -109,8 +131,9 @@ def run_pipeline(p, workdir: str, only: list[str] | None = None, interrupt: tupl
                  mesh=None) -> dict[str, str]:
   """Runs the pipeline described by `p` in `workdir`; returns {stage: 'skipped' | 'ran'}.
 
-  only: run just these stages (their inputs must exist). interrupt=(stage, step): stop that stage's training
-  after `step` as a preemption would (checkpoint, stop), then raise Interrupted (a half-finished stage).
+  only: run just these stages (their inputs must exist; 'sft' also names every seed's 'seed_S/sft').
+  interrupt=(stage, step): stop that stage's training after `step` as a preemption would (checkpoint, stop), then
+  raise Interrupted (a half-finished stage).
   """
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
@@ -119,7 +142,7 @@ def run_pipeline(p, workdir: str, only: list[str] | None = None, interrupt: tupl
       f.write(p.to_json(indent=1, sort_keys=True))
   status = {}
   for name, scfg in stages.stage_configs(p, workdir).items():
-    if only and name not in only:
+    if only and name not in only and name.rsplit('/', 1)[-1] not in only:
       continue
     stage_dir = os.path.join(workdir, name)
     marker = os.path.join(stage_dir, MARKER)

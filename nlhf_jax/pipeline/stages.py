@@ -12,7 +12,13 @@ ExperimentConfig ConfigDict, so `nlhf-train --config=...` could run any of them 
   reward_model      Bradley-Terry reward model on the same pairs
   <policy>          one per name in config.policies (rlhf, sp, md_BETA, br, ema online; dpo, ipo offline on the
                     pairs), initialised from mu
-  eval              DIR/eval/matrix.{json,md,png}, samples.md
+  eval              DIR/eval/matrix.{json,md,png}, samples.md, findings.{md,json}
+
+Several seeds (config.seeds = 'S1,S2,...'; '' = the one config.seed, the layout above): tokenizer and data are
+shared (DIR/tokenizer, DIR/data, built with config.seed); every other stage depends on the seed and runs once per
+seed S as the stage 'seed_S/STAGE' in DIR/seed_S/STAGE (training seed S, evaluation seed config.eval.seed + S), in
+the order seed by seed; the last stage 'eval' then aggregates the seeds' evaluations into DIR/eval
+(aggregate.{json,md}, findings.{md,json}; evaluation/findings.py).
 """
 from __future__ import annotations
 
@@ -52,8 +58,31 @@ def policy_names(p) -> list[str]:
   return names
 
 
+SHARED = ('tokenizer', 'data')  # the stages that several seeds share
+
+
+def seed_list(p) -> list[int]:
+  """The seeds of config.seeds ('0,1,2'); [] when it is empty (one run with config.seed, no seed_S folders)."""
+  text = str(p.get('seeds', '') or '')
+  try:
+    seeds = [int(s) for s in text.replace(' ', '').split(',') if s]
+  except ValueError:
+    raise ConfigError(f'config.seeds={text!r}: use comma-separated integers, e.g. 0,1,2') from None
+  if len(set(seeds)) != len(seeds):
+    raise ConfigError(f'config.seeds={text!r} names a seed twice')
+  return seeds
+
+
+def seed_dir(seed: int) -> str:
+  return f'seed_{seed}'
+
+
 def stage_names(p) -> list[str]:
-  return [*FIXED_BEFORE, *policy_names(p), 'eval']
+  per_seed = [*FIXED_BEFORE[len(SHARED):], *policy_names(p), 'eval']
+  seeds = seed_list(p)
+  if not seeds:
+    return [*SHARED, *per_seed]
+  return [*SHARED, *(f'{seed_dir(s)}/{n}' for s in seeds for n in per_seed), 'eval']
 
 
 def tokenizer_spec(p, workdir: str) -> str:
@@ -69,9 +98,9 @@ def _tfds_dir(workdir: str, stage: str) -> str:
 
 
 def _train_config(p, workdir: str, stage: str, objective: str, model, trainer, data_name: str,
-                  data_dir: str) -> ml_collections.ConfigDict:
+                  data_dir: str, sdir: str | None = None) -> ml_collections.ConfigDict:
   c = defaults()
-  c.name = f'{p.name}/{stage}'
+  c.name = f'{p.name}/{os.path.relpath(os.path.join(sdir or workdir, stage), workdir)}'
   c.seed = p.seed
   c.model = dict(model)
   c.mesh = dict(p.mesh)
@@ -84,32 +113,32 @@ def _train_config(p, workdir: str, stage: str, objective: str, model, trainer, d
   return c
 
 
-def _offline_config(p, workdir: str, name: str, objective: str) -> ml_collections.ConfigDict:
+def _offline_config(p, workdir: str, name: str, objective: str, sdir: str) -> ml_collections.ConfigDict:
   """dpo / ipo on the pairs the preference model learns from, from mu (also their reference)."""
   q = p.offline
-  c = _train_config(p, workdir, name, objective, p.model, q, 'pairs', _tfds_dir(workdir, 'pairs'))
-  c.init_checkpoint = os.path.join(workdir, 'sft')
+  c = _train_config(p, workdir, name, objective, p.model, q, 'pairs', _tfds_dir(sdir, 'pairs'), sdir)
+  c.init_checkpoint = os.path.join(sdir, 'sft')
   c.offline.tau = q.tau
   return c
 
 
-def _policy_config(p, workdir: str, name: str) -> ml_collections.ConfigDict:
+def _policy_config(p, workdir: str, name: str, sdir: str) -> ml_collections.ConfigDict:
   objective, beta = parse_policy(name)
   if objectives.get(objective).offline:
-    return _offline_config(p, workdir, name, objective)
+    return _offline_config(p, workdir, name, objective, sdir)
   q = p.policy
-  c = _train_config(p, workdir, name, objective, p.model, q, 'prompts', _tfds_dir(workdir, 'data'))
+  c = _train_config(p, workdir, name, objective, p.model, q, 'prompts', _tfds_dir(workdir, 'data'), sdir)
   judge = 'reward_model' if objectives.get(objective).rewards else 'preference_model'
   c.online.update(tau=q.rlhf_tau if objective == 'rlhf' else q.tau, ema_rate=q.ema_rate,
                   max_new_tokens=q.max_new_tokens, temperature=q.temperature,
-                  reference_checkpoint=os.path.join(workdir, 'sft'), judge=judge,
-                  judge_checkpoint=os.path.join(workdir, judge), oracle='')
+                  reference_checkpoint=os.path.join(sdir, 'sft'), judge=judge,
+                  judge_checkpoint=os.path.join(sdir, judge), oracle='')
   if beta is not None:
     c.online.beta = beta
   return c
 
 
-def _simple_configs(p, workdir: str) -> dict[str, ml_collections.ConfigDict]:
+def _simple_configs(p, workdir: str, sdir: str) -> dict[str, ml_collections.ConfigDict]:
   tok = tokenizer_spec(p, workdir)
   return {
       'tokenizer': ml_collections.ConfigDict(dict(
@@ -119,26 +148,28 @@ def _simple_configs(p, workdir: str) -> dict[str, ml_collections.ConfigDict]:
           seed=p.seed, num_prompts=p.data.num_prompts, num_demonstrations=p.data.num_demonstrations,
           validation_fraction=p.data.validation_fraction, data_dir=_tfds_dir(workdir, 'data'))),
       'pairs': ml_collections.ConfigDict(dict(
-          seed=p.seed, mesh=dict(p.mesh), tokenizer=tok, reference=os.path.join(workdir, 'sft'),
+          seed=p.seed, mesh=dict(p.mesh), tokenizer=tok, reference=os.path.join(sdir, 'sft'),
           data_dir=_tfds_dir(workdir, 'data'), prompts_name='prompts', split='train',
           num_prompts=p.pairs.num_prompts, labels=p.pairs.labels, temperature=p.pairs.temperature,
           max_new_tokens=p.policy.max_new_tokens, prompt_len=p.data.prompt_len, batch_size=p.pairs.batch_size,
-          validation_fraction=p.data.validation_fraction, output_dir=_tfds_dir(workdir, 'pairs'),
-          oracle=p.oracle)),
+          validation_fraction=p.data.validation_fraction,
+          oracle=p.oracle, output_dir=_tfds_dir(sdir, 'pairs'))),
   }
 
 
-def eval_config(p, workdir: str) -> ml_collections.ConfigDict:
+def eval_config(p, workdir: str, sdir: str | None = None, seed: int | None = None) -> ml_collections.ConfigDict:
+  """The evaluation of the policies in `sdir` (default `workdir`: one seed); seed: its evaluation seed."""
+  sdir = sdir or workdir
   names = ['sft', *policy_names(p)]
   e = p.eval
   return ml_collections.ConfigDict(dict(
-      seed=e.seed, judgement=e.judgement, mesh=dict(p.mesh), policy_names=names,
-      policy_workdirs=[os.path.join(workdir, n) for n in names], reference='sft',
-      preference_model=os.path.join(workdir, 'preference_model'), tokenizer=tokenizer_spec(p, workdir),
+      seed=e.seed if seed is None else seed, judgement=e.judgement, mesh=dict(p.mesh), policy_names=names,
+      policy_workdirs=[os.path.join(sdir, n) for n in names], reference='sft',
+      preference_model=os.path.join(sdir, 'preference_model'), tokenizer=tokenizer_spec(p, workdir),
       data_dir=_tfds_dir(workdir, 'data'), prompts_name='prompts', split='validation', num_prompts=e.num_prompts,
       samples_per_prompt=e.samples_per_prompt, prompt_len=p.data.prompt_len, max_new_tokens=e.max_new_tokens,
       temperature=e.temperature, batch_size=e.batch_size, num_shown=e.num_shown, oracle=p.oracle,
-      output_dir=os.path.join(workdir, 'eval')))
+      output_dir=os.path.join(sdir, 'eval')))
 
 
 def stage_configs(p, workdir: str) -> dict[str, ml_collections.ConfigDict]:
@@ -146,17 +177,42 @@ def stage_configs(p, workdir: str) -> dict[str, ml_collections.ConfigDict]:
   from nlhf_jax.online.judges import resolve_oracle
   resolve_oracle(p.oracle, 'config.oracle')
   workdir = os.path.abspath(workdir)
-  out = _simple_configs(p, workdir)
-  data_dir, pairs_dir = _tfds_dir(workdir, 'data'), _tfds_dir(workdir, 'pairs')
-  out['sft'] = _train_config(p, workdir, 'sft', 'sft', p.model, p.sft, 'demonstrations', data_dir)
-  for judge in ('preference_model', 'reward_model'):
-    out[judge] = _train_config(p, workdir, judge, judge, p.judge_model, p[judge], 'pairs', pairs_dir)
-  for name in policy_names(p):
-    out[name] = _policy_config(p, workdir, name)
-  out['eval'] = eval_config(p, workdir)
+  seeds = seed_list(p)
+  if not seeds:
+    out = _seed_configs(p, workdir, workdir)
+  else:
+    out = {k: v for k, v in _simple_configs(p, workdir, workdir).items() if k in SHARED}
+    for s in seeds:
+      q = p.copy_and_resolve_references()
+      with q.unlocked():
+        q.seed = s
+      sub = _seed_configs(q, workdir, os.path.join(workdir, seed_dir(s)), p.eval.seed + s)
+      out.update({f'{seed_dir(s)}/{k}': v for k, v in sub.items() if k not in SHARED})
+    out['eval'] = aggregate_config(p, workdir)
   configs = {name: out[name] for name in stage_names(p)}
   check_training_configs(configs)
   return configs
+
+
+def aggregate_config(p, workdir: str) -> ml_collections.ConfigDict:
+  """The last stage with several seeds: the seeds' DIR/seed_S/eval pooled into DIR/eval."""
+  seeds = seed_list(p)
+  return ml_collections.ConfigDict(dict(
+      aggregate=True, seeds=seeds, seed_evals=[os.path.join(workdir, seed_dir(s), 'eval') for s in seeds],
+      output_dir=os.path.join(workdir, 'eval')))
+
+
+def _seed_configs(p, workdir: str, sdir: str, eval_seed: int | None = None) -> dict[str, ml_collections.ConfigDict]:
+  """The stages of one seed (p.seed), their per-seed outputs under sdir, the shared ones under workdir."""
+  out = _simple_configs(p, workdir, sdir)
+  data_dir, pairs_dir = _tfds_dir(workdir, 'data'), _tfds_dir(sdir, 'pairs')
+  out['sft'] = _train_config(p, workdir, 'sft', 'sft', p.model, p.sft, 'demonstrations', data_dir, sdir)
+  for judge in ('preference_model', 'reward_model'):
+    out[judge] = _train_config(p, workdir, judge, judge, p.judge_model, p[judge], 'pairs', pairs_dir, sdir)
+  for name in policy_names(p):
+    out[name] = _policy_config(p, workdir, name, sdir)
+  out['eval'] = eval_config(p, workdir, sdir, eval_seed)
+  return out
 
 
 def _sections(stage: str) -> str:
