@@ -7,7 +7,7 @@ STAMP := $(VENV)/.install.stamp
 FAKE_DEVICES := XLA_FLAGS=--xla_force_host_platform_device_count=8
 WORKDIR ?= runs/demo
 
-.PHONY: install test demo bench lint clean
+.PHONY: install test demo findings bench lint clean
 
 install: $(STAMP)
 
@@ -27,6 +27,13 @@ test: install
 # The whole pipeline (tokenizer, SFT, pairs, judges, eight policies, evaluation) on CPU; re-running resumes.
 demo: install
 	$(FAKE_DEVICES) $(PY) -m nlhf_jax.pipeline --config=experiments/configs/pipeline.py:demo --workdir=$(WORKDIR)
+
+# The demo with seeds 0, 1, 2 and the paper's claims checked per seed and pooled; re-running resumes.
+FINDINGS_DIR ?= runs/findings
+findings: install
+	$(FAKE_DEVICES) $(PY) -m nlhf_jax.pipeline --config=experiments/configs/pipeline.py:demo \
+	  --workdir=$(FINDINGS_DIR) --config.seeds=0,1,2
+	@echo "findings: $(FINDINGS_DIR)/eval/findings.md"
 
 # Speed and memory figures (printed, never asserted).
 bench: install
