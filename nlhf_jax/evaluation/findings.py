@@ -310,13 +310,18 @@ def markdown(f: dict) -> str:
 
 def write_findings(results: list[dict], labels: list[str], out_dir: str) -> dict[str, str]:
   """findings.json and findings.md into out_dir; returns {file name: path}."""
-  os.makedirs(out_dir, exist_ok=True)
   f = findings(results, labels)
-  paths = {n: os.path.join(out_dir, n) for n in ('findings.json', 'findings.md')}
-  with open(paths['findings.json'], 'w') as fh:
-    json.dump(f, fh, indent=1)
-  with open(paths['findings.md'], 'w') as fh:
-    fh.write(markdown(f))
+  return _write(out_dir, 'findings', f, markdown(f))
+
+
+def _write(out_dir: str, stem: str, obj: dict, text: str) -> dict[str, str]:
+  """STEM.json (obj) and STEM.md (text) into out_dir; returns {file name: path}."""
+  os.makedirs(out_dir, exist_ok=True)
+  paths = {n: os.path.join(out_dir, n) for n in (f'{stem}.json', f'{stem}.md')}
+  with open(paths[f'{stem}.json'], 'w') as fh:
+    json.dump(obj, fh, indent=1)
+  with open(paths[f'{stem}.md'], 'w') as fh:
+    fh.write(text)
   return paths
 
 
@@ -358,11 +363,6 @@ def aggregate_markdown(agg: dict) -> str:
 
 def write_aggregate(results: list[dict], seeds: list[int], out_dir: str) -> dict[str, str]:
   """aggregate.{json,md} and findings.{json,md} of the seeds' results into out_dir; returns {file name: path}."""
-  os.makedirs(out_dir, exist_ok=True)
   agg = aggregate(results, seeds)
-  paths = {n: os.path.join(out_dir, n) for n in ('aggregate.json', 'aggregate.md')}
-  with open(paths['aggregate.json'], 'w') as fh:
-    json.dump(agg, fh, indent=1)
-  with open(paths['aggregate.md'], 'w') as fh:
-    fh.write(aggregate_markdown(agg))
+  paths = _write(out_dir, 'aggregate', agg, aggregate_markdown(agg))
   return {**paths, **write_findings(results, [f'seed_{s}' for s in seeds], out_dir)}

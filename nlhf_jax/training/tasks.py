@@ -137,6 +137,17 @@ def setup(cfg: ExperimentConfig, task: Task, tx: optax.GradientTransformation, m
                make_extras)
 
 
+def reference_run(cfg: ExperimentConfig, task: Task) -> str:
+  """The run of the frozen model a step reads (under LoRA, the base the adapters sit on): mu online
+  (config.online.reference_checkpoint), mu offline (config.offline.reference_checkpoint, by default the run the
+  policy starts from, config.init_checkpoint), the init checkpoint for supervised objectives; '' for none."""
+  if task.online:
+    return cfg.online.reference_checkpoint
+  if task.offline:
+    return cfg.offline.reference_checkpoint or cfg.init_checkpoint or ''
+  return cfg.init_checkpoint or ''
+
+
 def build_step(cfg: ExperimentConfig, task: Task, run: Setup, tx: optax.GradientTransformation,
                lr_schedule: optax.Schedule, mesh: Mesh, initial_params: Callable[[], dict]):
   """(step(state, frozen, batch), frozen). `initial_params()` gives the run's initial parameters (the reference
@@ -145,8 +156,7 @@ def build_step(cfg: ExperimentConfig, task: Task, run: Setup, tx: optax.Gradient
   o = cfg.online
   base = None
   if run.lora:  # the frozen base: the reference policy online and offline, the init checkpoint for sft
-    source = (o.reference_checkpoint if task.online else
-              cfg.offline.reference_checkpoint or cfg.init_checkpoint if task.offline else cfg.init_checkpoint)
+    source = reference_run(cfg, task)
     dtype = cfg.offline.frozen_dtype if task.offline else o.frozen_dtype
     base, _ = checkpointing.restore_params(checkpointing.checkpoints_dir(source),
                                            checkpointing.as_dtype(run.base_target, dtype))
@@ -196,7 +206,7 @@ def _offline_step(cfg: ExperimentConfig, task: Task, run: Setup, tx: optax.Gradi
       batch = offline.with_reference(nnx.merge(run.base_graphdef, frozen['base']), batch)
       return step(state, batch, frozen['base'])
     return lora_step, {'base': base}
-  source = o.reference_checkpoint or cfg.init_checkpoint  # mu: the SFT run, by default the one the policy starts at
+  source = reference_run(cfg, task)
   if source:
     reference = checkpointing.load_policy(source, checkpointing.as_dtype(run.params_target(), o.frozen_dtype))
   else:
