@@ -7,7 +7,7 @@ Any runs, by path (the tokenizer, prompt length and chat-template setting come f
   nlhf-eval --policy=sft=runs/sft --policy=md=runs/nash_md --judge=runs/pm --prompts=my_prompts.jsonl
 Each policy's objective, beta, tau and steps are read from its run (RUN/config.json), not from its name.
 A pipeline's policies:
-  nlhf-eval --workdir=DIR                      # the eval config the pipeline wrote (DIR/eval/config.json)
+  nlhf-eval --workdir=DIR                      # the eval config the pipeline wrote (DIR/eval/stage.json)
   nlhf-eval --workdir=DIR --config=experiments/configs/pipeline.py:demo --config.eval.seed=1 --output=DIR/eval1
   python -m nlhf_jax.evaluation.cli --workdir=DIR --mesh=data=2,tensor=4
 
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 def _define_flags() -> None:
   """The command's flags, defined when it runs (so that importing this module defines none)."""
   config_flags.DEFINE_config_file('config', None, 'Optional pipeline config (the eval stage config is derived from '
-                                  'it); default: DIR/eval/config.json.', lock_config=True)
+                                  'it); default: DIR/eval/stage.json.', lock_config=True)
   flags.DEFINE_string('workdir', None, 'A pipeline directory (or give --policies).')
   flags.DEFINE_string('output', '', 'Where to write the results (default: DIR/eval).')
   flags.DEFINE_alias('out', 'output')
@@ -58,21 +58,35 @@ def _define_flags() -> None:
 
 
 def eval_config(workdir: str, pipeline_cfg=None, output: str = '', mesh: str = '') -> ml_collections.ConfigDict:
-  """The eval stage config: derived from a pipeline config, or read from DIR/eval/config.json."""
+  """The eval stage config: derived from a pipeline config, or read from DIR/eval/stage.json."""
   from nlhf_jax.pipeline import stages
   if pipeline_cfg is not None:
     ecfg = stages.eval_config(pipeline_cfg, os.path.abspath(workdir))
   else:
-    path = os.path.join(workdir, 'eval', 'config.json')
-    if not os.path.exists(path):
-      raise FileNotFoundError(f'{path} does not exist; run the pipeline first or pass --config=PIPELINE_CONFIG')
-    with open(path) as f:
-      ecfg = ml_collections.ConfigDict(json.load(f))
+    ecfg = _recorded_eval_config(workdir)
   if output:
     ecfg.output_dir = os.path.abspath(output)
   if mesh:
     from nlhf_jax.distributed.mesh import parse_mesh
     ecfg.mesh = parse_mesh(mesh)
+  return ecfg
+
+
+def _recorded_eval_config(workdir: str) -> ml_collections.ConfigDict:
+  """DIR/eval/stage.json (config.json in pipelines written before that name), with one clear error for a
+  pipeline of several seeds, whose DIR/eval pools the seeds' evaluations rather than sampling."""
+  from nlhf_jax.pipeline.runner import STAGE_CONFIG
+  paths = [os.path.join(workdir, 'eval', name) for name in (STAGE_CONFIG, 'config.json')]
+  path = next((p for p in paths if os.path.exists(p)), None)
+  if path is None:
+    raise FileNotFoundError(f'{paths[0]} does not exist; run the pipeline first or pass --config=PIPELINE_CONFIG')
+  with open(path) as f:
+    ecfg = ml_collections.ConfigDict(json.load(f))
+  if ecfg.get('aggregate', False):
+    seeds = list(ecfg.seeds)
+    raise ValueError(f'--workdir={workdir} is a pipeline of {len(seeds)} seeds ({",".join(map(str, seeds))}), '
+                     f'whose eval stage pools them; evaluate one seed with --workdir={os.path.join(workdir, "seed_S")}'
+                     f' (e.g. seed_{seeds[0]}), or pool them again with nlhf-pipeline --stages=eval')
   return ecfg
 
 

@@ -1,8 +1,9 @@
 """Running the stages in order: finished stages (DIR/STAGE/DONE) are skipped, an interrupted one resumes.
 
 Training stages resume by themselves (nlhf-train continues from DIR/STAGE/checkpoints); the other stages are
-cheap and idempotent and simply run again. A stage whose recorded config.json differs from the current one is
-still skipped once finished (with a warning): delete DIR/STAGE to redo it. With several seeds a stage's name is
+cheap and idempotent and simply run again. A stage's config is recorded as DIR/STAGE/stage.json (a training
+stage's run writes its own config.json beside it); a finished stage whose stage.json differs from the current
+config is still skipped (with a warning): delete DIR/STAGE to redo it. With several seeds a stage's name is
 'seed_S/STAGE' (its folder DIR/seed_S/STAGE) and runs as STAGE does; the last stage, 'eval', then pools the seeds'
 evaluations (evaluation/findings.py).
 """
@@ -21,6 +22,7 @@ from nlhf_jax.pipeline import stages
 log = logging.getLogger(__name__)
 
 MARKER = 'DONE'
+STAGE_CONFIG = 'stage.json'  # not config.json: that name is the run's own record in a training stage
 
 
 class Interrupted(RuntimeError):
@@ -92,21 +94,16 @@ def _kind(name: str, scfg) -> str:
   return 'aggregate' if scfg.get('aggregate', False) else name.rsplit('/', 1)[-1]
 
 
-def _write_config(scfg, stage_dir: str) -> bool:
-  """Writes config.json; True when an earlier one differed."""
-  path = os.path.join(stage_dir, 'config.json')
-  text = scfg.to_json(indent=1, sort_keys=True)
-  changed = False
-  if os.path.exists(path):
-    with open(path) as f:
-      changed = f.read() != text
-  with open(path, 'w') as f:
-    f.write(text)
-  return changed
+def _write_config(scfg, stage_dir: str) -> None:
+  """Writes DIR/STAGE/stage.json whole (a temporary file renamed), so no process ever reads half of it."""
+  path = os.path.join(stage_dir, STAGE_CONFIG)
+  with open(path + '.tmp', 'w') as f:
+    f.write(scfg.to_json(indent=1, sort_keys=True))
+  os.replace(path + '.tmp', path)
 
 
 def _finished_config_changed(scfg, stage_dir: str) -> bool:
-  path = os.path.join(stage_dir, 'config.json')
+  path = os.path.join(stage_dir, STAGE_CONFIG)
   if not os.path.exists(path):
     return False
   with open(path) as f:
@@ -149,13 +146,14 @@ def run_pipeline(p, workdir: str, only: list[str] | None = None, interrupt: tupl
     if os.path.exists(marker):
       if _finished_config_changed(scfg, stage_dir):
         log.warning('stage %s finished with another config (%s); delete %s to redo it', name,
-                    os.path.join(stage_dir, 'config.json'), stage_dir)
+                    os.path.join(stage_dir, STAGE_CONFIG), stage_dir)
       log.info('stage %s: finished earlier (%s), skipped', name, marker)
       status[name] = 'skipped'
       continue
     os.makedirs(stage_dir, exist_ok=True)
     if is_leader():
       _write_config(scfg, stage_dir)
+    barrier(f'pipeline config {name}')  # every process starts the stage after its config is written
     stop_at = interrupt[1] if interrupt and interrupt[0] == name else None
     log.info('stage %s: running in %s', name, stage_dir)
     seconds = run_stage(name, scfg, stage_dir, mesh, stop_at)

@@ -1,6 +1,6 @@
 """The stages of the pipeline and the config of each, as a pure function of the pipeline config.
 
-Every stage writes into DIR/STAGE/: its config (config.json, one ConfigDict) and, once finished, the marker
+Every stage writes into DIR/STAGE/: its config (stage.json, one ConfigDict) and, once finished, the marker
 DIR/STAGE/DONE. Training stages are ordinary `nlhf-train` runs (DIR/STAGE/checkpoints); their config is an
 ExperimentConfig ConfigDict, so `nlhf-train --config=...` could run any of them by hand.
 

@@ -43,10 +43,30 @@ def start(cmd: list[str], devices: int, log_path) -> subprocess.Popen:
 
 
 def finish(proc: subprocess.Popen, log_path, timeout: float = KILL_AFTER_S + 10) -> str:
-  proc.wait(timeout=timeout)
-  text = pathlib.Path(log_path).read_text()
-  assert proc.returncode == 0, f'exit status {proc.returncode}:\n{text[-4000:]}'
-  return text
+  return finish_all([proc], [log_path], timeout)[0]
+
+
+def _first_errors(text: str, limit: int = 12) -> str:
+  """The lines where a failing process first said what went wrong (a log tail can hide them behind a stack)."""
+  marks = ('Error', 'error', 'Check failed', 'Terminating', 'Traceback', 'timed out', 'DEADLINE', 'UNAVAILABLE')
+  hits = [line for line in text.splitlines() if any(m in line for m in marks)]
+  return '\n'.join(hits[:limit])
+
+
+def finish_all(procs: list[subprocess.Popen], log_paths, timeout: float = KILL_AFTER_S + 10) -> list[str]:
+  """Waits for every process (all of them, so that a failure reports each one's log), then asserts they exited 0."""
+  for proc in procs:
+    try:
+      proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+      proc.kill()
+      proc.wait()
+  texts = [pathlib.Path(p).read_text() for p in log_paths]
+  failed = [(i, proc.returncode, text) for i, (proc, text) in enumerate(zip(procs, texts)) if proc.returncode]
+  report = '\n\n'.join(f'process {i}: exit status {rc}\nfirst error lines:\n{_first_errors(text)}\n'
+                         f'log tail:\n{text[-3000:]}' for i, rc, text in failed)
+  assert not failed, report
+  return texts
 
 
 def params_target(cfg):

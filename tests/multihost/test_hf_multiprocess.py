@@ -19,7 +19,7 @@ def _two_processes(module: str, tmp_path, name: str, *args: str) -> list[str]:
     logs.append(tmp_path / f'{name}.{i}.log')
     procs.append(launch.start(cmd, 4, logs[-1]))
   try:
-    return [launch.finish(p, log) for p, log in zip(procs, logs)]
+    return launch.finish_all(procs, logs)
   finally:
     for p in procs:
       if p.poll() is None:

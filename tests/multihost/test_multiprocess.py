@@ -35,7 +35,7 @@ def _two_processes(workdir, steps=STEPS):
                            '--num_processes=2', f'--process_id={i}')
     procs.append(launch.start(cmd, 4, workdir.parent / f'{workdir.name}.{i}.log'))
   try:
-    return [launch.finish(p, workdir.parent / f'{workdir.name}.{i}.log') for i, p in enumerate(procs)]
+    return launch.finish_all(procs, [workdir.parent / f'{workdir.name}.{i}.log' for i in range(2)])
   finally:
     for p in procs:
       if p.poll() is None:

@@ -110,7 +110,7 @@ def test_pipeline_with_two_seeds(tmp_path):
   for s in (0, 1):
     for stage in ('sft', 'pairs', 'preference_model', 'reward_model', 'rlhf', 'md_0.25', 'eval'):
       assert os.path.exists(os.path.join(workdir, f'seed_{s}', stage, runner.MARKER)), (s, stage)
-    with open(os.path.join(workdir, f'seed_{s}', 'sft', 'config.json')) as f:
+    with open(os.path.join(workdir, f'seed_{s}', 'sft', runner.STAGE_CONFIG)) as f:
       assert json.load(f)['seed'] == s
   assert not os.path.exists(os.path.join(workdir, 'sft'))
   ev = os.path.join(workdir, 'eval')
@@ -128,3 +128,7 @@ def test_pipeline_with_two_seeds(tmp_path):
   assert '# Findings' in open(os.path.join(ev, 'findings.md')).read()
   assert os.path.exists(os.path.join(workdir, 'seed_0', 'eval', 'findings.md'))  # each seed's own
   assert set(runner.run_pipeline(p, workdir).values()) == {'skipped'}
+  from nlhf_jax.evaluation import cli as eval_cli
+  with pytest.raises(ValueError, match=r'pipeline of 2 seeds \(0,1\).*--workdir=.*seed_S'):
+    eval_cli.eval_config(workdir)  # DIR/eval pools the seeds: one clear error naming seed_S
+  assert eval_cli.eval_config(os.path.join(workdir, 'seed_1')).output_dir.endswith(os.path.join('seed_1', 'eval'))

@@ -32,8 +32,12 @@ def test_finished_stages_skipped_and_interrupted_stage_resumed(mini_pipeline):
   assert any(m.startswith('resumed from step 6') and sft_checkpoints in m for m in messages)
   assert checkpointing.Checkpointer(os.path.join(workdir, 'sft', 'checkpoints')).latest_step() == 12
   for stage in stages.stage_names(mini_config()):
-    assert os.path.exists(os.path.join(workdir, stage, 'config.json'))
+    assert os.path.exists(os.path.join(workdir, stage, runner.STAGE_CONFIG))
     assert os.path.exists(os.path.join(workdir, stage, runner.MARKER))
+  # the recorded stage configs are the current ones (no training run overwrote them): no 'another config' warning
+  changed = [name for name, scfg in stages.stage_configs(mini_config(), workdir).items()
+             if runner._finished_config_changed(scfg, os.path.join(workdir, name))]
+  assert not changed
   again = runner.run_pipeline(mini_config(), workdir)
   assert set(again.values()) == {'skipped'}
 
@@ -134,7 +138,7 @@ def test_pipeline_on_two_processes_matches_one_process(tmp_path, mini_pipeline):
   port = launch.free_port()
   procs = [launch.start(pipeline_cmd(two, f'--coordinator_address=localhost:{port}', '--num_processes=2',
                                      f'--process_id={i}'), 4, tmp_path / f'two_{i}.log') for i in range(2)]
-  logs = [launch.finish(p, tmp_path / f'two_{i}.log', KILL_AFTER + 10) for i, p in enumerate(procs)]
+  logs = launch.finish_all(procs, [tmp_path / f'two_{i}.log' for i in range(2)], KILL_AFTER + 10)
   assert 'pipeline: 2 processes, 8 devices' in logs[0]
   assert 'stage sft: finished earlier' in logs[0]
   for stage in ('pairs', 'preference_model', 'reward_model', 'rlhf', 'sp', 'eval'):
