@@ -46,7 +46,7 @@ def main(argv) -> None:
   cfg = config_lib.from_config_dict(flags.FLAGS.config)  # value checks: before any JAX work
   initialize(resolve_launch(cfg.distributed, launch_flags()))
   cfg = config_lib.from_config_dict(flags.FLAGS.config, num_devices=jax.device_count())
-  from nlhf_jax.training.loop import train  # heavy imports after validation
+  from nlhf_jax.trainer.loop import train  # heavy imports after validation
   log.info('%s: %d processes, %d devices, workdir %s', cfg.name, jax.process_count(), jax.device_count(),
            flags.FLAGS.workdir)
   state = train(cfg, flags.FLAGS.workdir)

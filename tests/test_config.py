@@ -39,7 +39,7 @@ def _cfg(**overrides):
 ])
 def test_invalid_values_name_the_key(overrides, devices, message):
   if message is None:  # unknown objective: reported by the task registry, also before compilation
-    from nlhf_jax.training.tasks import get_task
+    from nlhf_jax.trainer.tasks import get_task
     with pytest.raises(ConfigError, match='config.train.objective'):
       get_task(from_config_dict(_cfg(**overrides), num_devices=8).train.objective)
     return
@@ -243,7 +243,7 @@ def test_one_table_of_objectives_describes_every_task():
   online rows a loss the online step knows and judges validation accepts, offline rows an offline loss."""
   from nlhf_jax.config import objectives
   from nlhf_jax.objectives import offline
-  from nlhf_jax.training import tasks
+  from nlhf_jax.trainer import tasks
   assert objectives.names('online') == ('nash_md', 'nash_ema', 'rlhf', 'online_ipo', 'ipo_md')
   assert objectives.names('offline') == ('dpo', 'ipo') and objectives.names('supervised') == (
       'sft', 'preference_model', 'reward_model')

@@ -16,9 +16,10 @@ from experiments.configs import sft
 from helpers import mesh, tiny_config
 from multihost import launch
 from nlhf_jax.config import ConfigError, from_config_dict
-from nlhf_jax.training import checkpointing, loop
+from nlhf_jax.training import checkpointing
+from nlhf_jax.trainer import loop
 from nlhf_jax.training.checkpointing import CheckpointError
-from nlhf_jax.training.loop import train
+from nlhf_jax.trainer.loop import train
 
 CONFIG = 'experiments/configs/sft.py:tiny'
 ONE = {'mesh.data': 1, 'mesh.fsdp': 1, 'mesh.tensor': 1}  # in-process runs: one device, quick to compile

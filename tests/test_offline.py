@@ -16,7 +16,8 @@ from nlhf_jax.config.schema import MeshConfig
 from nlhf_jax.distributed import make_mesh
 from nlhf_jax.objectives import offline
 from nlhf_jax.tabular import bandits
-from nlhf_jax.training import optim, tasks
+from nlhf_jax.training import optim
+from nlhf_jax.trainer import tasks
 from tests.helpers import subprocess_env
 
 REPO = pathlib.Path(__file__).parents[1]

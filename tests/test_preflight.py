@@ -1,4 +1,4 @@
-"""The run's inputs on disk are checked before any data is read or anything is compiled (training/preflight.py)."""
+"""The run's inputs on disk are checked before any data is read or anything is compiled (trainer/preflight.py)."""
 import dataclasses
 
 import orbax.checkpoint as ocp
@@ -7,7 +7,7 @@ import pytest
 from experiments.configs import nash_md, rlhf
 from helpers import tiny_config
 from nlhf_jax.config import ConfigError, from_config_dict
-from nlhf_jax.training import loop, preflight
+from nlhf_jax.trainer import loop, preflight
 from nlhf_jax.training.guards import config_to_json
 
 

@@ -11,8 +11,8 @@ from PIL import Image
 
 from helpers import mesh, subprocess_env, tiny_config
 from nlhf_jax.training import metrics as metrics_lib
-from nlhf_jax.training import plot
-from nlhf_jax.training.loop import train
+from nlhf_jax.trainer import plot
+from nlhf_jax.trainer.loop import train
 
 REPO = pathlib.Path(__file__).parents[1]
 PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'

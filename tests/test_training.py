@@ -6,7 +6,7 @@ import pytest
 
 from helpers import mesh, tiny_config
 from nlhf_jax.training import checkpointing
-from nlhf_jax.training.loop import train
+from nlhf_jax.trainer.loop import train
 
 MESHES = {'data2_tensor4': (2, 1, 4), 'fsdp8': (1, 8, 1), 'data8': (8, 1, 1)}
 

@@ -14,8 +14,8 @@ from nlhf_jax.config import ConfigError, from_config_dict
 from nlhf_jax.data import pipelines
 from nlhf_jax.data.tokenizer import load_tokenizer
 from nlhf_jax.training import init
-from nlhf_jax.training.loop import train
-from nlhf_jax.training.tasks import get_task
+from nlhf_jax.trainer.loop import train
+from nlhf_jax.trainer.tasks import get_task
 
 ONE = {'mesh.data': 1, 'mesh.fsdp': 1, 'mesh.tensor': 1}
 

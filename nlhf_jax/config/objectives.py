@@ -2,7 +2,7 @@
 
 Everything that depends on the objective reads its description here, never the name: validation (the values it
 needs), the run checks (which model a run of it holds), the task registry (model, data, loss:
-training/tasks.py), the online step (what it samples and from which opponent, whether it needs rewards or a second
+trainer/tasks.py), the online step (what it samples and from which opponent, whether it needs rewards or a second
 sample's log-probabilities, its extra state: online/step.py) and the pipeline. Adding an objective is a row here
 and its loss.
 
@@ -24,7 +24,7 @@ class Objective:
   kind: str  # 'supervised', 'online' or 'offline'
   model: str  # what a run of it trains and holds: 'language_model', 'preference_model' or 'reward_model'
   data: str  # the data set kind it reads: 'demonstrations', 'pairs' or 'prompts' (nlhf_jax/data/pipelines.py)
-  loss: str  # its loss (training/tasks.py, online/step.py): sft, pairwise, nash_md_pg, rlhf_pg, ipo_pg, dpo, ipo
+  loss: str  # its loss (trainer/tasks.py, online/step.py): sft, pairwise, nash_md_pg, rlhf_pg, ipo_pg, dpo, ipo
   # Online: the opponent y' is drawn from: 'mixture' (pi^beta of pi_theta and mu, weight config.online.beta),
   # 'ema' (the policy with its EMA parameters alone) or 'policy' (an independent sample of pi_theta).
   opponent: str = ''

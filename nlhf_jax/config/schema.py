@@ -199,7 +199,7 @@ class TrainConfig:
   keep_checkpoints: int = 3
   async_checkpointing: bool = True
   on_nonfinite: str = 'stop'  # a non-finite loss or gradient: 'stop' (error naming the step) or 'skip' (count it)
-  # Validation (supervised and offline objectives; training/validation.py): every eval_every steps (0: off) the
+  # Validation (supervised and offline objectives; trainer/validation.py): every eval_every steps (0: off) the
   # objective's loss and metrics on the first eval_batches global batches of data.eval_split.
   eval_every: int = 0
   eval_batches: int = 8

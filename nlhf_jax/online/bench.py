@@ -131,7 +131,8 @@ def compile_memory(preset: str, batch: int, prompt_len: int, new_tokens: int, me
   from nlhf_jax.models.judges import PreferenceModel
   from nlhf_jax.online.judges import model_judge
   from nlhf_jax.online.step import OnlineStep
-  from nlhf_jax.training import checkpointing, init, optim, tasks
+  from nlhf_jax.training import checkpointing, init, optim
+  from nlhf_jax.trainer import tasks
   cfg = online_config(preset, batch, new_tokens, prompt_len, mesh_spec, 'preference_model', 'bfloat16', lora_rank)
   mesh = make_mesh(cfg.mesh)
   task = tasks.get_task('nash_md')
@@ -177,8 +178,9 @@ def measure(preset: str, batch: int, new_tokens: int, iters: int, compute_dtype:
   from nlhf_jax.models.judges import RewardModel
   from nlhf_jax.online.judges import model_judge
   from nlhf_jax.online.step import OnlineStep
-  from nlhf_jax.training import optim, tasks
-  from nlhf_jax.training.tasks import get_task
+  from nlhf_jax.training import optim
+  from nlhf_jax.trainer import tasks
+  from nlhf_jax.trainer.tasks import get_task
 
   cfg = online_config(preset, batch, new_tokens)
   cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, compute_dtype=compute_dtype))

@@ -70,7 +70,7 @@ def _eval(scfg, stage_dir: str, mesh) -> None:
 
 def _train(scfg, stage_dir: str, mesh, stop_at: int | None = None) -> None:
   from nlhf_jax.config import from_config_dict
-  from nlhf_jax.training.loop import train
+  from nlhf_jax.trainer.loop import train
   train(from_config_dict(scfg, num_devices=jax.device_count()), stage_dir, mesh, stop_at=stop_at)
 
 

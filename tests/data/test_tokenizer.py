@@ -72,7 +72,7 @@ def test_tokenizer_cli_from_files(tmp_path, capsys):
 
 
 def test_training_data_refuses_a_tokenizer_larger_than_the_model(sp_model):
-  from nlhf_jax.training.tasks import get_task
+  from nlhf_jax.trainer.tasks import get_task
   from tests.helpers import tiny_config
   n = load_tokenizer(sp_model).vocab_size
   cfg = tiny_config(**{'data.tokenizer': sp_model, 'model.vocab_size': n - 1})

@@ -87,7 +87,7 @@ def test_import_writes_a_run_that_commands_accept(imported):
   assert {'tokenizer.json', 'tokenizer_config.json'} <= set(os.listdir(os.path.join(run, 'tokenizer')))
   # Training into the imported run itself is refused before any work.
   from nlhf_jax.config import ConfigError
-  from nlhf_jax.training.preflight import check_workdir
+  from nlhf_jax.trainer.preflight import check_workdir
   with pytest.raises(ConfigError, match='holds an imported model'):
     check_workdir(run)
 
@@ -95,7 +95,7 @@ def test_import_writes_a_run_that_commands_accept(imported):
 def test_the_whole_flow(imported, tmp_path):
   import torch
   import transformers
-  from nlhf_jax.training.loop import train
+  from nlhf_jax.trainer.loop import train
   root, model, run, data_dir = imported
   common = {'data.data_dir': data_dir, 'data.chat_template': True, 'data.prompt_len': 48,
             'data.response_len': 32, 'data.seq_len': 80, 'mesh.fsdp': 2, 'mesh.data': 4, 'train.batch_size': 8,
@@ -178,7 +178,7 @@ def _check_backbone_warm_start(pm_cfg, run):
 
   from nlhf_jax.models.judges import PreferenceModel
   from nlhf_jax.training import checkpointing
-  from nlhf_jax.training.loop import _warm_start_params
+  from nlhf_jax.trainer.loop import _warm_start_params
   m = mesh(data=4, fsdp=2)
   _, abstract = nnx.split(nnx.eval_shape(lambda: PreferenceModel(pm_cfg.model, nnx.Rngs(0))))
   target = checkpointing.params_target(abstract, m)

@@ -16,7 +16,8 @@ from nlhf_jax.config import ConfigError, LoraConfig, ModelConfig, from_config_di
 from nlhf_jax.data import pipelines
 from nlhf_jax.models import Transformer, lora
 from nlhf_jax.models.logprobs import response_logprobs
-from nlhf_jax.training import checkpointing, loop, optim, tasks
+from nlhf_jax.training import checkpointing, optim
+from nlhf_jax.trainer import loop, tasks
 from tests.helpers import mesh
 
 CFG = ModelConfig(num_layers=2, num_kv_heads=2)

@@ -72,7 +72,7 @@ def finish_all(procs: list[subprocess.Popen], log_paths, timeout: float = KILL_A
 def params_target(cfg):
   """Restore target for a run's parameters: every array whole on the first device."""
   from nlhf_jax.training import init
-  from nlhf_jax.training.tasks import get_task
+  from nlhf_jax.trainer.tasks import get_task
   _, abstract = init.abstract_model(get_task(cfg.train.objective).make_model(cfg))
   mesh = jax.sharding.Mesh(jax.devices()[:1], ('x',))
   shard = NamedSharding(mesh, P())

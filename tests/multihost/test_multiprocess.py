@@ -12,7 +12,7 @@ import pytest
 from experiments.configs import nash_md
 from nlhf_jax.config import from_config_dict
 from nlhf_jax.training import checkpointing
-from nlhf_jax.training.loop import train
+from nlhf_jax.trainer.loop import train
 from multihost import launch
 
 CONFIG = 'experiments/configs/nash_md.py:tiny'

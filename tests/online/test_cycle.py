@@ -8,7 +8,7 @@ from experiments.configs import preference_model
 from nlhf_jax.config import from_config_dict
 from nlhf_jax.data import pipelines, tfds_builders
 from nlhf_jax.objectives.pairwise import evaluate_pairs
-from nlhf_jax.training import loop
+from nlhf_jax.trainer import loop
 
 WORDS = ('cat', 'sun', 'owl', 'fig', 'elm', 'bee', 'jay', 'ram', 'yak', 'cod', 'gnu', 'hen')
 STYLES = (str.lower, str.upper, str.title)  # A: 'cat sun', B: 'CAT SUN', C: 'Cat Sun'
@@ -42,7 +42,7 @@ def test_preference_model_learns_a_cycle_that_bradley_terry_cannot(tmp_path):
     cfg = from_config_dict(c, 1)
     state = loop.train(cfg, str(tmp_path / objective), mesh(data=1))
     from flax import nnx
-    from nlhf_jax.training.tasks import get_task
+    from nlhf_jax.trainer.tasks import get_task
     graphdef = nnx.graphdef(nnx.eval_shape(lambda: get_task(objective).make_model(cfg)(nnx.Rngs(0))))
     held_out = pipelines.make_eval_iterator(cfg.data, 'pairs', 32, slice(None))
     metrics = evaluate_pairs(graphdef, state.params, held_out)

@@ -13,8 +13,9 @@ from nlhf_jax.data import pipelines
 from nlhf_jax.online import make_judge
 from nlhf_jax.online.evaluate import win_rate
 from nlhf_jax.online.step import OnlineStep, repeat_prompts, sampling_config
-from nlhf_jax.training import loop, optim, tasks
-from nlhf_jax.training.tasks import get_task
+from nlhf_jax.training import optim
+from nlhf_jax.trainer import loop, tasks
+from nlhf_jax.trainer.tasks import get_task
 
 pytestmark = pytest.mark.slow
 

@@ -47,7 +47,7 @@ def test_interrupted_stage_ends_as_an_uninterrupted_run(mini_pipeline, tmp_path)
   import jax
 
   from nlhf_jax.config import from_config_dict
-  from nlhf_jax.training.loop import train
+  from nlhf_jax.trainer.loop import train
   workdir = mini_pipeline[0]
   scfg = stages.stage_configs(mini_config(), workdir)['sft']
   cfg = from_config_dict(scfg, num_devices=jax.device_count())

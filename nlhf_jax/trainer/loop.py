@@ -2,7 +2,7 @@
 
 Besides checkpoints, a run leaves RUN/config.json (the resolved config), RUN/run.json (one session per start:
 command, versions, devices, mesh, start and end, outcome), RUN/metrics.jsonl and RUN/tb (training.metrics), and at
-the end RUN/curves.png (training.plot). With config.train.eval_every > 0 the validation metrics (training.validation)
+the end RUN/curves.png (trainer.plot). With config.train.eval_every > 0 the validation metrics (trainer.validation)
 join the metrics row of every eval_every-th step.
 """
 from __future__ import annotations
@@ -15,12 +15,13 @@ from jax.sharding import Mesh
 
 from nlhf_jax.config import ExperimentConfig
 from nlhf_jax.distributed import global_batch, local_batch_rows, make_mesh, within_mesh
-from nlhf_jax.training import checkpointing, init, optim, preflight, validation
+from nlhf_jax.training import checkpointing, init, optim
+from nlhf_jax.trainer import preflight, validation
 from nlhf_jax.training.guards import NonFiniteGuard, check_resume_compatible, config_to_json, guard_step
 from nlhf_jax.training.metrics import MetricWriter, Progress, RunRecord
 from nlhf_jax.training.preemption import PreemptionWatcher
 from nlhf_jax.training.state import TrainState
-from nlhf_jax.training.tasks import build_step, get_task, setup
+from nlhf_jax.trainer.tasks import build_step, get_task, setup
 
 __all__ = ['train', 'config_to_json', 'check_resume_compatible']
 
@@ -86,7 +87,7 @@ def _write_curves(workdir: str) -> None:
   if jax.process_index() != 0:
     return
   try:
-    from nlhf_jax.training import plot
+    from nlhf_jax.trainer import plot
     path = plot.write_curves([workdir])
     if path:
       log.info('training curves: %s (nlhf-plot --workdir=%s redraws them, several runs overlaid)', path, workdir)
