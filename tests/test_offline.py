@@ -149,3 +149,52 @@ def test_nlhf_train_runs_and_resumes_dpo_and_ipo(tmp_path):
     assert [r['step'] for r in rows] == [2, 4, 6, 8]
     for key in ('loss', 'implicit_reward_margin', 'implicit_accuracy', 'logratio_preferred', 'logratio_other'):
       assert all(np.isfinite(r[key]) for r in rows), key
+
+
+def test_cached_reference_logprobs_train_as_mu_on_the_fly(tmp_path, devices):
+  """offline.reference_logprobs='cached': mu's log-probabilities computed once per split, written beside the data
+  (here reference_cache_dir), give the losses and validation metrics of mu run in every step; a second run reads
+  the file, a damaged file is computed again."""
+  from experiments.configs import dpo
+  from nlhf_jax.config import from_config_dict
+  from nlhf_jax.trainer import loop, reference_cache
+  cache = tmp_path / 'cache'
+
+  def cfg(mode):
+    c = dpo.get_config('tiny')
+    c.data.num_examples = 48
+    c.train.update(num_steps=3, log_every=1, checkpoint_every=3, eval_every=3, eval_batches=2,
+                   async_checkpointing=False)
+    c.offline.update(reference_logprobs=mode, reference_cache_dir=str(cache))
+    return from_config_dict(c, num_devices=jax.device_count())
+
+  rows = {}
+  for mode in ('on_the_fly', 'cached'):
+    loop.train(cfg(mode), str(tmp_path / mode))
+    rows[mode] = [json.loads(line) for line in (tmp_path / mode / 'metrics.jsonl').read_text().splitlines()]
+  files = sorted(cache.iterdir())
+  assert [f.name.split('-')[1] for f in files] == sorted(['train', 'validation']), files
+  for a, b in zip(rows['on_the_fly'], rows['cached']):
+    for key in ('loss', 'implicit_reward_margin', 'logratio_preferred', 'logratio_other', 'val/loss'):
+      if key in a:
+        assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), key
+  assert 'val/loss' in rows['cached'][-1]
+
+  c = cfg('cached')
+  mesh = make_mesh(c.mesh)
+  task = tasks.get_task('dpo')
+  run = tasks.setup(c, task, optim.make_optimizer(c.optim, 3), mesh)
+  mu = jax.jit(run.init, out_shardings=run.shardings)(c.seed).params
+  path = [f for f in files if '-train-' in f.name][0]
+  before = path.stat().st_mtime_ns
+  table = reference_cache.load_or_compute(c, '', run.graphdef, mu, mesh, 'train')
+  assert path.stat().st_mtime_ns == before  # read, not computed again
+  assert table.shape == (48, 2) and np.all(table < 0)
+  path.write_bytes(b'damaged')
+  again = reference_cache.load_or_compute(c, '', run.graphdef, mu, mesh, 'train')
+  np.testing.assert_array_equal(again, table)
+  assert np.load(path)['logprobs'].shape == (48, 2)  # written again whole
+  with pytest.raises(ConfigError, match=r"reference_logprobs='sometimes': use one of on_the_fly, cached"):
+    c2 = dpo.get_config('tiny')
+    c2.offline.reference_logprobs = 'sometimes'
+    from_config_dict(c2)

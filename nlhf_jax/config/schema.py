@@ -241,6 +241,12 @@ class OfflineConfig:
   length_normalized: bool = False  # ipo: log-ratios as token means (the length-normalised IPO variant)
   reference_checkpoint: str = ''  # the run of mu (the SFT run); empty: mu is the policy's initial parameters
   frozen_dtype: str = ''  # dtype of mu's parameters ('': as stored)
+  # mu's log-probabilities of both responses: 'on_the_fly' (mu runs in every step) or 'cached' (computed once
+  # per data set and split, before the first step, kept in the file below; the step then holds no mu).
+  reference_logprobs: str = 'on_the_fly'
+  # where 'cached' keeps them: '' is DATA_DIR/reference_logprobs beside the data set (data.source='tfds'); with
+  # the built-in synthetic data, '' keeps them in memory only (computed again by every run).
+  reference_cache_dir: str = ''
 
 
 @dataclasses.dataclass(frozen=True)

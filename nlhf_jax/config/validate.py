@@ -217,6 +217,9 @@ def check_online(cfg: schema.ExperimentConfig) -> None:
              f'data.prompt_len + {twice}data.response_len = {need}')
 
 
+REFERENCE_LOGPROBS = ('on_the_fly', 'cached')
+
+
 def check_offline(cfg: schema.ExperimentConfig) -> None:
   """Checks of config.offline (always) and of the lengths the offline objectives need."""
   o, objective = cfg.offline, cfg.train.objective
@@ -226,6 +229,9 @@ def check_offline(cfg: schema.ExperimentConfig) -> None:
            '[0, 0.5) (the probability that a label is flipped; 0: off)')
   _require(o.frozen_dtype in ('', 'float32', 'bfloat16'),
            f"config.offline.frozen_dtype={o.frozen_dtype!r}: use '' (as stored), 'float32' or 'bfloat16'")
+  _require(o.reference_logprobs in REFERENCE_LOGPROBS,
+           f'config.offline.reference_logprobs={o.reference_logprobs!r}: use one of {", ".join(REFERENCE_LOGPROBS)}'
+           ' (mu in every step, or computed once per data set and cached)')
   loss = objectives.get(objective).loss
   if not objectives.get(objective).offline:
     return

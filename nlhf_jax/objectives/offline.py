@@ -46,6 +46,13 @@ def with_reference(reference_model, batch: dict) -> dict:
   return dict(batch, reference_logprob_a=lp_a, reference_logprob_b=lp_b)
 
 
+def with_cached_reference(table: jax.Array, batch: dict) -> dict:
+  """The batch with mu's log-probabilities of a and b read from `table` [N, 2] (one row per example of the split,
+  computed once: trainer/reference_cache.py) by the batch's example_index."""
+  rows = table[batch['example_index']]
+  return dict(batch, reference_logprob_a=rows[:, 0], reference_logprob_b=rows[:, 1])
+
+
 def margins(model, batch: dict, length_normalized: bool = False) -> tuple[jax.Array, jax.Array, jax.Array]:
   """(h, r(a), r(b)) [B] each, for a batch `with_reference`."""
   lp_a, lp_b = pair_logprobs(model, batch)

@@ -21,7 +21,7 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from nlhf_jax.config import ExperimentConfig, objectives
 from nlhf_jax.config.objectives import OBJECTIVES, Objective
@@ -161,7 +161,7 @@ def build_step(cfg: ExperimentConfig, task: Task, run: Setup, tx: optax.Gradient
     base, _ = checkpointing.restore_params(checkpointing.checkpoints_dir(source),
                                            checkpointing.as_dtype(run.base_target, dtype))
   if task.offline:
-    return _offline_step(cfg, task, run, tx, lr_schedule, initial_params, base)
+    return _offline_step(cfg, task, run, tx, lr_schedule, mesh, initial_params, base)
   if not task.online:
     step = steps.make_train_step(run.graphdef, task.loss_fn, tx, lr_schedule, cfg.train.grad_accum_steps)
     if base is None:
@@ -192,28 +192,51 @@ def build_step(cfg: ExperimentConfig, task: Task, run: Setup, tx: optax.Gradient
 
 
 def _offline_step(cfg: ExperimentConfig, task: Task, run: Setup, tx: optax.GradientTransformation,
-                  lr_schedule: optax.Schedule, initial_params: Callable[[], dict], base: dict | None):
+                  lr_schedule: optax.Schedule, mesh: Mesh, initial_params: Callable[[], dict], base: dict | None):
   """dpo / ipo: mu's log-probabilities of both responses join the batch, then the supervised step on the offline
   loss. mu is config.offline.reference_checkpoint, else config.init_checkpoint (the policy's warm start), else the
-  policy's initial parameters (frozen['reference']); under LoRA it is the base that the adapters sit on
-  (frozen['base'])."""
+  policy's initial parameters; under LoRA it is the base that the adapters sit on (frozen['base']). mu runs in
+  every step (frozen['reference']), or, with offline.reference_logprobs='cached', once per split before training
+  (frozen['reference_logprobs'], {'train': [N, 2], 'eval': [M, 2]} tables looked up by example_index)."""
   from nlhf_jax.objectives import offline
   o = cfg.offline
   loss_fn = offline.make_loss(task.objective.loss, o.tau, o.label_smoothing, o.length_normalized)
   step = steps.make_train_step(run.graphdef, loss_fn, tx, lr_schedule, cfg.train.grad_accum_steps)
+  source = reference_run(cfg, task)
+  if base is not None:
+    mu_graphdef, mu = run.base_graphdef, base
+  elif source:
+    mu_graphdef = run.graphdef
+    mu = checkpointing.load_policy(source, checkpointing.as_dtype(run.params_target(), o.frozen_dtype))
+  else:
+    mu_graphdef, mu = run.graphdef, initial_params()
+    if o.frozen_dtype:
+      mu = jax.tree.map(lambda x: x.astype(o.frozen_dtype), mu)
+  frozen = {} if base is None else {'base': base}
+
+  if o.reference_logprobs == 'cached':
+    from nlhf_jax.trainer import reference_cache
+    splits = {'train': cfg.data.split}
+    if cfg.train.eval_every > 0:
+      splits['eval'] = cfg.data.eval_split
+    replicated = NamedSharding(mesh, P())
+    tables = {}
+    for key, split in splits.items():
+      table = reference_cache.load_or_compute(cfg, source, mu_graphdef, mu, mesh, split)
+      tables[key] = jax.make_array_from_callback(table.shape, replicated, lambda index, t=table: t[index])
+    del mu  # the step holds no mu (under LoRA the base stays: the policy is built on it)
+
+    def cached_step(state, frozen, batch):
+      batch = offline.with_cached_reference(frozen['reference_logprobs']['train'], batch)
+      return step(state, batch, frozen.get('base'))
+    return cached_step, dict(frozen, reference_logprobs=tables)
+
   if base is not None:
     def lora_step(state, frozen, batch):
       batch = offline.with_reference(nnx.merge(run.base_graphdef, frozen['base']), batch)
       return step(state, batch, frozen['base'])
-    return lora_step, {'base': base}
-  source = reference_run(cfg, task)
-  if source:
-    reference = checkpointing.load_policy(source, checkpointing.as_dtype(run.params_target(), o.frozen_dtype))
-  else:
-    reference = initial_params()
-    if o.frozen_dtype:
-      reference = jax.tree.map(lambda x: x.astype(o.frozen_dtype), reference)
+    return lora_step, frozen
 
   def reference_step(state, frozen, batch):
     return step(state, offline.with_reference(nnx.merge(run.graphdef, frozen['reference']), batch))
-  return reference_step, {'reference': reference}
+  return reference_step, {'reference': mu}

@@ -51,7 +51,9 @@ def objective_loss(cfg: ExperimentConfig, task, run):
 
   def loss(params, frozen, batch, rng):
     base = frozen.get('base')
-    if task.offline:
+    if task.offline and 'reference_logprobs' in frozen:  # offline.reference_logprobs='cached'
+      batch = offline.with_cached_reference(frozen['reference_logprobs']['eval'], batch)
+    elif task.offline:
       reference = (nnx.merge(run.base_graphdef, base) if run.lora else
                    nnx.merge(run.graphdef, frozen['reference']))
       batch = offline.with_reference(reference, batch)
