@@ -127,12 +127,12 @@ def compile_memory(preset: str, batch: int, prompt_len: int, new_tokens: int, me
   import jax
   from flax import nnx
 
-  from nlhf_jax.distributed import make_mesh, within_mesh
+  from nlhf_jax.distributed import make_mesh
   from nlhf_jax.models.judges import PreferenceModel
   from nlhf_jax.online.judges import model_judge
   from nlhf_jax.online.step import OnlineStep
   from nlhf_jax.training import checkpointing, init, optim
-  from nlhf_jax.trainer import tasks
+  from nlhf_jax.trainer import loop, tasks
   cfg = online_config(preset, batch, new_tokens, prompt_len, mesh_spec, 'preference_model', 'bfloat16', lora_rank)
   mesh = make_mesh(cfg.mesh)
   task = tasks.get_task('nash_md')
@@ -147,7 +147,7 @@ def compile_memory(preset: str, batch: int, prompt_len: int, new_tokens: int, me
   judge = model_judge('preference_model', pm_graphdef, None)
   step = OnlineStep(cfg, graphdef, tx, optim.schedule(cfg.optim, 1000), judge, stop_ids=(), mesh=mesh,
                     base_graphdef=run.base_graphdef)
-  jitted = jax.jit(within_mesh(step, mesh), in_shardings=(shardings, None, None), out_shardings=(shardings, None), donate_argnums=0)
+  jitted = loop.jit_step(cfg, run, step, mesh)  # as training jits it
   frozen = {'base' if run.lora else 'reference': reference, 'judge': judge_params}
   compiled = jitted.lower(state, frozen, _abstract_batch(cfg, mesh)).compile()
   mem = compiled.memory_analysis()
@@ -174,12 +174,12 @@ def measure(preset: str, batch: int, new_tokens: int, iters: int, compute_dtype:
   from flax import nnx
 
   from nlhf_jax import perf
-  from nlhf_jax.distributed import make_mesh, within_mesh
+  from nlhf_jax.distributed import make_mesh
   from nlhf_jax.models.judges import RewardModel
   from nlhf_jax.online.judges import model_judge
   from nlhf_jax.online.step import OnlineStep
   from nlhf_jax.training import optim
-  from nlhf_jax.trainer import tasks
+  from nlhf_jax.trainer import loop, tasks
   from nlhf_jax.trainer.tasks import get_task
 
   cfg = online_config(preset, batch, new_tokens)
@@ -195,7 +195,7 @@ def measure(preset: str, batch: int, new_tokens: int, iters: int, compute_dtype:
   rm_params = jax.tree.map(lambda x: x + 0.02, nnx.to_pure_dict(rm_params))  # a non-constant reward
   judge = model_judge('reward_model', rm_graphdef, rm_params)
   step = OnlineStep(cfg, graphdef, tx, optim.schedule(cfg.optim, 1000), judge, stop_ids=(), mesh=mesh)
-  jitted = jax.jit(within_mesh(step, mesh), in_shardings=(shardings, None, None), out_shardings=(shardings, None), donate_argnums=0)
+  jitted = loop.jit_step(cfg, run, step, mesh)  # as training jits it
   frozen = {'reference': reference, 'judge': judge.params}
   rng = np.random.default_rng(0)
   lengths = rng.integers(32, 65, batch)

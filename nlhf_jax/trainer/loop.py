@@ -175,7 +175,12 @@ def _compile_step(cfg, task, run, tx, mesh):
   lr = optim.schedule(cfg.optim, cfg.train.num_steps)
   initial_params = lambda: jax.jit(run.init, out_shardings=run.shardings)(cfg.seed).params
   step, frozen = build_step(cfg, task, run, tx, lr, mesh, initial_params)
-  step = within_mesh(guard_step(step, cfg.train.on_nonfinite), mesh)  # activations sharded by the rule table
-  jitted = jax.jit(step, in_shardings=(run.shardings, None, None), out_shardings=(run.shardings, None),
-                   donate_argnums=0)
-  return jitted, frozen
+  return jit_step(cfg, run, step, mesh), frozen
+
+
+def jit_step(cfg: ExperimentConfig, run, step, mesh: Mesh):
+  """`step(state, frozen, batch)` as training runs it (the benches time this too): the non-finite guard, the
+  activations sharded by the rule table, jitted with the train state's shardings and the state donated."""
+  step = within_mesh(guard_step(step, cfg.train.on_nonfinite), mesh)
+  return jax.jit(step, in_shardings=(run.shardings, None, None), out_shardings=(run.shardings, None),
+                 donate_argnums=0)
