@@ -7,7 +7,7 @@ STAMP := $(VENV)/.install.stamp
 FAKE_DEVICES := XLA_FLAGS=--xla_force_host_platform_device_count=8
 WORKDIR ?= runs/demo
 
-.PHONY: install test demo findings bench lint clean
+.PHONY: install test demo findings bench bench-gpu lint clean
 
 install: $(STAMP)
 
@@ -41,6 +41,12 @@ bench: install
 	$(PY) -m nlhf_jax.sampling.bench
 	$(PY) -m nlhf_jax.online.bench
 	$(PY) -m nlhf_jax.tabular.bench
+
+# On one GPU (or TPU) host, under 8 minutes: the 1b step's MFU, pair sampling against the bandwidth bound, peak
+# memory (docs/benchmark.md). The lock file's jax is the CPU build: install the accelerator's first, e.g.
+# .venv/bin/pip install 'jax[cuda12]==0.10.2' (the locked version). BENCH_GPU_FLAGS=--allow_cpu --preset=tiny tries it here.
+bench-gpu: install
+	$(PY) -m nlhf_jax.accelerator_bench --json $(BENCH_GPU_FLAGS)
 
 lint: install
 	$(PY) -m compileall -q nlhf_jax experiments tests

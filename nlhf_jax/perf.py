@@ -95,3 +95,22 @@ def fmt_bytes(n: float) -> str:
       return f'{n:.1f} {unit}'
     n /= 1024
   return f'{n:.1f} TiB'
+
+
+def copy_bandwidth(nbytes: int = 1 << 30, iters: int = 10) -> float:
+  """Achieved device memory bandwidth in bytes/s of an elementwise pass over `nbytes` of bfloat16 (each element
+  read once and written once): the denominator of a decode loop's bandwidth bound."""
+  x = jnp.ones((nbytes // 2,), jnp.bfloat16)
+  f = jax.jit(lambda x: x + jnp.bfloat16(1))
+  return 2 * x.size * 2 / median_time(lambda: f(x), iters, warmup=2)
+
+
+def decode_bytes_per_step(cfg: ModelConfig, weight_bytes: float, batch: int, prompt: int, new: int,
+                          cache_itemsize: int = 2, models: int = 2) -> float:
+  """Bytes that one step of pair decoding must read, averaged over the `new` steps: the weights of the `models`
+  decoding (policy and reference; `weight_bytes` each, the input embedding table left out unless tied, since a
+  step reads only its rows) and their KV caches (the policy 2B rows, the reference B, of prompt + t positions)."""
+  rows = 3 * batch if models == 2 else batch
+  per_position = 2 * cfg.num_layers * cfg.kv_heads * cfg.head_dim * cache_itemsize * rows
+  mean_context = prompt + (new - 1) / 2
+  return models * weight_bytes + per_position * mean_context

@@ -116,3 +116,34 @@ def test_online_bench_times_float32_and_bfloat16_in_one_run():
     assert math.isfinite(f[key]) and f[key] > 0, key
   assert f['compute_dtype'] == 'float32' and f['logprob_abs_diff_vs_float32'] is None
   assert 0 < f['logprob_abs_diff_vs_float32_bfloat16'] < 0.1
+
+
+@pytest.mark.slow
+def test_accelerator_bench_runs_on_small_shapes_and_refuses_a_cpu_by_default():
+  """`make bench-gpu`'s command at toy sizes with --allow_cpu (the step as training compiles it, pair sampling
+  against the bandwidth bound, peak memory); without --allow_cpu on a CPU it stops with one line saying why."""
+  cmd = [sys.executable, '-m', 'nlhf_jax.accelerator_bench', '--preset=tiny', '--step_batch=2', '--step_new=4',
+         '--batch=4', '--new=4', '--prompt=8', '--peak_n=256', '--copy_mib=16', '--iters=1', '--json']
+  refused = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=REPO, env=subprocess_env(1))
+  assert refused.returncode != 0 and 'JAX sees no accelerator' in refused.stderr and '--allow_cpu' in refused.stderr
+  out = subprocess.run(cmd + ['--allow_cpu'], capture_output=True, text=True, timeout=300, cwd=REPO,
+                       env=subprocess_env(1))
+  assert out.returncode == 0, out.stderr[-3000:]
+  for line in ('1. Nash-MD-PG step', '2. pair sampling', '3. peak memory'):
+    assert line in out.stdout, line
+  f = _last_json(out.stdout)
+  device, preset = f.pop('device'), f.pop('preset')
+  assert device.startswith('cpu') and preset == 'tiny'
+  _check_figures(f, {'step_s', 'mfu', 'peak_flops', 'step_flops', 'pair_s', 'sampled_tokens_per_s',
+                     'bandwidth_bytes_per_s', 'decode_bytes_per_step', 'weight_bytes', 'bound_tokens_per_s',
+                     'fraction_of_bound', 'peak_bytes'})
+  assert math.isclose(f['fraction_of_bound'], f['sampled_tokens_per_s'] / f['bound_tokens_per_s'])
+  assert math.isclose(f['bound_tokens_per_s'], 2 * 4 * f['bandwidth_bytes_per_s'] / f['decode_bytes_per_step'])
+
+
+def test_decode_bytes_per_step_counts_both_models_and_their_caches():
+  from nlhf_jax.config import ModelConfig
+  from nlhf_jax.perf import decode_bytes_per_step
+  cfg = ModelConfig(vocab_size=8, d_model=4, num_layers=3, num_heads=4, num_kv_heads=2, head_dim=5, mlp_dim=8)
+  # weights 1000 B each; caches: 2 (k, v) x 3 layers x 2 kv heads x 5 x 2 bytes x 3B rows x (prompt + (new-1)/2)
+  assert decode_bytes_per_step(cfg, 1000, batch=2, prompt=10, new=5) == 2 * 1000 + 2 * 3 * 2 * 5 * 2 * 6 * 12

@@ -19,7 +19,7 @@ LAYERS = {
     'evaluation': 8,
     'pipeline': 9,
 }
-SHELLS_ONLY = {'commands', 'train', 'bench'}  # top-level command modules
+SHELLS_ONLY = {'commands', 'train', 'bench', 'accelerator_bench'}  # top-level command modules
 
 
 def _modules():

@@ -167,7 +167,8 @@ def compile_memory(preset: str, batch: int, prompt_len: int, new_tokens: int, me
               trained_parameters=sum(x.size for x in jax.tree.leaves(state.params)))
 
 
-def measure(preset: str, batch: int, new_tokens: int, iters: int, compute_dtype: str = 'float32') -> dict:
+def measure(preset: str, batch: int, new_tokens: int, iters: int, compute_dtype: str = 'float32',
+            peak_n: int = 1024) -> dict:
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -214,7 +215,7 @@ def measure(preset: str, batch: int, new_tokens: int, iters: int, compute_dtype:
     return metrics['loss']
 
   seconds = perf.median_time(one_step, iters, warmup=2)
-  peak = perf.matmul_peak_flops(jnp.dtype(compute_dtype))
+  peak = perf.matmul_peak_flops(jnp.dtype(compute_dtype), n=peak_n)  # peak_n^3: the MFU denominator
   flops = perf.nash_md_step_flops(cfg.model, batch, 64, new_tokens)
   mem_bytes, mem_kind = perf.peak_memory_bytes()
   agreement = None
