@@ -109,3 +109,39 @@ def test_sigterm_to_one_process_stops_both_at_the_same_checkpointed_step(tmp_pat
   assert [p.returncode for p in procs] == [0, 0], texts[0][-2000:] + texts[1][-2000:]
   steps = launch.checkpoint_steps(workdir)
   assert len(steps) == 1 and all(f'preempted: checkpoint at step {steps[0]} ' in t for t in texts)
+
+
+@pytest.mark.slow
+def test_cached_reference_logprobs_on_two_processes(tmp_path):
+  """dpo with offline.reference_logprobs='cached' on two processes: each computes its rows, the all-gathered tables
+  that process 0 writes equal the ones one process computes, and the two-process run trains on them."""
+  from experiments.configs import dpo
+  from nlhf_jax.trainer import loop
+  flags = ('--config.data.num_examples=48', '--config.train.num_steps=2', '--config.train.eval_every=2',
+           '--config.train.eval_batches=1', '--config.train.checkpoint_every=2',
+           '--config.train.async_checkpointing=false', '--config.offline.reference_logprobs=cached')
+  port = launch.free_port()
+  procs, logs = [], []
+  for i in range(2):
+    cmd = launch.train_cmd('experiments/configs/dpo.py:tiny', tmp_path / 'two', *flags,
+                           f'--config.offline.reference_cache_dir={tmp_path / "cache_two"}',
+                           f'--coordinator_address=localhost:{port}', '--num_processes=2', f'--process_id={i}')
+    logs.append(tmp_path / f'dpo.{i}.log')
+    procs.append(launch.start(cmd, 4, logs[-1]))
+  try:
+    launch.finish_all(procs, logs)
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  c = dpo.get_config('tiny')
+  c.data.num_examples = 48
+  c.train.update(num_steps=1, eval_every=1, eval_batches=1, async_checkpointing=False)
+  c.offline.update(reference_logprobs='cached', reference_cache_dir=str(tmp_path / 'cache_one'))
+  loop.train(from_config_dict(c, num_devices=jax.device_count()), str(tmp_path / 'one'))
+  two = sorted((tmp_path / 'cache_two').iterdir())
+  one = sorted((tmp_path / 'cache_one').iterdir())
+  assert [f.name.split('-')[1] for f in two] == [f.name.split('-')[1] for f in one] == ['train', 'validation']
+  for a, b in zip(two, one):
+    np.testing.assert_allclose(np.load(a)['logprobs'], np.load(b)['logprobs'], rtol=1e-5, atol=1e-5)
+  assert launch.checkpoint_steps(tmp_path / 'two') == [2]
