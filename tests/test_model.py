@@ -72,6 +72,21 @@ def test_bfloat16_compute_keeps_float32_params_and_logits():
   assert logits.dtype == jnp.float32
 
 
+def test_bfloat16_matmuls_take_bfloat16_operands_and_accumulate_in_float32():
+  """Every matmul of the bfloat16 forward pass (projections, attention, MLP, logits) is a bfloat16 x bfloat16 dot
+  with a float32 result: XLA:CPU runs a bfloat16 dot with a bfloat16 result on float32 copies of its operands."""
+  import re
+  cfg = dataclasses.replace(CFG, compute_dtype='bfloat16')
+  graphdef, params = nnx.split(Transformer(cfg, nnx.Rngs(0)))
+  tokens = _tokens(2, 6)
+  text = jax.jit(lambda p: nnx.merge(graphdef, p)(tokens, jnp.ones_like(tokens, bool))[0]).lower(params).as_text()
+  dots = re.findall(r'stablehlo\.dot_general.*?: \((tensor<[^>]*>), (tensor<[^>]*>)\) -> (tensor<[^>]*>)', text)
+  per_layer = 4 + 2 + 3  # q, k, v, o; scores and values; gate, up, down
+  assert len(dots) == cfg.num_layers * per_layer + 1, len(dots)
+  for lhs, rhs, out in dots:
+    assert lhs.endswith('xbf16>') and rhs.endswith('xbf16>') and out.endswith('xf32>'), (lhs, rhs, out)
+
+
 def test_every_parameter_has_logical_axes(model):
   _, params = nnx.split(model, nnx.Param)
   for path, var in jax.tree_util.tree_flatten_with_path(params, is_leaf=lambda x: isinstance(x, nnx.Variable))[0]:

@@ -230,6 +230,9 @@ class OnlineConfig:
   # Keep the parameters sharded over 'fsdp' while decoding (models larger than one device) instead of gathering
   # them once at the decode loop's boundary.
   sharded_decode: bool = False
+  # dtype of the decode loop's KV caches: '' (auto: the compute dtype; float32 on CPU, where XLA handles a
+  # bfloat16 cache slowly), 'float32' or 'bfloat16' (nlhf_jax/sampling/sampler.py, SamplingConfig.cache_dtype).
+  kv_cache_dtype: str = ''
 
 
 @dataclasses.dataclass(frozen=True)

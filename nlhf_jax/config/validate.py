@@ -188,6 +188,8 @@ def check_online(cfg: schema.ExperimentConfig) -> None:
   _require(o.max_new_tokens > 0, f'config.online.max_new_tokens={o.max_new_tokens}: must be positive')
   _require(o.frozen_dtype in ('', 'float32', 'bfloat16'),
            f"config.online.frozen_dtype={o.frozen_dtype!r}: use '' (as stored), 'float32' or 'bfloat16'")
+  _require(o.kv_cache_dtype in ('', 'float32', 'bfloat16'),
+           f"config.online.kv_cache_dtype={o.kv_cache_dtype!r}: use '' (auto), 'float32' or 'bfloat16'")
   _require(o.judge in ('preference_model', 'reward_model', 'oracle'),
            f"config.online.judge={o.judge!r}: use 'preference_model', 'reward_model' or 'oracle'")
   objective = cfg.train.objective

@@ -25,7 +25,7 @@ from flax import nnx
 from typing import NamedTuple
 
 from nlhf_jax.config import ModelConfig
-from nlhf_jax.models.layers import RMSNorm, param, param_dtype, rope, rope_frequencies, softcap
+from nlhf_jax.models.layers import RMSNorm, einsum, param, param_dtype, rope, rope_frequencies, softcap
 
 _NEG_INF = -1e30
 
@@ -70,7 +70,7 @@ class Attention(nnx.Module):
 
   def _project(self, x_btd: jax.Array, name: str) -> jax.Array:
     dt = x_btd.dtype
-    out = jnp.einsum('btd,dhk->bthk', x_btd, getattr(self, name)[...].astype(dt))
+    out = einsum('btd,dhk->bthk', x_btd, getattr(self, name)[...])
     if self.cfg.qkv_bias:
       out = out + getattr(self, f'{name}_bias')[...].astype(dt)
     if self.cfg.qk_norm and name != 'v':
@@ -105,14 +105,17 @@ class Attention(nnx.Module):
       out = _fused(q, k, v, allowed, cache is not None, (cfg.query_pre_attn_scalar or q.shape[-1]) ** -0.5)
     else:
       out = self._einsum_attention(q, k, v, allowed, k_spec)
-    out = jnp.einsum('bthk,hkd->btd', out, self.o[...].astype(dt))
+    out = einsum('bthk,hkd->btd', out, self.o[...])
     if cfg.out_bias:
       out = out + self.o_bias[...].astype(dt)
     return out, cache
 
   def _einsum_attention(self, q, k, v, allowed, k_spec: str):
-    """softmax(q k^T * scale [soft-capped], masked) v in float32 logits; q [B, T, H, D], k/v as k_spec."""
+    """softmax(q k^T * scale [soft-capped], masked) v in float32 logits; q [B, T, H, D], k/v as k_spec. Computed
+    in the wider of q's and k's dtypes (a float32 KV cache is read as it is, not cast to the compute dtype) and
+    returned in q's dtype."""
     cfg, dt = self.cfg, q.dtype
+    q = q.astype(jnp.promote_types(dt, k.dtype))
     b, t, h, hd = q.shape
     group = h // cfg.kv_heads
     if group > 1:  # queries [B, T, KV, G, D] against keys [B, S, KV, D] (the cache: [B, KV, S, D])
@@ -120,12 +123,12 @@ class Attention(nnx.Module):
     else:  # one query head per kv head: plain multi-head attention
       q_spec, k_spec, logit_spec = 'bthk', k_spec.replace('n', 'h'), 'bhts'
     scale = (cfg.query_pre_attn_scalar or hd) ** -0.5
-    logits = jnp.einsum(f'{q_spec},{k_spec}->{logit_spec}', q, k.astype(dt)).astype(jnp.float32) * scale
+    logits = einsum(f'{q_spec},{k_spec}->{logit_spec}', q, k, jnp.float32) * scale
     logits = softcap(logits, cfg.attn_logit_softcap)
     allowed = allowed.reshape((b,) + (1,) * (logits.ndim - 3) + allowed.shape[1:])
     logits = jnp.where(allowed, logits, _NEG_INF)
-    probs = jax.nn.softmax(logits, axis=-1).astype(dt)
-    return jnp.einsum(f'{logit_spec},{k_spec}->{q_spec}', probs, v.astype(dt)).reshape(b, t, h, hd)
+    probs = jax.nn.softmax(logits, axis=-1).astype(q.dtype)
+    return einsum(f'{logit_spec},{k_spec}->{q_spec}', probs, v, dt).reshape(b, t, h, hd)
 
 
 def _fused(q, k, v, allowed, head_major: bool, scale: float) -> jax.Array:

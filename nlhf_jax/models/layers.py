@@ -21,6 +21,17 @@ def param(rngs: nnx.Rngs, shape: Sequence[int], axes: Sequence[str | None], init
   return nnx.Param(init(rngs.params(), tuple(shape), jnp.float32).astype(dtype), logical_axes=tuple(axes))
 
 
+def einsum(spec: str, x: jax.Array, w: jax.Array, out_dtype=None) -> jax.Array:
+  """einsum(spec, x, w) with w cast to x's dtype, accumulated in float32, returned in `out_dtype` (x's dtype
+  by default). Every matmul of the models goes through here: with bfloat16 operands an XLA dot whose output is
+  also bfloat16 may be run on float32 copies of its operands (XLA:CPU does), while one that asks for a float32
+  result runs on the bfloat16 operands themselves. In float32 it is the plain einsum. It stays a jnp.einsum
+  call, so LoRA (nlhf_jax/models/lora.py) intercepts it."""
+  dt = x.dtype
+  out = jnp.einsum(spec, x, w.astype(dt), preferred_element_type=jnp.float32)
+  return out.astype(out_dtype or dt)
+
+
 def param_dtype(cfg: ModelConfig):
   """The dtype the model stores its parameters in (config.model.param_dtype)."""
   return jnp.bfloat16 if cfg.param_dtype == 'bfloat16' else jnp.float32
@@ -57,10 +68,9 @@ class GatedMLP(nnx.Module):
     self.activation = activation
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    dt = x.dtype
-    # jnp.dot rather than `@`: LoRA (nlhf_jax/models/lora.py) intercepts jnp.dot / jnp.einsum, not jnp.matmul.
-    h = _ACTIVATIONS[self.activation](jnp.dot(x, self.gate[...].astype(dt))) * jnp.dot(x, self.up[...].astype(dt))
-    return jnp.dot(h, self.down[...].astype(dt))
+    proj = lambda v, w: einsum('...d,df->...f', v, w[...])
+    h = _ACTIVATIONS[self.activation](proj(x, self.gate)) * proj(x, self.up)
+    return proj(h, self.down)
 
 
 def softcap(x: jax.Array, cap: float) -> jax.Array:

@@ -17,7 +17,7 @@ from flax import nnx
 from nlhf_jax.config import ModelConfig
 from nlhf_jax.distributed.sharding import constrain_activations
 from nlhf_jax.models.attention import Attention, LayerKind
-from nlhf_jax.models.layers import GatedMLP, RMSNorm, param, param_dtype, softcap
+from nlhf_jax.models.layers import GatedMLP, RMSNorm, einsum, param, param_dtype, softcap
 from nlhf_jax.models.logprobs import TokenStats, chunked_logits, chunked_token_logprobs, token_logprobs
 
 STACK = 'layers'  # the parameter (and cache) subtree of a scanned stack
@@ -124,7 +124,7 @@ class Transformer(nnx.Module):
     w = self.unembedding()
     if self.cfg.logits_chunk:
       return chunked_logits(hidden_btd, w, self.cfg.logits_chunk, self.cfg.final_logit_softcap)
-    logits = jnp.einsum('btd,dv->btv', hidden_btd, w.astype(hidden_btd.dtype)).astype(jnp.float32)
+    logits = einsum('btd,dv->btv', hidden_btd, w, jnp.float32)
     return softcap(logits, self.cfg.final_logit_softcap)
 
   def token_logprobs(self, hidden_btd, targets_bt, with_stats: bool = False):

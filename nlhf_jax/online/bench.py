@@ -80,7 +80,8 @@ def _turn_off_hoisting() -> None:
 
 
 def online_config(preset: str, batch: int, new_tokens: int, prompt_len: int = 64, mesh: str = '',
-                  judge: str = 'reward_model', frozen_dtype: str = '', lora_rank: int = 0):
+                  judge: str = 'reward_model', frozen_dtype: str = '', lora_rank: int = 0,
+                  kv_cache_dtype: str = ''):
   """The benchmark's Nash-MD config (judges and the LoRA base built in memory, so no checkpoint path is read)."""
   import jax
 
@@ -92,7 +93,7 @@ def online_config(preset: str, batch: int, new_tokens: int, prompt_len: int = 64
   c.data.update(prompt_len=prompt_len)
   c.model.max_len = max(c.model.max_len, prompt_len + new_tokens)
   c.online.update(max_new_tokens=new_tokens, beta=0.125, tau=0.008, judge=judge, judge_checkpoint='-',
-                  frozen_dtype=frozen_dtype, sharded_decode=bool(mesh))
+                  frozen_dtype=frozen_dtype, sharded_decode=bool(mesh), kv_cache_dtype=kv_cache_dtype)
   c.optim.update(schedule='constant')
   if lora_rank:
     c.model.lora.rank = lora_rank
@@ -133,7 +134,9 @@ def compile_memory(preset: str, batch: int, prompt_len: int, new_tokens: int, me
   from nlhf_jax.online.step import OnlineStep
   from nlhf_jax.training import checkpointing, init, optim
   from nlhf_jax.trainer import loop, tasks
-  cfg = online_config(preset, batch, new_tokens, prompt_len, mesh_spec, 'preference_model', 'bfloat16', lora_rank)
+  # bfloat16 KV caches, as an accelerator makes them (on CPU the sampler's default would make them float32)
+  cfg = online_config(preset, batch, new_tokens, prompt_len, mesh_spec, 'preference_model', 'bfloat16', lora_rank,
+                      kv_cache_dtype='bfloat16')
   mesh = make_mesh(cfg.mesh)
   task = tasks.get_task('nash_md')
   tx = optim.make_optimizer(cfg.optim, 1000)

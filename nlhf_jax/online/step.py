@@ -43,7 +43,8 @@ sg = jax.lax.stop_gradient
 def sampling_config(cfg: ExperimentConfig, stop_ids: tuple[int, ...]) -> SamplingConfig:
   o = cfg.online
   return SamplingConfig(max_new_tokens=o.max_new_tokens, temperature=o.temperature, top_k=o.top_k, top_p=o.top_p,
-                        stop_ids=stop_ids, pad_id=cfg.model.pad_id, sharded_params=o.sharded_decode)
+                        stop_ids=stop_ids, pad_id=cfg.model.pad_id, sharded_params=o.sharded_decode,
+                        cache_dtype=o.kv_cache_dtype)
 
 
 def sampled_logprobs(model, prompt, prompt_mask, response, response_mask, scfg: SamplingConfig) -> jax.Array:

@@ -1,8 +1,11 @@
 """Sampling throughput on the reference configuration (prints, never asserts).
 
-  python -m nlhf_jax.sampling.bench [--preset small] [--batch 8] [--new 64] [--iters 5] [--json]
+  python -m nlhf_jax.sampling.bench [--preset small] [--batch 8] [--new 64] [--iters 5]
+      [--compute_dtypes float32,bfloat16] [--json]
 
-Prompts of 32-64 tokens (left-padded to 64), float32. EOS is disabled (no stop ids) so that every row samples the
+Prompts of 32-64 tokens (left-padded to 64), float32 parameters. Each compute dtype of --compute_dtypes (default
+float32 alone) is timed in this process; bfloat16 compute keeps float32 accumulation, log-probabilities and
+caches of the compute dtype. EOS is disabled (no stop ids) so that every row samples the
 full max_new_tokens and the token counts are exact. Reported: policy-only sampling, and the (y ~ policy,
 y' ~ mixture) pair in one loop, each with compile time and sampled tokens/s; the pair's matmul FLOPs and achieved
 rate, against the rate of a decode-shaped matmul ([3B, d_model] @ [d_model, mlp_dim]: the pair decodes 2B policy
@@ -12,7 +15,8 @@ rows and B reference rows a step) and of a square one; then the peak memory.
 as *_flops, bytes as *_bytes): policy_s, policy_tokens_per_s, policy_first_call_s, policy_compile_s, the same
 four for pair_*, pair_flop_count (matmul FLOPs of one pair call), pair_flops (its achieved rate),
 decode_matmul_flops, peak_flops (the square float32 matmul), pair_fraction_of_peak = pair_flops / peak_flops and
-peak_bytes.
+peak_bytes. A second compute dtype adds the same keys suffixed with it (pair_s_bfloat16, pair_flops_bfloat16,
+decode_matmul_flops_bfloat16, peak_flops_bfloat16: its own square matmul, pair_fraction_of_peak_bfloat16, ...).
 """
 from __future__ import annotations
 
@@ -74,14 +78,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
   parser.add_argument('--min_prompt', type=int, default=32)
   parser.add_argument('--beta', type=float, default=0.125)
   parser.add_argument('--iters', type=int, default=5)
+  parser.add_argument('--compute_dtypes', default='float32',
+                      help='Comma-separated compute dtypes (float32, bfloat16), each timed in this process.')
   parser.add_argument('--json', action='store_true', help='Print every figure as one JSON object, last line.')
-  return parser.parse_args(argv)
+  args = parser.parse_args(argv)
+  for dtype in args.compute_dtypes.split(','):
+    if dtype not in ('float32', 'bfloat16'):
+      parser.error(f'--compute_dtypes: {dtype!r} is not a compute dtype; use float32 and/or bfloat16')
+  return args
 
 
-def main(argv: Sequence[str] | None = None) -> dict:
-  """Runs the bench on `argv` (default: the command line); returns the figures that --json prints."""
-  args = parse_args(argv)
-  cfg = ModelConfig(**preset(args.preset))
+def bench_dtype(args: argparse.Namespace, compute_dtype: str) -> dict:
+  """Times policy-only and pair sampling with `compute_dtype` compute; returns the figures --json prints."""
+  cfg = ModelConfig(**{**preset(args.preset), 'compute_dtype': compute_dtype})
   graphdef, policy = nnx.split(Transformer(cfg, nnx.Rngs(0)))
   _, ref = nnx.split(Transformer(cfg, nnx.Rngs(1)))
   batch = make_batch(args.batch, args.prompt, args.min_prompt, cfg.vocab_size)
@@ -89,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
   key = jax.random.key(0)
   print(f'{jax.devices()[0].platform} x{jax.device_count()}, preset {args.preset}: vocab {cfg.vocab_size}, '
         f'd_model {cfg.d_model}, {cfg.num_layers} layers, {cfg.num_heads} heads; batch {args.batch}, prompts '
-        f'{args.min_prompt}-{args.prompt}, {args.new} new tokens, beta {args.beta}, float32')
+        f'{args.min_prompt}-{args.prompt}, {args.new} new tokens, beta {args.beta}, {compute_dtype} compute')
 
   single = jit_sample(graphdef, scfg)
   figures = _prefixed('policy', timed('policy only (B x T)', single, (policy, batch, key), args.batch * args.new,
@@ -98,16 +107,32 @@ def main(argv: Sequence[str] | None = None) -> dict:
   figures.update(_prefixed('pair', timed('policy + mixture pair (2 x B x T)', pair, (policy, ref, batch, key),
                                          2 * args.batch * args.new, args.iters)))
   flops = pair_flops(cfg, args.batch, args.prompt, args.new)
-  skinny = matmul_flops(3 * args.batch, cfg.d_model, cfg.mlp_dim, iters=50)  # one decode step's MLP shape
-  square = matmul_peak_flops()
+  dtype = jnp.dtype(compute_dtype)
+  skinny = matmul_flops(3 * args.batch, cfg.d_model, cfg.mlp_dim, dtype, iters=50)  # one decode step's MLP shape
+  square = matmul_peak_flops(dtype)
   seconds = figures['pair_s']
-  print(f'pair: {flops / 1e9:.2f} GFLOP, {flops / seconds / 1e9:.1f} GFLOP/s achieved; matmul rates measured now: '
+  print(f'pair: {flops / 1e9:.2f} GFLOP, {flops / seconds / 1e9:.1f} GFLOP/s achieved = '
+        f'{flops / seconds / square:.1%} of the square matmul; {compute_dtype} matmul rates measured now: '
         f'[{3 * args.batch}x{cfg.d_model}]@[{cfg.d_model}x{cfg.mlp_dim}] {skinny / 1e9:.1f} GFLOP/s, '
         f'1024^3 {square / 1e9:.1f} GFLOP/s')
+  figures.update(pair_flop_count=flops, pair_flops=flops / seconds, decode_matmul_flops=skinny, peak_flops=square,
+                 pair_fraction_of_peak=flops / seconds / square)
+  return figures
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+  """Runs the bench on `argv` (default: the command line); returns the figures that --json prints."""
+  args = parse_args(argv)
+  figures = {}
+  for i, compute_dtype in enumerate(args.compute_dtypes.split(',')):
+    part = bench_dtype(args, compute_dtype)
+    figures.update(part if i == 0 else {f'{k}_{compute_dtype}': v for k, v in part.items()})
+    if i:
+      print(f'  {compute_dtype} pair / {args.compute_dtypes.split(",")[0]} pair: '
+            f'{part["pair_s"] / figures["pair_s"]:.2f} (same run)')
   peak, what = peak_memory_bytes()
   print(f'peak memory: {fmt_bytes(peak)} ({what})')
-  figures.update(pair_flop_count=flops, pair_flops=flops / seconds, decode_matmul_flops=skinny, peak_flops=square,
-                 pair_fraction_of_peak=flops / seconds / square, peak_bytes=peak)
+  figures['peak_bytes'] = peak
   if args.json:
     print(json.dumps(figures), flush=True)
   return figures

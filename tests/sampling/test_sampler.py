@@ -67,6 +67,31 @@ def test_cached_decoding_matches_full_forward():
   np.testing.assert_allclose(jnp.stack(steps, axis=1), full[:, :t_new], atol=1e-5, rtol=0)
 
 
+def test_kv_cache_dtype_is_float32_on_cpu_unless_named():
+  """'' (auto) is the compute dtype, except float32 on CPU; a named dtype is used as it is; bad names fail."""
+  bf16 = jnp.dtype(jnp.bfloat16)
+  assert SamplingConfig().kv_cache_dtype(bf16) == (jnp.float32 if jax.default_backend() == 'cpu' else bf16)
+  assert SamplingConfig(cache_dtype='bfloat16').kv_cache_dtype(jnp.float32) == bf16
+  with pytest.raises(ValueError, match="cache_dtype must be '' \\(auto\\), 'float32' or 'bfloat16'"):
+    SamplingConfig(cache_dtype='float16')
+
+
+def test_bfloat16_compute_samples_alike_with_float32_and_bfloat16_caches():
+  """bfloat16 compute over a float32 or a bfloat16 KV cache: the same draws, log-probabilities within bfloat16's
+  rounding of the cached keys and values; the caches are made in the dtype asked for."""
+  graphdef, policy, ref = _models(dataclasses.replace(CFG, compute_dtype='bfloat16'), scale=1.0)
+  batch, key, outs = _batch(), jax.random.key(2), {}
+  for dtype in ('float32', 'bfloat16'):
+    cfg = SamplingConfig(max_new_tokens=6, stop_ids=(), cache_dtype=dtype)
+    _, cache = prefill(nnx.merge(graphdef, policy), batch['prompt'], batch['prompt_mask'], 12, None,
+                       cfg.kv_cache_dtype(jnp.bfloat16))
+    assert cache['layer_0']['k'].dtype == jnp.dtype(dtype)
+    outs[dtype] = jit_sample_pair(graphdef, graphdef, cfg, 0.3)(policy, ref, batch, key)
+  for name in ('policy', 'mixture'):
+    np.testing.assert_array_equal(outs['float32'][name]['tokens'], outs['bfloat16'][name]['tokens'])
+    np.testing.assert_allclose(outs['float32'][name]['logprobs'], outs['bfloat16'][name]['logprobs'], atol=0.05)
+
+
 def _recomputed_logprobs(models, batch, out, cfg, beta):
   graphdef, policy, ref = models
   lp = _full_logits(graphdef, policy, batch, out['tokens'], out['mask'])
