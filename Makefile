@@ -38,7 +38,7 @@ findings: install
 # Speed and memory figures (printed, never asserted).
 bench: install
 	$(PY) -m nlhf_jax.bench
-	$(PY) -m nlhf_jax.sampling.bench
+	$(PY) -m nlhf_jax.sampling.bench --compute_dtypes=float32,bfloat16
 	$(PY) -m nlhf_jax.online.bench
 	$(PY) -m nlhf_jax.tabular.bench
 
