@@ -83,22 +83,31 @@ def test_tabular_bench_json(capsys):
 
 
 def test_sampling_bench_json(capsys):
-  """Toy sizes, in process: the human-readable lines, then every figure, the pair's rate against the square
-  float32 matmul peak measured in the same run."""
+  """Toy sizes, in process, float32 and bfloat16: the human-readable lines, then every figure, each dtype's pair
+  rate against the square matmul peak of that dtype measured in the same run."""
   from nlhf_jax.sampling import bench
   returned = bench.main(['--preset=tiny', '--batch=2', '--new=3', '--prompt=6', '--min_prompt=3', '--iters=1',
-                         '--json'])
+                         '--compute_dtypes=float32,bfloat16', '--json'])
   lines = capsys.readouterr().out.strip().splitlines()
   assert lines[1].startswith('policy only') and lines[2].startswith('policy + mixture pair')
-  assert lines[3].startswith('pair: ') and '1024^3' in lines[3] and lines[4].startswith('peak memory')
+  assert lines[3].startswith('pair: ') and '1024^3' in lines[3] and 'float32 matmul rates' in lines[3]
+  assert 'bfloat16 compute' in lines[4] and 'bfloat16 matmul rates' in lines[7]
+  assert lines[8].startswith('  bfloat16 pair / float32 pair') and lines[9].startswith('peak memory')
   figures = json.loads(lines[-1])
   assert figures == returned
   timing = ('s', 'tokens_per_s', 'first_call_s', 'compile_s')
-  keys = {f'{w}_{k}' for w in ('policy', 'pair') for k in timing} | {
-      'pair_flop_count', 'pair_flops', 'decode_matmul_flops', 'peak_flops', 'pair_fraction_of_peak', 'peak_bytes'}
-  _check_figures(figures, keys, non_negative=('compile_s',))
-  assert math.isclose(figures['pair_fraction_of_peak'], figures['pair_flops'] / figures['peak_flops'])
-  assert math.isclose(figures['pair_flops'], figures['pair_flop_count'] / figures['pair_s'])
+  per_dtype = {f'{w}_{k}' for w in ('policy', 'pair') for k in timing} | {
+      'pair_flop_count', 'pair_flops', 'decode_matmul_flops', 'peak_flops', 'pair_fraction_of_peak'}
+  keys = per_dtype | {f'{k}_bfloat16' for k in per_dtype} | {'peak_bytes'}
+  _check_figures(figures, keys, non_negative=('compile_s', 'compile_s_bfloat16'))
+  for suffix in ('', '_bfloat16'):
+    assert math.isclose(figures[f'pair_fraction_of_peak{suffix}'],
+                        figures[f'pair_flops{suffix}'] / figures[f'peak_flops{suffix}'])
+    rate = figures[f'pair_flop_count{suffix}'] / figures[f'pair_s{suffix}']
+    assert math.isclose(figures[f'pair_flops{suffix}'], rate)
+  with pytest.raises(SystemExit):
+    bench.parse_args(['--compute_dtypes=float16'])
+  assert "'float16' is not a compute dtype" in capsys.readouterr().err
 
 
 @pytest.mark.slow
