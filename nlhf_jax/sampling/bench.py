@@ -6,9 +6,9 @@
 Prompts of 32-64 tokens (left-padded to 64), float32 parameters. Each compute dtype of --compute_dtypes (default
 float32 alone) is timed in this process; bfloat16 compute keeps float32 accumulation and log-probabilities, and
 the KV caches are the sampler's default (float32 on CPU: SamplingConfig.cache_dtype). EOS is disabled (no stop
-ids) so that every row samples the full max_new_tokens and the token counts are exact. Reported: policy-only sampling, and the (y ~ policy,
-y' ~ mixture) pair in one loop, each with compile time and sampled tokens/s; the pair's matmul FLOPs and achieved
-rate, against the rate of a decode-shaped matmul ([3B, d_model] @ [d_model, mlp_dim]: the pair decodes 2B policy
+ids) so that every row samples the full max_new_tokens and the token counts are exact. Reported: policy-only
+sampling, and the (y ~ policy, y' ~ mixture) pair in one loop, each with compile time and sampled tokens/s; the
+pair's matmul FLOPs and achieved rate, against the rate of a decode-shaped matmul ([3B, d_model] @ [d_model, mlp_dim]: the pair decodes 2B policy
 rows and B reference rows a step) and of a square one; then the peak memory.
 
 --json adds, as the last line, one JSON object of every figure (numbers; seconds as *_s, rates as *_per_s, FLOP/s
