@@ -8,8 +8,9 @@ float32 alone) is timed in this process; bfloat16 compute keeps float32 accumula
 the KV caches are the sampler's default (float32 on CPU: SamplingConfig.cache_dtype). EOS is disabled (no stop
 ids) so that every row samples the full max_new_tokens and the token counts are exact. Reported: policy-only
 sampling, and the (y ~ policy, y' ~ mixture) pair in one loop, each with compile time and sampled tokens/s; the
-pair's matmul FLOPs and achieved rate, against the rate of a decode-shaped matmul ([3B, d_model] @ [d_model, mlp_dim]: the pair decodes 2B policy
-rows and B reference rows a step) and of a square one; then the peak memory.
+pair's matmul FLOPs and achieved rate, against the rate of a decode-shaped matmul ([3B, d_model] @
+[d_model, mlp_dim]: the pair decodes 2B policy rows and B reference rows a step) and of a square one; then the
+peak memory.
 
 --json adds, as the last line, one JSON object of every figure (numbers; seconds as *_s, rates as *_per_s, FLOP/s
 as *_flops, bytes as *_bytes): policy_s, policy_tokens_per_s, policy_first_call_s, policy_compile_s, the same
