@@ -124,13 +124,12 @@ def bench_dtype(args: argparse.Namespace, compute_dtype: str) -> dict:
 def main(argv: Sequence[str] | None = None) -> dict:
   """Runs the bench on `argv` (default: the command line); returns the figures that --json prints."""
   args = parse_args(argv)
-  figures = {}
-  for i, compute_dtype in enumerate(args.compute_dtypes.split(',')):
+  first, *others = args.compute_dtypes.split(',')
+  figures = bench_dtype(args, first)
+  for compute_dtype in others:
     part = bench_dtype(args, compute_dtype)
-    figures.update(part if i == 0 else {f'{k}_{compute_dtype}': v for k, v in part.items()})
-    if i:
-      print(f'  {compute_dtype} pair / {args.compute_dtypes.split(",")[0]} pair: '
-            f'{part["pair_s"] / figures["pair_s"]:.2f} (same run)')
+    figures.update({f'{k}_{compute_dtype}': v for k, v in part.items()})
+    print(f'  {compute_dtype} pair / {first} pair: {part["pair_s"] / figures["pair_s"]:.2f} (same run)')
   peak, what = peak_memory_bytes()
   print(f'peak memory: {fmt_bytes(peak)} ({what})')
   figures['peak_bytes'] = peak
