@@ -35,9 +35,10 @@ def user_errors() -> tuple[type[BaseException], ...]:
   from nlhf_jax.data.tokenizer import TokenizerError
   from nlhf_jax.models.hf.config import HFFormatError
   from nlhf_jax.models.hf.safetensors import SafetensorsError
+  from nlhf_jax.outputs import OutputError
   from nlhf_jax.training.checkpointing import CheckpointError
   return (ConfigError, DataError, TokenizerError, CheckpointError, HFFormatError, SafetensorsError,
-          FileNotFoundError, NotADirectoryError, FloatingPointError)
+          FileNotFoundError, NotADirectoryError, FloatingPointError, OutputError)
 
 
 def _message(e: BaseException) -> str:

@@ -8,7 +8,7 @@ ROOT = pathlib.Path(__file__).parents[1] / 'nlhf_jax'
 
 # Lowest first. A package may import its own modules and those of packages of a lower rank only.
 LAYERS = {
-    'config': 0, 'logs': 0,
+    'config': 0, 'logs': 0, 'outputs': 0,
     'perf': 1, 'distributed': 1, 'tabular': 1,
     'models': 2, 'data': 2,
     'objectives': 3, 'sampling': 3,

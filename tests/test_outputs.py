@@ -1,0 +1,60 @@
+"""nlhf_jax.outputs: the rule every writing command follows (check first, never replace unasked, rename)."""
+import os
+
+import pytest
+
+from nlhf_jax import outputs
+from nlhf_jax.outputs import OutputError
+
+
+def test_check_file_refuses_what_exists_and_folders(tmp_path):
+  target = tmp_path / 'a.json'
+  outputs.check_file(str(target))  # new: fine
+  target.write_text('old')
+  with pytest.raises(OutputError, match='already exists; pass --overwrite'):
+    outputs.check_file(str(target))
+  outputs.check_file(str(target), overwrite=True)
+  with pytest.raises(OutputError, match='is a folder'):
+    outputs.check_file(str(tmp_path))
+  with pytest.raises(OutputError, match='is a file, not a folder'):
+    outputs.check_file(str(target / 'b.json'), overwrite=True)
+
+
+def test_check_dir_names_what_would_be_replaced(tmp_path):
+  outputs.check_dir(str(tmp_path / 'new'), ['config.json'])
+  (tmp_path / 'config.json').write_text('{}')
+  (tmp_path / 'other.txt').write_text('')
+  outputs.check_dir(str(tmp_path), ['model.safetensors'])
+  with pytest.raises(OutputError, match=r'already holds config.json; pass --overwrite'):
+    outputs.check_dir(str(tmp_path), ['config.json', 'model.safetensors'])
+  with pytest.raises(OutputError, match='config.json, other.txt'):
+    outputs.check_dir(str(tmp_path), empty=True)
+  outputs.check_dir(str(tmp_path), ['config.json'], overwrite=True)
+  with pytest.raises(OutputError, match='is a file, not a folder'):
+    outputs.check_dir(str(tmp_path / 'config.json'))
+
+
+def test_an_interrupted_write_keeps_the_old_file(tmp_path):
+  target = tmp_path / 'a.txt'
+  target.write_text('old')
+  with pytest.raises(RuntimeError):
+    with outputs.replacing_file(str(target)) as f:
+      f.write('half')
+      raise RuntimeError('killed')
+  assert target.read_text() == 'old' and os.listdir(tmp_path) == ['a.txt']
+  outputs.write_json(str(target), {'x': 1})
+  assert target.read_text() == '{\n  "x": 1\n}\n' and os.listdir(tmp_path) == ['a.txt']
+
+
+def test_a_folder_is_replaced_only_once_complete(tmp_path):
+  final = tmp_path / 'out'
+  final.mkdir()
+  (final / 'old.txt').write_text('old')
+  with pytest.raises(RuntimeError):
+    with outputs.building_dir(str(final)) as tmp:
+      open(os.path.join(tmp, 'new.txt'), 'w').close()
+      raise RuntimeError('killed')
+  assert os.listdir(final) == ['old.txt'] and os.listdir(tmp_path) == ['out']
+  with outputs.building_dir(str(final)) as tmp:
+    open(os.path.join(tmp, 'new.txt'), 'w').close()
+  assert os.listdir(final) == ['new.txt'] and os.listdir(tmp_path) == ['out']
