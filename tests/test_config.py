@@ -62,6 +62,17 @@ def test_wrong_type_is_named():
     from_config_dict(c)
 
 
+def test_layer_types_validate():
+  """A model with per-layer attention kinds (Gemma 2/3) validates; a wrong entry is named."""
+  ok = {'model.layer_types': ('local', 'global'), 'model.sliding_window': 8}
+  cfg = from_config_dict(_cfg(**ok), num_devices=8)
+  assert cfg.model.layer_types == ('local', 'global') and cfg.model.is_local(0) and not cfg.model.is_local(1)
+  with pytest.raises(ConfigError, match=r"config\.model\.layer_types: 'sliding' is not a layer type"):
+    from_config_dict(_cfg(**dict(ok, **{'model.layer_types': ('sliding', 'global')})))
+  with pytest.raises(ConfigError, match='names local layers but config.model.sliding_window=0'):
+    from_config_dict(_cfg(**dict(ok, **{'model.sliding_window': 0})))
+
+
 def test_mesh_fill_axis():
   from nlhf_jax.config import MeshConfig, resolve_mesh_shape
   assert resolve_mesh_shape(MeshConfig(data=-1, fsdp=1, tensor=4), 8) == {'data': 2, 'fsdp': 1, 'tensor': 4}
@@ -73,6 +84,8 @@ def test_mesh_fill_axis():
     (['--config.train.num_step=5'], 2, "config.train has no field 'num_step'; did you mean 'num_steps'?"),
     (['--config=experiments/configs/nosuch.py:tiny'], 2, 'config file experiments/configs/nosuch.py does not exist'),
     (['--config=experiments/configs/sft.py:nope'], 1, "unknown variant 'nope' of sft.py; use one of: tiny"),
+    (['--config.model.lora.rank=4', '--config.model.lora.targets=embed', '--config.init_checkpoint=runs/base'], 1,
+     "error: config.model.lora.targets='embed' selects no projection"),
 ])
 def test_cli_rejects_bad_config_before_compiling(tmp_path, args, status, message):
   """Through `nlhf-train`: the error is one clear message (no traceback) and no workdir contents are written."""

@@ -153,7 +153,8 @@ def check_architecture(m: schema.ModelConfig) -> None:
              f'config.model.layer_types has {len(m.layer_types)} entries for config.model.num_layers='
              f'{m.num_layers}; give one per layer (or none)')
     bad = [t for t in m.layer_types if t not in ('global', 'local')]
-    _require(not bad, f"config.model.layer_types: {bad[0]!r} is not a layer type; use 'global' or 'local'")
+    if bad:
+      raise ConfigError(f"config.model.layer_types: {bad[0]!r} is not a layer type; use 'global' or 'local'")
     _require(m.sliding_window > 0 or 'local' not in m.layer_types,
              'config.model.layer_types names local layers but config.model.sliding_window=0; set the window')
   for key, value, allowed in [('remat', m.remat, ('none', 'dots_saveable', 'full')),
@@ -259,6 +260,7 @@ def check_lora(cfg: schema.ExperimentConfig) -> None:
     re.compile(lora.targets)
   except re.error as e:
     raise ConfigError(f'config.model.lora.targets={lora.targets!r} is not a regular expression ({e})') from None
+  check_lora_targets(lora.targets, cfg.model.num_layers, cfg.model.scan_layers)
   spec = objectives.get(objective)
   _require(spec.trains_policy,
            f'config.model.lora.rank={lora.rank}: LoRA trains policies (sft, the online and the offline '
@@ -281,6 +283,34 @@ def check_lora(cfg: schema.ExperimentConfig) -> None:
   _require(not cfg.init_checkpoint or cfg.init_checkpoint == reference,
            f'config.init_checkpoint={cfg.init_checkpoint} differs from config.online.reference_checkpoint='
            f'{reference}: with LoRA the policy is the reference plus adapters; leave config.init_checkpoint empty')
+
+
+LORA_MODULE_KINDS = ('attn', 'mlp')
+
+
+def lora_modules(num_layers: int) -> list[str]:
+  """The module paths that config.model.lora.targets is matched against (models/lora.py adapts the projections of
+  every module whose path the regex fully matches): each layer's attention and MLP, named as unrolled layers
+  ('layer_0/attn', 'layer_0/mlp', ...) whatever config.model.scan_layers says."""
+  return [f'layer_{i}/{kind}' for i in range(num_layers) for kind in LORA_MODULE_KINDS]
+
+
+def check_lora_targets(targets: str, num_layers: int, scan_layers: bool) -> None:
+  """The regex selects at least one module and, with a scanned stack (one set of adapters for every layer), the
+  same modules in every layer."""
+  chosen = [path for path in lora_modules(num_layers) if re.fullmatch(targets, path)]
+  if not chosen:
+    raise ConfigError(f'config.model.lora.targets={targets!r} selects no projection: it must fully match a module '
+                      f"path such as 'layer_0/attn' or 'layer_0/mlp' (all layers: '.*(attn|mlp)', the attention "
+                      "only: '.*attn')")
+  if scan_layers:
+    per_layer = {kind: [path.split('/')[0] for path in chosen if path.endswith('/' + kind)]
+                 for kind in LORA_MODULE_KINDS}
+    for kind, layers in per_layer.items():
+      if layers and len(layers) != num_layers:
+        raise ConfigError(f'config.model.lora.targets={targets!r} adapts {kind} in {", ".join(layers)} only, but '
+                          'with config.model.scan_layers=True every layer needs the same adapters; select '
+                          f"every layer (e.g. '.*{kind}') or set config.model.scan_layers=False")
 
 
 def resolve_mesh_shape(mesh: schema.MeshConfig, num_devices: int) -> dict[str, int]:
