@@ -15,7 +15,7 @@ class LoraConfig:
   """config.model.lora: low-rank adapters on the Transformer's projections (nlhf_jax/models/lora.py).
 
   `rank` 0 is off. Otherwise every projection (q, k, v, o; gate, up, down) of a module whose path relative to
-  the Transformer ('layer_0/attn', 'layer_3/mlp'; 'layers/attn' with scan_layers) fully matches the regex
+  the Transformer ('layer_0/attn', 'layer_3/mlp', with scan_layers too) fully matches the regex
   `targets` computes x W + (alpha / rank) x A B; only A and B are trained (and checkpointed), the base weights
   stay frozen, and the reference policy of an online run is the base itself (the adapters off).
   """

@@ -15,8 +15,11 @@ on the rank axis, so the rule table (nlhf_jax/distributed/sharding.py) shards A 
 and B like its other ones.
 
 Which weights: every projection (q, k, v, o of Attention; gate, up, down of GatedMLP) of a module whose path,
-relative to the Transformer ('layer_0/attn', 'layer_3/mlp'; 'layers/attn' in a scanned stack), fully matches the
-`targets` regex. The embedding and the unembedding are never adapted.
+relative to the Transformer, fully matches the `targets` regex. The paths are those of unrolled layers
+('layer_0/attn', 'layer_3/mlp': config/validate.lora_modules) also for a scanned stack, which needs the same
+modules selected in every layer. The embedding and the unembedding are never adapted. config validation refuses
+a regex that selects nothing before any model is built (config/validate.check_lora_targets); here the same cases
+raise ConfigError too.
 
 How qwix runs it: the adapted Transformer is an instance of a subclass of the model's own class (isinstance holds)
 whose `hidden` method is intercepted. While `hidden` runs, in the calling thread, jnp.einsum, jnp.dot and
@@ -49,7 +52,7 @@ from flax import errors as flax_errors
 from flax import nnx, traverse_util
 from jax.sharding import Mesh, NamedSharding
 
-from nlhf_jax.config import LoraConfig
+from nlhf_jax.config import ConfigError, LoraConfig
 from nlhf_jax.distributed.sharding import logical_to_spec
 from nlhf_jax.models import transformer as transformer_lib
 
@@ -108,7 +111,7 @@ def apply_lora(model: M, lora_cfg: LoraConfig | None, rngs: nnx.Rngs, mesh: Mesh
 
   The result shares its base arrays with `model` (nothing is copied). Adapters are placed on `mesh` by the rule
   table (default: the mesh of the base parameters when they are sharded arrays; under a trace they are left to
-  the caller's out_shardings). Works eagerly, under nnx.eval_shape and inside jax.jit. ValueError when `targets`
+  the caller's out_shardings). Works eagerly, under nnx.eval_shape and inside jax.jit. ConfigError when `targets`
   selects no projection or, with scan_layers, different projections in different layers.
   """
   if not enabled(lora_cfg):
@@ -182,8 +185,8 @@ def _fresh_adapters(backbone: nnx.Module, lora_cfg: LoraConfig, key: jax.Array, 
     raise ValueError('qwix could not create an adapter inside a nested jit: a targeted projection is written '
                      'as x @ w (jnp.matmul); write it with jnp.einsum or jnp.dot') from e
   if not adapters:
-    raise ValueError(f'config.model.lora.targets={lora_cfg.targets!r} selects no projection; module paths look '
-                     "like 'layer_0/attn', 'layer_0/mlp' ('layers/attn' with scan_layers)")
+    raise ConfigError(f'config.model.lora.targets={lora_cfg.targets!r} selects no projection; module paths look '
+                      "like 'layer_0/attn', 'layer_0/mlp' (with scan_layers too)")
   return adapters
 
 
@@ -198,8 +201,8 @@ def _stack_layers(flat: dict[Path, jax.Array], num_layers: int) -> dict[Path, ja
     by_rest.setdefault(path[1:], {})[int(match.group(1))] = value
   for rest, layers in by_rest.items():
     if sorted(layers) != list(range(num_layers)):
-      raise ValueError(f'with scan_layers every layer needs the same adapters, but config.model.lora.targets '
-                       f'adapts {"/".join(rest)} in layers {sorted(layers)} only')
+      raise ConfigError(f'with scan_layers every layer needs the same adapters, but config.model.lora.targets '
+                        f'adapts {"/".join(rest)} in layers {sorted(layers)} only')
   return {(stack,) + rest: jnp.stack([layers[i] for i in range(num_layers)]) for rest, layers in by_rest.items()}
 
 

@@ -102,6 +102,27 @@ def test_lora_config_errors():
   c = config(preference_model)
   with pytest.raises(ConfigError, match='LoRA trains policies'):
     from_config_dict(c)
+  # A regex that selects no module, or different layers of a scanned stack, is refused with the config.
+  c = config(sft, targets='embed')
+  c.init_checkpoint = 'runs/sft'
+  with pytest.raises(ConfigError, match="config.model.lora.targets='embed' selects no projection"):
+    from_config_dict(c)
+  c = config(sft, targets='layer_1/mlp')
+  c.init_checkpoint = 'runs/sft'
+  from_config_dict(c)
+  c.model.scan_layers = True
+  with pytest.raises(ConfigError, match='adapts mlp in layer_1 only, but with config.model.scan_layers=True'):
+    from_config_dict(c)
+
+
+def test_validation_knows_the_modules_that_lora_adapts():
+  """config/validate.lora_modules (what a targets regex is checked against before any model is built) names
+  exactly the modules that hold adapters when every module is selected."""
+  from nlhf_jax.config.validate import lora_modules
+  adapted = lora.apply_lora(Transformer(CFG, nnx.Rngs(0)), dataclasses.replace(LORA, targets='.*'), nnx.Rngs(1))
+  adapters, _ = lora.split_adapters(nnx.to_pure_dict(nnx.state(adapted)))
+  modules = {'/'.join(p[:-1]) for p in traverse_util.flatten_dict(adapters)}
+  assert modules == set(lora_modules(CFG.num_layers))
 
 
 @pytest.fixture(scope='module')
