@@ -154,6 +154,7 @@ class HFTokenizer:
     self.special_tokens = special_tokens(config, special_map)
     self._special_ids = {i for i, t in self._backend.get_added_tokens_decoder().items() if t.special}
     self._special_ids |= {i for i, (_, special) in self._added.items() if special}
+    self.added_special_ids = frozenset(self._special_ids)  # tokenizer.text_free_ids
     self._special_ids |= {i for i in map(self._token_id, self.special_tokens.values()) if i is not None}
     gen_eos = _generation_eos_ids(generation, generation_path)
     self.eos_id = self._eos_id(gen_eos)

@@ -208,8 +208,21 @@ def load_tokenizer(spec: str) -> Tokenizer:
   raise TokenizerError(f'config.data.tokenizer={spec!r} must be {_KINDS_HINT}')
 
 
-def check_vocab(tokenizer: Tokenizer, model_vocab_size: int) -> None:
-  """Raises when the tokenizer's ids do not fit the model's embedding table."""
-  if tokenizer.vocab_size > model_vocab_size:
+def text_free_ids(tokenizer: Tokenizer, ids: Iterable[int]) -> list[int]:
+  """The ids among `ids` that neither text nor framing produces: special added tokens of a Hugging Face tokenizer
+  (`added_special_ids`, e.g. Gemma 3's image token) other than its bos, eos, pad and stop ids."""
+  special = getattr(tokenizer, 'added_special_ids', frozenset())
+  framing = {tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id, *tokenizer.stop_ids}
+  return [i for i in ids if i in special and i not in framing]
+
+
+def check_vocab(tokenizer: Tokenizer, model_vocab_size: int) -> list[int]:
+  """Raises when the tokenizer's ids do not fit the model's embedding table; ids beyond it that text never
+  produces (`text_free_ids`) are accepted, as transformers accepts them, and returned."""
+  extra = list(range(model_vocab_size, tokenizer.vocab_size))
+  free = set(text_free_ids(tokenizer, extra))
+  bad = [i for i in extra if i not in free]
+  if bad:
     raise TokenizerError(f'the tokenizer has {tokenizer.vocab_size} ids but config.model.vocab_size='
                          f'{model_vocab_size}; set model.vocab_size >= {tokenizer.vocab_size}')
+  return extra
