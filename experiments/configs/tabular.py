@@ -1,12 +1,13 @@
-"""The tabular laboratory (`nlhf-tabular`): Nash-MD and its baselines on exact preference games.
+"""The tabular laboratory (`nlhf-tabular`): Nash-MD, its baselines and its successors on exact preference games.
 
 Variants: `dice` (non-transitive dice, RLHF vs Nash-MD), `random` (random games), `bt` (Bradley-Terry
-preferences, where RLHF and NLHF agree) and `mixture` (a transitive plus a cyclic component).
+preferences, where RLHF and NLHF agree), `mixture` (a transitive plus a cyclic component) and `cyclic`
+(rock-paper-scissors on 5 actions, whose unregularised equilibria are not unique).
   nlhf-tabular --config=experiments/configs/tabular.py:dice --workdir=/tmp/tabular [--config.tau=0.05 ...]
 """
 import ml_collections
 
-VARIANTS = ('dice', 'random', 'bt', 'mixture')
+VARIANTS = ('dice', 'random', 'bt', 'mixture', 'cyclic')
 
 
 def get_config(arg: str = 'dice') -> ml_collections.ConfigDict:
@@ -22,9 +23,14 @@ def get_config(arg: str = 'dice') -> ml_collections.ConfigDict:
   c.mu = dict(kind='uniform', concentration=1.0, probs='')
   c.tau = 0.1
   c.num_steps = 2000
-  c.algorithms = 'nash_md,omd,nash_ema,self_play,best_response,rlhf'
-  c.schedule = 'theory'  # Nash-MD, OMD, Nash-EMA, best response, RLHF: 'theory', 'constant' or 'inverse_sqrt'
-  c.eta = 0.1  # step size of the constant / inverse_sqrt schedules, and always of self-play
+  c.algorithms = 'nash_md,omd,nash_ema,self_play,best_response,rlhf,inpo,comal,sppo,extragradient,mpo'
+  # Nash-MD, OMD, Nash-EMA, best response, RLHF: 'theory', 'constant' or 'inverse_sqrt'. With 'theory', the
+  # algorithms analysed with a constant step (self_play, sppo, inpo, extragradient, comal, mpo) take one.
+  c.schedule = 'theory'
+  c.eta = 0.1  # step size of the constant / inverse_sqrt schedules, and always of self-play and SPPO
+  c.successor_eta = 1.0  # step size of INPO, extragradient (<= 1 / (1 + tau) for its linear rate), COMAL, MPO
+  c.prox_tau = 0.05  # COMAL and MPO: the KL weight towards their moving reference (prox centre, magnet)
+  c.prox_steps = 50  # COMAL and MPO: steps between two resets of the reference to the current policy
   c.ema_beta = 0.9
   c.bt_sampling = 'mu'  # the pair distribution of the Bradley-Terry fit behind RLHF: 'mu' (nu = mu) or 'uniform'
   c.num_curve_points = 200  # points per curve in curves.json and the plots (log-spaced in t)
@@ -39,5 +45,9 @@ def get_config(arg: str = 'dice') -> ml_collections.ConfigDict:
     c.game.num_actions, c.game.num_games = 10, 8
   elif variant == 'mixture':
     c.game.num_actions, c.game.num_games = 9, 8
+    c.tau = 0.05
+  elif variant == 'cyclic':
+    c.game.num_actions = 5
+    c.mu.kind = 'dirichlet'
     c.tau = 0.05
   return c

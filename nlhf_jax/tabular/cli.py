@@ -2,9 +2,11 @@
 
   nlhf-tabular --config=experiments/configs/tabular.py:dice --workdir=/tmp/tabular [--config.tau=0.05 ...]
 
-Writes WORKDIR/curves.json (KL_rho(pi*_tau, pi_t) and e_tau(pi_t) against t, averaged over the games),
-WORKDIR/results.md (final values, the exact equilibria and the RLHF policy), WORKDIR/kl.png (with the Theorem 1
-bound 8 / (tau^2 (t + 1)) of Nash-MD with eta_t = 2 / (tau (t + 2))) and WORKDIR/exploitability.png.
+Writes WORKDIR/curves.json (against t, averaged over the games: KL_rho(pi*_tau, pi_t), e_tau(pi_t),
+KL_rho(pi*, pi_t) to the unregularised equilibrium and e_0(pi_t), of the last iterate pi_t and of the average
+iterate pibar_t), WORKDIR/results.md (the final values of both iterates, the exact equilibria and the RLHF policy),
+WORKDIR/kl.png (with the Theorem 1 bound 8 / (tau^2 (t + 1)) of Nash-MD with eta_t = 2 / (tau (t + 2))),
+WORKDIR/exploitability.png and WORKDIR/exploitability0.png (last iterates solid, averages dashed).
 Everything runs in float64 (jax.enable_x64 inside this command only).
 """
 from __future__ import annotations
@@ -83,6 +85,12 @@ def check_config(cfg) -> None:
     _fail(f'config.schedule={cfg.schedule!r}: use one of {", ".join(algorithms.SCHEDULES)}')
   if not cfg.eta > 0:
     _fail(f'config.eta={cfg.eta}: must be > 0')
+  if not cfg.successor_eta > 0:
+    _fail(f'config.successor_eta={cfg.successor_eta}: must be > 0 (the step of inpo, extragradient, comal, mpo)')
+  if not cfg.prox_tau > 0:
+    _fail(f'config.prox_tau={cfg.prox_tau}: must be > 0 (the KL weight towards the reference of comal and mpo)')
+  if not (isinstance(cfg.prox_steps, int) and cfg.prox_steps >= 1):
+    _fail(f'config.prox_steps={cfg.prox_steps!r}: must be a positive integer (steps between reference resets)')
   if not 0 <= cfg.ema_beta < 1:
     _fail(f'config.ema_beta={cfg.ema_beta}: must be in [0, 1)')
   if cfg.bt_sampling not in ('mu', 'uniform'):
@@ -110,6 +118,34 @@ def check_config(cfg) -> None:
             f'{",..." if n > 3 else ""}')
 
 
+METRICS = ('kl', 'exploitability', 'kl0', 'exploitability0', 'avg_kl', 'avg_exploitability', 'avg_kl0',
+           'avg_exploitability0')
+
+
+def step_settings(cfg, name: str) -> tuple[str, float]:
+  """(schedule, eta) of an algorithm: the algorithms analysed with a constant step (algorithms.CONSTANT_STEP) run
+  with one where config.schedule is 'theory': self_play and sppo with config.eta, inpo, extragradient, comal and
+  mpo with config.successor_eta."""
+  schedule = cfg.schedule
+  if name in algorithms.CONSTANT_STEP and schedule == 'theory':
+    schedule = 'constant'
+  eta = cfg.eta if name in algorithms.BASELINES + algorithms.UNREGULARISED else cfg.successor_eta
+  return schedule, float(eta)
+
+
+def exact_row(gs, targets, targets0, pols, tau: float) -> dict:
+  """The table's metrics of fixed policies pols [G, C, n] (their own average), means over the games."""
+  mean = lambda f: float(np.mean([f(g, t, t0, p) for g, t, t0, p in zip(gs, targets, targets0, pols)]))
+  row = dict(kl=mean(lambda g, t, t0, p: exact.kl(t, p, g.rho)),
+             exploitability=mean(lambda g, t, t0, p: exact.exploitability(g.P, p, g.mu, tau, g.rho)),
+             kl0=mean(lambda g, t, t0, p: exact.kl(t0, p, g.rho)),
+             exploitability0=mean(lambda g, t, t0, p: exact.exploitability(g.P, p, g.mu, 0.0, g.rho)))
+  row.update({f'avg_{k}': v for k, v in list(row.items())})
+  if len(gs) == 1:
+    row['policy'] = np.asarray(pols[0][0]).tolist()
+  return row
+
+
 def run_experiment(cfg) -> dict:
   """Solves the games exactly, runs every algorithm (vmapped over the games) and returns the results as a dict."""
   check_config(cfg)
@@ -119,6 +155,7 @@ def run_experiment(cfg) -> dict:
   targets = np.stack([s[0] for s in solved])
   certs = [c for s in solved for c in s[1]]
   nash0 = [exact.solve_unregularized(g.P[0]) for g in gs]
+  targets0 = np.stack([p[None] for p, _ in nash0])
   nu = lambda g: g.mu[0] if cfg.bt_sampling == 'mu' else None
   rewards = np.stack([exact.bt_fit(g.P[0], nu(g))[None] for g in gs])
   batch = algorithms.stack([algorithms.tables(g.P, g.mu, g.rho) for g in gs])
@@ -127,58 +164,55 @@ def run_experiment(cfg) -> dict:
   rows, curves = {}, {}
   with jax.enable_x64(True):
     for name in algorithm_names(cfg):
-      schedule = 'constant' if name == 'self_play' and cfg.schedule == 'theory' else cfg.schedule
-      c = algorithms.run_batch(name, batch, taus, T, targets, schedule=schedule, eta=cfg.eta, beta=cfg.ema_beta,
-                               reward=rewards if name == 'rlhf' else None)
-      kl, ex = np.asarray(c.kl), np.asarray(c.exploitability)
+      schedule, eta = step_settings(cfg, name)
+      c = algorithms.run_batch(name, batch, taus, T, targets, schedule=schedule, eta=eta, beta=cfg.ema_beta,
+                               reward=rewards if name == 'rlhf' else None, target0=targets0, with_average=True,
+                               prox_tau=cfg.prox_tau, prox_steps=cfg.prox_steps)
       pis = np.exp(np.asarray(c.log_pi))
-      e0 = np.mean([exact.exploitability(g.P, p, g.mu, 0.0, g.rho) for g, p in zip(gs, pis)])
-      curves[name] = dict(kl_mean=kl.mean(0)[idx].tolist(), kl_max=kl.max(0)[idx].tolist(),
-                          exploitability_mean=ex.mean(0)[idx].tolist(), exploitability_max=ex.max(0)[idx].tolist())
-      rows[name] = dict(kl=float(kl[:, -1].mean()), exploitability=float(ex[:, -1].mean()),
-                        exploitability0=float(e0), schedule=schedule)
+      curves[name] = {}
+      rows[name] = dict(schedule=schedule, eta=eta)
+      for key in METRICS:
+        values = np.asarray(getattr(c, key))
+        curves[name][f'{key}_mean'] = values.mean(0)[idx].tolist()
+        curves[name][f'{key}_max'] = values.max(0)[idx].tolist()
+        rows[name][key] = float(values[:, -1].mean())
+      # the final exploitabilities again, from the exact (numpy) formulas
+      rows[name]['exploitability0'] = float(np.mean([exact.exploitability(g.P, p, g.mu, 0.0, g.rho)
+                                                     for g, p in zip(gs, pis)]))
       if len(gs) == 1:
         rows[name]['policy'] = pis[0, 0].tolist()
-  rlhf_exact = [exact.rlhf_policy(g.mu, r, tau) for g, r in zip(gs, rewards)]
-  exact_rows = {
-      'pi*_tau': dict(kl=0.0, exploitability=float(np.mean([c.exploitability for c in certs])),
-                      exploitability0=float(np.mean([exact.exploitability(g.P, p, g.mu, 0.0, g.rho)
-                                                     for g, p in zip(gs, targets)]))),
-      'rlhf (closed form)': dict(
-          kl=float(np.mean([exact.kl(t, p, g.rho) for g, t, p in zip(gs, targets, rlhf_exact)])),
-          exploitability=float(np.mean([exact.exploitability(g.P, p, g.mu, tau, g.rho)
-                                        for g, p in zip(gs, rlhf_exact)])),
-          exploitability0=float(np.mean([exact.exploitability(g.P, p, g.mu, 0.0, g.rho)
-                                         for g, p in zip(gs, rlhf_exact)]))),
-      'mu': dict(kl=float(np.mean([exact.kl(t, g.mu, g.rho) for g, t in zip(gs, targets)])),
-                 exploitability=float(np.mean([exact.exploitability(g.P, g.mu, g.mu, tau, g.rho) for g in gs])),
-                 exploitability0=float(np.mean([exact.exploitability(g.P, g.mu, g.mu, 0.0, g.rho) for g in gs]))),
-  }
-  if len(gs) == 1:
-    exact_rows['pi*_tau']['policy'] = targets[0, 0].tolist()
-    exact_rows['rlhf (closed form)']['policy'] = rlhf_exact[0][0].tolist()
-    exact_rows['mu']['policy'] = gs[0].mu[0].tolist()
+        rows[name]['average_policy'] = np.exp(np.asarray(c.log_avg))[0, 0].tolist()
+  rlhf_exact = np.stack([exact.rlhf_policy(g.mu, r, tau) for g, r in zip(gs, rewards)])
+  mus = np.stack([g.mu for g in gs])
+  exact_rows = {name: exact_row(gs, targets, targets0, pols, tau)
+                for name, pols in (('pi*_tau', targets), ('pi* (linear program)', targets0),
+                                   ('rlhf (closed form)', rlhf_exact), ('mu', mus))}
   return dict(
       name=cfg.name, family=cfg.game.family, tau=tau, num_steps=T, num_games=len(gs),
       num_actions=int(gs[0].num_actions), t=idx.tolist(), bound=(8.0 / (tau**2 * (idx + 1.0))).tolist(),
       curves=curves, final=rows, exact=exact_rows,
       solver=dict(max_exploitability=max(c.exploitability for c in certs),
                   max_residual=max(c.residual for c in certs), all_converged=all(c.converged for c in certs)),
-      unregularized=dict(values=[v for _, v in nash0], policy=nash0[0][0].tolist() if len(gs) == 1 else None),
+      unregularized=dict(values=[v for _, v in nash0], policy=nash0[0][0].tolist() if len(gs) == 1 else None,
+                         supports=[int(np.sum(p > 1e-9)) for p, _ in nash0]),
       bt_rewards=rewards[0, 0].tolist() if len(gs) == 1 else None, config=cfg.to_dict())
 
 
 def markdown(res: dict) -> str:
-  """The results table."""
+  """The results table: the last iterate pi_T and the average iterate pibar_T of every algorithm."""
   lines = [f"# {res['name']}: {res['family']}, {res['num_games']} game(s), {res['num_actions']} actions, "
            f"tau = {res['tau']:g}, T = {res['num_steps']}", '',
-           'KL = KL_rho(pi*_tau, pi_T); e_tau: exploitability in the regularised game; e_0: unregularised '
-           '(max_y P(y > pi) - 1/2). Means over the games.', '',
-           '| policy | KL(pi*_tau, pi_T) | e_tau(pi_T) | e_0(pi_T) | pi_T |', '|---|---|---|---|---|']
+           'pi*_tau: the regularised equilibrium; pi*: the unregularised one (linear program; KL to it is '
+           'meaningful where it is unique); e_tau: exploitability (duality gap) in the regularised game; e_0: '
+           'unregularised (max_y P(y > pi) - 1/2). pi_T: the last iterate; pibar_T: the average of pi_0..pi_{T-1}. '
+           'Means over the games.', '',
+           '| policy | step | KL(pi*_tau, pi_T) | e_tau(pi_T) | KL(pi*, pi_T) | e_0(pi_T) | KL(pi*_tau, pibar_T) | '
+           'e_tau(pibar_T) | KL(pi*, pibar_T) | e_0(pibar_T) | pi_T |', '|---|---|---|---|---|---|---|---|---|---|---|']
   fmt = lambda p: '' if p is None else '(' + ', '.join(f'{x:.3f}' for x in p) + ')'
   for name, r in list(res['final'].items()) + list(res['exact'].items()):
-    lines.append(f"| {name} | {r['kl']:.3e} | {r['exploitability']:.3e} | {r['exploitability0']:.3e} | "
-                 f"{fmt(r.get('policy'))} |")
+    step = '' if 'schedule' not in r else 'theory' if r['schedule'] == 'theory' else f"{r['schedule']} {r['eta']:g}"
+    values = ' | '.join(f'{max(r[k], 0.0):.2e}' for k in METRICS)
+    lines.append(f"| {name} | {step} | {values} | {fmt(r.get('policy'))} |")
   s = res['solver']
   lines += ['', f"Regularised solver: max exploitability {s['max_exploitability']:.2e}, max fixed-point residual "
             f"{s['max_residual']:.2e}, all certified: {s['all_converged']}.",
@@ -191,16 +225,20 @@ def markdown(res: dict) -> str:
 
 
 def plot(res: dict, workdir: str) -> None:
-  """kl.png (with the Theorem 1 bound) and exploitability.png, log-log against t + 1."""
+  """kl.png (with the Theorem 1 bound), exploitability.png and exploitability0.png, log-log against t + 1: each
+  algorithm's last iterate solid, its average iterate dashed in the same colour (not for kl.png)."""
   import matplotlib
   matplotlib.use('Agg')
   from matplotlib import pyplot as plt
   t1 = np.asarray(res['t']) + 1.0
   for key, fname, ylabel in (('kl_mean', 'kl.png', 'KL(pi*_tau, pi_t)'),
-                             ('exploitability_mean', 'exploitability.png', 'exploitability e_tau(pi_t)')):
+                             ('exploitability_mean', 'exploitability.png', 'exploitability e_tau(pi_t)'),
+                             ('exploitability0_mean', 'exploitability0.png', 'unregularised exploitability e_0')):
     fig, ax = plt.subplots(figsize=(6, 4.2))
     for name, c in res['curves'].items():
-      ax.plot(t1, np.maximum(np.asarray(c[key]), 1e-16), label=name)
+      line, = ax.plot(t1, np.maximum(np.asarray(c[key]), 1e-16), label=name)
+      if key != 'kl_mean':
+        ax.plot(t1, np.maximum(np.asarray(c['avg_' + key]), 1e-16), '--', color=line.get_color(), lw=0.8)
     if key == 'kl_mean':
       ax.plot(t1, res['bound'], 'k--', label='Theorem 1: 8 / (tau^2 (t+1))')
     ax.set_xscale('log')
@@ -230,7 +268,7 @@ def main(argv) -> None:
   workdir = flags.FLAGS.workdir
   res = run_experiment(flags.FLAGS.config)
   write(res, workdir)
-  log.info('wrote %s/{curves.json,results.md,kl.png,exploitability.png}', workdir)
+  log.info('wrote %s/{curves.json,results.md,kl.png,exploitability.png,exploitability0.png}', workdir)
   print(markdown(res))
 
 
