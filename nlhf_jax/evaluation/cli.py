@@ -1,18 +1,25 @@
 """`nlhf-eval`: the win-rate matrices and per-policy statistics of trained policies.
 
 Any runs, by path (the tokenizer, prompt length and chat-template setting come from the reference's run):
-  nlhf-eval --policies=sft=runs/sft,md=runs/nash_md --reference=sft --judge=runs/pm \
-      --prompts=my_prompts --data_dir=data [--split=validation --num_prompts=256 --oracle=module:function] \
+  nlhf-eval --policy=sft=runs/sft --policy=md=runs/nash_md --judge=runs/pm --prompts=my_prompts --data_dir=data \
+      [--reference=sft --split=validation --num_prompts=256 --batch_size=64 --oracle=module:function] \
       --output=runs/eval
   nlhf-eval --policy=sft=runs/sft --policy=md=runs/nash_md --judge=runs/pm --prompts=my_prompts.jsonl
-Each policy's objective, beta, tau and steps are read from its run (RUN/config.json), not from its name.
+(`--policies=sft=runs/sft,md=runs/nash_md` is the same list in one flag.) Each policy's objective, beta, tau and
+steps are read from its run (RUN/config.json), not from its name.
 A pipeline's policies:
-  nlhf-eval --workdir=DIR                      # the eval config the pipeline wrote (DIR/eval/stage.json)
+  nlhf-eval --workdir=DIR --output=DIR/eval1   # the eval config the pipeline wrote (DIR/eval/stage.json)
   nlhf-eval --workdir=DIR --config=experiments/configs/pipeline.py:demo --config.eval.seed=1 --output=DIR/eval1
-  python -m nlhf_jax.evaluation.cli --workdir=DIR --mesh=data=2,tensor=4
+  python -m nlhf_jax.evaluation.cli --workdir=DIR --mesh=data=2,tensor=4 --overwrite   # replaces DIR/eval's results
 
-Parameters are restored params-only from the policies' checkpoints onto the evaluation mesh, whatever mesh wrote
-them. Writes matrix.json, matrix.md, matrix.png and samples.md into --output (default DIR/eval).
+Every input is checked before any model is restored (evaluation/inputs.py, evaluate.prepare): the flags, the runs
+(each a run of the right kind with a checkpoint; the policies and the judge share one tokenizer and vocabulary),
+the prompts, the batch against the devices and the output folder, which must not hold an earlier evaluation's
+files unless --overwrite. A sampling batch holds --batch_size rows at most, and fewer when the prompts need fewer
+(the smallest multiple of the devices that split the batch). Parameters are restored params-only from the
+policies' checkpoints onto the evaluation mesh, whatever mesh wrote them. Writes matrix.json, matrix.md,
+matrix.png, samples.md and findings.{json,md} into --output (default ./eval, or DIR/eval with --workdir), each
+file by rename.
 """
 from __future__ import annotations
 
@@ -34,8 +41,10 @@ def _define_flags() -> None:
   config_flags.DEFINE_config_file('config', None, 'Optional pipeline config (the eval stage config is derived from '
                                   'it); default: DIR/eval/stage.json.', lock_config=True)
   flags.DEFINE_string('workdir', None, 'A pipeline directory (or give --policies).')
-  flags.DEFINE_string('output', '', 'Where to write the results (default: DIR/eval).')
+  flags.DEFINE_string('output', '', 'The folder to write the results into (default: ./eval, or DIR/eval with '
+                      '--workdir).')
   flags.DEFINE_alias('out', 'output')
+  flags.DEFINE_bool('overwrite', False, 'Replace the results of an earlier evaluation in --output.')
   flags.DEFINE_string('mesh', '', 'Evaluation mesh, e.g. data=2,tensor=4 (default: the config\'s).')
   flags.DEFINE_string('policies', '', 'Runs to compare, NAME=RUN_DIR,NAME=RUN_DIR,...')
   flags.DEFINE_multi_string('policy', [], 'One run to compare, NAME=RUN_DIR (repeatable; with or instead of '
@@ -46,13 +55,15 @@ def _define_flags() -> None:
   flags.DEFINE_string('prompts', '', 'The prompts: a data set (nlhf-data build --kind=prompts) with --data_dir, or '
                       'a file of prompt records (JSONL or Parquet) without it.')
   flags.DEFINE_string('data_dir', '', 'Its data directory.')
-  flags.DEFINE_string('split', 'validation', 'Its split.')
-  flags.DEFINE_integer('num_prompts', 256, 'Prompts to evaluate on (the first of the split).')
+  flags.DEFINE_string('split', 'validation', 'The split of the data set to take the prompts from (train or '
+                      'validation; not used with a file of prompts).')
+  flags.DEFINE_integer('num_prompts', 256, 'Prompts to evaluate on (the first of the split or file).')
   flags.DEFINE_integer('samples_per_prompt', 1, 'Responses per prompt and policy.')
   flags.DEFINE_integer('max_new_tokens', 0, 'Response length (0: the reference run\'s online.max_new_tokens, or '
                        'data.response_len).')
   flags.DEFINE_float('temperature', 1.0, 'Sampling temperature.')
-  flags.DEFINE_integer('batch_size', 64, 'Prompts per sampling batch.')
+  flags.DEFINE_integer('batch_size', 64, 'The most rows (prompt x sample) per sampling batch: a multiple of the '
+                       'devices that split the batch (mesh data x fsdp); fewer prompts take a smaller batch.')
   flags.DEFINE_integer('seed', 0, 'Seeds the samples (per policy name) and Bernoulli judgements.')
   flags.DEFINE_enum('judgement', 'expected', ['expected', 'bernoulli'], 'How a probability counts.')
 
@@ -84,9 +95,10 @@ def _recorded_eval_config(workdir: str) -> ml_collections.ConfigDict:
     ecfg = ml_collections.ConfigDict(json.load(f))
   if ecfg.get('aggregate', False):
     seeds = list(ecfg.seeds)
-    raise ValueError(f'--workdir={workdir} is a pipeline of {len(seeds)} seeds ({",".join(map(str, seeds))}), '
-                     f'whose eval stage pools them; evaluate one seed with --workdir={os.path.join(workdir, "seed_S")}'
-                     f' (e.g. seed_{seeds[0]}), or pool them again with nlhf-pipeline --stages=eval')
+    from nlhf_jax.config import ConfigError
+    raise ConfigError(f'--workdir={workdir} is a pipeline of {len(seeds)} seeds ({",".join(map(str, seeds))}), '
+                      f'whose eval stage pools them; evaluate one seed with --workdir={os.path.join(workdir, "seed_S")}'
+                      f' (e.g. seed_{seeds[0]}), or pool them again with nlhf-pipeline --stages=eval')
   return ecfg
 
 
@@ -97,12 +109,13 @@ def parse_policies(text: str) -> list[tuple[str, str]]:
   for item in (part.strip() for part in text.split(',') if part.strip()):
     name, sep, path = item.partition('=')
     if not sep or not name.strip() or not path.strip():
-      raise ConfigError(f'--policies={text!r}: expected NAME=RUN_DIR pairs separated by commas '
-                        '(e.g. --policies=sft=runs/sft,md=runs/nash_md)')
+      raise ConfigError(f'--policy/--policies: {item!r} is not NAME=RUN_DIR; give each run as --policy=NAME=RUN_DIR '
+                        '(e.g. --policy=sft=runs/sft --policy=md=runs/nash_md)')
     out.append((name.strip(), os.path.abspath(path.strip())))
   names = [n for n, _ in out]
   if len(set(names)) != len(names):
-    raise ConfigError(f'--policies={text!r} names a policy twice')
+    twice = sorted({n for n in names if names.count(n) > 1})
+    raise ConfigError(f'--policy/--policies: the name {twice[0]!r} is given twice; give each policy its own name')
   return out
 
 
@@ -114,19 +127,11 @@ def runs_config(policies: list[tuple[str, str]], reference: str = '', judge: str
   """The eval config of runs named by path; what the runs share (tokenizer, prompt length, chat template) is
   read from the reference's saved config. Every input is checked here, before any model is read."""
   from nlhf_jax.config import ConfigError
+  from nlhf_jax.evaluation import inputs
   from nlhf_jax.training import checkpointing
-  from nlhf_jax.config.objectives import model_family
   reference = reference or policies[0][0]
   if reference not in dict(policies):
-    raise ConfigError(f'--reference={reference!r} is not one of --policies ({", ".join(n for n, _ in policies)})')
-  for name, path in policies:
-    objective = checkpointing.read_run_config(path).get('train', {}).get('objective', '?')
-    if model_family(objective) != 'language_model':
-      raise ConfigError(f'--policies: {name}={path} is a {objective!r} run, not a policy (a language model)')
-  if judge:
-    objective = checkpointing.read_run_config(judge).get('train', {}).get('objective', '?')
-    if objective not in ('preference_model', 'reward_model'):
-      raise ConfigError(f'--judge={judge} is a {objective!r} run; give a preference_model or reward_model run')
+    raise ConfigError(f'--reference={reference!r} is not one of the policies ({", ".join(n for n, _ in policies)})')
   if not judge and not oracle:
     raise ConfigError('give a judge: --judge=PREFERENCE_MODEL_RUN and/or --oracle=module:function')
   if oracle:
@@ -138,6 +143,13 @@ def runs_config(policies: list[tuple[str, str]], reference: str = '', judge: str
   if not data_dir and not os.path.isfile(prompts):
     raise ConfigError(f'--prompts={prompts}: no such file; give a file of prompt records (JSONL or Parquet) or a '
                       'data set name with --data_dir=DIR')
+  runs = ml_collections.ConfigDict(dict(
+      policy_names=[n for n, _ in policies], policy_workdirs=[p for _, p in policies],
+      preference_model=os.path.abspath(judge) if judge else '', num_prompts=num_prompts,
+      samples_per_prompt=samples_per_prompt, batch_size=batch_size, max_new_tokens=max_new_tokens or 1,
+      temperature=temperature))
+  inputs.check_settings(runs)
+  inputs.check_runs(runs)
   ref = checkpointing.read_run_config(dict(policies)[reference])
   data, online = ref.get('data', {}), ref.get('online', {})
   return ml_collections.ConfigDict(dict(
@@ -158,16 +170,27 @@ def parse_mesh_or_default(text: str) -> dict:
   return parse_mesh(text) if text else {'data': -1, 'fsdp': 1, 'tensor': 1}
 
 
+RUN_FLAGS = ('reference', 'judge', 'oracle', 'prompts', 'data_dir', 'split', 'num_prompts', 'samples_per_prompt',
+             'max_new_tokens', 'temperature', 'batch_size', 'seed', 'judgement')  # with --policy; not --workdir's
+
+
 def _config_from_flags() -> ml_collections.ConfigDict:
   from nlhf_jax.config import ConfigError
   f = flags.FLAGS
   if f.policies or f.policy:
-    return runs_config(parse_policies(','.join([f.policies, *f.policy])), f.reference, f.judge, f.oracle, f.prompts, f.data_dir, f.split,
-                       f.num_prompts, f.samples_per_prompt, f.max_new_tokens, f.temperature, f.batch_size, f.seed,
-                       f.judgement, f.output, f.mesh)
+    if f.workdir or f.config is not None:
+      raise ConfigError('give either the runs (--policy=NAME=RUN ...) or a pipeline (--workdir=DIR [--config]), '
+                        'not both')
+    return runs_config(parse_policies(','.join([f.policies, *f.policy])), f.reference, f.judge, f.oracle, f.prompts,
+                       f.data_dir, f.split, f.num_prompts, f.samples_per_prompt, f.max_new_tokens, f.temperature,
+                       f.batch_size, f.seed, f.judgement, f.output, f.mesh)
   if not f.workdir:
-    raise ConfigError('give the runs to evaluate (--policies=NAME=RUN,... with --judge or --oracle, --prompts and '
-                      '--data_dir) or a pipeline directory (--workdir=DIR)')
+    raise ConfigError('give the runs to evaluate (--policy=NAME=RUN ... with --judge or --oracle, and --prompts) or '
+                      'a pipeline directory (--workdir=DIR)')
+  given = [name for name in RUN_FLAGS if f[name].present]
+  if given:
+    raise ConfigError(f'--{given[0]} goes with runs given by --policy; a pipeline\'s evaluation (--workdir) takes '
+                      'its settings from its config: use --config=PIPELINE_CONFIG --config.eval.KEY=VALUE')
   return eval_config(f.workdir, f.config, f.output, f.mesh)
 
 
@@ -177,6 +200,7 @@ def main(argv) -> None:
   logs.setup()
   from nlhf_jax.evaluation import evaluate, report
   ecfg = _config_from_flags()
+  report.check_output(ecfg.output_dir, flags.FLAGS.overwrite)
   paths = report.write(evaluate.evaluate(ecfg), ecfg.output_dir)
   print(f'win-rate table: {paths["matrix.md"]}\nheatmap:        {paths["matrix.png"]}\n'
         f'findings:       {paths["findings.md"]}', flush=True)

@@ -25,7 +25,7 @@ from nlhf_jax.config import MeshConfig
 from nlhf_jax.data.tokenizer import load_tokenizer
 from nlhf_jax.distributed import make_mesh
 from nlhf_jax.evaluation import generate as gen
-from nlhf_jax.evaluation import stats
+from nlhf_jax.evaluation import inputs, stats
 from nlhf_jax.evaluation.report import BENCHMARK_ORACLE
 from nlhf_jax.online.judges import resolve_oracle
 from nlhf_jax.sampling.sampler import SamplingConfig
@@ -38,11 +38,12 @@ JUDGES = ('oracle', 'preference_model')  # the matrices an evaluation can have, 
 
 
 def _policies(ecfg) -> list[tuple[str, str]]:
+  from nlhf_jax.config import ConfigError
   names, dirs = list(ecfg.policy_names), list(ecfg.policy_workdirs)
   if len(names) != len(dirs) or not names:
-    raise ValueError(f'eval config: {len(names)} policy_names but {len(dirs)} policy_workdirs')
+    raise ConfigError(f'eval config: {len(names)} policy_names but {len(dirs)} policy_workdirs')
   if ecfg.reference not in names:
-    raise ValueError(f'eval config: reference {ecfg.reference!r} is not one of the policies {names}')
+    raise ConfigError(f'eval config: reference {ecfg.reference!r} is not one of the policies {names}')
   return list(zip(names, dirs))
 
 
@@ -116,30 +117,54 @@ def _judge_kind(path: str) -> str:
 
 def _read_prompts(ecfg) -> list:
   prompts = gen.read_prompts(ecfg.data_dir, ecfg.prompts_name, ecfg.split, ecfg.num_prompts)
+  where = f'{ecfg.prompts_name}[{ecfg.split}]' if ecfg.data_dir else ecfg.prompts_name
+  if not prompts:
+    from nlhf_jax.data.records import DataError
+    raise DataError(f'{where} has no prompts; give prompts to evaluate on (--prompts, --split)')
   if len(prompts) < ecfg.num_prompts:
     n = len(prompts) * ecfg.samples_per_prompt
     width = stats.clopper_pearson(n / 2, n)[1] - stats.clopper_pearson(n / 2, n)[0] if n else 1.0
-    log.warning('eval: %s[%s] has %d prompts, fewer than the %d asked for: N = %d comparisons a cell, so a 95%% '
-                'interval around 1/2 is %.2f wide', ecfg.prompts_name, ecfg.split, len(prompts), ecfg.num_prompts, n,
-                width)
+    log.warning('eval: %s has %d prompts, fewer than the %d asked for: N = %d comparisons a cell, so a 95%% '
+                'interval around 1/2 is %.2f wide', where, len(prompts), ecfg.num_prompts, n, width)
   return prompts
+
+
+def batch_shards(mesh) -> int:
+  """The devices that split a sampling batch: the mesh's data x fsdp."""
+  return int(mesh.shape['data'] * mesh.shape['fsdp'])
+
+
+def prepare(ecfg, mesh) -> tuple[list, int]:
+  """Every check of the evaluation, before any model is restored: the settings, the runs (kinds and one shared
+  vocabulary), the judges, the batch against the mesh, the prompts. Returns (prompts, rows per sampling batch)."""
+  inputs.check_settings(ecfg)
+  _policies(ecfg)
+  _judges(ecfg)
+  inputs.check_runs(ecfg)
+  shards = batch_shards(mesh)
+  inputs.batch_rows(1, int(ecfg.batch_size), shards)  # the batch size against the devices, before reading prompts
+  prompts = _read_prompts(ecfg)
+  rows = inputs.batch_rows(len(prompts) * ecfg.samples_per_prompt, int(ecfg.batch_size), shards)
+  if rows < ecfg.batch_size:
+    log.info('eval: %d rows a sampling batch (%d prompts x %d samples over %d batch shards; batch_size %d)', rows,
+             len(prompts), ecfg.samples_per_prompt, shards, ecfg.batch_size)
+  return prompts, rows
 
 
 def evaluate(ecfg, mesh=None) -> dict:
   """Runs the evaluation described by the eval config `ecfg` (see pipeline/stages.py and
-  evaluation/cli.runs_config); returns the result."""
+  evaluation/cli.runs_config); returns the result. Every input is checked (`prepare`) before any restore."""
   mesh = make_mesh(MeshConfig(**ecfg.mesh.to_dict())) if mesh is None else mesh
+  prompts, rows = prepare(ecfg, mesh)
   oracle_spec, pm_path = _judges(ecfg)
   judge = resolve_oracle(oracle_spec, 'config.oracle') if oracle_spec else None
   benchmark = oracle_spec == BENCHMARK_ORACLE
   tokenizer = load_tokenizer(ecfg.tokenizer)
   policies = _policies(ecfg)
   names = [n for n, _ in policies]
-  prompts = _read_prompts(ecfg)
   k = ecfg.samples_per_prompt
   xs = [p for p in prompts for _ in range(k)]
-  batches = gen.prompt_batches(prompts, ecfg.tokenizer, ecfg.prompt_len, k, ecfg.batch_size,
-                               ecfg.get('chat_template', False))
+  batches = gen.prompt_batches(prompts, ecfg.tokenizer, ecfg.prompt_len, k, rows, ecfg.get('chat_template', False))
   scfg = SamplingConfig(max_new_tokens=ecfg.max_new_tokens, temperature=ecfg.temperature,
                         stop_ids=tokenizer.stop_ids, pad_id=tokenizer.pad_id)
   mu = gen.load_policy(dict(policies)[ecfg.reference], mesh)

@@ -33,12 +33,12 @@ undecided otherwise. With one seed the pooled matrix is that seed's.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 
 import numpy as np
 
+from nlhf_jax import outputs
 from nlhf_jax.evaluation import stats
 
 HALF = 0.5
@@ -316,12 +316,9 @@ def write_findings(results: list[dict], labels: list[str], out_dir: str) -> dict
 
 def _write(out_dir: str, stem: str, obj: dict, text: str) -> dict[str, str]:
   """STEM.json (obj) and STEM.md (text) into out_dir; returns {file name: path}."""
-  os.makedirs(out_dir, exist_ok=True)
   paths = {n: os.path.join(out_dir, n) for n in (f'{stem}.json', f'{stem}.md')}
-  with open(paths[f'{stem}.json'], 'w') as fh:
-    json.dump(obj, fh, indent=1)
-  with open(paths[f'{stem}.md'], 'w') as fh:
-    fh.write(text)
+  outputs.write_json(paths[f'{stem}.json'], obj, indent=1)
+  outputs.write_text(paths[f'{stem}.md'], text)
   return paths
 
 

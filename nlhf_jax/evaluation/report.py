@@ -8,16 +8,17 @@ paper's claims checked against this one evaluation (evaluation/findings.py; per 
 """
 from __future__ import annotations
 
-import json
 import os
 
 import numpy as np
 
+from nlhf_jax import outputs
 from nlhf_jax.evaluation import stats
 
 BENCHMARK_ORACLE = 'nlhf_jax.benchmark.oracle:preferences'
 
 FILES = ('matrix.json', 'matrix.md', 'matrix.png', 'samples.md')
+OUTPUTS = (*FILES, 'findings.json', 'findings.md')  # what an evaluation writes into its output folder
 
 
 def _cell(m: dict, r: int, c: int) -> str:
@@ -118,8 +119,8 @@ def samples_markdown(result: dict) -> str:
   return '\n'.join(lines)
 
 
-def heatmap(result: dict, path: str) -> None:
-  """Per judge: the heatmap of P(col > row) and, on its rows, the bars of the Nash weights (win rate vs the
+def heatmap(result: dict, path) -> None:
+  """(`path`: a file name or a binary file.) Per judge: the heatmap of P(col > row) and, on its rows, the bars of the Nash weights (win rate vs the
   Nash mixture written beside each bar)."""
   import matplotlib
   matplotlib.use('Agg')
@@ -152,21 +153,23 @@ def heatmap(result: dict, path: str) -> None:
     bx.set_xlabel('Nash weight | win rate vs Nash', fontsize=8)
     bx.set_title('Nash averaging', fontsize=10)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  fig.savefig(path, dpi=120, format='png')
   plt.close(fig)
 
 
+def check_output(out_dir: str, overwrite: bool = False) -> None:
+  """Refuses an output folder that is a file, or that holds results (OUTPUTS) while `overwrite` is off."""
+  outputs.check_dir(out_dir, OUTPUTS, overwrite)
+
+
 def write(result: dict, out_dir: str) -> dict[str, str]:
-  """Writes the four files and findings.{md,json} into out_dir; returns {file name: path}."""
-  os.makedirs(out_dir, exist_ok=True)
+  """Writes the four files and findings.{md,json} into out_dir, each by rename; returns {file name: path}."""
   paths = {f: os.path.join(out_dir, f) for f in FILES}
-  with open(paths['matrix.json'], 'w') as f:
-    json.dump(result, f, indent=1)
-  with open(paths['matrix.md'], 'w') as f:
-    f.write(markdown(result))
-  with open(paths['samples.md'], 'w') as f:
-    f.write(samples_markdown(result))
-  heatmap(result, paths['matrix.png'])
+  outputs.write_json(paths['matrix.json'], result, indent=1)
+  outputs.write_text(paths['matrix.md'], markdown(result))
+  outputs.write_text(paths['samples.md'], samples_markdown(result))
+  with outputs.replacing_file(paths['matrix.png'], 'wb') as f:
+    heatmap(result, f)
   from nlhf_jax.evaluation import findings
   paths.update(findings.write_findings([result], [f"eval seed {result['seed']}"], out_dir))
   return paths

@@ -1,0 +1,112 @@
+"""The checks an evaluation makes before it restores a model or samples a token, and the batch it samples in.
+
+- `check_settings(ecfg)`: counts and lengths of the eval config are positive (num_prompts, samples_per_prompt,
+  batch_size, max_new_tokens) and the temperature is not negative.
+- `check_runs(ecfg)`: every policy is a language model run with a checkpoint, the learned judge (if any) a
+  preference_model or reward_model run, and all of them share one vocabulary: the same tokenizer (the same spec,
+  or tokenizer files with the same content) and the same embedding size (`model.vocab_size`). A policy's samples
+  are decoded with the reference's tokenizer and read as ids by mu and by the judge, so runs that differ there
+  would be compared on garbage; the error names each run and what it has.
+- `batch_rows(num_rows, batch_size, shards)`: the rows of one sampling batch, the smallest multiple of the mesh's
+  batch shards (data x fsdp) that holds every row, and at most `batch_size`; a `batch_size` that the shards do not
+  divide is refused.
+Errors are ConfigError (one `error:` line through nlhf_jax.commands).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+
+from nlhf_jax.config import ConfigError
+from nlhf_jax.training import checkpointing
+
+JUDGE_OBJECTIVES = ('preference_model', 'reward_model')
+
+
+def check_settings(ecfg) -> None:
+  for key in ('num_prompts', 'samples_per_prompt', 'batch_size'):
+    if int(ecfg[key]) < 1:
+      raise ConfigError(f'{key}={ecfg[key]}: must be at least 1 (--{key}, or eval.{key} of a pipeline config)')
+  if int(ecfg.max_new_tokens) < 1:
+    raise ConfigError(f'max_new_tokens={ecfg.max_new_tokens}: must be at least 1 (--max_new_tokens; 0 reads it '
+                      'from the reference run)')
+  if float(ecfg.temperature) < 0:
+    raise ConfigError(f'temperature={ecfg.temperature}: must be >= 0 (0 samples greedily)')
+
+
+def batch_rows(num_rows: int, batch_size: int, shards: int) -> int:
+  """Rows per sampling batch: the smallest multiple of `shards` that holds `num_rows`, capped at `batch_size`."""
+  if batch_size % shards:
+    up = -(-batch_size // shards) * shards
+    raise ConfigError(f'batch size {batch_size} (--batch_size, or eval.batch_size of a pipeline config) does not '
+                      f'divide over the {shards} devices that split the batch (mesh data x fsdp); use a multiple '
+                      f'of {shards}, e.g. {up}')
+  return min(batch_size, max(1, -(-num_rows // shards)) * shards)
+
+
+def _objective(cfg: dict) -> str:
+  return cfg.get('train', {}).get('objective', '?')
+
+
+def _run_configs(ecfg) -> list[tuple[str, str, dict]]:
+  """(label, path, saved config) of every policy and of the learned judge; missing runs fail here, by name."""
+  from nlhf_jax.config.objectives import model_family
+  out = []
+  for name, path in zip(ecfg.policy_names, ecfg.policy_workdirs):
+    cfg = _read(path, f'policy {name}')
+    if model_family(_objective(cfg)) != 'language_model':
+      raise ConfigError(f'policy {name}={path} is a {_objective(cfg)!r} run, not a policy (a language model); '
+                        'give the runs of language models (sft, nash_md, dpo, ... or an imported model)')
+    out.append((f'{name}={path}', path, cfg))
+  judge = ecfg.get('preference_model', '')
+  if judge:
+    cfg = _read(judge, 'the judge')
+    if _objective(cfg) not in JUDGE_OBJECTIVES:
+      raise ConfigError(f'judge {judge} is a {_objective(cfg)!r} run; give a preference_model or reward_model run')
+    out.append((f'judge={judge}', judge, cfg))
+  return out
+
+
+def _read(path: str, what: str) -> dict:
+  if not os.path.exists(path) and '://' not in path:
+    raise FileNotFoundError(f'{what}: {path} does not exist; give the --workdir of an nlhf-train or nlhf-import run')
+  try:
+    return checkpointing.read_run_config(path)
+  except FileNotFoundError as e:
+    raise FileNotFoundError(f'{what}: {e}') from None
+
+
+def tokenizer_digest(spec: str) -> str:
+  """What identifies a tokenizer: 'bytes', or a hash of its file (a sentencepiece model, or a Hugging Face
+  directory's tokenizer.json); '' when the file cannot be read."""
+  if spec == 'bytes':
+    return spec
+  path = os.path.join(spec, 'tokenizer.json') if os.path.isdir(spec) else spec
+  try:
+    with open(path, 'rb') as f:
+      return hashlib.sha256(f.read()).hexdigest()
+  except OSError:
+    return ''
+
+
+def _differ(values: list[tuple[str, object]], what: str) -> str:
+  return f'{what} differ: ' + ', '.join(f'{label} has {value}' for label, value in values)
+
+
+def check_runs(ecfg) -> None:
+  """Every run is of a usable kind and all share one tokenizer and embedding size (see the module docstring)."""
+  runs = _run_configs(ecfg)
+  specs = [(label, str(cfg.get('data', {}).get('tokenizer', 'bytes'))) for label, _, cfg in runs]
+  problems = []
+  if len({s for _, s in specs}) > 1:
+    digests = {s: tokenizer_digest(s) for _, s in specs}
+    if '' in digests.values() or len(set(digests.values())) > 1:
+      unread = [s for s, d in digests.items() if not d]
+      problems.append(_differ(specs, 'tokenizers') + (f' ({", ".join(unread)} cannot be read)' if unread else ''))
+  sizes = [(label, int(cfg.get('model', {}).get('vocab_size', 0))) for label, _, cfg in runs]
+  if len({v for _, v in sizes}) > 1:
+    problems.append(_differ([(label, f'vocab_size {v}') for label, v in sizes], 'vocabularies (model.vocab_size)'))
+  if problems:
+    raise ConfigError('the runs do not share one vocabulary, so one tokenizer cannot read their samples: '
+                      + '; '.join(problems) + '. Evaluate together only runs trained with the same tokenizer and '
+                      'vocabulary (the policies and the judge), e.g. runs started from the same imported model')

@@ -1,0 +1,127 @@
+"""nlhf-eval's checks, made before any model is restored: each bad input is one `error:` line (exit status 1).
+
+The runs here are checkpoints that hold only the run's config (no parameters): a command that got as far as
+restoring a model would end in a traceback, so every refusal below is known to come before any restore."""
+import json
+import subprocess
+import sys
+
+import ml_collections
+import orbax.checkpoint as ocp
+import pytest
+
+from nlhf_jax.config import ConfigError
+from nlhf_jax.evaluation import cli, evaluate, inputs
+from tests.helpers import mesh, subprocess_env
+
+
+def _fake_run(path, objective, tokenizer='bytes', vocab_size=256):
+  config = {'train': {'objective': objective}, 'model': {'vocab_size': vocab_size},
+            'data': {'tokenizer': tokenizer, 'prompt_len': 16}, 'online': {'max_new_tokens': 8}}
+  manager = ocp.CheckpointManager(str(path / 'checkpoints'), options=ocp.CheckpointManagerOptions(create=True))
+  manager.save(1, args=ocp.args.Composite(meta=ocp.args.JsonSave({'config': config})))
+  manager.wait_until_finished()
+  manager.close()
+  return str(path)
+
+
+@pytest.fixture(scope='module')
+def runs(tmp_path_factory):
+  root = tmp_path_factory.mktemp('eval_runs')
+  spm = root / 'other.model'
+  spm.write_bytes(b'not the byte vocabulary')
+  prompts = root / 'prompts.jsonl'
+  prompts.write_text(''.join(json.dumps({'prompt': f'sort: {w} a'}) + '\n' for w in 'bcde'))
+  return {'sft': _fake_run(root / 'sft', 'sft'), 'md': _fake_run(root / 'md', 'nash_md'),
+          'pm': _fake_run(root / 'pm', 'preference_model'),
+          'other_tok': _fake_run(root / 'other_tok', 'sft', tokenizer=str(spm)),
+          'other_vocab': _fake_run(root / 'other_vocab', 'nash_md', vocab_size=512),
+          'prompts': str(prompts), 'root': root}
+
+
+def _eval(*args):
+  return subprocess.run([sys.executable, '-m', 'nlhf_jax.evaluation.cli', *args], capture_output=True, text=True,
+                        timeout=120, env=subprocess_env(8))
+
+
+def _args(runs, *extra, md='md', output=None):
+  return [f'--policy=sft={runs["sft"]}', f'--policy=md={runs[md]}', f'--judge={runs["pm"]}',
+          f'--prompts={runs["prompts"]}', f'--output={output or runs["root"] / "out"}', *extra]
+
+
+def _refused(out, *words):
+  assert out.returncode == 1, out.stderr
+  assert 'Traceback' not in out.stderr, out.stderr
+  lines = [line for line in out.stderr.splitlines() if line.startswith('error:')]
+  assert len(lines) == 1, out.stderr
+  for word in words:
+    assert word in lines[0], lines[0]
+
+
+def test_policies_with_another_tokenizer_are_refused_by_name(runs):
+  out = _eval(*_args(runs, md='other_tok'))
+  _refused(out, 'do not share one vocabulary', f'md={runs["other_tok"]}', 'other.model', f'sft={runs["sft"]} has bytes')
+
+
+def test_a_batch_that_does_not_divide_the_devices_is_refused(runs):
+  _refused(_eval(*_args(runs, '--batch_size=6')), 'batch size 6', 'the 8 devices', 'e.g. 8')
+
+
+@pytest.mark.parametrize('case', ['file', 'earlier'])
+def test_an_unusable_output_is_refused(runs, case):
+  target = runs['root'] / f'out_{case}'
+  if case == 'file':
+    target.write_text('mine')
+    _refused(_eval(*_args(runs, output=target)), f'{target} is a file, not a folder')
+    assert target.read_text() == 'mine'
+  else:
+    target.mkdir()
+    (target / 'matrix.json').write_text('{"mine": 1}')
+    _refused(_eval(*_args(runs, output=target)), 'already holds matrix.json', '--overwrite')
+    assert (target / 'matrix.json').read_text() == '{"mine": 1}'
+
+
+def test_run_flags_with_a_pipeline_directory_are_refused(runs):
+  _refused(_eval(f'--workdir={runs["root"]}', '--num_prompts=4'), '--num_prompts goes with runs given by --policy')
+
+
+def _config(runs, md='md', **kw):
+  c = dict(policy_names=['sft', 'md'], policy_workdirs=[runs['sft'], runs[md]], reference='sft',
+           preference_model=runs['pm'], oracle='', tokenizer='bytes', data_dir='', prompts_name=runs['prompts'],
+           split='validation', num_prompts=256, samples_per_prompt=1, batch_size=64, max_new_tokens=8,
+           temperature=1.0, prompt_len=16)
+  return ml_collections.ConfigDict({**c, **kw})
+
+
+def test_the_batch_is_sized_to_the_prompts():
+  assert inputs.batch_rows(4, 64, 8) == 8  # 4 prompts on 8 devices: one row a device, not 64 rows
+  assert inputs.batch_rows(40, 64, 8) == 40
+  assert inputs.batch_rows(41, 64, 8) == 48
+  assert inputs.batch_rows(1000, 64, 8) == 64
+  assert inputs.batch_rows(3, 64, 1) == 3
+  with pytest.raises(ConfigError, match='use a multiple of 8, e.g. 16'):
+    inputs.batch_rows(4, 12, 8)
+
+
+def test_prepare_checks_the_runs_and_sizes_the_batch(runs):
+  prompts, rows = evaluate.prepare(_config(runs), mesh(data=8))
+  assert len(prompts) == 4 and rows == 8
+  assert evaluate.prepare(_config(runs, samples_per_prompt=3), mesh(data=2))[1] == 12
+  with pytest.raises(ConfigError, match=r'vocabularies \(model.vocab_size\) differ: .*md=.* has vocab_size 512'):
+    evaluate.prepare(_config(runs, md='other_vocab'), mesh(data=8))
+  with pytest.raises(ConfigError, match='is a .sft. run; give a preference_model or reward_model run'):
+    evaluate.prepare(_config(runs, preference_model=runs['sft']), mesh(data=8))
+  with pytest.raises(ConfigError, match='policy md=.* is a .preference_model. run, not a policy'):
+    evaluate.prepare(_config(runs, md='pm'), mesh(data=8))
+  with pytest.raises(FileNotFoundError, match='policy md: .*nowhere does not exist'):
+    evaluate.prepare(_config(runs, policy_workdirs=[runs['sft'], str(runs['root'] / 'nowhere')]), mesh(data=8))
+  with pytest.raises(ConfigError, match='num_prompts=0: must be at least 1'):
+    evaluate.prepare(_config(runs, num_prompts=0), mesh(data=8))
+
+
+def test_policy_lists_name_the_bad_item():
+  assert cli.parse_policies('a=x, b=y')[1][0] == 'b'
+  with pytest.raises(ConfigError, match="'b' is not NAME=RUN_DIR"):
+    cli.parse_policies('a=x,b')
+  with pytest.raises(ConfigError, match="the name 'a' is given twice"):
+    cli.parse_policies('a=x,a=y')
