@@ -1,15 +1,20 @@
 """`nlhf-plot`: training curves of one or several runs, every metric of RUN/metrics.jsonl against the step.
 
-  nlhf-plot --workdir=RUN [RUN ...] [--out=FILE.png]
+  nlhf-plot --workdir=RUN                                  # redraws RUN/curves.png
+  nlhf-plot --workdir=RUN [--workdir=RUN2 ...] --out=FILE.png [--overwrite]
 
 Contracts:
 - `read_metrics(run)`: the rows of RUN/metrics.jsonl, one per logged step, sorted by step. A step logged twice (a
   run resumed from a checkpoint older than its last log line) keeps its last row; a line that does not parse (a
-  run being written) is skipped.
+  run being written, bytes that are not UTF-8) is skipped.
 - `write_curves(runs, out=None)`: one panel per metric (every key of the rows except `step` and `time`, over all
-  runs: `loss` first, then by name), one line per run (named by its folder), written as a PNG to `out`, by default
-  the first run's RUN/curves.png. Returns the path, or None when no run has a logged row. Training calls it at the
-  end of each run with its own workdir; given several runs, nlhf-plot overlays them.
+  runs: `loss` first, then by name), one line per run (named by its folder), written as a PNG to `out` (by
+  rename: an interrupted write leaves the old file), by default the first run's RUN/curves.png. Returns the path,
+  or None when no run has a logged row. Training calls it at the end of each run with its own workdir.
+- `check_inputs(runs, out, overwrite)`, the command's checks before anything is drawn: every run is a folder with
+  a metrics.jsonl, no run is given twice, and the output is a .png path that is not a folder and does not exist
+  unless `overwrite`. The one exception is a single run's own RUN/curves.png (the default output), which the
+  command redraws as training does. Several runs need --out: their overlay never replaces a run's own curves.
 Imports only matplotlib's Agg canvas (no pyplot: no display, no global figure state) and the standard library.
 """
 from __future__ import annotations
@@ -17,6 +22,8 @@ from __future__ import annotations
 import json
 import math
 import os
+
+from nlhf_jax import outputs
 
 CURVES = 'curves.png'
 _NOT_PLOTTED = ('step', 'time')
@@ -27,7 +34,7 @@ def read_metrics(run: str) -> list[dict]:
   if not os.path.isfile(path):
     raise FileNotFoundError(f'{path} does not exist; give the --workdir of an nlhf-train run')
   rows = {}
-  with open(path) as f:
+  with open(path, encoding='utf-8', errors='replace') as f:
     for line in f:
       try:
         row = json.loads(line)
@@ -84,25 +91,50 @@ def write_curves(runs: list[str], out: str | None = None, columns: int = 4) -> s
   else:
     fig.suptitle(names[0], fontsize=10)
   out = out or os.path.join(runs[0], CURVES)
-  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-  tmp = f'{out}.tmp.png'
-  fig.savefig(tmp, dpi=80)
-  os.replace(tmp, out)
+  with outputs.replacing_file(out, 'wb') as f:
+    fig.savefig(f, dpi=80, format='png')
   return out
+
+
+def check_inputs(runs: list[str], out: str | None, overwrite: bool = False) -> None:
+  """The command's checks (see the module docstring): FileNotFoundError for a missing run, OutputError for an
+  output that may not be written."""
+  if not runs:
+    raise FileNotFoundError('no run given; pass --workdir=RUN (repeat it to overlay several runs)')
+  seen = set()
+  for run in runs:
+    if not os.path.isdir(run):
+      what = 'is a file, not a run folder' if os.path.exists(run) else 'does not exist'
+      raise FileNotFoundError(f'--workdir={run} {what}; give the --workdir of an nlhf-train run')
+    if not os.path.isfile(os.path.join(run, 'metrics.jsonl')):
+      raise FileNotFoundError(f'{os.path.join(run, "metrics.jsonl")} does not exist; give the --workdir of an '
+                              'nlhf-train run')
+    if os.path.realpath(run) in seen:
+      raise outputs.OutputError(f'--workdir={run} is given twice; give each run once')
+    seen.add(os.path.realpath(run))
+  if out is None:
+    if len(runs) > 1:
+      raise outputs.OutputError(f'{len(runs)} runs are overlaid: give the picture a path with --out=FILE.png (the '
+                                "default, the first run's curves.png, holds that run's own curves)")
+    return
+  if not out.lower().endswith('.png'):
+    raise outputs.OutputError(f'--out={out}: the curves are a PNG picture; give a path ending in .png')
+  own = len(runs) == 1 and os.path.abspath(out) == os.path.abspath(os.path.join(runs[0], CURVES))
+  outputs.check_file(out, overwrite or own)
 
 
 def _define_flags() -> None:
   from absl import flags
   flags.DEFINE_multi_string('workdir', None, 'A run directory (an nlhf-train --workdir); repeat it, or list more '
                             'runs after the flags, to overlay several runs.')
-  flags.DEFINE_string('out', None, 'The PNG to write (default: the first run\'s curves.png).')
+  flags.DEFINE_string('out', None, 'The PNG to write (default, for one run: its curves.png; several runs need it).')
+  flags.DEFINE_bool('overwrite', False, 'Replace an existing --out file.')
 
 
 def main(argv) -> None:
   from absl import flags
   runs = list(flags.FLAGS.workdir or []) + list(argv[1:])
-  if not runs:
-    raise FileNotFoundError('no run given; pass --workdir=RUN [RUN ...]')
+  check_inputs(runs, flags.FLAGS.out, flags.FLAGS.overwrite)
   path = write_curves(runs, flags.FLAGS.out)
   if path is None:
     raise FileNotFoundError(f'no metrics logged yet in {", ".join(runs)}')
