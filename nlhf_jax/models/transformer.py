@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from nlhf_jax.config import ModelConfig
@@ -70,6 +71,15 @@ class Transformer(nnx.Module):
   def compute_dtype(self):
     return jnp.bfloat16 if self.cfg.compute_dtype == 'bfloat16' else jnp.float32
 
+  def embed_tokens(self, tokens_bt) -> jax.Array:
+    """The input embeddings [B, T, D] in the compute dtype. With cfg.scale_embeddings (Gemma) they are multiplied
+    by sqrt(d_model) as transformers does it: the constant rounded to float32 and then to the parameters' dtype,
+    the product in that dtype (in bfloat16 parameters sqrt(3584) is 59.75, not 59.87), then the cast."""
+    x = jnp.take(self.embed[...], tokens_bt, axis=0)
+    if self.cfg.scale_embeddings:
+      x = x * jnp.asarray(np.float32(self.cfg.d_model ** 0.5)).astype(x.dtype)
+    return x.astype(self.compute_dtype)
+
   def hidden(self, tokens_bt, mask_bt, positions_bt=None, cache=None, cache_index=None):
     """Final-norm hidden states [B, T, D] and the updated cache (a dict of per-layer caches, or None).
 
@@ -78,10 +88,7 @@ class Transformer(nnx.Module):
     """
     if positions_bt is None:
       positions_bt = jnp.maximum(jnp.cumsum(mask_bt.astype(jnp.int32), axis=1) - 1, 0)
-    x = jnp.take(self.embed[...], tokens_bt, axis=0).astype(self.compute_dtype)
-    if self.cfg.scale_embeddings:
-      x = x * jnp.asarray(self.cfg.d_model ** 0.5, self.compute_dtype)
-    x = constrain_activations(x, RESIDUAL)
+    x = constrain_activations(self.embed_tokens(tokens_bt), RESIDUAL)
     key_mask = mask_bt if cache is None else cache['mask']
     new_cache = None if cache is None else {'mask': key_mask}
 

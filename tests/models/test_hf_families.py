@@ -99,3 +99,20 @@ def test_native_models_export_as_llama(tmp_path):
   tokens = hf_models.tokens(2, 10) % cfg.vocab_size
   ours, _ = model(jnp.asarray(tokens), jnp.ones(tokens.shape, bool))
   np.testing.assert_allclose(np.asarray(ours), hf_models.torch_logits(back, tokens), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize('name', ['gemma2', 'gemma3_text'])
+def test_gemma_embedding_scale_is_rounded_like_transformers(name, tmp_path):
+  """Gemma multiplies the embeddings by sqrt(d_model) in the weights' dtype: with bfloat16 parameters the
+  constant is rounded to bfloat16 first (sqrt(48) = 6.93 -> 6.94) and the product is bfloat16, whatever the
+  compute dtype. Our input embeddings equal transformers' bfloat16 ones bit for bit."""
+  import torch
+  extra = {'layer_types': ['sliding_attention']} if name == 'gemma3_text' else {}
+  model, path = hf_models.make_model(name, str(tmp_path), hidden_size=48, num_hidden_layers=1, **extra)
+  tokens = hf_models.tokens(2, 12, seed=3)
+  with torch.no_grad():
+    theirs = model.to(torch.bfloat16).model.embed_tokens(torch.tensor(tokens.astype(np.int64))).float().numpy()
+  for compute in ('float32', 'bfloat16'):
+    ours = hf.from_pretrained(path, dtype=jnp.bfloat16, compute_dtype=compute).embed_tokens(jnp.asarray(tokens))
+    assert ours.dtype == jnp.dtype(compute)
+    np.testing.assert_array_equal(np.asarray(ours, np.float32), theirs, err_msg=compute)
