@@ -157,6 +157,26 @@ def test_nash_ema_opponent_is_sampled_from_the_ema_parameters():
     assert np.abs(y2['logprobs'] - mixture_logprobs(graphdef, other, ref, batch, y2, 0.0)).max() > 1e-2
 
 
+def test_step_logprobs_are_the_samplers_at_temperature_and_top_p():
+  """At temperature 0.7 with top-p 0.9 the log-probabilities the step differentiates are those of the distribution
+  sampled: the sampler's own (tempered, filtered, from the KV-cached decode) for every token of y, and far from the
+  untempered, unfiltered log pi_theta."""
+  from flax import nnx
+
+  from nlhf_jax.models.logprobs import response_logprobs
+  c = nash_md.get_config('tiny')
+  c.mesh.update(data=8)
+  c.online.update(temperature=0.7, top_p=0.9)
+  cfg, graphdef, state, step, frozen, batch, _ = setup(c, mesh(data=8))
+  _, _, out = jax.device_get(jax.jit(step.loss_and_grads)(state, frozen, batch))
+  y = out['y']
+  assert y['mask'].sum() > 8 * 4
+  np.testing.assert_allclose(out['lp'], y['logprobs'], atol=1e-4)
+  plain = response_logprobs(nnx.merge(graphdef, state.params), batch['prompt'], batch['prompt_mask'], y['tokens'],
+                            y['mask'])
+  assert np.abs(np.asarray(plain) - out['lp'])[y['mask']].mean() > 0.05
+
+
 def test_several_samples_per_prompt():
   """samples_per_prompt=2: each prompt gets two different responses (own keys), and the step trains on all."""
   c = nash_md.get_config('tiny')
