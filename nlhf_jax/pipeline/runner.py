@@ -6,6 +6,11 @@ stage's run writes its own config.json beside it); a finished stage whose stage.
 config is still skipped (with a warning): delete DIR/STAGE to redo it. With several seeds a stage's name is
 'seed_S/STAGE' (its folder DIR/seed_S/STAGE) and runs as STAGE does; the last stage, 'eval', then pools the seeds'
 evaluations (evaluation/findings.py).
+
+Before any stage runs, `check_workdir` refuses a DIR that is a file, that holds anything a pipeline does not write
+(it is some other folder), or whose pipeline.json records another config (unless `overwrite`: the pipeline then
+goes on with the new config and records it); `check_stages` refuses --stages names that are no stage and stages
+whose inputs have not finished; `resume_summary` says what a DIR holds and what will run.
 """
 from __future__ import annotations
 
@@ -16,6 +21,8 @@ import time
 
 import jax
 
+from nlhf_jax import outputs
+from nlhf_jax.config import ConfigError
 from nlhf_jax.distributed import barrier, is_leader
 from nlhf_jax.pipeline import stages
 
@@ -23,6 +30,7 @@ log = logging.getLogger(__name__)
 
 MARKER = 'DONE'
 STAGE_CONFIG = 'stage.json'  # not config.json: that name is the run's own record in a training stage
+PIPELINE_CONFIG = 'pipeline.json'
 
 
 class Interrupted(RuntimeError):
@@ -96,10 +104,7 @@ def _kind(name: str, scfg) -> str:
 
 def _write_config(scfg, stage_dir: str) -> None:
   """Writes DIR/STAGE/stage.json whole (a temporary file renamed), so no process ever reads half of it."""
-  path = os.path.join(stage_dir, STAGE_CONFIG)
-  with open(path + '.tmp', 'w') as f:
-    f.write(scfg.to_json(indent=1, sort_keys=True))
-  os.replace(path + '.tmp', path)
+  outputs.write_text(os.path.join(stage_dir, STAGE_CONFIG), scfg.to_json(indent=1, sort_keys=True))
 
 
 def _finished_config_changed(scfg, stage_dir: str) -> bool:
@@ -108,6 +113,114 @@ def _finished_config_changed(scfg, stage_dir: str) -> bool:
     return False
   with open(path) as f:
     return f.read() != scfg.to_json(indent=1, sort_keys=True)
+
+
+def _flat(d: dict, prefix: str = '') -> dict:
+  out = {}
+  for k, v in d.items():
+    out.update(_flat(v, f'{prefix}{k}.') if isinstance(v, dict) else {f'{prefix}{k}': v})
+  return out
+
+
+def _stage_dirs(p) -> set[str]:
+  """The top-level entries of a pipeline directory: shared stages, seed folders or stages, pipeline.json."""
+  return {n.split('/', 1)[0] for n in stages.stage_names(p)} | {PIPELINE_CONFIG}
+
+
+def check_workdir(p, workdir: str, overwrite: bool = False) -> None:
+  """Refuses a workdir that is a file, that holds what no pipeline writes, or that records another pipeline
+  config (unless `overwrite`)."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise outputs.OutputError(f'--workdir={workdir} is a file, not a folder; give a new folder for the pipeline')
+  if not os.path.isdir(workdir):
+    return
+  known = _stage_dirs(p)
+  other = sorted(n for n in os.listdir(workdir) if n not in known and not n.startswith('.'))
+  if other:
+    shown = ', '.join(other[:5]) + (', ...' if len(other) > 5 else '')
+    raise outputs.OutputError(f'--workdir={workdir} holds {shown}, which this pipeline does not write (no stage '
+                              f'of config.policies={p.policies!r} is called so): give a new or empty folder')
+  path = os.path.join(workdir, PIPELINE_CONFIG)
+  if overwrite or not os.path.isfile(path):
+    return
+  try:
+    with open(path) as f:
+      recorded = _flat(json.load(f))
+  except (OSError, ValueError):
+    return  # unreadable: the current config replaces it
+  current = _flat(json.loads(p.to_json()))
+  changed = sorted(k for k in set(recorded) | set(current) if recorded.get(k, '(none)') != current.get(k, '(none)'))
+  if changed:
+    shown = '; '.join(f'config.{k}: {recorded.get(k, "(none)")} recorded, {current.get(k, "(none)")} now'
+                      for k in changed[:4]) + ('; ...' if len(changed) > 4 else '')
+    raise ConfigError(f'--workdir={workdir} holds a pipeline of another config ({shown}); its finished stages '
+                      'would be kept as they are: use a new --workdir, or pass --overwrite to go on with this config '
+                      '(finished stages are skipped; delete DIR/STAGE to redo one)')
+
+
+def _needs(name: str, scfg, configs: dict) -> list[str]:
+  """The stages whose outputs stage `name` reads."""
+  from nlhf_jax.config import objectives
+  kind, prefix = _kind(name, scfg), name.rsplit('/', 1)[0] + '/' if '/' in name else ''
+  shared = ['tokenizer', 'data']
+  if kind == 'aggregate':
+    return [n for n in configs if n.endswith('/eval')]
+  if kind in shared:
+    return []
+  if kind == 'sft':
+    return shared
+  if kind == 'pairs':
+    return [*shared, prefix + 'sft']
+  if kind in ('preference_model', 'reward_model'):
+    return [*shared, prefix + 'pairs']
+  if kind == 'eval':  # mu, the preference model and every policy of this seed
+    own = [n for n in configs if n.startswith(prefix) and '/' not in n[len(prefix):]]
+    return [*shared, *(n for n in own if n != name and _kind(n, configs[n]) not in (*shared, 'pairs', 'reward_model'))]
+  if objectives.get(scfg.train.objective).offline:
+    return [*shared, prefix + 'sft', prefix + 'pairs']
+  return [*shared, prefix + 'sft', prefix + scfg.online.judge]
+
+
+def check_stages(configs: dict, workdir: str, only: list[str] | None) -> None:
+  """Refuses --stages names that are no stage, and a chosen stage whose inputs neither have finished nor run."""
+  if not only:
+    return
+  kinds = {n.rsplit('/', 1)[-1] for n in configs}
+  unknown = [n for n in only if n not in configs and n not in kinds]
+  if unknown:
+    raise ConfigError(f'--stages: {", ".join(unknown)} is not a stage of this pipeline; its stages are '
+                      f'{", ".join(configs)}')
+  chosen = [n for n in configs if n in only or n.rsplit('/', 1)[-1] in only]
+  for name in chosen:
+    missing = [need for need in _needs(name, configs[name], configs)
+               if need not in chosen and not os.path.exists(os.path.join(workdir, need, MARKER))]
+    if missing:
+      short = list(dict.fromkeys(n.rsplit('/', 1)[-1] for n in [*missing, name]))
+      raise ConfigError(f'--stages: stage {name} reads the output of {", ".join(missing)}, which '
+                        f'{"has" if len(missing) == 1 else "have"} not finished in {workdir} (no {MARKER} marker); '
+                        f'add {"it" if len(missing) == 1 else "them"} (--stages={",".join(short)}) or leave out '
+                        '--stages')
+
+
+def resume_summary(configs: dict, workdir: str, only: list[str] | None = None) -> str:
+  """One line: a new pipeline, or what a workdir holds (finished stages, the interrupted one) and what runs."""
+  done, started, todo = [], [], []
+  for name in configs:
+    if only and name not in only and name.rsplit('/', 1)[-1] not in only:
+      continue
+    stage_dir = os.path.join(workdir, name)
+    if os.path.exists(os.path.join(stage_dir, MARKER)):
+      done.append(name)
+    else:
+      (started if os.path.exists(os.path.join(stage_dir, STAGE_CONFIG)) else todo).append(name)
+  if not done and not started:
+    return f'pipeline in {workdir}: stages to run: {", ".join(todo)}'
+  parts = [f'resuming the pipeline in {workdir}: finished (skipped): {", ".join(done) or "none"}']
+  if started:
+    parts.append(f'started earlier, resumed (training from its last checkpoint): {", ".join(started)}')
+  if todo:
+    parts.append(f'to run: {", ".join(todo)}')
+  return '; '.join(parts)
 
 
 def run_stage(name: str, scfg, stage_dir: str, mesh=None, stop_at: int | None = None) -> float:
@@ -125,20 +238,24 @@ def run_stage(name: str, scfg, stage_dir: str, mesh=None, stop_at: int | None = 
 
 
 def run_pipeline(p, workdir: str, only: list[str] | None = None, interrupt: tuple[str, int] | None = None,
-                 mesh=None) -> dict[str, str]:
+                 mesh=None, overwrite: bool = False) -> dict[str, str]:
   """Runs the pipeline described by `p` in `workdir`; returns {stage: 'skipped' | 'ran'}.
 
   only: run just these stages (their inputs must exist; 'sft' also names every seed's 'seed_S/sft').
+  overwrite: go on in a workdir whose pipeline.json records another config (check_workdir).
   interrupt=(stage, step): stop that stage's training after `step` as a preemption would (checkpoint, stop), then
   raise Interrupted (a half-finished stage).
   """
   workdir = os.path.abspath(workdir)
+  configs = stages.stage_configs(p, workdir)
+  check_workdir(p, workdir, overwrite)
+  check_stages(configs, workdir, only)
+  log.info('%s', resume_summary(configs, workdir, only))
   os.makedirs(workdir, exist_ok=True)
   if is_leader():
-    with open(os.path.join(workdir, 'pipeline.json'), 'w') as f:
-      f.write(p.to_json(indent=1, sort_keys=True))
+    outputs.write_text(os.path.join(workdir, PIPELINE_CONFIG), p.to_json(indent=1, sort_keys=True))
   status = {}
-  for name, scfg in stages.stage_configs(p, workdir).items():
+  for name, scfg in configs.items():
     if only and name not in only and name.rsplit('/', 1)[-1] not in only:
       continue
     stage_dir = os.path.join(workdir, name)
@@ -160,9 +277,8 @@ def run_pipeline(p, workdir: str, only: list[str] | None = None, interrupt: tupl
     if stop_at is not None:
       raise Interrupted(f'stage {name} stopped at step {stop_at} (test hook)')
     if is_leader():
-      with open(marker, 'w') as f:
-        json.dump({'stage': name, 'seconds': round(seconds, 1), 'finished': time.strftime('%Y-%m-%d %H:%M:%S')},
-                  f)
+      outputs.write_json(marker, {'stage': name, 'seconds': round(seconds, 1),
+                                  'finished': time.strftime('%Y-%m-%d %H:%M:%S')}, indent=None)
     barrier(f'pipeline marker {name}')
     log.info('stage %s: done in %.1fs', name, seconds)
     status[name] = 'ran'

@@ -226,11 +226,28 @@ def _sections(stage: str) -> str:
   return 'config.policy, config.model, config.data'
 
 
+def _check_eval_config(name: str, ecfg, num_devices: int | None) -> None:
+  """The eval stage's settings (config.eval) and, with `num_devices`, its batch against the mesh."""
+  from nlhf_jax.config import MeshConfig
+  from nlhf_jax.config.validate import resolve_mesh_shape
+  from nlhf_jax.evaluation import inputs
+  try:
+    inputs.check_settings(ecfg)
+    if num_devices is not None:
+      axes = resolve_mesh_shape(MeshConfig(**ecfg.mesh.to_dict()), num_devices)
+      inputs.batch_rows(1, int(ecfg.batch_size), axes['data'] * axes['fsdp'])
+  except ConfigError as e:
+    raise ConfigError(f'pipeline stage {name!r}: {e} (set it in config.eval or config.mesh)') from None
+
+
 def check_training_configs(configs: dict, num_devices: int | None = None) -> None:
-  """Validates every training stage's ExperimentConfig (with `num_devices`, also against the mesh), so that a
-  bad value in a late stage stops the pipeline before the first stage starts."""
+  """Validates every training stage's ExperimentConfig (with `num_devices`, also against the mesh) and the eval
+  stage's settings and batch, so that a bad value in a late stage stops the pipeline before the first stage
+  starts."""
   from nlhf_jax.config import from_config_dict
   for name, c in configs.items():
+    if name.rsplit('/', 1)[-1] == 'eval' and not c.get('aggregate', False):
+      _check_eval_config(name, c, num_devices)
     if 'train' not in c:
       continue
     try:
