@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 
 import jax
@@ -122,9 +123,16 @@ def _flat(d: dict, prefix: str = '') -> dict:
   return out
 
 
-def _stage_dirs(p) -> set[str]:
-  """The top-level entries of a pipeline directory: shared stages, seed folders or stages, pipeline.json."""
-  return {n.split('/', 1)[0] for n in stages.stage_names(p)} | {PIPELINE_CONFIG}
+def _pipeline_entry(name: str) -> bool:
+  """Whether a pipeline (of any config) writes a top-level entry of this name: a stage, a policy, a seed folder or
+  pipeline.json."""
+  if name in (*stages.FIXED_BEFORE, 'eval', PIPELINE_CONFIG) or re.fullmatch(r'seed_-?\d+', name):
+    return True
+  try:
+    stages.parse_policy(name)
+    return True
+  except ConfigError:
+    return False
 
 
 def check_workdir(p, workdir: str, overwrite: bool = False) -> None:
@@ -134,12 +142,11 @@ def check_workdir(p, workdir: str, overwrite: bool = False) -> None:
     raise outputs.OutputError(f'--workdir={workdir} is a file, not a folder; give a new folder for the pipeline')
   if not os.path.isdir(workdir):
     return
-  known = _stage_dirs(p)
-  other = sorted(n for n in os.listdir(workdir) if n not in known and not n.startswith('.'))
+  other = sorted(n for n in os.listdir(workdir) if not _pipeline_entry(n) and not n.startswith('.'))
   if other:
     shown = ', '.join(other[:5]) + (', ...' if len(other) > 5 else '')
-    raise outputs.OutputError(f'--workdir={workdir} holds {shown}, which this pipeline does not write (no stage '
-                              f'of config.policies={p.policies!r} is called so): give a new or empty folder')
+    raise outputs.OutputError(f'--workdir={workdir} holds {shown}, which no pipeline writes (it is not a pipeline '
+                              'folder): give a new or empty folder')
   path = os.path.join(workdir, PIPELINE_CONFIG)
   if overwrite or not os.path.isfile(path):
     return

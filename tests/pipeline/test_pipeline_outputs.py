@@ -38,8 +38,8 @@ def test_a_folder_that_is_not_a_pipeline_is_refused_by_the_command(tmp_path):
   out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=subprocess_env(8), cwd=REPO)
   assert out.returncode == 1 and 'Traceback' not in out.stderr, out.stderr
   assert [line for line in out.stderr.splitlines() if line.startswith('error:')] == [
-      f'error: --workdir={tmp_path} holds notes.txt, which this pipeline does not write (no stage of '
-      f'config.policies={pipeline_configs.get_config("tiny").policies!r} is called so): give a new or empty folder']
+      f'error: --workdir={tmp_path} holds notes.txt, which no pipeline writes (it is not a pipeline folder): give a '
+      'new or empty folder']
   assert sorted(p.name for p in tmp_path.iterdir()) == ['notes.txt']
 
 
@@ -50,7 +50,7 @@ def test_the_workdir_is_checked_before_any_stage(tmp_path):
   with pytest.raises(OutputError, match='is a file, not a folder'):
     runner.check_workdir(p, str(tmp_path / 'file'))
   workdir = tmp_path / 'w'
-  _done(workdir, 'tokenizer', 'data', 'sft')
+  _done(workdir, 'tokenizer', 'data', 'sft', 'md_0.5', 'seed_3/sft')
   runner.check_workdir(p, str(workdir))  # stage folders only (a pipeline without its pipeline.json): fine
   (workdir / runner.PIPELINE_CONFIG).write_text(p.to_json(indent=1, sort_keys=True))
   runner.check_workdir(p, str(workdir))  # the same config: it resumes
