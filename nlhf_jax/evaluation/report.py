@@ -120,8 +120,8 @@ def samples_markdown(result: dict) -> str:
 
 
 def heatmap(result: dict, path) -> None:
-  """(`path`: a file name or a binary file.) Per judge: the heatmap of P(col > row) and, on its rows, the bars of the Nash weights (win rate vs the
-  Nash mixture written beside each bar)."""
+  """Per judge: the heatmap of P(col > row) and, on its rows, the bars of the Nash weights (win rate vs the
+  Nash mixture written beside each bar), as a PNG into `path` (a file name or a binary file)."""
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
