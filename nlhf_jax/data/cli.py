@@ -6,6 +6,10 @@
 --input is a JSONL file, a .parquet file, a directory of .parquet shards or a glob of them ('data/*.parquet',
 quoted); --format=auto (the default) reads Parquet for those and JSONL otherwise. Text fields may be strings or
 conversations (lists of {role, content} messages; see nlhf_jax/data/records.py).
+
+Nothing is written or deleted before the options, the output and every input record have been checked; the data
+set is built in a temporary folder and renamed into place, so an existing one (replaced only with --overwrite)
+survives a refused or interrupted build (nlhf_jax/outputs.py).
 """
 from __future__ import annotations
 
@@ -33,10 +37,21 @@ def _parser() -> argparse.ArgumentParser:
   return parser
 
 
+def check(args: argparse.Namespace) -> None:
+  """Everything that can be checked before the input is read: the options and the output folder."""
+  if args.format == 'tldr' and args.kind != 'pairs':
+    raise records.DataError('--format=tldr makes pairs; use --kind=pairs')
+  if not args.input:
+    raise records.DataError('--input is empty; give a JSONL file, a .parquet file, or a folder or glob of them')
+  tfds_builders.check_options(args.kind, args.name, args.data_dir, args.validation_fraction, args.seed)
+  tfds_builders.check_output(args.name, args.data_dir, args.overwrite)
+
+
 def build(args: argparse.Namespace) -> dict[str, int]:
+  """Checks the options and the output, reads and validates every input record, then builds the data set (an
+  existing one is replaced only with --overwrite, once the new one is complete)."""
+  check(args)
   if args.format == 'tldr':
-    if args.kind != 'pairs':
-      raise records.DataError('--format=tldr makes pairs; use --kind=pairs')
     recs = tldr.read_comparisons(args.input, with_source=True)
   elif args.format == 'parquet':
     recs = records.read_parquet(args.input, args.kind, with_source=True)

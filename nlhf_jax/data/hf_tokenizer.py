@@ -52,13 +52,26 @@ _PROBES = (
 )
 
 
+def read_text(path: str) -> str:
+  """A UTF-8 text file of the directory; TokenizerError naming the file when it is a folder or not UTF-8."""
+  if os.path.isdir(path):
+    raise TokenizerError(f'{path} is a folder, not a file; save the tokenizer again (transformers: '
+                         'tokenizer.save_pretrained(DIR))')
+  with open(path, 'rb') as f:
+    data = f.read()
+  try:
+    return data.decode('utf-8')
+  except UnicodeDecodeError as e:
+    raise TokenizerError(f'{path}: not UTF-8 (byte 0x{data[e.start]:02x} at byte offset {e.start}); re-encode it as '
+                         'UTF-8 or save the tokenizer again (transformers: tokenizer.save_pretrained(DIR))') from None
+
+
 def read_json(path: str) -> dict | None:
   """The object in `path`, None when there is no such file; TokenizerError when it is not a JSON object."""
   if not os.path.exists(path):
     return None
   try:
-    with open(path, encoding='utf-8') as f:
-      obj = json.load(f)
+    obj = json.loads(read_text(path))
   except json.JSONDecodeError as e:
     raise TokenizerError(f'{path}: malformed JSON ({e.msg} at line {e.lineno} column {e.colno}); fix the file or '
                          'save the tokenizer again (transformers: tokenizer.save_pretrained(DIR))') from None
@@ -103,8 +116,7 @@ def load_template(directory: str, config: dict) -> ChatTemplate | None:
   """chat_template.jinja if present, else tokenizer_config.json's chat_template, else None."""
   path = os.path.join(directory, TEMPLATE_FILE)
   if os.path.exists(path):
-    with open(path, encoding='utf-8') as f:
-      return ChatTemplate(f.read(), path)
+    return ChatTemplate(read_text(path), path)
   config_path = os.path.join(directory, CONFIG_JSON)
   source = _config_template(config, config_path)
   return ChatTemplate(source, f'{config_path} chat_template') if source else None

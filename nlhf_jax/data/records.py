@@ -22,6 +22,11 @@ Validated records hold exactly their fields: strings, or lists of {'role', 'cont
 its index, so that a broken data set is fixed at the source instead of silently skipped. The file readers check
 every record before failing: one bad record gives its message alone; several give one DataError that counts them
 and lists the first MAX_LISTED, each with its line (or row), its message and the fields the record has.
+
+Text files are UTF-8 (a leading byte-order mark is dropped): a line that is not UTF-8 is a bad record named by its
+line and byte offset, with the fix (re-encode the file); a file that is UTF-16, gzip-compressed or Parquet, or a
+folder where a file is wanted, is refused at once. A string that UTF-8 cannot store (half of a surrogate pair, as
+a lone JSON escape such as \\ud83d gives) is a bad record too.
 """
 from __future__ import annotations
 
@@ -30,6 +35,8 @@ import json
 import math
 import os
 from typing import Iterable, Iterator
+
+from nlhf_jax import outputs
 
 KINDS = ('prompts', 'demonstrations', 'pairs')
 TEXT_FIELDS = {
@@ -61,6 +68,16 @@ def _fail(where: str, message: str):
   raise DataError(f'{where}: {message}')
 
 
+def check_unicode(text: str, at: str, where: str) -> None:
+  """Refuses a string that UTF-8 cannot store: half of a surrogate pair, as a JSON escape such as \\ud83d alone
+  gives."""
+  try:
+    text.encode('utf-8')
+  except UnicodeEncodeError as e:
+    _fail(where, f'{at} holds {text[e.start]!r} at character {e.start}, half of a UTF-16 surrogate pair, which is not '
+                 'text; write the character itself or its full pair of escapes (e.g. \\ud83d\\ude00) at the source')
+
+
 def _message(value, field: str, index: int, where: str) -> dict:
   at = f'field {field!r} message {index}'
   if not isinstance(value, dict):
@@ -73,6 +90,7 @@ def _message(value, field: str, index: int, where: str) -> dict:
     _fail(where, f'{at}: role {role!r:.40} must be one of {", ".join(ROLES)}')
   if not isinstance(content, str):
     _fail(where, f"{at}: 'content' must be a string, got {type(content).__name__} {content!r:.40}")
+  check_unicode(content, f'{at} content', where)
   return {'role': role, 'content': content}
 
 
@@ -105,6 +123,7 @@ def _text(record: dict, field: str, where: str, allow_empty: bool):
                  "a list of {'role', 'content'} messages)")
   if not allow_empty and not value.strip():
     _fail(where, f'field {field!r} is empty')
+  check_unicode(value, f'field {field!r}', where)
   return value
 
 
@@ -225,26 +244,82 @@ def validate_all(records: Iterable, kind: str, name: str = 'records') -> list[di
   return [validate(r, kind, f'{name} record {i}') for i, r in enumerate(records)]
 
 
-def iter_jsonl(path: str, bad: list[str] | None = None) -> Iterator[tuple[str, dict]]:
-  """Yields (where, object) for every non-blank line; `where` is 'FILE line N' (1-based). A malformed line raises
-  DataError, or, when a `bad` list is given, has its message appended there and is skipped."""
+_SIGNATURES = (  # what a file that is not text starts with, and what to do about it
+    (b'\xff\xfe', 'is UTF-16 (it starts with a UTF-16 byte-order mark); re-encode it as UTF-8, e.g. '
+                  '`iconv -f UTF-16 -t UTF-8 IN > OUT`'),
+    (b'\xfe\xff', 'is UTF-16 (it starts with a UTF-16 byte-order mark); re-encode it as UTF-8, e.g. '
+                  '`iconv -f UTF-16 -t UTF-8 IN > OUT`'),
+    (b'\x1f\x8b', 'is gzip-compressed; decompress it first (`gunzip FILE`)'),
+    (b'PAR1', 'is Parquet, not text; read it as Parquet (a .parquet name, or --format=parquet)'),
+)
+_UTF8_BOM = b'\xef\xbb\xbf'
+
+
+def _check_text_file(path: str, head: bytes) -> None:
+  if os.path.isdir(path):
+    raise DataError(f'{path} is a folder, not a file; give a JSONL or text file (a folder of .parquet files is read '
+                    'as Parquet)')
+  for signature, problem in _SIGNATURES:
+    if head.startswith(signature):
+      raise DataError(f'{path}: the file {problem}')
+
+
+def not_utf8(where: str, raw: bytes, start: int, offset: int) -> str:
+  """The message for a line whose byte `start` is not UTF-8 (`offset`: the line's byte offset in the file)."""
+  return (f'{where}: not UTF-8 (byte 0x{raw[start]:02x} at column {start + 1}, byte offset {offset + start} of the '
+          'file); re-encode the file as UTF-8 from its encoding, e.g. `iconv -f CP1252 -t UTF-8 IN > OUT`')
+
+
+def display_name(path: str) -> str:
+  """A file name as text, for messages and the stored 'source' (bytes of a name that are not UTF-8 become U+FFFD)."""
+  return os.fsencode(path).decode('utf-8', 'replace')
+
+
+def iter_lines(path: str, bad: list[str] | None = None) -> Iterator[tuple[str, str]]:
+  """Yields ('FILE line N', text) for every line of a UTF-8 text file (N 1-based; the line ending removed; a UTF-8
+  byte-order mark before the first line dropped). A line that is not UTF-8 raises DataError naming the line, its
+  byte offset and the fix, or, when a `bad` list is given, has its message appended there and is skipped. A
+  missing file, a folder, or a file that is UTF-16, gzip or Parquet raises DataError at once."""
   if not os.path.exists(path):
     raise DataError(f'{path}: no such file')
-  name = os.path.basename(path)
-  with open(path, encoding='utf-8') as f:
-    for n, line in enumerate(f, start=1):
-      if not line.strip():
-        continue
-      where = f'{name} line {n}'
+  name = display_name(os.path.basename(path))
+  if os.path.isdir(path):
+    _check_text_file(path, b'')
+  with open(path, 'rb') as f:
+    _check_text_file(path, f.read(4))
+    f.seek(0)
+    offset = 0
+    for n, raw in enumerate(f, start=1):
+      start = len(_UTF8_BOM) if n == 1 and raw.startswith(_UTF8_BOM) else 0
       try:
-        obj = json.loads(line.rstrip('\r\n'))
-      except json.JSONDecodeError as e:
-        message = f'{where}: malformed JSON ({e.msg} at column {e.colno})'
+        text = raw[start:].decode('utf-8')
+      except UnicodeDecodeError as e:
+        message = not_utf8(f'{name} line {n}', raw, start + e.start, offset)
         if bad is None:
           raise DataError(message) from None
         bad.append(message)
         continue
-      yield where, obj
+      finally:
+        offset += len(raw)
+      yield f'{name} line {n}', text.rstrip('\r\n')
+
+
+def iter_jsonl(path: str, bad: list[str] | None = None) -> Iterator[tuple[str, dict]]:
+  """Yields (where, object) for every non-blank line; `where` is 'FILE line N' (1-based). A malformed line (bad
+  JSON, or not UTF-8: see `iter_lines`) raises DataError, or, when a `bad` list is given, has its message appended
+  there and is skipped."""
+  for where, line in iter_lines(path, bad):
+    if not line.strip():
+      continue
+    try:
+      obj = json.loads(line)
+    except json.JSONDecodeError as e:
+      message = f'{where}: malformed JSON ({e.msg} at column {e.colno})'
+      if bad is None:
+        raise DataError(message) from None
+      bad.append(message)
+      continue
+    yield where, obj
 
 
 def _with_fields(message: str, obj) -> str:
@@ -277,7 +352,7 @@ def convert_all(items: Iterable[tuple[str, object]], convert, name: str, bad: li
   if bad:
     raise bad_records_error(name, bad, len(out) + len(bad))
   if not out:
-    raise DataError(f'{name}: no records')
+    raise DataError(f'{name}: no records (the input is empty or blank); give a file that holds records')
   return out
 
 
@@ -309,15 +384,17 @@ def parquet_files(path: str) -> list[tuple[str, str]]:
   """(file, name used in messages) for a .parquet file, a directory (searched recursively) or a glob, sorted."""
   if os.path.isdir(path):
     files = sorted(glob.glob(os.path.join(path, '**', '*.parquet'), recursive=True))
-    named = [(f, os.path.relpath(f, path)) for f in files]
+    named = [(f, display_name(os.path.relpath(f, path))) for f in files]
   elif _is_glob(path):
-    named = [(f, os.path.basename(f)) for f in sorted(glob.glob(path))]
+    named = [(f, display_name(os.path.basename(f))) for f in sorted(glob.glob(path))]
   elif os.path.exists(path):
-    named = [(path, os.path.basename(path))]
+    named = [(path, display_name(os.path.basename(path)))]
   else:
     raise DataError(f'{path}: no such file')
   if not named:
-    raise DataError(f'{path}: no .parquet files there')
+    others = sorted(glob.glob(os.path.join(path, '*.json*'))) if os.path.isdir(path) else []
+    hint = f'; a folder is read as Parquet shards: give a JSONL file itself, e.g. {others[0]}' if others else ''
+    raise DataError(f'{path}: no .parquet files there{hint}')
   return named
 
 
@@ -328,14 +405,17 @@ def iter_parquet(path: str, batch_size: int = 1024) -> Iterator[tuple[str, dict]
   import pyarrow.parquet as pq
   for file, name in parquet_files(path):
     try:
-      batches = pq.ParquetFile(file).iter_batches(batch_size=batch_size)
       n = 0
+      batches = pq.ParquetFile(file).iter_batches(batch_size=batch_size)
       for batch in batches:
         for row in batch.to_pylist():
           yield f'{name} row {n}', row
           n += 1
     except (pyarrow.ArrowException, OSError) as e:
-      raise DataError(f'{name}: not a readable Parquet file ({e})') from None
+      at = f' after row {n - 1}' if n else ''
+      reason = ' '.join(str(e).split())
+      raise DataError(f'{name}: not a readable Parquet file ({reason}){at}; the file is damaged or is not Parquet: '
+                      'download or write it again') from None
 
 
 def read_parquet(path: str, kind: str, with_source: bool = False) -> list[dict]:
@@ -356,6 +436,8 @@ def iter_objects(path: str) -> Iterator[tuple[str, dict]]:
 
 
 def write_jsonl(path: str, records: Iterable[dict]) -> None:
-  with open(path, 'w', encoding='utf-8') as f:
+  """One JSON object a line, in UTF-8, written by rename (nlhf_jax/outputs.py): an interrupted write leaves no half
+  file."""
+  with outputs.replacing_file(path, 'wb') as f:
     for r in records:
-      f.write(json.dumps(r, ensure_ascii=False) + '\n')
+      f.write((json.dumps(r, ensure_ascii=False) + '\n').encode('utf-8'))

@@ -11,25 +11,34 @@ JSON text, and the per-example feature 'conversation_fields' names those fields 
 none); readers turn them back into message lists. Like 'source' (where the example came from), it is not a
 field of the record kind. Data sets built before conversations existed have neither and read as before.
 
+Building checks the options, the output folder and every record before it writes anything, writes the data set
+into a temporary folder beside DATA_DIR/NAME/VERSION and renames it into place (nlhf_jax/outputs.py): an existing
+data set is replaced only with `overwrite`, and only once the new one is complete; a failed or interrupted build
+leaves what was there as it was.
+
 Building is quiet: TFDS's "Downloading and preparing dataset ..." lines are not printed (nothing is downloaded;
 the caller reports what was built) and no downloads/ folder is left in data_dir. Opening a data set that is not
 there names the data sets that data_dir holds.
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
 import os
 import re
 import shutil
 import tempfile
+from typing import Iterator
 
 import numpy as np
 
+from nlhf_jax import outputs
 from nlhf_jax.data.records import DataError, TEXT_FIELDS, check_kind, validate_all
 from nlhf_jax.logs import progress_bar
 
 VERSION = '1.0.0'
+INFO_FILE = 'dataset_info.json'
 SOURCE = 'source'
 CONVERSATION_FIELDS = 'conversation_fields'
 BOOKKEEPING = (SOURCE, CONVERSATION_FIELDS)  # per-example features that are not fields of a record kind
@@ -101,34 +110,88 @@ def dataset_dir(name: str, data_dir: str) -> str:
   return os.path.join(data_dir, name, VERSION)
 
 
-def build(records: list[dict], kind: str, name: str, data_dir: str, validation_fraction: float = 0.1,
-          seed: int = 0, overwrite: bool = False) -> dict[str, int]:
-  """Validates `records`, writes TFDS data set `name` under `data_dir`; returns the count of each split.
-
-  A record's optional 'source' field (as `records.read_jsonl(..., with_source=True)` adds) is stored with it, so
-  that errors found later (e.g. an over-long example) name the input file and line."""
+def check_options(kind: str, name: str, data_dir: str, validation_fraction: float, seed: int) -> None:
+  """Refuses options that `build` cannot use; cheap, so commands call it before reading any input."""
   check_kind(kind)
   if not _NAME.match(name):
-    raise DataError(f'data set name {name!r} must be lower-case snake_case (letters, digits, _)')
+    raise DataError(f'data set name {name!r} (--name) must be lower-case snake_case (letters, digits, _), starting '
+                    'with a letter')
+  if not data_dir:
+    raise DataError('--data_dir is empty; give the folder that holds the data sets (data.data_dir in configs)')
+  if not 0.0 <= validation_fraction < 1.0:
+    raise DataError(f'--validation_fraction={validation_fraction} must be in [0, 1): the share of the examples '
+                    'held out for validation')
+  if seed < 0:
+    raise DataError(f'--seed={seed} must be a non-negative integer')
+
+
+def check_output(name: str, data_dir: str, overwrite: bool = False) -> str:
+  """The folder that data set `name` will occupy, after refusing one that exists (unless `overwrite`) and a file
+  where a folder is needed; cheap, so commands call it before reading any input."""
+  target = dataset_dir(name, data_dir)
+  for folder in (data_dir, os.path.dirname(target)):
+    outputs.check_dir(folder)
+  if os.path.lexists(target) and not os.path.isdir(target):
+    raise outputs.OutputError(f'{target} is a file, not a data set folder; remove it, or choose another --name or '
+                              '--data_dir')
+  if os.path.lexists(target) and not overwrite:
+    what = (f'data set {name!r} already exists in {data_dir}' if os.path.exists(os.path.join(target, INFO_FILE))
+            else f'{target} already exists but holds no complete data set (no {INFO_FILE})')
+    raise outputs.OutputError(f'{what}; pass --overwrite (overwrite=True) to replace it, or choose another --name')
+  return target
+
+
+def build(records: list[dict], kind: str, name: str, data_dir: str, validation_fraction: float = 0.1,
+          seed: int = 0, overwrite: bool = False) -> dict[str, int]:
+  """Validates the options, the output and every record, then writes TFDS data set `name` under `data_dir`;
+  returns the count of each split.
+
+  The data set is written whole into a temporary folder beside its place and renamed into place
+  (nlhf_jax/outputs.py): an existing one (replaced only with `overwrite`) is removed after the new one is
+  complete, and a build that fails or is interrupted leaves the old one as it was and no folder of its own.
+  A record's optional 'source' field (as `records.read_jsonl(..., with_source=True)` adds) is stored with it, so
+  that errors found later (e.g. an over-long example) name the input file and line."""
+  check_options(kind, name, data_dir, validation_fraction, seed)
+  target = check_output(name, data_dir, overwrite)
   sources = [r.get(SOURCE) if isinstance(r, dict) else None for r in records]
   records = [_storable(dict(r, source=src or f'{name} input record {i}'))
              for i, (r, src) in enumerate(zip(validate_all(records, kind, name), sources))]
-  target = dataset_dir(name, data_dir)
-  if os.path.exists(target):
-    if not overwrite:
-      raise DataError(f'{target} already exists; pass overwrite=True (--overwrite) to rebuild it')
-    shutil.rmtree(target)
   splits = {s: [records[i] for i in idx] for s, idx in split_indices(len(records), validation_fraction,
                                                                       seed).items()}
-  builder = _builder_class(name, kind)(splits=splits, data_dir=data_dir, file_format='array_record')
+  with _made_folders(data_dir, os.path.dirname(target)), outputs.building_dir(target) as tmp:
+    _write(splits, kind, name, tmp)
+  return {s: len(r) for s, r in splits.items()}
+
+
+def _write(splits: dict[str, list[dict]], kind: str, name: str, folder: str) -> None:
+  """Writes the data set's files (shards, dataset_info.json, features.json) straight into `folder`, an empty one."""
+  scratch = os.path.join(folder, name)  # TFDS writes DATA_DIR/NAME/VERSION; DATA_DIR is `folder` here
+  builder = _builder_class(name, kind)(splits=splits, data_dir=folder, file_format='array_record')
   with tempfile.TemporaryDirectory(prefix='nlhf_tfds_downloads_') as downloads:  # TFDS makes one; none is needed
     builder.download_and_prepare(download_dir=downloads)
-  return {s: len(r) for s, r in splits.items()}
+  built = os.path.join(scratch, VERSION)
+  for entry in os.listdir(built):
+    os.replace(os.path.join(built, entry), os.path.join(folder, entry))
+  shutil.rmtree(scratch)
+
+
+@contextlib.contextmanager
+def _made_folders(*folders: str) -> Iterator[None]:
+  """Removes those of `folders` (outermost first in the arguments) that did not exist before and are empty after
+  a failure, so that a failed build leaves nothing behind."""
+  new = [f for f in folders if not os.path.exists(f)]
+  try:
+    yield
+  except BaseException:
+    for folder in reversed(new):
+      with contextlib.suppress(OSError):
+        os.rmdir(folder)
+    raise
 
 
 def _read_only_builder(name: str, data_dir: str):
   from tensorflow_datasets.core import read_only_builder
-  if not os.path.exists(os.path.join(dataset_dir(name, data_dir), 'dataset_info.json')):
+  if not os.path.exists(os.path.join(dataset_dir(name, data_dir), INFO_FILE)):
     raise DataError(f'no data set {name!r} in data_dir={data_dir!r} ({_holds(data_dir, name)}); build it with '
                     f'`nlhf-data build --kind=KIND --input=FILE.jsonl --name={name} --data_dir={data_dir}`')
   return read_only_builder.builder_from_files(name, data_dir=data_dir)
@@ -138,8 +201,7 @@ def available(data_dir: str) -> list[str]:
   """The names of the data sets (of this VERSION) built in `data_dir`, sorted."""
   if not data_dir or not os.path.isdir(data_dir):
     return []
-  return sorted(n for n in os.listdir(data_dir) if os.path.exists(os.path.join(dataset_dir(n, data_dir),
-                                                                               'dataset_info.json')))
+  return sorted(n for n in os.listdir(data_dir) if os.path.exists(os.path.join(dataset_dir(n, data_dir), INFO_FILE)))
 
 
 def _holds(data_dir: str, name: str) -> str:

@@ -23,9 +23,11 @@ from __future__ import annotations
 import functools
 import io
 import os
+import re
 from typing import Iterable, Protocol
 
-from nlhf_jax.data import bytes_vocab
+from nlhf_jax import outputs
+from nlhf_jax.data import bytes_vocab, records
 
 SEP_PIECE = '<sep>'
 
@@ -109,7 +111,12 @@ class SentencePieceTokenizer(_NativeFraming):
     import sentencepiece as spm
     self.path = model_path
     self.name = f'the sentencepiece model {model_path}'
-    self._sp = spm.SentencePieceProcessor(model_file=model_path)
+    try:
+      self._sp = spm.SentencePieceProcessor(model_file=model_path)
+    except (RuntimeError, OSError) as e:
+      raise TokenizerError(f'{model_path}: not a sentencepiece model ({_spm_reason(e)}); give a .model file written '
+                           'by sentencepiece (e.g. by nlhf-tokenizer), a Hugging Face tokenizer directory or '
+                           "'bytes'") from None
     self.vocab_size = int(self._sp.get_piece_size())
     self.pad_id, self.bos_id, self.eos_id = self._sp.pad_id(), self._sp.bos_id(), self._sp.eos_id()
     self.sep_id = self._sp.piece_to_id(SEP_PIECE)
@@ -132,38 +139,66 @@ class SentencePieceTokenizer(_NativeFraming):
     return self._sp.decode([int(i) for i in ids if int(i) not in specials and 0 <= int(i) < self.vocab_size])
 
 
+def _spm_reason(e: BaseException) -> str:
+  """sentencepiece's message without its source location ('INTERNAL: src/x.cc(12) [check] reason' -> 'reason')."""
+  text = ' '.join(str(e).split())
+  reason = text.rsplit('] ', 1)[-1].strip() if '] ' in text else text
+  return reason or text
+
+
+def _training_failure(reason: str, vocab_size: int) -> str:
+  needed = re.search(r'smaller than required_chars\. \d+ vs (\d+)', reason)
+  if needed:
+    return (f'vocab_size={vocab_size} is smaller than the {needed.group(1)} pieces this corpus needs (one per '
+            f'character it uses, 256 byte pieces and 5 special ones); raise it to at least {needed.group(1)}')
+  return f'sentencepiece cannot train this model: {reason}'
+
+
 def _lines(texts_or_files: Iterable[str] | str, from_files: bool) -> Iterable[str]:
   items = [texts_or_files] if isinstance(texts_or_files, str) else texts_or_files
   for item in items:
     if not from_files:
       yield item
       continue
-    with open(item, encoding='utf-8') as f:
-      yield from (line.rstrip('\n') for line in f if line.strip())
+    yield from (line for _, line in records.iter_lines(item) if line.strip())
+
+
+MIN_VOCAB_SIZE = 5 + 256  # pad, bos, eos, unk and <sep>, then one piece per byte (byte fallback)
+_SPM_MAX_SENTENCE = 4192  # sentencepiece's default max_sentence_length, in bytes; longer sentences are skipped
 
 
 def train_sentencepiece(texts: Iterable[str] | None = None, vocab_size: int = 8000, model_prefix: str = '',
                         files: Iterable[str] | None = None, model_type: str = 'unigram') -> str:
-  """Trains a model on `texts` (strings) or `files` (text files, a line a sentence); returns PREFIX.model.
+  """Trains a model on `texts` (strings) or `files` (UTF-8 text files, a line a sentence); returns PREFIX.model,
+  written by rename (an interrupted write leaves the old file or none; it replaces an existing one).
 
   Reserves pad=0, bos=1, eos=2, unk=3 and '<sep>'=4; byte fallback encodes any text, so vocab_size must
-  leave room for the 256 byte pieces (at least about 300).
+  leave room for the 256 byte pieces (more than MIN_VOCAB_SIZE; at least about 300). Every text is used, however
+  long (sentencepiece would skip the ones over its max_sentence_length). Problems (no text, a vocabulary too small
+  for the corpus's characters) raise TokenizerError.
   """
   import sentencepiece as spm
   if (texts is None) == (files is None):
     raise TokenizerError('train_sentencepiece needs exactly one of texts= or files=')
   if not model_prefix:
     raise TokenizerError('train_sentencepiece needs model_prefix= (the output is PREFIX.model)')
-  lines = _lines(files if files is not None else texts, from_files=files is not None)
+  if vocab_size <= MIN_VOCAB_SIZE:
+    raise TokenizerError(f'vocab_size={vocab_size} leaves no room for pieces: {MIN_VOCAB_SIZE} ids are reserved '
+                         '(pad, bos, eos, unk, <sep> and 256 byte pieces); use at least about 300')
+  lines = list(_lines(files if files is not None else texts, from_files=files is not None))
+  if not any(line.strip() for line in lines):
+    raise TokenizerError('no text to train a tokenizer on: the inputs hold no non-blank text')
+  longest = max(len(line.encode('utf-8')) for line in lines)
   buf = io.BytesIO()
-  spm.SentencePieceTrainer.train(
-      sentence_iterator=iter(lines), model_writer=buf, vocab_size=vocab_size, model_type=model_type,
-      pad_id=0, bos_id=1, eos_id=2, unk_id=3, control_symbols=[SEP_PIECE], byte_fallback=True,
-      hard_vocab_limit=False, minloglevel=2)
+  try:
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines), model_writer=buf, vocab_size=vocab_size, model_type=model_type,
+        pad_id=0, bos_id=1, eos_id=2, unk_id=3, control_symbols=[SEP_PIECE], byte_fallback=True,
+        hard_vocab_limit=False, max_sentence_length=max(_SPM_MAX_SENTENCE, longest), minloglevel=2)
+  except RuntimeError as e:
+    raise TokenizerError(_training_failure(_spm_reason(e), vocab_size)) from None
   path = model_prefix + '.model'
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path, 'wb') as f:
-    f.write(buf.getvalue())
+  outputs.write_bytes(path, buf.getvalue())
   return path
 
 
