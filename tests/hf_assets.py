@@ -162,8 +162,12 @@ def _add_bos(tok, bos: str) -> None:
                                                      special_tokens=[(bos, bos_id)])
 
 
-def make_tokenizer_dir(path: str, style: str, vocab_size: int = 400) -> str:
-  """Writes a tokenizer directory of `style` (see the module docstring) at `path`; returns `path`."""
+def make_tokenizer_dir(path: str, style: str, vocab_size: int = 400, extra_special: tuple[str, ...] = (),
+                       extra_tokens: tuple[str, ...] = ()) -> str:
+  """Writes a tokenizer directory of `style` (see the module docstring) at `path`; returns `path`.
+  `extra_special` and `extra_tokens` add special and ordinary added tokens after every other id (as Gemma 3's
+  image token sits past its model's embedding)."""
+  from tokenizers import AddedToken
   from transformers import PreTrainedTokenizerFast
   if style not in _SPECS:
     raise ValueError(f'style {style!r} must be one of {", ".join(STYLES)}')
@@ -176,6 +180,8 @@ def make_tokenizer_dir(path: str, style: str, vocab_size: int = 400) -> str:
     unk = None
   if bos:
     _add_bos(tok, bos)
+  tok.add_special_tokens([AddedToken(t, special=True) for t in extra_special])
+  tok.add_tokens([AddedToken(t, special=False) for t in extra_tokens])
   kwargs = {k: v for k, v in (('bos_token', bos), ('eos_token', eos), ('pad_token', pad), ('unk_token', unk)) if v}
   fast = PreTrainedTokenizerFast(tokenizer_object=tok, **kwargs)
   fast.chat_template = template

@@ -4,12 +4,18 @@ A run directory holds its experiment config as RUN/config.json (written by nlhf-
 `config.model.preset='from_run'` the model section is that of the run named by `config.init_checkpoint` (or, when
 that is empty, `config.online.reference_checkpoint`), so an imported model's shape is never copied by hand; the
 fields that say how to run it (KEPT_MODEL_FIELDS: compute and parameter dtypes, scanned layers, remat, attention
-implementation, vocabulary chunks, LoRA) keep the config's values. `config.data.tokenizer='from_run'` likewise takes the run's
-tokenizer. The resolution happens before validation, so every later check sees the concrete values.
+implementation, vocabulary chunks, LoRA) keep the config's values. `config.data.tokenizer='from_run'` likewise
+takes the run's tokenizer. The resolution happens before validation, so every later check sees the concrete values.
+
+The runs a config names (RUN_PATHS: the init, reference and judge checkpoints) and a tokenizer given as a local
+path are made absolute at the same time (`~` expanded; URLs such as gs://... kept as they are), so a run records
+where its inputs are whatever the current folder of a later command (nlhf-export of a LoRA run reads its base
+from the path its config recorded).
 """
 from __future__ import annotations
 
 import json
+import os
 from typing import Any, Mapping
 
 from etils import epath
@@ -21,6 +27,9 @@ RUN_CONFIG = 'config.json'
 # The config's own values win over the run's: how to run the model, not what it is.
 KEPT_MODEL_FIELDS = ('compute_dtype', 'scan_layers', 'remat', 'param_dtype', 'attention_impl', 'logits_chunk',
                      'lora')
+# Config fields that name another run's folder: (section or '' for the top level, key).
+RUN_PATHS = (('', 'init_checkpoint'), ('online', 'reference_checkpoint'), ('online', 'judge_checkpoint'),
+             ('offline', 'reference_checkpoint'))
 
 
 def run_config_path(run: str) -> epath.Path:
@@ -51,8 +60,40 @@ def _source(values: Mapping[str, Any]) -> tuple[str, str]:
                     'from: set config.init_checkpoint (or config.online.reference_checkpoint) to its --workdir')
 
 
+def absolute_path(path: str) -> str:
+  """A local path made absolute (`~` expanded); '' and URLs (gs://...) as they are."""
+  if not isinstance(path, str) or not path or '://' in path:
+    return path
+  return os.path.abspath(os.path.expanduser(path))
+
+
+def _tokenizer_path(spec: Any) -> Any:
+  """data.tokenizer made absolute when it names a local file or folder (not 'bytes' or 'from_run')."""
+  if not isinstance(spec, str) or spec in ('bytes', FROM_RUN, '') or '://' in spec:
+    return spec
+  if os.sep in spec or spec.endswith('.model') or os.path.exists(os.path.expanduser(spec)):
+    return absolute_path(spec)
+  return spec
+
+
+def absolute_paths(values: Mapping[str, Any]) -> Mapping[str, Any]:
+  """`values` with the RUN_PATHS fields and a local data.tokenizer path made absolute."""
+  out = dict(values)
+  for section, key in RUN_PATHS:
+    node = out if not section else out.get(section)
+    if isinstance(node, Mapping) and node.get(key):
+      if section:
+        node = out[section] = dict(node)
+      node[key] = absolute_path(node[key])
+  if isinstance(out.get('data'), Mapping) and 'tokenizer' in out['data']:
+    out['data'] = {**out['data'], 'tokenizer': _tokenizer_path(out['data']['tokenizer'])}
+  return out
+
+
 def resolve(values: Mapping[str, Any]) -> Mapping[str, Any]:
-  """`values` (a config as nested dicts) with 'from_run' model and tokenizer fields replaced by the run's."""
+  """`values` (a config as nested dicts) with the run paths made absolute (`absolute_paths`) and 'from_run'
+  model and tokenizer fields replaced by the run's."""
+  values = absolute_paths(values)
   model, data = dict(values.get('model', {})), dict(values.get('data', {}))
   if model.get('preset') != FROM_RUN and data.get('tokenizer') != FROM_RUN:
     return values

@@ -1,14 +1,21 @@
 """`nlhf-import`: a Hugging Face model directory -> a run that every command accepts.
 
   nlhf-import --hf_dir=~/models/Qwen2.5-0.5B-Instruct --workdir=runs/qwen [--dtype=float32] [--mesh=fsdp=8]
+              [--overwrite] [--pad_vocab_to_tokenizer [--pad_vocab_multiple=128]]
 
 On several hosts, run the same command on each with --coordinator_address/--num_processes/--process_id (or the
 JAX_* environment, as for nlhf-train): each host reads only its devices' slices; process 0 writes the files.
 
-config.json is mapped to a ModelConfig and every tensor's name and shape is checked (both before anything is
-read or compiled); then each parameter is placed onto the mesh by the rule table, each device reading its slice
-from the safetensors memory map, and written as an Orbax params checkpoint with the tokenizer files beside it
-(layout: nlhf_jax/interop/runs.py). The run serves as `config.online.reference_checkpoint`, as
+Every input is checked before anything is written: the flags, --workdir (a folder that holds anything is
+refused without --overwrite; one that holds the model folder is refused always), config.json mapped to a
+ModelConfig, every tensor's name, shape and byte range, and the tokenizer against the embedding. A tokenizer
+with ids beyond the embedding (Gemma 3 1B: vocab_size 262144, 262145 ids) is accepted when those ids are special
+tokens that text never produces (one line names them); --pad_vocab_to_tokenizer instead pads the embedding (and
+an untied unembedding) to the tokenizer's size, rounded up to --pad_vocab_multiple, with the mean of the
+existing rows. Then each parameter is placed onto the mesh by the rule table, each device reading its slice from
+the safetensors memory map, and written as an Orbax params checkpoint with the tokenizer files and the original
+config.json and generation_config.json beside it (layout: nlhf_jax/interop/runs.py), all in a temporary folder
+renamed into place at the end. The run serves as `config.online.reference_checkpoint`, as
 `config.init_checkpoint` of SFT, online training or a preference/reward model (the backbone; a new head), and to
 nlhf-eval and nlhf-export.
 """
@@ -27,16 +34,20 @@ from nlhf_jax import commands, logs
 log = logging.getLogger(__name__)
 
 
-
 def _define_flags() -> None:
   """The command's flags, defined when it runs (so that the library functions import without them)."""
   commands.define_launch_flags()
   flags.DEFINE_string('hf_dir', None, 'A Hugging Face model directory (config.json, *.safetensors, the tokenizer '
                       'files), as save_pretrained or a download writes it.')
-  flags.DEFINE_string('workdir', None, 'The run directory to write.')
+  flags.DEFINE_string('workdir', None, 'The run directory to write (absent or empty, or --overwrite).')
   flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Parameter dtype of the run.')
   flags.DEFINE_string('mesh', 'fsdp=-1', 'Mesh the parameters are placed on while writing, e.g. fsdp=8.')
-  flags.DEFINE_bool('overwrite', False, 'Replace a run that already exists in --workdir.')
+  flags.DEFINE_bool('overwrite', False, 'Replace what --workdir holds (removed only once the new run is complete).')
+  flags.DEFINE_bool('pad_vocab_to_tokenizer', False, "Pad the embedding (and an untied unembedding) to the "
+                    "tokenizer's size with the mean of the existing rows, e.g. when the tokenizer has ids beyond "
+                    'the embedding that text can produce.')
+  flags.DEFINE_integer('pad_vocab_multiple', 1, 'With --pad_vocab_to_tokenizer: round the padded size up to a '
+                       'multiple of this (e.g. 128, for sharding).')
   flags.mark_flags_as_required(['hf_dir', 'workdir'])
 
 
@@ -51,67 +62,117 @@ def experiment_config(model, tokenizer: str, hf_dir: str) -> dict:
   return config_to_json(cfg)
 
 
-def _check_workdir(workdir: str, overwrite: bool) -> None:
+def check_paths(hf_dir: str, workdir: str, overwrite: bool) -> None:
+  """--hf_dir is a folder; --workdir is not a file, holds nothing (or --overwrite), and neither is nor holds
+  --hf_dir (replacing it would delete the model being read)."""
   from nlhf_jax.config import ConfigError
-  if os.path.exists(os.path.join(workdir, 'checkpoints')) and not overwrite:
-    raise ConfigError(f'--workdir={workdir} already holds a run; pass --overwrite to replace it, or choose another '
-                      'directory')
-  if os.path.isfile(workdir):
-    raise ConfigError(f'--workdir={workdir} is a file; give a directory')
+  from nlhf_jax.interop.runs import inside
+  from nlhf_jax.outputs import check_dir
+  if not os.path.exists(hf_dir):
+    raise FileNotFoundError(f'--hf_dir={hf_dir} does not exist; give the folder of a Hugging Face model '
+                            '(config.json and *.safetensors, as save_pretrained or a download writes them)')
+  if inside(hf_dir, workdir):
+    raise ConfigError(f'--workdir={workdir} is or holds --hf_dir={hf_dir}: the import would replace the model it '
+                      'reads; choose a workdir outside the model folder')
+  check_dir(workdir, overwrite=overwrite, empty=True)
 
 
-def _tokenizer(hf_dir: str, workdir: str, vocab_size: int) -> str:
-  """Copies the tokenizer files into RUN/tokenizer and checks them; returns data.tokenizer for the run."""
-  from nlhf_jax.data.tokenizer import TokenizerError, check_vocab, load_tokenizer
-  from nlhf_jax.interop.runs import copy_tokenizer_files
-  target = os.path.join(workdir, 'tokenizer')
-  if not copy_tokenizer_files(hf_dir, target):
+def vocab_size_for(tokenizer, vocab_size: int, pad: bool, multiple: int, where: str) -> int:
+  """The run's vocab_size: config.json's, or the tokenizer's (rounded up to `multiple`) with `pad`. Without `pad`,
+  ids beyond the embedding are accepted when text never produces them (logged once, naming them)."""
+  from nlhf_jax.data.tokenizer import TokenizerError, check_vocab, text_free_ids
+  if pad:
+    size = max(vocab_size, tokenizer.vocab_size)
+    size = -(-size // multiple) * multiple
+    if size > vocab_size:
+      log.warning('padding the embedding from %d to %d ids (--pad_vocab_to_tokenizer: the tokenizer has %d); the '
+                  'new rows are the mean of the existing ones', vocab_size, size, tokenizer.vocab_size)
+    return size
+  extra = list(range(vocab_size, tokenizer.vocab_size))
+  try:
+    check_vocab(tokenizer, vocab_size)
+  except TokenizerError:
+    free = set(text_free_ids(tokenizer, extra))
+    bad = [i for i in extra if i not in free]
+    raise TokenizerError(f'{where}: the tokenizer has {tokenizer.vocab_size} ids but the model\'s embedding has '
+                         f'{vocab_size} (config.json vocab_size); ids {_ids(bad)} beyond it are tokens that text or '
+                         'the chat framing can produce; pass --pad_vocab_to_tokenizer to pad the embedding to the '
+                         "tokenizer's size") from None
+  if extra:
+    log.warning('the tokenizer has %d ids, the embedding %d: ids %s lie beyond it; they are special tokens that '
+                'text never produces (as transformers does, the model is imported as it is; '
+                '--pad_vocab_to_tokenizer pads the embedding instead)', tokenizer.vocab_size, vocab_size,
+                _ids(extra, tokenizer))
+  return vocab_size
+
+
+def _ids(ids: list[int], tokenizer=None) -> str:
+  shown = []
+  for i in ids[:5]:
+    token = tokenizer._backend.id_to_token(i) if hasattr(tokenizer, '_backend') else None
+    shown.append(f'{i} ({token})' if token else str(i))
+  return ', '.join(shown) + (f', ... ({len(ids)} in all)' if len(ids) > 5 else '')
+
+
+def _load_tokenizer(hf_dir: str):
+  """The tokenizer of hf_dir (None, with a warning, when it has no usable one)."""
+  from nlhf_jax.data.tokenizer import TokenizerError, load_tokenizer
+  from nlhf_jax.interop.runs import CORE_TOKENIZER_FILES
+  if not any(os.path.exists(os.path.join(hf_dir, n)) for n in CORE_TOKENIZER_FILES):
     log.warning('%s has no tokenizer files (tokenizer.json, tokenizer_config.json): the run records no tokenizer; '
                 'set config.data.tokenizer when you use it', hf_dir)
-    return ''
+    return None
   try:
-    tokenizer = load_tokenizer(target)
+    return load_tokenizer(hf_dir)
   except TokenizerError as e:
     log.warning('the tokenizer files of %s cannot be used (%s): the run records no tokenizer; set '
                 'config.data.tokenizer when you use it', hf_dir, e)
-    return ''
-  check_vocab(tokenizer, vocab_size)
-  return target
+    return None
 
 
-def import_run(hf_dir: str, workdir: str, dtype: str = 'float32', mesh=None, overwrite: bool = False) -> str:
+def import_run(hf_dir: str, workdir: str, dtype: str = 'float32', mesh=None, overwrite: bool = False,
+               pad_vocab: bool = False, pad_multiple: int = 1) -> str:
   """Writes the run for the model in hf_dir into workdir (process 0 writes the files); returns workdir."""
   import orbax.checkpoint as ocp
 
-  from nlhf_jax.config import MeshConfig
-  from nlhf_jax.distributed import barrier, is_leader, make_mesh
-  from nlhf_jax.interop.runs import write_json
+  from nlhf_jax.config import ConfigError, MeshConfig
+  from nlhf_jax.distributed import is_leader, make_mesh
+  from nlhf_jax.interop import runs
   from nlhf_jax.models import hf
   from nlhf_jax.models.hf.safetensors import SafetensorsReader
   from nlhf_jax.training import checkpointing
-  hf_dir, workdir = os.path.abspath(os.path.expanduser(hf_dir)), checkpointing.absolute(workdir)
+  hf_dir, workdir = os.path.abspath(os.path.expanduser(hf_dir)), checkpointing.absolute(os.path.expanduser(workdir))
+  if dtype not in ('float32', 'bfloat16'):
+    raise ConfigError(f'--dtype={dtype}: the run\'s parameters are float32 or bfloat16')
+  if pad_multiple < 1 or (pad_multiple != 1 and not pad_vocab):
+    raise ConfigError(f'--pad_vocab_multiple={pad_multiple}: give a positive multiple, together with '
+                      '--pad_vocab_to_tokenizer')
+  check_paths(hf_dir, workdir, overwrite)
   model, raw = hf.read_config(hf_dir)
   reader = SafetensorsReader(hf_dir)
   hf.check_tensors(reader, model)  # every name and shape, before anything is read
-  _check_workdir(workdir, overwrite)
+  tokenizer = _load_tokenizer(hf_dir)
+  if pad_vocab and tokenizer is None:
+    raise ConfigError(f'--pad_vocab_to_tokenizer: {hf_dir} has no usable tokenizer to pad the embedding to')
+  vocab_size = model.vocab_size if tokenizer is None else vocab_size_for(
+      tokenizer, model.vocab_size, pad_vocab, pad_multiple, hf_dir)
+  run_model = dataclasses.replace(model, vocab_size=vocab_size)
   mesh = make_mesh(MeshConfig(data=1, fsdp=-1, tensor=1)) if mesh is None else mesh
-  tokenizer = _tokenizer(hf_dir, workdir, model.vocab_size) if is_leader() else os.path.join(workdir, 'tokenizer')
-  config = experiment_config(model, tokenizer, hf_dir)
-  params = hf.load_params(hf_dir, model, mesh, jnp.dtype(dtype), reader)
-  directory = os.path.join(workdir, 'checkpoints')
-  if overwrite and is_leader() and os.path.isdir(directory):
-    import shutil
-    shutil.rmtree(directory)
-  barrier('nlhf_import_clean')
-  manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=True))
-  meta = {'config': config, 'source': {'hf_dir': hf_dir, 'family': model.family, 'dtype': dtype}}
-  manager.save(0, args=ocp.args.Composite(params=ocp.args.StandardSave(params), meta=ocp.args.JsonSave(meta)))
-  manager.wait_until_finished()
-  manager.close()
-  checkpointing.write_run_config(workdir, config)
-  if is_leader():
-    write_json(os.path.join(workdir, 'hf_config.json'), raw)
-  barrier('nlhf_import_done')
+  config = experiment_config(run_model, os.path.join(workdir, 'tokenizer') if tokenizer is not None else '', hf_dir)
+  params = hf.load_params(hf_dir, model, mesh, jnp.dtype(dtype), reader, vocab_size=vocab_size)
+  with runs.staging(workdir, 'import') as tmp:
+    if is_leader():
+      runs.keep_originals(hf_dir, tmp)
+      if tokenizer is not None:
+        runs.copy_tokenizer_files(hf_dir, os.path.join(tmp, 'tokenizer'))
+      runs.write_json(os.path.join(tmp, 'config.json'), config)
+    manager = ocp.CheckpointManager(os.path.join(tmp, 'checkpoints'),
+                                    options=ocp.CheckpointManagerOptions(create=True))
+    meta = {'config': config, 'source': {'hf_dir': hf_dir, 'family': model.family, 'dtype': dtype,
+                                         'vocab_size': model.vocab_size}}
+    manager.save(0, args=ocp.args.Composite(params=ocp.args.StandardSave(params), meta=ocp.args.JsonSave(meta)))
+    manager.wait_until_finished()
+    manager.close()
   n = sum(x.size for x in jax.tree.leaves(params))
   log.info('imported %s (%s, %.1fM parameters, %s) into %s', hf_dir, model.family, n / 1e6, dtype, workdir)
   return workdir
@@ -121,13 +182,23 @@ def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   logs.setup()
-  commands.launch()
-  from nlhf_jax.config import MeshConfig
+  from nlhf_jax.config import ConfigError, MeshConfig
   from nlhf_jax.distributed import make_mesh
   from nlhf_jax.distributed.mesh import parse_mesh
   f = flags.FLAGS
-  mesh = make_mesh(MeshConfig(**parse_mesh(f.mesh)))
-  workdir = import_run(f.hf_dir, f.workdir, f.dtype, mesh, f.overwrite)
+  mesh_axes = parse_mesh(f.mesh)  # a bad --mesh is one line, before anything starts
+  if f.pad_vocab_multiple < 1 or (f.pad_vocab_multiple != 1 and not f.pad_vocab_to_tokenizer):
+    raise ConfigError(f'--pad_vocab_multiple={f.pad_vocab_multiple}: give a positive multiple, together with '
+                      '--pad_vocab_to_tokenizer')
+  check_paths(os.path.abspath(os.path.expanduser(f.hf_dir)), os.path.abspath(os.path.expanduser(f.workdir)),
+              f.overwrite)
+  commands.launch()
+  try:
+    mesh = make_mesh(MeshConfig(**mesh_axes))
+  except ValueError as e:
+    raise ConfigError(f'--mesh={f.mesh}: {e}') from None
+  workdir = import_run(f.hf_dir, f.workdir, f.dtype, mesh, f.overwrite, f.pad_vocab_to_tokenizer,
+                       f.pad_vocab_multiple)
   print(f'imported run: {workdir}\n  use it as --config.init_checkpoint={workdir} or '
         f'--config.online.reference_checkpoint={workdir} (configs with model.preset=from_run read its shape)',
         flush=True)

@@ -1,24 +1,38 @@
-"""The files of a run that other tools read: the tokenizer folder and the experiment config at the top level.
+"""The files of a run that other tools read, how import and export publish their folders, and where a run's
+original Hugging Face files are.
 
 An imported run (nlhf-import) is laid out as every run is, so that any command accepts it:
 
-  RUN/config.json          the experiment config (train.objective 'import'; model: the imported ModelConfig;
-                           data.tokenizer: RUN/tokenizer)
-  RUN/checkpoints/0/       Orbax items 'params' (the Transformer's parameters) and 'meta' (the same config)
-  RUN/tokenizer/           the Hugging Face tokenizer files (tokenizer.json, tokenizer_config.json, ...)
-  RUN/hf_config.json       the original config.json, for reference
+  RUN/config.json                    the experiment config (train.objective 'import'; model: the imported
+                                     ModelConfig; data.tokenizer: RUN/tokenizer)
+  RUN/checkpoints/0/                 Orbax items 'params' (the Transformer's parameters) and 'meta' (the same config)
+  RUN/tokenizer/                     the Hugging Face tokenizer files (tokenizer.json, tokenizer_config.json, ...)
+  RUN/hf_config.json                 the original config.json, byte for byte
+  RUN/hf_generation_config.json      the original generation_config.json, byte for byte (when there is one)
+
+nlhf-export starts its config.json and generation_config.json from these originals (`originals`), found by
+following a trained run's init / reference checkpoints back to the import, so every key the run did not change
+keeps its JSON value.
+
+`staging(path)` is where import and export build their output: a temporary folder beside `path` with a name fixed
+by `path` (every process of a multi-host run writes to the same one), renamed into place once complete; an old
+`path` (replaced under --overwrite) is removed only after that.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+from typing import Iterator
+
+from nlhf_jax import outputs
 
 TOKENIZER_FILES = ('tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json', 'chat_template.jinja',
                    'tokenizer.model', 'generation_config.json', 'added_tokens.json')
-
-
 CORE_TOKENIZER_FILES = ('tokenizer.json', 'tokenizer.model')
+# The original files an import keeps, under the names the run holds them by.
+ORIGINALS = {'config.json': 'hf_config.json', 'generation_config.json': 'hf_generation_config.json'}
 
 
 def copy_tokenizer_files(src: str, dst: str) -> list[str]:
@@ -33,8 +47,97 @@ def copy_tokenizer_files(src: str, dst: str) -> list[str]:
   return names
 
 
+def keep_originals(hf_dir: str, run: str) -> None:
+  """Copies hf_dir's config.json and generation_config.json into the run, byte for byte (ORIGINALS)."""
+  for name, kept in ORIGINALS.items():
+    if os.path.isfile(os.path.join(hf_dir, name)):
+      shutil.copyfile(os.path.join(hf_dir, name), os.path.join(run, kept))
+
+
 def write_json(path: str, value: dict) -> None:
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(value, f, indent=2)
-  os.replace(tmp, path)
+  outputs.write_json(path, value)
+
+
+def inside(path: str, folder: str) -> bool:
+  """Whether `path` is `folder` or lies inside it (both made absolute, links resolved)."""
+  path, folder = os.path.realpath(os.path.expanduser(path)), os.path.realpath(os.path.expanduser(folder))
+  return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _read_json(path: str) -> dict | None:
+  try:
+    with open(path, encoding='utf-8') as f:
+      value = json.load(f)
+  except (OSError, ValueError):
+    return None
+  return value if isinstance(value, dict) else None
+
+
+def run_config(run: str) -> dict:
+  """RUN/config.json of a run folder ({} when it has none or it cannot be read)."""
+  return _read_json(os.path.join(run, 'config.json')) or {}
+
+
+def source_runs(config: dict) -> list[str]:
+  """The runs a run's experiment config started from, nearest first: init_checkpoint, then the online and
+  offline reference checkpoints (the policy starts from the reference when init_checkpoint is empty)."""
+  names = [config.get('init_checkpoint') or '', config.get('online', {}).get('reference_checkpoint', ''),
+           config.get('offline', {}).get('reference_checkpoint', '')]
+  return list(dict.fromkeys(n for n in names if n))
+
+
+def originals(run: str, config: dict | None = None, depth: int = 16) -> dict[str, dict]:
+  """{'config.json': ..., 'generation_config.json': ...}: the original files of the import that `run` descends
+  from (the first run with hf_config.json along its source runs), {} when there is none."""
+  seen, todo = set(), [(os.path.abspath(run), config)]
+  while todo and len(seen) < depth:
+    path, cfg = todo.pop(0)
+    if path in seen or '://' in path:
+      continue
+    seen.add(path)
+    found = {name: _read_json(os.path.join(path, kept)) for name, kept in ORIGINALS.items()}
+    if found['config.json'] is not None:
+      return {name: value for name, value in found.items() if value is not None}
+    cfg = run_config(path) if cfg is None else cfg
+    todo.extend((os.path.abspath(p), None) for p in source_runs(cfg))
+  return {}
+
+
+def _leader() -> bool:
+  import jax
+  return jax.process_index() == 0
+
+
+def _barrier(name: str) -> None:
+  from nlhf_jax.distributed import barrier
+  barrier(name)
+
+
+@contextlib.contextmanager
+def staging(path: str, tag: str) -> Iterator[str]:
+  """A fresh folder `.NAME.TAG-tmp` beside `path` to build into; on success it becomes `path` (an old `path` is
+  moved aside and removed after the rename); on error it is removed and `path` is untouched. Process 0 makes,
+  renames and removes; every process must enter and leave it. The caller checks `path` first."""
+  path = os.path.abspath(path)
+  parent, name = os.path.split(path)
+  tmp, old = os.path.join(parent, f'.{name}.{tag}-tmp'), os.path.join(parent, f'.{name}.{tag}-old')
+  if _leader():
+    os.makedirs(parent, exist_ok=True)
+    for leftover in (tmp, old):  # an earlier call that was killed
+      if os.path.lexists(leftover):
+        shutil.rmtree(leftover) if os.path.isdir(leftover) else os.remove(leftover)
+    os.makedirs(tmp)
+  _barrier(f'nlhf_{tag}_staging')
+  try:
+    yield tmp
+    _barrier(f'nlhf_{tag}_written')
+    if _leader():
+      if os.path.lexists(path):
+        os.replace(path, old)
+      os.replace(tmp, path)
+      if os.path.lexists(old):
+        shutil.rmtree(old) if os.path.isdir(old) and not os.path.islink(old) else os.remove(old)
+    _barrier(f'nlhf_{tag}_published')
+  finally:
+    if _leader() and os.path.isdir(tmp):
+      shutil.rmtree(tmp, ignore_errors=True)

@@ -26,13 +26,15 @@ from nlhf_jax.config import ModelConfig
 from nlhf_jax.distributed.multihost import is_leader, to_host
 from nlhf_jax.distributed.sharding import param_specs
 from nlhf_jax.logs import progress_bar
-from nlhf_jax.models.hf.config import FAMILIES, HFFormatError, hf_config, model_config
+from nlhf_jax.models.hf.config import (FAMILIES, HFFormatError, exported_config, hf_config, model_config,
+                                      original_dtype)
 from nlhf_jax.models.hf.safetensors import SafetensorsError, SafetensorsReader, write_sharded
 from nlhf_jax.models.hf.tensors import IGNORED_SUFFIXES, TEXT_PREFIXES, Entry, entries, hf_name
 from nlhf_jax.models.transformer import STACK, Transformer
 
 __all__ = ['FAMILIES', 'HFFormatError', 'SafetensorsError', 'abstract_transformer', 'check_tensors',
-           'from_pretrained', 'hf_config', 'load_params', 'model_config', 'read_config', 'save_pretrained']
+           'exported_config', 'from_pretrained', 'hf_config', 'load_params', 'model_config', 'original_dtype',
+           'read_config', 'save_pretrained']
 
 log = logging.getLogger(__name__)
 
@@ -113,20 +115,56 @@ def abstract_transformer(cfg: ModelConfig) -> tuple[nnx.GraphDef, Any]:
 
 
 def load_params(hf_dir: str, cfg: ModelConfig, mesh: Mesh | None = None, dtype=jnp.float32,
-                reader: SafetensorsReader | None = None) -> dict:
+                reader: SafetensorsReader | None = None, vocab_size: int | None = None) -> dict:
   """The Transformer's parameters (a pure dict) from the checkpoint in hf_dir, each placed onto its sharding by
-  the rule table on `mesh` (one device when None) and cast to `dtype`; every device reads only its slice."""
+  the rule table on `mesh` (one device when None) and cast to `dtype`; every device reads only its slice.
+
+  `vocab_size` larger than cfg.vocab_size pads the embedding (and an untied unembedding) to that many ids: each
+  new row (column) is the mean of the checkpoint's rows (columns); the parameters then fit
+  dataclasses.replace(cfg, vocab_size=vocab_size)."""
   reader = SafetensorsReader(hf_dir) if reader is None else reader
   prefix, table = check_tensors(reader, cfg)
-  _, abstract = abstract_transformer(cfg)
+  padded = vocab_size is not None and vocab_size > cfg.vocab_size
+  _, abstract = abstract_transformer(dataclasses.replace(cfg, vocab_size=vocab_size) if padded else cfg)
   specs = param_specs(abstract)
   dtype = np.dtype(dtype)
   views = {e.path: e.layout.to_param(reader.array(hf_name(e.name, prefix))) for e in table}
+  if padded:
+    views[('embed',)] = PaddedVocab(views[('embed',)], 0, vocab_size)
+    if ('unembed',) in views:
+      views[('unembed',)] = PaddedVocab(views[('unembed',)], 1, vocab_size)
   params: dict = {}
   sources = _sources(views, cfg, dtype)
   for path, (shape, fetch) in progress_bar(sources.items(), 'placing tensors', total=len(sources), unit='tensor'):
     _set(params, path, jax.make_array_from_callback(shape, _sharding(mesh, _get(specs, path)), fetch))
   return params
+
+
+class PaddedVocab:
+  """A parameter view with its vocabulary axis extended to `size`: the rows past the stored ones are the mean of
+  the stored rows (computed once, reading the tensor in chunks); slicing reads only the stored rows it covers."""
+
+  def __init__(self, view, axis: int, size: int, chunk: int = 4096):
+    self.view, self.axis, self.stored = view, axis, view.shape[axis]
+    self.shape = tuple(size if i == axis else n for i, n in enumerate(view.shape))
+    total = np.zeros([n for i, n in enumerate(view.shape) if i != axis], np.float64)
+    for start in range(0, self.stored, chunk):
+      part = np.take(view, np.arange(start, min(start + chunk, self.stored)), axis=axis)
+      total += np.asarray(part, np.float64).sum(axis=axis)
+    self.fill = np.expand_dims(total / max(self.stored, 1), axis)
+
+  def __getitem__(self, index):
+    index = tuple(index) + (slice(None),) * (len(self.shape) - len(tuple(index)))
+    start, stop, step = index[self.axis].indices(self.shape[self.axis])
+    if step != 1:
+      raise IndexError('PaddedVocab slices with step 1 only')
+    inside = slice(start, max(start, min(stop, self.stored)))
+    at = lambda s: tuple(s if i == self.axis else x for i, x in enumerate(index))
+    part = np.asarray(self.view[at(inside)], np.float64)
+    others = tuple(x for i, x in enumerate(index) if i != self.axis)
+    fill = np.expand_dims(np.squeeze(self.fill, self.axis)[others], self.axis)
+    extra = np.repeat(fill, max(0, stop - max(start, self.stored)), axis=self.axis)
+    return np.concatenate([part, extra], axis=self.axis)
 
 
 def _sources(views: dict, cfg: ModelConfig, dtype: np.dtype) -> dict:
@@ -158,14 +196,16 @@ def from_pretrained(hf_dir: str, dtype=jnp.float32, mesh: Mesh | None = None,
 
 def save_pretrained(out_dir: str, cfg: ModelConfig, params: dict, dtype: str = 'float32',
                     extra: dict[str, Any] | None = None, token_ids: dict | None = None,
-                    max_shard_bytes: int = 5 * 10**9) -> list[str]:
+                    max_shard_bytes: int = 5 * 10**9, config: dict | None = None) -> list[str]:
   """Writes config.json and the safetensors shards of the Transformer (cfg, params) in its family's names and
   layouts (native models as llama), cast to `dtype`, one tensor on the host at a time; `extra` adds tensors
-  under their own names (e.g. a judge's head). Every process must call it (sharded parameters are gathered);
-  process 0 writes. Returns the files written."""
+  under their own names (e.g. a judge's head). config.json is `config` when given (key order kept), else
+  hf_config(cfg) (keys sorted). Every process must call it (sharded parameters are gathered); process 0 writes.
+  Returns the files written."""
   table = entries(cfg)
   np_dtype = np.dtype(jnp.dtype(dtype))
-  config = hf_config(cfg, dtype=str(jnp.dtype(dtype)), token_ids=token_ids)
+  given = config is not None
+  config = config if given else hf_config(cfg, dtype=str(jnp.dtype(dtype)), token_ids=token_ids)
   values = {e.name: (e, _param_of(params, e.path, cfg)) for e in table}
   for name, x in (extra or {}).items():
     values[name] = (None, lambda x=x: x)
@@ -183,5 +223,5 @@ def save_pretrained(out_dir: str, cfg: ModelConfig, params: dict, dtype: str = '
     return []
   os.makedirs(out_dir, exist_ok=True)
   with open(os.path.join(out_dir, 'config.json'), 'w') as f:
-    json.dump(config, f, indent=2, sort_keys=True)
+    json.dump(config, f, indent=2, sort_keys=not given)
   return ['config.json', *write_sharded(out_dir, shapes, fetch, max_shard_bytes)]

@@ -13,6 +13,7 @@ import dataclasses
 from typing import Any
 
 from nlhf_jax.config import ModelConfig
+from nlhf_jax.config.schema import architecture
 
 
 class HFFormatError(ValueError):
@@ -272,3 +273,50 @@ def model_config_mismatch(cfg: ModelConfig, family: str) -> str:
     checks.append(('rope_local_theta', cfg.rope_local_theta, 0.0))
   bad = [f'model.{k}={v!r} (the family has {w!r})' for k, v, w in checks if v != w]
   return '; '.join(bad)
+
+
+ID_KEYS = ('bos_token_id', 'eos_token_id', 'pad_token_id')
+DTYPE_KEYS = ('torch_dtype', 'dtype')
+
+
+def original_dtype(original: dict) -> str:
+  """The weights' dtype that a config.json names (torch_dtype or dtype, also in a nested text_config): 'float32',
+  'bfloat16' or 'float16'; 'float32' when it names none of these."""
+  for section in (original, original.get('text_config') or {}):
+    for key in DTYPE_KEYS:
+      value = section.get(key) if isinstance(section, dict) else None
+      if value in ('float32', 'bfloat16', 'float16'):
+        return value
+  return 'float32'
+
+
+def exported_config(cfg: ModelConfig, dtype: str, token_ids: dict | None, original: dict | None) -> dict:
+  """The config.json of an export of `cfg` in `dtype`. Without `original` (a native run), hf_config. With the
+  config.json the run was imported from, that file's keys and JSON values, except what the run changed: the dtype
+  key(s), the vocabulary (padded at import) and any architecture key whose value would now read differently; ids
+  (bos/eos/pad) are the original's and none is added. A Gemma 3 image-text config gives its text part (the export
+  is the language model)."""
+  ours = hf_config(cfg, dtype=dtype, token_ids=token_ids)
+  if not original:
+    return ours
+  family, text = family_of(original)
+  if family != cfg.family:
+    return ours
+  out = dict(text)
+  if original.get('model_type') == 'gemma3':
+    out['architectures'] = ours['architectures']
+    out.update({k: original[k] for k in ID_KEYS if k in original and k not in text})
+  present = [k for k in DTYPE_KEYS if k in out]
+  for key in present or ['dtype']:
+    out[key] = dtype
+  target = architecture(cfg)
+  if architecture(model_config(out)) != target:
+    out['vocab_size'] = ours['vocab_size']
+  if architecture(model_config(out)) != target:
+    out.update({k: v for k, v in ours.items() if k not in ID_KEYS and k not in DTYPE_KEYS})
+  got = architecture(model_config(out))
+  if got != target:
+    bad = sorted(k for k in target if got.get(k) != target[k])
+    raise HFFormatError(f'the exported config.json cannot express the run\'s model.{bad[0]} ({len(bad)} field(s) '
+                        'differ from the imported config.json)')
+  return out

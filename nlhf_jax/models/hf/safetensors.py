@@ -40,12 +40,40 @@ def read_header(path: str) -> tuple[dict, int]:
         raise SafetensorsError(f'{path}: not a safetensors file (shorter than its 8-byte header length)')
       (n,) = struct.unpack('<Q', raw)
       if n > os.path.getsize(path) - 8:
-        raise SafetensorsError(f'{path}: not a safetensors file (header length {n} exceeds the file)')
+        raise SafetensorsError(f'{path} is truncated or not a safetensors file (its header length {n} exceeds the '
+                               'file); download the file again')
       header = json.loads(f.read(n))
   except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
     raise SafetensorsError(f'{path}: cannot read the safetensors header ({e})') from None
-  header.pop('__metadata__', None)
+  if isinstance(header, dict):
+    header.pop('__metadata__', None)
+  _check_entries(path, header, 8 + n)
   return header, 8 + n
+
+
+def _check_entries(path: str, header: dict, start: int) -> None:
+  """Every entry's fields are well formed, its byte range matches its shape and dtype, and the file holds every
+  byte the header describes (a download cut short is named here, before any tensor is read)."""
+  if not isinstance(header, dict):
+    raise SafetensorsError(f'{path}: not a safetensors file (its header is not a JSON object); download it again')
+  end = 0
+  for name, info in header.items():
+    try:
+      begin, stop = (int(x) for x in info['data_offsets'])
+      shape = tuple(int(d) for d in info['shape'])
+      code = str(info['dtype'])
+    except (KeyError, TypeError, ValueError):
+      raise SafetensorsError(f'{path}: the header entry of tensor {name} is malformed (it needs dtype, shape and '
+                             'data_offsets); the file is damaged: download it again') from None
+    nbytes = int(np.prod(shape, dtype=np.int64)) * DTYPES[code].itemsize if code in DTYPES else stop - begin
+    if begin < 0 or stop - begin != nbytes:
+      raise SafetensorsError(f'{path}: tensor {name} has {stop - begin} bytes for shape {list(shape)} and dtype '
+                             f'{code}; the file is damaged: download it again')
+    end = max(end, stop)
+  size = os.path.getsize(path)
+  if start + end > size:
+    raise SafetensorsError(f'{path} is truncated or damaged: it has {size} bytes but its header describes '
+                           f'{start + end}; download the file again (an interrupted download leaves it cut short)')
 
 
 class SafetensorsReader:
@@ -100,10 +128,8 @@ class SafetensorsReader:
     file, info, start = self._where[name]
     if file not in self._maps:
       self._maps[file] = np.memmap(os.path.join(self.directory, file), dtype=np.uint8, mode='r')
-    begin, end = info['data_offsets']
+    begin, end = info['data_offsets']  # checked against the shape and the file's size when the header was read
     dtype, shape = self.dtype(name), tuple(info['shape'])
-    if end - begin != int(np.prod(shape, dtype=np.int64)) * dtype.itemsize:
-      raise SafetensorsError(f'{self.directory}/{file}: tensor {name} has {end - begin} bytes for shape {shape}')
     return self._maps[file][start + begin:start + end].view(dtype).reshape(shape)
 
 
