@@ -213,8 +213,6 @@ def log_prob(p):
   return jnp.where(p > 0, jnp.log(jnp.where(p > 0, p, 1.0)), NEG)
 
 
-@functools.partial(jax.jit, static_argnames=('algorithm', 'num_steps', 'schedule', 'with_exploitability',
-                                             'with_average', 'prox_steps'))
 def run(algorithm: str, game: Tables, tau, num_steps: int, target=None, *, schedule: str = 'theory', eta=0.1,
         beta=0.9, reward=None, log_pi0=None, with_exploitability: bool = True, target0=None,
         with_average: bool = False, prox_tau=0.1, prox_steps: int = 100) -> Curves:
@@ -228,14 +226,26 @@ def run(algorithm: str, game: Tables, tau, num_steps: int, target=None, *, sched
   the mean of the policies played in the first t rounds. reward: [C, n], required by 'rlhf'. beta: the Nash-EMA
   averaging weight. prox_tau, prox_steps: comal's and mpo's KL weight towards their reference and the number of
   steps K between two resets of the reference to the current policy (the reference starts at mu).
-  Pure and jittable; vmap it over games (and tau, target, reward) for batches.
+  Pure and jittable (the arguments are checked here, the loop is compiled once per algorithm, num_steps, schedule
+  and flags); vmap it over games (and tau, target, reward, target0) for batches.
   """
   if algorithm not in ALGORITHMS:
     raise ValueError(f'unknown algorithm {algorithm!r}; use one of {ALGORITHMS}')
   if algorithm == 'rlhf' and reward is None:
     raise ValueError("'rlhf' needs reward=[C, n] (e.g. exact.bt_fit scores)")
-  if prox_steps < 1:
+  if schedule == 'theory' and algorithm in UNREGULARISED:
+    raise ValueError(f"{algorithm} has tau = 0 in its update: use schedule='constant' or 'inverse_sqrt'")
+  if isinstance(prox_steps, (int, np.integer)) and prox_steps < 1:
     raise ValueError(f'prox_steps={prox_steps}: the reference of comal and mpo resets every prox_steps >= 1 steps')
+  return _run(algorithm, game, tau, num_steps, target, schedule=schedule, eta=eta, beta=beta, reward=reward,
+              log_pi0=log_pi0, with_exploitability=with_exploitability, target0=target0, with_average=with_average,
+              prox_tau=prox_tau, prox_steps=prox_steps)
+
+
+@functools.partial(jax.jit, static_argnames=('algorithm', 'num_steps', 'schedule', 'with_exploitability',
+                                             'with_average'))
+def _run(algorithm, game, tau, num_steps, target, *, schedule, eta, beta, reward, log_pi0, with_exploitability,
+         target0, with_average, prox_tau, prox_steps) -> Curves:
   tau = jnp.asarray(tau, dtype=game.P.dtype)
   if algorithm in UNREGULARISED:
     update_tau = jnp.zeros_like(tau)
@@ -243,8 +253,6 @@ def run(algorithm: str, game: Tables, tau, num_steps: int, target=None, *, sched
     update_tau = jnp.asarray(prox_tau, dtype=game.P.dtype) * jnp.ones_like(tau)
   else:
     update_tau = tau
-  if schedule == 'theory' and algorithm in UNREGULARISED:
-    raise ValueError(f"{algorithm} has tau = 0 in its update: use schedule='constant' or 'inverse_sqrt'")
   log_pi = game.log_mu if log_pi0 is None else jnp.asarray(log_pi0, game.P.dtype)
   log_target = game.log_mu if target is None else jnp.log(jnp.asarray(target, game.P.dtype))
   log_target0 = None if target0 is None else jnp.log(jnp.asarray(target0, game.P.dtype))
