@@ -105,7 +105,8 @@ def make_source(data_cfg, kind: str, seed: int, split: str | None = None, recs: 
     from nlhf_jax.data.tfds_builders import SplitSource
     src = SplitSource(data_cfg.name, data_cfg.data_dir, split)
     if src.kind != kind:
-      raise DataError(f'data set {src.name} holds {src.kind}, not {kind}')
+      raise DataError(f'data set {src.name} holds {src.kind}, not {kind}; set config.data.name to a {kind} data '
+                      f'set (nlhf-data build --kind={kind} ...)')
     return src
   raise DataError(f"config.data.source={data_cfg.source!r} must be 'synthetic' or 'tfds'")
 

@@ -18,7 +18,8 @@ leaves what was there as it was.
 
 Building is quiet: TFDS's "Downloading and preparing dataset ..." lines are not printed (nothing is downloaded;
 the caller reports what was built) and no downloads/ folder is left in data_dir. Opening a data set that is not
-there names the data sets that data_dir holds.
+there names the data sets that data_dir holds; one whose files are missing or unreadable is named as damaged, with the
+command that builds it again.
 """
 from __future__ import annotations
 
@@ -194,7 +195,18 @@ def _read_only_builder(name: str, data_dir: str):
   if not os.path.exists(os.path.join(dataset_dir(name, data_dir), INFO_FILE)):
     raise DataError(f'no data set {name!r} in data_dir={data_dir!r} ({_holds(data_dir, name)}); build it with '
                     f'`nlhf-data build --kind=KIND --input=FILE.jsonl --name={name} --data_dir={data_dir}`')
-  return read_only_builder.builder_from_files(name, data_dir=data_dir)
+  try:
+    return read_only_builder.builder_from_files(name, data_dir=data_dir)
+  except Exception as e:  # TFDS and protobuf raise their own kinds for unreadable metadata
+    raise damaged(name, data_dir, e) from None
+
+
+def damaged(name: str, data_dir: str, e: BaseException) -> DataError:
+  """The error for a data set whose files are missing or unreadable."""
+  reason = ' '.join(str(e).split())
+  reason = reason if len(reason) <= 200 else reason[:200] + '...'
+  return DataError(f'data set {name!r} in {data_dir} is damaged ({type(e).__name__}: {reason}); build it again with '
+                   f'`nlhf-data build --name={name} --data_dir={data_dir} --overwrite ...`')
 
 
 def available(data_dir: str) -> list[str]:
@@ -236,16 +248,27 @@ class SplitSource:
       raise DataError(f'data set {name!r} has no split {split!r} (it has {", ".join(builder.info.splits)})')
     self.name = f'{name}[{split}]'
     self.kind = kind_of(builder.info.features.keys())
-    self._source = builder.as_data_source(split=split)
+    self._where = (name, data_dir)
+    missing = [os.path.basename(str(p)) for p in builder.info.splits[split].filepaths if not os.path.exists(p)]
+    if missing:
+      raise damaged(name, data_dir, FileNotFoundError(f'no shard file {", ".join(missing)}'))
+    try:
+      self._source = builder.as_data_source(split=split)
+    except Exception as e:  # array_record raises RuntimeError for a shard it cannot open
+      raise damaged(name, data_dir, e) from None
 
   def __len__(self) -> int:
     return len(self._source)
 
   def __getitems__(self, indices) -> list[dict]:
-    return [_decode(r) for r in self._source.__getitems__([int(i) for i in indices])]
+    try:
+      examples = self._source.__getitems__([int(i) for i in indices])
+    except RuntimeError as e:  # a shard cut short or overwritten
+      raise damaged(*self._where, e) from None
+    return [_decode(r) for r in examples]
 
   def __getitem__(self, index: int) -> dict:
-    return _decode(self._source[int(index)])
+    return self.__getitems__([index])[0]
 
 
 def _decode(example: dict) -> dict:

@@ -209,6 +209,27 @@ def test_damaged_parquet_files(tmp_path, capsys):
   assert not (tmp_path / 'data').exists()
 
 
+def _cut(path: Path, size: int) -> None:
+  path.write_bytes(path.read_bytes()[:size])
+
+
+@pytest.mark.parametrize('damage, reason', [
+    (lambda d: _cut(d / 'dataset_info.json', 100), 'ParseError: Failed to load JSON'),
+    (lambda d: (d / 'kept-train.array_record-00000-of-00001').unlink(),
+     'FileNotFoundError: no shard file kept-train.array_record-00000-of-00001'),
+    (lambda d: _cut(d / 'kept-train.array_record-00000-of-00001', 300), 'RuntimeError: ArrayRecord file'),
+    (lambda d: (d / 'features.json').unlink(), 'DatasetNotFoundError'),
+])
+def test_a_damaged_data_set_is_named_with_the_command_that_rebuilds_it(tmp_path, capsys, built, damage, reason):
+  damage(tmp_path / 'data' / 'kept' / '1.0.0')
+  data_dir = tmp_path / 'data'
+  with pytest.raises(records.DataError, match=f"data set 'kept' in {data_dir} is damaged \\({reason}"):
+    tfds_builders.read_split('kept', str(data_dir), 'train')
+  assert _train(tmp_path, '--dataset=kept', f'--data_dir={data_dir}', f'--output={tmp_path}/tok') == 1
+  assert _error(capsys).endswith(f'; build it again with `nlhf-data build --name=kept --data_dir={data_dir} '
+                                 '--overwrite ...`')
+
+
 # nlhf-tokenizer
 
 def _train(tmp_path, *flags, inputs=None):
