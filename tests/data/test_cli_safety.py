@@ -6,12 +6,15 @@ or model that existed before is still there byte for byte.
 import gzip
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from nlhf_jax.data import cli, hf_tokenizer, records, tfds_builders, tokenizer_cli
 from nlhf_jax.data.tokenizer import TokenizerError, load_tokenizer
+from tests.helpers import subprocess_env
 
 PAIRS = [{'prompt': f'prompt {i}', 'chosen': f'good {i}', 'rejected': f'bad {i}'} for i in range(8)]
 TEXTS = [f'the quick brown fox {i} jumps over the lazy dog, sorting {i * 7} words' for i in range(100)]
@@ -140,6 +143,22 @@ def test_a_jsonl_file_that_is_not_utf8(tmp_path, capsys):
                             f'{offset} of the file); re-encode the file as UTF-8 from its encoding, e.g. '
                             '`iconv -f CP1252 -t UTF-8 IN > OUT`')
   assert not (tmp_path / 'data').exists()
+
+
+@pytest.mark.slow
+def test_the_installed_commands_end_a_file_that_is_not_utf8_in_one_line(tmp_path):
+  """The console scripts themselves (nlhf-data, nlhf-tokenizer): exit status 1, one error line, no traceback."""
+  (tmp_path / 'latin.jsonl').write_bytes(json.dumps(PAIRS[0]).encode() + b'\n{"prompt": "caf\xe9"}\n')
+  runs = {'nlhf_jax.data.cli': ['build', f'--input={tmp_path}/latin.jsonl', '--name=x', f'--data_dir={tmp_path}/d'],
+          'nlhf_jax.data.tokenizer_cli': [f'--input={tmp_path}/latin.jsonl', f'--output={tmp_path}/tok']}
+  for module, args in runs.items():
+    out = subprocess.run([sys.executable, '-c', f'from {module} import run; run()', *args], capture_output=True,
+                         text=True, timeout=120, cwd=Path(__file__).parents[2], env=subprocess_env(None))
+    assert out.returncode == 1 and 'Traceback' not in out.stderr, out.stderr[-2000:]
+    assert out.stderr.splitlines() == ['error: latin.jsonl line 2: not UTF-8 (byte 0xe9 at column 16, byte offset '
+                                       f'{len(json.dumps(PAIRS[0])) + 16} of the file); re-encode the file as UTF-8 '
+                                       'from its encoding, e.g. `iconv -f CP1252 -t UTF-8 IN > OUT`'], module
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['latin.jsonl']
 
 
 def test_lines_that_are_not_utf8_are_counted_with_the_other_bad_lines(tmp_path, capsys):
