@@ -111,7 +111,7 @@ def _check_run(workdir: str, step: int | None) -> tuple[str, int]:
 
 def _check_out(out: str, workdir: str, sources: list[str], overwrite: bool) -> None:
   from nlhf_jax.config import ConfigError
-  from nlhf_jax.interop.runs import inside
+  from nlhf_jax.interop.runs import check_writable, inside
   from nlhf_jax.outputs import check_dir
   if inside(out, workdir):
     raise ConfigError(f'--out={out} is or lies inside the run --workdir={workdir}; the export would overwrite '
@@ -120,6 +120,7 @@ def _check_out(out: str, workdir: str, sources: list[str], overwrite: bool) -> N
     if '://' not in run and inside(run, out):
       raise ConfigError(f'--out={out} holds the run {run}; replacing it would delete the run: give another folder')
   check_dir(out, overwrite=overwrite, empty=True)
+  check_writable(out, '--out')
 
 
 def plan(workdir: str, out: str, dtype: str | None = None, step: int | None = None, overwrite: bool = False,

@@ -66,7 +66,7 @@ def check_paths(hf_dir: str, workdir: str, overwrite: bool) -> None:
   """--hf_dir is a folder; --workdir is not a file, holds nothing (or --overwrite), and neither is nor holds
   --hf_dir (replacing it would delete the model being read)."""
   from nlhf_jax.config import ConfigError
-  from nlhf_jax.interop.runs import inside
+  from nlhf_jax.interop.runs import check_writable, inside
   from nlhf_jax.outputs import check_dir
   if not os.path.exists(hf_dir):
     raise FileNotFoundError(f'--hf_dir={hf_dir} does not exist; give the folder of a Hugging Face model '
@@ -75,6 +75,7 @@ def check_paths(hf_dir: str, workdir: str, overwrite: bool) -> None:
     raise ConfigError(f'--workdir={workdir} is or holds --hf_dir={hf_dir}: the import would replace the model it '
                       'reads; choose a workdir outside the model folder')
   check_dir(workdir, overwrite=overwrite, empty=True)
+  check_writable(workdir, '--workdir')
 
 
 def vocab_size_for(tokenizer, vocab_size: int, pad: bool, multiple: int, where: str) -> int:

@@ -64,6 +64,17 @@ def inside(path: str, folder: str) -> bool:
   return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
+def check_writable(path: str, flag: str) -> None:
+  """The nearest existing folder above `path` (where `staging` builds it) can be written into (OutputError naming
+  `flag` if not)."""
+  from nlhf_jax.outputs import OutputError
+  folder = os.path.dirname(os.path.abspath(path))
+  while not os.path.exists(folder) and os.path.dirname(folder) != folder:
+    folder = os.path.dirname(folder)
+  if os.path.isdir(folder) and not os.access(folder, os.W_OK | os.X_OK):
+    raise OutputError(f'{flag}={path}: {folder} is not writable; choose a folder you can write into')
+
+
 def _read_json(path: str) -> dict | None:
   try:
     with open(path, encoding='utf-8') as f:

@@ -175,3 +175,14 @@ def test_bad_flags_are_one_error_line(sources, tmp_path, case):
                    *(['--mesh=fsdp'] if case == 'bad_mesh' else []))
   assert {'busy_workdir': 'already holds notes.txt', 'bad_mesh': "--mesh='fsdp': expected AXIS=SIZE"}[case] in lines[0]
   assert os.listdir(workdir) == (['notes.txt'] if case == 'busy_workdir' else [])
+
+
+def test_malformed_config_json_is_named(tmp_path):
+  from nlhf_jax.models import hf
+  good = hf.hf_config(hf_models.SMALL_LLAMA)
+  for value, message in [([1, 2], 'holds a JSON list, not the object'),
+                         (dict(good, hidden_size='wide'), 'a value of the wrong type'),
+                         (dict(good, num_attention_heads=None), 'a value of the wrong type')]:
+    (tmp_path / 'config.json').write_text(json.dumps(value))
+    with pytest.raises(hf.HFFormatError, match=message):
+      hf.read_config(str(tmp_path))

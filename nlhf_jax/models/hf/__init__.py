@@ -50,9 +50,17 @@ def read_config(hf_dir: str) -> tuple[ModelConfig, dict]:
   try:
     with open(path) as f:
       raw = json.load(f)
-  except (OSError, json.JSONDecodeError) as e:
-    raise HFFormatError(f'{path}: not valid JSON ({e})') from None
-  return model_config(raw), raw
+  except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise HFFormatError(f'{path}: not valid JSON ({e}); download the file again') from None
+  if not isinstance(raw, dict):
+    raise HFFormatError(f'{path}: holds a JSON {type(raw).__name__}, not the object of a model config')
+  try:
+    return model_config(raw), raw
+  except HFFormatError:
+    raise
+  except (TypeError, ValueError, KeyError, AttributeError) as e:  # a value of the wrong type, e.g. "hidden_size": "x"
+    raise HFFormatError(f'{path}: a value of the wrong type ({type(e).__name__}: {e}); compare it with the '
+                        "family's config.json on the Hub") from None
 
 
 def _text_prefix(reader: SafetensorsReader) -> str:
