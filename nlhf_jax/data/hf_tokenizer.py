@@ -9,7 +9,7 @@ The directory is read with the `tokenizers` library and jinja2 only (no transfor
   `chat_template` (a string, or a list of {"name", "template"} of which 'default' is used).
 - special_tokens_map.json (optional): special tokens that tokenizer_config.json does not name.
 - chat_template.jinja (optional): the chat template; it takes priority over tokenizer_config's (transformers'
-  `save_pretrained` writes the template there).
+  `save_pretrained` writes the template there). An empty one is refused.
 - generation_config.json (optional): `eos_token_id` (an id or a list): more ids that end a sampled response.
 
 Ids and framing:
@@ -116,7 +116,11 @@ def load_template(directory: str, config: dict) -> ChatTemplate | None:
   """chat_template.jinja if present, else tokenizer_config.json's chat_template, else None."""
   path = os.path.join(directory, TEMPLATE_FILE)
   if os.path.exists(path):
-    return ChatTemplate(read_text(path), path)
+    source = read_text(path)
+    if not source.strip():
+      raise TokenizerError(f'{path} is empty (every prompt would render to nothing); write the template there, or '
+                           'delete the file to use the chat_template of tokenizer_config.json')
+    return ChatTemplate(source, path)
   config_path = os.path.join(directory, CONFIG_JSON)
   source = _config_template(config, config_path)
   return ChatTemplate(source, f'{config_path} chat_template') if source else None

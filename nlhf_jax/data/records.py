@@ -313,8 +313,9 @@ def iter_jsonl(path: str, bad: list[str] | None = None) -> Iterator[tuple[str, d
       continue
     try:
       obj = json.loads(line)
-    except json.JSONDecodeError as e:
-      message = f'{where}: malformed JSON ({e.msg} at column {e.colno})'
+    except (json.JSONDecodeError, RecursionError) as e:
+      message = (f'{where}: malformed JSON ({e.msg} at column {e.colno})' if isinstance(e, json.JSONDecodeError)
+                 else f'{where}: JSON nested too deeply to read (a record is an object of strings and messages)')
       if bad is None:
         raise DataError(message) from None
       bad.append(message)

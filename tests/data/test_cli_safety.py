@@ -191,6 +191,14 @@ def test_a_jsonl_file_in_another_format_is_named(tmp_path, capsys, content, mess
   assert f'{path}: {message}' in _error(capsys)
 
 
+def test_json_nested_too_deeply_is_a_bad_line(tmp_path, capsys):
+  path = tmp_path / 'deep.jsonl'
+  path.write_text('{"prompt": ' + '[' * 100_000 + ']' * 100_000 + '}\n' + json.dumps(PAIRS[0]) + '\n')
+  assert _build(tmp_path, input_path=path) == 1
+  assert _error(capsys) == ('error: deep.jsonl line 1: JSON nested too deeply to read (a record is an object of '
+                            'strings and messages)')
+
+
 def test_half_a_surrogate_pair_is_a_bad_record_not_a_crash(tmp_path, capsys):
   path = tmp_path / 'escapes.jsonl'
   path.write_text('{"prompt": "smile \\ud83d", "chosen": "c", "rejected": "r"}\n')
@@ -343,3 +351,10 @@ def test_tokenizer_directory_files_that_are_not_utf8(tmp_path):
   (tmp_path / 'generation_config.json').mkdir()
   with pytest.raises(TokenizerError, match='generation_config.json is a folder, not a file'):
     hf_tokenizer.read_json(str(tmp_path / 'generation_config.json'))
+
+
+def test_an_empty_chat_template_file_is_refused(tmp_path):
+  (tmp_path / 'chat_template.jinja').write_text('\n')
+  with pytest.raises(TokenizerError, match='chat_template.jinja is empty .every prompt would render to nothing.; '
+                                           'write the template there, or delete the file'):
+    hf_tokenizer.load_template(str(tmp_path), {'chat_template': '{{ messages }}'})
