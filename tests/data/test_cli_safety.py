@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from nlhf_jax.data import cli, hf_tokenizer, records, tfds_builders, tokenizer_cli
-from nlhf_jax.data.tokenizer import TokenizerError, load_tokenizer
+from nlhf_jax.data.tokenizer import TokenizerError, load_tokenizer, train_sentencepiece
 from tests.helpers import subprocess_env
 
 PAIRS = [{'prompt': f'prompt {i}', 'chosen': f'good {i}', 'rejected': f'bad {i}'} for i in range(8)]
@@ -290,6 +290,36 @@ def test_a_bad_input_with_overwrite_keeps_the_model(tmp_path, capsys):
   assert _error(capsys).startswith('error: latin.txt line 2: not UTF-8 (byte 0xe9 at column 4, byte offset 11 of '
                                    'the file); re-encode the file as UTF-8')
   assert (tmp_path / 'tok.model').read_bytes() == model
+
+
+def test_a_model_write_cut_short_keeps_the_old_model(tmp_path, monkeypatch):
+  assert _train(tmp_path, f'--output={tmp_path}/tok') == 0
+  model = (tmp_path / 'tok.model').read_bytes()
+  real_open = open
+
+  class _DiskFull:
+    """A binary file that takes half of what it is given, then fails as a full disk does."""
+    def __init__(self, f):
+      self._f = f
+    def write(self, data):
+      self._f.write(data[:len(data) // 2])
+      raise OSError(28, 'No space left on device')
+    def __getattr__(self, name):
+      return getattr(self._f, name)
+    def __enter__(self):
+      return self
+    def __exit__(self, *exc):
+      return self._f.__exit__(*exc)
+
+  def full_disk_open(path, mode='r', *args, **kwargs):
+    f = real_open(path, mode, *args, **kwargs)
+    return _DiskFull(f) if 'w' in mode and 'tok' in str(path) else f
+  monkeypatch.setattr('builtins.open', full_disk_open)
+  with pytest.raises(OSError, match='No space left on device'):
+    train_sentencepiece(TEXTS, 300, str(tmp_path / 'tok'), model_type='bpe')
+  monkeypatch.undo()
+  assert (tmp_path / 'tok.model').read_bytes() == model
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['corpus.txt', 'tok.model']
 
 
 @pytest.mark.parametrize('make, flags, message', [
