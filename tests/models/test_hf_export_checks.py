@@ -248,3 +248,17 @@ def test_the_command_says_one_error_line(imported, tmp_path, case):
   assert out.returncode == 1 and len(lines) == 1 and lines[0].startswith('error: '), out.stderr[-3000:]
   assert {'no_run': 'does not exist', 'lossy': 'most of the training is lost'}[case] in lines[0]
   assert not (tmp_path / 'out').exists()
+
+
+def test_configs_record_absolute_run_and_tokenizer_paths(tmp_path, monkeypatch):
+  from nlhf_jax.config import runs as config_runs
+  monkeypatch.chdir(tmp_path)
+  values = {'init_checkpoint': 'runs/sft', 'online': {'reference_checkpoint': '~/runs/ref', 'judge_checkpoint': ''},
+            'offline': {'reference_checkpoint': 'gs://bucket/run'}, 'data': {'tokenizer': 'tok.model'}}
+  out = config_runs.absolute_paths(values)
+  assert out['init_checkpoint'] == str(tmp_path / 'runs' / 'sft')
+  assert out['online'] == {'reference_checkpoint': os.path.expanduser('~/runs/ref'), 'judge_checkpoint': ''}
+  assert out['offline']['reference_checkpoint'] == 'gs://bucket/run'
+  assert out['data']['tokenizer'] == str(tmp_path / 'tok.model')
+  assert config_runs.absolute_paths({'data': {'tokenizer': 'bytes'}})['data']['tokenizer'] == 'bytes'
+  assert values['init_checkpoint'] == 'runs/sft'  # the input is not changed
