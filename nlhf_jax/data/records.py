@@ -24,9 +24,9 @@ every record before failing: one bad record gives its message alone; several giv
 and lists the first MAX_LISTED, each with its line (or row), its message and the fields the record has.
 
 Text files are UTF-8 (a leading byte-order mark is dropped): a line that is not UTF-8 is a bad record named by its
-line and byte offset, with the fix (re-encode the file); a file that is UTF-16, gzip-compressed or Parquet, or a
-folder where a file is wanted, is refused at once. A string that UTF-8 cannot store (half of a surrogate pair, as
-a lone JSON escape such as \\ud83d gives) is a bad record too.
+line and byte offset, with the fix (re-encode the file); a file that is UTF-16 (or starts with NUL bytes),
+gzip-compressed or Parquet, or a folder where a file is wanted, is refused at once. A string that UTF-8 cannot
+store (half of a surrogate pair, as a lone JSON escape such as \\ud83d gives) is a bad record too.
 """
 from __future__ import annotations
 
@@ -262,6 +262,9 @@ def _check_text_file(path: str, head: bytes) -> None:
   for signature, problem in _SIGNATURES:
     if head.startswith(signature):
       raise DataError(f'{path}: the file {problem}')
+  if b'\x00' in head:
+    raise DataError(f'{path}: the file holds NUL bytes, so it is not UTF-8 text (UTF-16 without a byte-order mark, '
+                    'or a binary file); re-encode it as UTF-8, e.g. `iconv -f UTF-16LE -t UTF-8 IN > OUT`')
 
 
 def not_utf8(where: str, raw: bytes, start: int, offset: int) -> str:

@@ -188,7 +188,7 @@ def train_sentencepiece(texts: Iterable[str] | None = None, vocab_size: int = 80
   lines = list(_lines(files if files is not None else texts, from_files=files is not None))
   if not any(line.strip() for line in lines):
     raise TokenizerError('no text to train a tokenizer on: the inputs hold no non-blank text')
-  longest = max(len(line.encode('utf-8')) for line in lines)
+  longest = max(len(line.encode('utf-8', 'surrogatepass')) for line in lines)
   buf = io.BytesIO()
   try:
     spm.SentencePieceTrainer.train(
