@@ -89,6 +89,26 @@ def peak_memory_bytes() -> tuple[float, str]:
   return float(rss if sys.platform == 'darwin' else rss * 1024), 'process peak RSS'
 
 
+def device_memory(devices) -> tuple[float, str] | None:
+  """(bytes, description): the memory that one of `devices` (this process's) has for a program, or None when
+  the backend does not say. An accelerator: its allocator's limit less what is in use (the smallest over the
+  devices); CPU: the host's available memory divided among the CPU devices, which share it."""
+  devices = list(devices)
+  if devices[0].platform == 'cpu':
+    import psutil
+    available = psutil.virtual_memory().available
+    return available / len(devices), (f'{fmt_bytes(available)} of available host memory shared by '
+                                       f'{len(devices)} CPU device(s)')
+  free = []
+  for device in devices:
+    stats = device.memory_stats() or {}
+    if 'bytes_limit' in stats:
+      free.append(stats['bytes_limit'] - stats.get('bytes_in_use', 0))
+  if not free:
+    return None
+  return float(min(free)), f'{devices[0].device_kind}, free of its allocator\'s limit'
+
+
 def fmt_bytes(n: float) -> str:
   for unit in ('B', 'KiB', 'MiB', 'GiB'):
     if n < 1024:

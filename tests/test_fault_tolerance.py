@@ -1,4 +1,5 @@
 """Fault tolerance: non-finite guards, config-mismatch and damaged-checkpoint resumes, SIGTERM and SIGKILL."""
+import dataclasses
 import json
 import os
 import pathlib
@@ -37,18 +38,19 @@ def _cfg(steps, **kw):
 def _poison_step(monkeypatch, bad_step, where='loss'):
   """Makes update number `bad_step` non-finite: a NaN loss and NaN parameters (where='loss'), or a finite loss
   with a NaN gradient norm and NaN parameters (where='grads')."""
-  real = loop.build_step
+  real = loop.plan_step
 
-  def build_step(*args, **kwargs):
-    step, frozen = real(*args, **kwargs)
+  def plan_step(*args, **kwargs):
+    plan = real(*args, **kwargs)
+    step = plan.step
 
     def poisoned(state, frozen, batch):
       new, metrics = step(state, frozen, batch)
       nan = jnp.where(state.step + 1 == bad_step, jnp.nan, 0.0)
       key = 'loss' if where == 'loss' else 'grad_norm'
       return new.replace(params=jax.tree.map(lambda p: p + nan, new.params)), dict(metrics, **{key: metrics[key] + nan})
-    return poisoned, frozen
-  monkeypatch.setattr(loop, 'build_step', build_step)
+    return dataclasses.replace(plan, step=poisoned)
+  monkeypatch.setattr(loop, 'plan_step', plan_step)
 
 
 def _all_finite(tree):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 
 import jax
 from jax.sharding import Mesh
@@ -16,12 +17,12 @@ from jax.sharding import Mesh
 from nlhf_jax.config import ExperimentConfig
 from nlhf_jax.distributed import global_batch, local_batch_rows, make_mesh, within_mesh
 from nlhf_jax.training import checkpointing, init, optim
-from nlhf_jax.trainer import preflight, validation
+from nlhf_jax.trainer import memory, preflight, validation
 from nlhf_jax.training.guards import NonFiniteGuard, check_resume_compatible, config_to_json, guard_step
 from nlhf_jax.training.metrics import MetricWriter, Progress, RunRecord
 from nlhf_jax.training.preemption import PreemptionWatcher
 from nlhf_jax.training.state import TrainState
-from nlhf_jax.trainer.tasks import build_step, get_task, setup
+from nlhf_jax.trainer.tasks import get_task, plan_step, setup, timed
 
 __all__ = ['train', 'config_to_json', 'check_resume_compatible']
 
@@ -44,14 +45,21 @@ def train(cfg: ExperimentConfig, workdir: str, mesh: Mesh | None = None, stop_at
   mesh = make_mesh(cfg.mesh) if mesh is None else mesh
   optim.warn_if_unusual(cfg.optim, cfg.train.num_steps)
   tx = optim.make_optimizer(cfg.optim, cfg.train.num_steps)
-  data = task.make_data(cfg, local_batch_rows(cfg.train.batch_size, mesh))
+  with timed('building the data pipeline'):
+    data = task.make_data(cfg, local_batch_rows(cfg.train.batch_size, mesh))
   run = setup(cfg, task, tx, mesh)
+  target = init.abstract_state(run.shardings, jax.eval_shape(run.init, cfg.seed))
+  plan = _plan_step(cfg, task, run, tx, mesh)
+  step_fn = jit_step(cfg, run, plan.step, mesh)
+  with timed('compiling the training step (before any weight is read)') as compiling:  # jit keeps it for step 1
+    compiled = step_fn.lower(target, plan.target(), memory.abstract_batch(data, mesh)).compile()
+  memory.check_step_fits(compiled, cfg, task, mesh)  # before any weight is read
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'), every=cfg.train.checkpoint_every,
                                     keep=cfg.train.keep_checkpoints, async_save=cfg.train.async_checkpointing)
   try:
-    state, meta = _restore_or_init(cfg, task, ckpt, run, data)
+    state, meta = _restore_or_init(cfg, task, ckpt, run, data, tx, target)
     checkpointing.write_run_config(workdir, config_to_json(cfg))  # after the resume check: it may refuse the run
-    step_fn, frozen = _compile_step(cfg, task, run, tx, mesh)
+    frozen = plan.load()
     validator = validation.make_validator(cfg, task, run, mesh)
     if validator is not None:
       validator.set_state(meta.get('validation'))
@@ -65,7 +73,7 @@ def train(cfg: ExperimentConfig, workdir: str, mesh: Mesh | None = None, stop_at
   try:
     watcher = PreemptionWatcher()
     state, outcome = _run(cfg, state, step_fn, frozen, data, mesh, ckpt, guard, writer, progress, watcher, start,
-                          stop_at, validator)
+                          stop_at, validator, compiling['seconds'])
   except BaseException as e:
     outcome = 'interrupted' if isinstance(e, KeyboardInterrupt) else 'failed'
     record.end(progress.last_step, outcome, error=f'{type(e).__name__}: {e}'[:2000])
@@ -96,13 +104,13 @@ def _write_curves(workdir: str) -> None:
 
 
 def _run(cfg, state, step_fn, frozen, data, mesh, ckpt, guard, writer, progress, watcher, start,
-         stop_at=None, validator=None) -> tuple[TrainState, str]:
+         stop_at=None, validator=None, compiled_in=None) -> tuple[TrainState, str]:
   """The steps after `start`; returns the state and how the loop ended: finished, preempted or stopped."""
   t = cfg.train
   for step in range(start + 1, t.num_steps + 1):
     batch = global_batch(mesh, next(data))
     if step == start + 1:
-      progress.compiling(step)
+      progress.compiling(step, compiled_in)
     state, metrics = step_fn(state, frozen, batch)
     progress.after_step(step, metrics)  # the first step waits for its compilation and logs it
     guard.add(step, metrics)
@@ -138,44 +146,59 @@ def _save(cfg, ckpt, state, data, guard, validator=None) -> None:
   ckpt.save(state, meta, force=True)
 
 
-def _restore_or_init(cfg, task, ckpt, run, data) -> tuple[TrainState, dict]:
-  target = init.abstract_state(run.shardings, jax.eval_shape(run.init, cfg.seed))
+def _restore_or_init(cfg, task, ckpt, run, data, tx, target) -> tuple[TrainState, dict]:
+  """The latest usable checkpoint of the run, else a fresh state: the parameters restored from the warm start
+  (no random initialisation is computed for them), or initialised from the seed. `target`: the state's
+  ShapeDtypeStructs with shardings."""
+  start = time.perf_counter()
   found = ckpt.restore_latest_usable(target, lambda meta: check_resume_compatible(meta, cfg, ckpt.directory))
   if found is not None:
     state, meta, step = found
     data.set_state(meta['data'])
-    log.info('resumed from step %d in %s (written by %s process(es), %s devices; now %d and %d)', step,
+    log.info('resumed from step %d in %s (written by %s process(es), %s devices; now %d and %d): %.1f s', step,
              ckpt.directory, meta.get('processes', '?'), meta.get('devices', '?'), jax.process_count(),
-             jax.device_count())
+             jax.device_count(), time.perf_counter() - start)
     return state, meta
-  state = jax.jit(run.init, out_shardings=run.shardings)(cfg.seed)
   # An online or offline policy starts from the reference policy unless told otherwise; LoRA adapters start at
-  # zero on their frozen base (read by the step's setup), so nothing is warm-started.
+  # zero on their frozen base (read with the step's frozen inputs), so nothing is warm-started.
   reference = (cfg.online.reference_checkpoint if task.online else
                cfg.offline.reference_checkpoint if task.offline else '')
   warm_start = cfg.init_checkpoint or reference
-  if warm_start and not run.lora:
-    params, step = _warm_start_params(warm_start, target.params, state.params)
-    log.info('initialised parameters from %s (step %d)', warm_start, step)
-    state = run.warm_started(state, params)
+  if not warm_start or run.lora:
+    with timed(f'initialising the parameters (seed {cfg.seed})'):
+      return jax.block_until_ready(jax.jit(run.init, out_shardings=run.shardings)(cfg.seed)), {}
+  what = 'policy' if task.objective.trains_policy else task.objective.model.replace('_', ' ')
+  with timed(f'restoring the {what} from {warm_start}') as restoring:
+    params, step = _warm_start_params(warm_start, target.params, lambda: _initial_params(run, cfg.seed, 'backbone'))
+    state = jax.block_until_ready(run.start_from(cfg.seed, params, tx))
+    restoring['what'] += f' (its step {step})'
   return state, {}
 
 
-def _warm_start_params(path: str, params_target, initial: dict) -> tuple[dict, int]:
-  """The parameters restored from the run at `path`: the whole model, or, for a judge that starts from a
-  language model (an SFT or imported run), its backbone, with the head at its initial values."""
+def _initial_params(run, seed: int, leave_out: str = '') -> dict:
+  """The initial parameters of `seed` (without the `leave_out` subtree, which is then never computed: the jitted
+  function does not return it), sharded as the train state's."""
+  def params(seed):
+    return {k: v for k, v in run.init(seed).params.items() if k != leave_out}
+  shardings = {k: v for k, v in run.shardings.params.items() if k != leave_out}
+  return jax.jit(params, out_shardings=shardings)(seed)
+
+
+def _warm_start_params(path: str, params_target, initial) -> tuple[dict, int]:
+  """The parameters restored from the run at `path` onto `params_target` (ShapeDtypeStructs: nothing else is
+  allocated): the whole model, or, for a judge that starts from a language model (an SFT or imported run), its
+  backbone, with the rest (the head) from `initial` (a dict, or a function that gives it)."""
   directory = checkpointing.checkpoints_dir(path)
   if 'backbone' in params_target and preflight.init_is_language_model(path):
     backbone, step = checkpointing.restore_params(directory, params_target['backbone'])
-    return {**initial, 'backbone': backbone}, step
+    rest = initial() if callable(initial) else initial
+    return {**rest, 'backbone': backbone}, step
   return checkpointing.restore_params(directory, params_target)
 
 
-def _compile_step(cfg, task, run, tx, mesh):
+def _plan_step(cfg, task, run, tx, mesh):
   lr = optim.schedule(cfg.optim, cfg.train.num_steps)
-  initial_params = lambda: jax.jit(run.init, out_shardings=run.shardings)(cfg.seed).params
-  step, frozen = build_step(cfg, task, run, tx, lr, mesh, initial_params)
-  return jit_step(cfg, run, step, mesh), frozen
+  return plan_step(cfg, task, run, tx, lr, mesh, lambda: _initial_params(run, cfg.seed))
 
 
 def jit_step(cfg: ExperimentConfig, run, step, mesh: Mesh):

@@ -117,7 +117,7 @@ def compute(cfg: ExperimentConfig, graphdef: nnx.GraphDef, params, mesh, split: 
 def load_or_compute(cfg: ExperimentConfig, reference: str, graphdef: nnx.GraphDef, params, mesh,
                     split: str) -> np.ndarray:
   """The table of `split`: read from the cache directory when it holds one for these inputs, else computed (and
-  written there by process 0)."""
+  written there by process 0). `params` are mu's, or a function that reads them (called only to compute)."""
   from nlhf_jax.data import pipelines
   ident = identity(cfg, reference, split)
   directory = cache_dir(cfg)
@@ -128,7 +128,7 @@ def load_or_compute(cfg: ExperimentConfig, reference: str, graphdef: nnx.GraphDe
     if table is not None:
       log.info('reference log-probabilities of the %s split: read %s (%d pairs)', split, path, n)
       return table
-  table = compute(cfg, graphdef, params, mesh, split)
+  table = compute(cfg, graphdef, params() if callable(params) else params, mesh, split)
   if path:
     if is_leader():
       _write(path, table, ident)

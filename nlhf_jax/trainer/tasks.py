@@ -13,9 +13,11 @@ same base, run with the graphdef of the model without adapters (`Setup.base_grap
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
-from typing import Callable, Iterator
+import time
+from typing import Any, Callable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -104,11 +106,12 @@ class Setup:
   def lora(self) -> bool:
     return self.base_graphdef is not None
 
-  def warm_started(self, state: TrainState, params: dict) -> TrainState:
-    """`state` with restored `params`, and the objective's extra state built from them (the EMA starts at the
-    warm start; own buffers, since the step donates both)."""
-    extras = state.extras if self.make_extras is None else self.make_extras(jax.tree.map(jnp.copy, params))
-    return state.replace(params=params, extras=extras)
+  def start_from(self, seed: int, params: dict, tx: optax.GradientTransformation) -> TrainState:
+    """A fresh train state (step 0, the rng of `init(seed)`, a new optimizer state) on restored `params`, which
+    it takes over (donated: no copy), with the objective's extra state built from them (the EMA starts at the
+    warm start, in buffers of its own). No random initialisation is computed."""
+    start = init.state_from_params(tx, self.make_extras)
+    return jax.jit(start, out_shardings=self.shardings, donate_argnums=1)(seed, params)
 
   def params_target(self) -> dict:
     """ShapeDtypeStructs (with shardings) of the model's plain parameters: where a model checkpoint (a
@@ -148,95 +151,178 @@ def reference_run(cfg: ExperimentConfig, task: Task) -> str:
   return cfg.init_checkpoint or ''
 
 
+@dataclasses.dataclass(frozen=True)
+class FrozenPart:
+  """One frozen input of a step before it is read: its target (ShapeDtypeStructs with the shardings it is read
+  onto; None for a judge without parameters) and `load(loaded)`, which reads it (`loaded`: the parts read
+  before it, in the order of StepPlan.frozen). `what` names it in the start-up log ('' for no line)."""
+  target: Any
+  load: Callable[[dict], Any]
+  what: str = ''
+
+
+@dataclasses.dataclass(frozen=True)
+class StepPlan:
+  """A step and its frozen inputs, nothing read yet: `target()` is what the step is compiled against, `load()`
+  reads the weights (one timed log line each)."""
+  step: Callable
+  frozen: dict[str, FrozenPart]
+
+  def target(self) -> dict:
+    return {name: part.target for name, part in self.frozen.items()}
+
+  def load(self) -> dict:
+    loaded = {}
+    for name, part in self.frozen.items():
+      with timed(part.what):
+        loaded[name] = part.load(loaded)
+    return loaded
+
+
+@contextlib.contextmanager
+def timed(what: str):
+  """Logs `what` and the seconds it took, one line when it is done (nothing when `what` is ''). Yields a dict
+  whose 'seconds' is set then, and whose 'what' the block may change (e.g. to add what it found)."""
+  record = {'what': what, 'seconds': None}
+  start = time.perf_counter()
+  yield record
+  record['seconds'] = time.perf_counter() - start
+  if record['what']:
+    log.info('%s: %.1f s', record['what'], record['seconds'])
+
+
 def build_step(cfg: ExperimentConfig, task: Task, run: Setup, tx: optax.GradientTransformation,
                lr_schedule: optax.Schedule, mesh: Mesh, initial_params: Callable[[], dict]):
-  """(step(state, frozen, batch), frozen). `initial_params()` gives the run's initial parameters (the reference
-  policy mu when config.online.reference_checkpoint is empty); a reference checkpoint is restored onto
-  `run.params_target()`."""
+  """(step(state, frozen, batch), frozen): `plan_step` with its frozen inputs read."""
+  plan = plan_step(cfg, task, run, tx, lr_schedule, mesh, initial_params)
+  return plan.step, plan.load()
+
+
+def plan_step(cfg: ExperimentConfig, task: Task, run: Setup, tx: optax.GradientTransformation,
+              lr_schedule: optax.Schedule, mesh: Mesh, initial_params: Callable[[], dict]) -> StepPlan:
+  """The step and its frozen inputs, from the runs' saved configs alone (no weight is read until
+  `StepPlan.load`). `initial_params()` gives the run's initial parameters (the reference policy mu when no
+  reference checkpoint is named); checkpoints are restored onto `run.params_target()` (or the LoRA base's)."""
   o = cfg.online
-  base = None
+  frozen = {}
   if run.lora:  # the frozen base: the reference policy online and offline, the init checkpoint for sft
     source = reference_run(cfg, task)
-    dtype = cfg.offline.frozen_dtype if task.offline else o.frozen_dtype
-    base, _ = checkpointing.restore_params(checkpointing.checkpoints_dir(source),
-                                           checkpointing.as_dtype(run.base_target, dtype))
+    target = checkpointing.as_dtype(run.base_target, cfg.offline.frozen_dtype if task.offline else o.frozen_dtype)
+    frozen['base'] = FrozenPart(target, lambda loaded: checkpointing.restore_params(
+        checkpointing.checkpoints_dir(source), target)[0], f'restoring the base weights (mu) from {source}')
   if task.offline:
-    return _offline_step(cfg, task, run, tx, lr_schedule, mesh, initial_params, base)
+    return _offline_step(cfg, task, run, tx, lr_schedule, mesh, initial_params, frozen)
   if not task.online:
     step = steps.make_train_step(run.graphdef, task.loss_fn, tx, lr_schedule, cfg.train.grad_accum_steps)
-    if base is None:
-      return (lambda state, frozen, batch: step(state, batch)), {}
-    return (lambda state, frozen, batch: step(state, batch, frozen['base'])), {'base': base}
-  o = cfg.online
+    if not frozen:
+      return StepPlan(lambda state, frozen, batch: step(state, batch), {})
+    return StepPlan(lambda state, frozen, batch: step(state, batch, frozen['base']), frozen)
   top_k_filters = 0 < o.top_k < cfg.model.vocab_size  # top_k >= the vocabulary keeps every token
   if o.temperature != 1.0 or top_k_filters or o.top_p < 1.0:
     log.info('online sampling at temperature %s, top_k %s, top_p %s: the policy optimised is the sampled pi_T '
              '(the tempered, filtered policy; docs/online.md), not pi_theta at temperature 1',
              o.temperature, o.top_k, o.top_p)
   from nlhf_jax.data.tokenizer import load_tokenizer
-  from nlhf_jax.online import judges
   from nlhf_jax.online.step import OnlineStep
-  judge = judges.make_judge(o.judge, mesh, o.judge_checkpoint, o.oracle, o.frozen_dtype)
+  judge, judge_part = _judge(cfg, mesh)
   stop_ids = load_tokenizer(cfg.data.tokenizer).stop_ids
   step = OnlineStep(cfg, run.graphdef, tx, lr_schedule, judge, stop_ids, mesh, run.base_graphdef)
-  if base is not None:
-    return step, {'base': base, 'judge': judge.params}
-  if o.reference_checkpoint:
-    reference = checkpointing.load_policy(o.reference_checkpoint,
-                                   checkpointing.as_dtype(run.params_target(), o.frozen_dtype))
-  else:
-    reference = initial_params()
-    if o.frozen_dtype:
-      reference = jax.tree.map(lambda x: x.astype(o.frozen_dtype), reference)
-  return step, {'reference': reference, 'judge': judge.params}
+  if not run.lora:
+    frozen['reference'] = _reference(run.params_target(), o.reference_checkpoint, o.frozen_dtype, initial_params)
+  frozen['judge'] = judge_part
+  return StepPlan(step, frozen)
+
+
+def _reference(target: dict, path: str, dtype: str, initial_params: Callable[[], dict]) -> FrozenPart:
+  """mu: restored from the run at `path`, else the policy's initial parameters; floats in `dtype`."""
+  target = checkpointing.as_dtype(target, dtype)
+  if path:
+    return FrozenPart(target, lambda loaded: checkpointing.load_policy(path, target),
+                      f'restoring the reference from {path}')
+
+  def initial(loaded):
+    params = initial_params()
+    return jax.tree.map(lambda x: x.astype(dtype), params) if dtype else params
+  return FrozenPart(target, initial, 'the reference: the initial parameters')
+
+
+def _judge(cfg: ExperimentConfig, mesh: Mesh):
+  """(Judge without parameters, FrozenPart of its parameters): a judge model's graph from its run's saved config,
+  its weights read by the part."""
+  from nlhf_jax.models.judges import PreferenceModel, RewardModel
+  from nlhf_jax.online import judges
+  o = cfg.online
+  if o.judge not in ('preference_model', 'reward_model') or not o.judge_checkpoint:
+    judge = judges.make_judge(o.judge, mesh, o.judge_checkpoint, o.oracle, o.frozen_dtype)  # an oracle, or the error
+    return judge, FrozenPart(judge.params, lambda loaded: judge.params)
+  cls = PreferenceModel if o.judge == 'preference_model' else RewardModel
+  graphdef, target, _ = checkpointing.frozen_target(o.judge_checkpoint, cls, mesh, o.frozen_dtype)
+  path = checkpointing.checkpoints_dir(o.judge_checkpoint)
+  return (judges.model_judge(o.judge, graphdef, None),
+          FrozenPart(target, lambda loaded: checkpointing.restore_params(path, target)[0],
+                     f'restoring the judge ({o.judge}) from {o.judge_checkpoint}'))
 
 
 def _offline_step(cfg: ExperimentConfig, task: Task, run: Setup, tx: optax.GradientTransformation,
-                  lr_schedule: optax.Schedule, mesh: Mesh, initial_params: Callable[[], dict], base: dict | None):
+                  lr_schedule: optax.Schedule, mesh: Mesh, initial_params: Callable[[], dict],
+                  frozen: dict[str, FrozenPart]) -> StepPlan:
   """dpo / ipo: mu's log-probabilities of both responses join the batch, then the supervised step on the offline
   loss. mu is config.offline.reference_checkpoint, else config.init_checkpoint (the policy's warm start), else the
   policy's initial parameters; under LoRA it is the base that the adapters sit on (frozen['base']). mu runs in
   every step (frozen['reference']), or, with offline.reference_logprobs='cached', once per split before training
-  (frozen['reference_logprobs'], {'train': [N, 2], 'eval': [M, 2]} tables looked up by example_index)."""
+  (frozen['reference_logprobs'], {'train': [N, 2], 'eval': [M, 2]} tables looked up by example_index; mu is read,
+  used and dropped when the tables are loaded)."""
   from nlhf_jax.objectives import offline
   o = cfg.offline
   loss_fn = offline.make_loss(task.objective.loss, o.tau, o.label_smoothing, o.length_normalized)
   step = steps.make_train_step(run.graphdef, loss_fn, tx, lr_schedule, cfg.train.grad_accum_steps)
   source = reference_run(cfg, task)
-  if base is not None:
-    mu_graphdef, mu = run.base_graphdef, base
-  elif source:
-    mu_graphdef = run.graphdef
-    mu = checkpointing.load_policy(source, checkpointing.as_dtype(run.params_target(), o.frozen_dtype))
-  else:
-    mu_graphdef, mu = run.graphdef, initial_params()
-    if o.frozen_dtype:
-      mu = jax.tree.map(lambda x: x.astype(o.frozen_dtype), mu)
-  frozen = {} if base is None else {'base': base}
+  mu = frozen.get('base') or _reference(run.params_target(), source, o.frozen_dtype, initial_params)
+  mu_graphdef = run.base_graphdef if run.lora else run.graphdef
 
   if o.reference_logprobs == 'cached':
-    from nlhf_jax.trainer import reference_cache
-    splits = {'train': cfg.data.split}
-    if cfg.train.eval_every > 0:
-      splits['eval'] = cfg.data.eval_split
-    replicated = NamedSharding(mesh, P())
-    tables = {}
-    for key, split in splits.items():
-      table = reference_cache.load_or_compute(cfg, source, mu_graphdef, mu, mesh, split)
-      tables[key] = jax.make_array_from_callback(table.shape, replicated, lambda index, t=table: t[index])
-    del mu  # the step holds no mu (under LoRA the base stays: the policy is built on it)
+    frozen['reference_logprobs'] = _cached_reference(cfg, source, mu_graphdef, mu, mesh)
 
     def cached_step(state, frozen, batch):
       batch = offline.with_cached_reference(frozen['reference_logprobs']['train'], batch)
       return step(state, batch, frozen.get('base'))
-    return cached_step, dict(frozen, reference_logprobs=tables)
+    return StepPlan(cached_step, frozen)
 
-  if base is not None:
+  if run.lora:
     def lora_step(state, frozen, batch):
       batch = offline.with_reference(nnx.merge(run.base_graphdef, frozen['base']), batch)
       return step(state, batch, frozen['base'])
-    return lora_step, frozen
+    return StepPlan(lora_step, frozen)
 
   def reference_step(state, frozen, batch):
     return step(state, offline.with_reference(nnx.merge(run.graphdef, frozen['reference']), batch))
-  return reference_step, {'reference': mu}
+  return StepPlan(reference_step, dict(frozen, reference=mu))
+
+
+def _cached_reference(cfg: ExperimentConfig, source: str, mu_graphdef: nnx.GraphDef, mu: FrozenPart,
+                      mesh: Mesh) -> FrozenPart:
+  """The tables of offline.reference_logprobs='cached' (float32 [N, 2] a split, replicated): read from the cache
+  or computed with mu, which is read for them (or, under LoRA, is the base read before) and then dropped."""
+  from nlhf_jax.data import pipelines
+  from nlhf_jax.trainer import reference_cache
+  splits = {'train': cfg.data.split}
+  if cfg.train.eval_every > 0:
+    splits['eval'] = cfg.data.eval_split
+  replicated = NamedSharding(mesh, P())
+  target = {key: jax.ShapeDtypeStruct((len(pipelines.make_source(cfg.data, 'pairs', cfg.seed, split)), 2),
+                                      jnp.float32, sharding=replicated) for key, split in splits.items()}
+
+  def load(loaded):
+    read = {'params': loaded.get('base')}
+
+    def params():  # mu, read the first time a table is computed (never when every table is in the cache)
+      if read['params'] is None:
+        with timed(mu.what):
+          read['params'] = mu.load(loaded)
+      return read['params']
+    tables = {}
+    for key, split in splits.items():
+      table = reference_cache.load_or_compute(cfg, source, mu_graphdef, params, mesh, split)
+      tables[key] = jax.make_array_from_callback(table.shape, replicated, lambda index, t=table: t[index])
+    return tables
+  return FrozenPart(target, load, 'the reference log-probabilities')

@@ -270,12 +270,19 @@ class FrozenModel:
     return nnx.merge(self.graphdef, self.params if params is None else params)
 
 
-def load_frozen(path: str, model_cls, mesh: Mesh, dtype: str = '') -> FrozenModel:
-  """Restores `model_cls` (its config read from the checkpoint) sharded on `mesh` by the rule table, its
-  parameters cast to `dtype` ('': as the run stored them)."""
+def frozen_target(path: str, model_cls, mesh: Mesh, dtype: str = '') -> tuple[nnx.GraphDef, Any, ModelConfig]:
+  """(graphdef, target, model config) of the `model_cls` that the run at `path` holds, from its saved config
+  alone: the target is ShapeDtypeStructs sharded on `mesh` by the rule table, floating-point leaves in `dtype`
+  ('': as the run stored them). What a step is compiled against before any weight is read."""
   model_cfg = ModelConfig.from_dict(read_run_config(path).get('model', {}))
   graphdef, abstract = nnx.split(nnx.eval_shape(lambda: model_cls(model_cfg, nnx.Rngs(0))))
-  target = as_dtype(params_target(abstract, mesh), dtype)
+  return graphdef, as_dtype(params_target(abstract, mesh), dtype), model_cfg
+
+
+def load_frozen(path: str, model_cls, mesh: Mesh, dtype: str = '') -> FrozenModel:
+  """Restores `model_cls` (its config read from the checkpoint) sharded on `mesh` by the rule table, its
+  parameters cast to `dtype` ('': as the run stored them), onto `frozen_target` (no other copy is made)."""
+  graphdef, target, model_cfg = frozen_target(path, model_cls, mesh, dtype)
   params, _ = restore_params(checkpoints_dir(path), target)
   return FrozenModel(graphdef, params, model_cfg)
 

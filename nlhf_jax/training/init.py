@@ -61,6 +61,19 @@ def state_initializer(make_model: ModelCtor, tx: optax.GradientTransformation, m
   return graphdef, init, shardings
 
 
+def state_from_params(tx: optax.GradientTransformation, make_extras: Callable[[dict], object] | None = None):
+  """start(seed, params) -> TrainState: step 0, the given (e.g. restored) `params`, a fresh optimizer state, the
+  rng of `state_initializer`'s init for the same seed and the extras built from the params. Jit it with
+  out_shardings=shardings and donate_argnums=1: the parameters become the state's without a copy, and no random
+  initialisation is computed."""
+  def start(seed, params):
+    root = jax.random.key(seed)
+    extras = None if make_extras is None else make_extras(params)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                      rng=jax.random.key_data(jax.random.fold_in(root, 1)), extras=extras)
+  return start
+
+
 def create_state(make_model: ModelCtor, tx: optax.GradientTransformation, mesh: Mesh, seed: int, **kwargs
                  ) -> tuple[nnx.GraphDef, TrainState, TrainState]:
   """(graphdef, state, shardings): a fresh train state, sharded from the start."""

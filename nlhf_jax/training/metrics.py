@@ -9,7 +9,8 @@ Contracts (all writing happens on process 0 only; the other processes compute th
   (the last step run) and `outcome` - 'finished' (num_steps reached), 'preempted' (SIGTERM or JAX's notice),
   'stopped' (the `stop_at` step of train()), 'failed' (with `error`) or 'interrupted' (KeyboardInterrupt).
 - `Progress`: around the first step of a session it logs when the step's compilation starts and when it ends
-  (with its seconds); every rate it reports counts only the steps after that first one, so compilation never
+  (with its seconds; or, when the step was compiled before the run read its weights, those seconds and the first
+  step's); every rate it reports counts only the steps after that first one, so compilation never
   enters a rate. At each log step it returns the metrics with the interval's `sampled_tokens_per_s` added (for
   steps that report `sampled_tokens`: the response tokens of y and y', up to and including the stop token, summed
   over the interval's steps, over the interval's wall time) and prints the progress line: step, steps/s over the
@@ -162,15 +163,16 @@ class Progress:
     self.last_step = start  # the last step run in this session
     self._active = jax.process_index() == 0
     self._bar = None
-    self._compile_start = None
+    self._compile_start = self._compiled_in = None
     self._t_base = self._s_base = None  # after the first step: the origin of the mean rate (ETA)
     self._t0 = self._s0 = None  # the start of the current interval
     self._tokens: list = []  # device scalars: sampled tokens of the interval's steps (read at the next log)
 
-  def compiling(self, step: int) -> None:
-    """Called just before the session's first step (whose call compiles the step function)."""
-    self._compile_start = _clock()
-    if self._active:
+  def compiling(self, step: int, compiled_in: float | None = None) -> None:
+    """Called just before the session's first step, whose call compiles the step function, or, given
+    `compiled_in` (seconds), reuses the program compiled that long before the run read its weights."""
+    self._compile_start, self._compiled_in = _clock(), compiled_in
+    if self._active and compiled_in is None:
       log.info('compiling the training step (step %d; nothing is printed until it is done) ...', step)
 
   def after_step(self, step: int, metrics: dict) -> None:
@@ -181,7 +183,10 @@ class Progress:
       jax.block_until_ready(metrics)
       now = _clock()
       started = self._compile_start if self._compile_start is not None else compiled
-      if self._active:
+      if self._active and self._compiled_in is not None:
+        log.info('compiled the training step in %.1f s (before any weight was read); the first step took %.1f s; '
+                 'rates from here on leave it out', self._compiled_in, now - started)
+      elif self._active:
         log.info('compiled the training step in %.1f s (the first step finished after %.1f s); rates from here '
                  'on leave it out', compiled - started, now - started)
       self._t_base = self._t0 = now
