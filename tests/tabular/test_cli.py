@@ -27,6 +27,9 @@ def test_config_variants(variant):
     ('mu.probs', '0.7,x,0.1', r'config.mu.probs'),
     ('schedule', 'fast', r"config.schedule='fast': use one of theory"),
     ('game.family', 'chess', r"config.game.family='chess'"),
+    ('successor_eta', 0.0, r'config.successor_eta=0.0: must be > 0'),
+    ('prox_tau', -1.0, r'config.prox_tau=-1.0: must be > 0'),
+    ('prox_steps', 0, r'config.prox_steps=0: must be a positive integer'),
 ])
 def test_bad_values_are_named_before_anything_runs(key, value, message, monkeypatch):
   cfg = tabular_config.get_config('dice')
@@ -51,18 +54,39 @@ def test_run_experiment_dice_small():
   assert all(k <= b for k, b in zip(res['curves']['nash_md']['kl_max'], res['bound']))
 
 
+def test_run_experiment_dice_successors_small():
+  """Every algorithm has the last- and average-iterate metrics against both equilibria; COMAL's last iterate beats
+  Nash-MD's on the unregularised game, SPPO's average beats its last iterate."""
+  cfg = tabular_config.get_config('dice')
+  cfg.num_steps = 1500
+  cfg.algorithms = 'nash_md,inpo,comal,sppo'
+  res = cli.run_experiment(cfg)
+  for name, row in res['final'].items():
+    assert set(cli.METRICS) <= set(row), name
+    assert set(f'{k}_mean' for k in cli.METRICS) <= set(res['curves'][name]), name
+  f = res['final']
+  assert f['inpo']['schedule'] == 'constant' and f['inpo']['eta'] == cfg.successor_eta
+  assert f['sppo']['eta'] == cfg.eta and f['nash_md']['schedule'] == 'theory'
+  assert f['comal']['exploitability0'] < 1e-3 < f['nash_md']['exploitability0']
+  assert f['inpo']['exploitability'] < 1e-10
+  assert f['sppo']['avg_exploitability0'] < 0.5 * f['sppo']['exploitability0']
+  assert res['exact']['pi* (linear program)']['exploitability0'] < 1e-9
+  table = cli.markdown(res)
+  assert '| comal | constant 1 |' in table and 'e_0(pibar_T)' in table
+
+
 def test_cli_writes_outputs(tmp_path):
   root = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..')
   workdir = str(tmp_path / 'run')
   argv = [sys.executable, '-m', 'nlhf_jax.tabular.cli', '--config=experiments/configs/tabular.py:random',
           f'--workdir={workdir}', '--config.num_steps=50', '--config.game.num_games=2',
-          '--config.game.num_actions=5', '--config.algorithms=nash_md,omd,self_play']
+          '--config.game.num_actions=5', '--config.algorithms=nash_md,omd,self_play,comal']
   env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=root + os.pathsep + os.environ.get('PYTHONPATH', ''))
   out = subprocess.run(argv, cwd=root, env=env, capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-3000:]
-  for name in ('curves.json', 'results.md', 'kl.png', 'exploitability.png'):
+  for name in ('curves.json', 'results.md', 'kl.png', 'exploitability.png', 'exploitability0.png'):
     assert os.path.getsize(os.path.join(workdir, name)) > 0
   res = json.load(open(os.path.join(workdir, 'curves.json')))
   assert res['num_games'] == 2 and res['num_actions'] == 5 and res['num_steps'] == 50
-  assert set(res['curves']) == {'nash_md', 'omd', 'self_play'}
+  assert set(res['curves']) == {'nash_md', 'omd', 'self_play', 'comal'}
   assert '| nash_md |' in open(os.path.join(workdir, 'results.md')).read()
