@@ -95,8 +95,10 @@ def _check_run(workdir: str, step: int | None) -> tuple[str, int]:
     if any(n.endswith('.safetensors') for n in os.listdir(workdir)):
       raise ConfigError(f'--workdir={workdir} is a Hugging Face model folder, not a run: it is already in the '
                         'exported form (nlhf-import turns it into a run)')
+    inner = sorted(n for n in os.listdir(workdir) if os.path.isdir(os.path.join(workdir, n, 'checkpoints')))
+    hint = f' (it holds the runs {", ".join(inner[:6])}: give one of them)' if inner else ''
     raise FileNotFoundError(f'--workdir={workdir} holds no checkpoints/ folder; give the --workdir of an '
-                            'nlhf-train or nlhf-import run')
+                            f'nlhf-train or nlhf-import run{hint}')
   directory = checkpointing.checkpoints_dir(workdir)
   manager = ocp.CheckpointManager(directory)
   steps = sorted(manager.all_steps())

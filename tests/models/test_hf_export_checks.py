@@ -222,10 +222,13 @@ def test_bad_inputs_are_refused_before_anything_is_read(imported, tmp_path):
   root, src, run = imported
   (tmp_path / 'file').write_text('x')
   (tmp_path / 'empty').mkdir()
+  (tmp_path / 'pipeline' / 'sft' / 'checkpoints').mkdir(parents=True)
   cases = [(dict(workdir=str(tmp_path / 'nowhere')), 'does not exist'),
            (dict(workdir=str(tmp_path / 'file')), 'is a file'),
            (dict(workdir=str(tmp_path / 'empty')), 'holds no checkpoints/ folder'),
            (dict(workdir=src), 'is a Hugging Face model folder, not a run'),
+           (dict(workdir=str(tmp_path / 'pipeline')), 'it holds the runs sft: give one of them'),
+           (dict(workdir=str(tmp_path / 'pipeline' / 'sft')), 'no checkpoint in .*the run saved none yet'),
            (dict(step=7), 'no checkpoint of that step; it has 0'),
            (dict(dtype='float8'), '--dtype=float8: give one of float32, bfloat16, float16'),
            (dict(max_shard_bytes=0), '--max_shard_gb must be positive'),
@@ -234,7 +237,7 @@ def test_bad_inputs_are_refused_before_anything_is_read(imported, tmp_path):
     args = dict(dict(workdir=run, out=str(tmp_path / 'out')), **change)
     with pytest.raises(user_errors(), match=message):
       exporter.plan(**args)
-  assert sorted(os.listdir(tmp_path)) == ['empty', 'file']
+  assert sorted(os.listdir(tmp_path)) == ['empty', 'file', 'pipeline']
 
 
 @pytest.mark.parametrize('case', ['no_run', 'lossy'])
