@@ -59,8 +59,6 @@ def build(args: argparse.Namespace) -> dict[str, int]:
     recs = records.read_jsonl(args.input, args.kind, with_source=True)
   else:
     recs = records.read_records(args.input, args.kind, with_source=True)
-  import tensorflow_datasets as tfds
-  tfds.disable_progress_bar()
   return tfds_builders.build(recs, args.kind, args.name, args.data_dir, args.validation_fraction, args.seed,
                              args.overwrite)
 

@@ -166,6 +166,8 @@ def build(records: list[dict], kind: str, name: str, data_dir: str, validation_f
 
 def _write(splits: dict[str, list[dict]], kind: str, name: str, folder: str) -> None:
   """Writes the data set's files (shards, dataset_info.json, features.json) straight into `folder`, an empty one."""
+  import tensorflow_datasets as tfds
+  tfds.disable_progress_bar()  # its bars would name the temporary folder; our own bar counts the examples
   scratch = os.path.join(folder, name)  # TFDS writes DATA_DIR/NAME/VERSION; DATA_DIR is `folder` here
   builder = _builder_class(name, kind)(splits=splits, data_dir=folder, file_format='array_record')
   with tempfile.TemporaryDirectory(prefix='nlhf_tfds_downloads_') as downloads:  # TFDS makes one; none is needed
