@@ -225,6 +225,10 @@ def _holds(data_dir: str, name: str) -> str:
   if not os.path.isdir(data_dir):
     return 'that folder does not exist'
   names = available(data_dir)
+  if not names and os.path.exists(os.path.join(data_dir, VERSION, INFO_FILE)):
+    parent = os.path.dirname(os.path.abspath(data_dir))
+    return (f'that folder is the data set {os.path.basename(os.path.abspath(data_dir))!r} itself: data_dir is the '
+            f'folder above it, {parent}')
   if not names:
     return 'it holds no data sets'
   close = difflib.get_close_matches(name, names, n=1)

@@ -257,6 +257,13 @@ def test_a_damaged_data_set_is_named_with_the_command_that_rebuilds_it(tmp_path,
                                  '--overwrite ...`')
 
 
+def test_a_data_dir_that_is_a_data_set_itself_names_the_folder_above(tmp_path, built):
+  with pytest.raises(records.DataError, match=f"no data set 'kept' in data_dir='{tmp_path}/data/kept' \\(that folder "
+                                              f"is the data set 'kept' itself: data_dir is the folder above it, "
+                                              f"{tmp_path}/data\\)"):
+    tfds_builders.SplitSource('kept', str(tmp_path / 'data' / 'kept'), 'train')
+
+
 # nlhf-tokenizer
 
 def _train(tmp_path, *flags, inputs=None):
