@@ -40,7 +40,7 @@ def _define_flags() -> None:
   flags.DEFINE_string('hf_dir', None, 'A Hugging Face model directory (config.json, *.safetensors, the tokenizer '
                       'files), as save_pretrained or a download writes it.')
   flags.DEFINE_string('workdir', None, 'The run directory to write (absent or empty, or --overwrite).')
-  flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'Parameter dtype of the run.')
+  flags.DEFINE_string('dtype', 'float32', 'Parameter dtype of the run: float32 or bfloat16.')
   flags.DEFINE_string('mesh', 'fsdp=-1', 'Mesh the parameters are placed on while writing, e.g. fsdp=8.')
   flags.DEFINE_bool('overwrite', False, 'Replace what --workdir holds (removed only once the new run is complete).')
   flags.DEFINE_bool('pad_vocab_to_tokenizer', False, "Pad the embedding (and an untied unembedding) to the "
@@ -60,6 +60,15 @@ def experiment_config(model, tokenizer: str, hf_dir: str) -> dict:
   cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, tokenizer=tokenizer),
                             train=dataclasses.replace(cfg.train, objective=IMPORTED, num_steps=0))
   return config_to_json(cfg)
+
+
+def check_flags(dtype: str, pad_vocab: bool, pad_multiple: int) -> None:
+  from nlhf_jax.config import ConfigError
+  if dtype not in ('float32', 'bfloat16'):
+    raise ConfigError(f'--dtype={dtype}: the run\'s parameters are float32 or bfloat16')
+  if pad_multiple < 1 or (pad_multiple != 1 and not pad_vocab):
+    raise ConfigError(f'--pad_vocab_multiple={pad_multiple}: give a positive multiple, together with '
+                      '--pad_vocab_to_tokenizer')
 
 
 def check_paths(hf_dir: str, workdir: str, overwrite: bool) -> None:
@@ -143,11 +152,7 @@ def import_run(hf_dir: str, workdir: str, dtype: str = 'float32', mesh=None, ove
   from nlhf_jax.models.hf.safetensors import SafetensorsReader
   from nlhf_jax.training import checkpointing
   hf_dir, workdir = os.path.abspath(os.path.expanduser(hf_dir)), checkpointing.absolute(os.path.expanduser(workdir))
-  if dtype not in ('float32', 'bfloat16'):
-    raise ConfigError(f'--dtype={dtype}: the run\'s parameters are float32 or bfloat16')
-  if pad_multiple < 1 or (pad_multiple != 1 and not pad_vocab):
-    raise ConfigError(f'--pad_vocab_multiple={pad_multiple}: give a positive multiple, together with '
-                      '--pad_vocab_to_tokenizer')
+  check_flags(dtype, pad_vocab, pad_multiple)
   check_paths(hf_dir, workdir, overwrite)
   model, raw = hf.read_config(hf_dir)
   reader = SafetensorsReader(hf_dir)
@@ -187,10 +192,8 @@ def main(argv) -> None:
   from nlhf_jax.distributed import make_mesh
   from nlhf_jax.distributed.mesh import parse_mesh
   f = flags.FLAGS
-  mesh_axes = parse_mesh(f.mesh)  # a bad --mesh is one line, before anything starts
-  if f.pad_vocab_multiple < 1 or (f.pad_vocab_multiple != 1 and not f.pad_vocab_to_tokenizer):
-    raise ConfigError(f'--pad_vocab_multiple={f.pad_vocab_multiple}: give a positive multiple, together with '
-                      '--pad_vocab_to_tokenizer')
+  mesh_axes = parse_mesh(f.mesh)  # a bad flag is one line, before anything starts
+  check_flags(f.dtype, f.pad_vocab_to_tokenizer, f.pad_vocab_multiple)
   check_paths(os.path.abspath(os.path.expanduser(f.hf_dir)), os.path.abspath(os.path.expanduser(f.workdir)),
               f.overwrite)
   commands.launch()

@@ -165,15 +165,16 @@ def test_truncated_safetensors_file_is_one_error_line(tmp_path):
   assert not (tmp_path / 'run').exists()
 
 
-@pytest.mark.parametrize('case', ['busy_workdir', 'bad_mesh'])
+@pytest.mark.parametrize('case', ['busy_workdir', 'bad_mesh', 'bad_dtype'])
 def test_bad_flags_are_one_error_line(sources, tmp_path, case):
   workdir = tmp_path / 'run'
   workdir.mkdir()
   if case == 'busy_workdir':
     (workdir / 'notes.txt').write_text('mine')
-  lines = _command(f'--hf_dir={sources["plain"]}', f'--workdir={workdir}',
-                   *(['--mesh=fsdp'] if case == 'bad_mesh' else []))
-  assert {'busy_workdir': 'already holds notes.txt', 'bad_mesh': "--mesh='fsdp': expected AXIS=SIZE"}[case] in lines[0]
+  flag = {'busy_workdir': [], 'bad_mesh': ['--mesh=fsdp'], 'bad_dtype': ['--dtype=float16']}[case]
+  lines = _command(f'--hf_dir={sources["plain"]}', f'--workdir={workdir}', *flag)
+  assert {'busy_workdir': 'already holds notes.txt', 'bad_mesh': "--mesh='fsdp': expected AXIS=SIZE",
+          'bad_dtype': '--dtype=float16: the run\'s parameters are float32 or bfloat16'}[case] in lines[0]
   assert os.listdir(workdir) == (['notes.txt'] if case == 'busy_workdir' else [])
 
 
