@@ -32,6 +32,13 @@ The successors of Nash-MD (docs/math.md section 8; each update is the exact, ful
                  the magnet starting at mu and reset to the current policy every prox_steps steps; last-iterate
                  convergence to an equilibrium of the unregularised game.
 
+Sources of these five updates: the papers' abstracts and the update rules they state (INPO's online mirror descent
+and pair loss, SPPO's Hedge step, COMAL's prox-point loop over INPO, MPO's magnetic mirror descent with a moving
+magnet), and EGPO's public tabular code for its two steps; their full texts were not at hand, so the constants of
+their theorems are not restated here. What the tests check is derived independently: the closed forms, INPO's loss
+minimiser, Hedge's regret bound, the extragradient rate of Cen, Wei and Chi for entropy-regularised games, and
+the last iterates of COMAL and MPO at the unregularised equilibrium (docs/math.md section 8).
+
 A game here is `Tables(P [C, n, n], log_mu [C, n], rho [C])`. Unused (padding) actions have mu = 0, stored as the
 finite log value NEG so that games of different sizes can be stacked and vmapped: padded actions keep probability 0.
 The step loop is a lax.scan; the curves KL_rho(target, pi_t), the exploitability e_tau(pi_t), KL_rho(pi*, pi_t)
