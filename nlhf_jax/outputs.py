@@ -30,23 +30,31 @@ def _tmp_name(path: str) -> str:
   return os.path.join(head, f'.{tail}.tmp-{os.getpid()}')
 
 
+def _check_ancestors(path: str) -> None:
+  """Refuse a path below a file (its nearest existing ancestor must be a folder)."""
+  parent = os.path.dirname(os.path.abspath(path))
+  while not os.path.exists(parent) and os.path.dirname(parent) != parent:
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent):
+    raise OutputError(f'{parent} is a file, not a folder; choose another path for {path}')
+
+
 def check_file(path: str, overwrite: bool = False, flag: str = '--overwrite') -> None:
-  """Refuse a file output that is a folder, whose folder is a file, or that exists and `overwrite` is off."""
+  """Refuse a file output that is a folder, that lies below a file, or that exists and `overwrite` is off."""
   if os.path.isdir(path):
     raise OutputError(f'{path} is a folder; give a file path for this output')
-  parent = os.path.dirname(os.path.abspath(path))
-  if os.path.exists(parent) and not os.path.isdir(parent):
-    raise OutputError(f'{parent} is a file, not a folder; choose another path for {path}')
+  _check_ancestors(path)
   if os.path.exists(path) and not overwrite:
     raise OutputError(f'{path} already exists; pass {flag} to replace it, or choose another path')
 
 
 def check_dir(path: str, names: Iterable[str] = (), overwrite: bool = False, flag: str = '--overwrite',
               empty: bool = False) -> None:
-  """Refuse a folder output that is a file, that holds one of `names` (or anything, with `empty`) while
-  `overwrite` is off. A missing folder is fine (it will be made)."""
+  """Refuse a folder output that is a file or lies below one, or that holds one of `names` (or anything, with
+  `empty`) while `overwrite` is off. A missing folder is fine (it will be made)."""
   if os.path.exists(path) and not os.path.isdir(path):
     raise OutputError(f'{path} is a file, not a folder; give a folder path for this output')
+  _check_ancestors(path)
   if not os.path.isdir(path) or overwrite:
     return
   present = sorted(n for n in os.listdir(path) if (empty and not n.startswith('.')) or n in set(names))

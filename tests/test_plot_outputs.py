@@ -44,6 +44,8 @@ def test_plot_inputs_are_checked_first(tmp_path):
     plot.check_inputs([a, b], str(tmp_path / 'a' / 'curves.png'))
   with pytest.raises(OutputError, match='give a path ending in .png'):
     plot.check_inputs([a], str(tmp_path / 'c.pdf'))
+  with pytest.raises(OutputError, match='metrics.jsonl is a file, not a folder'):
+    plot.check_inputs([a], str(tmp_path / 'a' / 'metrics.jsonl' / 'sub' / 'c.png'))
   (tmp_path / 'x.png').mkdir()
   with pytest.raises(OutputError, match='is a folder'):
     plot.check_inputs([a], str(tmp_path / 'x.png'))

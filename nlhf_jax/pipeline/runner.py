@@ -138,8 +138,7 @@ def _pipeline_entry(name: str) -> bool:
 def check_workdir(p, workdir: str, overwrite: bool = False) -> None:
   """Refuses a workdir that is a file, that holds what no pipeline writes, or that records another pipeline
   config (unless `overwrite`)."""
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise outputs.OutputError(f'--workdir={workdir} is a file, not a folder; give a new folder for the pipeline')
+  outputs.check_dir(workdir)  # not a file, nor below one
   if not os.path.isdir(workdir):
     return
   other = sorted(n for n in os.listdir(workdir) if not _pipeline_entry(n) and not n.startswith('.'))

@@ -67,13 +67,16 @@ def test_a_batch_that_does_not_divide_the_devices_is_refused(runs):
   _refused(_eval(*_args(runs, '--batch_size=6')), 'batch size 6', 'the 8 devices', 'e.g. 8')
 
 
-@pytest.mark.parametrize('case', ['file', 'earlier'])
+@pytest.mark.parametrize('case', ['file', 'below_a_file', 'earlier'])
 def test_an_unusable_output_is_refused(runs, case):
   target = runs['root'] / f'out_{case}'
   if case == 'file':
     target.write_text('mine')
     _refused(_eval(*_args(runs, output=target)), f'{target} is a file, not a folder')
     assert target.read_text() == 'mine'
+  elif case == 'below_a_file':
+    target.write_text('mine')
+    _refused(_eval(*_args(runs, output=target / 'a' / 'b')), f'{target} is a file, not a folder')
   else:
     target.mkdir()
     (target / 'matrix.json').write_text('{"mine": 1}')

@@ -47,8 +47,9 @@ def test_the_workdir_is_checked_before_any_stage(tmp_path):
   p = _config()
   runner.check_workdir(p, str(tmp_path / 'new'))
   (tmp_path / 'file').write_text('')
-  with pytest.raises(OutputError, match='is a file, not a folder'):
-    runner.check_workdir(p, str(tmp_path / 'file'))
+  for below in ('', 'sub'):
+    with pytest.raises(OutputError, match=f'{tmp_path / "file"} is a file, not a folder'):
+      runner.check_workdir(p, str(tmp_path / 'file' / below))
   workdir = tmp_path / 'w'
   _done(workdir, 'tokenizer', 'data', 'sft', 'md_0.5', 'seed_3/sft')
   runner.check_workdir(p, str(workdir))  # stage folders only (a pipeline without its pipeline.json): fine
