@@ -6,7 +6,7 @@ tokenizer -> data -> sft (mu) -> pairs (sampled from mu, labelled by the oracle)
 Variants: `tiny` (tests: byte tokenizer, a few steps, three policies), `demo` (CPU, under 15 minutes on 2 cores
 with 8 fake devices), `full` (accelerators: realistic sizes).
   nlhf-pipeline --config=experiments/configs/pipeline.py:demo --workdir=runs/demo
-  nlhf-eval --workdir=runs/demo
+  nlhf-eval --workdir=runs/demo --output=runs/demo/eval2   # re-evaluate (--overwrite replaces runs/demo/eval)
 Policy names (config.policies, comma-separated): rlhf, sp (beta 0), md_BETA (Nash-MD-PG, e.g. md_0.125),
 br (beta 1), ema (Nash-EMA-PG with config.policy.ema_rate), dpo and ipo (offline, on the pairs, with
 config.offline: its tau and trainer).
