@@ -235,8 +235,9 @@ def plot(res: dict, workdir: str) -> None:
                              ('exploitability_mean', 'exploitability.png', 'exploitability e_tau(pi_t)'),
                              ('exploitability0_mean', 'exploitability0.png', 'unregularised exploitability e_0')):
     fig, ax = plt.subplots(figsize=(6, 4.2))
-    for name, c in res['curves'].items():
-      line, = ax.plot(t1, np.maximum(np.asarray(c[key]), 1e-16), label=name)
+    cmap = plt.get_cmap('tab20')  # 20 distinct colours: the dark ones first, then the light ones
+    for i, (name, c) in enumerate(res['curves'].items()):
+      line, = ax.plot(t1, np.maximum(np.asarray(c[key]), 1e-16), label=name, color=cmap((2 * i) % 20 + (2 * i) // 20))
       if key != 'kl_mean':
         ax.plot(t1, np.maximum(np.asarray(c['avg_' + key]), 1e-16), '--', color=line.get_color(), lw=0.8)
     if key == 'kl_mean':
