@@ -6,7 +6,8 @@
   preference_model or reward_model run, and all of them share one vocabulary: the same tokenizer (the same spec,
   or tokenizer files with the same content) and the same embedding size (`model.vocab_size`). A policy's samples
   are decoded with the reference's tokenizer and read as ids by mu and by the judge, so runs that differ there
-  would be compared on garbage; the error names each run and what it has.
+  would be compared on garbage; the error names each run and what it has. Runs whose `data.chat_template`
+  differs from the reference's are named in a warning (prompts are framed as the reference was trained).
 - `batch_rows(num_rows, batch_size, shards)`: the rows of one sampling batch, the smallest multiple of the mesh's
   batch shards (data x fsdp) that holds every row, and at most `batch_size`; a `batch_size` that the shards do not
   divide is refused.
@@ -15,12 +16,15 @@ Errors are ConfigError (one `error:` line through nlhf_jax.commands).
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 
 from nlhf_jax.config import ConfigError
 from nlhf_jax.training import checkpointing
 
 JUDGE_OBJECTIVES = ('preference_model', 'reward_model')
+
+log = logging.getLogger(__name__)
 
 
 def check_settings(ecfg) -> None:
@@ -110,3 +114,16 @@ def check_runs(ecfg) -> None:
     raise ConfigError('the runs do not share one vocabulary, so one tokenizer cannot read their samples: '
                       + '; '.join(problems) + '. Evaluate together only runs trained with the same tokenizer and '
                       'vocabulary (the policies and the judge), e.g. runs started from the same imported model')
+  _warn_chat_template(ecfg, runs)
+
+
+def _warn_chat_template(ecfg, runs) -> None:
+  """Prompts are framed as the reference's run framed them (with its chat template or not): say which policies
+  were trained otherwise (a run on conversations uses the template whatever the flag says, so this is no error)."""
+  reference = dict(zip(ecfg.policy_names, ecfg.policy_workdirs)).get(ecfg.get('reference', ''), '')
+  chat = {path: bool(cfg.get('data', {}).get('chat_template', False)) for _, path, cfg in runs}
+  other = [label for label, path, _ in runs if reference in chat and chat[path] != chat[reference]]
+  if other:
+    log.warning('eval: the prompts are framed %s the chat template, as the reference %s was trained; %s set '
+                'data.chat_template=%s', 'with' if chat[reference] else 'without', ecfg.reference, ', '.join(other),
+                not chat[reference])

@@ -15,9 +15,10 @@ from nlhf_jax.evaluation import cli, evaluate, inputs
 from tests.helpers import mesh, subprocess_env
 
 
-def _fake_run(path, objective, tokenizer='bytes', vocab_size=256):
+def _fake_run(path, objective, tokenizer='bytes', vocab_size=256, chat_template=False):
   config = {'train': {'objective': objective}, 'model': {'vocab_size': vocab_size},
-            'data': {'tokenizer': tokenizer, 'prompt_len': 16}, 'online': {'max_new_tokens': 8}}
+            'data': {'tokenizer': tokenizer, 'prompt_len': 16, 'chat_template': chat_template},
+            'online': {'max_new_tokens': 8}}
   manager = ocp.CheckpointManager(str(path / 'checkpoints'), options=ocp.CheckpointManagerOptions(create=True))
   manager.save(1, args=ocp.args.Composite(meta=ocp.args.JsonSave({'config': config})))
   manager.wait_until_finished()
@@ -36,6 +37,7 @@ def runs(tmp_path_factory):
           'pm': _fake_run(root / 'pm', 'preference_model'),
           'other_tok': _fake_run(root / 'other_tok', 'sft', tokenizer=str(spm)),
           'other_vocab': _fake_run(root / 'other_vocab', 'nash_md', vocab_size=512),
+          'chat': _fake_run(root / 'chat', 'nash_md', chat_template=True),
           'prompts': str(prompts), 'root': root}
 
 
@@ -120,6 +122,15 @@ def test_prepare_checks_the_runs_and_sizes_the_batch(runs):
     evaluate.prepare(_config(runs, policy_workdirs=[runs['sft'], str(runs['root'] / 'nowhere')]), mesh(data=8))
   with pytest.raises(ConfigError, match='num_prompts=0: must be at least 1'):
     evaluate.prepare(_config(runs, num_prompts=0), mesh(data=8))
+
+
+def test_a_policy_trained_with_another_prompt_framing_is_named(runs, caplog):
+  evaluate.prepare(_config(runs), mesh(data=8))
+  assert not [r for r in caplog.records if 'chat template' in r.getMessage()]
+  evaluate.prepare(_config(runs, md='chat'), mesh(data=8))
+  assert [r.getMessage() for r in caplog.records if 'chat template' in r.getMessage()] == [
+      f'eval: the prompts are framed without the chat template, as the reference sft was trained; '
+      f'md={runs["chat"]} set data.chat_template=True']
 
 
 def test_policy_lists_name_the_bad_item():
