@@ -2,6 +2,8 @@
 memory checked before any weight is read, a step that does not fit is one error naming the figures and the fields;
 a warm start restores onto abstract targets (no random initialisation); every stage is one timed log line."""
 import dataclasses
+import importlib
+import json
 import logging
 import re
 
@@ -15,6 +17,7 @@ from helpers import mesh, tiny_config
 from nlhf_jax import perf
 from nlhf_jax.config import ConfigError, from_config_dict
 from nlhf_jax.training import checkpointing, init, optim
+from nlhf_jax.training.guards import config_to_json
 from nlhf_jax.trainer import loop, tasks
 
 ONE = {'mesh.data': 1, 'mesh.fsdp': 1, 'mesh.tensor': 1}
@@ -126,3 +129,24 @@ def test_the_reference_is_compiled_against_what_is_read(base_run, caplog):
   same = lambda x, t: (x.shape, x.dtype, x.sharding) == (t.shape, t.dtype, t.sharding) or pytest.fail(f'{x} {t}')
   jax.tree.map(same, loaded['reference'], target['reference'])
   assert {x.dtype for x in jax.tree.leaves(loaded['reference'])} == {np.dtype('bfloat16')}
+
+
+@pytest.mark.parametrize('name', ['sft', 'preference_model'])
+def test_the_laptop_variants_are_the_hf_ones_with_less_memory(name, tmp_path):
+  saved = config_to_json(tiny_config())
+  saved['train']['objective'] = 'import'
+  saved['model']['max_len'] = 2048
+  (tmp_path / 'config.json').write_text(json.dumps(saved))  # an imported run, as far as the configs read it
+  module = importlib.import_module(f'experiments.configs.{name}')
+  cfgs = {}
+  for variant in ('hf', 'laptop'):
+    c = module.get_config(variant)
+    c.update(init_checkpoint=str(tmp_path))
+    c.data.name = 'data'
+    cfgs[variant] = from_config_dict(c, num_devices=1)  # a laptop: one CPU device
+  hf, laptop = cfgs['hf'], cfgs['laptop']
+  assert laptop.model.d_model == hf.model.d_model == saved['model']['d_model']  # the run's shape
+  assert (laptop.model.scan_layers, laptop.model.remat, laptop.model.logits_chunk) == (True, 'full', 16384)
+  assert laptop.train.batch_size * 4 <= hf.train.batch_size
+  assert laptop.data.seq_len + laptop.data.prompt_len + laptop.data.response_len < (
+      hf.data.seq_len + hf.data.prompt_len + hf.data.response_len)

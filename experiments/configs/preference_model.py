@@ -2,7 +2,9 @@
 responses, antisymmetric by construction, trained with binary cross-entropy (soft labels allowed).
 
 Variants: `tiny` (built-in pairs, seconds on CPU), `125m` (a TFDS pairs data set, accelerators), `hf` (the
-backbone of a run imported by nlhf-import, with a new head: --config.init_checkpoint=RUN).
+backbone of a run imported by nlhf-import, with a new head: --config.init_checkpoint=RUN), `laptop` (`hf` sized
+for a 0.6B model on a 24 GiB CPU machine: batch 4, prompts of 128 and responses of 64 tokens, scanned and
+rematerialised layers).
   nlhf-train --config=experiments/configs/preference_model.py:tiny --workdir=/tmp/pm
   nlhf-train --config=experiments/configs/preference_model.py:125m --workdir=DIR \\
       --config.data.name=tldr_pairs --config.data.data_dir=DATA --config.data.tokenizer=DATA/tok.model
@@ -13,14 +15,14 @@ import ml_collections
 
 from nlhf_jax.config.defaults import defaults, sibling
 
-VARIANTS = ('tiny', '125m', 'hf')
+VARIANTS = ('tiny', '125m', 'hf', 'laptop')
 
 
 def pairwise_config(arg: str, objective: str) -> ml_collections.ConfigDict:
   variant = arg or 'tiny'
   if variant not in VARIANTS:
     raise ValueError(f'unknown variant {variant!r} of {objective}.py; use one of: {", ".join(VARIANTS)}')
-  c = defaults('tiny' if variant == 'hf' else variant)
+  c = defaults('tiny' if variant in ('hf', 'laptop') else variant)
   c.name = f'{objective}_{variant}'
   c.train.objective = objective
   # The longest built-in prompt is 33 tokens and the longest response 26 (special tokens included).
@@ -40,6 +42,14 @@ def pairwise_config(arg: str, objective: str) -> ml_collections.ConfigDict:
     c.optim.update(learning_rate=5e-6, warmup_steps=100)
     c.train.update(num_steps=2000, batch_size=32, log_every=10, checkpoint_every=200,
                    eval_every=200)
+  if variant == 'laptop':
+    sft = sibling(__file__, 'sft')
+    sft.from_imported_run(c)
+    sft.small_memory(c)
+    c.data.update(prompt_len=128, response_len=64)
+    c.optim.update(learning_rate=5e-6, warmup_steps=10)
+    c.train.update(num_steps=200, batch_size=4, log_every=5, checkpoint_every=50, eval_every=50,
+                   eval_batches=2)
   return c
 
 

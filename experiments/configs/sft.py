@@ -1,26 +1,30 @@
 """Supervised fine-tuning (the reference policy mu of NLHF) on built-in demonstrations.
 
 Variants: `tiny` (tests, seconds), `demo` (CPU, a few minutes), `125m` and `1b` (accelerators), `hf` (a
-pretrained model imported by nlhf-import: its shape and tokenizer are read from the run, docs/models.md).
+pretrained model imported by nlhf-import: its shape and tokenizer are read from the run, docs/models.md), `laptop`
+(`hf` sized for a 0.6B model on a 24 GiB CPU machine: batch 8 x 256 tokens, scanned and rematerialised layers,
+chunked vocabulary; docs/models.md, "Memory per model size").
   nlhf-train --config=experiments/configs/sft.py:tiny --workdir=/tmp/sft
   nlhf-train --config=experiments/configs/sft.py:125m --workdir=DIR \\
       --config.data.source=tfds --config.data.name=demos --config.data.data_dir=DATA \\
       --config.data.tokenizer=DATA/tok.model
   nlhf-train --config=experiments/configs/sft.py:hf --workdir=runs/sft --config.init_checkpoint=runs/qwen \\
       --config.data.name=demos --config.data.data_dir=DATA --config.data.chat_template=true
+  nlhf-train --config=experiments/configs/sft.py:laptop --workdir=runs/sft --config.init_checkpoint=runs/qwen \\
+      --config.data.name=demos --config.data.data_dir=DATA --config.data.chat_template=true
 """
 import ml_collections
 
 from nlhf_jax.config.defaults import defaults
 
-VARIANTS = ('tiny', 'demo', '125m', '1b', 'hf')
+VARIANTS = ('tiny', 'demo', '125m', '1b', 'hf', 'laptop')
 
 
 def get_config(arg: str = 'tiny') -> ml_collections.ConfigDict:
   variant = arg or 'tiny'
   if variant not in VARIANTS:
     raise ValueError(f"unknown variant {variant!r} of sft.py; use one of: {', '.join(VARIANTS)}")
-  c = defaults('tiny' if variant in ('tiny', 'demo', 'hf') else variant)
+  c = defaults('tiny' if variant in ('tiny', 'demo', 'hf', 'laptop') else variant)
   c.name = f'sft_{variant}'
   c.optim.update(name='adamw', learning_rate=3e-3, schedule='cosine', warmup_steps=10, end_lr_factor=0.1)
   c.data.update(source='synthetic', tokenizer='bytes', seq_len=64, num_examples=4096)
@@ -43,7 +47,20 @@ def get_config(arg: str = 'tiny') -> ml_collections.ConfigDict:
     c.optim.update(learning_rate=1e-5, warmup_steps=100, weight_decay=0.0)
     c.train.update(num_steps=2000, batch_size=64, log_every=10, checkpoint_every=200,
                    eval_every=200)
+  if variant == 'laptop':
+    from_imported_run(c)
+    small_memory(c)
+    c.data.update(seq_len=256)
+    c.optim.update(learning_rate=1e-5, warmup_steps=10, weight_decay=0.0)
+    c.train.update(num_steps=200, batch_size=8, log_every=5, checkpoint_every=50, eval_every=50,
+                   eval_batches=2)
   return c
+
+
+def small_memory(c: ml_collections.ConfigDict) -> None:
+  """The switches every `laptop` variant shares (none changes the numbers): scanned layers, rematerialised
+  (each layer keeps its input only) and the vocabulary in chunks (no [B, T, V] logits)."""
+  c.model.update(scan_layers=True, remat='full', logits_chunk=16384)
 
 
 def from_imported_run(c: ml_collections.ConfigDict) -> None:

@@ -1,5 +1,11 @@
 """The outer training loop: no math here, only order of events (restore, step, guard, log, checkpoint, stop).
 
+Start-up, in order, each stage one log line with its time: the input checks (trainer/preflight.py), the data
+pipeline, the step compiled against abstract inputs and its memory checked (trainer/memory.py: a step that does
+not fit is refused before any weight is read), the state (resumed, restored from the warm start onto abstract
+targets without a random initialisation, or initialised), the frozen inputs (the reference, the judge, the LoRA
+base). The first step runs the program compiled at start-up.
+
 Besides checkpoints, a run leaves RUN/config.json (the resolved config), RUN/run.json (one session per start:
 command, versions, devices, mesh, start and end, outcome), RUN/metrics.jsonl and RUN/tb (training.metrics), and at
 the end RUN/curves.png (trainer.plot). With config.train.eval_every > 0 the validation metrics (trainer.validation)

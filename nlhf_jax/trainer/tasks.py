@@ -3,8 +3,9 @@
 A task bundles what differs between objectives: the model, the data and the step. The loop, the sharding and the
 checkpointing are shared by all of them. Every step has the signature step(state, frozen, batch) -> (state,
 metrics); `frozen` holds parameters that the step reads but never trains (the reference policy, the judge; with
-LoRA the base weights under 'base'), built by `build_step` and passed to the jitted step as an argument (sharded
-by the rule table, not checkpointed with the run).
+LoRA the base weights under 'base'), passed to the jitted step as an argument (sharded by the rule table, not
+checkpointed with the run). `plan_step` gives the step and its frozen inputs before any weight is read (their
+targets, what training compiles the step against, and the functions that read them); `build_step` reads them.
 
 With config.model.lora the model is built with adapters (nlhf_jax/models/lora.py) and the train state's params
 are the adapters only (`Setup.trainable`); the base weights are read from the base run (config.init_checkpoint for
