@@ -184,6 +184,9 @@ def _restore_or_init(cfg, task, ckpt, run, data, tx, target) -> tuple[TrainState
 def _initial_params(run, seed: int, leave_out: str = '') -> dict:
   """The initial parameters of `seed` (without the `leave_out` subtree, which is then never computed: the jitted
   function does not return it), sharded as the train state's."""
+  if not leave_out:  # the program that initialises the state: compiled once for both
+    return jax.jit(run.init, out_shardings=run.shardings)(seed).params
+
   def params(seed):
     return {k: v for k, v in run.init(seed).params.items() if k != leave_out}
   shardings = {k: v for k, v in run.shardings.params.items() if k != leave_out}
