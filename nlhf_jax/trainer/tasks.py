@@ -244,7 +244,7 @@ def _reference(target: dict, path: str, dtype: str, initial_params: Callable[[],
   def initial(loaded):
     params = initial_params()
     return jax.tree.map(lambda x: x.astype(dtype), params) if dtype else params
-  return FrozenPart(target, initial, 'the reference: the initial parameters')
+  return FrozenPart(target, initial, 'initialising the reference (the policy\'s initial parameters)')
 
 
 def _judge(cfg: ExperimentConfig, mesh: Mesh):
