@@ -150,3 +150,17 @@ def test_the_laptop_variants_are_the_hf_ones_with_less_memory(name, tmp_path):
   assert laptop.train.batch_size * 4 <= hf.train.batch_size
   assert laptop.data.seq_len + laptop.data.prompt_len + laptop.data.response_len < (
       hf.data.seq_len + hf.data.prompt_len + hf.data.response_len)
+
+
+def test_the_fields_named_follow_the_objective_and_the_model(devices):
+  from nlhf_jax.trainer import memory
+  c = nash_md.get_config('tiny')
+  c.model.vocab_size = 32768
+  cfg = from_config_dict(c, 8)
+  named = memory.fixes(cfg, tasks.get_task('nash_md'), mesh(data=8))
+  assert named.startswith('lower train.batch_size (16) or data.prompt_len (40) or online.max_new_tokens (16), ')
+  for field in ('model.remat=full', 'model.logits_chunk=16384', 'online.frozen_dtype=bfloat16',
+                'model.lora.rank=16', 'mesh.fsdp=1, mesh.data=8'):
+    assert field in named, (field, named)
+  named = memory.fixes(tiny_config(**ONE, **{'model.remat': 'full'}), tasks.get_task('sft'), mesh())
+  assert 'remat' not in named and 'logits_chunk' not in named and 'frozen_dtype' not in named

@@ -67,6 +67,10 @@ def fixes(cfg: ExperimentConfig, task, mesh) -> str:
     out.append(f'raise train.grad_accum_steps ({t.grad_accum_steps}: the same batch in smaller micro-batches)')
   if m.remat != 'full':
     out.append(f'set model.remat=full (now {m.remat!r})')
+  if not m.logits_chunk and m.vocab_size > 16384:
+    out.append(f'set model.logits_chunk=16384 (no [batch, length, {m.vocab_size}] logits)')
+  if task.online and not cfg.online.frozen_dtype:
+    out.append('set online.frozen_dtype=bfloat16 (the reference and the judge in half the bytes)')
   if task.objective.trains_policy and m.lora.rank == 0:
     out.append('train LoRA adapters (model.lora.rank=16)')
   if mesh.shape.get('data', 1) > 1:
