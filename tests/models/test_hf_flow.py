@@ -195,5 +195,6 @@ def _check_backbone_warm_start(pm_cfg, run):
 def _policy_logits(run: str, tokens: np.ndarray) -> np.ndarray:
   from nlhf_jax.evaluation.generate import load_policy
   policy = load_policy(run, mesh(data=1))
-  logits, _ = policy.module()(jnp.asarray(tokens), jnp.ones(tokens.shape, bool))
+  logits = jax.jit(lambda params, t: policy.module(params)(t, jnp.ones(t.shape, bool))[0])(policy.params,
+                                                                                           jnp.asarray(tokens))
   return np.asarray(logits)
