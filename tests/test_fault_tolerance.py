@@ -205,3 +205,22 @@ def test_sigkill_at_three_random_steps_then_resume_is_bitwise(tmp_path):
   b, step_b = launch.read_params(workdir, cfg)
   assert step_a == step_b == steps
   jax.tree.map(lambda x, y: np.testing.assert_array_equal(x, y, err_msg=f'killed at {kill_points}'), a, b)
+
+
+def test_a_resume_compares_run_paths_made_absolute(tmp_path, monkeypatch):
+  """Configs written before paths were recorded absolute hold them relative to the run's folder of origin."""
+  from nlhf_jax.config import ExperimentConfig
+  from nlhf_jax.training import guards
+  monkeypatch.chdir(tmp_path)
+  (tmp_path / 'tok').mkdir()
+  cfg = ExperimentConfig()
+  cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, tokenizer=str(tmp_path / 'tok' / 'a.model')),
+                            init_checkpoint=str(tmp_path / 'runs' / 'sft'))
+  saved = guards.config_to_json(cfg)
+  saved['data']['tokenizer'] = os.path.join('tok', 'a.model')
+  saved['init_checkpoint'] = os.path.join('runs', 'sft')
+  assert guards.config_differences(saved, cfg) == []
+  guards.check_resume_compatible({'config': saved}, cfg, str(tmp_path))
+  saved['data']['tokenizer'] = os.path.join('other', 'a.model')
+  with pytest.raises(ConfigError, match='data.tokenizer'):
+    guards.check_resume_compatible({'config': saved}, cfg, str(tmp_path))

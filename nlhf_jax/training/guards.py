@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from nlhf_jax.config import ConfigError, ExperimentConfig
+from nlhf_jax.config.runs import absolute_paths
 
 log = logging.getLogger(__name__)
 
@@ -91,8 +92,9 @@ def _matches(key: str, patterns: tuple[str, ...]) -> bool:
 
 def config_differences(saved: dict, cfg: ExperimentConfig) -> list[tuple[str, object, object]]:
   """(key, saved value, current value) of every key that differs; keys a saved config lacks (written before
-  they existed) count as their defaults."""
-  before = {**_flatten(config_to_json(ExperimentConfig())), **_flatten(saved)}
+  they existed) count as their defaults. Run and tokenizer paths are compared made absolute (configs written
+  before paths were recorded absolute hold them as typed, relative to the folder the run was started from)."""
+  before = {**_flatten(config_to_json(ExperimentConfig())), **_flatten(absolute_paths(saved))}
   now = _flatten(config_to_json(cfg))
   return [(k, before.get(k), now.get(k)) for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)]
 
