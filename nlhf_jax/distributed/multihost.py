@@ -119,6 +119,15 @@ def barrier(name: str) -> None:
     multihost_utils.sync_global_devices(name)
 
 
+def smallest_over_processes(value: float) -> float:
+  """The smallest of every process's `value` (each process passes its own; all get the same answer), so that a
+  decision taken on it, such as refusing a step that does not fit, is taken by every process alike."""
+  if jax.process_count() == 1:
+    return value
+  from jax.experimental import multihost_utils
+  return float(np.min(multihost_utils.process_allgather(np.asarray([value], np.float64))))
+
+
 def is_leader() -> bool:
   """True on the process that writes shared files (process 0)."""
   return jax.process_index() == 0

@@ -4,8 +4,9 @@ Training compiles its step against abstract inputs (ShapeDtypeStructs with the s
 it restores or initialises anything; `check_step_fits` reads XLA's memory analysis of that program (per device:
 arguments + outputs + temporaries - the donated inputs that the outputs reuse) and compares it with what a device
 has (perf.device_memory: an accelerator's free memory; on CPU the host's available memory shared by this
-process's CPU devices). A step that does not fit is a ConfigError naming both figures and the fields that bring
-it down. jit keeps the compiled program, so the first step's call does not compile it again.
+process's CPU devices; with several processes the least of any process, so that all refuse or none does). A step
+that does not fit is a ConfigError naming both figures and the fields that bring it down. jit keeps the compiled
+program, so the first step's call does not compile it again.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import jax
 from nlhf_jax import perf
 from nlhf_jax.config import ConfigError, ExperimentConfig
 from nlhf_jax.distributed import global_batch
+from nlhf_jax.distributed.multihost import smallest_over_processes
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,9 @@ def check_step_fits(compiled, cfg: ExperimentConfig, task, mesh) -> None:
     log.info('the step\'s memory is not checked: the %s backend does not report it', jax.default_backend())
     return
   available, where = have
+  fewest = smallest_over_processes(available)  # every process refuses, or none: no process waits for the others
+  if fewest < available:
+    available, where = fewest, f'{where}; the least of any process of this run'
   b = perf.fmt_bytes
   figures = (f"{b(need['total'])} per device (XLA's compiled figures: arguments {b(need['arguments'])} + outputs "
              f"{b(need['outputs'])} + temporaries {b(need['temporaries'])} - donated {b(need['donated'])})")
