@@ -1,4 +1,4 @@
-"""The three record kinds of the data layer, their validation, and the JSONL and Parquet readers.
+"""The three record kinds of the data layer, their validation, and the JSONL, Parquet and Arrow readers.
 
 - prompts: {'prompt'}
 - demonstrations: {'prompt', 'response'}
@@ -18,7 +18,7 @@ conversation starts with an assistant message. Conversations may also come in th
   the messages before it the prompt; 'completion' may stand for 'response'.
 
 Validated records hold exactly their fields: strings, or lists of {'role', 'content'} dicts. Bad input raises
-`DataError` naming the file, the line (JSONL, 1-based) or row (Parquet, 0-based), the field and, for a message,
+`DataError` naming the file, the line (JSONL, 1-based) or row (Parquet or Arrow, 0-based), the field and, for a message,
 its index, so that a broken data set is fixed at the source instead of silently skipped. The file readers check
 every record before failing: one bad record gives its message alone; several give one DataError that counts them
 and lists the first MAX_LISTED, each with its line (or row), its message and the fields the record has.
@@ -27,6 +27,11 @@ Text files are UTF-8 (a leading byte-order mark is dropped): a line that is not 
 line and byte offset, with the fix (re-encode the file); a file that is UTF-16 (or starts with NUL bytes),
 gzip-compressed or Parquet, or a folder where a file is wanted, is refused at once. A string that UTF-8 cannot
 store (half of a surrogate pair, as a lone JSON escape such as \\ud83d gives) is a bad record too.
+
+Inputs: a JSONL file; Parquet (a .parquet file, a folder of them searched recursively, or a glob); a folder that
+the Hugging Face `datasets` library wrote with `save_to_disk` (read here with pyarrow alone): one split (state.json
+listing its data-*.arrow files, Arrow IPC stream files) or a DatasetDict (dataset_dict.json listing its splits, one
+such folder each), of which one split is read ('train' unless another is named). The columns are those of JSONL.
 """
 from __future__ import annotations
 
@@ -251,6 +256,10 @@ _SIGNATURES = (  # what a file that is not text starts with, and what to do abou
                   '`iconv -f UTF-16 -t UTF-8 IN > OUT`'),
     (b'\x1f\x8b', 'is gzip-compressed; decompress it first (`gunzip FILE`)'),
     (b'PAR1', 'is Parquet, not text; read it as Parquet (a .parquet name, or --format=parquet)'),
+    (b'\xff\xff\xff\xff', 'is an Arrow stream (a data file of a `datasets` folder), not text; give the folder that '
+                          '`save_to_disk` wrote, which holds it and its state.json'),
+    (b'ARROW1', 'is an Arrow file, not text; write the records as JSONL or Parquet, or give the folder that '
+                '`save_to_disk` wrote'),
 )
 _UTF8_BOM = b'\xef\xbb\xbf'
 
@@ -258,7 +267,7 @@ _UTF8_BOM = b'\xef\xbb\xbf'
 def _check_text_file(path: str, head: bytes) -> None:
   if os.path.isdir(path):
     raise DataError(f'{path} is a folder, not a file; give a JSONL or text file (a folder of .parquet files is read '
-                    'as Parquet)')
+                    'as Parquet, a folder written by `datasets` save_to_disk as Arrow)')
   for signature, problem in _SIGNATURES:
     if head.startswith(signature):
       raise DataError(f'{path}: the file {problem}')
@@ -289,7 +298,7 @@ def iter_lines(path: str, bad: list[str] | None = None) -> Iterator[tuple[str, s
   if os.path.isdir(path):
     _check_text_file(path, b'')
   with open(path, 'rb') as f:
-    _check_text_file(path, f.read(4))
+    _check_text_file(path, f.read(8))
     f.seek(0)
     offset = 0
     for n, raw in enumerate(f, start=1):
@@ -429,14 +438,114 @@ def read_parquet(path: str, kind: str, with_source: bool = False) -> list[dict]:
   return _read(iter_parquet(path), kind, with_source, path)
 
 
-def read_records(path: str, kind: str, with_source: bool = False) -> list[dict]:
-  """JSONL or Parquet records (Parquet when `is_parquet(path)`)."""
-  return (read_parquet if is_parquet(path) else read_jsonl)(path, kind, with_source)
+ARROW_STATE = 'state.json'  # what `datasets` save_to_disk writes beside a split's data-*.arrow files
+ARROW_SPLITS = 'dataset_dict.json'  # and beside the split folders of a DatasetDict
+
+
+def is_arrow(path: str) -> bool:
+  """Whether `path` is a folder written by `datasets` save_to_disk: one split (state.json, dataset_info.json and
+  data-*.arrow files) or a DatasetDict (dataset_dict.json and one such folder per split)."""
+  return os.path.isdir(path) and any(os.path.isfile(os.path.join(path, n)) for n in (ARROW_STATE, ARROW_SPLITS))
+
+
+def _read_json(path: str, what: str) -> dict:
+  try:
+    with open(path, encoding='utf-8') as f:
+      value = json.load(f)
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise DataError(f'{path}: not a readable {what} ({" ".join(str(e).split())}); save the data set again with '
+                    '`save_to_disk`') from None
+  if not isinstance(value, dict):
+    raise DataError(f'{path}: not a readable {what} (a JSON object is expected); save the data set again')
+  return value
+
+
+def arrow_split_dir(path: str, split: str = 'train') -> str:
+  """The folder of the split `split` of a save_to_disk folder: `path` itself for one split (whose name is not
+  checked), PATH/SPLIT for a DatasetDict, whose dataset_dict.json must list `split`."""
+  splits_file = os.path.join(path, ARROW_SPLITS)
+  if not os.path.isfile(splits_file):
+    return path
+  splits = _read_json(splits_file, 'dataset_dict.json').get('splits')
+  if not isinstance(splits, list) or not all(isinstance(s, str) for s in splits):
+    raise DataError(f"{splits_file}: 'splits' must be a list of split names; save the data set again")
+  if split not in splits:
+    raise DataError(f'{path}: no split {split!r} in this datasets folder (its splits: {", ".join(splits) or "none"});'
+                    ' choose one with --split=NAME')
+  folder = os.path.join(path, split)
+  if not os.path.isfile(os.path.join(folder, ARROW_STATE)):
+    raise DataError(f'{folder}: no {ARROW_STATE}, so the split {split!r} is missing or incomplete; save the data set '
+                    'again with `save_to_disk`')
+  return folder
+
+
+def arrow_files(path: str, split: str = 'train') -> list[tuple[str, str]]:
+  """(file, name used in messages) of the Arrow shards of a split of a save_to_disk folder, in the order its
+  state.json lists them (the order `datasets` reads them in)."""
+  if not os.path.exists(path):
+    raise DataError(f'{path}: no such file')
+  folder = arrow_split_dir(path, split)
+  state_file = os.path.join(folder, ARROW_STATE)
+  files = _read_json(state_file, ARROW_STATE).get('_data_files')
+  if not isinstance(files, list) or not all(isinstance(f, dict) and isinstance(f.get('filename'), str)
+                                            for f in files):
+    raise DataError(f"{state_file}: '_data_files' must be a list of {{'filename': ...}}; save the data set again")
+  named = []
+  for entry in files:
+    file = os.path.join(folder, entry['filename'])
+    name = display_name(os.path.relpath(file, path))
+    if not os.path.isfile(file):
+      raise DataError(f'{path}: {name}, listed in {ARROW_STATE}, is missing; copy the whole folder that '
+                      '`save_to_disk` wrote')
+    named.append((file, name))
+  if not named:
+    raise DataError(f'{state_file} lists no data files; save the data set again with `save_to_disk`')
+  return named
+
+
+def iter_arrow(path: str, split: str = 'train') -> Iterator[tuple[str, dict]]:
+  """Yields (where, row) for every row of a split of a save_to_disk folder (Arrow IPC stream files); `where` is
+  'FILE row N' (0-based, per file, FILE relative to `path`). Lists of structs come back as lists of dicts."""
+  import pyarrow
+  for file, name in arrow_files(path, split):
+    n = 0
+    try:
+      with pyarrow.OSFile(file, 'rb') as source, pyarrow.ipc.open_stream(source) as reader:
+        for batch in reader:
+          for row in batch.to_pylist():
+            yield f'{name} row {n}', row
+            n += 1
+    except (pyarrow.ArrowException, OSError) as e:
+      at = f' after row {n - 1}' if n else ''
+      reason = ' '.join(str(e).split())
+      raise DataError(f'{name}: not a readable Arrow stream file ({reason}){at}; the file is damaged or was not '
+                      'written by `save_to_disk`: write it again') from None
+
+
+def read_arrow(path: str, kind: str, with_source: bool = False, split: str = 'train') -> list[dict]:
+  """Reads and validates the rows of `kind` of a split of a save_to_disk folder (see `arrow_split_dir`); extra
+  columns are dropped. With `with_source` each record also has 'source': 'FILE row N'."""
+  check_kind(kind)
+  return _read(iter_arrow(path, split), kind, with_source, path)
+
+
+def input_format(path: str) -> str:
+  """'arrow' for a save_to_disk folder, 'parquet' for Parquet input (`is_parquet`), else 'jsonl'."""
+  return 'arrow' if is_arrow(path) else 'parquet' if is_parquet(path) else 'jsonl'
+
+
+def read_records(path: str, kind: str, with_source: bool = False, split: str = 'train') -> list[dict]:
+  """JSONL, Parquet or save_to_disk records, as `input_format(path)` says (`split`: a DatasetDict's split)."""
+  fmt = input_format(path)
+  if fmt == 'arrow':
+    return read_arrow(path, kind, with_source, split)
+  return (read_parquet if fmt == 'parquet' else read_jsonl)(path, kind, with_source)
 
 
 def iter_objects(path: str) -> Iterator[tuple[str, dict]]:
-  """(where, object) of every record of a JSONL or Parquet input, unvalidated."""
-  return iter_parquet(path) if is_parquet(path) else iter_jsonl(path)
+  """(where, object) of every record of a JSONL, Parquet or save_to_disk input ('train' split), unvalidated."""
+  fmt = input_format(path)
+  return iter_arrow(path) if fmt == 'arrow' else iter_parquet(path) if fmt == 'parquet' else iter_jsonl(path)
 
 
 def write_jsonl(path: str, records: Iterable[dict]) -> None:
