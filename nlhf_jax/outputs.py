@@ -51,13 +51,14 @@ def check_file(path: str, overwrite: bool = False, flag: str = '--overwrite') ->
 def check_dir(path: str, names: Iterable[str] = (), overwrite: bool = False, flag: str = '--overwrite',
               empty: bool = False) -> None:
   """Refuse a folder output that is a file or lies below one, or that holds one of `names` (or anything, with
-  `empty`) while `overwrite` is off. A missing folder is fine (it will be made)."""
+  `empty`: hidden entries such as .git too, since a folder built whole replaces them) while `overwrite` is off.
+  A missing folder is fine (it will be made)."""
   if os.path.exists(path) and not os.path.isdir(path):
     raise OutputError(f'{path} is a file, not a folder; give a folder path for this output')
   _check_ancestors(path)
   if not os.path.isdir(path) or overwrite:
     return
-  present = sorted(n for n in os.listdir(path) if (empty and not n.startswith('.')) or n in set(names))
+  present = sorted(n for n in os.listdir(path) if empty or n in set(names))
   if present:
     shown = ', '.join(present[:5]) + (', ...' if len(present) > 5 else '')
     raise OutputError(f'{path} already holds {shown}; pass {flag} to replace them, or choose another folder')

@@ -34,6 +34,15 @@ def test_check_dir_names_what_would_be_replaced(tmp_path):
     outputs.check_dir(str(tmp_path / 'config.json'))
 
 
+def test_a_folder_with_hidden_entries_is_not_empty(tmp_path):
+  """building_dir replaces the whole folder, so `empty` counts .git and other hidden entries too."""
+  (tmp_path / '.git').mkdir()
+  with pytest.raises(OutputError, match=r'already holds \.git; pass --overwrite'):
+    outputs.check_dir(str(tmp_path), empty=True)
+  outputs.check_dir(str(tmp_path), ['config.json'])  # named outputs only: hidden entries stay
+  outputs.check_dir(str(tmp_path), empty=True, overwrite=True)
+
+
 def test_an_interrupted_write_keeps_the_old_file(tmp_path):
   target = tmp_path / 'a.txt'
   target.write_text('old')

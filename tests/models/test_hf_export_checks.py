@@ -159,6 +159,17 @@ def test_out_that_holds_another_model_is_refused_without_overwrite(imported, tmp
   assert 'model.safetensors' in os.listdir(other) and not [n for n in os.listdir(tmp_path) if n.startswith('.')]
 
 
+def test_out_that_holds_only_hidden_entries_is_not_empty(imported, tmp_path):
+  """A clone of a Hub repository (.git, .gitattributes) is not an empty folder: the export would delete it."""
+  _, _, run = imported
+  clone = tmp_path / 'clone'
+  (clone / '.git').mkdir(parents=True)
+  (clone / '.gitattributes').write_text('*.safetensors filter=lfs\n')
+  with pytest.raises(OutputError, match=r'already holds \.git, \.gitattributes; pass --overwrite'):
+    export_run(run, str(clone), mesh=mesh())
+  assert sorted(os.listdir(clone)) == ['.git', '.gitattributes']
+
+
 @pytest.mark.parametrize('where', ['run', 'inside', 'holder'])
 def test_out_may_not_be_in_or_hold_the_run(imported, tmp_path, where):
   _, _, run = imported
