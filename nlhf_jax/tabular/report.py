@@ -7,8 +7,10 @@ DIR/report.md, one table per game of the last iterate pi_T and the average itera
 e_tau in the regularised game, KL to pi* and e_0 in the unregularised one. Each variant's curves.json, results.md
 and plots go to DIR/VARIANT/. --num_steps overrides every variant's number of steps.
 
-Everything is checked before anything runs; DIR must not hold report.md unless --overwrite; the folder is built
-whole beside DIR and renamed into place.
+Everything is checked before anything runs. DIR is built whole beside itself and renamed into place, so it
+replaces what DIR held: DIR must be new or empty, or (with --overwrite) hold only what a report writes (report.md
+and variant folders); a folder that holds anything else is refused even with --overwrite, since the rename would
+delete it.
 """
 from __future__ import annotations
 
@@ -64,13 +66,28 @@ def report(results: Sequence[dict]) -> str:
   return '\n'.join(parts)
 
 
+def check_workdir(workdir: str, overwrite: bool) -> None:
+  """DIR may be replaced whole (see the module docstring): OutputError for a file, for a folder that holds what
+  no report writes, and for a report's folder without `overwrite`."""
+  outputs.check_dir(workdir)  # not a file, nor below one
+  if not os.path.isdir(workdir):
+    return
+  ours = {'report.md', *config_module().VARIANTS}
+  other = sorted(n for n in os.listdir(workdir) if n not in ours)
+  if other:
+    shown = ', '.join(other[:5]) + (', ...' if len(other) > 5 else '')
+    raise outputs.OutputError(f'--workdir={workdir} holds {shown}, which no report writes; the report replaces the '
+                              'whole folder: give a new or empty folder')
+  outputs.check_dir(workdir, overwrite=overwrite, empty=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument('--workdir', required=True, help='Folder for report.md and one folder per variant.')
   parser.add_argument('--variants', default=','.join(DEFAULT_VARIANTS))
   parser.add_argument('--algorithms', default=None, help=f'Default: all of {", ".join(algorithms.ALGORITHMS)}.')
   parser.add_argument('--num_steps', type=int, default=None, help="Default: each variant's own.")
-  parser.add_argument('--overwrite', action='store_true', help='Replace a DIR that holds a report.')
+  parser.add_argument('--overwrite', action='store_true', help='Replace a DIR that holds a report (only a report).')
   args = parser.parse_args(argv)
   return commands.guard(_run, args)
 
@@ -81,7 +98,7 @@ def _run(args) -> int:
   if not variants:
     raise ConfigError('--variants is empty; use a comma-separated list of ' + ', '.join(DEFAULT_VARIANTS))
   cfgs = configs(variants, args.algorithms, args.num_steps)
-  outputs.check_dir(args.workdir, ['report.md'], overwrite=args.overwrite)
+  check_workdir(args.workdir, args.overwrite)
   results = []
   with outputs.building_dir(args.workdir) as tmp:
     for v, cfg in zip(variants, cfgs):

@@ -3,6 +3,7 @@ import os
 
 import pytest
 
+from nlhf_jax.outputs import OutputError
 from nlhf_jax.tabular import cli, report
 
 
@@ -18,7 +19,27 @@ def test_report_writes_one_table_per_variant(tmp_path, capsys, monkeypatch):
       assert os.path.getsize(os.path.join(workdir, v, name)) > 0
   # a second run does not replace the report unasked
   assert report.main(['--workdir', workdir, '--variants', 'dice', '--num_steps', '30']) == 1
-  assert 'already holds report.md; pass --overwrite' in capsys.readouterr().err
+  assert 'already holds cyclic, dice, report.md; pass --overwrite' in capsys.readouterr().err
+
+
+def test_a_folder_that_holds_other_files_is_never_replaced(tmp_path, capsys, monkeypatch):
+  """The report replaces its folder whole: one that holds anything else (runs, a .git) is refused, with or
+  without --overwrite, and keeps every file; a report's own folder needs --overwrite."""
+  monkeypatch.setattr(cli, 'run_experiment', lambda cfg: pytest.fail('ran before the check'))
+  runs = tmp_path / 'runs'
+  (runs / 'sft' / 'checkpoints').mkdir(parents=True)
+  (runs / '.git').mkdir()
+  for flags in ([], ['--overwrite']):
+    assert report.main(['--workdir', str(runs), '--variants', 'dice'] + flags) == 1
+    err = capsys.readouterr().err
+    assert err.startswith('error: ') and 'holds .git, sft, which no report writes' in err and err.count('\n') == 1
+  assert sorted(p.name for p in runs.iterdir()) == ['.git', 'sft'] and (runs / 'sft' / 'checkpoints').is_dir()
+  done = tmp_path / 'done'
+  (done / 'dice').mkdir(parents=True)
+  (done / 'report.md').write_text('old')
+  with pytest.raises(OutputError, match=r'already holds dice, report.md; pass --overwrite'):
+    report.check_workdir(str(done), overwrite=False)
+  report.check_workdir(str(done), overwrite=True)
 
 
 @pytest.mark.parametrize('args, message', [
