@@ -131,7 +131,7 @@ def test_the_reference_is_compiled_against_what_is_read(base_run, caplog):
   assert {x.dtype for x in jax.tree.leaves(loaded['reference'])} == {np.dtype('bfloat16')}
 
 
-@pytest.mark.parametrize('name', ['sft', 'preference_model'])
+@pytest.mark.parametrize('name', ['sft', 'preference_model', 'nash_md'])
 def test_the_laptop_variants_are_the_hf_ones_with_less_memory(name, tmp_path):
   saved = config_to_json(tiny_config())
   saved['train']['objective'] = 'import'
@@ -143,6 +143,8 @@ def test_the_laptop_variants_are_the_hf_ones_with_less_memory(name, tmp_path):
     c = module.get_config(variant)
     c.update(init_checkpoint=str(tmp_path))
     c.data.name = 'data'
+    if name == 'nash_md':
+      c.online.update(reference_checkpoint=str(tmp_path), judge_checkpoint=str(tmp_path))
     cfgs[variant] = from_config_dict(c, num_devices=1)  # a laptop: one CPU device
   hf, laptop = cfgs['hf'], cfgs['laptop']
   assert laptop.model.d_model == hf.model.d_model == saved['model']['d_model']  # the run's shape
@@ -150,6 +152,10 @@ def test_the_laptop_variants_are_the_hf_ones_with_less_memory(name, tmp_path):
   assert laptop.train.batch_size * 4 <= hf.train.batch_size
   assert laptop.data.seq_len + laptop.data.prompt_len + laptop.data.response_len < (
       hf.data.seq_len + hf.data.prompt_len + hf.data.response_len)
+  if name == 'nash_md':  # online: adapters on a bfloat16 base (mu), a bfloat16 judge, shorter samples
+    assert (laptop.model.lora.rank, laptop.online.frozen_dtype) == (16, 'bfloat16')
+    assert laptop.online.max_new_tokens < hf.online.max_new_tokens
+    assert (laptop.online.tau, laptop.online.beta) == (hf.online.tau, hf.online.beta)
 
 
 def test_the_fields_named_follow_the_objective_and_the_model(devices):

@@ -4,7 +4,8 @@ Self-play and best response are this algorithm at beta = 0 and beta = 1 (variant
 Variants: `tiny` (tests and CPU: random reference, programmatic judge), `small` (the benchmark reference size),
 `125m` (accelerators: SFT reference and preference-model judge checkpoints given on the command line), `hf` (a
 pretrained reference imported by nlhf-import, or an SFT run from one: the policy's shape and tokenizer are read
-from config.online.reference_checkpoint; a preference-model judge).
+from config.online.reference_checkpoint; a preference-model judge), `laptop` (`hf` with LoRA rank 16 on a bfloat16
+base, a bfloat16 judge, batch 4 x (128 + 64) tokens: a 0.6B model on a 24 GiB CPU machine; docs/models.md).
   nlhf-train --config=experiments/configs/nash_md.py:tiny --workdir=/tmp/nash_md
   nlhf-train --config=experiments/configs/nash_md.py:125m,sp --workdir=gs://bucket/sp \\
       --config.online.reference_checkpoint=gs://bucket/sft --config.online.judge_checkpoint=gs://bucket/pm
@@ -15,7 +16,7 @@ import ml_collections
 
 from nlhf_jax.config.defaults import defaults, sibling
 
-SIZES = ('tiny', 'small', '125m', 'hf')
+SIZES = ('tiny', 'small', '125m', 'hf', 'laptop')
 FLAVOURS = {'md': None, 'sp': 0.0, 'br': 1.0}
 
 
@@ -50,12 +51,19 @@ def online_config(size: str, objective: str) -> ml_collections.ConfigDict:
     c.online.update(tau=0.008, max_new_tokens=128, judge='preference_model', oracle='')
     c.optim.update(learning_rate=1e-5, warmup_steps=100)
     c.train.update(batch_size=128, num_steps=10_000, log_every=50, checkpoint_every=500)
-  if size == 'hf':
+  if size in ('hf', 'laptop'):
     sibling(__file__, 'sft').from_imported_run(c)
     c.data.update(prompt_len=256)
     c.online.update(tau=0.008, max_new_tokens=128, judge='preference_model', oracle='')
     c.optim.update(learning_rate=1e-6, warmup_steps=20)
     c.train.update(batch_size=32, num_steps=1000, log_every=5, checkpoint_every=50)
+  if size == 'laptop':  # LoRA adapters on the bfloat16 base (which is also mu), a bfloat16 judge, short samples
+    sibling(__file__, 'sft').small_memory(c)
+    c.model.lora.rank = 16
+    c.data.update(prompt_len=128)
+    c.online.update(max_new_tokens=64, frozen_dtype='bfloat16')
+    c.optim.update(learning_rate=1e-4)
+    c.train.update(batch_size=4)
   return c
 
 
