@@ -19,7 +19,8 @@ files unless --overwrite. A sampling batch holds --batch_size rows at most, and 
 (the smallest multiple of the devices that split the batch). Parameters are restored params-only from the
 policies' checkpoints onto the evaluation mesh, whatever mesh wrote them. Writes matrix.json, matrix.md,
 matrix.png, samples.md and findings.{json,md} into --output (default ./eval, or DIR/eval with --workdir), each
-file by rename.
+file by rename; with --export_generations=FILE also every policy's sampled responses, as the JSON list that
+AlpacaEval-style evaluators read (evaluation/generations.py; an existing FILE is replaced only with --overwrite).
 """
 from __future__ import annotations
 
@@ -44,7 +45,11 @@ def _define_flags() -> None:
   flags.DEFINE_string('output', '', 'The folder to write the results into (default: ./eval, or DIR/eval with '
                       '--workdir).')
   flags.DEFINE_alias('out', 'output')
-  flags.DEFINE_bool('overwrite', False, 'Replace the results of an earlier evaluation in --output.')
+  flags.DEFINE_bool('overwrite', False, 'Replace the results of an earlier evaluation in --output (and an existing '
+                    '--export_generations file).')
+  flags.DEFINE_string('export_generations', '', 'Also write every policy\'s sampled responses to this JSON file, '
+                      'as AlpacaEval-style evaluators read them: [{"instruction", "output", "generator", '
+                      '"dataset"}, ...].')
   flags.DEFINE_string('mesh', '', 'Evaluation mesh, e.g. data=2,tensor=4 (default: the config\'s).')
   flags.DEFINE_string('policies', '', 'Runs to compare, NAME=RUN_DIR,NAME=RUN_DIR,...')
   flags.DEFINE_multi_string('policy', [], 'One run to compare, NAME=RUN_DIR (repeatable; with or instead of '
@@ -201,9 +206,11 @@ def main(argv) -> None:
   from nlhf_jax.evaluation import evaluate, report
   ecfg = _config_from_flags()
   report.check_output(ecfg.output_dir, flags.FLAGS.overwrite)
-  paths = report.write(evaluate.evaluate(ecfg), ecfg.output_dir)
+  export = os.path.abspath(flags.FLAGS.export_generations) if flags.FLAGS.export_generations else ''
+  paths = report.write(evaluate.evaluate(ecfg, export_generations=export, overwrite=flags.FLAGS.overwrite),
+                       ecfg.output_dir)
   print(f'win-rate table: {paths["matrix.md"]}\nheatmap:        {paths["matrix.png"]}\n'
-        f'findings:       {paths["findings.md"]}', flush=True)
+        f'findings:       {paths["findings.md"]}' + (f'\ngenerations:    {export}' if export else ''), flush=True)
 
 
 def run() -> None:

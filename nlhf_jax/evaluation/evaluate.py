@@ -25,7 +25,7 @@ from nlhf_jax.config import MeshConfig
 from nlhf_jax.data.tokenizer import load_tokenizer
 from nlhf_jax.distributed import make_mesh
 from nlhf_jax.evaluation import generate as gen
-from nlhf_jax.evaluation import inputs, stats
+from nlhf_jax.evaluation import generations, inputs, stats
 from nlhf_jax.evaluation.report import BENCHMARK_ORACLE
 from nlhf_jax.online.judges import resolve_oracle
 from nlhf_jax.sampling.sampler import SamplingConfig
@@ -134,10 +134,13 @@ def batch_shards(mesh) -> int:
   return int(mesh.shape['data'] * mesh.shape['fsdp'])
 
 
-def prepare(ecfg, mesh) -> tuple[list, int]:
-  """Every check of the evaluation, before any model is restored: the settings, the runs (kinds and one shared
-  vocabulary), the judges, the batch against the mesh, the prompts. Returns (prompts, rows per sampling batch)."""
+def prepare(ecfg, mesh, export_generations: str = '', overwrite: bool = False) -> tuple[list, int]:
+  """Every check of the evaluation, before any model is restored: the settings, the export path (an existing file
+  only with `overwrite`), the runs (kinds and one shared vocabulary), the judges, the batch against the mesh, the
+  prompts. Returns (prompts, rows per sampling batch)."""
   inputs.check_settings(ecfg)
+  if export_generations:
+    generations.check(export_generations, overwrite)
   _policies(ecfg)
   _judges(ecfg)
   inputs.check_runs(ecfg)
@@ -151,11 +154,13 @@ def prepare(ecfg, mesh) -> tuple[list, int]:
   return prompts, rows
 
 
-def evaluate(ecfg, mesh=None) -> dict:
+def evaluate(ecfg, mesh=None, export_generations: str = '', overwrite: bool = False) -> dict:
   """Runs the evaluation described by the eval config `ecfg` (see pipeline/stages.py and
-  evaluation/cli.runs_config); returns the result. Every input is checked (`prepare`) before any restore."""
+  evaluation/cli.runs_config); returns the result. Every input is checked (`prepare`) before any restore. With
+  `export_generations` (a file path) the sampled responses are also written there as the JSON list that
+  AlpacaEval-style evaluators read (evaluation/generations.py), once the evaluation is complete."""
   mesh = make_mesh(MeshConfig(**ecfg.mesh.to_dict())) if mesh is None else mesh
-  prompts, rows = prepare(ecfg, mesh)
+  prompts, rows = prepare(ecfg, mesh, export_generations, overwrite)
   oracle_spec, pm_path = _judges(ecfg)
   judge = resolve_oracle(oracle_spec, 'config.oracle') if oracle_spec else None
   benchmark = oracle_spec == BENCHMARK_ORACLE
@@ -191,6 +196,9 @@ def evaluate(ecfg, mesh=None) -> dict:
     if benchmark:
       value, probe = probes.exploitability(prompts, _per_prompt(texts[name], k), judge)
       info[name].update(exploitability=float(value), exploitability_probe=probe)
+  if export_generations:
+    count = generations.write(export_generations, xs, texts, ecfg.prompts_name if ecfg.data_dir else '')
+    log.info('eval: wrote %d generations (%d policies) to %s', count, len(names), export_generations)
   return {'policies': names, 'reference': ecfg.reference, 'num_comparisons': n, 'num_prompts': len(prompts),
           'samples_per_prompt': k, 'judgement': ecfg.judgement, 'seed': ecfg.seed, 'oracle_spec': oracle_spec,
           'preference_model_run': pm_path, 'judge_kind': _judge_kind(pm_path), 'mesh': dict(mesh.shape),
