@@ -484,6 +484,9 @@ def arrow_files(path: str, split: str = 'train') -> list[tuple[str, str]]:
   state.json lists them (the order `datasets` reads them in)."""
   if not os.path.exists(path):
     raise DataError(f'{path}: no such file')
+  if not is_arrow(path):
+    raise DataError(f'{path} is not a folder written by `datasets` save_to_disk (it holds no {ARROW_STATE} or '
+                    f'{ARROW_SPLITS}); give that folder, or drop --format=arrow')
   folder = arrow_split_dir(path, split)
   state_file = os.path.join(folder, ARROW_STATE)
   files = _read_json(state_file, ARROW_STATE).get('_data_files')

@@ -147,6 +147,9 @@ def test_damaged_arrow_folders(tmp_path, capsys):
                                      'copy the whole folder that `save_to_disk` wrote\n')
   assert _build(tmp_path, folder / 'data-00000-of-00002.arrow', 'file') == 1
   assert 'is an Arrow stream (a data file of a `datasets` folder), not text; give the folder' in capsys.readouterr().err
+  assert _build(tmp_path, tmp_path, 'forced', '--format=arrow') == 1
+  assert capsys.readouterr().err == (f'error: {tmp_path} is not a folder written by `datasets` save_to_disk (it holds '
+                                     'no state.json or dataset_dict.json); give that folder, or drop --format=arrow\n')
   (folder / 'state.json').write_text('{"_data_files": ')
   assert _build(tmp_path, folder, 'state') == 1
   assert capsys.readouterr().err.startswith(f'error: {folder}/state.json: not a readable state.json (')
