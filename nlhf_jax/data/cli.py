@@ -6,8 +6,8 @@
 --input is a JSONL file, a .parquet file, a directory of .parquet shards or a glob of them ('data/*.parquet',
 quoted), or a folder written by the Hugging Face `datasets` library's `save_to_disk` (Arrow; of a DatasetDict the
 split --split names is read, 'train' by default); --format=auto (the default) reads Arrow for a folder holding
-state.json or dataset_dict.json, Parquet for the other folders, .parquet files and globs, and JSONL otherwise. Text fields may be strings or
-conversations (lists of {role, content} messages; see nlhf_jax/data/records.py).
+state.json or dataset_dict.json, Parquet for the other folders, .parquet files and globs, and JSONL otherwise.
+Text fields may be strings or conversations (lists of {role, content} messages; see nlhf_jax/data/records.py).
 
 Nothing is written or deleted before the options, the output and every input record have been checked; the data
 set is built in a temporary folder and renamed into place, so an existing one (replaced only with --overwrite)
