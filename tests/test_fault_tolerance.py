@@ -96,9 +96,10 @@ def _snapshot(directory):
   return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in pathlib.Path(directory).rglob('*')}
 
 
-def test_resume_with_another_model_fails_and_overwrites_nothing(tmp_path):
+def test_resume_with_another_model_fails_and_overwrites_nothing(tmp_path, monkeypatch):
   _train(_cfg(2), tmp_path)
   before = _snapshot(tmp_path)
+  monkeypatch.setattr(loop, 'jit_step', lambda *args: pytest.fail('the step was compiled before the resume check'))
   old = _cfg(2).model
   with pytest.raises(ConfigError, match=rf'model.mlp_dim: checkpoint {old.mlp_dim}, config 64; '
                                         rf'model.vocab_size: checkpoint {old.vocab_size}, config 512'):

@@ -1,8 +1,9 @@
 """The outer training loop: no math here, only order of events (restore, step, guard, log, checkpoint, stop).
 
-Start-up, in order, each stage one log line with its time: the input checks (trainer/preflight.py), the data
-pipeline, the step compiled against abstract inputs and its memory checked (trainer/memory.py: a step that does
-not fit is refused before any weight is read), the state (resumed, restored from the warm start onto abstract
+Start-up, in order, each stage one log line with its time: the input checks (trainer/preflight.py; then, in a
+workdir with checkpoints, the config of the one to resume, `_check_resumable`), the data pipeline, the step
+compiled against abstract inputs and its memory checked (trainer/memory.py: a step that does not fit is refused
+before any weight is read), the state (resumed, restored from the warm start onto abstract
 targets without a random initialisation, or initialised), the frozen inputs (the reference, the judge, the LoRA
 base). The first step runs the program compiled at start-up.
 
@@ -18,6 +19,7 @@ import os
 import time
 
 import jax
+from etils import epath
 from jax.sharding import Mesh
 
 from nlhf_jax.config import ExperimentConfig
@@ -48,6 +50,7 @@ def train(cfg: ExperimentConfig, workdir: str, mesh: Mesh | None = None, stop_at
   """
   task = get_task(cfg.train.objective)
   preflight.check_inputs(cfg, workdir)  # the workdir and the runs the config names, before any data or compile
+  checked = _check_resumable(cfg, os.path.join(workdir, 'checkpoints'))  # another model's run: before any data
   mesh = make_mesh(cfg.mesh) if mesh is None else mesh
   optim.warn_if_unusual(cfg.optim, cfg.train.num_steps)
   tx = optim.make_optimizer(cfg.optim, cfg.train.num_steps)
@@ -63,7 +66,7 @@ def train(cfg: ExperimentConfig, workdir: str, mesh: Mesh | None = None, stop_at
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, 'checkpoints'), every=cfg.train.checkpoint_every,
                                     keep=cfg.train.keep_checkpoints, async_save=cfg.train.async_checkpointing)
   try:
-    state, meta = _restore_or_init(cfg, task, ckpt, run, data, tx, target)
+    state, meta = _restore_or_init(cfg, task, ckpt, run, data, tx, target, checked)
     checkpointing.write_run_config(workdir, config_to_json(cfg))  # after the resume check: it may refuse the run
     frozen = plan.load()
     validator = validation.make_validator(cfg, task, run, mesh)
@@ -152,12 +155,33 @@ def _save(cfg, ckpt, state, data, guard, validator=None) -> None:
   ckpt.save(state, meta, force=True)
 
 
-def _restore_or_init(cfg, task, ckpt, run, data, tx, target) -> tuple[TrainState, dict]:
+def _check_resumable(cfg: ExperimentConfig, directory: str) -> dict | None:
+  """When `directory` holds checkpoints, checks the meta of the newest one that reads (the one a resume checks
+  first, Checkpointer.restore_latest_usable) against `cfg`, so that a run of another model is refused before the
+  step is compiled; returns that meta (None when there is none). Nothing is created when there is no folder."""
+  if not epath.Path(checkpointing.absolute(directory)).is_dir():
+    return None
+  ckpt = checkpointing.Checkpointer(directory)
+  try:
+    for step in sorted(ckpt.all_steps(), reverse=True):
+      try:
+        meta = ckpt.read_meta(step)
+      except Exception:  # noqa: BLE001 - an unreadable step is set aside by the restore, which says so
+        continue
+      check_resume_compatible(meta, cfg, ckpt.directory)
+      return meta
+  finally:
+    ckpt.close()
+  return None
+
+
+def _restore_or_init(cfg, task, ckpt, run, data, tx, target, checked=None) -> tuple[TrainState, dict]:
   """The latest usable checkpoint of the run, else a fresh state: the parameters restored from the warm start
   (no random initialisation is computed for them), or initialised from the seed. `target`: the state's
-  ShapeDtypeStructs with shardings."""
+  ShapeDtypeStructs with shardings; `checked`: a meta that _check_resumable checked already (not again)."""
   start = time.perf_counter()
-  found = ckpt.restore_latest_usable(target, lambda meta: check_resume_compatible(meta, cfg, ckpt.directory))
+  found = ckpt.restore_latest_usable(
+      target, lambda meta: None if meta == checked else check_resume_compatible(meta, cfg, ckpt.directory))
   if found is not None:
     state, meta, step = found
     data.set_state(meta['data'])
