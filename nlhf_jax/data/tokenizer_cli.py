@@ -3,8 +3,8 @@
   python -m nlhf_jax.data.tokenizer_cli --input=a.txt [--input=b.jsonl ...] --vocab_size=8000 --output=PREFIX
   python -m nlhf_jax.data.tokenizer_cli --dataset=NAME --data_dir=DIR --vocab_size=8000 --output=PREFIX
 
-Text files (UTF-8) give one sentence a line; JSONL and Parquet inputs (a .jsonl or .parquet file, or a folder or
-glob of .parquet files) and data sets give every line of every text field of every record (prompts and
+Text files (UTF-8) give one sentence a line; JSONL, Parquet and Arrow inputs (a .jsonl or .parquet file, a folder
+or glob of .parquet files, a `datasets` save_to_disk folder: its 'train' split) and data sets give every line of every text field of every record (prompts and
 responses; for conversations, the content of every message). Writes PREFIX.model (an --output that ends in
 .model names the file itself).
 
@@ -50,11 +50,13 @@ def model_path(output: str) -> str:
 
 
 def _is_structured(path: str) -> bool:
-  return path.endswith('.jsonl') or records.is_parquet(path)
+  return path.endswith('.jsonl') or records.is_arrow(path) or records.is_parquet(path)
 
 
 def _check_input(path: str) -> None:
-  if records.is_parquet(path):
+  if records.is_arrow(path):
+    records.arrow_files(path)  # refuses a damaged folder or a missing shard
+  elif records.is_parquet(path):
     records.parquet_files(path)  # refuses a missing file, or a folder or glob with no .parquet files
   elif not os.path.exists(path):
     raise records.DataError(f'{path}: no such file')

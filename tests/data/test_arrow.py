@@ -154,3 +154,21 @@ def test_damaged_arrow_folders(tmp_path, capsys):
   assert _build(tmp_path, folder, 'state') == 1
   assert capsys.readouterr().err.startswith(f'error: {folder}/state.json: not a readable state.json (')
   assert not (tmp_path / 'tfds').exists()
+
+
+def test_nlhf_tokenizer_reads_a_save_to_disk_folder(tmp_path):
+  from nlhf_jax.data import tokenizer_cli
+  folder = save_to_disk(tmp_path / 'hf_pairs', PAIRS, num_shards=2, split='train')
+  args = tokenizer_cli._parser().parse_args([f'--input={folder}', '--output=x'])
+  tokenizer_cli.check(args)
+  texts = list(tokenizer_cli.texts(args))
+  first = PAIRS[0]
+  assert texts[:3] == [t for t in _texts_of(first)][:3]
+  assert len(texts) == sum(len(list(_texts_of(r))) for r in PAIRS)
+
+
+def _texts_of(row):
+  for key in ('prompt', 'chosen', 'rejected'):
+    value = row[key]
+    for text in ([value] if isinstance(value, str) else [m['content'] for m in value]):
+      yield from text.split('\n')
