@@ -8,8 +8,9 @@ config is still skipped (with a warning): delete DIR/STAGE to redo it. With seve
 evaluations (evaluation/findings.py).
 
 Before any stage runs, `check_workdir` refuses a DIR that is a file, that holds anything a pipeline does not write
-(it is some other folder), or whose pipeline.json records another config (unless `overwrite`: the pipeline then
-goes on with the new config and records it); `check_stages` refuses --stages names that are no stage and stages
+and no pipeline.json (it is some other folder; a pipeline's own folder may hold the user's files beside its
+stages, e.g. a re-evaluation's --output=DIR/eval2, which no stage touches), or whose pipeline.json records another
+config (unless `overwrite`: the pipeline then goes on with the new config and records it); `check_stages` refuses --stages names that are no stage and stages
 whose inputs have not finished; `resume_summary` says what a DIR holds and what will run.
 """
 from __future__ import annotations
@@ -136,17 +137,17 @@ def _pipeline_entry(name: str) -> bool:
 
 
 def check_workdir(p, workdir: str, overwrite: bool = False) -> None:
-  """Refuses a workdir that is a file, that holds what no pipeline writes, or that records another pipeline
-  config (unless `overwrite`)."""
+  """Refuses a workdir that is a file, that holds what no pipeline writes and no pipeline.json (not a pipeline's
+  folder), or that records another pipeline config (unless `overwrite`)."""
   outputs.check_dir(workdir)  # not a file, nor below one
   if not os.path.isdir(workdir):
     return
+  path = os.path.join(workdir, PIPELINE_CONFIG)
   other = sorted(n for n in os.listdir(workdir) if not _pipeline_entry(n) and not n.startswith('.'))
-  if other:
+  if other and not os.path.isfile(path):
     shown = ', '.join(other[:5]) + (', ...' if len(other) > 5 else '')
     raise outputs.OutputError(f'--workdir={workdir} holds {shown}, which no pipeline writes (it is not a pipeline '
                               'folder): give a new or empty folder')
-  path = os.path.join(workdir, PIPELINE_CONFIG)
   if overwrite or not os.path.isfile(path):
     return
   try:

@@ -62,6 +62,20 @@ def test_the_workdir_is_checked_before_any_stage(tmp_path):
   runner.check_workdir(other, str(workdir), overwrite=True)
 
 
+def test_a_pipeline_folder_may_hold_a_re_evaluation(tmp_path):
+  """docs/pipeline.md re-evaluates into DIR/eval2 (nlhf-eval --workdir=DIR --output=DIR/eval2): the pipeline still
+  resumes in DIR (no stage touches eval2); without pipeline.json such a folder is not a pipeline's."""
+  p = _config()
+  _done(tmp_path, 'tokenizer', 'data', 'sft')
+  (tmp_path / 'eval2').mkdir()
+  (tmp_path / 'eval2' / 'matrix.json').write_text('{}')
+  with pytest.raises(OutputError, match='holds eval2, which no pipeline writes'):
+    runner.check_workdir(p, str(tmp_path))
+  (tmp_path / runner.PIPELINE_CONFIG).write_text(p.to_json(indent=1, sort_keys=True))
+  runner.check_workdir(p, str(tmp_path))
+  runner.check_workdir(_config(**{'sft.num_steps': p.sft.num_steps + 1}), str(tmp_path), overwrite=True)
+
+
 def test_stages_are_checked_by_name_and_inputs(tmp_path):
   p = _config()
   configs = stages.stage_configs(p, str(tmp_path))
