@@ -111,10 +111,22 @@ def building_dir(path: str) -> Iterator[str]:
     if os.path.lexists(path):
       old = tempfile.mkdtemp(prefix=f'.{os.path.basename(path)}.old-', dir=parent)
       os.rmdir(old)
-      os.replace(path, old)
-    os.replace(tmp, path)
-    if old is not None:
-      shutil.rmtree(old) if os.path.isdir(old) and not os.path.islink(old) else os.remove(old)
+    publish(tmp, path, old)
   finally:
     if os.path.isdir(tmp):
       shutil.rmtree(tmp, ignore_errors=True)
+
+
+def publish(tmp: str, path: str, old: str | None) -> None:
+  """Renames the complete `tmp` to `path`. An existing `path` is first renamed to `old` (a free name beside it),
+  put back when the second rename fails, and removed only once `tmp` is in place."""
+  if old is None or not os.path.lexists(path):
+    os.replace(tmp, path)
+    return
+  os.replace(path, old)
+  try:
+    os.replace(tmp, path)
+  except BaseException:
+    os.replace(old, path)
+    raise
+  shutil.rmtree(old) if os.path.isdir(old) and not os.path.islink(old) else os.remove(old)

@@ -67,3 +67,24 @@ def test_a_folder_is_replaced_only_once_complete(tmp_path):
   with outputs.building_dir(str(final)) as tmp:
     open(os.path.join(tmp, 'new.txt'), 'w').close()
   assert os.listdir(final) == ['new.txt'] and os.listdir(tmp_path) == ['out']
+
+
+@pytest.mark.parametrize('how', ['building_dir', 'staging'])
+def test_a_failed_publish_puts_the_old_folder_back(tmp_path, monkeypatch, how):
+  """When the new folder cannot be renamed into place, the old one (already moved aside) returns to its name."""
+  from nlhf_jax.interop import runs
+  final = tmp_path / 'out'
+  final.mkdir()
+  (final / 'old.txt').write_text('old')
+  real = os.replace
+
+  def replace(src, dst):
+    if str(dst) == str(final) and 'old' not in os.path.basename(str(src)):  # the new folder into place
+      raise OSError('the rename failed')
+    return real(src, dst)
+  monkeypatch.setattr(os, 'replace', replace)
+  building = outputs.building_dir(str(final)) if how == 'building_dir' else runs.staging(str(final), 'export')
+  with pytest.raises(OSError, match='the rename failed'):
+    with building as tmp:
+      open(os.path.join(tmp, 'new.txt'), 'w').close()
+  assert os.listdir(final) == ['old.txt'] and os.listdir(tmp_path) == ['out']

@@ -143,11 +143,7 @@ def staging(path: str, tag: str) -> Iterator[str]:
     yield tmp
     _barrier(f'nlhf_{tag}_written')
     if _leader():
-      if os.path.lexists(path):
-        os.replace(path, old)
-      os.replace(tmp, path)
-      if os.path.lexists(old):
-        shutil.rmtree(old) if os.path.isdir(old) and not os.path.islink(old) else os.remove(old)
+      outputs.publish(tmp, path, old)  # the old `path` is put back if the rename fails
     _barrier(f'nlhf_{tag}_published')
   finally:
     if _leader() and os.path.isdir(tmp):
