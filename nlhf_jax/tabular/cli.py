@@ -1,13 +1,16 @@
 """`nlhf-tabular`: runs the tabular algorithms on a game family and writes curves, a table and plots.
 
   nlhf-tabular --config=experiments/configs/tabular.py:dice --workdir=/tmp/tabular [--config.tau=0.05 ...]
+               [--overwrite]
 
 Writes WORKDIR/curves.json (against t, averaged over the games: KL_rho(pi*_tau, pi_t), e_tau(pi_t),
 KL_rho(pi*, pi_t) to the unregularised equilibrium and e_0(pi_t), of the last iterate pi_t and of the average
 iterate pibar_t), WORKDIR/results.md (the final values of both iterates, the exact equilibria and the RLHF policy),
 WORKDIR/kl.png (with the Theorem 1 bound 8 / (tau^2 (t + 1)) of Nash-MD with eta_t = 2 / (tau (t + 2))),
 WORKDIR/exploitability.png and WORKDIR/exploitability0.png (last iterates solid, averages dashed).
-Everything runs in float64 (jax.enable_x64 inside this command only).
+Everything runs in float64 (jax.enable_x64 inside this command only). The config and --workdir are checked before
+anything runs: a WORKDIR that holds these files is refused unless --overwrite (nothing else in it is touched), and
+each file is written under a temporary name and renamed into place (nlhf_jax/outputs.py).
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
-from nlhf_jax import commands
+from nlhf_jax import commands, outputs
 from nlhf_jax.tabular import algorithms, exact, games
 
 log = logging.getLogger(__name__)
@@ -33,6 +36,7 @@ def define_flags() -> None:
   config_flags.DEFINE_config_file('config', None, 'Experiment config file, e.g. '
                                   'experiments/configs/tabular.py:dice', lock_config=True)
   flags.DEFINE_string('workdir', None, 'Directory for curves.json, results.md and the plots.')
+  flags.DEFINE_bool('overwrite', False, 'Replace the files of an earlier run in --workdir.')
   flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -249,17 +253,29 @@ def plot(res: dict, workdir: str) -> None:
     ax.set_title(f"{res['name']} (tau = {res['tau']:g}, {res['num_games']} game(s))")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(os.path.join(workdir, fname), dpi=120)
+    with outputs.replacing_file(os.path.join(workdir, fname), 'wb') as f:
+      fig.savefig(f, dpi=120, format='png')
     plt.close(fig)
 
 
+OUTPUTS = ('curves.json', 'results.md', 'kl.png', 'exploitability.png', 'exploitability0.png')
+
+
 def write(res: dict, workdir: str) -> None:
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, 'curves.json'), 'w') as f:
-    json.dump(res, f, indent=1)
-  with open(os.path.join(workdir, 'results.md'), 'w') as f:
-    f.write(markdown(res))
+  """The OUTPUTS into workdir, each by rename."""
+  outputs.write_text(os.path.join(workdir, 'curves.json'), json.dumps(res, indent=1))
+  outputs.write_text(os.path.join(workdir, 'results.md'), markdown(res))
   plot(res, workdir)
+
+
+def run_command(cfg, workdir: str, overwrite: bool = False) -> dict:
+  """The command: the config and the output folder checked (OutputError when it holds OUTPUTS and not
+  `overwrite`), then the experiment run and written."""
+  check_config(cfg)
+  outputs.check_dir(workdir, OUTPUTS, overwrite)
+  res = run_experiment(cfg)
+  write(res, workdir)
+  return res
 
 
 def main(argv) -> None:
@@ -267,8 +283,7 @@ def main(argv) -> None:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   logging.basicConfig(level=logging.INFO)
   workdir = flags.FLAGS.workdir
-  res = run_experiment(flags.FLAGS.config)
-  write(res, workdir)
+  res = run_command(flags.FLAGS.config, workdir, flags.FLAGS.overwrite)
   log.info('wrote %s/{curves.json,results.md,kl.png,exploitability.png,exploitability0.png}', workdir)
   print(markdown(res))
 

@@ -90,3 +90,22 @@ def test_cli_writes_outputs(tmp_path):
   assert res['num_games'] == 2 and res['num_actions'] == 5 and res['num_steps'] == 50
   assert set(res['curves']) == {'nash_md', 'omd', 'self_play', 'comal'}
   assert '| nash_md |' in open(os.path.join(workdir, 'results.md')).read()
+
+
+def test_an_earlier_runs_files_are_replaced_only_with_overwrite(tmp_path, monkeypatch):
+  """nlhf-tabular refuses a --workdir holding its files before anything runs (other files are never touched), and
+  writes each file by rename."""
+  from nlhf_jax.outputs import OutputError
+  cfg = tabular_config.get_config('dice')
+  cfg.num_steps, cfg.algorithms = 20, 'nash_md'
+  (tmp_path / 'results.md').write_text('an earlier run')
+  (tmp_path / 'notes.txt').write_text('mine')
+  monkeypatch.setattr(cli, 'plot', lambda res, workdir: None)  # the plots: test_cli_writes_outputs
+  ran, run_experiment = [], cli.run_experiment
+  monkeypatch.setattr(cli, 'run_experiment', lambda c: ran.append(c) or run_experiment(c))
+  with pytest.raises(OutputError, match=r'already holds results.md; pass --overwrite'):
+    cli.run_command(cfg, str(tmp_path))
+  assert not ran and (tmp_path / 'results.md').read_text() == 'an earlier run'
+  res = cli.run_command(cfg, str(tmp_path), overwrite=True)
+  assert ran and (tmp_path / 'results.md').read_text() == cli.markdown(res)
+  assert sorted(os.listdir(tmp_path)) == ['curves.json', 'notes.txt', 'results.md']
