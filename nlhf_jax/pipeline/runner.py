@@ -10,8 +10,9 @@ evaluations (evaluation/findings.py).
 Before any stage runs, `check_workdir` refuses a DIR that is a file, that holds anything a pipeline does not write
 and no pipeline.json (it is some other folder; a pipeline's own folder may hold the user's files beside its
 stages, e.g. a re-evaluation's --output=DIR/eval2, which no stage touches), or whose pipeline.json records another
-config (unless `overwrite`: the pipeline then goes on with the new config and records it); `check_stages` refuses --stages names that are no stage and stages
-whose inputs have not finished; `resume_summary` says what a DIR holds and what will run.
+config (unless `overwrite`: the pipeline then goes on with the new config and records it); `check_stages`
+refuses --stages names that are no stage and stages whose inputs have not finished; `resume_summary` says what a
+DIR holds and what will run.
 """
 from __future__ import annotations
 
