@@ -16,6 +16,7 @@ Errors are ConfigError (one `error:` line through nlhf_jax.commands).
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 
@@ -81,16 +82,29 @@ def _read(path: str, what: str) -> dict:
 
 
 def tokenizer_digest(spec: str) -> str:
-  """What identifies a tokenizer: 'bytes', or a hash of its file (a sentencepiece model, or a Hugging Face
-  directory's tokenizer.json); '' when the file cannot be read."""
+  """What identifies a tokenizer: 'bytes', or a hash of its files (a sentencepiece model; a Hugging Face
+  directory's tokenizer.json with the special tokens of tokenizer_config.json and special_tokens_map.json, whose
+  bos, eos and pad ids decide where a sample ends; its chat template is compared apart); '' when unreadable."""
   if spec == 'bytes':
     return spec
-  path = os.path.join(spec, 'tokenizer.json') if os.path.isdir(spec) else spec
+  digest = hashlib.sha256()
   try:
-    with open(path, 'rb') as f:
-      return hashlib.sha256(f.read()).hexdigest()
-  except OSError:
+    if not os.path.isdir(spec):
+      with open(spec, 'rb') as f:
+        return hashlib.sha256(f.read()).hexdigest()
+    with open(os.path.join(spec, 'tokenizer.json'), 'rb') as f:
+      digest.update(f.read())
+    for name in ('tokenizer_config.json', 'special_tokens_map.json'):
+      path = os.path.join(spec, name)
+      if os.path.exists(path):
+        with open(path, encoding='utf-8') as f:
+          settings = json.load(f)
+        if isinstance(settings, dict):
+          settings.pop('chat_template', None)
+        digest.update(name.encode() + json.dumps(settings, sort_keys=True).encode())
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError):
     return ''
+  return digest.hexdigest()
 
 
 def _differ(values: list[tuple[str, object]], what: str) -> str:

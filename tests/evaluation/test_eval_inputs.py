@@ -139,3 +139,17 @@ def test_policy_lists_name_the_bad_item():
     cli.parse_policies('a=x,b')
   with pytest.raises(ConfigError, match="the name 'a' is given twice"):
     cli.parse_policies('a=x,a=y')
+
+
+def test_hugging_face_tokenizers_differ_by_their_special_tokens_not_their_chat_template(tmp_path):
+  from nlhf_jax.evaluation.inputs import tokenizer_digest
+  def folder(name, **settings):
+    path = tmp_path / name
+    path.mkdir()
+    (path / 'tokenizer.json').write_text('{"model": {}}')
+    (path / 'tokenizer_config.json').write_text(json.dumps({'eos_token': '<|im_end|>', **settings}))
+    return str(path)
+  base = tokenizer_digest(folder('a'))
+  assert base and tokenizer_digest(folder('b', chat_template='{{ x }}')) == base
+  assert tokenizer_digest(folder('c', eos_token='<|endoftext|>')) != base
+  assert tokenizer_digest(str(tmp_path / 'missing')) == ''
