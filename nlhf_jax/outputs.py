@@ -119,7 +119,9 @@ def building_dir(path: str) -> Iterator[str]:
 
 def publish(tmp: str, path: str, old: str | None) -> None:
   """Renames the complete `tmp` to `path`. An existing `path` is first renamed to `old` (a free name beside it),
-  put back when the second rename fails, and removed only once `tmp` is in place."""
+  put back when the second rename fails, and removed only once `tmp` is in place. Its hidden entries (names that
+  start with a dot: a clone's .git and .gitattributes) that the new folder lacks are moved into it first: an
+  output replaces what it writes, not the version control around it."""
   if old is None or not os.path.lexists(path):
     os.replace(tmp, path)
     return
@@ -129,4 +131,10 @@ def publish(tmp: str, path: str, old: str | None) -> None:
   except BaseException:
     os.replace(old, path)
     raise
-  shutil.rmtree(old) if os.path.isdir(old) and not os.path.islink(old) else os.remove(old)
+  if os.path.isdir(old) and not os.path.islink(old):
+    for name in os.listdir(old):
+      if name.startswith('.') and not os.path.lexists(os.path.join(path, name)):
+        os.replace(os.path.join(old, name), os.path.join(path, name))
+    shutil.rmtree(old)
+  else:
+    os.remove(old)

@@ -88,3 +88,30 @@ def test_a_failed_publish_puts_the_old_folder_back(tmp_path, monkeypatch, how):
     with building as tmp:
       open(os.path.join(tmp, 'new.txt'), 'w').close()
   assert os.listdir(final) == ['old.txt'] and os.listdir(tmp_path) == ['out']
+
+
+def test_a_replaced_folder_keeps_its_hidden_entries(tmp_path):
+  final = tmp_path / 'out'
+  (final / '.git').mkdir(parents=True)
+  (final / '.git' / 'HEAD').write_text('ref')
+  (final / '.gitattributes').write_text('old')
+  (final / 'model.safetensors').write_text('old')
+  with outputs.building_dir(str(final)) as tmp:
+    open(os.path.join(tmp, 'model.safetensors'), 'w').close()
+    with open(os.path.join(tmp, '.gitattributes'), 'w') as f:
+      f.write('new')
+  assert sorted(os.listdir(final)) == ['.git', '.gitattributes', 'model.safetensors']
+  assert (final / '.git' / 'HEAD').read_text() == 'ref' and (final / '.gitattributes').read_text() == 'new'
+  assert (final / 'model.safetensors').read_text() == '' and os.listdir(tmp_path) == ['out']
+
+
+def test_an_export_killed_between_its_renames_gets_its_old_folder_back(tmp_path):
+  from nlhf_jax.interop import runs
+  final = tmp_path / 'out'
+  old = tmp_path / '.out.export-old'
+  old.mkdir()
+  (old / 'config.json').write_text('old')  # `out` was moved aside, then the process was killed
+  with pytest.raises(RuntimeError):
+    with runs.staging(str(final), 'export'):
+      raise RuntimeError('refused later')
+  assert (final / 'config.json').read_text() == 'old' and os.listdir(tmp_path) == ['out']

@@ -134,6 +134,8 @@ def staging(path: str, tag: str) -> Iterator[str]:
   tmp, old = os.path.join(parent, f'.{name}.{tag}-tmp'), os.path.join(parent, f'.{name}.{tag}-old')
   if _leader():
     os.makedirs(parent, exist_ok=True)
+    if os.path.lexists(old) and not os.path.lexists(path):  # killed between publish's two renames: put it back
+      os.replace(old, path)
     for leftover in (tmp, old):  # an earlier call that was killed
       if os.path.lexists(leftover):
         shutil.rmtree(leftover) if os.path.isdir(leftover) else os.remove(leftover)
