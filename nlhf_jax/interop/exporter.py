@@ -184,16 +184,26 @@ def _initial(p: ExportPlan, cfg, mesh):
     log.warning('the run names no checkpoint it started from: the change that --dtype=%s keeps is not measured',
                 p.dtype)
     return None
+  from nlhf_jax.distributed.multihost import smallest_over_processes
+  problem = ''
   try:
     source_cfg = checkpointing.read_run_config(sources[0])
     kind = _kind(source_cfg.get('train', {}).get('objective', 'sft'))
     source_model = ModelConfig.from_dict(source_cfg.get('model', {}))
     if kind not in KINDS or source_model.vocab_size != cfg.vocab_size:
-      raise ValueError(f'a {kind} of vocab_size {source_model.vocab_size}')
-    params, _ = _restore(sources[0], cfg, kind, mesh)
+      problem = f'a {kind} of vocab_size {source_model.vocab_size}'
   except Exception as e:  # pylint: disable=broad-except  # the export itself does not need it
+    problem = f'{type(e).__name__}: {e}'
+  # The restore below is collective: every process reads the source, or none does (no process waits alone).
+  if smallest_over_processes(0.0 if problem else 1.0) < 1.0:
     log.warning('cannot read the weights the run started from (%s: %s): the change that --dtype=%s keeps is not '
-                'measured', sources[0], e, p.dtype)
+                'measured', sources[0], problem or 'another process cannot', p.dtype)
+    return None
+  try:
+    params, _ = _restore(sources[0], cfg, kind, mesh)
+  except Exception as e:  # pylint: disable=broad-except
+    log.warning('cannot read the weights the run started from (%s: %s: %s): the change that --dtype=%s keeps is '
+                'not measured', sources[0], type(e).__name__, e, p.dtype)
     return None
   return _backbone(params, kind)
 
