@@ -1,6 +1,7 @@
 """Data: built-in synthetic sets, record readers (JSONL, Parquet), tokenizers and resumable batch iterators."""
 
-from nlhf_jax.data.records import DataError, read_jsonl, read_parquet, read_records, validate
+from nlhf_jax.data.readers import read_jsonl, read_parquet, read_records
+from nlhf_jax.data.records import DataError, validate
 from nlhf_jax.data.tokenizer import (ByteTokenizer, SentencePieceTokenizer, Tokenizer, TokenizerError,
                                      check_vocab, load_tokenizer, train_sentencepiece)
 from nlhf_jax.data.hf_tokenizer import HFTokenizer

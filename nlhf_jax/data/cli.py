@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from nlhf_jax.data import records, tfds_builders, tldr
+from nlhf_jax.data import readers, records, tfds_builders, tldr
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,8 +44,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _format(args: argparse.Namespace) -> str:
-  """The input's format: --format, or with 'auto' what the path is (records.input_format)."""
-  return records.input_format(args.input) if args.format == 'auto' else args.format
+  """The input's format: --format, or with 'auto' what the path is (readers.input_format)."""
+  return readers.input_format(args.input) if args.format == 'auto' else args.format
 
 
 def check(args: argparse.Namespace) -> None:
@@ -69,11 +69,11 @@ def build(args: argparse.Namespace) -> dict[str, int]:
   if fmt == 'tldr':
     recs = tldr.read_comparisons(args.input, with_source=True)
   elif fmt == 'arrow':
-    recs = records.read_arrow(args.input, args.kind, with_source=True, split=args.split or 'train')
+    recs = readers.read_arrow(args.input, args.kind, with_source=True, split=args.split or 'train')
   elif fmt == 'parquet':
-    recs = records.read_parquet(args.input, args.kind, with_source=True)
+    recs = readers.read_parquet(args.input, args.kind, with_source=True)
   else:
-    recs = records.read_jsonl(args.input, args.kind, with_source=True)
+    recs = readers.read_jsonl(args.input, args.kind, with_source=True)
   return tfds_builders.build(recs, args.kind, args.name, args.data_dir, args.validation_fraction, args.seed,
                              args.overwrite)
 

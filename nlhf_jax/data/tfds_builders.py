@@ -150,7 +150,7 @@ def build(records: list[dict], kind: str, name: str, data_dir: str, validation_f
   The data set is written whole into a temporary folder beside its place and renamed into place
   (nlhf_jax/outputs.py): an existing one (replaced only with `overwrite`) is removed after the new one is
   complete, and a build that fails or is interrupted leaves the old one as it was and no folder of its own.
-  A record's optional 'source' field (as `records.read_jsonl(..., with_source=True)` adds) is stored with it, so
+  A record's optional 'source' field (as `readers.read_jsonl(..., with_source=True)` adds) is stored with it, so
   that errors found later (e.g. an over-long example) name the input file and line."""
   check_options(kind, name, data_dir, validation_fraction, seed)
   target = check_output(name, data_dir, overwrite)

@@ -4,13 +4,14 @@ Each comparison looks like {'info': {'post': ..., 'title': ..., 'subreddit': ...
 {'text': ...}], 'choice': 0 or 1}, where `choice` is the index of the preferred summary. It becomes a pair record
 with response_a = summaries[0], response_b = summaries[1] and preference = 1 - choice (the probability that a is
 preferred), keeping the order of the source so that position effects stay visible. Every comparison is checked
-before failing; the error lists the first bad ones (records.convert_all).
+before failing; the error lists the first bad ones (readers.convert_all).
 """
 from __future__ import annotations
 
 import os
 
-from nlhf_jax.data.records import DataError, convert_all, iter_jsonl, validate
+from nlhf_jax.data.readers import convert_all, iter_jsonl
+from nlhf_jax.data.records import DataError, validate
 
 
 def format_prompt(info: dict) -> str:

@@ -27,7 +27,7 @@ import re
 from typing import Iterable, Protocol
 
 from nlhf_jax import outputs
-from nlhf_jax.data import bytes_vocab, records
+from nlhf_jax.data import bytes_vocab, readers
 
 SEP_PIECE = '<sep>'
 
@@ -160,7 +160,7 @@ def _lines(texts_or_files: Iterable[str] | str, from_files: bool) -> Iterable[st
     if not from_files:
       yield item
       continue
-    yield from (line for _, line in records.iter_lines(item) if line.strip())
+    yield from (line for _, line in readers.iter_lines(item) if line.strip())
 
 
 MIN_VOCAB_SIZE = 5 + 256  # pad, bos, eos, unk and <sep>, then one piece per byte (byte fallback)

@@ -22,7 +22,7 @@ import sys
 from typing import Iterator
 
 from nlhf_jax import outputs
-from nlhf_jax.data import records, tfds_builders
+from nlhf_jax.data import readers, records, tfds_builders
 from nlhf_jax.data.tokenizer import MIN_VOCAB_SIZE, SentencePieceTokenizer, TokenizerError, train_sentencepiece
 
 
@@ -50,14 +50,14 @@ def model_path(output: str) -> str:
 
 
 def _is_structured(path: str) -> bool:
-  return path.endswith('.jsonl') or records.is_arrow(path) or records.is_parquet(path)
+  return path.endswith('.jsonl') or readers.is_arrow(path) or readers.is_parquet(path)
 
 
 def _check_input(path: str) -> None:
-  if records.is_arrow(path):
-    records.arrow_files(path)  # refuses a damaged folder or a missing shard
-  elif records.is_parquet(path):
-    records.parquet_files(path)  # refuses a missing file, or a folder or glob with no .parquet files
+  if readers.is_arrow(path):
+    readers.arrow_files(path)  # refuses a damaged folder or a missing shard
+  elif readers.is_parquet(path):
+    readers.parquet_files(path)  # refuses a missing file, or a folder or glob with no .parquet files
   elif not os.path.exists(path):
     raise records.DataError(f'{path}: no such file')
   elif os.path.isdir(path):
@@ -103,10 +103,10 @@ def _record_texts(record: dict, where: str = '') -> Iterator[str]:
 
 def _file_texts(path: str) -> Iterator[str]:
   if _is_structured(path):
-    for where, obj in records.iter_objects(path):
+    for where, obj in readers.iter_objects(path):
       yield from _record_texts(obj, where) if isinstance(obj, dict) else ()
     return
-  yield from (line for _, line in records.iter_lines(path) if line.strip())
+  yield from (line for _, line in readers.iter_lines(path) if line.strip())
 
 
 def texts(args: argparse.Namespace) -> Iterator[str]:

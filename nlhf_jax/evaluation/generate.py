@@ -28,7 +28,7 @@ def read_prompts(data_dir: str, name: str, split: str, num_prompts: int) -> list
   """The first `num_prompts` prompts of a split of a prompts data set (all of them when it has fewer); with no
   data_dir, `name` is a file of prompt records (JSONL or Parquet, docs/data.md) read whole."""
   if not data_dir:
-    from nlhf_jax.data.records import read_records
+    from nlhf_jax.data.readers import read_records
     return [r['prompt'] for r in read_records(name, 'prompts')[:num_prompts]]
   source = SplitSource(name, data_dir, split)
   n = min(num_prompts, len(source))

@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from nlhf_jax.data import cli, records, tfds_builders
+from nlhf_jax.data import cli, readers, tfds_builders
 from nlhf_jax.data.records import DataError
 
 pa = pytest.importorskip('pyarrow')
@@ -104,8 +104,8 @@ def test_arrow_and_parquet_folders_build_the_jsonl_data_set(tmp_path):
 def test_dataset_dict_split_by_flag(tmp_path, capsys):
   prompts = {'train': [{'prompt': f'train {i}'} for i in range(3)], 'test': [{'prompt': f'test {i}'} for i in range(2)]}
   folder = save_dict_to_disk(tmp_path / 'hf_prompts', prompts)
-  assert [r['prompt'] for r in records.read_records(folder, 'prompts')] == ['train 0', 'train 1', 'train 2']
-  recs = records.read_records(folder, 'prompts', with_source=True, split='test')
+  assert [r['prompt'] for r in readers.read_records(folder, 'prompts')] == ['train 0', 'train 1', 'train 2']
+  recs = readers.read_records(folder, 'prompts', with_source=True, split='test')
   assert recs == [{'prompt': f'test {i}', 'source': f'test/data-00000-of-00001.arrow row {i}'} for i in range(2)]
   assert _build(tmp_path, folder, 'test_prompts', '--kind=prompts', '--split=test', '--validation_fraction=0') == 0
   assert tfds_builders.read_split('test_prompts', f'{tmp_path}/tfds', 'train') == prompts['test']
@@ -127,9 +127,9 @@ def test_arrow_records_fail_as_jsonl_records_do(tmp_path, capsys):
   with pytest.raises(DataError, match=r"^data-00000-of-00001.arrow row 1: field 'chosen' message 0: role 'narrator' "
                                       r'must be one of system, user, assistant, tool \[fields: prompt, chosen, '
                                       r'rejected, score_chosen\]$'):
-    records.read_records(folder, 'pairs')
+    readers.read_records(folder, 'pairs')
   with pytest.raises(DataError, match="missing field 'response'"):
-    records.read_records(save_to_disk(tmp_path / 'prompts_only', [{'prompt': 'p'}]), 'demonstrations')
+    readers.read_records(save_to_disk(tmp_path / 'prompts_only', [{'prompt': 'p'}]), 'demonstrations')
 
 
 def test_damaged_arrow_folders(tmp_path, capsys):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from nlhf_jax.config import DataConfig
-from nlhf_jax.data import cli, pipelines, records, tfds_builders
+from nlhf_jax.data import cli, pipelines, readers, records, tfds_builders
 from nlhf_jax.data.records import DataError
 from nlhf_jax.data.tokenizer import TokenizerError
 
@@ -96,38 +96,38 @@ def test_demonstration_and_prompt_forms():
 def test_bad_conversations_name_file_line_field_and_message(tmp_path, bad, pattern):
   path = _write_jsonl(tmp_path / 'pairs.jsonl', [explicit(0), bad])
   with pytest.raises(DataError, match='pairs.jsonl ' + pattern):
-    records.read_jsonl(path, 'pairs')
+    readers.read_jsonl(path, 'pairs')
   parquet = _write_parquet(tmp_path / 'pairs.parquet', [bad])  # one row: Parquet columns need one type
   with pytest.raises(DataError, match=r'pairs.parquet row 0: ' + pattern.split(': ', 1)[1]):
-    records.read_parquet(parquet, 'pairs')
+    readers.read_parquet(parquet, 'pairs')
 
 
 def test_bad_demonstration_messages(tmp_path):
   path = _write_jsonl(tmp_path / 'demos.jsonl', [{'messages': [user('q'), bot('a')]}, {'messages': [user('q')]}])
   with pytest.raises(DataError, match=r"demos.jsonl line 2: field 'messages' message 0: the last message is the "
                                       'response, so it must be an assistant message'):
-    records.read_jsonl(path, 'demonstrations')
+    readers.read_jsonl(path, 'demonstrations')
 
 
 def test_parquet_files_directories_and_globs(tmp_path):
   rows = [explicit(i) for i in range(5)]
   single = _write_parquet(tmp_path / 'pairs.parquet', rows)
-  recs = records.read_parquet(single, 'pairs', with_source=True)
+  recs = readers.read_parquet(single, 'pairs', with_source=True)
   assert [r['source'] for r in recs] == [f'pairs.parquet row {i}' for i in range(5)]
   assert recs[2]['response_a'] == [bot('fox 2')] and 'score_chosen' not in recs[2]
   shards = tmp_path / 'shards' / 'data'
   shards.mkdir(parents=True)
   _write_parquet(shards / 'train-00001.parquet', [implicit(i) for i in range(3, 5)])
   _write_parquet(shards / 'train-00000.parquet', [implicit(i) for i in range(3)])
-  by_dir = records.read_records(str(tmp_path / 'shards'), 'pairs', with_source=True)
-  by_glob = records.read_records(str(shards / 'train-*.parquet'), 'pairs', with_source=True)
+  by_dir = readers.read_records(str(tmp_path / 'shards'), 'pairs', with_source=True)
+  by_glob = readers.read_records(str(shards / 'train-*.parquet'), 'pairs', with_source=True)
   assert [r['response_b'][0]['content'] for r in by_dir] == [f'dog {i}' for i in range(5)]
   assert by_dir[3]['source'] == 'data/train-00001.parquet row 0' and by_glob[3]['source'] == 'train-00001.parquet row 0'
   with pytest.raises(DataError, match=r'nope/\*.parquet: no .parquet files there'):
-    records.read_records(str(tmp_path / 'nope' / '*.parquet'), 'pairs')
+    readers.read_records(str(tmp_path / 'nope' / '*.parquet'), 'pairs')
   (tmp_path / 'junk.parquet').write_text('not parquet')
   with pytest.raises(DataError, match=r'junk.parquet: not a readable Parquet file'):
-    records.read_parquet(str(tmp_path / 'junk.parquet'), 'pairs')
+    readers.read_parquet(str(tmp_path / 'junk.parquet'), 'pairs')
 
 
 def test_cli_builds_conversations_and_reads_them_back(tmp_path, capsys):

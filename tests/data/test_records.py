@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from nlhf_jax.data import records, tldr
+from nlhf_jax.data import readers, records, tldr
 from nlhf_jax.data.records import DataError
 
 
@@ -32,23 +32,23 @@ GOOD = {'prompt': 'p', 'response_a': 'a', 'response_b': 'b', 'preference': 0.25}
 def test_bad_pair_lines_name_file_line_field(tmp_path, bad, pattern):
   path = _write(tmp_path, 'pairs.jsonl', [GOOD, GOOD, bad])
   with pytest.raises(DataError, match=pattern):
-    records.read_jsonl(path, 'pairs')
+    readers.read_jsonl(path, 'pairs')
 
 
 def test_demonstration_and_prompt_errors(tmp_path):
   path = _write(tmp_path, 'demos.jsonl', [{'prompt': 'p', 'response': 'r'}, '', {'prompt': 'p', 'response': ''}])
   with pytest.raises(DataError, match=r"demos.jsonl line 3: field 'response' is empty"):
-    records.read_jsonl(path, 'demonstrations')
+    readers.read_jsonl(path, 'demonstrations')
   path = _write(tmp_path, 'prompts.jsonl', [{'text': 'p'}])
   with pytest.raises(DataError, match=r"prompts.jsonl line 1: missing field 'prompt'"):
-    records.read_jsonl(path, 'prompts')
+    readers.read_jsonl(path, 'prompts')
 
 
 def test_missing_and_empty_files(tmp_path):
   with pytest.raises(DataError, match='nope.jsonl: no such file'):
-    records.read_jsonl(str(tmp_path / 'nope.jsonl'), 'pairs')
+    readers.read_jsonl(str(tmp_path / 'nope.jsonl'), 'pairs')
   with pytest.raises(DataError, match='empty.jsonl: no records'):
-    records.read_jsonl(_write(tmp_path, 'empty.jsonl', ['']), 'pairs')
+    readers.read_jsonl(_write(tmp_path, 'empty.jsonl', ['']), 'pairs')
 
 
 def test_chosen_rejected_map_to_a_preferred():
@@ -60,7 +60,7 @@ def test_chosen_rejected_map_to_a_preferred():
 
 def test_soft_preferences_and_extra_fields_dropped(tmp_path):
   path = _write(tmp_path, 'pairs.jsonl', [{**GOOD, 'id': 3}, {**GOOD, 'preference': 1}])
-  assert records.read_jsonl(path, 'pairs') == [GOOD, {**GOOD, 'preference': 1.0}]
+  assert readers.read_jsonl(path, 'pairs') == [GOOD, {**GOOD, 'preference': 1.0}]
 
 
 def _comparison(choice, **info):
@@ -95,7 +95,7 @@ def test_every_bad_line_is_counted_and_the_first_ten_listed(tmp_path):
   lines += [{'prompt': f'p{i}', 'response_a': 'a'} for i in range(10)]
   path = _write(tmp_path, 'pairs.jsonl', lines)
   with pytest.raises(DataError) as e:
-    records.read_jsonl(path, 'pairs')
+    readers.read_jsonl(path, 'pairs')
   got = str(e.value).splitlines()
   assert got[0] == 'pairs.jsonl: 13 of 15 records are bad (the first 10 below); fix them at the source'
   assert got[1:4] == [
