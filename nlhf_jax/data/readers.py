@@ -17,6 +17,7 @@ such folder each), of which one split is read ('train' unless another is named).
 """
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
@@ -188,24 +189,31 @@ def parquet_files(path: str) -> list[tuple[str, str]]:
   return named
 
 
-def iter_parquet(path: str, batch_size: int = 1024) -> Iterator[tuple[str, dict]]:
-  """Yields (where, row) for every row of the Parquet input; `where` is 'FILE row N' (0-based, per file).
-  Lists of structs come back as lists of dicts."""
+def _table_rows(files, open_batches, what: str, fix: str) -> Iterator[tuple[str, dict]]:
+  """(FILE row N, row) of every row of every (file, name) of `files`, whose record batches `open_batches(file)`
+  gives (a context manager); an unreadable file is a DataError naming it, `what` it should be and the `fix`."""
   import pyarrow
-  import pyarrow.parquet as pq
-  for file, name in parquet_files(path):
+  for file, name in files:
+    n = 0
     try:
-      n = 0
-      batches = pq.ParquetFile(file).iter_batches(batch_size=batch_size)
-      for batch in batches:
-        for row in batch.to_pylist():
-          yield f'{name} row {n}', row
-          n += 1
+      with open_batches(file) as batches:
+        for batch in batches:
+          for row in batch.to_pylist():
+            yield f'{name} row {n}', row
+            n += 1
     except (pyarrow.ArrowException, OSError) as e:
       at = f' after row {n - 1}' if n else ''
       reason = ' '.join(str(e).split())
-      raise DataError(f'{name}: not a readable Parquet file ({reason}){at}; the file is damaged or is not Parquet: '
-                      'download or write it again') from None
+      raise DataError(f'{name}: not a readable {what} ({reason}){at}; {fix}') from None
+
+
+def iter_parquet(path: str, batch_size: int = 1024) -> Iterator[tuple[str, dict]]:
+  """Yields (where, row) for every row of the Parquet input; `where` is 'FILE row N' (0-based, per file).
+  Lists of structs come back as lists of dicts."""
+  import pyarrow.parquet as pq
+  batches = lambda file: contextlib.nullcontext(pq.ParquetFile(file).iter_batches(batch_size=batch_size))
+  return _table_rows(parquet_files(path), batches, 'Parquet file',
+                     'the file is damaged or is not Parquet: download or write it again')
 
 
 def read_parquet(path: str, kind: str, with_source: bool = False) -> list[dict]:
@@ -287,19 +295,13 @@ def iter_arrow(path: str, split: str = 'train') -> Iterator[tuple[str, dict]]:
   """Yields (where, row) for every row of a split of a save_to_disk folder (Arrow IPC stream files); `where` is
   'FILE row N' (0-based, per file, FILE relative to `path`). Lists of structs come back as lists of dicts."""
   import pyarrow
-  for file, name in arrow_files(path, split):
-    n = 0
-    try:
-      with pyarrow.OSFile(file, 'rb') as source, pyarrow.ipc.open_stream(source) as reader:
-        for batch in reader:
-          for row in batch.to_pylist():
-            yield f'{name} row {n}', row
-            n += 1
-    except (pyarrow.ArrowException, OSError) as e:
-      at = f' after row {n - 1}' if n else ''
-      reason = ' '.join(str(e).split())
-      raise DataError(f'{name}: not a readable Arrow stream file ({reason}){at}; the file is damaged or was not '
-                      'written by `save_to_disk`: write it again') from None
+
+  @contextlib.contextmanager
+  def batches(file):
+    with pyarrow.OSFile(file, 'rb') as source, pyarrow.ipc.open_stream(source) as reader:
+      yield reader
+  return _table_rows(arrow_files(path, split), batches, 'Arrow stream file',
+                     'the file is damaged or was not written by `save_to_disk`: write it again')
 
 
 def read_arrow(path: str, kind: str, with_source: bool = False, split: str = 'train') -> list[dict]:
