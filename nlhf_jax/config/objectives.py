@@ -51,7 +51,7 @@ class Objective:
 
 
 
-_ALL_JUDGES = ('preference_model', 'reward_model', 'oracle')
+_ALL_JUDGES = ('preference_model', 'reward_model', 'oracle', 'prompted')
 _ONLINE = dict(kind='online', model=LANGUAGE_MODEL, data='prompts')
 _OFFLINE = dict(kind='offline', model=LANGUAGE_MODEL, data='pairs')
 

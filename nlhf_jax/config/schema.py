@@ -221,8 +221,14 @@ class OnlineConfig:
   top_p: float = 1.0  # 1.0: off
   max_new_tokens: int = 32
   reference_checkpoint: str = ''  # the SFT run (mu); empty: mu is the policy's initial parameters
-  judge: str = 'oracle'  # 'preference_model', 'reward_model' or 'oracle'
-  judge_checkpoint: str = ''  # the preference_model / reward_model run
+  judge: str = 'oracle'  # 'preference_model', 'reward_model', 'oracle' or 'prompted'
+  judge_checkpoint: str = ''  # the preference_model / reward_model run; 'prompted': a language model's run
+  # judge='prompted' (nlhf_jax/online/prompted.py): the prompt template file ('': the built-in pairwise prompt,
+  # with the fields {prompt}, {response_a}, {response_b}), the two answers meaning "the first is better" and "the
+  # second is better" (each one token of the judge's tokenizer), and the judge's input length in its tokens.
+  judge_template: str = ''
+  judge_answers: tuple[str, ...] = ('A', 'B')
+  judge_max_len: int = 1024
   oracle: str = ''  # 'module:function' or 'module:factory(args)' for judge='oracle'
   binary_judgements: bool = False  # replace P(y > y') by a 0/1 draw (the model-free variant)
   # dtype of the frozen reference and judge parameters ('': as stored); 'bfloat16' halves them at real sizes.

@@ -191,8 +191,13 @@ def check_online(cfg: schema.ExperimentConfig) -> None:
            f"config.online.frozen_dtype={o.frozen_dtype!r}: use '' (as stored), 'float32' or 'bfloat16'")
   _require(o.kv_cache_dtype in ('', 'float32', 'bfloat16'),
            f"config.online.kv_cache_dtype={o.kv_cache_dtype!r}: use '' (auto), 'float32' or 'bfloat16'")
-  _require(o.judge in ('preference_model', 'reward_model', 'oracle'),
-           f"config.online.judge={o.judge!r}: use 'preference_model', 'reward_model' or 'oracle'")
+  _require(o.judge in ('preference_model', 'reward_model', 'oracle', 'prompted'),
+           f"config.online.judge={o.judge!r}: use 'preference_model', 'reward_model', 'oracle' or 'prompted'")
+  _require(len(o.judge_answers) == 2 and len(set(o.judge_answers)) == 2 and all(o.judge_answers),
+           f'config.online.judge_answers={tuple(o.judge_answers)!r}: give two different, non-empty answers (the '
+           "first for 'the first response is better'), e.g. ('A', 'B')")
+  _require(o.judge_max_len > 0, f'config.online.judge_max_len={o.judge_max_len}: must be a positive number of '
+           'judge tokens')
   objective = cfg.train.objective
   spec = objectives.get(objective)
   if spec.online:

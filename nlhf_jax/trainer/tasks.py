@@ -200,10 +200,13 @@ def build_step(cfg: ExperimentConfig, task: Task, run: Setup, tx: optax.Gradient
 
 
 def plan_step(cfg: ExperimentConfig, task: Task, run: Setup, tx: optax.GradientTransformation,
-              lr_schedule: optax.Schedule, mesh: Mesh, initial_params: Callable[[], dict]) -> StepPlan:
+              lr_schedule: optax.Schedule, mesh: Mesh, initial_params: Callable[[], dict],
+              judge: tuple | None = None, stop_ids: tuple[int, ...] | None = None) -> StepPlan:
   """The step and its frozen inputs, from the runs' saved configs alone (no weight is read until
   `StepPlan.load`). `initial_params()` gives the run's initial parameters (the reference policy mu when no
-  reference checkpoint is named); checkpoints are restored onto `run.params_target()` (or the LoRA base's)."""
+  reference checkpoint is named); checkpoints are restored onto `run.params_target()` (or the LoRA base's).
+  `judge` ((Judge, FrozenPart), as `_judge` makes them) and `stop_ids` replace what the judge's run and the
+  tokenizer would give: nlhf-compile compiles the step of a config whose runs and files are elsewhere."""
   o = cfg.online
   frozen = {}
   if run.lora:  # the frozen base: the reference policy online and offline, the init checkpoint for sft
@@ -225,8 +228,8 @@ def plan_step(cfg: ExperimentConfig, task: Task, run: Setup, tx: optax.GradientT
              o.temperature, o.top_k, o.top_p)
   from nlhf_jax.data.tokenizer import load_tokenizer
   from nlhf_jax.online.step import OnlineStep
-  judge, judge_part = _judge(cfg, mesh)
-  stop_ids = load_tokenizer(cfg.data.tokenizer).stop_ids
+  judge, judge_part = _judge(cfg, mesh) if judge is None else judge
+  stop_ids = load_tokenizer(cfg.data.tokenizer).stop_ids if stop_ids is None else stop_ids
   step = OnlineStep(cfg, run.graphdef, tx, lr_schedule, judge, stop_ids, mesh, run.base_graphdef)
   if not run.lora:
     frozen['reference'] = _reference(run.params_target(), o.reference_checkpoint, o.frozen_dtype, initial_params)
