@@ -3,7 +3,9 @@
 Kinds (config.online.judge):
 - 'preference_model': a frozen PreferenceModel checkpoint, P = sigmoid(f(x, y, y'));
 - 'reward_model': a frozen RewardModel checkpoint used as sigmoid(r(x, y) - r(x, y'));
-- 'oracle': a programmatic judge named by config.online.oracle (see nlhf_jax/online/oracles.py).
+- 'oracle': a programmatic judge named by config.online.oracle (see nlhf_jax/online/oracles.py);
+- 'prompted': a language model run asked which of the two responses is better, in both orders
+  (nlhf_jax/online/prompted.py; built from the whole config by `prompted.plan`).
 With config.online.binary_judgements the probability is replaced by a 0/1 judgement drawn from it (the paper's
 model-free variant). Frozen parameters are sharded by the rule table and are never differentiated.
 """
@@ -24,7 +26,7 @@ from nlhf_jax.config import ConfigError
 from nlhf_jax.models.judges import PreferenceModel, RewardModel, pair_scorer
 from nlhf_jax.training.checkpointing import load_frozen
 
-JUDGE_KINDS = ('preference_model', 'reward_model', 'oracle')
+JUDGE_KINDS = ('preference_model', 'reward_model', 'oracle', 'prompted')
 
 
 def resolve_oracle(spec: str, key: str = 'config.online.oracle') -> Callable:
@@ -82,6 +84,9 @@ def make_judge(kind: str, mesh: Mesh, checkpoint: str = '', oracle: str = '', dt
   if not checkpoint:
     raise ConfigError(f"config.online.judge={kind!r} needs config.online.judge_checkpoint (the --workdir of the "
                       f"{kind} run)")
+  if kind == 'prompted':
+    raise ConfigError("config.online.judge='prompted' reads its template and answers from the config: build it "
+                      'with nlhf_jax.online.prompted.plan(cfg, mesh)')
   frozen = load_frozen(checkpoint, PreferenceModel if kind == 'preference_model' else RewardModel, mesh, dtype)
   return model_judge(kind, frozen.graphdef, frozen.params)
 

@@ -38,7 +38,11 @@ def check_inputs(cfg: ExperimentConfig, workdir: str) -> None:
   if o.reference_checkpoint:
     _check_run('config.online.reference_checkpoint', o.reference_checkpoint, cfg, family='language_model',
                same_shape=True)
-  if o.judge != 'oracle' and o.judge_checkpoint:
+  if o.judge == 'prompted' and o.judge_checkpoint:  # any language model, read through its own tokenizer
+    _check_run('config.online.judge_checkpoint', o.judge_checkpoint, cfg, family='language_model', same_shape=None)
+    from nlhf_jax.online import prompted
+    prompted.from_online_config(cfg)  # its tokenizer, the template and the answers, before any data or compile
+  elif o.judge != 'oracle' and o.judge_checkpoint:
     _check_run('config.online.judge_checkpoint', o.judge_checkpoint, cfg, family=o.judge, same_shape=False)
 
 
@@ -63,7 +67,9 @@ def check_workdir(workdir: str) -> None:
                       'config.online.reference_checkpoint)')
 
 
-def _check_run(key: str, path: str, cfg: ExperimentConfig, family: str, same_shape: bool) -> None:
+def _check_run(key: str, path: str, cfg: ExperimentConfig, family: str, same_shape: bool | None) -> None:
+  """The run at `path` holds a `family` model; with same_shape its architecture is the config's, with False its
+  vocabulary (a judge reads the policy's ids), with None nothing more."""
   try:
     saved = checkpointing.read_run_config(path)
   except FileNotFoundError as e:
@@ -74,7 +80,7 @@ def _check_run(key: str, path: str, cfg: ExperimentConfig, family: str, same_sha
     raise ConfigError(f'{key}={path} is a {objective!r} run, but {wanted} is needed here; give the --workdir '
                       f'of {wanted}')
   theirs, ours = architecture(saved.get('model', {})), architecture(cfg.model)
-  keys = list(ours) if same_shape else ['vocab_size']
+  keys = list(ours) if same_shape else [] if same_shape is None else ['vocab_size']
   diffs = [(k, theirs[k], ours[k]) for k in keys if theirs[k] != ours[k]]
   if diffs:
     shown = ', '.join(f'model.{k}: checkpoint {a!r}, config {b!r}' for k, a, b in diffs)

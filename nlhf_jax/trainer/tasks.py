@@ -256,6 +256,10 @@ def _judge(cfg: ExperimentConfig, mesh: Mesh):
   from nlhf_jax.models.judges import PreferenceModel, RewardModel
   from nlhf_jax.online import judges
   o = cfg.online
+  if o.judge == 'prompted' and o.judge_checkpoint:  # a language model asked which response is better
+    from nlhf_jax.online import prompted
+    judge, target, load = prompted.plan(cfg, mesh)
+    return judge, FrozenPart(target, lambda loaded: load(), f'restoring the judge (prompted) from {o.judge_checkpoint}')
   if o.judge not in ('preference_model', 'reward_model') or not o.judge_checkpoint:
     judge = judges.make_judge(o.judge, mesh, o.judge_checkpoint, o.oracle, o.frozen_dtype)  # an oracle, or the error
     return judge, FrozenPart(judge.params, lambda loaded: judge.params)
