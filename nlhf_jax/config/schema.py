@@ -207,7 +207,8 @@ class TrainConfig:
 
 @dataclasses.dataclass(frozen=True)
 class OnlineConfig:
-  """Online NLHF objectives (nash_md, nash_ema, rlhf, online_ipo, ipo_md): sampling, judge and regularisation.
+  """Online NLHF objectives (nash_md, nash_ema, rlhf, online_ipo, ipo_md and the successors inpo, comal, mpo, sppo,
+  extragradient): sampling, judge and regularisation.
 
   Self-play is nash_md with beta = 0 and best response is nash_md with beta = 1.
   """
@@ -239,6 +240,13 @@ class OnlineConfig:
   # dtype of the decode loop's KV caches: '' (auto: the compute dtype; float32 on CPU, where XLA handles a
   # bfloat16 cache slowly), 'float32' or 'bfloat16' (nlhf_jax/sampling/sampler.py, SamplingConfig.cache_dtype).
   kv_cache_dtype: str = ''
+  # The successors of Nash-MD (inpo, comal, mpo, sppo; docs/math.md section 8): the step size eta of the mirror
+  # step their loss fits (the papers' 1 / eta for INPO and COMAL), the steps of one iteration (pi_t, the policy
+  # the samples come from, is refreshed after every iteration_steps steps), and for comal and mpo the iterations
+  # between two resets of their moving reference (the prox centre, the magnet) to the policy.
+  eta: float = 1.0
+  iteration_steps: int = 20
+  prox_iterations: int = 4
 
 
 @dataclasses.dataclass(frozen=True)

@@ -212,8 +212,9 @@ def check_online(cfg: schema.ExperimentConfig) -> None:
     _require(o.judge == 'oracle' or bool(o.judge_checkpoint),
              f'config.online.judge={o.judge!r} needs config.online.judge_checkpoint (the workdir of that run)')
     _require(not spec.needs_positive_tau or o.tau > 0,
-             f'config.online.tau={o.tau}: config.train.objective={objective!r} needs tau > 0 (the IPO target is '
-             '1 / (2 tau)); set config.online.tau to a positive number')
+             f'config.online.tau={o.tau}: config.train.objective={objective!r} needs tau > 0 '
+             f'({spec.needs_positive_tau}); set config.online.tau to a positive number')
+    check_successor(cfg, spec)
     default_beta = schema.OnlineConfig.beta
     _require(spec.opponent != 'ema' or o.beta == default_beta,
              f'config.online.beta={o.beta}: config.train.objective={objective!r} does not use beta (its opponent is '
@@ -223,6 +224,28 @@ def check_online(cfg: schema.ExperimentConfig) -> None:
     twice = f'{spec.responses} * ' if spec.responses > 1 else ''
     _require(need <= m.max_len, f'config.model.max_len={m.max_len} is shorter than the {objective} input: '
              f'data.prompt_len + {twice}data.response_len = {need}')
+
+
+def check_successor(cfg: schema.ExperimentConfig, spec: objectives.Objective) -> None:
+  """The values the successors of Nash-MD read (docs/math.md section 8): eta, the iteration's length, the resets
+  of the moving reference and the K samples of sppo."""
+  o, objective = cfg.online, spec.name
+  _require(o.samples_per_prompt >= spec.min_samples,
+           f'config.online.samples_per_prompt={o.samples_per_prompt}: config.train.objective={objective!r} needs '
+           f'K >= {spec.min_samples} samples per prompt (each sample\'s win rate is judged against the other '
+           f'K - 1); set config.online.samples_per_prompt to {spec.min_samples} or more')
+  if not spec.iterate:
+    return
+  _require(math.isfinite(o.eta) and o.eta > 0, f'config.online.eta={o.eta}: must be a positive number (the step '
+           f'size of the mirror step that {objective!r} fits)')
+  _require(o.iteration_steps >= 1, f'config.online.iteration_steps={o.iteration_steps}: must be >= 1 (the steps '
+           'after which pi_t, the policy the samples come from, is refreshed)')
+  if spec.prox:
+    _require(o.prox_iterations >= 1, f'config.online.prox_iterations={o.prox_iterations}: must be >= 1 (the '
+             f'iterations between two resets of the {spec.prox} of {objective!r})')
+  _require(spec.loss != 'mirror_pairs' or o.eta * o.tau <= 1.0,
+           f'config.online.eta={o.eta} x config.online.tau={o.tau} = {o.eta * o.tau:g} exceeds 1: the mirror step '
+           f'of {objective!r} weighs log pi_t by 1 - eta tau, which must not be negative; lower eta or tau')
 
 
 REFERENCE_LOGPROBS = ('on_the_fly', 'cached')

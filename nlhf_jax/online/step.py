@@ -14,7 +14,15 @@ Objectives (config.train.objective):
   beta = 1 best response to mu;
 - nash_ema: as nash_md with the opponent the policy with EMA parameters (updated after every step);
 - rlhf: y, y'' ~ pi_theta, regularised policy gradient on a reward model's r(x, y) with baseline r(x, y'');
-- online_ipo: y, y' ~ pi_theta, IPO loss weighted by the judge; ipo_md: both samples from pi^beta.
+- online_ipo: y, y' ~ pi_theta, IPO loss weighted by the judge; ipo_md: both samples from pi^beta;
+- inpo, comal, mpo: y, y' ~ pi_t (state.extras['pi_t'], the policy of the iteration, refreshed every
+  online.iteration_steps steps), the squared loss whose minimiser is their mirror step (objectives/successors.py);
+  comal's prox centre and mpo's magnet (extras['prox'], extras['magnet']) replace mu in it and are reset to the
+  policy every online.prox_iterations iterations;
+- sppo: K = online.samples_per_prompt samples of pi_t per prompt, every pair judged, each sample regressed on its
+  win rate against the others;
+- extragradient: online IPO's gradient at theta_t makes the half step, the gradient at the half step is applied
+  from theta_t (both sampled and judged in the one step).
 With config.online.temperature != 1 or top-k/top-p, "pi_theta" in every loss is the distribution sampled, pi_T
 (`sampled_logprobs`): the tempered, filtered policy is what is optimised.
 """
@@ -32,9 +40,10 @@ from nlhf_jax.config import ExperimentConfig, objectives
 from nlhf_jax.models import lora
 from nlhf_jax.models.logprobs import response_logprobs
 from nlhf_jax.objectives import online as losses
+from nlhf_jax.objectives import successors
 from nlhf_jax.online.judges import Judge, binary_judgement
 from nlhf_jax.sampling.filters import filter_logits
-from nlhf_jax.sampling.sampler import Groups, SamplingConfig, row_keys, run, sample_pair
+from nlhf_jax.sampling.sampler import Groups, SamplingConfig, row_keys, run, sample, sample_pair
 from nlhf_jax.training.state import TrainState
 
 sg = jax.lax.stop_gradient
@@ -140,40 +149,108 @@ class OnlineStep:
     return ({k: v[:, 0] for k, v in out.items()}, {k: v[:, 1] for k, v in out.items()})
 
   def __call__(self, state: TrainState, frozen: dict, batch: dict):
-    o = self.cfg.online
-    loss, grads, out = self.loss_and_grads(state, frozen, batch)
-    updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    extras = state.extras
-    if self.objective.ema:
-      extras = {'ema': jax.tree.map(lambda e, p: o.ema_rate * e + (1.0 - o.ema_rate) * p, extras['ema'], params)}
+    if self.objective.extragradient:  # both half steps sampled and judged here, with keys of their own
+      def grad_at(params, i):
+        loss, grads, out = self.loss_and_grads(state, frozen, batch, params, jax.random.fold_in(state.step_key(), i))
+        return grads, (loss, grads, out)
+      params, opt_state, (loss, grads, out) = successors.extragradient_update(self.tx, state.params, state.opt_state,
+                                                                              grad_at)
+    else:
+      loss, grads, out = self.loss_and_grads(state, frozen, batch)
+      updates, opt_state = self.tx.update(grads, state.opt_state, state.params)
+      params = optax.apply_updates(state.params, updates)
     metrics = self.metrics(loss, grads, state, out)
+    extras = self.next_extras(state.step + 1, state.extras, params)
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state, extras=extras), metrics
 
-  def loss_and_grads(self, state: TrainState, frozen: dict, batch: dict):
-    """(loss, grads, outputs): the samples, the judge's preferences and the log-probabilities, for the metrics
-    (and for tests that compare meshes)."""
+  def next_extras(self, step: jax.Array, extras, params):
+    """The objective's extra state after update number `step`: the EMA moves towards the new parameters; pi_t
+    becomes them after every iteration_steps updates, the prox centre or magnet after every prox_iterations
+    iterations."""
+    spec, o = self.objective, self.cfg.online
+    if not spec.extras:
+      return extras
+    extras = dict(extras)
+    if spec.ema:
+      extras['ema'] = jax.tree.map(lambda e, p: o.ema_rate * e + (1.0 - o.ema_rate) * p, extras['ema'], params)
+    replace = lambda now, old: jax.tree.map(lambda a, b: jnp.where(now, a, b), params, old)
+    if spec.iterate:
+      extras['pi_t'] = replace(step % o.iteration_steps == 0, extras['pi_t'])
+    if spec.prox:
+      extras[spec.prox] = replace(step % (o.iteration_steps * o.prox_iterations) == 0, extras[spec.prox])
+    return extras
+
+  def mirror_step(self) -> successors.MirrorStep:
     o = self.cfg.online
-    k_sample, k_judge = jax.random.split(state.step_key())
+    if self.objective.loss == 'magnetic_pairs':
+      return successors.magnetic_step(o.eta, o.tau)
+    return successors.inpo_step(o.eta, o.tau)
+
+  def draw(self, state: TrainState, frozen: dict, params, batch: dict, key):
+    """(y, y'): the responses the loss reads (y' None for sppo, whose K samples of a prompt are rows of y).
+    `params` are the trained ones."""
+    spec = self.objective
+    if spec.opponent == 'iterate':
+      pi_t = self.model_params(state.extras['pi_t'], frozen)
+      if spec.loss == 'sppo':
+        return sample(self.graphdef, pi_t, batch, jax.random.fold_in(key, 0), self.scfg, self.mesh), None
+      out = sample_pair(self.graphdef, pi_t, None, None, batch, key, self.scfg, 0.0, self.mesh)
+      return out['policy'], out['mixture']
+    anchor_graphdef, anchor, beta, both_mixed = self.opponent(state, frozen)
+    return self.sample(self.model_params(params, frozen), anchor_graphdef, anchor, batch, key, beta, both_mixed)
+
+  @property
+  def scfg(self) -> SamplingConfig:
+    return sampling_config(self.cfg, self.stop_ids)
+
+  def judge_samples(self, frozen: dict, batch: dict, y: dict, key) -> jax.Array:
+    """sppo: the win rate [B K] of each of a prompt's K samples (consecutive rows of y) against the K - 1 others,
+    every unordered pair judged once (as a 0/1 draw with binary_judgements)."""
+    k = self.cfg.online.samples_per_prompt
+    first, second = successors.pair_indices(k)
+    grouped = lambda v: v.reshape((-1, k) + v.shape[1:])
+    pick = lambda v, idx: grouped(v)[:, idx].reshape((-1,) + v.shape[1:])
+    texts = [pick(v, first) for v in (batch['prompt'], batch['prompt_mask'], y['tokens'], y['mask'])]
+    pref = self.judge.prob(frozen['judge'], *texts, pick(y['tokens'], second), pick(y['mask'], second))
+    if self.cfg.online.binary_judgements:
+      ids = grouped(batch['example_index'])[:, :1] // k * len(first) + jnp.arange(len(first), dtype=jnp.int32)
+      pref = binary_judgement(pref, key, ids.reshape(-1))
+    return successors.win_rates(pref.reshape(-1, len(first)), k).reshape(-1)
+
+  def loss_and_grads(self, state: TrainState, frozen: dict, batch: dict, params=None, key=None):
+    """(loss, grads, outputs) at `params` (default: the state's) with the step's key (or `key`): the samples,
+    the judge's preferences and the log-probabilities, for the metrics (and for tests that compare meshes)."""
+    o, spec, scfg = self.cfg.online, self.objective, self.scfg
+    params = state.params if params is None else params
+    k_sample, k_judge = jax.random.split(state.step_key() if key is None else key)
     batch = repeat_prompts(batch, o.samples_per_prompt)
     x = (batch['prompt'], batch['prompt_mask'])
-    anchor_graphdef, anchor, beta, both_mixed = self.opponent(state, frozen)
-    y, y2 = self.sample(self.model_params(state.params, frozen), anchor_graphdef, anchor, batch, k_sample, beta,
-                        both_mixed)
-    yt, y2t = (y['tokens'], y['mask']), (y2['tokens'], y2['mask'])
+    y, y2 = self.draw(state, frozen, params, batch, k_sample)
+    yt = (y['tokens'], y['mask'])
+    y2t = None if y2 is None else (y2['tokens'], y2['mask'])
     ref = nnx.merge(*self.reference(frozen))
-    ref_lp = sg(response_logprobs(ref, *x, *yt))
-    pref = sg(self.judge.prob(frozen['judge'], *x, *yt, *y2t))
-    if o.binary_judgements:
-      pref = binary_judgement(pref, k_judge, batch['example_index'])
-    aux_in = {'pref': pref, 'ref_lp': ref_lp}
-    spec = self.objective
+    aux_in = {'ref_lp': sg(response_logprobs(ref, *x, *yt))}
+    if y2 is None:
+      aux_in['pref'] = sg(self.judge_samples(frozen, batch, y, k_judge))
+    else:
+      pref = sg(self.judge.prob(frozen['judge'], *x, *yt, *y2t))
+      aux_in['pref'] = binary_judgement(pref, k_judge, batch['example_index']) if o.binary_judgements else pref
     if spec.rewards:
       aux_in['reward'], aux_in['baseline'] = sg(self.judge.rewards(frozen['judge'], *x, *yt, *y2t))
     if spec.second_logprobs:
       aux_in['ref_lp2'] = sg(response_logprobs(ref, *x, *y2t))
-
-    scfg = sampling_config(self.cfg, self.stop_ids)
+    if spec.iterate:  # log pi_t of the distribution sampled, as log pi below
+      pi_t = nnx.merge(self.graphdef, self.model_params(state.extras['pi_t'], frozen))
+      aux_in['anchor_lp'] = sg(sampled_logprobs(pi_t, *x, *yt, scfg))
+      if y2 is not None:
+        aux_in['anchor_lp2'] = sg(sampled_logprobs(pi_t, *x, *y2t, scfg))
+    if spec.prox:  # the moving reference replaces mu in the loss
+      prox = nnx.merge(self.graphdef, self.model_params(state.extras[spec.prox], frozen))
+      aux_in['kl_ref_lp'] = sg(response_logprobs(prox, *x, *yt))
+      aux_in['kl_ref_lp2'] = sg(response_logprobs(prox, *x, *y2t))
+    elif spec.iterate and y2 is not None:
+      aux_in['kl_ref_lp'], aux_in['kl_ref_lp2'] = aux_in['ref_lp'], aux_in['ref_lp2']
+    pref = aux_in['pref']
 
     def loss_fn(params):  # log-probabilities of the distribution sampled (tempered, filtered): unbiased for pi_T
       policy = nnx.merge(self.graphdef, self.model_params(params, frozen))
@@ -183,24 +260,34 @@ class OnlineStep:
       elif spec.loss == 'rlhf_pg':
         loss = losses.rlhf_pg_loss(lp, aux_in['ref_lp'], y['mask'], aux_in['reward'], aux_in['baseline'], o.tau,
                                    o.reward_to_go)
+      elif spec.loss == 'sppo':
+        loss = successors.sppo_loss(lp, aux_in['anchor_lp'], y['mask'], pref, o.eta)
+      elif spec.loss in ('mirror_pairs', 'magnetic_pairs'):
+        lp2 = sampled_logprobs(policy, *x, *y2t, scfg)
+        loss = successors.mirror_pair_loss(self.mirror_step(), lp, aux_in['anchor_lp'], aux_in['kl_ref_lp'],
+                                           y['mask'], lp2, aux_in['anchor_lp2'], aux_in['kl_ref_lp2'], y2['mask'],
+                                           pref)
       else:  # 'ipo_pg'
         lp2 = sampled_logprobs(policy, *x, *y2t, scfg)
         loss = losses.ipo_loss(lp, aux_in['ref_lp'], y['mask'], lp2, aux_in['ref_lp2'], y2['mask'], pref, o.tau)
       return loss, sg(lp)
 
-    (loss, lp), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (loss, lp), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     out = dict(aux_in, y=y, y2=y2, lp=lp)
     return loss, grads, out
 
   def metrics(self, loss, grads, state, out) -> dict:
     y, y2, lp = out['y'], out['y2'], out['lp']
     stats = losses.sample_statistics(lp, out['ref_lp'], y['mask'])
-    ended = jnp.any(sampling_config(self.cfg, self.stop_ids).is_stop(y['tokens']) & y['mask'], axis=1)
+    ended = jnp.any(self.scfg.is_stop(y['tokens']) & y['mask'], axis=1)
     metrics = dict(stats, loss=loss, grad_norm=optax.tree.norm(grads), learning_rate=self.lr_schedule(state.step),
                    preference=out['pref'].mean(), entropy=-jnp.mean(jnp.sum(lp, axis=1)),
-                   eos_rate=ended.astype(jnp.float32).mean(),
-                   opponent_length=y2['mask'].sum(1).astype(jnp.float32).mean(),
-                   sampled_tokens=(y['mask'].sum() + y2['mask'].sum()).astype(jnp.float32))
+                   eos_rate=ended.astype(jnp.float32).mean(), sampled_tokens=y['mask'].sum().astype(jnp.float32))
+    if y2 is not None:
+      metrics['opponent_length'] = y2['mask'].sum(1).astype(jnp.float32).mean()
+      metrics['sampled_tokens'] += y2['mask'].sum().astype(jnp.float32)
+    if 'anchor_lp' in out:  # log(pi / pi_t) of the samples: how far the iteration has moved
+      metrics['iterate_logratio'] = jnp.mean(successors.sequence_logprob(lp - out['anchor_lp'], y['mask']))
     if 'reward' in out:
       metrics['reward'] = out['reward'].mean()
     return metrics
