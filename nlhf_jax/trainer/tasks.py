@@ -59,6 +59,10 @@ class Task:
   def ema(self) -> bool:  # keeps EMA parameters in state.extras['ema']
     return self.objective.ema
 
+  @property
+  def extras(self) -> tuple[str, ...]:  # the keys of state.extras, each a copy of the trained parameters
+    return self.objective.extras
+
 
 def _model(cls):
   def make(cfg: ExperimentConfig):
@@ -101,7 +105,9 @@ class Setup:
   shardings: TrainState
   base_graphdef: nnx.GraphDef | None = None  # LoRA: the model without adapters
   base_target: dict | None = None  # LoRA: ShapeDtypeStructs (with shardings) of the base weights
-  make_extras: Callable[[dict], dict] | None = None  # params -> the objective's extra state (nash_ema: the EMA)
+  # params -> the objective's extra state (nash_ema: the EMA; the successors of Nash-MD: pi_t and the prox centre
+  # or magnet), each a copy of the initial (or warm-started) trained parameters
+  make_extras: Callable[[dict], dict] | None = None
 
   @property
   def lora(self) -> bool:
@@ -128,10 +134,11 @@ def setup(cfg: ExperimentConfig, task: Task, tx: optax.GradientTransformation, m
   lora_on = lora.enabled(cfg.model.lora)
   trainable = (lambda tree: lora.split_adapters(tree)[0]) if lora_on else None
   extras = {}
-  if task.ema:
+  if task.extras:  # copies of the trained parameters (under LoRA the adapters only), sharded as they are
     specs = param_specs(abstract)
-    extras = dict(make_extras=lambda params: {'ema': params},
-                  extras_specs={'ema': trainable(specs) if trainable else specs})
+    specs = trainable(specs) if trainable else specs
+    extras = dict(make_extras=lambda params: {key: params for key in task.extras},
+                  extras_specs={key: specs for key in task.extras})
   _, init_fn, shardings = init.state_initializer(make_model, tx, mesh, trainable=trainable, **extras)
   make_extras = extras.get('make_extras')
   if not lora_on:
