@@ -5,6 +5,8 @@ Any runs, by path (the tokenizer, prompt length and chat-template setting come f
       [--reference=sft --split=validation --num_prompts=256 --batch_size=64 --oracle=module:function] \
       --output=runs/eval
   nlhf-eval --policy=sft=runs/sft --policy=md=runs/nash_md --judge=runs/pm --prompts=my_prompts.jsonl
+  nlhf-eval --policy=sft=runs/sft --policy=md=runs/nash_md --judge=runs/qwen_instruct --judge_kind=prompted \
+      [--judge_template=FILE --judge_answers=A,B --judge_max_len=1024] --prompts=my_prompts.jsonl
 (`--policies=sft=runs/sft,md=runs/nash_md` is the same list in one flag.) Each policy's objective, beta, tau and
 steps are read from its run (RUN/config.json), not from its name.
 A pipeline's policies:
@@ -13,7 +15,8 @@ A pipeline's policies:
   python -m nlhf_jax.evaluation.cli --workdir=DIR --mesh=data=2,tensor=4 --overwrite   # replaces DIR/eval's results
 
 Every input is checked before any model is restored (evaluation/inputs.py, evaluate.prepare): the flags, the runs
-(each a run of the right kind with a checkpoint; the policies and the judge share one tokenizer and vocabulary),
+(each a run of the right kind with a checkpoint; the policies and a learned judge share one tokenizer and
+vocabulary; a prompted judge reads text with its own tokenizer, its template and answers checked here),
 the prompts, the batch against the devices and the output folder, which must not hold an earlier evaluation's
 files unless --overwrite. A sampling batch holds --batch_size rows at most, and fewer when the prompts need fewer
 (the smallest multiple of the devices that split the batch). Parameters are restored params-only from the
@@ -33,6 +36,9 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from nlhf_jax import commands, logs
+
+DEFAULT_JUDGE_MAX_LEN = 1024  # nlhf_jax.online.prompted.DEFAULT_MAX_LEN (not imported: flags load nothing heavy)
+JUDGE_KINDS = ('', 'preference_model', 'reward_model', 'prompted')
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +61,16 @@ def _define_flags() -> None:
   flags.DEFINE_multi_string('policy', [], 'One run to compare, NAME=RUN_DIR (repeatable; with or instead of '
                             '--policies).')
   flags.DEFINE_string('reference', '', 'The policy the others are compared with (default: the first).')
-  flags.DEFINE_string('judge', '', 'A preference_model (or reward_model) run that judges the pairs.')
+  flags.DEFINE_string('judge', '', 'A preference_model (or reward_model) run that judges the pairs, or with '
+                      '--judge_kind=prompted a language model run (an imported instruct model) asked which is better.')
+  flags.DEFINE_string('judge_kind', '', "'prompted': --judge is a language model prompted with both responses "
+                      "(both orders; its first-position rate is reported); '' (default): what the run holds.")
+  flags.DEFINE_string('judge_template', '', 'The prompted judge\'s template file, with {prompt}, {response_a} and '
+                      '{response_b} (default: the built-in pairwise prompt).')
+  flags.DEFINE_list('judge_answers', ['A', 'B'], 'The prompted judge\'s two answers, "first better,second better"; '
+                    'each one token of its tokenizer.')
+  flags.DEFINE_integer('judge_max_len', DEFAULT_JUDGE_MAX_LEN, 'The prompted judge\'s input length in its tokens '
+                       '(longer pairs have their responses shortened to fit).')
   flags.DEFINE_string('oracle', '', "A text oracle 'module:function' (prompts, a_texts, b_texts) -> P(a > b).")
   flags.DEFINE_string('prompts', '', 'The prompts: a data set (nlhf-data build --kind=prompts) with --data_dir, or '
                       'a file of prompt records (JSONL or Parquet) without it.')
@@ -127,7 +142,8 @@ def parse_policies(text: str) -> list[tuple[str, str]]:
 def runs_config(policies: list[tuple[str, str]], reference: str = '', judge: str = '', oracle: str = '',
                 prompts: str = '', data_dir: str = '', split: str = 'validation', num_prompts: int = 256,
                 samples_per_prompt: int = 1, max_new_tokens: int = 0, temperature: float = 1.0, batch_size: int = 64,
-                seed: int = 0, judgement: str = 'expected', output: str = '', mesh: str = ''
+                seed: int = 0, judgement: str = 'expected', output: str = '', mesh: str = '', judge_kind: str = '',
+                judge_template: str = '', judge_answers=('A', 'B'), judge_max_len: int = DEFAULT_JUDGE_MAX_LEN
                 ) -> ml_collections.ConfigDict:
   """The eval config of runs named by path; what the runs share (tokenizer, prompt length, chat template) is
   read from the reference's saved config. Every input is checked here, before any model is read."""
@@ -139,6 +155,13 @@ def runs_config(policies: list[tuple[str, str]], reference: str = '', judge: str
     raise ConfigError(f'--reference={reference!r} is not one of the policies ({", ".join(n for n, _ in policies)})')
   if not judge and not oracle:
     raise ConfigError('give a judge: --judge=PREFERENCE_MODEL_RUN and/or --oracle=module:function')
+  if judge_kind not in JUDGE_KINDS:
+    raise ConfigError(f"--judge_kind={judge_kind}: use 'prompted' (a language model asked which response is "
+                      "better) or leave it empty (what the --judge run holds)")
+  if judge_kind and not judge:
+    raise ConfigError(f'--judge_kind={judge_kind} describes --judge, which is not given; give --judge=RUN')
+  prompted = dict(judge_kind=judge_kind if judge else '', judge_template=os.path.abspath(judge_template)
+                  if judge_template else '', judge_answers=list(judge_answers), judge_max_len=judge_max_len)
   if oracle:
     from nlhf_jax.online.judges import resolve_oracle
     resolve_oracle(oracle, '--oracle')
@@ -152,7 +175,7 @@ def runs_config(policies: list[tuple[str, str]], reference: str = '', judge: str
       policy_names=[n for n, _ in policies], policy_workdirs=[p for _, p in policies],
       preference_model=os.path.abspath(judge) if judge else '', num_prompts=num_prompts,
       samples_per_prompt=samples_per_prompt, batch_size=batch_size, max_new_tokens=max_new_tokens or 1,
-      temperature=temperature))
+      temperature=temperature, **prompted))
   inputs.check_settings(runs)
   inputs.check_runs(runs)
   ref = checkpointing.read_run_config(dict(policies)[reference])
@@ -167,7 +190,7 @@ def runs_config(policies: list[tuple[str, str]], reference: str = '', judge: str
       prompt_len=int(data.get('prompt_len', 32)),
       max_new_tokens=max_new_tokens or int(online.get('max_new_tokens') or data.get('response_len', 64)),
       temperature=temperature, batch_size=batch_size, num_shown=8, oracle=oracle,
-      output_dir=os.path.abspath(output or 'eval')))
+      output_dir=os.path.abspath(output or 'eval'), **prompted))
 
 
 def parse_mesh_or_default(text: str) -> dict:
@@ -176,7 +199,8 @@ def parse_mesh_or_default(text: str) -> dict:
 
 
 RUN_FLAGS = ('reference', 'judge', 'oracle', 'prompts', 'data_dir', 'split', 'num_prompts', 'samples_per_prompt',
-             'max_new_tokens', 'temperature', 'batch_size', 'seed', 'judgement')  # with --policy; not --workdir's
+             'max_new_tokens', 'temperature', 'batch_size', 'seed', 'judgement', 'judge_kind', 'judge_template',
+             'judge_answers', 'judge_max_len')  # with --policy; not --workdir's
 
 
 def _config_from_flags() -> ml_collections.ConfigDict:
@@ -188,7 +212,8 @@ def _config_from_flags() -> ml_collections.ConfigDict:
                         'not both')
     return runs_config(parse_policies(','.join([f.policies, *f.policy])), f.reference, f.judge, f.oracle, f.prompts,
                        f.data_dir, f.split, f.num_prompts, f.samples_per_prompt, f.max_new_tokens, f.temperature,
-                       f.batch_size, f.seed, f.judgement, f.output, f.mesh)
+                       f.batch_size, f.seed, f.judgement, f.output, f.mesh, f.judge_kind, f.judge_template,
+                       f.judge_answers, f.judge_max_len)
   if not f.workdir:
     raise ConfigError('give the runs to evaluate (--policy=NAME=RUN ... with --judge or --oracle, and --prompts) or '
                       'a pipeline directory (--workdir=DIR)')

@@ -4,7 +4,9 @@ For every policy: samples for N = num_prompts * samples_per_prompt comparisons (
 sampled samples_per_prompt times), then
 - the matrix of P(pi_col > pi_row) under each judge the config names, with 95% Clopper-Pearson intervals
   (evaluation/stats.py says how soft probabilities become counts): a text oracle (`oracle`, e.g. the benchmark's
-  exact P*; empty: none) and a learned preference model (`preference_model`, a run's path; empty: none);
+  exact P*; empty: none) and a model judge (`preference_model`, a run's path; empty: none): a learned preference
+  or reward model, or with `judge_kind='prompted'` a language model asked which response is better in both orders
+  (online/prompted.py), whose first-position rate over every judged pair is reported (`judge_position`);
 - the win rate against the reference policy (the reference's row of each matrix);
 - the Nash averaging of each matrix (`nash` inside it, evaluation/stats.nash_summary): the maximum-entropy Nash
   equilibrium of the meta-game with payoff P(pi_i > pi_j) - 1/2, its support, and each policy's win rate against it;
@@ -109,10 +111,46 @@ def _judges(ecfg) -> tuple[str, str]:
   return oracle, pm
 
 
-def _judge_kind(path: str) -> str:
-  """'preference_model' or 'reward_model': what the learned judge's run holds ('' without one)."""
+def _judge_kind(ecfg, path: str) -> str:
+  """'preference_model', 'reward_model' (what the learned judge's run holds) or 'prompted'; '' without one."""
   from nlhf_jax.config.objectives import model_family
+  if path and ecfg.get('judge_kind', '') == 'prompted':
+    return 'prompted'
   return model_family(checkpointing.read_run_config(path).get('train', {}).get('objective', '?')) if path else ''
+
+
+def prompted_input(ecfg):
+  """The prompted judge's checked input (its run's tokenizer, the template, the answers, the length)."""
+  from nlhf_jax.online import prompted
+  path = ecfg.preference_model
+  run_cfg = checkpointing.read_run_config(path)
+  tokenizer = prompted.run_tokenizer(run_cfg, path, '--judge')
+  template = prompted.read_template(ecfg.get('judge_template', ''), '--judge_template')
+  return prompted.judge_input(tokenizer, template, tuple(ecfg.get('judge_answers', prompted.DEFAULT_ANSWERS)),
+                              int(ecfg.get('judge_max_len', prompted.DEFAULT_MAX_LEN)),
+                              {'answers': '--judge_answers', 'max_len': '--judge_max_len'},
+                              int(run_cfg.get('model', {}).get('max_len', 0)))
+
+
+def _prompted_matrix(ecfg, path: str, mesh, xs: list, texts: dict, names: list[str], rows: int):
+  """The prompted judge's matrix and {'first_position_rate', 'pairs'}: how often it preferred the response shown
+  first, the mean over every judged pair of both orders' P(first better)."""
+  from nlhf_jax.online.prompted import conversation_text
+  text = prompted_input(ecfg)
+  model = gen.load_policy(path, mesh)
+  prompts = [conversation_text(x) for x in xs]
+  firsts = []
+
+  def probs(r: int, c: int):
+    p, first = gen.prompted_probs(model, text, prompts, texts[names[c]], texts[names[r]], rows, mesh)
+    firsts.append(first)
+    return p
+  matrix = stats.win_matrix(probs, len(names), len(xs), ecfg.judgement, ecfg.seed)
+  first = np.concatenate(firsts) if firsts else np.zeros(0)
+  rate = float(np.mean(first)) if first.size else 0.5
+  log.info('eval: the prompted judge preferred the response shown first at rate %.3f over %d pairs (1/2: no '
+           'position bias)', rate, first.size)
+  return matrix, {'first_position_rate': rate, 'pairs': int(first.size)}
 
 
 def _read_prompts(ecfg) -> list:
@@ -142,8 +180,10 @@ def prepare(ecfg, mesh, export_generations: str = '', overwrite: bool = False) -
   if export_generations:
     generations.check(export_generations, overwrite)
   _policies(ecfg)
-  _judges(ecfg)
+  _, judge_path = _judges(ecfg)
   inputs.check_runs(ecfg)
+  if _judge_kind(ecfg, judge_path) == 'prompted':
+    prompted_input(ecfg)
   shards = batch_shards(mesh)
   inputs.batch_rows(1, int(ecfg.batch_size), shards)  # the batch size against the devices, before reading prompts
   prompts = _read_prompts(ecfg)
@@ -183,7 +223,10 @@ def evaluate(ecfg, mesh=None, export_generations: str = '', overwrite: bool = Fa
   if judge is not None:
     matrices['oracle'] = stats.win_matrix(lambda r, c: judge(xs, texts[names[c]], texts[names[r]]), len(names),
                                           n, ecfg.judgement, ecfg.seed)
-  if pm_path:
+  position = None
+  if pm_path and _judge_kind(ecfg, pm_path) == 'prompted':
+    matrices['preference_model'], position = _prompted_matrix(ecfg, pm_path, mesh, xs, texts, names, rows)
+  elif pm_path:
     pm = gen.load_judge(pm_path, mesh)
     matrices['preference_model'] = stats.win_matrix(
         lambda r, c: gen.preference_probs(pm, batches, samples[names[c]], samples[names[r]], mesh), len(names), n,
@@ -201,7 +244,8 @@ def evaluate(ecfg, mesh=None, export_generations: str = '', overwrite: bool = Fa
     log.info('eval: wrote %d generations (%d policies) to %s', count, len(names), export_generations)
   return {'policies': names, 'reference': ecfg.reference, 'num_comparisons': n, 'num_prompts': len(prompts),
           'samples_per_prompt': k, 'judgement': ecfg.judgement, 'seed': ecfg.seed, 'oracle_spec': oracle_spec,
-          'preference_model_run': pm_path, 'judge_kind': _judge_kind(pm_path), 'mesh': dict(mesh.shape),
+          'preference_model_run': pm_path, 'judge_kind': _judge_kind(ecfg, pm_path), 'mesh': dict(mesh.shape),
+          **({'judge_position': position} if position is not None else {}),
           **{key: _matrix_json(m, names) for key, m in matrices.items()}, 'per_policy': info,
           'samples': {name: [{'prompt': xs[j], 'response': texts[name][j]} for j in range(0, n, k)][:ecfg.num_shown]
                       for name in names}}

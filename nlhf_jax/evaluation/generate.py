@@ -126,6 +126,29 @@ def preference_probs(pm: FrozenModel, batches: list[dict], a: dict, b: dict, mes
   return np.concatenate(out).astype(np.float64)
 
 
+@functools.lru_cache(maxsize=8)
+def _jit_prompted(graphdef, answers: tuple[int, int]):
+  from nlhf_jax.online.prompted import scorer
+  return jax.jit(scorer(graphdef, answers))
+
+
+def prompted_probs(model: FrozenModel, text, prompts: list[str], a: list[str], b: list[str], rows: int, mesh
+                   ) -> tuple[np.ndarray, np.ndarray]:
+  """A prompted judge's P(a > b | x) and its first-position probabilities (both orders), float64 [N] each, for
+  aligned texts; `text` is its online.prompted.JudgeInput, `rows` pairs a batch (a multiple of the batch shards)."""
+  fn = _jit_prompted(model.graphdef, text.answers)
+  out_p, out_first = [], []
+  for start in range(0, len(prompts), rows):
+    end = min(start + rows, len(prompts))
+    pick = list(range(start, end)) + [end - 1] * (rows - (end - start))  # the last batch padded with its last pair
+    tokens, mask = text.rows([prompts[i] for i in pick], [a[i] for i in pick], [b[i] for i in pick])
+    batch = global_batch(mesh, local_rows_of({'tokens': tokens, 'mask': mask}, mesh))
+    p, first = fn(model.params, batch['tokens'], batch['mask'])
+    out_p.append(to_host(p)[:end - start])
+    out_first.append(to_host(first)[:end - start])
+  return np.concatenate(out_p).astype(np.float64), np.concatenate(out_first).astype(np.float64)
+
+
 def decode(tokenizer, tokens: np.ndarray, mask: np.ndarray) -> list[str]:
   """Response texts: masked ids up to the first stop id, special ids dropped (by the tokenizer's decode)."""
   stops = set(tokenizer.stop_ids)

@@ -3,7 +3,8 @@
 - `check_settings(ecfg)`: counts and lengths of the eval config are positive (num_prompts, samples_per_prompt,
   batch_size, max_new_tokens) and the temperature is not negative.
 - `check_runs(ecfg)`: every policy is a language model run with a checkpoint, the learned judge (if any) a
-  preference_model or reward_model run, and all of them share one vocabulary: the same tokenizer (the same spec,
+  preference_model or reward_model run (with judge_kind='prompted' a language model run, which reads text with its
+  own tokenizer and is left out of what follows), and all of them share one vocabulary: the same tokenizer (the same spec,
   or tokenizer files with the same content) and the same embedding size (`model.vocab_size`). A policy's samples
   are decoded with the reference's tokenizer and read as ids by mu and by the judge, so runs that differ there
   would be compared on garbage; the error names each run and what it has. Runs whose `data.chat_template`
@@ -66,8 +67,13 @@ def _run_configs(ecfg) -> list[tuple[str, str, dict]]:
   judge = ecfg.get('preference_model', '')
   if judge:
     cfg = _read(judge, 'the judge')
+    if ecfg.get('judge_kind', '') == 'prompted':
+      from nlhf_jax.online.prompted import check_judge_run
+      check_judge_run(cfg, judge, '--judge')
+      return out
     if _objective(cfg) not in JUDGE_OBJECTIVES:
-      raise ConfigError(f'judge {judge} is a {_objective(cfg)!r} run; give a preference_model or reward_model run')
+      raise ConfigError(f'judge {judge} is a {_objective(cfg)!r} run; give a preference_model or reward_model run '
+                        '(or a language model run with --judge_kind=prompted)')
     out.append((f'judge={judge}', judge, cfg))
   return out
 

@@ -1,7 +1,7 @@
 """Writing an evaluation result: matrix.json, matrix.md (tables), matrix.png (heatmaps) and samples.md.
 
 matrix.md: per judge the win-rate matrix and its Nash averaging (a table: policy, Nash weight, win rate vs the Nash
-mixture; evaluation/stats.nash_summary), then the per-policy table. matrix.png: per judge the heatmap and, beside
+mixture; evaluation/stats.nash_summary), for a prompted judge its first-position rate, then the per-policy table. matrix.png: per judge the heatmap and, beside
 it on the same rows, a bar panel of the Nash weights annotated with the win rates vs the mixture. A result without
 a `nash` entry (written before it existed) gets one computed from its stored win matrix. findings.{md,json}: the
 paper's claims checked against this one evaluation (evaluation/findings.py; per seed = pooled).
@@ -55,6 +55,25 @@ def nash_table(m: dict) -> str:
   return '\n'.join(lines)
 
 
+def _title(result: dict, judge: str) -> str:
+  """The heading of a judge's section."""
+  if judge == 'oracle':
+    spec = result.get('oracle_spec', BENCHMARK_ORACLE)
+    return 'Oracle P*' if spec == BENCHMARK_ORACLE else f'Oracle ({spec})'
+  kind = result.get('judge_kind')
+  if kind == 'prompted':
+    return f"Prompted judge ({os.path.basename(result.get('preference_model_run', '').rstrip('/'))})"
+  return 'Learned reward model' if kind == 'reward_model' else 'Learned preference model'
+
+
+def position_line(result: dict) -> str:
+  """The prompted judge's position bias, from both orders of every judged pair."""
+  p = result['judge_position']
+  return (f"Position bias: first-position rate {p['first_position_rate']:.3f} (how often the judge prefers the "
+          f"response shown first, both orders of each of {p['pairs']} pairs; 1/2: none). Each cell's P(a > b) "
+          "averages the two orders: 1/2 + (P(first better | a first) - P(first better | b first)) / 2.")
+
+
 def _judges(result: dict) -> list[str]:
   return [k for k in _TITLES if k in result]
 
@@ -65,13 +84,19 @@ def trained_as(run: dict) -> str:
   return f"{run.get('objective', '?')}{knobs}, {run.get('num_steps', 0)} steps"
 
 
+def _short(result: dict, judge: str) -> str:
+  if judge == 'oracle':
+    return judge
+  return 'prompted' if result.get('judge_kind') == 'prompted' else 'PM'
+
+
 def policy_table(result: dict) -> str:
   judges = _judges(result)
   first = result['per_policy'][result['policies'][0]]
   styles, probes = 'style_distribution' in first, 'exploitability' in first
   trained = any('run' in p for p in result['per_policy'].values())
   head = ['policy', *(['trained as'] * trained),
-          *(f'win vs ref ({"PM" if j == "preference_model" else j})' for j in judges), 'KL to mu',
+          *(f'win vs ref ({_short(result, j)})' for j in judges), 'KL to mu',
           'length (tokens)', 'words']
   head += ['styles plain/and/so/none'] * styles + ['exploitability (probe)'] * probes
   lines = ['| ' + ' | '.join(head) + ' |', '|---' * len(head) + '|']
@@ -97,10 +122,11 @@ def markdown(result: dict) -> str:
               f"({result['num_prompts']} prompts x {result['samples_per_prompt']} samples), judgement "
               f"'{judgement}', 95% Clopper-Pearson interval in brackets; seed {result['seed']}."]
   for j in _judges(result):
-    spec = result.get('oracle_spec', BENCHMARK_ORACLE)
-    learned = 'Learned reward model' if result.get('judge_kind') == 'reward_model' else 'Learned preference model'
-    title = ('Oracle P*' if spec == BENCHMARK_ORACLE else f'Oracle ({spec})') if j == 'oracle' else learned
-    sections += [f'## {title}', matrix_table(result[j]), f'### Nash averaging ({title})', nash_table(result[j])]
+    title = _title(result, j)
+    sections += [f'## {title}', matrix_table(result[j])]
+    if j == 'preference_model' and 'judge_position' in result:
+      sections.append(position_line(result))
+    sections += [f'### Nash averaging ({title})', nash_table(result[j])]
   sections += [f"## Policies (reference: {result['reference']})", policy_table(result)]
   return '\n\n'.join(sections) + '\n'
 
@@ -137,7 +163,8 @@ def heatmap(result: dict, path) -> None:
     ax.set_xticks(range(n), names, rotation=60, ha='right', fontsize=8)
     ax.set_yticks(range(n), names, fontsize=8)
     ax.set_xlabel('column policy (P(col > row))')
-    ax.set_title(_TITLES[key])
+    ax.set_title('prompted judge' if key == 'preference_model' and result.get('judge_kind') == 'prompted'
+                 else _TITLES[key])
     for r in range(n):
       for c in range(n):
         ax.text(c, r, f'{win[r, c]:.2f}', ha='center', va='center', fontsize=7)
