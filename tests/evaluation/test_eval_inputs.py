@@ -153,3 +153,26 @@ def test_hugging_face_tokenizers_differ_by_their_special_tokens_not_their_chat_t
   assert base and tokenizer_digest(folder('b', chat_template='{{ x }}')) == base
   assert tokenizer_digest(folder('c', eos_token='<|endoftext|>')) != base
   assert tokenizer_digest(str(tmp_path / 'missing')) == ''
+
+
+def test_a_prompted_judge_is_checked_before_any_restore(runs, tmp_path):
+  """--judge_kind=prompted: the judge is a language model run with its own tokenizer (another vocabulary is
+  fine), its answers single tokens of that tokenizer, its template's fields complete."""
+  prompted = dict(preference_model=runs['other_vocab'], judge_kind='prompted', judge_answers=['A', 'B'],
+                  judge_max_len=1024)
+  assert evaluate.prepare(_config(runs, **prompted), mesh(data=8))[1] == 8
+  with pytest.raises(ConfigError, match="answer 'Yes' is 3 tokens of the judge's tokenizer"):
+    evaluate.prepare(_config(runs, **dict(prompted, judge_answers=['Yes', 'No'])), mesh(data=8))
+  with pytest.raises(ConfigError, match='a prompted judge is a language model'):
+    evaluate.prepare(_config(runs, **dict(prompted, preference_model=runs['pm'])), mesh(data=8))
+  template = tmp_path / 'judge.txt'
+  template.write_text('{prompt}: {response_a} or {response_b}? {verdict}')
+  with pytest.raises(ConfigError, match=r'--judge_template=.*judge.txt: the template has the field \{verdict\}'):
+    evaluate.prepare(_config(runs, **dict(prompted, judge_template=str(template))), mesh(data=8))
+  with pytest.raises(ConfigError, match='or a language model run with --judge_kind=prompted'):
+    evaluate.prepare(_config(runs, preference_model=runs['md']), mesh(data=8))
+
+
+def test_prompted_judge_answers_that_are_not_single_tokens_end_in_one_error_line(runs):
+  out = _eval(*_args(runs, f'--judge={runs["md"]}', '--judge_kind=prompted', '--judge_answers=first,second'))
+  _refused(out, "--judge_answers: the answer 'first' is 5 tokens of the judge's tokenizer", 'single tokens')
