@@ -22,7 +22,7 @@ filled template is encoded with the judge's. Inputs have a fixed length, config.
 left-padded; a pair that does not fit has its two responses cut to the same number of judge tokens (their ends),
 then, if still needed, the prompt (its start). Inside the jitted online step this host work runs through
 `jax.pure_callback` (the sampled ids come to the host once a step; decoding, rendering and encoding 2B texts take
-about a millisecond a pair in Python), and the judge then reads 2B sequences of judge_max_len tokens: two full
+about half a millisecond a pair in Python), and the judge then reads 2B sequences of judge_max_len tokens: two full
 forward passes a pair (the preference model reads the prompt once for both orders).
 """
 from __future__ import annotations

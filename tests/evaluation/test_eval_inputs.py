@@ -176,3 +176,20 @@ def test_a_prompted_judge_is_checked_before_any_restore(runs, tmp_path):
 def test_prompted_judge_answers_that_are_not_single_tokens_end_in_one_error_line(runs):
   out = _eval(*_args(runs, f'--judge={runs["md"]}', '--judge_kind=prompted', '--judge_answers=first,second'))
   _refused(out, "--judge_answers: the answer 'first' is 5 tokens of the judge's tokenizer", 'single tokens')
+
+
+def test_prompted_judge_flags_are_checked(runs, tmp_path):
+  policies = [('sft', runs['sft']), ('md', runs['md'])]
+  with pytest.raises(ConfigError, match="--judge_kind=pm: use 'prompted'"):
+    cli.runs_config(policies, judge=runs['md'], judge_kind='pm', prompts=runs['prompts'])
+  with pytest.raises(ConfigError, match='--judge_kind=prompted describes --judge, which is not given'):
+    cli.runs_config(policies, oracle='nlhf_jax.online.oracles:more_of("a")', judge_kind='prompted',
+                    prompts=runs['prompts'])
+  prompted = dict(preference_model=runs['md'], judge_kind='prompted', judge_answers=['A', 'B'], judge_max_len=1024)
+  with pytest.raises(FileNotFoundError, match='--judge_template=.*nowhere.txt: no such file'):
+    evaluate.prepare(_config(runs, **prompted, judge_template=str(tmp_path / 'nowhere.txt')), mesh(data=8))
+  from nlhf_jax.data.tokenizer import load_tokenizer
+  from nlhf_jax.online import prompted as judge
+  with pytest.raises(ConfigError, match="max_len=4096 is longer than the judge model's max_len=2048"):
+    judge.judge_input(load_tokenizer('bytes'), judge.DEFAULT_TEMPLATE, ('A', 'B'), 4096,
+                      {'answers': 'answers', 'max_len': 'max_len'}, model_max_len=2048)
