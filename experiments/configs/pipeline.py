@@ -8,8 +8,9 @@ with 8 fake devices), `full` (accelerators: realistic sizes).
   nlhf-pipeline --config=experiments/configs/pipeline.py:demo --workdir=runs/demo
   nlhf-eval --workdir=runs/demo --output=runs/demo/eval2   # re-evaluate (--overwrite replaces runs/demo/eval)
 Policy names (config.policies, comma-separated): rlhf, sp (beta 0), md_BETA (Nash-MD-PG, e.g. md_0.125),
-br (beta 1), ema (Nash-EMA-PG with config.policy.ema_rate), dpo and ipo (offline, on the pairs, with
-config.offline: its tau and trainer).
+br (beta 1), ema (Nash-EMA-PG with config.policy.ema_rate), any online objective by its name (rlhf, online_ipo,
+and the successors of Nash-MD inpo, comal, mpo, sppo, extragradient with config.policy's eta, iteration_steps,
+prox_iterations, group_samples), dpo and ipo (offline, on the pairs, with config.offline: its tau and trainer).
 """
 from __future__ import annotations
 
@@ -49,8 +50,10 @@ def tiny() -> ml_collections.ConfigDict:
   c.preference_model = _trainer(20, 16, 1e-3)
   c.reward_model = _trainer(20, 16, 1e-3)
   c.policies = 'rlhf,sp,md_0.25'
-  c.policy = dict(tau=0.05, rlhf_tau=0.05, ema_rate=0.9, max_new_tokens=24, temperature=1.0,
-                  **_trainer(8, 16, 1e-3))
+  # The successors of Nash-MD (inpo, comal, mpo, sppo): eta, the steps of an iteration, the iterations between the
+  # resets of comal's and mpo's moving reference, and sppo's K samples per prompt (docs/online.md).
+  c.policy = dict(tau=0.05, rlhf_tau=0.05, ema_rate=0.9, max_new_tokens=24, temperature=1.0, eta=2.0,
+                  iteration_steps=4, prox_iterations=2, group_samples=4, **_trainer(8, 16, 1e-3))
   # Offline DPO and IPO (policies 'dpo', 'ipo'): tau and the trainer, on the pairs; mu and the start are sft.
   c.offline = dict(tau=0.1, **_trainer(8, 16, 1e-3))
   # Evaluation: num_prompts validation prompts x samples_per_prompt samples = N comparisons per cell.
@@ -72,7 +75,7 @@ def demo() -> ml_collections.ConfigDict:
   c.preference_model = _trainer(600, 64, 1e-3, warmup=10, every=300)
   c.reward_model = _trainer(600, 64, 1e-3, warmup=10, every=300)
   c.policies = ALL_POLICIES
-  c.policy.update(max_new_tokens=12, **_trainer(100, 16, 1e-3, every=50))
+  c.policy.update(max_new_tokens=12, iteration_steps=20, **_trainer(100, 16, 1e-3, every=50))
   c.offline.update(**_trainer(200, 32, 1e-3, every=100))
   c.eval.update(num_prompts=256, samples_per_prompt=2, max_new_tokens=12, batch_size=128)
   return c
@@ -90,7 +93,7 @@ def full() -> ml_collections.ConfigDict:
   c.pairs.update(num_prompts=32_768, batch_size=1024)
   c.preference_model = _trainer(4000, 256, 3e-4, warmup=200, every=1000)
   c.reward_model = _trainer(4000, 256, 3e-4, warmup=200, every=1000)
-  c.policy.update(tau=0.008, rlhf_tau=0.05, ema_rate=0.999, max_new_tokens=20,
+  c.policy.update(tau=0.008, rlhf_tau=0.05, ema_rate=0.999, max_new_tokens=20, eta=10.0, iteration_steps=200,
                   **_trainer(2000, 128, 3e-5, warmup=50, every=500))
   c.offline.update(**_trainer(2000, 128, 3e-5, warmup=50, every=500))
   c.eval.update(num_prompts=1024, samples_per_prompt=2, max_new_tokens=20, batch_size=512)

@@ -10,8 +10,9 @@ ExperimentConfig ConfigDict, so `nlhf-train --config=...` could run any of them 
   pairs             DIR/pairs/tfds: 'pairs', two samples from mu per training prompt labelled by the oracle
   preference_model  trained on the pairs
   reward_model      Bradley-Terry reward model on the same pairs
-  <policy>          one per name in config.policies (rlhf, sp, md_BETA, br, ema online; dpo, ipo offline on the
-                    pairs), initialised from mu
+  <policy>          one per name in config.policies (rlhf, sp, md_BETA, br, ema and every online objective by
+                    its name, e.g. inpo, comal, mpo, sppo, extragradient; dpo, ipo offline on the pairs),
+                    initialised from mu
   eval              DIR/eval/matrix.{json,md,png}, samples.md, findings.{md,json}
 
 Several seeds (config.seeds = 'S1,S2,...'; '' = the one config.seed, the layout above): tokenizer and data are
@@ -36,17 +37,19 @@ _MD = re.compile(r'^md_(0?\.\d+)$')
 
 
 def parse_policy(name: str) -> tuple[str, float | None]:
-  """(objective, beta) of a policy name: rlhf, sp (beta 0), md_BETA (0 < BETA < 1), br (beta 1), ema, and the
-  offline dpo and ipo."""
-  fixed = {'rlhf': ('rlhf', None), 'sp': ('nash_md', 0.0), 'br': ('nash_md', 1.0), 'ema': ('nash_ema', None),
-           'dpo': ('dpo', None), 'ipo': ('ipo', None)}
+  """(objective, beta) of a policy name: rlhf, sp (beta 0), md_BETA (0 < BETA < 1), br (beta 1), ema, and the name
+  of any online or offline objective (inpo, comal, mpo, sppo, extragradient, online_ipo, dpo, ipo, ...)."""
+  fixed = {'sp': ('nash_md', 0.0), 'br': ('nash_md', 1.0), 'ema': ('nash_ema', None)}
   if name in fixed:
     return fixed[name]
+  trained = objectives.names('online') + objectives.names('offline')
+  if name in trained:
+    return name, None
   match = _MD.match(name)
   if match and 0.0 < float(match.group(1)) < 1.0:
     return 'nash_md', float(match.group(1))
-  raise ConfigError(f'unknown policy {name!r} in config.policies; use rlhf, sp, br, ema, dpo, ipo or md_BETA '
-                   'with 0 < BETA < 1 (e.g. md_0.125)')
+  raise ConfigError(f'unknown policy {name!r} in config.policies; use sp, br, ema, md_BETA with 0 < BETA < 1 '
+                    f'(e.g. md_0.125) or an online or offline objective: {", ".join(trained)}')
 
 
 def policy_names(p) -> list[str]:
@@ -135,6 +138,13 @@ def _policy_config(p, workdir: str, name: str, sdir: str) -> ml_collections.Conf
                   judge_checkpoint=os.path.join(sdir, judge), oracle='')
   if beta is not None:
     c.online.beta = beta
+  spec = objectives.get(objective)
+  if spec.iterate:  # the successors of Nash-MD that iterate on pi_t (their defaults for older pipeline configs)
+    o = c.online
+    o.update(eta=q.get('eta', o.eta), iteration_steps=q.get('iteration_steps', o.iteration_steps),
+             prox_iterations=q.get('prox_iterations', o.prox_iterations))
+  if spec.min_samples > 1:  # sppo: the K samples of a prompt whose win rates it regresses on
+    c.online.samples_per_prompt = q.get('group_samples', 4)
   return c
 
 
