@@ -147,6 +147,47 @@ def test_a_judge_with_answer_logits_set_by_hand(judge_model, judge_run):
   assert p[1] == 0.5 and abs(p[0] - 0.5) > 1e-3  # equal responses tie; different last tokens do not
 
 
+def _policy_batch(tok, prompts, ys, y2s, chat=False):
+  """The step's layout: left-padded prompt ids, right-padded response ids (ending at the tokenizer's eos)."""
+  def pad(rows, left):
+    width = max(map(len, rows))
+    ids, mask = np.zeros((len(rows), width), np.int32), np.zeros((len(rows), width), bool)
+    for r, row in enumerate(rows):
+      cols = slice(width - len(row), width) if left else slice(0, len(row))
+      ids[r, cols], mask[r, cols] = row, True
+    return jnp.asarray(ids), jnp.asarray(mask)
+  return (*pad([tok.prompt_ids(p, chat=chat) for p in prompts], True),
+          *pad([tok.encode(y) + [tok.eos_id] for y in ys], False),
+          *pad([tok.encode(y) + [tok.eos_id] for y in y2s], False))
+
+
+@pytest.mark.parametrize('policy', ['bytes', 'judge_tokenizer_chat'])
+def test_the_step_judge_reads_the_policy_tokens_sharded(judge_model, judge_run, policy):
+  """Judge.prob inside a jitted step: the policy's ids (another tokenizer, or the judge's own with its chat
+  template around the prompt) decoded on the host give the rows of the texts themselves, and the judge sharded
+  over (data=4, tensor=2) gives the single-device preferences."""
+  from flax import nnx
+  from nlhf_jax.distributed import named, param_specs, within_mesh
+  from nlhf_jax.models import Transformer
+  from tests.helpers import mesh
+  text = _input(judge_run)
+  tok = load_tokenizer('bytes') if policy == 'bytes' else text.tokenizer
+  judge = prompted.PromptedJudge(judge_model.graphdef, text, tok)
+  batch = _policy_batch(tok, PROMPTS, YS, Y2S, chat=policy != 'bytes')
+  tokens, mask = judge.host_rows(*batch)
+  expected_tokens, _ = text.rows(PROMPTS, YS, Y2S)
+  np.testing.assert_array_equal(tokens, expected_tokens)
+  single = np.asarray(jax.jit(judge.prob)(judge_model.params, *batch))
+  m = mesh(data=4, tensor=2)
+  abstract = nnx.split(nnx.eval_shape(lambda: Transformer(judge_model.model_cfg, nnx.Rngs(0))))[1]
+  params = jax.device_put(judge_model.params, named(m, param_specs(abstract)))
+  assert params['layer_0']['mlp']['up'].sharding.spec == jax.sharding.PartitionSpec('fsdp', 'tensor')
+  rows = jax.device_put(batch, jax.sharding.NamedSharding(m, jax.sharding.PartitionSpec(('data', 'fsdp'))))
+  sharded = np.asarray(jax.jit(within_mesh(judge.prob, m))(params, *rows))
+  np.testing.assert_allclose(sharded, single, atol=1e-6)
+  np.testing.assert_allclose(single, _score(judge_model, text, PROMPTS, YS, Y2S)[0], atol=1e-6)
+
+
 def test_shortened_to_fit(judge_run):
   text = _input(judge_run, max_len=520)
   long = ' '.join(['the quick brown fox jumps over the lazy dog'] * 12)
