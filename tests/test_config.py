@@ -266,7 +266,7 @@ def test_one_table_of_objectives_describes_every_task():
     assert tasks.MODELS[spec.model] is not None and spec.data in ('demonstrations', 'pairs', 'prompts')
     if spec.online:
       assert spec.loss in ('nash_md_pg', 'rlhf_pg', 'ipo_pg') and spec.opponent in ('mixture', 'ema', 'policy')
-      assert spec.judges and set(spec.judges) <= {'preference_model', 'reward_model', 'oracle'}
+      assert spec.judges and set(spec.judges) <= {'preference_model', 'reward_model', 'oracle', 'prompted'}
     if spec.offline:
       assert spec.loss in offline.LOSSES
   assert objectives.model_family('import') == 'language_model' == objectives.model_family('dpo')
