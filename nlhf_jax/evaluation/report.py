@@ -1,8 +1,9 @@
 """Writing an evaluation result: matrix.json, matrix.md (tables), matrix.png (heatmaps) and samples.md.
 
 matrix.md: per judge the win-rate matrix and its Nash averaging (a table: policy, Nash weight, win rate vs the Nash
-mixture; evaluation/stats.nash_summary), for a prompted judge its first-position rate, then the per-policy table. matrix.png: per judge the heatmap and, beside
-it on the same rows, a bar panel of the Nash weights annotated with the win rates vs the mixture. A result without
+mixture; evaluation/stats.nash_summary), for a prompted judge its first-position rate, then the per-policy table.
+matrix.png: per judge the heatmap and, beside it on the same rows, a bar panel of the Nash weights annotated with
+the win rates vs the mixture. A result without
 a `nash` entry (written before it existed) gets one computed from its stored win matrix. findings.{md,json}: the
 paper's claims checked against this one evaluation (evaluation/findings.py; per seed = pooled).
 """
