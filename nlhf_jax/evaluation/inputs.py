@@ -5,9 +5,9 @@
 - `check_runs(ecfg)`: every policy is a language model run with a checkpoint, the learned judge (if any) a
   preference_model or reward_model run (with judge_kind='prompted' a language model run, which reads text with its
   own tokenizer and is left out of what follows), and all of them share one vocabulary: the same tokenizer (the
-  same spec, or tokenizer files with the same content) and the same embedding size (`model.vocab_size`). A policy's samples
-  are decoded with the reference's tokenizer and read as ids by mu and by the judge, so runs that differ there
-  would be compared on garbage; the error names each run and what it has. Runs whose `data.chat_template`
+  same spec, or tokenizer files with the same content) and the same embedding size (`model.vocab_size`). A
+  policy's samples are decoded with the reference's tokenizer and read as ids by mu and by the judge, so runs that
+  differ there would be compared on garbage; the error names each run and what it has. Runs whose `data.chat_template`
   differs from the reference's are named in a warning (prompts are framed as the reference was trained).
 - `batch_rows(num_rows, batch_size, shards)`: the rows of one sampling batch, the smallest multiple of the mesh's
   batch shards (data x fsdp) that holds every row, and at most `batch_size`; a `batch_size` that the shards do not
