@@ -11,6 +11,7 @@ import itertools
 import os
 import signal
 import subprocess
+import time
 
 import jax
 import jax.numpy as jnp
@@ -223,3 +224,197 @@ def test_extragradient_applies_the_half_steps_gradient_from_theta_t():
   from_half = optax.apply_updates(half, tx.update(g_half, state, half)[0])
   twice = optax.apply_updates(theta, tx.update(g_half, tx.update(g0, state, theta)[1], theta)[0])
   assert not any(close(new, other) for other in (plain, from_half, twice))
+
+
+# ------------------------------------------------------------------------------------------------- the online step
+
+SUCCESSORS = ('inpo', 'comal', 'mpo', 'sppo', 'extragradient')
+
+
+SMALL_MODEL = dict(num_layers=1, d_model=32, num_heads=2, head_dim=16, mlp_dim=64)
+
+
+def tiny_config(name: str, **online):
+  """The tiny config of `name` on one device with a one-layer model, small enough to compile quickly: 4 prompts
+  (sppo: 2 x K = 4 samples), 6 new tokens, iterations of 2 steps, the moving reference reset every 2 iterations."""
+  from nlhf_jax.config.defaults import sibling
+  c = sibling(os.path.join(os.path.dirname(__file__), '..', '..', 'experiments', 'configs', 'x.py'), name).get_config(
+      'tiny')
+  c.mesh.update(data=1)
+  c.model.update(SMALL_MODEL)
+  c.online.update(max_new_tokens=6, iteration_steps=2, prox_iterations=2, **online)
+  c.train.update(batch_size=2 if name == 'sppo' else 4, num_steps=5)
+  return c
+
+
+def run_steps(cfg, steps: int):
+  """[state after step s for s = 0..steps], the metrics of each step: the online step jitted once, mu and the
+  judge as in training (mu the policy's initial parameters of another seed, the config's oracle)."""
+  from helpers import mesh
+  from nlhf_jax.data import pipelines
+  from nlhf_jax.online import make_judge
+  from nlhf_jax.online.step import OnlineStep
+  from nlhf_jax.trainer import tasks
+  from nlhf_jax.training import optim
+  m = mesh(data=1)
+  task = tasks.get_task(cfg.train.objective)
+  tx = optim.make_optimizer(cfg.optim, cfg.train.num_steps)
+  run = tasks.setup(cfg, task, tx, m)
+  init = jax.jit(run.init, out_shardings=run.shardings)
+  state = init(cfg.seed)
+  judge = make_judge('oracle', m, oracle=cfg.online.oracle)
+  frozen = {'reference': init(cfg.seed + 1).params, 'judge': judge.params}
+  step = jax.jit(OnlineStep(cfg, run.graphdef, tx, optim.schedule(cfg.optim, 10), judge, (2,), m))
+  data = pipelines.make_iterator(cfg.data, 'prompts', cfg.seed, cfg.train.batch_size, slice(None))
+  states, metrics = [jax.device_get(state)], []
+  for _ in range(steps):
+    state, out = step(state, frozen, next(data))
+    states.append(jax.device_get(state))
+    metrics.append(jax.device_get(out))
+  return states, metrics
+
+
+def same(a, b) -> bool:
+  return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+@pytest.mark.parametrize('name', SUCCESSORS)
+def test_trains_and_keeps_its_iteration_state(name):
+  """Five steps of the tiny config: finite losses, the parameters move; pi_t becomes the parameters after steps 2
+  and 4 only (iterations of 2 steps), comal's prox centre and mpo's magnet after step 4 only (every 2 iterations),
+  and both start at the initial parameters."""
+  cfg = from_config_dict(tiny_config(name), 1)
+  states, metrics = run_steps(cfg, 5)
+  assert all(np.isfinite(m['loss']) and m['grad_norm'] > 0 for m in metrics)
+  assert not same(states[-1].params, states[0].params)
+  keys = {'extragradient': [], 'inpo': ['pi_t'], 'sppo': ['pi_t'], 'comal': ['pi_t', 'prox'],
+          'mpo': ['magnet', 'pi_t']}[name]
+  assert sorted(states[0].extras or {}) == keys
+  for key in keys:
+    every = 2 if key == 'pi_t' else 4
+    assert same(states[0].extras[key], states[0].params)
+    for s in range(1, 6):
+      kept = states[s].extras[key]
+      assert same(kept, states[s].params if s % every == 0 else states[s - 1].extras[key]), (key, s)
+  if name != 'extragradient':
+    assert all('iterate_logratio' in m for m in metrics)
+
+
+@pytest.mark.slow
+def test_comal_killed_then_resumed_is_bitwise(tmp_path):
+  """comal (pi_t and the prox centre in its state), iterations of 2 steps and a reset every 2 iterations, killed
+  (SIGKILL) after its checkpoint of step 3 (inside an iteration, with pi_t refreshed at 2 and the prox centre
+  still the initial policy) and restarted: it ends with the parameters, optimizer state and extras of an
+  uninterrupted run, bitwise."""
+  from helpers import mesh
+  from multihost import launch
+  from nlhf_jax.trainer import tasks
+  from nlhf_jax.training import checkpointing, init, optim
+  steps = 7  # the last refresh of pi_t at 6, of the prox centre at 4
+  flags = (*(f'--config.model.{k}={v}' for k, v in SMALL_MODEL.items()),
+           '--config.mesh.data=1', '--config.train.batch_size=4', '--config.online.max_new_tokens=6',
+           '--config.online.iteration_steps=2', '--config.online.prox_iterations=2',
+           f'--config.train.num_steps={steps}', '--config.train.checkpoint_every=1', '--config.train.log_every=1',
+           '--config.train.keep_checkpoints=20', '--config.train.async_checkpointing=false')
+  config = 'experiments/configs/comal.py:tiny'
+
+  def start(workdir, log):
+    return subprocess.Popen(launch.train_cmd(config, workdir, *flags), cwd=launch.REPO, env=launch.env(1),
+                            stdout=open(log, 'w'), stderr=subprocess.STDOUT, start_new_session=True)
+
+  launch.finish(start(tmp_path / 'full', tmp_path / 'full.log'), tmp_path / 'full.log')
+  killed, log = tmp_path / 'killed', tmp_path / 'killed.log'
+  proc = start(killed, log)
+  t0 = time.time()
+  while max(launch.checkpoint_steps(killed), default=0) < 3:
+    assert proc.poll() is None and time.time() - t0 < 240, log.read_text()[-3000:]
+    time.sleep(0.02)
+  os.killpg(proc.pid, signal.SIGKILL)
+  proc.wait(timeout=60)
+  assert max(launch.checkpoint_steps(killed)) < steps  # it was killed before the end
+  text = launch.finish(start(killed, tmp_path / 'final.log'), tmp_path / 'final.log')
+  assert 'resumed from step' in text
+  cfg = from_config_dict(tiny_config('comal'), 1)
+  task = tasks.get_task('comal')
+  run = tasks.setup(cfg, task, optim.make_optimizer(cfg.optim, cfg.train.num_steps), mesh(data=1))
+  target = init.abstract_state(run.shardings, jax.eval_shape(run.init, 0))
+  a, b = (jax.device_get(checkpointing.Checkpointer(str(w / 'checkpoints')).restore(target, steps)[0])
+          for w in (tmp_path / 'full', killed))
+  assert sorted(a.extras) == ['pi_t', 'prox'] and not same(a.extras['pi_t'], a.extras['prox'])
+  assert same(a, b)
+
+
+# ------------------------------------------------------------------------------------ configs, checks and pipeline
+
+@pytest.mark.parametrize('name', SUCCESSORS)
+def test_every_variant_validates(name):
+  from nlhf_jax.config.defaults import sibling
+  module = sibling(os.path.join(os.path.dirname(__file__), '..', '..', 'experiments', 'configs', 'x.py'), name)
+  for variant in ('tiny', 'small'):  # the others read their runs (125m, hf, laptop: judge and reference)
+    cfg = from_config_dict(module.get_config(variant))
+    assert cfg.train.objective == name and cfg.online.iteration_steps <= cfg.train.num_steps
+
+
+@pytest.mark.parametrize('name,values,message', [
+    ('sppo', {'online.samples_per_prompt': 1}, r"config.online.samples_per_prompt=1: config.train.objective='sppo' "
+     r'needs K >= 2 samples per prompt'),
+    ('inpo', {'online.eta': 0.0}, r'config.online.eta=0.0: must be a positive number'),
+    ('mpo', {'online.eta': -1.0}, r'config.online.eta=-1.0: must be a positive number'),
+    ('inpo', {'online.eta': 5.0, 'online.tau': 0.5}, r'config.online.eta=5.0 x config.online.tau=0.5 = 2.5 exceeds 1'),
+    ('sppo', {'online.iteration_steps': 0}, r'config.online.iteration_steps=0: must be >= 1'),
+    ('comal', {'online.prox_iterations': 0}, r'config.online.prox_iterations=0: must be >= 1 .* prox of '),
+    ('mpo', {'online.tau': 0.0}, r"config.online.tau=0.0: config.train.objective='mpo' needs tau > 0"),
+    ('extragradient', {'online.tau': 0.0}, r'needs tau > 0 \(the IPO target is 1 / \(2 tau\)\)'),
+])
+def test_bad_values_are_refused(name, values, message):
+  c = tiny_config(name)
+  for key, value in values.items():
+    section, field = key.split('.')
+    c[section][field] = value
+  with pytest.raises(ConfigError, match=message):
+    from_config_dict(c)
+
+
+def test_magnetic_steps_take_any_eta_tau():
+  """MPO's step weighs log pi_t by 1 / (1 + eta tau) > 0 whatever eta tau: no bound on their product."""
+  c = tiny_config('mpo')
+  c.online.update(eta=5.0, tau=0.5)
+  assert from_config_dict(c).online.eta == 5.0
+
+
+def test_pipeline_trains_and_evaluates_the_successors_by_name(tmp_path):
+  """config.policies names them: each becomes a policy stage of its objective (sppo with its K samples, the
+  iterating ones with config.policy's eta and iteration length), validated before any stage runs, and the
+  evaluation (the matrix and its Nash averaging) lists them."""
+  from pipeline.mini import mini_config
+  from nlhf_jax.pipeline import stages
+  p = mini_config()
+  p.policies = ','.join(SUCCESSORS)
+  configs = stages.stage_configs(p, str(tmp_path))
+  stages.check_training_configs(configs, 8)
+  for name in SUCCESSORS:
+    assert configs[name].train.objective == name and configs[name].online.judge == 'preference_model'
+  assert configs['sppo'].online.samples_per_prompt == p.policy.group_samples
+  assert configs['comal'].online.iteration_steps == p.policy.iteration_steps
+  assert list(configs['eval'].policy_names) == ['sft', *SUCCESSORS]
+  p.policy.group_samples = 1
+  with pytest.raises(ConfigError, match=r"pipeline stage 'sppo': config.online.samples_per_prompt=1"):
+    stages.stage_configs(p, str(tmp_path))
+
+
+def test_with_lora_the_iteration_state_holds_the_adapters_only():
+  """Under LoRA the train state's pi_t and prox centre are copies of the adapters (the base stays frozen, shared
+  with mu), not of the whole model."""
+  from helpers import mesh
+  from nlhf_jax.trainer import tasks
+  from nlhf_jax.training import optim
+  c = tiny_config('comal')
+  c.model.lora.rank = 4
+  c.online.reference_checkpoint = '/runs/sft'
+  cfg = from_config_dict(c)
+  run = tasks.setup(cfg, tasks.get_task('comal'), optim.make_optimizer(cfg.optim, 5), mesh(data=1))
+  shapes = jax.eval_shape(run.init, 0)
+  adapters = jax.tree.structure(shapes.params)
+  assert run.lora and all(jax.tree.structure(shapes.extras[k]) == adapters for k in ('pi_t', 'prox'))
+  count = lambda tree: sum(x.size for x in jax.tree.leaves(tree))
+  assert count(shapes.extras['pi_t']) < count(run.base_target) / 4
