@@ -11,11 +11,13 @@ WORKDIR ?= runs/demo
 
 install: $(STAMP)
 
-$(STAMP): requirements.lock setup.cfg pyproject.toml
+$(STAMP): requirements.lock requirements-compilers.lock setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.lock
 	$(PY) -m pip install -q --no-deps -e .
+	# The TPU and NVIDIA compilers for nlhf-compile, in a folder of their own (off sys.path for every other command).
+	$(PY) -m pip install -q --no-deps --upgrade --target $(VENV)/compilers -r requirements-compilers.lock
 	touch $(STAMP)
 
 # Two pytest workers, test files shared out between them: most tests are compile-bound (one core each).

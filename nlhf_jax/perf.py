@@ -80,6 +80,50 @@ def nash_md_step_flops(model_cfg: ModelConfig, batch: int, prompt_len: int, new_
   return sampling + sequence * (1 + 3) + judge  # reference, policy forward + backward, judge on y and y'
 
 
+def _gradient_passes(cfg: ModelConfig) -> float:
+  """Forward-pass equivalents of a policy's forward and backward pass: 3 (the backward takes two: input and weight
+  gradients), 2 under LoRA (a frozen base takes no weight gradients; the adapters' are negligible), plus one
+  forward recomputed under remat='full'."""
+  return (2.0 if cfg.lora.rank else 3.0) + (1.0 if cfg.remat == 'full' else 0.0)
+
+
+def step_flops(cfg, judge_cfg: ModelConfig | None = None) -> float:
+  """Model FLOPs (matmuls, as computed: full-length attention) of one training step of `cfg` (an
+  ExperimentConfig), the analytic count that nlhf-compile sets beside the compiled one (docs/benchmark.md).
+  Online objectives: sampling (prefill, then decode; the policy's rows and, for a mixture opponent, the
+  reference's), the reference's forward pass on the sequences the loss reads, the policy's forward and backward
+  passes (`_gradient_passes`), and a model judge reading the prompt and each response (`judge_cfg`, by default the
+  policy's shape; no judge FLOPs for an oracle)."""
+  from nlhf_jax.config.objectives import get
+  spec, m, d, b = get(cfg.train.objective), cfg.model, cfg.data, cfg.train.batch_size
+  fwd, passes = forward_flops_per_token, _gradient_passes(m)
+  if spec.kind == 'supervised':
+    if spec.data == 'demonstrations':
+      return passes * b * d.seq_len * fwd(m, d.seq_len)
+    length = d.prompt_len + spec.responses * d.response_len
+    sequences = 1 if spec.responses == 2 else 2
+    return passes * b * sequences * length * fwd(m, length, vocab_head=False)
+  if spec.offline:
+    length = d.prompt_len + d.response_len
+    reference = 0.0 if cfg.offline.reference_logprobs == 'cached' else 1.0
+    return (passes + reference) * 2 * b * length * fwd(m, length)
+  o = cfg.online
+  k = max(getattr(o, 'samples_per_prompt', 1) or 1, 1)
+  rows, new, prompt = b * k, o.max_new_tokens, d.prompt_len
+  length = prompt + new
+  prefill = prompt * fwd(m, prompt)
+  decode = sum(fwd(m, prompt + t) for t in range(new))
+  sampled = rows * (3 if spec.opponent == 'mixture' else 2) * (prefill + decode)
+  body = (length - 1) * fwd(m, length - 1, vocab_head=False)
+  head = new * (fwd(m, 0) - fwd(m, 0, vocab_head=False))
+  sequences = rows * (2 if spec.second_logprobs else 1) * (body + head)
+  judge = 0.0
+  if o.judge in ('preference_model', 'reward_model'):
+    j = judge_cfg or m
+    judge = rows * (prompt * fwd(j, prompt, False) + 2 * new * fwd(j, length, False))
+  return sampled + sequences * (1 + passes) + judge
+
+
 def peak_memory_bytes() -> tuple[float, str]:
   """(bytes, what) - the accelerator's peak bytes in use if it reports them, else the process's peak RSS."""
   stats = jax.devices()[0].memory_stats() or {}

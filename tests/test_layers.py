@@ -9,7 +9,7 @@ ROOT = pathlib.Path(__file__).parents[1] / 'nlhf_jax'
 # Lowest first. A package may import its own modules and those of packages of a lower rank only.
 LAYERS = {
     'config': 0, 'logs': 0, 'outputs': 0,
-    'perf': 1, 'distributed': 1, 'tabular': 1,
+    'perf': 1, 'distributed': 1, 'tabular': 1, 'accelerators': 1,
     'models': 2, 'data': 2,
     'objectives': 3, 'sampling': 3,
     'training': 4,
@@ -19,7 +19,7 @@ LAYERS = {
     'evaluation': 8,
     'pipeline': 9,
 }
-SHELLS_ONLY = {'commands', 'train', 'bench', 'accelerator_bench'}  # top-level command modules
+SHELLS_ONLY = {'commands', 'train', 'bench', 'accelerator_bench', 'accelerator_compile'}  # top-level command modules
 
 
 def _modules():

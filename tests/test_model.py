@@ -99,7 +99,8 @@ def test_untied_embeddings_add_an_unembedding():
   assert m.unembed[...].shape == (CFG.d_model, CFG.vocab_size)
 
 
-@pytest.mark.parametrize('name,low,high', [('125m', 100e6, 160e6), ('1b', 1.2e9, 1.3e9), ('8b', 8.02e9, 8.04e9)])
+@pytest.mark.parametrize('name,low,high', [('125m', 100e6, 160e6), ('1b', 1.2e9, 1.3e9), ('8b', 8.02e9, 8.04e9),
+                                           ('70b', 70.5e9, 70.6e9)])
 def test_realistic_presets_have_their_advertised_size(name, low, high):
   abstract = nnx.eval_shape(lambda: Transformer(ModelConfig(**preset(name)), nnx.Rngs(0)))
   n = sum(x.size for x in jax.tree.leaves(nnx.state(abstract, nnx.Param)))

@@ -24,6 +24,10 @@ PRESETS = {
     '8b': dict(vocab_size=128256, d_model=4096, num_layers=32, num_heads=32, num_kv_heads=8, head_dim=128,
                mlp_dim=14336, max_len=8192, rope_theta=500_000.0, norm_eps=1e-5, tie_embeddings=False,
                **_AT_SIZE),
+    # The shape of Llama 3.1 70B (70.6B parameters): for LoRA on a slice (docs/benchmark.md, "What fits where").
+    '70b': dict(vocab_size=128256, d_model=8192, num_layers=80, num_heads=64, num_kv_heads=8, head_dim=128,
+                mlp_dim=28672, max_len=8192, rope_theta=500_000.0, norm_eps=1e-5, tie_embeddings=False,
+                **_AT_SIZE),
 }
 
 

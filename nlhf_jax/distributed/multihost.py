@@ -104,6 +104,14 @@ def global_batch(mesh: Mesh, local: dict) -> dict:
   return jax.tree.map(put, local)
 
 
+def global_batch_spec(mesh: Mesh, batch: dict) -> dict:
+  """The ShapeDtypeStructs (with `global_batch`'s shardings) of a whole global batch given as numpy arrays."""
+  def spec(x):
+    x = np.asarray(x)
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=NamedSharding(mesh, batch_spec(x.ndim)))
+  return jax.tree.map(spec, batch)
+
+
 def to_host(x) -> np.ndarray:
   """The whole value of a (global) array as numpy on every process: an all-gather when it spans processes."""
   if jax.process_count() == 1 or getattr(x, 'is_fully_addressable', True):

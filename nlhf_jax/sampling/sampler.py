@@ -345,6 +345,14 @@ def run(policy: nnx.Module | None, ref: nnx.Module | None, batch: dict, keys_bg:
   are done. Samples are the same every way (keys are per row). A batch that does not divide into the shards runs
   unsplit.
   """
+  with jax.named_scope(SCOPE):  # names the sampler's instructions in compiled programs (nlhf-compile's phases)
+    return _run(policy, ref, batch, keys_bg, cfg, groups, beta, mesh)
+
+
+SCOPE = 'sample'
+
+
+def _run(policy, ref, batch, keys_bg, cfg, groups, beta, mesh) -> dict:
   shards = batch_shards(mesh)
   if cfg.sharded_params or shards == 1 or batch['prompt'].shape[0] % shards:
     return _run_local(policy, ref, batch, keys_bg, cfg, groups, beta, mesh)

@@ -1,0 +1,546 @@
+"""What a compiled program does, read from its optimized HLO text: FLOPs, bytes and collectives, with every loop
+counted by its trip count, instruction by instruction (so that a roofline can bound each one on its own).
+
+XLA's own cost analysis counts a while loop's body once, and the GPU compile-only executables have none; this
+reads the module that the target's compiler produced (`compiled.as_text()`) instead:
+- FLOPs: 2 x output elements x contracted elements of every dot and convolution (TPU lowers dots to
+  convolutions; GPU to Triton fusions or cuBLAS custom calls), inside fusions too. Elementwise work is left out:
+  a transformer's step is its matmuls.
+- Bytes: what each top-level instruction (a fusion, a copy, a collective...) reads and writes in device memory:
+  its operands and its output, where an operand that the instruction only slices (a layer's weights out of the
+  stacked layers, a cache row) counts the slice, and an in-place dynamic-update-slice (a KV cache write) counts
+  the update, not the buffer.
+- Collectives: the bytes that all-reduce, all-gather, reduce-scatter, all-to-all and collective-permute move.
+- Loops: a while loop's trip count is XLA's `known_trip_count` when it gives one, else read from the loop's
+  condition (the induction variable against a bound, both constants); a condition that ends a loop early (a
+  sampler that stops when every row has ended) counts the bound, the most the loop can run. A loop whose count
+  cannot be read counts once and is listed in `Costs.uncounted_loops`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+
+_ITEMSIZE = {'pred': 1, 's4': 0.5, 'u4': 0.5, 's8': 1, 'u8': 1, 's16': 2, 'u16': 2, 'f16': 2, 'bf16': 2, 's32': 4,
+             'u32': 4, 'f32': 4, 's64': 8, 'u64': 8, 'f64': 8, 'c64': 8, 'c128': 16}
+_ARRAY = re.compile(r'\b([a-z]+[0-9a-z]*)\[([0-9,]*)\]')
+_FREE = {'parameter', 'constant', 'tuple', 'get-tuple-element', 'bitcast', 'while', 'call', 'conditional',
+         'after-all', 'partition-id', 'replica-id', 'opt-barrier', 'iota', 'copy-done', 'all-reduce-done',
+         'all-gather-done', 'collective-permute-done', 'send-done', 'recv-done', 'add-dependency', 'domain'}
+_COLLECTIVES = ('all-reduce', 'all-gather', 'reduce-scatter', 'all-to-all', 'collective-permute', 'ragged-all-to-all')
+_SLICING = {'dynamic-slice', 'slice', 'gather'}
+
+
+def shape_bytes(shape: str) -> float:
+  """Bytes of an HLO shape (an array, or a tuple of them); tiling padding is not counted."""
+  total = 0.0
+  for dtype, dims in _ARRAY.findall(shape):
+    if dtype in _ITEMSIZE:
+      total += _ITEMSIZE[dtype] * math.prod(int(d) for d in dims.split(',') if d)
+  return total
+
+
+def _dims(shape: str) -> list[int]:
+  m = _ARRAY.search(shape)
+  return [int(d) for d in m.group(2).split(',') if d] if m else []
+
+
+@dataclasses.dataclass
+class Instruction:
+  name: str
+  shape: str
+  opcode: str
+  operands: list[str]
+  attrs: str
+  root: bool = False
+
+  def attr(self, key: str) -> str:
+    """The value of `key=` in the attributes ('' if absent): a %name, a {...} group or a quoted string."""
+    i = self.attrs.find(f'{key}=')
+    if i < 0 or (i > 0 and self.attrs[i - 1] not in ' ,'):
+      return ''
+    return _value_at(self.attrs, i + len(key) + 1)
+
+  def called(self) -> list[str]:
+    names = []
+    for key in ('calls', 'to_apply', 'condition', 'body', 'branch_computations', 'true_computation',
+                'false_computation'):
+      names += re.findall(r'%([\w.\-]+)', self.attr(key))
+    return names
+
+  @property
+  def op_name(self) -> str:
+    m = re.search(r'op_name="([^"]*)"', self.attr('metadata'))
+    return m.group(1) if m else ''
+
+
+def _value_at(text: str, i: int) -> str:
+  """The attribute value that starts at text[i]: balanced {...} or "..." or up to the next ', '."""
+  if i >= len(text):
+    return ''
+  if text[i] == '"':
+    return text[i:text.index('"', i + 1) + 1]
+  if text[i] == '{':
+    return text[i:_matching(text, i) + 1]
+  j = text.find(', ', i)
+  return text[i:] if j < 0 else text[i:j]
+
+
+def _matching(text: str, i: int) -> int:
+  """Index of the bracket closing the one at text[i]."""
+  pairs = {'(': ')', '[': ']', '{': '}'}
+  stack = []
+  j = i
+  while j < len(text):
+    c = text[j]
+    if c == '"':
+      j = text.index('"', j + 1)
+    elif c in pairs:
+      stack.append(pairs[c])
+    elif stack and c == stack[-1]:
+      stack.pop()
+      if not stack:
+        return j
+    j += 1
+  raise ValueError(f'unbalanced HLO text: {text[i:i + 80]}')
+
+
+_HEADER = re.compile(r'^(ENTRY )?%?([\w.\-]+) \((.*)\) -> (.*) \{$')
+_INSTR = re.compile(r'^\s*(ROOT )?%([\w.\-]+) = ')
+_PARAMETER = re.compile(r'parameter\((\d+)\)')
+
+
+def _split_top(text: str) -> list[str]:
+  """Splits at the commas that are not inside brackets."""
+  out, depth, start = [], 0, 0
+  for j, c in enumerate(text):
+    if c in '([{':
+      depth += 1
+    elif c in ')]}':
+      depth -= 1
+    elif c == ',' and depth == 0:
+      out.append(text[start:j].strip())
+      start = j + 1
+  if text[start:].strip():
+    out.append(text[start:].strip())
+  return out
+
+
+def _parse_instruction(line: str) -> Instruction | None:
+  m = _INSTR.match(line)
+  if not m:
+    return None
+  rest = line[m.end():]
+  if rest.startswith('('):
+    end = _matching(rest, 0)
+    shape, rest = rest[:end + 1], rest[end + 1:].lstrip()
+  else:
+    shape, _, rest = rest.partition(' ')
+  paren = rest.find('(')
+  opcode = rest[:paren]
+  close = _matching(rest, paren)
+  operands = re.findall(r'%([\w.\-]+)', rest[paren + 1:close])
+  literal = rest[paren + 1:close] if opcode == 'constant' else ''
+  attrs = rest[close + 1:].lstrip(', ')
+  if literal:
+    attrs = f'literal={literal}, {attrs}'
+  return Instruction(m.group(2), shape, opcode, operands, attrs, bool(m.group(1)))
+
+
+@dataclasses.dataclass
+class Computation:
+  name: str
+  params: dict[str, str]  # parameter name -> shape
+  instructions: dict[str, Instruction]
+  entry: bool = False
+
+  def shape_of(self, name: str) -> str:
+    if name in self.instructions:
+      return self.instructions[name].shape
+    return self.params.get(name, '')
+
+  @property
+  def root(self) -> Instruction:
+    return next(i for i in self.instructions.values() if i.root)
+
+
+def parse_module(text: str) -> dict[str, Computation]:
+  """Computations of an HLO module's text, by name."""
+  comps, current = {}, None
+  for line in text.splitlines():
+    if current is None:
+      m = _HEADER.match(line.strip())
+      if m:
+        params = {}
+        for p in _split_top(m.group(3)):
+          name, _, shape = p.partition(': ')
+          params[name.lstrip('%')] = shape
+        current = Computation(m.group(2), params, {}, entry=bool(m.group(1)))
+      continue
+    if line.strip() == '}':
+      comps[current.name] = current
+      current = None
+      continue
+    instr = _parse_instruction(line)
+    if instr is not None:
+      if instr.opcode == 'parameter':
+        index = _PARAMETER.search(line).group(1)
+        instr.attrs = f'index={index}, {instr.attrs}'
+      current.instructions[instr.name] = instr
+  return comps
+
+
+# ---- FLOPs of one instruction ----
+
+def _dot_flops(instr: Instruction, comp: Computation) -> float:
+  if instr.opcode == 'dot':
+    lhs = _dims(comp.shape_of(instr.operands[0]))
+    contracting = [int(d) for d in re.findall(r'\d+', instr.attr('lhs_contracting_dims'))]
+    return 2.0 * math.prod(_dims(instr.shape)) * math.prod(lhs[d] for d in contracting)
+  if instr.opcode == 'convolution':
+    return _convolution_flops(instr, comp)
+  if instr.opcode == 'custom-call' and 'gemm' in instr.attr('custom_call_target').lower() or \
+     instr.opcode == 'custom-call' and 'matmul' in instr.attr('custom_call_target').lower():
+    config = _json(instr.attr('backend_config'))
+    gemm = config.get('gemm_backend_config', config)
+    numbers = gemm.get('dot_dimension_numbers', {})
+    lhs = _dims(comp.shape_of(instr.operands[0]))
+    contracting = [int(d) for d in numbers.get('lhs_contracting_dimensions', [])]
+    out = _dims(instr.shape if not instr.shape.startswith('(') else instr.shape[1:])
+    return 2.0 * math.prod(out) * math.prod(lhs[d] for d in contracting)
+  return 0.0
+
+
+def _window(text: str) -> dict[str, list]:
+  """window={size=4x4 stride=3x3 pad=0_0x3_3 lhs_dilate=4x4 rhs_dilate=1x1} -> per spatial dimension lists."""
+  out = {}
+  for item in text.strip('{}').split():
+    key, _, value = item.partition('=')
+    out[key] = [tuple(int(p) for p in v.split('_')) if key == 'pad' else int(v) for v in value.split('x')]
+  return out
+
+
+def _valid_pairs(size_in: int, size_out: int, kernel: int, stride: int, pad_low: int, lhs_dilate: int,
+                 rhs_dilate: int) -> int:
+  """(output, kernel) position pairs of one spatial dimension that land on an input element (not on padding or
+  between dilated elements): the multiply-adds a convolution does along it."""
+  import numpy as np
+  o = np.arange(size_out)[:, None] * stride - pad_low
+  pos = o + np.arange(kernel)[None, :] * rhs_dilate
+  valid = (pos >= 0) & (pos <= (size_in - 1) * lhs_dilate) & (pos % lhs_dilate == 0)
+  return int(valid.sum())
+
+
+def _convolution_flops(instr: Instruction, comp: Computation) -> float:
+  """2 x the multiply-adds of a convolution (XLA's TPU form of a dot): batch x output features x input features
+  of a group x the valid window positions of each spatial dimension."""
+  labels = instr.attr('dim_labels')  # e.g. bf_io->bf, 0bf1_i1o0->0b1f
+  try:
+    lhs_l, rest = labels.split('_')
+    rhs_l, out_l = rest.split('->')
+  except ValueError:
+    return 0.0
+  lhs, rhs, out = (_dims(comp.shape_of(instr.operands[0])), _dims(comp.shape_of(instr.operands[1])),
+                   _dims(instr.shape))
+  if not (len(lhs) == len(lhs_l) and len(rhs) == len(rhs_l) and len(out) == len(out_l)):
+    return 0.0
+  window = _window(instr.attr('window')) if instr.attr('window') else {}
+  macs = out[out_l.index('b')] * out[out_l.index('f')] * rhs[rhs_l.index('i')]
+  for d in sorted(c for c in lhs_l if c.isdigit()):
+    k = int(d)
+    get = lambda key, default: window.get(key, [default] * (k + 1))[k]
+    macs *= _valid_pairs(lhs[lhs_l.index(d)], out[out_l.index(d)], rhs[rhs_l.index(d)], get('stride', 1),
+                         get('pad', (0, 0))[0], get('lhs_dilate', 1), get('rhs_dilate', 1))
+  return 2.0 * macs
+
+
+def _json(text: str) -> dict:
+  try:
+    return json.loads(text) if text.startswith('{') else {}
+  except json.JSONDecodeError:
+    return {}
+
+
+# ---- trip counts ----
+
+def _constant(comps, comp: Computation, name: str, caller=None, depth: int = 0):
+  """The integer value of `name` in `comp` when it is a constant (through copies, converts, fusion parameters and,
+  for a loop's condition, the loop's initial tuple); None otherwise."""
+  if depth > 12:
+    return None
+  instr = comp.instructions.get(name)
+  if instr is None:
+    return None
+  if instr.opcode == 'constant':
+    m = re.match(r'-?\d+', instr.attr('literal'))
+    return int(m.group(0)) if m else None
+  if instr.opcode in ('copy', 'convert', 'bitcast') and instr.operands:
+    return _constant(comps, comp, instr.operands[0], caller, depth + 1)
+  if instr.opcode == 'get-tuple-element' and caller is not None:
+    source = comp.instructions.get(instr.operands[0])
+    if source is not None and source.opcode == 'parameter':
+      outer_comp, init = caller
+      index = int(instr.attr('index'))
+      tuple_instr = outer_comp.instructions.get(init)
+      if tuple_instr is not None and tuple_instr.opcode == 'tuple' and index < len(tuple_instr.operands):
+        return _constant(comps, outer_comp, tuple_instr.operands[index], None, depth + 1)
+  return None
+
+
+def _induction(comps, comp: Computation, name: str):
+  """('gte', index) when `name` reads an element of the loop's tuple parameter (through copies), else None."""
+  instr = comp.instructions.get(name)
+  while instr is not None and instr.opcode in ('copy', 'convert', 'bitcast') and instr.operands:
+    instr = comp.instructions.get(instr.operands[0])
+  if instr is not None and instr.opcode == 'get-tuple-element':
+    source = comp.instructions.get(instr.operands[0])
+    if source is not None and source.opcode == 'parameter':
+      return int(instr.attr('index'))
+  return None
+
+
+def trip_count(comps: dict[str, Computation], caller: Computation, loop: Instruction) -> int | None:
+  """The number of times `loop` (a while instruction in `caller`) runs its body; None when it cannot be read."""
+  known = _json(loop.attr('backend_config')).get('known_trip_count')
+  if known and 'n' in known:
+    return int(known['n'])
+  cond = comps.get(re.findall(r'%([\w.\-]+)', loop.attr('condition'))[0])
+  if cond is None:
+    return None
+  init = loop.operands[0]
+  for instr in _compares(comps, cond):
+    comp, compare, bind = instr
+    direction = compare.attr('direction')
+    if direction not in ('LT', 'LE', 'GT', 'GE') or len(compare.operands) != 2:
+      continue
+    a, b = (bind(o) for o in compare.operands)
+    for var, bound, flip in ((a, b, False), (b, a, True)):
+      if var is None or var[0] != 'gte':
+        continue
+      limit = _resolve(comps, cond, init, caller, bound)
+      start = _resolve(comps, cond, init, caller, ('gte', var[1]))
+      if limit is None or start is None:
+        continue
+      d = {'LT': 'GT', 'LE': 'GE', 'GT': 'LT', 'GE': 'LE'}[direction] if flip else direction
+      if d == 'LT':
+        return max(limit - start, 0)
+      if d == 'LE':
+        return max(limit - start + 1, 0)
+  return None
+
+
+def _resolve(comps, cond, init, caller, ref):
+  """An integer from ('const', value) or ('gte', index of the loop tuple, resolved at the loop's start)."""
+  if ref is None:
+    return None
+  if ref[0] == 'const':
+    return ref[1]
+  tuple_instr = caller.instructions.get(init)
+  if tuple_instr is None or tuple_instr.opcode != 'tuple' or ref[1] >= len(tuple_instr.operands):
+    return None
+  return _constant(comps, caller, tuple_instr.operands[ref[1]])
+
+
+def _compares(comps, cond: Computation):
+  """(computation, compare instruction, bind) for each compare in the condition or its fusions; bind maps an
+  operand to ('const', v), ('gte', index) or None, in the condition's terms."""
+  out = []
+
+  def bind_in(comp, args):
+    def bind(name):
+      if args is not None:  # a fused computation: parameter(n) is the fusion's operand n in the condition
+        instr = comp.instructions.get(name)
+        while instr is not None and instr.opcode in ('copy', 'convert', 'bitcast') and instr.operands:
+          instr = comp.instructions.get(instr.operands[0])
+        if instr is not None and instr.opcode == 'parameter':
+          return bind_in(cond, None)(args[int(instr.attr('index'))])
+        if instr is not None and instr.opcode == 'constant':
+          return ('const', _constant(comps, comp, instr.name))
+        return None
+      value = _constant(comps, comp, name)
+      if value is not None:
+        return ('const', value)
+      index = _induction(comps, comp, name)
+      return ('gte', index) if index is not None else None
+    return bind
+
+  for instr in cond.instructions.values():
+    if instr.opcode == 'compare':
+      out.append((cond, instr, bind_in(cond, None)))
+    elif instr.opcode == 'fusion':
+      fused = comps.get(instr.called()[0]) if instr.called() else None
+      if fused is not None:
+        for sub in fused.instructions.values():
+          if sub.opcode == 'compare':
+            out.append((fused, sub, bind_in(fused, instr.operands)))
+  return out
+
+
+# ---- bytes of one top-level instruction ----
+
+def _read_of(comps, fused: Computation, name: str, whole: float, depth: int = 0) -> float:
+  """Bytes of the value `name` (of `whole` bytes) that the fused computation reads: the slices taken when every use
+  slices it (through bitcasts and nested fusions), nothing when it is a buffer updated in place, else all of it."""
+  users = [u for u in fused.instructions.values() if name in u.operands]
+  if not users or depth > 8:
+    return whole
+  read = 0.0
+  for u in users:
+    if u.opcode in _SLICING and u.operands[0] == name:
+      read += shape_bytes(u.shape)
+    elif u.opcode == 'dynamic-update-slice' and u.operands[0] == name:
+      continue  # updated in place: only the update is read and written
+    elif u.opcode == 'bitcast':
+      read += _read_of(comps, fused, u.name, whole, depth + 1)
+    elif u.opcode == 'fusion' and u.called() and u.called()[0] in comps:
+      inner = comps[u.called()[0]]
+      for index, operand in enumerate(u.operands):
+        if operand == name:
+          param = _parameter(inner, index)
+          read += whole if param is None else _read_of(comps, inner, param.name, whole, depth + 1)
+    else:
+      return whole
+  return min(read, whole)
+
+
+def _parameter(comp: Computation, index: int) -> Instruction | None:
+  return next((p for p in comp.instructions.values() if p.opcode == 'parameter' and p.attr('index') == str(index)),
+              None)
+
+
+def _operand_bytes(comps, comp: Computation, instr: Instruction) -> float:
+  """Bytes that `instr` reads: each operand whole, or only its slices when the fused computation only slices it."""
+  fused = comps.get(instr.called()[0]) if instr.opcode == 'fusion' and instr.called() else None
+  total = 0.0
+  for index, name in enumerate(instr.operands):
+    whole = shape_bytes(comp.shape_of(name))
+    if fused is not None:
+      param = _parameter(fused, index)
+      if param is not None:
+        whole = _read_of(comps, fused, param.name, whole)
+    elif instr.opcode in _SLICING and index == 0:
+      whole = shape_bytes(instr.shape)
+    elif instr.opcode == 'dynamic-update-slice' and index == 0:
+      whole = 0.0
+    total += whole
+  return total
+
+
+def _output_bytes(comps, comp: Computation, instr: Instruction) -> float:
+  fused = comps.get(instr.called()[0]) if instr.opcode == 'fusion' and instr.called() else None
+  root = fused.root if fused is not None else instr
+  if root.opcode == 'dynamic-update-slice':
+    holder = fused if fused is not None else comp
+    return shape_bytes(holder.shape_of(root.operands[1]))  # the update written
+  if instr.opcode == 'custom-call' and instr.shape.startswith('('):  # (result, workspace): the scratch is not HBM traffic
+    return shape_bytes(_split_top(instr.shape[1:-1])[0])
+  return shape_bytes(instr.shape)
+
+
+@dataclasses.dataclass
+class Op:
+  """One top-level instruction's costs, each already multiplied by the times it runs."""
+  name: str
+  opcode: str
+  phase: str
+  flops: float
+  bytes: float
+  collective_bytes: float
+  count: int
+
+
+@dataclasses.dataclass
+class Costs:
+  ops: list[Op]
+  uncounted_loops: list[str]
+  loops: dict[str, int]  # while instruction -> trip count
+
+  @property
+  def flops(self) -> float:
+    return sum(o.flops for o in self.ops)
+
+  @property
+  def bytes(self) -> float:
+    return sum(o.bytes for o in self.ops)
+
+  @property
+  def collective_bytes(self) -> float:
+    return sum(o.collective_bytes for o in self.ops)
+
+  def by_phase(self) -> dict[str, dict[str, float]]:
+    out: dict[str, dict[str, float]] = {}
+    for o in self.ops:
+      p = out.setdefault(o.phase, dict(flops=0.0, bytes=0.0, collective_bytes=0.0))
+      p['flops'] += o.flops
+      p['bytes'] += o.bytes
+      p['collective_bytes'] += o.collective_bytes
+    return out
+
+
+def _phase(op_name: str, phases: tuple[str, ...], inherited: str) -> str:
+  for p in phases:
+    if f'/{p}/' in f'/{op_name}/':
+      return p
+  return inherited
+
+
+def analyze(text: str, phases: tuple[str, ...] = ()) -> Costs:
+  """Costs of the module in `text` (an optimized HLO module), per top-level instruction, loops multiplied out.
+  `phases`: jax.named_scope names; an instruction whose op_name holds one is in that phase (a loop's body in its
+  loop's phase), else 'other'."""
+  comps = parse_module(text)
+  entry = next(c for c in comps.values() if c.entry)
+  ops, uncounted, loops = [], [], {}
+  flops_of: dict[str, float] = {}
+
+  def fused_flops(name: str) -> float:  # FLOPs of a fused computation (nested fusions included)
+    if name not in flops_of:
+      comp = comps.get(name)
+      total = 0.0
+      if comp is not None:
+        for instr in comp.instructions.values():
+          total += _dot_flops(instr, comp)
+          if instr.opcode == 'fusion':
+            total += sum(fused_flops(c) for c in instr.called())
+      flops_of[name] = total
+    return flops_of[name]
+
+  def walk(comp: Computation, times: int, phase: str, depth: int = 0) -> None:
+    if depth > 64:
+      return
+    for instr in comp.instructions.values():
+      here = _phase(instr.op_name, phases, phase)
+      if instr.opcode == 'while':
+        body = re.findall(r'%([\w.\-]+)', instr.attr('body'))[0]
+        cond = re.findall(r'%([\w.\-]+)', instr.attr('condition'))[0]
+        n = trip_count(comps, comp, instr)
+        if n is None:
+          uncounted.append(instr.name)
+          n = 1
+        loops[instr.name] = n
+        walk(comps[body], times * n, here, depth + 1)
+        walk(comps[cond], times * (n + 1), here, depth + 1)
+        continue
+      if instr.opcode in ('call', 'conditional', 'async-start'):
+        for c in instr.called():
+          if c in comps:
+            walk(comps[c], times, here, depth + 1)
+        continue
+      if instr.opcode in _FREE:
+        continue
+      flops = _dot_flops(instr, comp)
+      if instr.opcode == 'fusion':
+        flops += sum(fused_flops(c) for c in instr.called())
+      base = instr.opcode.removesuffix('-start')
+      moved = shape_bytes(instr.shape) if base in _COLLECTIVES else 0.0
+      if base == 'reduce-scatter':
+        moved = sum(shape_bytes(comp.shape_of(o)) for o in instr.operands)
+      elif base == 'all-reduce':
+        moved = 2 * shape_bytes(instr.shape)
+      memory = _operand_bytes(comps, comp, instr) + _output_bytes(comps, comp, instr)
+      ops.append(Op(instr.name, instr.opcode, here, flops * times, memory * times, moved * times, times))
+
+  walk(entry, 1, 'other')
+  return Costs(ops, uncounted, loops)

@@ -1,0 +1,153 @@
+"""nlhf-compile: steps compiled for a TPU slice and H100s with their own compilers (compile-only, no hardware), the
+HLO reading that counts their FLOPs and bytes, and the refusal of a step that does not fit."""
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from nlhf_jax.accelerators import devices, hlo, roofline, targets
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _compile_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+  env = {k: v for k, v in os.environ.items() if k not in ('XLA_FLAGS', 'JAX_PLATFORMS')}
+  p = subprocess.run([sys.executable, '-m', 'nlhf_jax.accelerator_compile', *args], cwd=ROOT, env=env,
+                     capture_output=True, text=True, timeout=900)
+  if check:
+    assert p.returncode == 0, p.stderr[-3000:]
+  return p
+
+
+def _last_json(p) -> list:
+  out = json.loads(p.stdout.strip().splitlines()[-1])
+  return out if isinstance(out, list) else [out]
+
+
+@pytest.fixture(scope='module')
+def nash_md():
+  """The tiny Nash-MD-PG step on a v5e 2x2 slice (parameters sharded over its 4 chips) and on 2 H100s."""
+  return _last_json(_compile_cli('--target=tpu:v5e-4,gpu:h100x2', '--config=experiments/configs/nash_md.py:tiny',
+                                 '--mesh=fsdp=-1', '--json'))
+
+
+def test_nash_md_compiles_for_tpu_and_gpu(nash_md):
+  tpu, gpu = nash_md
+  assert (tpu['target'], tpu['devices'], gpu['target'], gpu['devices']) == ('tpu:v5e-4', 4, 'gpu:h100x2', 2)
+  for r in nash_md:
+    assert r['fits'] and 0 < r['per_device_bytes'] < r['device_memory_bytes']
+    assert r['per_device_bytes'] == r['xla_arguments'] + r['xla_outputs'] + r['xla_temporaries'] - r['xla_donated']
+    assert r['flops'] > 0 and r['hbm_bytes'] > 0 and r['roofline_s'] > 0 and r['uncounted_loops'] == []
+    # the decode loop runs max_new_tokens - 1 times after the first token (and is counted so)
+    assert 15 in r['loops'].values()
+    assert set(r['phases']) >= {'sample', 'total'}
+    # per device, the compiled matmuls are the model's (the HLO reading and the analytic count agree)
+    assert 0.6 < r['flops_ratio'] < 1.25, r['flops_ratio']
+
+
+def test_per_device_parameters_are_the_total_over_the_devices(nash_md):
+  for r in nash_md:
+    assert r['mesh']['fsdp'] == r['devices']
+    # each device holds 1/n of the parameters, up to the rows that do not divide (padding to whole shards)
+    assert r['params'] * r['devices'] == pytest.approx(r['parameters'], rel=0.05)
+    assert r['params'] * r['devices'] >= r['parameters']
+
+
+def test_dpo_compiles_for_tpu_and_gpu():
+  for r in _last_json(_compile_cli('--target=tpu:v5e-4,gpu:h100x2', '--config=experiments/configs/dpo.py:tiny',
+                                   '--json')):
+    assert r['objective'] == 'dpo' and r['fits'] and r['flops'] > 0
+    assert r['frozen_reference'] == r['params']  # mu has the policy's shape (replicated, data-parallel mesh)
+    assert 0.6 < r['flops_ratio'] < 1.25, r['flops_ratio']
+
+
+def test_a_step_that_does_not_fit_is_refused_with_measured_switches():
+  p = _compile_cli('--target=gpu:h100x1', '--config=experiments/configs/sft.py:tiny', '--batch_size=196608',
+                   check=False)
+  assert p.returncode == 1
+  error = [line for line in p.stderr.splitlines() if line.startswith('error:')]
+  assert len(error) == 1, p.stderr[-2000:]
+  assert 'the sft step needs' in error[0] and 'GiB a device on gpu:h100x1, which has 79.1 GiB' in error[0]
+  assert 'these fit (compiled): ' in error[0] and 'half the batch: ' in error[0]
+
+
+def test_the_tpu_compiler_refusing_a_program_is_read_as_its_figure():
+  import nlhf_jax.accelerator_compile as cli
+  message = ('RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO temporaries (39.02G) '
+             'exceeds available HBM (15.75G).')
+  assert cli._out_of_memory(message) == int(39.02 * 1024**3)
+  assert cli._out_of_memory('INTERNAL: something else') is None
+
+
+def test_unknown_target_is_one_error_line():
+  p = _compile_cli('--target=tpu:v9-8', '--config=experiments/configs/sft.py:tiny', check=False)
+  assert p.returncode == 1 and p.stderr.strip().splitlines()[-1].startswith("error: --target='tpu:v9-8' is unknown")
+
+
+def test_compilers_stay_out_of_the_environment():
+  """libtpu and the CUDA plugin live in their own folder: an ordinary `import jax` neither sees nor loads them."""
+  assert os.path.isdir(devices.compilers_dir())
+  code = ('import importlib.util, jax; print(importlib.util.find_spec("libtpu"), '
+          'importlib.util.find_spec("jax_plugins.xla_cuda12") if importlib.util.find_spec("jax_plugins") else None, '
+          'jax.default_backend())')
+  env = {k: v for k, v in os.environ.items() if k not in ('XLA_FLAGS', 'JAX_PLATFORMS')}
+  p = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=env, timeout=300)
+  assert p.stdout.split() == ['None', 'None', 'cpu'], p.stdout + p.stderr
+  assert p.stderr == '', p.stderr  # no libtpu or CUDA line
+
+
+# ---- the HLO reading, on CPU programs ----
+
+def _compiled(f, *args):
+  return jax.jit(f).lower(*args).compile()
+
+
+def test_loops_are_counted_by_their_trip_counts():
+  w = jnp.ones((7, 64, 64), jnp.float32)
+  x = jnp.ones((32, 64), jnp.float32)
+  one = hlo.analyze(_compiled(lambda w, x: x @ w[0], w, x).as_text())
+  scanned = hlo.analyze(_compiled(lambda w, x: jax.lax.scan(lambda h, wi: (jnp.tanh(h @ wi), None), x, w)[0],
+                                  w, x).as_text())
+  assert one.flops == 2 * 32 * 64 * 64
+  assert scanned.flops == 7 * one.flops and list(scanned.loops.values()) == [7]
+  # each iteration reads one layer's weights out of the stack, not the whole stack
+  per_iteration = [o.bytes / o.count for o in scanned.ops if o.count == 7]
+  assert per_iteration and max(per_iteration) < 2 * 64 * 64 * 4 + 64 < w.nbytes  # a slice read and written
+
+
+def test_flops_agree_with_xla_on_a_loop_free_program():
+  a, b = jnp.ones((3, 48, 80)), jnp.ones((3, 80, 24))
+  c = _compiled(lambda a, b: jnp.einsum('bij,bjk->bik', a, b) + 1, a, b)
+  assert hlo.analyze(c.as_text()).flops == pytest.approx(c.cost_analysis()['flops'] - 3 * 48 * 24, rel=1e-6)
+
+
+def test_convolution_counts_only_positions_inside_the_input():
+  # a 1-D convolution with padding: XLA's count of multiply-adds is the valid (output, tap) pairs
+  assert hlo._valid_pairs(size_in=5, size_out=5, kernel=3, stride=1, pad_low=1, lhs_dilate=1, rhs_dilate=1) == 13
+  assert hlo._valid_pairs(size_in=1, size_out=4, kernel=4, stride=1, pad_low=3, lhs_dilate=1, rhs_dilate=1) == 4
+  x = jnp.ones((2, 5, 8))  # NWC
+  k = jnp.ones((3, 8, 6))  # WIO
+  c = _compiled(lambda x, k: jax.lax.conv_general_dilated(x, k, (1,), [(1, 1)], dimension_numbers=('NWC', 'WIO', 'NWC')),
+                x, k)
+  assert hlo.analyze(c.as_text()).flops == 2 * 2 * 6 * 8 * 13
+
+
+def test_roofline_bounds_each_instruction_by_compute_or_bandwidth():
+  t = targets.get('gpu:h100x1')
+  costs = hlo.Costs([hlo.Op('mm', 'fusion', 'other', t.peak_flops, 1.0, 0.0, 1),
+                     hlo.Op('copy', 'copy', 'sample', 0.0, t.hbm_bandwidth * 2, 0.0, 1)], [], {})
+  phases = roofline.roofline(costs, t)
+  assert phases['other'].compute_s == pytest.approx(1.0) and phases['other'].bound == 'compute'
+  assert phases['sample'].memory_s == pytest.approx(2.0) and phases['sample'].bound == 'memory'
+  assert phases['total'].seconds == pytest.approx(3.0)
+
+
+def test_gpu_target_config_names_the_card():
+  text = targets.get('gpu:h100x8').card.target_config(80 << 30, 3.35e12)
+  assert 'core_count: 132' in text and 'cuda_compute_capability { major: 9 minor: 0 }' in text
+  assert np.isclose(float(text.split('memory_bandwidth: ')[1].split()[0]), 3.35e12)
