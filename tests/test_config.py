@@ -257,7 +257,8 @@ def test_one_table_of_objectives_describes_every_task():
   from nlhf_jax.config import objectives
   from nlhf_jax.objectives import offline
   from nlhf_jax.trainer import tasks
-  assert objectives.names('online') == ('nash_md', 'nash_ema', 'rlhf', 'online_ipo', 'ipo_md')
+  assert objectives.names('online') == ('nash_md', 'nash_ema', 'rlhf', 'online_ipo', 'ipo_md', 'inpo', 'comal', 'mpo',
+                                        'sppo', 'extragradient')
   assert objectives.names('offline') == ('dpo', 'ipo') and objectives.names('supervised') == (
       'sft', 'preference_model', 'reward_model')
   for name, spec in objectives.OBJECTIVES.items():
@@ -265,7 +266,8 @@ def test_one_table_of_objectives_describes_every_task():
     assert task.objective is spec and (task.loss_fn is not None) == (spec.kind == 'supervised'), name
     assert tasks.MODELS[spec.model] is not None and spec.data in ('demonstrations', 'pairs', 'prompts')
     if spec.online:
-      assert spec.loss in ('nash_md_pg', 'rlhf_pg', 'ipo_pg') and spec.opponent in ('mixture', 'ema', 'policy')
+      assert spec.loss in ('nash_md_pg', 'rlhf_pg', 'ipo_pg', 'mirror_pairs', 'magnetic_pairs', 'sppo')
+      assert spec.opponent in ('mixture', 'ema', 'policy', 'iterate') and (spec.opponent == 'iterate') == spec.iterate
       assert spec.judges and set(spec.judges) <= {'preference_model', 'reward_model', 'oracle', 'prompted'}
     if spec.offline:
       assert spec.loss in offline.LOSSES
