@@ -4,8 +4,9 @@ mirror step log pi_{t+1} = (1 - eta tau) log pi_t + eta tau log mu + eta P(y > p
 paper's 1 / eta. The successors comal, mpo and sppo share this file's settings (`iterative_config`).
 Variants: `tiny`, `small`, `125m`, `hf`, `laptop`, as nash_md.py.
   nlhf-train --config=experiments/configs/inpo.py:tiny --workdir=/tmp/inpo
-  nlhf-train --config=experiments/configs/inpo.py:hf --workdir=runs/inpo --config.online.reference_checkpoint=runs/sft \\
-      --config.online.judge_checkpoint=runs/pm --config.data.name=my_prompts --config.data.data_dir=DATA
+  nlhf-train --config=experiments/configs/inpo.py:hf --workdir=runs/inpo \\
+      --config.online.reference_checkpoint=runs/sft --config.online.judge_checkpoint=runs/pm \\
+      --config.data.name=my_prompts --config.data.data_dir=DATA
 """
 from nlhf_jax.config.defaults import sibling
 
