@@ -295,8 +295,9 @@ def test_trains_and_keeps_its_iteration_state(name):
     for s in range(1, 6):
       kept = states[s].extras[key]
       assert same(kept, states[s].params if s % every == 0 else states[s - 1].extras[key]), (key, s)
-  if name != 'extragradient':
-    assert all('iterate_logratio' in m for m in metrics)
+  if 'pi_t' in keys:  # log(pi / pi_t) of the samples, measured before each update: 0 where pi_t is the policy
+    ratios = [abs(float(m['iterate_logratio'])) for m in metrics]
+    assert all((r < 1e-5) if s % 2 == 0 else (r > 1e-4) for s, r in enumerate(ratios)), ratios
 
 
 @pytest.mark.slow
