@@ -278,3 +278,27 @@ def test_shards_that_finish_at_different_steps_on_a_tensor_mesh(models, devices)
   got = jit_sample(graphdef, cfg, m)(params, jax.device_put(batch, rows), jax.random.key(0))
   np.testing.assert_array_equal(got['tokens'], expect['tokens'])
   np.testing.assert_array_equal(got['mask'], expect['mask'])
+
+
+@pytest.mark.parametrize('switches', [dict(tie_embeddings=True),
+                                      dict(tie_embeddings=False, qkv_bias=True, out_bias=True, scale_embeddings=True,
+                                           post_norms=True, norm_offset=1.0, qk_norm=True, final_logit_softcap=30.0,
+                                           mlp_activation='gelu_tanh')])
+def test_weights_cast_once_before_decoding_sample_bit_for_bit_what_per_token_casts_sample(switches, monkeypatch):
+  """A float32 model computing in bfloat16 decodes from a bfloat16 copy of its matrices made once before the loop
+  (sampler.decode_weights: half the bytes a token); the samples and log-probabilities are those of casting at every
+  matmul, bit for bit, across the families' switches."""
+  from nlhf_jax.sampling import sampler
+  cfg = dataclasses.replace(CFG, compute_dtype='bfloat16', logits_chunk=16, **switches)
+  graphdef, policy, ref = _models(cfg, scale=1.0)
+  policy = jax.tree.map(lambda x: x + 0.01 * jnp.sin(jnp.arange(x.size, dtype=x.dtype).reshape(x.shape)), policy)
+  batch, key = _batch(), jax.random.key(5)
+  scfg = SamplingConfig(max_new_tokens=6, stop_ids=())
+  cast = jit_sample_pair(graphdef, graphdef, scfg, 0.3)(policy, ref, batch, key)
+  assert sampler.decode_weights(nnx.merge(graphdef, policy)).embed[...].dtype == (
+      jnp.float32 if cfg.scale_embeddings else jnp.bfloat16)
+  monkeypatch.setattr(sampler, 'decode_weights', lambda model: model)
+  per_token = jit_sample_pair(graphdef, graphdef, scfg, 0.3)(policy, ref, batch, key)
+  for name in ('policy', 'mixture'):
+    np.testing.assert_array_equal(cast[name]['tokens'], per_token[name]['tokens'])
+    np.testing.assert_array_equal(cast[name]['logprobs'], per_token[name]['logprobs'])
