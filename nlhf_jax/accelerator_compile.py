@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import sys
+import os
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -56,6 +56,8 @@ def _define_flags() -> None:
   flags.DEFINE_string('mesh', '', 'Mesh, e.g. fsdp=-1 or data=2,fsdp=4 (default: the config\'s).')
   flags.DEFINE_bool('fixes', True, 'When a step does not fit, compile the switches that would make it fit.')
   flags.DEFINE_bool('json', False, 'Print the figures as one JSON object per target on the last line.')
+  flags.DEFINE_string('hlo_dir', '', 'Write each target\'s optimized HLO module there (TARGET.hlo.txt).')
+  flags.DEFINE_bool('markdown', False, 'Print the results as a table (docs/benchmark.md, "What fits where").')
   flags.mark_flag_as_required('config')
 
 
@@ -80,7 +82,7 @@ def model_overrides(preset: str, hf_config: str) -> dict | None:
 
 
 def experiment(c, num_devices: int, model: dict | None = None, batch_size=None, prompt_len=None, new_tokens=None,
-               lora_rank=None, mesh: str = ''):
+               lora_rank=None, mesh: str = '', sets: dict | None = None):
   """The validated ExperimentConfig of ConfigDict `c` with the command's overrides, for `num_devices`."""
   from nlhf_jax.config import from_config_dict
   from nlhf_jax.config.objectives import get as objective
@@ -108,10 +110,13 @@ def experiment(c, num_devices: int, model: dict | None = None, batch_size=None, 
       c.online.reference_checkpoint = '-'  # the LoRA base: abstract here
   if mesh:
     c.mesh = parse_mesh(mesh)
+  for key, value in (sets or {}).items():  # 'online.sharded_decode' -> c.online.sharded_decode
+    section, _, field = key.rpartition('.')
+    setattr(c.get(section) if section else c, field, value)
   return from_config_dict(c, num_devices)
 
 
-def measure(cfg, target: targets_lib.Target, devices: list, judge_model=None) -> dict:
+def measure(cfg, target: targets_lib.Target, devices: list, judge_model=None, hlo_dir: str = '') -> dict:
   """Compiles cfg's step for `devices` (of `target`) and returns every figure."""
   import time
 
@@ -121,7 +126,7 @@ def measure(cfg, target: targets_lib.Target, devices: list, judge_model=None) ->
   from nlhf_jax.trainer import compile_only
   options = None
   start = time.perf_counter()
-  head = dict(target=target.name, devices=len(devices), processes=devices_lib.process_count(devices),
+  head = dict(model=cfg.model.preset, parameters=None, sharded_decode=cfg.online.sharded_decode, target=target.name, devices=len(devices), processes=devices_lib.process_count(devices),
               objective=cfg.train.objective, batch_size=cfg.train.batch_size, lora_rank=cfg.model.lora.rank,
               remat=cfg.model.remat, device_memory_bytes=target.memory_bytes)
   try:
@@ -140,12 +145,17 @@ def measure(cfg, target: targets_lib.Target, devices: list, judge_model=None) ->
                 xla_message=str(e).splitlines()[0][:300])
   seconds = time.perf_counter() - start
   parts = compile_only.memory_parts(step)
-  costs = hlo.analyze(step.compiled.as_text(), (SCOPE,))
+  text = step.compiled.as_text()
+  if hlo_dir:
+    from nlhf_jax.outputs import write_text
+    os.makedirs(hlo_dir, exist_ok=True)
+    write_text(os.path.join(hlo_dir, f'{target.name.replace(":", "_")}.hlo.txt'), text)
+  costs = hlo.analyze(text, (SCOPE,))
   phases = roofline.roofline(costs, target)
   n = len(devices)
   analytic = perf.step_flops(cfg, step.judge_model) / n
   total = phases['total']
-  out = dict(target=target.name, devices=n, processes=devices_lib.process_count(devices),
+  out = dict(model=cfg.model.preset, sharded_decode=cfg.online.sharded_decode, target=target.name, devices=n, processes=devices_lib.process_count(devices),
              objective=cfg.train.objective, mesh=dict(step.mesh.shape), batch_size=cfg.train.batch_size,
              lora_rank=cfg.model.lora.rank, remat=cfg.model.remat, compile_s=round(seconds, 1),
              triton_gemm=options is None, parameters=compile_only.total_bytes(step.state.params),
@@ -196,7 +206,8 @@ def _decode_figures(cfg, step, costs, n: int) -> dict:
               decode_bytes_ratio=measured / ideal if ideal else None)
 
 
-FIXES = (('LoRA adapters (model.lora.rank=16)', dict(lora_rank=16)),
+FIXES = (('the sampler\'s weights left sharded (online.sharded_decode=true)', dict(sets={'online.sharded_decode': True})),
+         ('LoRA adapters (model.lora.rank=16)', dict(lora_rank=16)),
          ('remat of every layer (model.remat=full)', dict(model=dict(remat='full'))),
          ('parameters sharded over every device (mesh fsdp=-1)', dict(mesh='fsdp=-1')),
          ('half the batch', dict(half_batch=True)))
@@ -208,7 +219,7 @@ def _fixes(c, cfg, target, devices, args: dict, judge_model) -> list[str]:
   for what, change in FIXES:
     a = dict(args)
     if 'lora_rank' in change:
-      if cfg.model.lora.rank or not cfg.train.objective or not _trains_policy(cfg):
+      if cfg.model.lora.rank or not _objective(cfg).trains_policy:
         continue
       a['lora_rank'] = change['lora_rank']
     if 'model' in change:
@@ -216,9 +227,13 @@ def _fixes(c, cfg, target, devices, args: dict, judge_model) -> list[str]:
         continue
       a['model'] = dict(a.get('model') or {}, **change['model'])
     if 'mesh' in change:
-      if cfg.mesh.fsdp == len(devices) or dict(cfg.mesh.__dict__) .get('fsdp') == -1:
+      if cfg.mesh.fsdp in (-1, len(devices)):
         continue
       a['mesh'] = change['mesh']
+    if 'sets' in change:
+      if not _objective(cfg).online or cfg.online.sharded_decode:
+        continue
+      a['sets'] = dict(a.get('sets') or {}, **change['sets'])
     if change.get('half_batch'):
       if cfg.train.batch_size // 2 < len(devices) or cfg.train.batch_size % 2:
         continue
@@ -233,9 +248,9 @@ def _fixes(c, cfg, target, devices, args: dict, judge_model) -> list[str]:
   return out
 
 
-def _trains_policy(cfg) -> bool:
+def _objective(cfg):
   from nlhf_jax.config.objectives import get
-  return get(cfg.train.objective).trains_policy
+  return get(cfg.train.objective)
 
 
 def report(r: dict) -> str:
@@ -267,6 +282,22 @@ def report(r: dict) -> str:
   return '\n'.join(lines)
 
 
+TABLE_HEADER = ('| model | trained | target | memory a device | fits | roofline step | roofline MFU | sampled tokens/s |\n'
+                '|---|---|---|---|---|---|---|---|')
+
+
+def table_row(r: dict) -> str:
+  """One row of the "What fits where" table."""
+  from nlhf_jax.perf import fmt_bytes
+  trained = (f'LoRA r{r["lora_rank"]}' if r['lora_rank'] else 'full') + (', sharded decode' if r['sharded_decode'] else '')
+  memory = f'{fmt_bytes(r["per_device_bytes"])} of {fmt_bytes(r["device_memory_bytes"])}'
+  if 'xla_message' in r:
+    return f'| {r["model"]} | {trained} | {r["target"]} | over {memory} (refused by the compiler) | no | | | |'
+  tokens = f'{r["sampled_tokens_per_s"]:.3g}' if r.get('sampled_tokens_per_s') else ''
+  return (f'| {r["model"]} | {trained} | {r["target"]} | {memory} | {"yes" if r["fits"] else "no"} | '
+          f'{r["roofline_s"]:.3g} s | {r["roofline_mfu"]:.1%} | {tokens} |')
+
+
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
@@ -289,7 +320,7 @@ def main(argv) -> None:
   for target in chosen:
     devices = devices_lib.target_devices(target)
     cfg = experiment(f.config, len(devices), **args)
-    r = measure(cfg, target, devices, judge_model)
+    r = measure(cfg, target, devices, judge_model, f.hlo_dir)
     print(report(r), flush=True)
     if not r['fits']:
       fixes = _fixes(f.config, cfg, target, devices, args, judge_model) if f.fixes else []
@@ -297,9 +328,12 @@ def main(argv) -> None:
       refused.append(f'the {cfg.train.objective} step needs {r["per_device_bytes"] / targets_lib.GiB:.1f} GiB a '
                      f'device on {target.name}, which has {target.memory_bytes / targets_lib.GiB:.1f} GiB; ' +
                      (f'these fit (compiled): {"; ".join(fixes)}' if fixes else
-                      'no single switch (LoRA, remat=full, fsdp over every device, half the batch) makes it fit: '
+                      'no single switch (sharded decoding, LoRA, remat=full, fsdp over every device, half the batch) '
+                      'makes it fit: '
                       'choose a target with more devices'))
     results.append(r)
+  if f.markdown:
+    print('\n'.join([TABLE_HEADER] + [table_row(r) for r in results]))
   if f.json:
     print(json.dumps(results if len(results) > 1 else results[0], default=str))
   if refused:

@@ -39,12 +39,14 @@ def use_compilers() -> str:
   os.environ['JAX_PLATFORMS'] = 'cpu'  # read when jax is imported
   os.environ.setdefault('TPU_SKIP_MDS_QUERY', '1')
   os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')  # compile-only: no chip to guard, several may compile
+  os.environ['JAX_ENABLE_COMPILATION_CACHE'] = 'false'  # executables for devices this process cannot load
   if 'jax' in sys.modules:  # imported already (a test): its backends must not have started
     import jax
     import jax._src.xla_bridge as xb
     if xb.backends_are_initialized() and folder not in sys.path:
       raise RuntimeError('the compilers must be put on sys.path before JAX starts its backends')
     jax.config.update('jax_platforms', 'cpu')
+    jax.config.update('jax_enable_compilation_cache', False)
   if folder not in sys.path:
     sys.path.insert(0, folder)
   return folder
