@@ -2,15 +2,27 @@
 
 A run directory holds its experiment config as RUN/config.json (written by nlhf-train and nlhf-import). With
 `config.model.preset='from_run'` the model section is that of the run named by `config.init_checkpoint` (or, when
-that is empty, `config.online.reference_checkpoint`), so an imported model's shape is never copied by hand; the
-fields that say how to run it (KEPT_MODEL_FIELDS: compute and parameter dtypes, scanned layers, remat, attention
-implementation, vocabulary chunks, LoRA) keep the config's values. `config.data.tokenizer='from_run'` likewise
-takes the run's tokenizer. The resolution happens before validation, so every later check sees the concrete values.
+that is empty, the objective's reference checkpoint: `warm_start` below), so an imported model's shape is never
+copied by hand; the fields that say how to run it (KEPT_MODEL_FIELDS: compute and parameter dtypes, scanned
+layers, remat, attention implementation, vocabulary chunks, LoRA) keep the config's values.
+`config.data.tokenizer='from_run'` likewise takes the run's tokenizer. The resolution happens before validation,
+so every later check sees the concrete values.
 
 The runs a config names (RUN_PATHS: the init, reference and judge checkpoints) and a tokenizer given as a local
 path are made absolute at the same time (`~` expanded; URLs such as gs://... kept as they are), so a run records
 where its inputs are whatever the current folder of a later command (nlhf-export of a LoRA run reads its base
 from the path its config recorded).
+
+The one precedence rule for the runs a config starts from (`reference`, `warm_start`, `lora_base`; each takes an
+ExperimentConfig or the same config as nested dicts, as a run saved it, and gives (config key, path), ('', '')
+for none). Only the reference checkpoint of the objective's own kind counts (online.reference_checkpoint for the
+online objectives, offline.reference_checkpoint for the offline ones; supervised objectives have none):
+- the reference mu: that reference checkpoint, else the warm start (config.init_checkpoint), else none (the
+  policy's initial parameters, drawn from the seed);
+- the warm start: config.init_checkpoint, else the reference (a policy starts from mu unless told otherwise);
+- the LoRA base (the weights the adapters sit on): the reference, so a LoRA policy is mu plus adapters and, for
+  sft, the warm start (validation refuses a LoRA config whose init and reference checkpoints differ).
+The model and tokenizer of `from_run` come from the warm start.
 """
 from __future__ import annotations
 
@@ -20,6 +32,7 @@ from typing import Any, Mapping
 
 from etils import epath
 
+from nlhf_jax.config import objectives
 from nlhf_jax.config.validate import ConfigError
 
 FROM_RUN = 'from_run'
@@ -49,15 +62,55 @@ def read_saved_config(run: str, key: str) -> dict:
     raise ConfigError(f'{key}={run}: cannot read {path} ({e})') from None
 
 
+def _get(node: Any, key: str) -> Any:
+  return node.get(key) if isinstance(node, Mapping) else getattr(node, key, None)
+
+
+def _field(values: Any, section: str, key: str) -> str:
+  node = _get(values, section) if section else values
+  return (_get(node, key) if node is not None else '') or ''
+
+
+def _kind(values: Any) -> str:
+  """'supervised', 'online' or 'offline': the kind of the config's objective ('supervised' for an unknown one and
+  for an imported run)."""
+  spec = objectives.OBJECTIVES.get(_field(values, 'train', 'objective'))
+  return spec.kind if spec is not None else 'supervised'
+
+
+def reference(values: Any) -> tuple[str, str]:
+  """(key, path) of the reference mu: the objective's own reference checkpoint, else config.init_checkpoint."""
+  kind = _kind(values)
+  if kind in ('online', 'offline') and _field(values, kind, 'reference_checkpoint'):
+    return f'config.{kind}.reference_checkpoint', _field(values, kind, 'reference_checkpoint')
+  if _field(values, '', 'init_checkpoint'):
+    return 'config.init_checkpoint', _field(values, '', 'init_checkpoint')
+  return '', ''
+
+
+def warm_start(values: Any) -> tuple[str, str]:
+  """(key, path) of the run the trained model starts from: config.init_checkpoint, else the reference."""
+  if _field(values, '', 'init_checkpoint'):
+    return 'config.init_checkpoint', _field(values, '', 'init_checkpoint')
+  return reference(values)
+
+
+def lora_base(values: Any) -> tuple[str, str]:
+  """(key, path) of the run whose weights LoRA adapters sit on: the reference (for sft, the warm start)."""
+  return reference(values)
+
+
+def source_runs(values: Any) -> list[str]:
+  """The runs a config starts from, nearest first: the warm start, then the reference (each once)."""
+  return list(dict.fromkeys(p for _, p in (warm_start(values), reference(values)) if p))
+
+
 def _source(values: Mapping[str, Any]) -> tuple[str, str]:
-  if values.get('init_checkpoint'):
-    return 'config.init_checkpoint', values['init_checkpoint']
-  for section in ('online', 'offline'):
-    reference = values.get(section, {}).get('reference_checkpoint', '')
-    if reference:
-      return f'config.{section}.reference_checkpoint', reference
-  raise ConfigError(f"'{FROM_RUN}' in config.model.preset or config.data.tokenizer needs a run to read them "
-                    'from: set config.init_checkpoint (or config.online.reference_checkpoint) to its --workdir')
+  key, run = warm_start(values)
+  if not run:
+    raise ConfigError(f"'{FROM_RUN}' in config.model.preset or config.data.tokenizer needs a run to read them "
+                      'from: set config.init_checkpoint (or config.online.reference_checkpoint) to its --workdir')
+  return key, run
 
 
 def absolute_path(path: str) -> str:

@@ -22,7 +22,7 @@ import logging
 import os
 
 from nlhf_jax.config import ConfigError
-from nlhf_jax.training import checkpointing
+from nlhf_jax.training.run import Run
 
 JUDGE_OBJECTIVES = ('preference_model', 'reward_model')
 
@@ -50,41 +50,40 @@ def batch_rows(num_rows: int, batch_size: int, shards: int) -> int:
   return min(batch_size, max(1, -(-num_rows // shards)) * shards)
 
 
-def _objective(cfg: dict) -> str:
-  return cfg.get('train', {}).get('objective', '?')
-
-
-def _run_configs(ecfg) -> list[tuple[str, str, dict]]:
-  """(label, path, saved config) of every policy and of the learned judge; missing runs fail here, by name."""
-  from nlhf_jax.config.objectives import model_family
+def _runs(ecfg) -> list[tuple[str, str, Run]]:
+  """(label, path, Run) of every policy and of the learned judge; missing runs fail here, by name."""
   out = []
   for name, path in zip(ecfg.policy_names, ecfg.policy_workdirs):
-    cfg = _read(path, f'policy {name}')
-    if model_family(_objective(cfg)) != 'language_model':
-      raise ConfigError(f'policy {name}={path} is a {_objective(cfg)!r} run, not a policy (a language model); '
+    run = _open(path, f'policy {name}')
+    if run.family != 'language_model':
+      raise ConfigError(f'policy {name}={path} is a {run.objective!r} run, not a policy (a language model); '
                         'give the runs of language models (sft, nash_md, dpo, ... or an imported model)')
-    out.append((f'{name}={path}', path, cfg))
+    out.append((f'{name}={path}', path, run))
   judge = ecfg.get('preference_model', '')
   if judge:
-    cfg = _read(judge, 'the judge')
+    run = _open(judge, 'the judge')
     if ecfg.get('judge_kind', '') == 'prompted':
       from nlhf_jax.online.prompted import check_judge_run
-      check_judge_run(cfg, judge, '--judge')
+      check_judge_run(run.config, judge, '--judge')
       return out
-    if _objective(cfg) not in JUDGE_OBJECTIVES:
-      raise ConfigError(f'judge {judge} is a {_objective(cfg)!r} run; give a preference_model or reward_model run '
+    if run.objective not in JUDGE_OBJECTIVES:
+      raise ConfigError(f'judge {judge} is a {run.objective!r} run; give a preference_model or reward_model run '
                         '(or a language model run with --judge_kind=prompted)')
-    out.append((f'judge={judge}', judge, cfg))
+    out.append((f'judge={judge}', judge, run))
   return out
 
 
-def _read(path: str, what: str) -> dict:
+def _open(path: str, what: str) -> Run:
+  """The run at `path`, its config read and a checkpoint there (`what` names it in the errors)."""
   if not os.path.exists(path) and '://' not in path:
     raise FileNotFoundError(f'{what}: {path} does not exist; give the --workdir of an nlhf-train or nlhf-import run')
+  run = Run(path)
   try:
-    return checkpointing.read_run_config(path)
+    run.config
+    run.require_checkpoint()
   except FileNotFoundError as e:
     raise FileNotFoundError(f'{what}: {e}') from None
+  return run
 
 
 def tokenizer_digest(spec: str) -> str:
@@ -119,15 +118,15 @@ def _differ(values: list[tuple[str, object]], what: str) -> str:
 
 def check_runs(ecfg) -> None:
   """Every run is of a usable kind and all share one tokenizer and embedding size (see the module docstring)."""
-  runs = _run_configs(ecfg)
-  specs = [(label, str(cfg.get('data', {}).get('tokenizer', 'bytes'))) for label, _, cfg in runs]
+  runs = _runs(ecfg)
+  specs = [(label, run.tokenizer) for label, _, run in runs]
   problems = []
   if len({s for _, s in specs}) > 1:
     digests = {s: tokenizer_digest(s) for _, s in specs}
     if '' in digests.values() or len(set(digests.values())) > 1:
       unread = [s for s, d in digests.items() if not d]
       problems.append(_differ(specs, 'tokenizers') + (f' ({", ".join(unread)} cannot be read)' if unread else ''))
-  sizes = [(label, int(cfg.get('model', {}).get('vocab_size', 0))) for label, _, cfg in runs]
+  sizes = [(label, int(run.config.get('model', {}).get('vocab_size', 0))) for label, _, run in runs]
   if len({v for _, v in sizes}) > 1:
     problems.append(_differ([(label, f'vocab_size {v}') for label, v in sizes], 'vocabularies (model.vocab_size)'))
   if problems:
@@ -141,7 +140,7 @@ def _warn_chat_template(ecfg, runs) -> None:
   """Prompts are framed as the reference's run framed them (with its chat template or not): say which policies
   were trained otherwise (a run on conversations uses the template whatever the flag says, so this is no error)."""
   reference = dict(zip(ecfg.policy_names, ecfg.policy_workdirs)).get(ecfg.get('reference', ''), '')
-  chat = {path: bool(cfg.get('data', {}).get('chat_template', False)) for _, path, cfg in runs}
+  chat = {path: bool(run.config.get('data', {}).get('chat_template', False)) for _, path, run in runs}
   other = [label for label, path, _ in runs if reference in chat and chat[path] != chat[reference]]
   if other:
     log.warning('eval: the prompts are framed %s the chat template, as the reference %s was trained; %s set '

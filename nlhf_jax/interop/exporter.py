@@ -132,6 +132,7 @@ def plan(workdir: str, out: str, dtype: str | None = None, step: int | None = No
   from nlhf_jax.interop import runs
   from nlhf_jax.models import hf
   from nlhf_jax.training import checkpointing
+  from nlhf_jax.training.run import Run
   workdir = checkpointing.absolute(os.path.expanduser(workdir))
   out = os.path.abspath(os.path.expanduser(out))
   if dtype is not None and dtype not in DTYPES:
@@ -139,7 +140,7 @@ def plan(workdir: str, out: str, dtype: str | None = None, step: int | None = No
   if max_shard_bytes <= 0:
     raise ConfigError(f'--max_shard_gb must be positive (got {max_shard_bytes / 1e9:g})')
   _, step = _check_run(workdir, step)
-  run_cfg = checkpointing.read_run_config(workdir, step)
+  run_cfg = Run(workdir, '--workdir').config_at(step)
   objective = run_cfg.get('train', {}).get('objective', 'sft')
   kind = _kind(objective)
   if kind not in KINDS:
@@ -176,9 +177,8 @@ def _backbone(params: dict, kind: str) -> dict:
 def _initial(p: ExportPlan, cfg, mesh):
   """The language-model parameters the run started from (its first source run's latest checkpoint), or None with
   a warning when there is none or it cannot be read."""
-  from nlhf_jax.config import ModelConfig
   from nlhf_jax.interop import runs
-  from nlhf_jax.training import checkpointing
+  from nlhf_jax.training.run import Run
   sources = runs.source_runs(p.run_cfg)
   if not sources:
     log.warning('the run names no checkpoint it started from: the change that --dtype=%s keeps is not measured',
@@ -187,9 +187,9 @@ def _initial(p: ExportPlan, cfg, mesh):
   from nlhf_jax.distributed.multihost import smallest_over_processes
   problem = ''
   try:
-    source_cfg = checkpointing.read_run_config(sources[0])
-    kind = _kind(source_cfg.get('train', {}).get('objective', 'sft'))
-    source_model = ModelConfig.from_dict(source_cfg.get('model', {}))
+    source = Run(sources[0])
+    kind = _kind(source.config.get('train', {}).get('objective', 'sft'))
+    source_model = source.model_config
     if kind not in KINDS or source_model.vocab_size != cfg.vocab_size:
       problem = f'a {kind} of vocab_size {source_model.vocab_size}'
   except Exception as e:  # pylint: disable=broad-except  # the export itself does not need it

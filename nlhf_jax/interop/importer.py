@@ -142,9 +142,8 @@ def _load_tokenizer(hf_dir: str):
 
 def import_run(hf_dir: str, workdir: str, dtype: str = 'float32', mesh=None, overwrite: bool = False,
                pad_vocab: bool = False, pad_multiple: int = 1) -> str:
-  """Writes the run for the model in hf_dir into workdir (process 0 writes the files); returns workdir."""
-  import orbax.checkpoint as ocp
-
+  """Writes the run for the model in hf_dir into workdir (process 0 writes the files); returns workdir. Its
+  checkpoint is step 0 with the items params and meta, written by `Checkpointer.save_params`."""
   from nlhf_jax.config import ConfigError, MeshConfig
   from nlhf_jax.distributed import is_leader, make_mesh
   from nlhf_jax.interop import runs
@@ -172,13 +171,13 @@ def import_run(hf_dir: str, workdir: str, dtype: str = 'float32', mesh=None, ove
       if tokenizer is not None:
         runs.copy_tokenizer_files(hf_dir, os.path.join(tmp, 'tokenizer'))
       runs.write_json(os.path.join(tmp, 'config.json'), config)
-    manager = ocp.CheckpointManager(os.path.join(tmp, 'checkpoints'),
-                                    options=ocp.CheckpointManagerOptions(create=True))
+    ckpt = checkpointing.Checkpointer(os.path.join(tmp, 'checkpoints'))
     meta = {'config': config, 'source': {'hf_dir': hf_dir, 'family': model.family, 'dtype': dtype,
                                          'vocab_size': model.vocab_size}}
-    manager.save(0, args=ocp.args.Composite(params=ocp.args.StandardSave(params), meta=ocp.args.JsonSave(meta)))
-    manager.wait_until_finished()
-    manager.close()
+    try:
+      ckpt.save_params(0, params, meta)
+    finally:
+      ckpt.close()
   n = sum(x.size for x in jax.tree.leaves(params))
   log.info('imported %s (%s, %.1fM parameters, %s) into %s', hf_dir, model.family, n / 1e6, dtype, workdir)
   return workdir

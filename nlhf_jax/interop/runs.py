@@ -1,7 +1,7 @@
 """The files of a run that other tools read, how import and export publish their folders, and where a run's
 original Hugging Face files are.
 
-An imported run (nlhf-import) is laid out as every run is, so that any command accepts it:
+An imported run (nlhf-import) is laid out as every run is (training/run.py), so that any command accepts it:
 
   RUN/config.json                    the experiment config (train.objective 'import'; model: the imported
                                      ModelConfig; data.tokenizer: RUN/tokenizer)
@@ -27,6 +27,8 @@ import shutil
 from typing import Iterator
 
 from nlhf_jax import outputs
+from nlhf_jax.config import runs
+from nlhf_jax.training.run import Run
 
 TOKENIZER_FILES = ('tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json', 'chat_template.jinja',
                    'tokenizer.model', 'generation_config.json', 'added_tokens.json')
@@ -85,16 +87,17 @@ def _read_json(path: str) -> dict | None:
 
 
 def run_config(run: str) -> dict:
-  """RUN/config.json of a run folder ({} when it has none or it cannot be read)."""
-  return _read_json(os.path.join(run, 'config.json')) or {}
+  """The config of a run folder (`Run.config`; {} when it has none or it cannot be read)."""
+  try:
+    return Run(run).config
+  except Exception:  # noqa: BLE001 - a run that cannot be read has no originals to give
+    return {}
 
 
 def source_runs(config: dict) -> list[str]:
-  """The runs a run's experiment config started from, nearest first: init_checkpoint, then the online and
-  offline reference checkpoints (the policy starts from the reference when init_checkpoint is empty)."""
-  names = [config.get('init_checkpoint') or '', config.get('online', {}).get('reference_checkpoint', ''),
-           config.get('offline', {}).get('reference_checkpoint', '')]
-  return list(dict.fromkeys(n for n in names if n))
+  """The runs a run's experiment config started from, nearest first (config/runs.py's one rule: the warm start,
+  then the reference)."""
+  return runs.source_runs(config)
 
 
 def originals(run: str, config: dict | None = None, depth: int = 16) -> dict[str, dict]:

@@ -22,13 +22,14 @@ import jax
 from etils import epath
 from jax.sharding import Mesh
 
-from nlhf_jax.config import ExperimentConfig
+from nlhf_jax.config import ExperimentConfig, runs
 from nlhf_jax.distributed import global_batch, local_batch_rows, make_mesh, within_mesh
 from nlhf_jax.training import checkpointing, init, optim
 from nlhf_jax.trainer import memory, preflight, validation
 from nlhf_jax.training.guards import NonFiniteGuard, check_resume_compatible, config_to_json, guard_step
 from nlhf_jax.training.metrics import MetricWriter, Progress, RunRecord
 from nlhf_jax.training.preemption import PreemptionWatcher
+from nlhf_jax.training.run import Run, absolute
 from nlhf_jax.training.state import TrainState
 from nlhf_jax.trainer.tasks import get_task, plan_step, setup, timed
 
@@ -159,7 +160,7 @@ def _check_resumable(cfg: ExperimentConfig, directory: str) -> dict | None:
   """When `directory` holds checkpoints, checks the meta of the newest one that reads (the one a resume checks
   first, Checkpointer.restore_latest_usable) against `cfg`, so that a run of another model is refused before the
   step is compiled; returns that meta (None when there is none). Nothing is created when there is no folder."""
-  if not epath.Path(checkpointing.absolute(directory)).is_dir():
+  if not epath.Path(absolute(directory)).is_dir():
     return None
   ckpt = checkpointing.Checkpointer(directory)
   try:
@@ -189,11 +190,9 @@ def _restore_or_init(cfg, task, ckpt, run, data, tx, target, checked=None) -> tu
              ckpt.directory, meta.get('processes', '?'), meta.get('devices', '?'), jax.process_count(),
              jax.device_count(), time.perf_counter() - start)
     return state, meta
-  # An online or offline policy starts from the reference policy unless told otherwise; LoRA adapters start at
-  # zero on their frozen base (read with the step's frozen inputs), so nothing is warm-started.
-  reference = (cfg.online.reference_checkpoint if task.online else
-               cfg.offline.reference_checkpoint if task.offline else '')
-  warm_start = cfg.init_checkpoint or reference
+  # The warm start (config/runs.py: init_checkpoint, else the reference); LoRA adapters start at zero on their
+  # frozen base (read with the step's frozen inputs), so nothing is warm-started.
+  _, warm_start = runs.warm_start(cfg)
   if not warm_start or run.lora:
     with timed(f'initialising the parameters (seed {cfg.seed})'):
       return jax.block_until_ready(jax.jit(run.init, out_shardings=run.shardings)(cfg.seed)), {}
@@ -221,8 +220,9 @@ def _warm_start_params(path: str, params_target, initial) -> tuple[dict, int]:
   """The parameters restored from the run at `path` onto `params_target` (ShapeDtypeStructs: nothing else is
   allocated): the whole model, or, for a judge that starts from a language model (an SFT or imported run), its
   backbone, with the rest (the head) from `initial` (a dict, or a function that gives it)."""
-  directory = checkpointing.checkpoints_dir(path)
-  if 'backbone' in params_target and preflight.init_is_language_model(path):
+  source = Run(path)
+  directory = source.checkpoints
+  if 'backbone' in params_target and preflight.init_is_language_model(source):
     backbone, step = checkpointing.restore_params(directory, params_target['backbone'])
     rest = initial() if callable(initial) else initial
     return {**rest, 'backbone': backbone}, step

@@ -1,22 +1,18 @@
 """Checks of a run's inputs on disk, before any data is read, any model is built or anything is compiled.
 
 `check_inputs` looks at the workdir and at the runs that the config points to (config.init_checkpoint,
-config.online.reference_checkpoint, config.online.judge_checkpoint, config.offline.reference_checkpoint): each must exist, hold a checkpoint, and have
-been written by the right kind of run with a model that fits. Only the runs' saved configs are read (small JSON),
-never their parameters, so the check is cheap; each problem is a ConfigError or FileNotFoundError naming the key,
-the path and the fix.
+config.online.reference_checkpoint, config.online.judge_checkpoint, config.offline.reference_checkpoint): each
+must exist, hold a checkpoint, and have been written by the right kind of run with a model that fits. Each run is opened once, as a `Run` handle
+(training/run.py): only its saved config is read (small JSON), never its parameters, so the check is cheap; each
+problem is a ConfigError or FileNotFoundError naming the key, the path and the fix.
 """
 from __future__ import annotations
 
-import json
-
 from etils import epath
 
-from nlhf_jax.config import ConfigError, ExperimentConfig
+from nlhf_jax.config import ConfigError, ExperimentConfig, objectives
 from nlhf_jax.config.schema import architecture
-from nlhf_jax.config import objectives
-from nlhf_jax.config.objectives import IMPORTED, model_family
-from nlhf_jax.training import checkpointing
+from nlhf_jax.training.run import Run, absolute
 
 
 def check_inputs(cfg: ExperimentConfig, workdir: str) -> None:
@@ -25,10 +21,10 @@ def check_inputs(cfg: ExperimentConfig, workdir: str) -> None:
   own = spec.model
   if cfg.init_checkpoint:
     # A judge may start from a language model: its backbone (a new head).
-    init_family = own
-    if not spec.trains_policy and init_is_language_model(cfg.init_checkpoint):
+    init, init_family = Run(cfg.init_checkpoint, 'config.init_checkpoint'), own
+    if not spec.trains_policy and init_is_language_model(init):
       init_family = 'language_model'
-    _check_run('config.init_checkpoint', cfg.init_checkpoint, cfg, family=init_family, same_shape=True)
+    _check_run('config.init_checkpoint', cfg.init_checkpoint, cfg, family=init_family, same_shape=True, run=init)
   if spec.offline and cfg.offline.reference_checkpoint:
     _check_run('config.offline.reference_checkpoint', cfg.offline.reference_checkpoint, cfg,
                family='language_model', same_shape=True)
@@ -46,38 +42,37 @@ def check_inputs(cfg: ExperimentConfig, workdir: str) -> None:
     _check_run('config.online.judge_checkpoint', o.judge_checkpoint, cfg, family=o.judge, same_shape=False)
 
 
-def init_is_language_model(path: str) -> bool:
-  """Whether the run at `path` holds a language model (an sft, online or imported run)."""
+def init_is_language_model(run: str | Run) -> bool:
+  """Whether the run (a path or a Run) holds a language model (an sft, online or imported run)."""
+  run = run if isinstance(run, Run) else Run(run)
   try:
-    objective = checkpointing.read_run_config(path).get('train', {}).get('objective', '?')
+    return run.family == 'language_model'
   except FileNotFoundError:
     return False  # reported by the check of the run itself
-  return model_family(objective) == 'language_model'
 
 
 def check_workdir(workdir: str) -> None:
-  path = epath.Path(checkpointing.absolute(workdir))
+  path = epath.Path(absolute(workdir))
   if path.exists() and not path.is_dir():
     raise ConfigError(f'--workdir={workdir} is a file, not a directory; give a directory (it is created if it '
                       'does not exist)')
-  saved = path / 'config.json'
-  if saved.exists() and json.loads(saved.read_text()).get('train', {}).get('objective') == IMPORTED:
+  run = Run(workdir, '--workdir')
+  if run.config_file.exists() and run.imported:
     raise ConfigError(f'--workdir={workdir} holds an imported model (nlhf-import), which is not trained in place; '
                       f'train into a new --workdir with --config.init_checkpoint={workdir} (or use it as '
                       'config.online.reference_checkpoint)')
 
 
-def _check_run(key: str, path: str, cfg: ExperimentConfig, family: str, same_shape: bool | None) -> None:
-  """The run at `path` holds a `family` model; with same_shape its architecture is the config's, with False its
-  vocabulary (a judge reads the policy's ids), with None nothing more."""
-  try:
-    saved = checkpointing.read_run_config(path)
-  except FileNotFoundError as e:
-    raise FileNotFoundError(f'{key}={path}: {e}') from None
-  objective = saved.get('train', {}).get('objective', '?')
-  if model_family(objective) != family:
+def _check_run(key: str, path: str, cfg: ExperimentConfig, family: str, same_shape: bool | None,
+               run: Run | None = None) -> None:
+  """The run at `path` (opened as `run` when given) holds a `family` model; with same_shape its architecture is
+  the config's, with False its vocabulary (a judge reads the policy's ids), with None nothing more."""
+  run = Run(path, key) if run is None else run
+  saved = run.config
+  run.require_checkpoint()
+  if run.family != family:
     wanted = 'an sft (or online) run' if family == 'language_model' else f'a {family} run'
-    raise ConfigError(f'{key}={path} is a {objective!r} run, but {wanted} is needed here; give the --workdir '
+    raise ConfigError(f'{key}={path} is a {run.objective!r} run, but {wanted} is needed here; give the --workdir '
                       f'of {wanted}')
   theirs, ours = architecture(saved.get('model', {})), architecture(cfg.model)
   keys = list(ours) if same_shape else [] if same_shape is None else ['vocab_size']

@@ -1,14 +1,15 @@
 """Orbax checkpoints of the full train state, restorable onto any mesh, and params-only restores.
 
 Layout of step N under DIR/checkpoints/N/: items `params`, `opt_state`, `train` (step, rng, extras) as
-sharded arrays, and `meta` (JSON: the data iterator's state and the config that wrote it).
+sharded arrays, and `meta` (JSON: the data iterator's state and the config that wrote it). A run that holds a
+model and no training state (nlhf-import) has the items `params` and `meta` alone (`Checkpointer.save_params`).
+Where a run's files are and what its config says: training/run.py.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import logging
-import os
 from typing import Any, Callable
 
 import jax
@@ -17,8 +18,9 @@ from etils import epath
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 
-from nlhf_jax.config import ConfigError, ModelConfig
+from nlhf_jax.config import ConfigError, ModelConfig, runs
 from nlhf_jax.training import layouts
+from nlhf_jax.training.run import Run, absolute, read_meta
 from nlhf_jax.training.state import TrainState
 
 log = logging.getLogger(__name__)
@@ -36,11 +38,6 @@ def _abstract(tree_with_shardings) -> Any:
       raise ValueError('restore targets need a concrete mesh, not an AbstractMesh')
     return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
   return jax.tree.map(leaf, tree_with_shardings)
-
-
-def absolute(path: str) -> str:
-  """Local paths made absolute; URLs (gs://...) as they are."""
-  return path if '://' in path else os.path.abspath(path)
 
 
 class Checkpointer:
@@ -69,6 +66,13 @@ class Checkpointer:
     if saved:
       log.info('saving checkpoint at step %d to %s', step, self.directory)
     return saved
+
+  def save_params(self, step: int, params: Any, meta: dict) -> None:
+    """Step `step` with the items `params` and `meta` alone: a model without a training state (an imported run),
+    which `restore_params` reads as it reads a trained run's parameters. Waits until it is written."""
+    self._manager.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params),
+                                                     meta=ocp.args.JsonSave(meta)), force=True)
+    self.wait()
 
   def restore(self, target: TrainState, step: int | None = None) -> tuple[TrainState, dict]:
     """Restores onto the shardings that `target` (arrays or ShapeDtypeStructs with shardings) carries."""
@@ -180,11 +184,8 @@ def restore_params(directory: str, abstract_params, step: int | None = None) -> 
   and dtypes (cast as they are read), in its layout (unrolled or scanned layers: training/layouts.py) whatever
   the checkpoint's.
   `directory` is a run's checkpoints directory."""
+  meta, step = read_meta(absolute(directory), step)
   manager = ocp.CheckpointManager(absolute(directory))
-  step = manager.latest_step() if step is None else step
-  if step is None:
-    raise FileNotFoundError(f'no checkpoint in {directory}; expected step directories written by nlhf-train')
-  meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
   saved = meta.get('config', {}).get('model', {})
   target = _abstract(abstract_params)
   # Orbax casts each array to the target's dtype as it reads it (a float32 checkpoint into a bfloat16 reference).
@@ -199,14 +200,11 @@ def restore_params(directory: str, abstract_params, step: int | None = None) -> 
 
 def _restore_lora_run(manager, step: int, config: dict, read: Any) -> Any:
   """The merged weights (base + adapters) of a LoRA run, in the run's layout (`read`: its base's target). Its
-  checkpoint holds the adapters; the base is the run that its config names (init_checkpoint for sft,
-  online.reference_checkpoint online, offline.reference_checkpoint or init_checkpoint offline), restored itself by `restore_params` (a LoRA run's base may be one too)."""
-  from flax import nnx
-
-  from nlhf_jax.config import ModelConfig
+  checkpoint holds the adapters; the base is the run that its config names (config/runs.py `lora_base`: the
+  objective's reference checkpoint, else init_checkpoint), restored itself by `restore_params` (a LoRA run's base
+  may be one too)."""
   from nlhf_jax.models import Transformer, lora
-  base_run = (config.get('init_checkpoint') or config.get('online', {}).get('reference_checkpoint', '')
-              or config.get('offline', {}).get('reference_checkpoint', ''))
+  base_run = runs.lora_base(config)[1]
   if not base_run:
     raise CheckpointError(f'{manager.directory} holds LoRA adapters but its config names no base run')
   base, _ = restore_params(checkpoints_dir(base_run), read)
@@ -235,25 +233,13 @@ def write_run_config(workdir: str, config_json: dict) -> None:
 def checkpoints_dir(path: str) -> str:
   """A run's workdir or its checkpoints directory -> the checkpoints directory (clear error if neither).
   Local paths and URLs that Orbax reads (gs://...) alike."""
-  root = epath.Path(absolute(path))
-  if (root / 'checkpoints').is_dir():
-    return str(root / 'checkpoints')
-  if root.is_dir():
-    return str(root)
-  raise FileNotFoundError(f'checkpoint path {path} does not exist; give the --workdir of an nlhf-train run '
-                          '(or its checkpoints/ directory)')
+  return Run(path).checkpoints
 
 
 def read_run_config(path: str, step: int | None = None) -> dict:
-  """The experiment config (as JSON) that a checkpointed run was written with."""
-  directory = checkpoints_dir(path)
-  manager = ocp.CheckpointManager(directory)
-  step = manager.latest_step() if step is None else step
-  if step is None:
-    raise FileNotFoundError(f'no checkpoint in {directory}; expected step directories written by nlhf-train')
-  meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
-  manager.close()
-  return meta.get('config', {})
+  """The experiment config (as JSON) that the run at `path` was written with (`Run.config`), or that wrote its
+  checkpoint `step`."""
+  return Run(path).config_at(step)
 
 
 # ------------------------------------------------------------------- frozen models (references, judges)
@@ -270,20 +256,22 @@ class FrozenModel:
     return nnx.merge(self.graphdef, self.params if params is None else params)
 
 
-def frozen_target(path: str, model_cls, mesh: Mesh, dtype: str = '') -> tuple[nnx.GraphDef, Any, ModelConfig]:
-  """(graphdef, target, model config) of the `model_cls` that the run at `path` holds, from its saved config
-  alone: the target is ShapeDtypeStructs sharded on `mesh` by the rule table, floating-point leaves in `dtype`
-  ('': as the run stored them). What a step is compiled against before any weight is read."""
-  model_cfg = ModelConfig.from_dict(read_run_config(path).get('model', {}))
+def frozen_target(path: str | Run, model_cls, mesh: Mesh, dtype: str = ''
+                  ) -> tuple[nnx.GraphDef, Any, ModelConfig]:
+  """(graphdef, target, model config) of the `model_cls` that the run at `path` (or the Run) holds, from its
+  saved config alone: the target is ShapeDtypeStructs sharded on `mesh` by the rule table, floating-point leaves
+  in `dtype` ('': as the run stored them). What a step is compiled against before any weight is read."""
+  model_cfg = (path if isinstance(path, Run) else Run(path)).model_config
   graphdef, abstract = nnx.split(nnx.eval_shape(lambda: model_cls(model_cfg, nnx.Rngs(0))))
   return graphdef, as_dtype(params_target(abstract, mesh), dtype), model_cfg
 
 
-def load_frozen(path: str, model_cls, mesh: Mesh, dtype: str = '') -> FrozenModel:
-  """Restores `model_cls` (its config read from the checkpoint) sharded on `mesh` by the rule table, its
-  parameters cast to `dtype` ('': as the run stored them), onto `frozen_target` (no other copy is made)."""
-  graphdef, target, model_cfg = frozen_target(path, model_cls, mesh, dtype)
-  params, _ = restore_params(checkpoints_dir(path), target)
+def load_frozen(path: str | Run, model_cls, mesh: Mesh, dtype: str = '') -> FrozenModel:
+  """Restores `model_cls` (its config read from the run) sharded on `mesh` by the rule table, its parameters cast
+  to `dtype` ('': as the run stored them), onto `frozen_target` (no other copy is made)."""
+  run = path if isinstance(path, Run) else Run(path)
+  graphdef, target, model_cfg = frozen_target(run, model_cls, mesh, dtype)
+  params, _ = restore_params(run.checkpoints, target)
   return FrozenModel(graphdef, params, model_cfg)
 
 
