@@ -1,10 +1,12 @@
 """The objectives that `nlhf-train` runs (config.train.objective): one frozen description each, in one table.
 
 Everything that depends on the objective reads its description here, never the name: validation (the values it
-needs), the run checks (which model a run of it holds), the task registry (model, data, loss:
-trainer/tasks.py), the online step (what it samples and from which opponent, whether it needs rewards or a second
-sample's log-probabilities, its extra state: online/step.py) and the pipeline. Adding an objective is a row here
-and its loss.
+needs), the run checks (which model a run of it holds), the tasks (model and data: trainer/tasks.py), the step of
+its kind (the supervised step, the offline step of training/offline_step.py, the online step of online/step.py:
+what it samples and from which opponent, whether it needs rewards or a second sample's log-probabilities, its
+extra state) and the pipeline. A row names its loss, which the loss modules register by that name
+(objectives/registry.py). Adding an objective is a row (here, or `register` from outside), its loss and the
+config values it reads.
 
 The successors of Nash-MD (docs/math.md section 8) are rows too: inpo, comal and mpo fit their mirror step by a
 squared loss on pairs drawn from pi_t, the iteration's frozen policy (`iterate`); comal and mpo also keep a
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 
+KINDS = ('supervised', 'online', 'offline')
 LANGUAGE_MODEL = 'language_model'
 # The objective recorded by nlhf-import: a run that holds a pretrained language model and no training state.
 IMPORTED = 'import'
@@ -29,8 +32,8 @@ class Objective:
   kind: str  # 'supervised', 'online' or 'offline'
   model: str  # what a run of it trains and holds: 'language_model', 'preference_model' or 'reward_model'
   data: str  # the data set kind it reads: 'demonstrations', 'pairs' or 'prompts' (nlhf_jax/data/pipelines.py)
-  # its loss (trainer/tasks.py, online/step.py): sft, pairwise, nash_md_pg, rlhf_pg, ipo_pg, mirror_pairs (inpo,
-  # comal), magnetic_pairs (mpo), sppo, dpo, ipo
+  # the name of its loss, registered by the loss modules (objectives/registry.py): sft, pairwise, nash_md_pg,
+  # rlhf_pg, ipo_pg, mirror_pairs (inpo, comal), magnetic_pairs (mpo), sppo, dpo, ipo
   loss: str
   # Online: the opponent y' is drawn from: 'mixture' (pi^beta of pi_theta and mu, weight config.online.beta),
   # 'ema' (the policy with its EMA parameters alone), 'policy' (an independent sample of pi_theta) or 'iterate'
@@ -50,6 +53,9 @@ class Objective:
   # it starts at the initial policy and is reset to the policy every online.prox_iterations iterations.
   prox: str = ''
   min_samples: int = 1  # online.samples_per_prompt it needs (sppo: win rates among K >= 2 samples of a prompt)
+  # online, opponent 'iterate': no y'; y holds the K samples of each prompt, each judged against the K - 1 others
+  # (its win rate: sppo)
+  win_rates: bool = False
   extragradient: bool = False  # a half step, then the step from the same parameters with the half step's gradient
 
   @property
@@ -98,12 +104,24 @@ OBJECTIVES: dict[str, Objective] = {o.name: o for o in (
     Objective('mpo', **_ONLINE, loss='magnetic_pairs', judges=_ALL_JUDGES, **_ITERATE_PAIRS, prox='magnet',
               needs_positive_tau=_PROX_TAU),
     Objective('sppo', **_ONLINE, loss='sppo', opponent='iterate', both_from_opponent=True, judges=_ALL_JUDGES,
-              iterate=True, min_samples=2),
+              iterate=True, min_samples=2, win_rates=True),
     Objective('extragradient', **_ONLINE, loss='ipo_pg', opponent='policy', judges=_ALL_JUDGES,
               second_logprobs=True, needs_positive_tau=_IPO_TAU, extragradient=True),
     Objective('dpo', **_OFFLINE, loss='dpo'),
     Objective('ipo', **_OFFLINE, loss='ipo'),
 )}
+
+
+def register(objective: Objective) -> Objective:
+  """Adds `objective` to the table (after the rows above); its loss must be registered too
+  (objectives/registry.register_loss). A name the table holds already is refused."""
+  if objective.name in OBJECTIVES or objective.name == IMPORTED:
+    raise ValueError(f'the objective {objective.name!r} is in the table already')
+  if objective.kind not in KINDS:
+    raise ValueError(f'the objective {objective.name!r} has the kind {objective.kind!r}; use one of '
+                     f'{", ".join(KINDS)}')
+  OBJECTIVES[objective.name] = objective
+  return objective
 
 
 def names(kind: str = '') -> tuple[str, ...]:

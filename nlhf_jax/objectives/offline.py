@@ -17,17 +17,21 @@ the losses are
 mu is frozen: its log-probabilities of a and b are computed without a gradient (`with_reference`) and put in the
 batch as `reference_logprob_a` / `_b` (sums) before the policy's pass. The metrics are named for what they are:
 the implicit reward margin tau h, the implicit reward's preference accuracy (pairs whose label is not a tie) and
-the log-ratios of the preferred and the other response.
+the log-ratios of the preferred and the other response. Both losses are registered by name
+(objectives/registry.py) as per-pair losses of (h, p, config.offline); `make_loss` turns any such loss into the
+training loss.
 """
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 
+from nlhf_jax.config.schema import OfflineConfig
 from nlhf_jax.models.logprobs import response_logprobs
 from nlhf_jax.objectives.pairwise import binary_cross_entropy
+from nlhf_jax.objectives.registry import register_loss
 
-LOSSES = ('dpo', 'ipo')
+LOSSES = ('dpo', 'ipo')  # the offline losses this module registers
 
 
 def pair_logprobs(model, batch: dict) -> tuple[jax.Array, jax.Array]:
@@ -75,16 +79,20 @@ def ipo_loss(h: jax.Array, p: jax.Array, tau: float) -> jax.Array:
   return p * (h - target) ** 2 + (1.0 - p) * (h + target) ** 2
 
 
-def make_loss(kind: str, tau: float, label_smoothing: float = 0.0, length_normalized: bool = False):
-  """loss_fn(model, batch, rng) -> (loss, metrics) of `kind` ('dpo' or 'ipo') for nlhf_jax/training/steps.py."""
-  if kind not in LOSSES:
-    raise ValueError(f'unknown offline loss {kind!r}; use one of {LOSSES}')
+register_loss('dpo', 'offline', lambda h, p, o: dpo_loss(h, p, o.tau, o.label_smoothing))
+register_loss('ipo', 'offline', lambda h, p, o: ipo_loss(h, p, o.tau))
+
+
+def make_loss(per_pair, o: OfflineConfig):
+  """loss_fn(model, batch, rng) -> (loss, metrics) for nlhf_jax/training/steps.py, on a batch `with_reference`:
+  the mean over the pairs of `per_pair(h, p, o)` (a registered offline loss) and the implicit reward's metrics."""
+  tau = o.tau
 
   def loss_fn(model, batch: dict, rng: jax.Array):
     del rng
     p = batch['preference'].astype(jnp.float32)
-    h, r_a, r_b = margins(model, batch, length_normalized)
-    per_pair = dpo_loss(h, p, tau, label_smoothing) if kind == 'dpo' else ipo_loss(h, p, tau)
+    h, r_a, r_b = margins(model, batch, o.length_normalized)
+    per_pair_loss = per_pair(h, p, o)
     a_preferred = p >= 0.5
     decided = (p != 0.5).astype(jnp.float32)
     correct = ((h > 0) == (p > 0.5)).astype(jnp.float32) * decided
@@ -92,6 +100,6 @@ def make_loss(kind: str, tau: float, label_smoothing: float = 0.0, length_normal
                'implicit_accuracy': correct.sum() / jnp.maximum(decided.sum(), 1.0),
                'logratio_preferred': jnp.where(a_preferred, r_a, r_b).mean(),
                'logratio_other': jnp.where(a_preferred, r_b, r_a).mean()}
-    return per_pair.mean(), metrics
+    return per_pair_loss.mean(), metrics
 
   return loss_fn

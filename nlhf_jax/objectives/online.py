@@ -10,11 +10,16 @@ Nash-MD-PG (policy gradient against the mixture opponent y' ~ pi^beta):
 The KL part splits over tokens; with `reward_to_go` each grad log pi(y_n|x, y_<n) is multiplied only by the
 log-ratios of positions >= n (the terms before n have zero-mean score-function products). Both forms are
 unbiased estimates of the gradient of P(pi > pi') - tau KL(pi || mu) with the opponent held fixed.
+
+The losses nash_md_pg, rlhf_pg and ipo_pg are registered by name (objectives/registry.py) with the online
+signature fn(lp, lp2, inputs, config.online).
 """
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+
+from nlhf_jax.objectives.registry import register_loss
 
 sg = jax.lax.stop_gradient
 
@@ -61,6 +66,14 @@ def ipo_loss(lp_a, ref_lp_a, mask_a, lp_b, ref_lp_b, mask_b, preference, tau: fl
   target = 1.0 / (2.0 * tau)
   p = sg(preference)
   return jnp.mean(p * (h - target) ** 2 + (1.0 - p) * (-h - target) ** 2)
+
+
+register_loss('nash_md_pg', 'online', lambda lp, lp2, inputs, o: nash_md_pg_loss(
+    lp, inputs['ref_lp'], inputs['mask'], inputs['pref'], o.tau, o.reward_to_go))
+register_loss('rlhf_pg', 'online', lambda lp, lp2, inputs, o: rlhf_pg_loss(
+    lp, inputs['ref_lp'], inputs['mask'], inputs['reward'], inputs['baseline'], o.tau, o.reward_to_go))
+register_loss('ipo_pg', 'online', lambda lp, lp2, inputs, o: ipo_loss(
+    lp, inputs['ref_lp'], inputs['mask'], lp2, inputs['ref_lp2'], inputs['mask2'], inputs['pref'], o.tau))
 
 
 def sample_statistics(policy_lp, ref_lp, mask, sample_lp=None) -> dict:

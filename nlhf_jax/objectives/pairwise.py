@@ -9,6 +9,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from nlhf_jax.objectives.registry import register_loss
+
 CALIBRATION_BINS = 10
 
 
@@ -43,6 +45,9 @@ def pair_loss(model, batch: dict, rng: jax.Array) -> tuple[jax.Array, dict]:
   label = batch['preference'].astype(jnp.float32)
   logit = model(batch)
   return binary_cross_entropy(logit, label).mean(), pair_metrics(logit, label)
+
+
+register_loss('pairwise', 'supervised', pair_loss)
 
 
 def swap_pairs(batch: dict) -> dict:

@@ -4,6 +4,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from nlhf_jax.objectives.registry import register_loss
+
 
 def sft_loss(model, batch: dict, rng: jax.Array) -> tuple[jax.Array, dict]:
   """Mean negative log-likelihood of the tokens that batch['loss_mask'] selects (e.g. the response).
@@ -20,3 +22,6 @@ def sft_loss(model, batch: dict, rng: jax.Array) -> tuple[jax.Array, dict]:
   loss = -(stats.logprobs * weights).sum() / num_tokens
   correct = stats.is_argmax.astype(jnp.float32)
   return loss, {'token_accuracy': (correct * weights).sum() / num_tokens}
+
+
+register_loss('sft', 'supervised', sft_loss)

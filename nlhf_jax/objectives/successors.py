@@ -19,6 +19,9 @@ estimate is unbiased too).
 
 Extragradient (EGPO): the optimizer's update of the gradient at theta_t gives the half step theta_{t+1/2} (its
 optimizer state is dropped), then the update of the gradient taken at theta_{t+1/2} is applied from theta_t.
+
+The losses mirror_pairs (INPO's step), magnetic_pairs (MPO's) and sppo are registered by name
+(objectives/registry.py) with the online signature fn(lp, lp2, inputs, config.online).
 """
 from __future__ import annotations
 
@@ -29,6 +32,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+
+from nlhf_jax.objectives.registry import register_loss
 
 sg = jax.lax.stop_gradient
 
@@ -72,6 +77,21 @@ def sppo_loss(lp, anchor_lp, mask, win_rate, eta: float):
   """mean_b (log(pi(y_b) / pi_t(y_b)) - eta (win_rate_b - 1/2))^2; y_b ~ pi_t, win_rate_b estimates P(y_b > pi_t)."""
   ratio = sequence_logprob(lp - sg(anchor_lp), mask)
   return jnp.mean((ratio - eta * (sg(win_rate) - 0.5)) ** 2)
+
+
+def _mirror_pairs(make_step: Callable[[float, float], MirrorStep]):
+  """The online loss of the mirror step make_step(eta, tau) on pairs y, y' ~ pi_t, whose KL reference (mu, the
+  prox centre or the magnet) is inputs['kl_ref_lp'] and inputs['kl_ref_lp2']."""
+  def loss(lp, lp2, inputs, o):
+    return mirror_pair_loss(make_step(o.eta, o.tau), lp, inputs['anchor_lp'], inputs['kl_ref_lp'], inputs['mask'],
+                            lp2, inputs['anchor_lp2'], inputs['kl_ref_lp2'], inputs['mask2'], inputs['pref'])
+  return loss
+
+
+register_loss('mirror_pairs', 'online', _mirror_pairs(inpo_step))
+register_loss('magnetic_pairs', 'online', _mirror_pairs(magnetic_step))
+register_loss('sppo', 'online', lambda lp, lp2, inputs, o: sppo_loss(lp, inputs['anchor_lp'], inputs['mask'],
+                                                                     inputs['pref'], o.eta))
 
 
 def pair_indices(k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -24,7 +24,8 @@ Objectives (config.train.objective):
 - extragradient: online IPO's gradient at theta_t makes the half step, the gradient at the half step is applied
   from theta_t (both sampled and judged in the one step).
 With config.online.temperature != 1 or top-k/top-p, "pi_theta" in every loss is the distribution sampled, pi_T
-(`sampled_logprobs`): the tempered, filtered policy is what is optimised.
+(`sampled_logprobs`): the tempered, filtered policy is what is optimised. The loss is the one the objective's row
+names, found in the registry of losses (objectives/registry.py); the row's fields say what it samples and reads.
 """
 from __future__ import annotations
 
@@ -40,7 +41,7 @@ from nlhf_jax.config import ExperimentConfig, objectives
 from nlhf_jax.models import lora
 from nlhf_jax.models.logprobs import response_logprobs
 from nlhf_jax.objectives import online as losses
-from nlhf_jax.objectives import successors
+from nlhf_jax.objectives import registry, successors
 from nlhf_jax.online.judges import Judge, binary_judgement
 from nlhf_jax.sampling.filters import filter_logits
 from nlhf_jax.sampling.sampler import Groups, SamplingConfig, row_keys, run, sample, sample_pair
@@ -180,19 +181,14 @@ class OnlineStep:
       extras[spec.prox] = replace(step % (o.iteration_steps * o.prox_iterations) == 0, extras[spec.prox])
     return extras
 
-  def mirror_step(self) -> successors.MirrorStep:
-    o = self.cfg.online
-    if self.objective.loss == 'magnetic_pairs':
-      return successors.magnetic_step(o.eta, o.tau)
-    return successors.inpo_step(o.eta, o.tau)
-
   def draw(self, state: TrainState, frozen: dict, params, batch: dict, key):
-    """(y, y'): the responses the loss reads (y' None for sppo, whose K samples of a prompt are rows of y).
+    """(y, y'): the responses the loss reads (y' None when the row's loss reads win rates, sppo: the K samples
+    of a prompt are rows of y).
     `params` are the trained ones."""
     spec = self.objective
     if spec.opponent == 'iterate':
       pi_t = self.model_params(state.extras['pi_t'], frozen)
-      if spec.loss == 'sppo':
+      if spec.win_rates:
         return sample(self.graphdef, pi_t, batch, jax.random.fold_in(key, 0), self.scfg, self.mesh), None
       out = sample_pair(self.graphdef, pi_t, None, None, batch, key, self.scfg, 0.0, self.mesh)
       return out['policy'], out['mixture']
@@ -250,27 +246,14 @@ class OnlineStep:
       aux_in['kl_ref_lp2'] = sg(response_logprobs(prox, *x, *y2t))
     elif spec.iterate and y2 is not None:
       aux_in['kl_ref_lp'], aux_in['kl_ref_lp2'] = aux_in['ref_lp'], aux_in['ref_lp2']
-    pref = aux_in['pref']
+    objective_loss = registry.loss_of(spec)
+    inputs = dict(aux_in, mask=y['mask'], mask2=None if y2 is None else y2['mask'])
 
     def loss_fn(params):  # log-probabilities of the distribution sampled (tempered, filtered): unbiased for pi_T
       policy = nnx.merge(self.graphdef, self.model_params(params, frozen))
       lp = sampled_logprobs(policy, *x, *yt, scfg)
-      if spec.loss == 'nash_md_pg':
-        loss = losses.nash_md_pg_loss(lp, aux_in['ref_lp'], y['mask'], pref, o.tau, o.reward_to_go)
-      elif spec.loss == 'rlhf_pg':
-        loss = losses.rlhf_pg_loss(lp, aux_in['ref_lp'], y['mask'], aux_in['reward'], aux_in['baseline'], o.tau,
-                                   o.reward_to_go)
-      elif spec.loss == 'sppo':
-        loss = successors.sppo_loss(lp, aux_in['anchor_lp'], y['mask'], pref, o.eta)
-      elif spec.loss in ('mirror_pairs', 'magnetic_pairs'):
-        lp2 = sampled_logprobs(policy, *x, *y2t, scfg)
-        loss = successors.mirror_pair_loss(self.mirror_step(), lp, aux_in['anchor_lp'], aux_in['kl_ref_lp'],
-                                           y['mask'], lp2, aux_in['anchor_lp2'], aux_in['kl_ref_lp2'], y2['mask'],
-                                           pref)
-      else:  # 'ipo_pg'
-        lp2 = sampled_logprobs(policy, *x, *y2t, scfg)
-        loss = losses.ipo_loss(lp, aux_in['ref_lp'], y['mask'], lp2, aux_in['ref_lp2'], y2['mask'], pref, o.tau)
-      return loss, sg(lp)
+      lp2 = sampled_logprobs(policy, *x, *y2t, scfg) if spec.second_logprobs else None
+      return objective_loss(lp, lp2, inputs, o), sg(lp)
 
     (loss, lp), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     out = dict(aux_in, y=y, y2=y2, lp=lp)

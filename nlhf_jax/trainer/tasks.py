@@ -26,13 +26,14 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from nlhf_jax.config import ExperimentConfig, objectives, runs
-from nlhf_jax.config.objectives import OBJECTIVES, Objective
+from nlhf_jax.config import ExperimentConfig, objectives
+from nlhf_jax.config.objectives import Objective
 from nlhf_jax.distributed import param_specs
 from nlhf_jax.models import Transformer, lora
 from nlhf_jax.models.judges import PreferenceModel, RewardModel
-from nlhf_jax.objectives import pair_loss, sft_loss
+from nlhf_jax.objectives import registry
 from nlhf_jax.training import checkpointing, init, steps
+from nlhf_jax.training.offline_step import OfflineStep
 from nlhf_jax.training.state import TrainState
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ log = logging.getLogger(__name__)
 @dataclasses.dataclass(frozen=True)
 class Task:
   """An objective's description (config/objectives.py) with what builds its model and data, and its loss when it
-  is supervised."""
+  is supervised (the offline and the online steps find theirs in the registry: objectives/registry.py)."""
   objective: Objective
   make_model: Callable[[ExperimentConfig], Callable[[nnx.Rngs], nnx.Module]]
   make_data: Callable[[ExperimentConfig, slice], Iterator[dict]]
@@ -84,16 +85,14 @@ def _data(kind: str):
 
 
 MODELS = {'language_model': Transformer, 'preference_model': PreferenceModel, 'reward_model': RewardModel}
-SUPERVISED_LOSSES = {'sft': sft_loss, 'pairwise': pair_loss}  # online losses: online/step.py; offline: _offline_step
-
-TASKS: dict[str, Task] = {
-    name: Task(o, _model(MODELS[o.model]), _data(o.data),
-               SUPERVISED_LOSSES[o.loss] if o.kind == 'supervised' else None)
-    for name, o in OBJECTIVES.items()}
 
 
 def get_task(name: str) -> Task:
-  return TASKS[objectives.get(name).name]
+  """The task of the objective `name`, from its row (config/objectives.py, or one added by objectives.register);
+  ConfigError for a name the table lacks or a row whose loss is not registered (objectives/registry.py)."""
+  o = objectives.get(name)
+  loss = registry.loss_of(o)
+  return Task(o, _model(MODELS[o.model]), _data(o.data), loss if o.kind == 'supervised' else None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,10 +148,14 @@ def setup(cfg: ExperimentConfig, task: Task, tx: optax.GradientTransformation, m
 
 
 def reference_run(cfg: ExperimentConfig, task: Task) -> str:
-  """The run of the frozen model a step reads (under LoRA, the base the adapters sit on), by the one rule of
-  config/runs.py: mu is the objective's reference checkpoint, else the policy's warm start
-  (config.init_checkpoint); supervised objectives read the init checkpoint; '' for none."""
-  return runs.reference(cfg)[1]
+  """The run of the frozen model a step reads (under LoRA, the base the adapters sit on): mu online
+  (config.online.reference_checkpoint), mu offline (config.offline.reference_checkpoint, by default the run the
+  policy starts from, config.init_checkpoint), the init checkpoint for supervised objectives; '' for none."""
+  if task.online:
+    return cfg.online.reference_checkpoint
+  if task.offline:
+    return cfg.offline.reference_checkpoint or cfg.init_checkpoint or ''
+  return cfg.init_checkpoint or ''
 
 
 @dataclasses.dataclass(frozen=True)
@@ -235,7 +238,7 @@ def plan_step(cfg: ExperimentConfig, task: Task, run: Setup, tx: optax.GradientT
   stop_ids = load_tokenizer(cfg.data.tokenizer).stop_ids if stop_ids is None else stop_ids
   step = OnlineStep(cfg, run.graphdef, tx, lr_schedule, judge, stop_ids, mesh, run.base_graphdef)
   if not run.lora:
-    frozen['reference'] = _reference(run.params_target(), reference_run(cfg, task), o.frozen_dtype, initial_params)
+    frozen['reference'] = _reference(run.params_target(), o.reference_checkpoint, o.frozen_dtype, initial_params)
   frozen['judge'] = judge_part
   return StepPlan(step, frozen)
 
@@ -277,37 +280,22 @@ def _judge(cfg: ExperimentConfig, mesh: Mesh):
 def _offline_step(cfg: ExperimentConfig, task: Task, run: Setup, tx: optax.GradientTransformation,
                   lr_schedule: optax.Schedule, mesh: Mesh, initial_params: Callable[[], dict],
                   frozen: dict[str, FrozenPart]) -> StepPlan:
-  """dpo / ipo: mu's log-probabilities of both responses join the batch, then the supervised step on the offline
-  loss. mu is config.offline.reference_checkpoint, else config.init_checkpoint (the policy's warm start), else the
-  policy's initial parameters; under LoRA it is the base that the adapters sit on (frozen['base']). mu runs in
-  every step (frozen['reference']), or, with offline.reference_logprobs='cached', once per split before training
-  (frozen['reference_logprobs'], {'train': [N, 2], 'eval': [M, 2]} tables looked up by example_index; mu is read,
-  used and dropped when the tables are loaded)."""
-  from nlhf_jax.objectives import offline
+  """The offline step (training/offline_step.py: mu's log-probabilities of both responses join the batch, then
+  the supervised step on the row's loss) and mu: config.offline.reference_checkpoint, else config.init_checkpoint
+  (the policy's warm start), else the policy's initial parameters; under LoRA it is the base that the adapters sit
+  on (frozen['base']). mu runs in every step (frozen['reference']), or, with offline.reference_logprobs='cached',
+  once per split before training (frozen['reference_logprobs'], {'train': [N, 2], 'eval': [M, 2]} tables looked
+  up by example_index; mu is read, used and dropped when the tables are loaded)."""
   o = cfg.offline
-  loss_fn = offline.make_loss(task.objective.loss, o.tau, o.label_smoothing, o.length_normalized)
-  step = steps.make_train_step(run.graphdef, loss_fn, tx, lr_schedule, cfg.train.grad_accum_steps)
+  step = OfflineStep(cfg, run.graphdef, tx, lr_schedule, run.base_graphdef)
   source = reference_run(cfg, task)
   mu = frozen.get('base') or _reference(run.params_target(), source, o.frozen_dtype, initial_params)
-  mu_graphdef = run.base_graphdef if run.lora else run.graphdef
-
   if o.reference_logprobs == 'cached':
+    mu_graphdef = run.base_graphdef if run.lora else run.graphdef
     frozen['reference_logprobs'] = _cached_reference(cfg, source, mu_graphdef, mu, mesh)
-
-    def cached_step(state, frozen, batch):
-      batch = offline.with_cached_reference(frozen['reference_logprobs']['train'], batch)
-      return step(state, batch, frozen.get('base'))
-    return StepPlan(cached_step, frozen)
-
-  if run.lora:
-    def lora_step(state, frozen, batch):
-      batch = offline.with_reference(nnx.merge(run.base_graphdef, frozen['base']), batch)
-      return step(state, batch, frozen['base'])
-    return StepPlan(lora_step, frozen)
-
-  def reference_step(state, frozen, batch):
-    return step(state, offline.with_reference(nnx.merge(run.graphdef, frozen['reference']), batch))
-  return StepPlan(reference_step, dict(frozen, reference=mu))
+  elif not run.lora:
+    frozen['reference'] = mu
+  return StepPlan(step, frozen)
 
 
 def _cached_reference(cfg: ExperimentConfig, source: str, mu_graphdef: nnx.GraphDef, mu: FrozenPart,

@@ -10,7 +10,7 @@ Contracts:
   with a warning). They are read once, when the run starts, from a source of their own: the training iterator and
   its state are never touched, so a resumed run trains bitwise as an uninterrupted one. Each process reads its own
   rows of every batch (as in training) and the batches are global arrays sharded over the mesh.
-- Values: the training loss function `loss_fn(model, batch, rng) -> (loss, metrics)` of the objective (for dpo/ipo
+- Values: the training loss function `loss_fn(model, batch, rng) -> (loss, metrics)` of the objective (offline
   with mu's log-probabilities added to the batch, as in training), in one jitted, sharded forward per batch at a
   fixed rng key; with train.grad_accum_steps > 1 in the same micro-batches as training. Each value is the mean over
   the batches (and micro-batches) of its per-batch value, reduced over the mesh by the jitted computation, so every
@@ -33,6 +33,7 @@ from flax import nnx
 from nlhf_jax.config import ExperimentConfig
 from nlhf_jax.distributed import global_batch, local_batch_rows, within_mesh
 from nlhf_jax.models import lora
+from nlhf_jax.training.offline_step import OfflineStep
 
 log = logging.getLogger(__name__)
 
@@ -41,23 +42,17 @@ PREFIX = 'val/'
 
 def objective_loss(cfg: ExperimentConfig, task, run):
   """loss(params, frozen, batch, rng) -> (loss, metrics): the objective's training loss on the trained `params`
-  with the step's `frozen` parameters (the LoRA base; for dpo/ipo the reference mu)."""
+  with the step's `frozen` parameters (the LoRA base; offline, mu or its cached log-probabilities, which join the
+  batch as in the offline step: training/offline_step.py)."""
   if task.offline:
-    from nlhf_jax.objectives import offline
-    o = cfg.offline
-    loss_fn = offline.make_loss(task.objective.loss, o.tau, o.label_smoothing, o.length_normalized)
+    step = OfflineStep(cfg, run.graphdef, base_graphdef=run.base_graphdef)
+    loss_fn, prepare = step.loss_fn, lambda frozen, batch: step.with_reference(frozen, batch, 'eval')
   else:
-    loss_fn = task.loss_fn
+    loss_fn, prepare = task.loss_fn, lambda frozen, batch: batch
 
   def loss(params, frozen, batch, rng):
-    base = frozen.get('base')
-    if task.offline and 'reference_logprobs' in frozen:  # offline.reference_logprobs='cached'
-      batch = offline.with_cached_reference(frozen['reference_logprobs']['eval'], batch)
-    elif task.offline:
-      reference = (nnx.merge(run.base_graphdef, base) if run.lora else
-                   nnx.merge(run.graphdef, frozen['reference']))
-      batch = offline.with_reference(reference, batch)
-    return loss_fn(nnx.merge(run.graphdef, lora.with_base(params, base)), batch, rng)
+    model = nnx.merge(run.graphdef, lora.with_base(params, frozen.get('base')))
+    return loss_fn(model, prepare(frozen, batch), rng)
 
   return loss
 
