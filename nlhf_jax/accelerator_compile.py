@@ -71,14 +71,26 @@ def model_overrides(preset: str, hf_config: str) -> dict | None:
   if preset and hf_config:
     raise CompileError('give --preset or --hf_config, not both')
   if preset:
+    check_preset(preset, '--preset')
     return preset_fields(preset)
   if hf_config:
     from nlhf_jax.models.hf.config import model_config
+    if not os.path.isfile(hf_config):
+      raise CompileError(f'--hf_config={hf_config} is not a file; give the config.json of a Hugging Face model')
     with open(hf_config) as f:
-      fields = dataclasses.asdict(model_config(json.load(f)))
+      try:
+        fields = dataclasses.asdict(model_config(json.load(f)))
+      except json.JSONDecodeError as e:
+        raise CompileError(f'--hf_config={hf_config}: not valid JSON ({e})') from e
     fields.pop('lora', None)
     return dict(fields, **_AT_SIZE)
   return None
+
+
+def check_preset(name: str, flag: str) -> None:
+  from nlhf_jax.config.presets import PRESETS
+  if name not in PRESETS:
+    raise CompileError(f'{flag}={name!r} is unknown; choose one of {", ".join(PRESETS)}')
 
 
 def experiment(c, num_devices: int, model: dict | None = None, batch_size=None, prompt_len=None, new_tokens=None,
@@ -309,11 +321,13 @@ def main(argv) -> None:
   if not f.target:
     raise CompileError('give --target=NAME[,NAME...] (nlhf-compile --list shows them)')
   chosen = [targets_lib.get(name) for name in f.target]  # every name checked before any compile
-  devices_lib.use_compilers()
   from nlhf_jax.config import ModelConfig
   from nlhf_jax.config.presets import preset
   model = model_overrides(f.preset, f.hf_config)
+  if f.judge_preset:
+    check_preset(f.judge_preset, '--judge_preset')
   judge_model = ModelConfig.from_dict(preset(f.judge_preset)) if f.judge_preset else None
+  devices_lib.use_compilers()
   args = dict(model=model, batch_size=f.batch_size, prompt_len=f.prompt_len, new_tokens=f.new_tokens,
               lora_rank=f.lora_rank, mesh=f.mesh)
   results, refused = [], []
