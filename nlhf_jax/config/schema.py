@@ -238,7 +238,7 @@ class OnlineConfig:
   # them once at the decode loop's boundary.
   sharded_decode: bool = False
   # dtype of the decode loop's KV caches: '' (auto: the compute dtype; float32 on CPU, where XLA handles a
-  # bfloat16 cache slowly), 'float32' or 'bfloat16' (nlhf_jax/sampling/sampler.py, SamplingConfig.cache_dtype).
+  # bfloat16 cache slowly), 'float32' or 'bfloat16' (nlhf_jax/sampling/config.py, SamplingConfig).
   kv_cache_dtype: str = ''
   # The successors of Nash-MD (inpo, comal, mpo, sppo; docs/math.md section 8): the step size eta of the mirror
   # step their loss fits (the papers' 1 / eta for INPO and COMAL), the steps of one iteration (pi_t, the policy

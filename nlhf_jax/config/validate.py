@@ -175,6 +175,41 @@ def check_architecture(m: schema.ModelConfig) -> None:
 
 IMPORTED = objectives.IMPORTED
 
+# The sampling options, under the names config.online and nlhf_jax.sampling's SamplingConfig share (an evaluation's
+# config and the pipeline's pairs stage hold max_new_tokens and temperature only): (key, test, what the value must
+# be). A new option (a filter such as min-p) adds its row here.
+SAMPLING_OPTIONS = (
+    ('max_new_tokens', lambda v: v >= 1, 'must be at least 1'),
+    ('temperature', lambda v: v >= 0, 'must be >= 0 (0: greedy)'),
+    ('top_k', lambda v: v >= 0, 'must be >= 0 (0: off)'),
+    ('top_p', lambda v: 0.0 < v <= 1.0, 'must be in (0, 1] (1: off)'),
+    ('kv_cache_dtype', lambda v: v in ('', 'float32', 'bfloat16'), "use '' (auto), 'float32' or 'bfloat16'"),
+)
+
+_ABSENT = object()
+
+
+def _option(section: Any, key: str) -> Any:
+  if isinstance(section, Mapping):
+    return section.get(key, _ABSENT)
+  return getattr(section, key, _ABSENT)
+
+
+def check_sampling(section: Any, where: str = '', fix: str = '') -> None:
+  """The one check of sampling options: each of SAMPLING_OPTIONS that `section` (a config dataclass, a ConfigDict,
+  a mapping or a SamplingConfig) holds. The error names `where` + the key and its value, what it must be, and
+  `fix` (with {key} filled in) when given."""
+  for key, ok, rule in SAMPLING_OPTIONS:
+    value = _option(section, key)
+    if value is _ABSENT:
+      continue
+    try:
+      good = bool(ok(value))
+    except TypeError:  # a string where a number belongs, or the reverse
+      good = False
+    if not good:
+      raise ConfigError(f'{where}{key}={value!r}: {rule}' + (f' ({fix.format(key=key)})' if fix else ''))
+
 
 def check_online(cfg: schema.ExperimentConfig) -> None:
   """Checks of config.online (always: they are cheap) and of the lengths an objective needs."""
@@ -183,14 +218,9 @@ def check_online(cfg: schema.ExperimentConfig) -> None:
   _require(math.isfinite(o.tau) and o.tau >= 0, f'config.online.tau={o.tau}: must be >= 0')
   _require(0.0 <= o.ema_rate < 1.0, f'config.online.ema_rate={o.ema_rate}: must be in [0, 1)')
   _require(o.samples_per_prompt >= 1, f'config.online.samples_per_prompt={o.samples_per_prompt}: must be >= 1')
-  _require(o.temperature >= 0, f'config.online.temperature={o.temperature}: must be >= 0 (0: greedy)')
-  _require(o.top_k >= 0, f'config.online.top_k={o.top_k}: must be >= 0 (0: off)')
-  _require(0.0 < o.top_p <= 1.0, f'config.online.top_p={o.top_p}: must be in (0, 1] (1: off)')
-  _require(o.max_new_tokens > 0, f'config.online.max_new_tokens={o.max_new_tokens}: must be positive')
+  check_sampling(o, 'config.online.')
   _require(o.frozen_dtype in ('', 'float32', 'bfloat16'),
            f"config.online.frozen_dtype={o.frozen_dtype!r}: use '' (as stored), 'float32' or 'bfloat16'")
-  _require(o.kv_cache_dtype in ('', 'float32', 'bfloat16'),
-           f"config.online.kv_cache_dtype={o.kv_cache_dtype!r}: use '' (auto), 'float32' or 'bfloat16'")
   _require(o.judge in ('preference_model', 'reward_model', 'oracle', 'prompted'),
            f"config.online.judge={o.judge!r}: use 'preference_model', 'reward_model', 'oracle' or 'prompted'")
   _require(len(o.judge_answers) == 2 and len(set(o.judge_answers)) == 2 and all(o.judge_answers),

@@ -30,7 +30,7 @@ from nlhf_jax.evaluation import generate as gen
 from nlhf_jax.evaluation import generations, inputs, stats
 from nlhf_jax.evaluation.report import BENCHMARK_ORACLE
 from nlhf_jax.online.judges import resolve_oracle
-from nlhf_jax.sampling.sampler import SamplingConfig
+from nlhf_jax.sampling import SamplingConfig
 from nlhf_jax.training import checkpointing
 
 log = logging.getLogger(__name__)
@@ -210,8 +210,7 @@ def evaluate(ecfg, mesh=None, export_generations: str = '', overwrite: bool = Fa
   k = ecfg.samples_per_prompt
   xs = [p for p in prompts for _ in range(k)]
   batches = gen.prompt_batches(prompts, ecfg.tokenizer, ecfg.prompt_len, k, rows, ecfg.get('chat_template', False))
-  scfg = SamplingConfig(max_new_tokens=ecfg.max_new_tokens, temperature=ecfg.temperature,
-                        stop_ids=tokenizer.stop_ids, pad_id=tokenizer.pad_id)
+  scfg = SamplingConfig.from_section(ecfg, tokenizer.stop_ids, tokenizer.pad_id)
   mu = gen.load_policy(dict(policies)[ecfg.reference], mesh)
   samples, texts, info = {}, {}, {}
   for name, path in policies:

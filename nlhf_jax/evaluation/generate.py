@@ -21,7 +21,7 @@ from nlhf_jax.models import Transformer
 from nlhf_jax.models.judges import PreferenceModel, RewardModel, pair_scorer
 from nlhf_jax.training.checkpointing import FrozenModel, load_frozen
 from nlhf_jax.models.logprobs import response_logprobs
-from nlhf_jax.sampling.sampler import SamplingConfig, jit_sample
+from nlhf_jax.sampling import SamplingConfig, jit_sample
 
 
 def read_prompts(data_dir: str, name: str, split: str, num_prompts: int) -> list:

@@ -1,7 +1,7 @@
 """The checks an evaluation makes before it restores a model or samples a token, and the batch it samples in.
 
-- `check_settings(ecfg)`: counts and lengths of the eval config are positive (num_prompts, samples_per_prompt,
-  batch_size, max_new_tokens) and the temperature is not negative.
+- `check_settings(ecfg)`: counts of the eval config are positive (num_prompts, samples_per_prompt, batch_size)
+  and its sampling options (max_new_tokens, temperature) pass the one check of config/validate.py.
 - `check_runs(ecfg)`: every policy is a language model run with a checkpoint, the learned judge (if any) a
   preference_model or reward_model run (with judge_kind='prompted' a language model run, which reads text with its
   own tokenizer and is left out of what follows), and all of them share one vocabulary: the same tokenizer (the
@@ -22,6 +22,7 @@ import logging
 import os
 
 from nlhf_jax.config import ConfigError
+from nlhf_jax.config.validate import check_sampling
 from nlhf_jax.training.run import Run
 
 JUDGE_OBJECTIVES = ('preference_model', 'reward_model')
@@ -33,11 +34,7 @@ def check_settings(ecfg) -> None:
   for key in ('num_prompts', 'samples_per_prompt', 'batch_size'):
     if int(ecfg[key]) < 1:
       raise ConfigError(f'{key}={ecfg[key]}: must be at least 1 (--{key}, or eval.{key} of a pipeline config)')
-  if int(ecfg.max_new_tokens) < 1:
-    raise ConfigError(f'max_new_tokens={ecfg.max_new_tokens}: must be at least 1 (--max_new_tokens; 0 reads it '
-                      'from the reference run)')
-  if float(ecfg.temperature) < 0:
-    raise ConfigError(f'temperature={ecfg.temperature}: must be >= 0 (0 samples greedily)')
+  check_sampling(ecfg, fix='--{key}, or eval.{key} of a pipeline config')
 
 
 def batch_rows(num_rows: int, batch_size: int, shards: int) -> int:

@@ -43,23 +43,19 @@ from nlhf_jax.models.logprobs import response_logprobs
 from nlhf_jax.objectives import online as losses
 from nlhf_jax.objectives import registry, successors
 from nlhf_jax.online.judges import Judge, binary_judgement
-from nlhf_jax.sampling.filters import filter_logits
-from nlhf_jax.sampling.sampler import Groups, SamplingConfig, row_keys, run, sample, sample_pair
+from nlhf_jax.sampling import Groups, SamplingConfig, Strategy, row_keys, run, sample, sample_pair
 from nlhf_jax.training.state import TrainState
 
 sg = jax.lax.stop_gradient
 
 
 def sampling_config(cfg: ExperimentConfig, stop_ids: tuple[int, ...]) -> SamplingConfig:
-  o = cfg.online
-  return SamplingConfig(max_new_tokens=o.max_new_tokens, temperature=o.temperature, top_k=o.top_k, top_p=o.top_p,
-                        stop_ids=stop_ids, pad_id=cfg.model.pad_id, sharded_params=o.sharded_decode,
-                        cache_dtype=o.kv_cache_dtype)
+  return SamplingConfig.from_section(cfg.online, stop_ids, cfg.model.pad_id)
 
 
 def sampled_logprobs(model, prompt, prompt_mask, response, response_mask, scfg: SamplingConfig) -> jax.Array:
   """float32 log pi_T(y_n | x, y_<n) [B, T] (0 at padding): the log-probabilities of the distribution the sampler
-  drew y from, pi_theta's logits at `scfg.temperature` through its top-k and top-p filters (sampling/filters.py;
+  drew y from, pi_theta's logits at `scfg.temperature` through its top-k and top-p filters (sampling/strategies.py;
   temperature 0, greedy, counts as 1). Every online loss differentiates these, so the policy-gradient estimates
   are unbiased for the objective of pi_T, the policy actually sampled (docs/math.md section 4).
 
@@ -69,8 +65,8 @@ def sampled_logprobs(model, prompt, prompt_mask, response, response_mask, scfg: 
   distribution: the [B, T, V] logits are made, even with model.logits_chunk. The sampled token is always kept in
   the filtered support (a token at the filter's edge could fall out of it by a rounding difference between the
   decode loop and this pass)."""
-  temperature = scfg.temperature or 1.0
-  filters = (0 < scfg.top_k < model.cfg.vocab_size) or scfg.top_p < 1.0
+  temperature, strategy = scfg.temperature or 1.0, Strategy.of(scfg)
+  filters = strategy.truncates(model.cfg.vocab_size)
   if temperature == 1.0 and not filters:
     return response_logprobs(model, prompt, prompt_mask, response, response_mask)
   tokens = jnp.concatenate([prompt, response], axis=1)
@@ -81,7 +77,7 @@ def sampled_logprobs(model, prompt, prompt_mask, response, response_mask, scfg: 
     lp = model.token_logprobs(hidden / jnp.asarray(temperature, hidden.dtype), response)
   else:
     tempered = model.logits(hidden) / temperature
-    filtered = filter_logits(tempered, 1.0, scfg.top_k, scfg.top_p)
+    filtered = strategy.truncate(tempered)
     target = jax.nn.one_hot(response, tempered.shape[-1], dtype=bool)
     logp = jax.nn.log_softmax(jnp.where(target, tempered, filtered), axis=-1)
     lp = jnp.take_along_axis(logp, response[..., None], axis=-1)[..., 0]

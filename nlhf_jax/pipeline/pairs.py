@@ -21,7 +21,7 @@ from nlhf_jax.data.tokenizer import load_tokenizer
 from nlhf_jax.distributed import is_leader, make_mesh
 from nlhf_jax.evaluation import generate as gen
 from nlhf_jax.online.judges import resolve_oracle
-from nlhf_jax.sampling.sampler import SamplingConfig
+from nlhf_jax.sampling import SamplingConfig
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +39,7 @@ def sample_texts(scfg, mesh) -> tuple[list[str], list[str], list[str]]:
   tokenizer = load_tokenizer(scfg.tokenizer)
   prompts = gen.read_prompts(scfg.data_dir, scfg.prompts_name, scfg.split, scfg.num_prompts)
   batches = gen.prompt_batches(prompts, scfg.tokenizer, scfg.prompt_len, 2, scfg.batch_size)
-  sampling = SamplingConfig(max_new_tokens=scfg.max_new_tokens, temperature=scfg.temperature,
-                            stop_ids=tokenizer.stop_ids, pad_id=tokenizer.pad_id)
+  sampling = SamplingConfig.from_section(scfg, tokenizer.stop_ids, tokenizer.pad_id)
   mu = gen.load_policy(scfg.reference, mesh)
   out = gen.generate(mu, batches, jax.random.key(scfg.seed), sampling, mesh)
   texts = gen.decode(tokenizer, out['tokens'], out['mask'])

@@ -5,7 +5,7 @@
 
 Prompts of 32-64 tokens (left-padded to 64), float32 parameters. Each compute dtype of --compute_dtypes (default
 float32 alone) is timed in this process; bfloat16 compute keeps float32 accumulation and log-probabilities, and
-the KV caches are the sampler's default (float32 on CPU: SamplingConfig.cache_dtype). EOS is disabled (no stop
+the KV caches are the sampler's default (float32 on CPU: SamplingConfig.kv_cache_dtype). EOS is disabled (no stop
 ids) so that every row samples the full max_new_tokens and the token counts are exact. Reported: policy-only
 sampling, and the (y ~ policy, y' ~ mixture) pair in one loop, each with compile time and sampled tokens/s; the
 pair's matmul FLOPs and achieved rate, against the rate of a decode-shaped matmul ([3B, d_model] @
@@ -35,7 +35,7 @@ from nlhf_jax.config import ModelConfig
 from nlhf_jax.models import Transformer, preset
 from nlhf_jax.perf import (block, fmt_bytes, forward_flops_per_token, matmul_flops, matmul_peak_flops, median_time,
                            peak_memory_bytes)
-from nlhf_jax.sampling.sampler import SamplingConfig, jit_sample, jit_sample_pair
+from nlhf_jax.sampling import SamplingConfig, jit_sample, jit_sample_pair
 
 
 def make_batch(batch: int, max_prompt: int, min_prompt: int, vocab: int, seed: int = 0) -> dict:

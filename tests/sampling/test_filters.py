@@ -5,8 +5,7 @@ import numpy as np
 from scipy import stats
 
 from nlhf_jax.sampling import apply_temperature, filter_logits, top_k_filter, top_p_filter
-from nlhf_jax.sampling import SamplingConfig
-from nlhf_jax.sampling.sampler import choose_tokens
+from nlhf_jax.sampling import SamplingConfig, Strategy
 
 
 def _kept(x):
@@ -44,10 +43,10 @@ def test_temperature_then_filters():
 
 
 def _draws(logits_v, n, cfg=SamplingConfig(), seed=0):
-  """n tokens of `choose_tokens` from one row of logits, each with its own key (the logits are shared, so the
+  """n tokens of `Strategy.choose` from one row of logits, each with its own key (the logits are shared, so the
   per-vocabulary work is done once and n draws cost about n * 2 sqrt(V) random numbers)."""
   keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(seed), i))(jnp.arange(n))
-  one = lambda k: choose_tokens(logits_v[None, None], k[None, None], jnp.int32(0), cfg)[0][0, 0]
+  one = lambda k: Strategy.of(cfg).choose(logits_v[None, None], k[None, None], jnp.int32(0))[0][0, 0]
   return np.asarray(jax.jit(jax.vmap(one))(keys))
 
 

@@ -12,7 +12,7 @@ from nlhf_jax.config import ModelConfig
 from nlhf_jax.distributed import named, param_specs
 from nlhf_jax.models import Transformer, preset
 from nlhf_jax.sampling import SamplingConfig, filter_logits, jit_sample, jit_sample_pair, sample_pair
-from nlhf_jax.sampling.sampler import decode_step, prefill
+from nlhf_jax.sampling import decode_step, prefill
 from tests.helpers import mesh
 
 CFG = ModelConfig(**preset('tiny'))
@@ -70,10 +70,10 @@ def test_cached_decoding_matches_full_forward():
 def test_kv_cache_dtype_is_float32_on_cpu_unless_named():
   """'' (auto) is the compute dtype, except float32 on CPU; a named dtype is used as it is; bad names fail."""
   bf16 = jnp.dtype(jnp.bfloat16)
-  assert SamplingConfig().kv_cache_dtype(bf16) == (jnp.float32 if jax.default_backend() == 'cpu' else bf16)
-  assert SamplingConfig(cache_dtype='bfloat16').kv_cache_dtype(jnp.float32) == bf16
-  with pytest.raises(ValueError, match="cache_dtype must be '' \\(auto\\), 'float32' or 'bfloat16'"):
-    SamplingConfig(cache_dtype='float16')
+  assert SamplingConfig().cache_dtype(bf16) == (jnp.float32 if jax.default_backend() == 'cpu' else bf16)
+  assert SamplingConfig(kv_cache_dtype='bfloat16').cache_dtype(jnp.float32) == bf16
+  with pytest.raises(ValueError, match="kv_cache_dtype='float16': use '' \\(auto\\), 'float32' or 'bfloat16'"):
+    SamplingConfig(kv_cache_dtype='float16')
 
 
 def test_bfloat16_compute_samples_alike_with_float32_and_bfloat16_caches():
@@ -82,9 +82,9 @@ def test_bfloat16_compute_samples_alike_with_float32_and_bfloat16_caches():
   graphdef, policy, ref = _models(dataclasses.replace(CFG, compute_dtype='bfloat16'), scale=1.0)
   batch, key, outs = _batch(), jax.random.key(2), {}
   for dtype in ('float32', 'bfloat16'):
-    cfg = SamplingConfig(max_new_tokens=6, stop_ids=(), cache_dtype=dtype)
+    cfg = SamplingConfig(max_new_tokens=6, stop_ids=(), kv_cache_dtype=dtype)
     _, cache = prefill(nnx.merge(graphdef, policy), batch['prompt'], batch['prompt_mask'], 12, None,
-                       cfg.kv_cache_dtype(jnp.bfloat16))
+                       cfg.cache_dtype(jnp.bfloat16))
     assert cache['layer_0']['k'].dtype == jnp.dtype(dtype)
     outs[dtype] = jit_sample_pair(graphdef, graphdef, cfg, 0.3)(policy, ref, batch, key)
   for name in ('policy', 'mixture'):
@@ -197,7 +197,7 @@ def test_same_samples_on_one_device_and_on_a_mesh(models, devices):
 
 @pytest.mark.parametrize('shape', [dict(fsdp=8), dict(data=2, fsdp=2, tensor=2)])
 def test_params_sharded_in_the_loop_sample_what_replicated_params_sample(models, devices, shape):
-  """With sharded_params the weights stay sharded over fsdp (and tensor) inside the decode loop; the samples are
+  """With sharded_decode the weights stay sharded over fsdp (and tensor) inside the decode loop; the samples are
   those of the replicated model for the same key, and the outputs keep the batch sharding."""
   graphdef, policy, ref = models
   cfg = SamplingConfig(max_new_tokens=5, top_k=50, stop_ids=())
@@ -211,7 +211,7 @@ def test_params_sharded_in_the_loop_sample_what_replicated_params_sample(models,
   put = lambda tree, s: jax.tree.map(lambda x, sh: jax.device_put(np.asarray(x), sh), tree, s)
   args = (put(nnx.to_pure_dict(policy), p_shard), put(nnx.to_pure_dict(ref), p_shard),
           jax.tree.map(lambda x: jax.device_put(np.asarray(x), b_shard), batch))
-  sharded_cfg = dataclasses.replace(cfg, sharded_params=True)
+  sharded_cfg = dataclasses.replace(cfg, sharded_decode=True)
   fn = jax.jit(lambda p, r, b, k: sample_pair(graphdef, p, graphdef, r, b, k, sharded_cfg, 0.25, mesh=m))
   got = fn(*args, key)
   for name in ('policy', 'mixture'):
