@@ -250,14 +250,26 @@ def _check_eval_config(name: str, ecfg, num_devices: int | None) -> None:
     raise ConfigError(f'pipeline stage {name!r}: {e} (set it in config.eval or config.mesh)') from None
 
 
+def _check_pairs_config(name: str, c) -> None:
+  """The pairs stage's sampling options: config.pairs.temperature and config.policy.max_new_tokens."""
+  from nlhf_jax.config.validate import check_sampling
+  try:
+    check_sampling({'temperature': c.temperature}, 'config.pairs.')
+    check_sampling({'max_new_tokens': c.max_new_tokens}, 'config.policy.')
+  except ConfigError as e:
+    raise ConfigError(f'pipeline stage {name!r}: {e}') from None
+
+
 def check_training_configs(configs: dict, num_devices: int | None = None) -> None:
-  """Validates every training stage's ExperimentConfig (with `num_devices`, also against the mesh) and the eval
-  stage's settings and batch, so that a bad value in a late stage stops the pipeline before the first stage
-  starts."""
+  """Validates every training stage's ExperimentConfig (with `num_devices`, also against the mesh), the pairs
+  stage's sampling options and the eval stage's settings and batch, so that a bad value in a late stage stops the
+  pipeline before the first stage starts."""
   from nlhf_jax.config import from_config_dict
   for name, c in configs.items():
     if name.rsplit('/', 1)[-1] == 'eval' and not c.get('aggregate', False):
       _check_eval_config(name, c, num_devices)
+    if name.rsplit('/', 1)[-1] == 'pairs':
+      _check_pairs_config(name, c)
     if 'train' not in c:
       continue
     try:

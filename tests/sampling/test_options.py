@@ -1,0 +1,106 @@
+"""Sampling options are built from a config section by one function and checked by one check, wherever they are
+set (config.online, an evaluation, the pipeline's pairs stage, SamplingConfig itself); the strategies compose as
+the filters do; the typed decoder steps as `run` loops."""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from flax import nnx
+
+from experiments.configs import pipeline
+from nlhf_jax.config import ConfigError, ModelConfig
+from nlhf_jax.config.schema import OnlineConfig
+from nlhf_jax.config.validate import SAMPLING_OPTIONS
+from nlhf_jax.models import Transformer, preset
+from nlhf_jax.sampling import (Decoder, DecodeState, Groups, SamplingConfig, Strategy, filter_logits, pair_groups,
+                               row_keys, run)
+from tests.helpers import tiny_config
+
+BAD = {'max_new_tokens': 0, 'temperature': -0.5, 'top_k': -1, 'top_p': 0.0, 'kv_cache_dtype': 'float16'}
+SAMPLER_OPTIONS = [f.name for f in dataclasses.fields(SamplingConfig) if f.name not in ('stop_ids', 'pad_id')]
+
+
+def test_every_checked_option_is_a_sampling_config_field_and_a_key_of_config_online():
+  """One name per option: SamplingConfig.from_section copies config.online's keys by name."""
+  online = {f.name for f in dataclasses.fields(OnlineConfig)}
+  assert {key for key, _, _ in SAMPLING_OPTIONS} == set(BAD) <= set(SAMPLER_OPTIONS)
+  assert set(SAMPLER_OPTIONS) <= online
+
+
+@pytest.mark.parametrize('key', sorted(BAD))
+def test_a_bad_option_fails_by_its_name_in_config_online_and_in_sampling_config(key):
+  with pytest.raises(ConfigError, match=f'^config.online.{key}={BAD[key]!r}: '):
+    tiny_config(**{f'online.{key}': BAD[key]})
+  with pytest.raises(ConfigError, match=f'^SamplingConfig.{key}={BAD[key]!r}: '):
+    SamplingConfig(**{key: BAD[key]})
+
+
+def test_a_bad_eval_option_fails_with_its_flag():
+  from nlhf_jax.evaluation import inputs
+  good = dict(num_prompts=2, samples_per_prompt=1, batch_size=2, max_new_tokens=4, temperature=1.0)
+  inputs.check_settings(ml_collections.ConfigDict(good))
+  for key in ('max_new_tokens', 'temperature'):
+    with pytest.raises(ConfigError, match=f'^{key}={BAD[key]!r}: .*\\(--{key}, or eval.{key} of a pipeline'):
+      inputs.check_settings(ml_collections.ConfigDict(dict(good, **{key: BAD[key]})))
+
+
+def test_the_pipeline_checks_the_pairs_stage_temperature_before_any_stage(tmp_path):
+  from nlhf_jax.pipeline import stages
+  p = pipeline.get_config('tiny')
+  p.pairs.temperature = -1.0
+  with pytest.raises(ConfigError, match="pipeline stage 'pairs': config.pairs.temperature=-1.0: must be >= 0"):
+    stages.stage_configs(p, str(tmp_path))
+
+
+def test_from_section_reads_config_online_and_an_eval_config_by_name():
+  cfg = tiny_config(**{'online.temperature': 0.7, 'online.top_k': 5, 'online.top_p': 0.9,
+                       'online.max_new_tokens': 9, 'online.sharded_decode': True,
+                       'online.kv_cache_dtype': 'bfloat16'})
+  got = SamplingConfig.from_section(cfg.online, (2, 3), 1)
+  assert got == SamplingConfig(max_new_tokens=9, temperature=0.7, top_k=5, top_p=0.9, stop_ids=(2, 3), pad_id=1,
+                               sharded_decode=True, kv_cache_dtype='bfloat16')
+  ecfg = ml_collections.ConfigDict(dict(max_new_tokens=7, temperature=0.0, batch_size=4, seed=1))
+  assert SamplingConfig.from_section(ecfg, 5, 0) == SamplingConfig(max_new_tokens=7, temperature=0.0, stop_ids=(5,))
+
+
+@pytest.mark.parametrize('temperature,top_k,top_p', [(1.0, 0, 1.0), (0.7, 3, 1.0), (1.3, 0, 0.8), (0.0, 4, 0.7)])
+def test_the_strategy_is_the_filters_in_their_order(temperature, top_k, top_p):
+  logits = jax.random.normal(jax.random.key(0), (2, 3, 16)) * 3
+  strategy = Strategy.of(SamplingConfig(temperature=temperature, top_k=top_k, top_p=top_p))
+  expect = filter_logits(logits, temperature or 1.0, top_k, top_p)
+  np.testing.assert_array_equal(strategy.logits(logits), expect)
+  assert strategy.greedy == (temperature == 0.0)
+  assert strategy.truncates(16) == (top_k > 0 or top_p < 1.0)
+  assert not Strategy.of(SamplingConfig(top_k=16)).truncates(16)  # k = V keeps every token
+
+
+def test_the_decoder_steps_as_run_loops_and_its_state_is_a_frozen_pytree():
+  """prefill, then step by step until every row is done, then finish: what `run` returns, bit for bit."""
+  cfg = ModelConfig(**dict(preset('tiny'), vocab_size=32, d_model=32, num_layers=1, mlp_dim=64))
+  graphdef, policy = nnx.split(Transformer(cfg, nnx.Rngs(0)))
+  _, ref = nnx.split(Transformer(cfg, nnx.Rngs(1)))
+  scfg = SamplingConfig(max_new_tokens=4, temperature=0.9, top_k=8, stop_ids=(3,))
+  mask = jnp.asarray([[False, True, True], [True, True, True]])
+  batch = {'prompt': jnp.where(mask, jnp.asarray([[0, 5, 6], [7, 8, 9]]), 0).astype(jnp.int32),
+           'prompt_mask': mask, 'example_index': jnp.asarray([4, 2], jnp.int32)}
+  groups = pair_groups(0.5)
+  keys = row_keys(jax.random.key(0), batch['example_index'], groups.total)
+  decoder = Decoder(graphdef, graphdef, scfg, groups, 0.5)
+  params = (policy, ref)
+  state = jax.jit(decoder.prefill)(params, batch, keys)
+  assert isinstance(state, DecodeState) and state.prompt_width == 3 and int(state.t) == 1
+  assert set(state.caches) == {'policy', 'ref'}
+  with pytest.raises(dataclasses.FrozenInstanceError):
+    state.t = 0
+  step = jax.jit(decoder.step)
+  while int(state.t) < scfg.max_new_tokens and int(state.running()):
+    state = step(params, state)
+  got = decoder.finish(state)
+  expect = jax.jit(lambda p, r: run(nnx.merge(graphdef, p), nnx.merge(graphdef, r), batch, keys, scfg, groups,
+                                    0.5))(policy, ref)
+  for k in ('tokens', 'mask', 'logprobs'):
+    np.testing.assert_array_equal(got[k], expect[k])
+  assert Groups(n_policy=1).decoders() == (('policy', 0, 1),)  # a model with no rows does not decode
