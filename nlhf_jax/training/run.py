@@ -51,7 +51,7 @@ class Run:
   """A run directory (see the module docstring). Cheap to make: nothing is read until asked, then once."""
 
   def __init__(self, path: str, key: str = ''):
-    self.path = absolute(os.path.expanduser(path)) if isinstance(path, str) else absolute(str(path))
+    self.path = absolute(os.path.expanduser(str(path)))
     self.key = key
 
   def __repr__(self) -> str:
