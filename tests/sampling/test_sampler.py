@@ -265,8 +265,8 @@ def test_shards_that_finish_at_different_steps_on_a_tensor_mesh(models, devices)
     pytest.fail('no second prompt found')
   batch = {k: jnp.concatenate([prompt_a[k]] * 4 + [prompt_b[k]] * 4) for k in ('prompt', 'prompt_mask')}
   batch['example_index'] = jnp.arange(8, dtype=jnp.int32)
-  # Sampled (not argmax) through top_k = 1: the same tokens as greedy, drawn by the inverse CDF, whose cumulative
-  # sum over the tensor-sharded vocabulary is the collective that hangs when the shards' loops differ in length.
+  # Sampled (not argmax) through top_k = 1: the same tokens as greedy, drawn by the Gumbel-max draw, whose
+  # reductions over the tensor-sharded vocabulary are collectives that hang when the shards' loops differ in length.
   cfg = dataclasses.replace(greedy, temperature=1.0, top_k=1, stop_ids=(first_a,))
   expect = jit_sample(graphdef, cfg)(policy, batch, jax.random.key(0))
   assert np.asarray(expect['mask']).sum(1).tolist() == [1] * 4 + [8] * 4
