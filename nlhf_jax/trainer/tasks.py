@@ -26,7 +26,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from nlhf_jax.config import ExperimentConfig, objectives
+from nlhf_jax.config import ExperimentConfig, objectives, runs
 from nlhf_jax.config.objectives import Objective
 from nlhf_jax.distributed import param_specs
 from nlhf_jax.models import Transformer, lora
@@ -148,14 +148,10 @@ def setup(cfg: ExperimentConfig, task: Task, tx: optax.GradientTransformation, m
 
 
 def reference_run(cfg: ExperimentConfig, task: Task) -> str:
-  """The run of the frozen model a step reads (under LoRA, the base the adapters sit on): mu online
-  (config.online.reference_checkpoint), mu offline (config.offline.reference_checkpoint, by default the run the
-  policy starts from, config.init_checkpoint), the init checkpoint for supervised objectives; '' for none."""
-  if task.online:
-    return cfg.online.reference_checkpoint
-  if task.offline:
-    return cfg.offline.reference_checkpoint or cfg.init_checkpoint or ''
-  return cfg.init_checkpoint or ''
+  """The run of the frozen model a step reads (under LoRA, the base the adapters sit on), by the one rule of
+  config/runs.py: mu is the objective's reference checkpoint, else the policy's warm start
+  (config.init_checkpoint); supervised objectives read the init checkpoint; '' for none."""
+  return runs.reference(cfg)[1]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -238,7 +234,7 @@ def plan_step(cfg: ExperimentConfig, task: Task, run: Setup, tx: optax.GradientT
   stop_ids = load_tokenizer(cfg.data.tokenizer).stop_ids if stop_ids is None else stop_ids
   step = OnlineStep(cfg, run.graphdef, tx, lr_schedule, judge, stop_ids, mesh, run.base_graphdef)
   if not run.lora:
-    frozen['reference'] = _reference(run.params_target(), o.reference_checkpoint, o.frozen_dtype, initial_params)
+    frozen['reference'] = _reference(run.params_target(), reference_run(cfg, task), o.frozen_dtype, initial_params)
   frozen['judge'] = judge_part
   return StepPlan(step, frozen)
 
