@@ -179,3 +179,14 @@ def test_chunked_vocabulary_log_probabilities_equal_the_dense_ones(unrolled):
   dense, chunked = jax.jit(lambda: figures(graphdef))(), jax.jit(lambda: figures(_graphdef(ccfg)))()
   jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6, rtol=0),
                chunked, dense)
+
+
+@pytest.mark.parametrize('tied', [True, False])
+def test_chunked_logits_equal_the_dense_ones_with_a_tied_or_separate_table(tied):
+  """The sampler's next-token logits under logits_chunk: a tied table is read by rows in its [V, D] layout (no
+  transposed copy at every decoded token), a separate unembedding by columns; both equal the dense logits."""
+  cfg = dataclasses.replace(CFG, tie_embeddings=tied, vocab_size=250)
+  model = Transformer(cfg, nnx.Rngs(3))
+  chunked = nnx.merge(_graphdef(dataclasses.replace(cfg, logits_chunk=64)), nnx.state(model))
+  hidden = jax.random.normal(jax.random.key(0), (2, 3, cfg.d_model))
+  np.testing.assert_allclose(np.asarray(chunked.logits(hidden)), np.asarray(model.logits(hidden)), atol=1e-5, rtol=0)

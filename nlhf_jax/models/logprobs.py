@@ -52,11 +52,12 @@ def token_logprobs(logits_btv: jax.Array, targets_bt: jax.Array) -> jax.Array:
   return jnp.take_along_axis(logp, targets_bt[..., None], axis=-1)[..., 0]
 
 
-def chunk_logits(hidden_btd: jax.Array, unembed_dc: jax.Array, softcap: float = 0.0) -> jax.Array:
-  """float32 logits [B, T, C] of one vocabulary chunk: matmul in hidden's dtype with float32 accumulation, then
-  the optional soft-cap."""
-  z = jnp.einsum('...d,dc->...c', hidden_btd, unembed_dc.astype(hidden_btd.dtype),
-                 preferred_element_type=jnp.float32)
+def chunk_logits(hidden_btd: jax.Array, unembed_dc: jax.Array, softcap: float = 0.0,
+                 vocab_first: bool = False) -> jax.Array:
+  """float32 logits [B, T, C] of one vocabulary chunk ([D, C], or [C, D] rows of an embedding table with
+  `vocab_first`): matmul in hidden's dtype with float32 accumulation, then the optional soft-cap."""
+  spec = '...d,cd->...c' if vocab_first else '...d,dc->...c'
+  z = jnp.einsum(spec, hidden_btd, unembed_dc.astype(hidden_btd.dtype), preferred_element_type=jnp.float32)
   return layers.softcap(z, softcap)
 
 
@@ -112,19 +113,23 @@ def chunked_log_softmax_stats(hidden_btd: jax.Array, unembed_dv: jax.Array, targ
   return acc
 
 
-def chunked_logits(hidden_btd: jax.Array, unembed_dv: jax.Array, chunk: int, softcap: float = 0.0) -> jax.Array:
+def chunked_logits(hidden_btd: jax.Array, unembed_dv: jax.Array, chunk: int, softcap: float = 0.0,
+                   vocab_first: bool = False) -> jax.Array:
   """float32 logits [..., V] (those of `chunk_logits` over the whole vocabulary) built `chunk` ids at a time, so
   that only a [D, chunk] slice of the unembedding is ever gathered across devices: the sampler's next-token
-  logits under config.model.logits_chunk. The last chunk overlaps the one before it when chunk does not divide V."""
-  vocab = unembed_dv.shape[1]
+  logits under config.model.logits_chunk. The last chunk overlaps the one before it when chunk does not divide V.
+  With `vocab_first` the unembedding is given as [V, D] (a tied embedding table) and sliced by rows: no transposed
+  copy of the table is made (XLA made one at every decoded token)."""
+  vocab = unembed_dv.shape[0 if vocab_first else 1]
   chunk = min(chunk, vocab)
   n = -(-vocab // chunk)
   out = jnp.zeros(hidden_btd.shape[:-1] + (vocab,), jnp.float32)
 
   def body(out, i):
     start = jnp.minimum(i * chunk, vocab - chunk)
-    w = jax.lax.dynamic_slice_in_dim(unembed_dv, start, chunk, axis=1)
-    return jax.lax.dynamic_update_slice_in_dim(out, chunk_logits(hidden_btd, w, softcap), start, axis=-1), None
+    w = jax.lax.dynamic_slice_in_dim(unembed_dv, start, chunk, axis=0 if vocab_first else 1)
+    logits = chunk_logits(hidden_btd, w, softcap, vocab_first)
+    return jax.lax.dynamic_update_slice_in_dim(out, logits, start, axis=-1), None
 
   out, _ = jax.lax.scan(body, out, jnp.arange(n, dtype=jnp.int32))
   return out

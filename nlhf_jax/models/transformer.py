@@ -128,9 +128,11 @@ class Transformer(nnx.Module):
   def logits(self, hidden_btd):
     """float32 logits [B, T, V]. With config.model.logits_chunk they are made chunk by chunk of the vocabulary
     (models/logprobs.chunked_logits: a sharded unembedding is gathered a chunk at a time, e.g. while decoding)."""
+    if self.cfg.logits_chunk:  # a tied table is read by rows, in its own layout
+      table = self.embed[...] if self.cfg.tie_embeddings else self.unembed[...]
+      return chunked_logits(hidden_btd, table, self.cfg.logits_chunk, self.cfg.final_logit_softcap,
+                            vocab_first=self.cfg.tie_embeddings)
     w = self.unembedding()
-    if self.cfg.logits_chunk:
-      return chunked_logits(hidden_btd, w, self.cfg.logits_chunk, self.cfg.final_logit_softcap)
     logits = einsum('btd,dv->btv', hidden_btd, w, jnp.float32)
     return softcap(logits, self.cfg.final_logit_softcap)
 
