@@ -201,7 +201,6 @@ def _out_of_memory(message: str) -> int | None:
 def _decode_figures(cfg, step, costs, n: int) -> dict:
   """The sampler's HBM bytes per decoded token (the instructions of the sample phase inside the decode loop) and the
   ideal: every decoding model's weights and the KV caches read once per token, per device."""
-  from nlhf_jax import perf
   from nlhf_jax.sampling.sampler import SCOPE
   from nlhf_jax.trainer import compile_only
   new = cfg.online.max_new_tokens
@@ -213,7 +212,6 @@ def _decode_figures(cfg, step, costs, n: int) -> dict:
   tensor = step.mesh.shape.get('tensor', 1)
   cache = compile_only.kv_cache_bytes(cfg, step.mesh)
   ideal = len(models) * weights / tensor + cache * (cfg.data.prompt_len + (new - 1) / 2) / (cfg.data.prompt_len + new)
-  del perf
   return dict(decode_bytes_per_token=measured, decode_ideal_bytes_per_token=ideal,
               decode_bytes_ratio=measured / ideal if ideal else None)
 
