@@ -9,7 +9,9 @@ import os
 import shutil
 import tempfile
 
-os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8').strip()
+from xla_cpu import xla_flags  # noqa: E402  (tests/xla_cpu.py: the fast-compiling XLA:CPU flags)
+
+os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' ' + xla_flags(8)).strip()
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:  # the first process of the session makes it and removes it
   os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(prefix='nlhf_jax_xla_cache_')

@@ -3,6 +3,8 @@ import os
 
 import jax
 
+from xla_cpu import xla_flags
+
 from experiments.configs import sft
 from nlhf_jax.config import MeshConfig, from_config_dict
 from nlhf_jax.distributed import make_mesh
@@ -34,9 +36,7 @@ def mesh(data=1, fsdp=1, tensor=1):
 def subprocess_env(devices: int | None = 8) -> dict:
   """A minimal environment for a command under test: CPU, `devices` fake devices (None: one), and the session's
   compilation cache (tests/conftest.py)."""
-  env = {'JAX_PLATFORMS': 'cpu', 'PATH': '/usr/bin:/bin'}
-  if devices:
-    env['XLA_FLAGS'] = f'--xla_force_host_platform_device_count={devices}'
+  env = {'JAX_PLATFORMS': 'cpu', 'PATH': '/usr/bin:/bin', 'XLA_FLAGS': xla_flags(devices)}
   if os.environ.get('JAX_COMPILATION_CACHE_DIR'):
     env['JAX_COMPILATION_CACHE_DIR'] = os.environ['JAX_COMPILATION_CACHE_DIR']
   return env

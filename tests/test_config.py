@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from experiments.configs import sft
+from helpers import subprocess_env
 from nlhf_jax.config import ConfigError, from_config_dict
 
 
@@ -93,8 +94,7 @@ def test_cli_rejects_bad_config_before_compiling(tmp_path, args, status, message
       [sys.executable, '-m', 'nlhf_jax.train', '--config=experiments/configs/sft.py:tiny',
        f'--workdir={tmp_path / "run"}', *args],
       capture_output=True, text=True, timeout=120, cwd=pathlib.Path(__file__).parents[1],
-      env={'XLA_FLAGS': '--xla_force_host_platform_device_count=8', 'JAX_PLATFORMS': 'cpu',
-           'PATH': '/usr/bin:/bin'})
+      env=subprocess_env())
   assert out.returncode == status, out.stderr[-2000:]
   assert message in out.stderr and 'Traceback' not in out.stderr, out.stderr[-2000:]
   assert not (tmp_path / 'run').exists()

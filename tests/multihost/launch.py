@@ -13,6 +13,8 @@ import jax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from xla_cpu import xla_flags
+
 REPO = pathlib.Path(__file__).parents[2]
 KILL_AFTER_S = 300
 
@@ -20,7 +22,7 @@ KILL_AFTER_S = 300
 def env(devices: int) -> dict:
   keep = ('JAX_COMPILATION_CACHE_DIR', 'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS')
   base = {k: v for k, v in os.environ.items() if not k.startswith(('JAX_', 'XLA_')) or k in keep}
-  return dict(base, JAX_PLATFORMS='cpu', XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
+  return dict(base, JAX_PLATFORMS='cpu', XLA_FLAGS=xla_flags(devices),
               JAX_CPU_COLLECTIVES_IMPLEMENTATION='gloo', PYTHONUNBUFFERED='1')
 
 
