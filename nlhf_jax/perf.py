@@ -64,7 +64,7 @@ def train_flops(cfg: ModelConfig, batch: int, seq_len: int) -> float:
 
 
 def nash_md_step_flops(model_cfg: ModelConfig, batch: int, prompt_len: int, new_tokens: int) -> float:
-  """Model FLOPs of one Nash-MD-PG step (nlhf_jax/online/bench.py), as computed: sampling (prefill, then decode with growing context; policy 2B rows,
+  """Model FLOPs of one Nash-MD-PG step (nlhf_jax/cli/online_bench.py), as computed: sampling (prefill, then decode with growing context; policy 2B rows,
   reference B rows); the reference's forward pass and the policy's forward and backward passes (2x forward) on
   [prompt, y], with the vocabulary projection on the response positions only; the judge reading the prompt
   once and extending it with y and with y' (no vocabulary projection)."""

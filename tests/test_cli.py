@@ -13,7 +13,7 @@ ENV = subprocess_env(8)
 
 
 def _train(workdir, *flags):
-  # The console script that `pip install` puts next to the interpreter (`python -m nlhf_jax.train` is the same).
+  # The console script that `pip install` puts next to the interpreter (`python -m nlhf_jax.cli.train` is the same).
   script = pathlib.Path(sys.executable).parent / 'nlhf-train'
   cmd = [str(script), '--config=experiments/configs/sft.py:tiny',
          f'--workdir={workdir}', '--config.train.log_every=2', '--config.train.checkpoint_every=2',

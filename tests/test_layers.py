@@ -1,5 +1,5 @@
 """The package layers of docs/architecture.md, checked on the source: no module imports a package above its own,
-including imports inside functions. Command modules (the CLIs and benches: those that import nlhf_jax.commands or
+including imports inside functions. Command modules (the CLIs and benches: those that import nlhf_jax.cli.common or
 call absl's app.run, and every __main__) are shells above every layer; no library module imports one."""
 import ast
 import pathlib
@@ -45,7 +45,7 @@ def _imports(tree) -> set[str]:
 def _is_shell(module: str, tree, deps: set[str]) -> bool:
   calls_app_run = any(isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr == 'run'
                       and isinstance(n.func.value, ast.Name) and n.func.value.id == 'app' for n in ast.walk(tree))
-  return ('nlhf_jax.commands' in deps or calls_app_run or module.endswith('.__main__')
+  return ('nlhf_jax.cli.common' in deps or calls_app_run or module.endswith('.__main__')
           or module.split('.')[-1] in SHELLS_ONLY and module.count('.') == 1)
 
 
@@ -81,8 +81,8 @@ def test_no_import_from_a_lower_layer_to_a_higher_one():
 def test_the_shells_are_the_commands():
   modules = dict(_modules())
   shells = {m for m, tree in modules.items() if _is_shell(m, tree, _imports(tree))}
-  for cli in ('nlhf_jax.train', 'nlhf_jax.bench', 'nlhf_jax.online.bench', 'nlhf_jax.pipeline.cli',
-              'nlhf_jax.evaluation.cli', 'nlhf_jax.data.cli', 'nlhf_jax.trainer.plot', 'nlhf_jax.interop.importer'):
+  for cli in ('nlhf_jax.cli.train', 'nlhf_jax.cli.bench', 'nlhf_jax.cli.online_bench', 'nlhf_jax.cli.pipeline',
+              'nlhf_jax.cli.eval', 'nlhf_jax.cli.data', 'nlhf_jax.cli.plot', 'nlhf_jax.cli.hf_import'):
     assert cli in shells, cli
   assert not shells & {'nlhf_jax.trainer.loop', 'nlhf_jax.online.step', 'nlhf_jax.pipeline.runner'}
 

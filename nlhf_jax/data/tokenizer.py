@@ -94,7 +94,7 @@ class SentencePieceTokenizer(_NativeFraming):
       missing.append(f'separator piece {SEP_PIECE!r}')
     if missing:
       raise TokenizerError(f'{self.path}: the sentencepiece model lacks {", ".join(missing)}; train one with '
-                           '`python -m nlhf_jax.data.tokenizer_cli` (it reserves them)')
+                           '`python -m nlhf_jax.cli.tokenizer` (it reserves them)')
 
   def encode(self, text: str) -> list[int]:
     return list(self._sp.encode(text))
@@ -194,7 +194,7 @@ def load_tokenizer(spec: str) -> Tokenizer:
   if spec.endswith('.model'):
     if not os.path.exists(spec):
       raise TokenizerError(f'config.data.tokenizer={spec!r}: no such file; train one with `python -m '
-                           'nlhf_jax.data.tokenizer_cli --input=TEXT.txt --vocab_size=N --output=PREFIX` '
+                           'nlhf_jax.cli.tokenizer --input=TEXT.txt --vocab_size=N --output=PREFIX` '
                            '(writes PREFIX.model), or use tokenizer=bytes')
     return SentencePieceTokenizer(spec)
   if os.path.basename(spec) == 'tokenizer.json' and os.path.isfile(spec):

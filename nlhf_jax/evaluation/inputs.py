@@ -12,7 +12,7 @@
 - `batch_rows(num_rows, batch_size, shards)`: the rows of one sampling batch, the smallest multiple of the mesh's
   batch shards (data x fsdp) that holds every row, and at most `batch_size`; a `batch_size` that the shards do not
   divide is refused.
-Errors are ConfigError (one `error:` line through nlhf_jax.commands).
+Errors are ConfigError (one `error:` line through nlhf_jax.cli.common).
 """
 from __future__ import annotations
 

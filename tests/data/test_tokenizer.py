@@ -3,7 +3,8 @@ import json
 
 import pytest
 
-from nlhf_jax.data import bytes_vocab, tokenizer_cli
+from nlhf_jax.cli import tokenizer as tokenizer_cli
+from nlhf_jax.data import bytes_vocab
 from nlhf_jax.data.tokenizer import (ByteTokenizer, SentencePieceTokenizer, TokenizerError, check_vocab,
                                      load_tokenizer, train_sentencepiece)
 
