@@ -23,6 +23,7 @@ import os
 
 from nlhf_jax.config import ConfigError
 from nlhf_jax.config.validate import check_sampling
+from nlhf_jax.online.prompted import check_judge_run
 from nlhf_jax.training.run import Run
 
 JUDGE_OBJECTIVES = ('preference_model', 'reward_model')
@@ -60,7 +61,6 @@ def _runs(ecfg) -> list[tuple[str, str, Run]]:
   if judge:
     run = _open(judge, 'the judge')
     if ecfg.get('judge_kind', '') == 'prompted':
-      from nlhf_jax.online.prompted import check_judge_run
       check_judge_run(run.config, judge, '--judge')
       return out
     if run.objective not in JUDGE_OBJECTIVES:
