@@ -58,8 +58,7 @@ def test_every_module_imports_in_one_process():
   other (a test or a notebook that imports two commands' functions must not meet a DuplicateFlagError)."""
   code = ('import importlib, pkgutil, nlhf_jax\n'
           'for m in pkgutil.walk_packages(nlhf_jax.__path__, "nlhf_jax."):\n'
-          '  if not m.name.endswith(".__main__"):\n'
-          '    importlib.import_module(m.name)\n'
+          '  importlib.import_module(m.name)\n'
           'from absl import flags\n'
           'print(sorted(n for n, f in flags.FLAGS._flags().items() if f.name == n and '
           'flags.FLAGS.find_module_defining_flag(n).startswith("nlhf_jax")))\n')

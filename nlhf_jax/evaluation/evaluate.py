@@ -192,7 +192,7 @@ def prepare(ecfg, mesh, export_generations: str = '', overwrite: bool = False) -
 
 def evaluate(ecfg, mesh=None, export_generations: str = '', overwrite: bool = False) -> dict:
   """Runs the evaluation described by the eval config `ecfg` (see pipeline/stages.py and
-  evaluation/cli.runs_config); returns the result. Every input is checked (`prepare`) before any restore. With
+  evaluation/from_runs.runs_config); returns the result. Every input is checked (`prepare`) before any restore. With
   `export_generations` (a file path) the sampled responses are also written there as the JSON list that
   AlpacaEval-style evaluators read (evaluation/generations.py), once the evaluation is complete."""
   mesh = make_mesh(MeshConfig(**ecfg.mesh.to_dict())) if mesh is None else mesh
