@@ -48,15 +48,15 @@ def main(argv) -> None:
   f = flags.FLAGS
   mesh_axes = parse_mesh(f.mesh)  # a bad flag is one line, before anything starts
   importer.check_flags(f.dtype, f.pad_vocab_to_tokenizer, f.pad_vocab_multiple)
-  importer.check_paths(os.path.abspath(os.path.expanduser(f.hf_dir)), os.path.abspath(os.path.expanduser(f.workdir)),
-              f.overwrite)
+  importer.check_paths(os.path.abspath(os.path.expanduser(f.hf_dir)),
+                       os.path.abspath(os.path.expanduser(f.workdir)), f.overwrite)
   common.launch()
   try:
     mesh = make_mesh(MeshConfig(**mesh_axes))
   except ValueError as e:
     raise ConfigError(f'--mesh={f.mesh}: {e}') from None
   workdir = importer.import_run(f.hf_dir, f.workdir, f.dtype, mesh, f.overwrite, f.pad_vocab_to_tokenizer,
-                       f.pad_vocab_multiple)
+                                f.pad_vocab_multiple)
   print(f'imported run: {workdir}\n  use it as --config.init_checkpoint={workdir} or '
         f'--config.online.reference_checkpoint={workdir} (configs with model.preset=from_run read its shape)',
         flush=True)
