@@ -15,7 +15,6 @@ from absl import app, flags
 
 from nlhf_jax import logs
 from nlhf_jax.cli import common
-from nlhf_jax.interop import exporter
 
 
 def _define_flags() -> None:
@@ -23,8 +22,8 @@ def _define_flags() -> None:
   common.define_launch_flags()
   flags.DEFINE_string('workdir', None, 'The run to export (an nlhf-train or nlhf-import --workdir).')
   flags.DEFINE_string('out', None, 'The directory to write (absent or empty, or --overwrite).')
-  flags.DEFINE_string('dtype', None, f'dtype of the weights written: {", ".join(exporter.DTYPES)} (default: the '
-                      'dtype of the imported checkpoint the run descends from, else float32).')
+  flags.DEFINE_string('dtype', None, 'dtype of the weights written: float32, bfloat16 or float16 (default: the dtype '
+                      'of the imported checkpoint the run descends from, else float32).')
   flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
   flags.DEFINE_float('max_shard_gb', 5.0, 'Largest safetensors file, in GB (1e9 bytes).')
   flags.DEFINE_bool('overwrite', False, 'Replace what --out holds (removed only once the export is complete).')
@@ -36,6 +35,7 @@ def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   logs.setup()
+  from nlhf_jax.interop import exporter  # the model code, after the flags (--help starts without it)
   common.launch()
   f = flags.FLAGS
   max_shard_bytes = int(f.max_shard_gb * 1e9)

@@ -19,9 +19,6 @@ from absl import app, flags
 from nlhf_jax import logs
 from nlhf_jax.cli import common
 from nlhf_jax.config import ConfigError, MeshConfig
-from nlhf_jax.distributed import make_mesh
-from nlhf_jax.distributed.mesh import parse_mesh
-from nlhf_jax.interop import importer
 
 
 def _define_flags() -> None:
@@ -45,6 +42,9 @@ def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
   logs.setup()
+  from nlhf_jax.distributed import make_mesh  # JAX and the model code, after the flags (--help starts without them)
+  from nlhf_jax.distributed.mesh import parse_mesh
+  from nlhf_jax.interop import importer
   f = flags.FLAGS
   mesh_axes = parse_mesh(f.mesh)  # a bad flag is one line, before anything starts
   importer.check_flags(f.dtype, f.pad_vocab_to_tokenizer, f.pad_vocab_multiple)
