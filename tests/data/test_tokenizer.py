@@ -47,7 +47,7 @@ def test_decode_skips_ids_past_the_vocabulary(sp_model):
 
 def test_load_tokenizer_errors(tmp_path):
   missing = str(tmp_path / 'missing.model')
-  with pytest.raises(TokenizerError, match=f"{missing}.*no such file.*tokenizer_cli"):
+  with pytest.raises(TokenizerError, match=f"{missing}.*no such file.*nlhf_jax.cli.tokenizer"):
     load_tokenizer(missing)
   with pytest.raises(TokenizerError, match="must be 'bytes' or the path"):
     load_tokenizer('bpe')
