@@ -28,27 +28,27 @@ test: install
 
 # The whole pipeline (tokenizer, SFT, pairs, judges, eight policies, evaluation) on CPU; re-running resumes.
 demo: install
-	$(FAKE_DEVICES) $(PY) -m nlhf_jax.pipeline --config=experiments/configs/pipeline.py:demo --workdir=$(WORKDIR)
+	$(FAKE_DEVICES) $(PY) -m nlhf_jax.cli.pipeline --config=experiments/configs/pipeline.py:demo --workdir=$(WORKDIR)
 
 # The demo with seeds 0, 1, 2 and the paper's claims checked per seed and pooled; re-running resumes.
 FINDINGS_DIR ?= runs/findings
 findings: install
-	$(FAKE_DEVICES) $(PY) -m nlhf_jax.pipeline --config=experiments/configs/pipeline.py:demo \
+	$(FAKE_DEVICES) $(PY) -m nlhf_jax.cli.pipeline --config=experiments/configs/pipeline.py:demo \
 	  --workdir=$(FINDINGS_DIR) --config.seeds=0,1,2
 	@echo "findings: $(FINDINGS_DIR)/eval/findings.md"
 
 # Speed and memory figures (printed, never asserted).
 bench: install
-	$(PY) -m nlhf_jax.bench
-	$(PY) -m nlhf_jax.sampling.bench --compute_dtypes=float32,bfloat16
-	$(PY) -m nlhf_jax.online.bench
-	$(PY) -m nlhf_jax.tabular.bench
+	$(PY) -m nlhf_jax.cli.bench
+	$(PY) -m nlhf_jax.cli.sampling_bench --compute_dtypes=float32,bfloat16
+	$(PY) -m nlhf_jax.cli.online_bench
+	$(PY) -m nlhf_jax.cli.tabular_bench
 
 # On one GPU (or TPU) host, under 8 minutes: the 1b step's MFU, pair sampling against the bandwidth bound, peak
 # memory (docs/benchmark.md). The lock file's jax is the CPU build: install the accelerator's first, e.g.
 # .venv/bin/pip install 'jax[cuda12]==0.10.2' (the locked version). BENCH_GPU_FLAGS=--allow_cpu --preset=tiny tries it here.
 bench-gpu: install
-	$(PY) -m nlhf_jax.accelerator_bench --json $(BENCH_GPU_FLAGS)
+	$(PY) -m nlhf_jax.cli.accelerator_bench --json $(BENCH_GPU_FLAGS)
 
 lint: install
 	$(PY) -m compileall -q nlhf_jax experiments tests

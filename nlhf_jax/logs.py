@@ -5,6 +5,7 @@ import sys
 from typing import Iterable
 
 from absl import logging as absl_logging
+from tqdm import tqdm
 
 
 def setup(level: int = logging.INFO) -> None:
@@ -17,5 +18,4 @@ def progress_bar(iterable: Iterable, desc: str, total: int | None = None, unit: 
   import jax
   if jax.process_index() != 0 or not sys.stderr.isatty():
     return iterable
-  from tqdm import tqdm
   return tqdm(iterable, desc=desc, total=total, unit=unit, dynamic_ncols=True, leave=False)

@@ -9,7 +9,7 @@ The rule for each writing command (import, export, data, tokenizer, eval, plot, 
    temporary name and renamed into place the same way; an old one that `--overwrite` replaces is removed only
    after the new one is complete.
 
-`OutputError` is a user error (nlhf_jax.commands prints its message as one `error:` line).
+`OutputError` is a user error (nlhf_jax.cli.common prints its message as one `error:` line).
 """
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from nlhf_jax.config import ModelConfig
+from nlhf_jax.config import ModelConfig, objectives
 
 
 def block(x):
@@ -64,7 +64,7 @@ def train_flops(cfg: ModelConfig, batch: int, seq_len: int) -> float:
 
 
 def nash_md_step_flops(model_cfg: ModelConfig, batch: int, prompt_len: int, new_tokens: int) -> float:
-  """Model FLOPs of one Nash-MD-PG step (nlhf_jax/online/bench.py), as computed: sampling (prefill, then decode with growing context; policy 2B rows,
+  """Model FLOPs of one Nash-MD-PG step (nlhf_jax/cli/online_bench.py), as computed: sampling (prefill, then decode with growing context; policy 2B rows,
   reference B rows); the reference's forward pass and the policy's forward and backward passes (2x forward) on
   [prompt, y], with the vocabulary projection on the response positions only; the judge reading the prompt
   once and extending it with y and with y' (no vocabulary projection)."""
@@ -94,8 +94,7 @@ def step_flops(cfg, judge_cfg: ModelConfig | None = None) -> float:
   reference's), the reference's forward pass on the sequences the loss reads, the policy's forward and backward
   passes (`_gradient_passes`), and a model judge reading the prompt and each response (`judge_cfg`, by default the
   policy's shape; no judge FLOPs for an oracle)."""
-  from nlhf_jax.config.objectives import get
-  spec, m, d, b = get(cfg.train.objective), cfg.model, cfg.data, cfg.train.batch_size
+  spec, m, d, b = objectives.get(cfg.train.objective), cfg.model, cfg.data, cfg.train.batch_size
   fwd, passes = forward_flops_per_token, _gradient_passes(m)
   if spec.kind == 'supervised':
     if spec.data == 'demonstrations':

@@ -17,7 +17,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def _compile_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
   env = {k: v for k, v in os.environ.items() if k not in ('XLA_FLAGS', 'JAX_PLATFORMS')}
-  p = subprocess.run([sys.executable, '-m', 'nlhf_jax.accelerator_compile', *args], cwd=ROOT, env=env,
+  p = subprocess.run([sys.executable, '-m', 'nlhf_jax.cli.compile', *args], cwd=ROOT, env=env,
                      capture_output=True, text=True, timeout=900)
   if check:
     assert p.returncode == 0, p.stderr[-3000:]
@@ -77,7 +77,7 @@ def test_a_step_that_does_not_fit_is_refused_with_measured_switches():
 
 
 def test_the_tpu_compiler_refusing_a_program_is_read_as_its_figure():
-  import nlhf_jax.accelerator_compile as cli
+  import nlhf_jax.cli.compile as cli
   message = ('RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO temporaries (39.02G) '
              'exceeds available HBM (15.75G).')
   assert cli._out_of_memory(message) == int(39.02 * 1024**3)

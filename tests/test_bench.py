@@ -27,7 +27,7 @@ def _check_figures(figures: dict, keys: set, non_negative: tuple = ()) -> None:
 
 @pytest.mark.slow
 def test_sft_bench_prints_every_figure():
-  out = subprocess.run([sys.executable, '-m', 'nlhf_jax.bench', '--presets=tiny:2x16', '--iters=1', '--json'],
+  out = subprocess.run([sys.executable, '-m', 'nlhf_jax.cli.bench', '--presets=tiny:2x16', '--iters=1', '--json'],
                        capture_output=True, text=True, timeout=300, cwd=REPO, env=subprocess_env(None))
   assert out.returncode == 0, out.stderr[-3000:]
   line = [x for x in out.stdout.splitlines() if x.strip().startswith('tiny')][0]
@@ -44,7 +44,7 @@ def test_sft_bench_prints_every_figure():
 
 
 def test_bench_preset_shapes():
-  from nlhf_jax.bench import parse_preset
+  from nlhf_jax.cli.bench import parse_preset
   assert parse_preset('125m:4x128', 8, 256) == ('125m', 4, 128)
   assert parse_preset('small', 8, 256) == ('small', 8, 256)
 
@@ -64,14 +64,14 @@ def test_online_step_flops_count_every_pass():
 
 
 def test_tabular_bench_prints(capsys):
-  from nlhf_jax.tabular import bench
+  from nlhf_jax.cli import tabular_bench as bench
   bench.main(num_steps=200, n=5, batch=2)
   out = capsys.readouterr().out
   assert 'steps' in out and 'KL' in out
 
 
 def test_tabular_bench_json(capsys):
-  from nlhf_jax.tabular import bench
+  from nlhf_jax.cli import tabular_bench as bench
   bench.cli(['--num_steps=200', '--actions=5', '--games=2', '--json'])
   out = capsys.readouterr().out
   assert 'KL' in out.splitlines()[-2]
@@ -85,7 +85,7 @@ def test_tabular_bench_json(capsys):
 def test_sampling_bench_json(capsys):
   """Toy sizes, in process, float32 and bfloat16: the human-readable lines, then every figure, each dtype's pair
   rate against the square matmul peak of that dtype measured in the same run."""
-  from nlhf_jax.sampling import bench
+  from nlhf_jax.cli import sampling_bench as bench
   returned = bench.main(['--preset=tiny', '--batch=2', '--new=3', '--prompt=6', '--min_prompt=3', '--iters=1',
                          '--compute_dtypes=float32,bfloat16', '--json'])
   lines = capsys.readouterr().out.strip().splitlines()
@@ -112,10 +112,10 @@ def test_sampling_bench_json(capsys):
 
 @pytest.mark.slow
 def test_online_bench_times_float32_and_bfloat16_in_one_run():
-  """`python -m nlhf_jax.online.bench` at a toy size: both compute dtypes timed in the same process, each against
+  """`python -m nlhf_jax.cli.online_bench` at a toy size: both compute dtypes timed in the same process, each against
   its own matmul peak measured there, and bfloat16's log-probabilities compared with float32's on the same
   samples (close, but not equal: the comparison is real)."""
-  out = subprocess.run([sys.executable, '-m', 'nlhf_jax.online.bench', '--preset=tiny', '--batch_size=2',
+  out = subprocess.run([sys.executable, '-m', 'nlhf_jax.cli.online_bench', '--preset=tiny', '--batch_size=2',
                         '--new_tokens=4', '--iters=1', '--json'], capture_output=True, text=True, timeout=300,
                        cwd=REPO, env=subprocess_env(None))
   assert out.returncode == 0, out.stderr[-3000:]
@@ -131,7 +131,7 @@ def test_online_bench_times_float32_and_bfloat16_in_one_run():
 def test_accelerator_bench_runs_on_small_shapes_and_refuses_a_cpu_by_default():
   """`make bench-gpu`'s command at toy sizes with --allow_cpu (the step as training compiles it, pair sampling
   against the bandwidth bound, peak memory); without --allow_cpu on a CPU it stops with one line saying why."""
-  cmd = [sys.executable, '-m', 'nlhf_jax.accelerator_bench', '--preset=tiny', '--step_batch=2', '--step_new=4',
+  cmd = [sys.executable, '-m', 'nlhf_jax.cli.accelerator_bench', '--preset=tiny', '--step_batch=2', '--step_new=4',
          '--batch=4', '--new=4', '--prompt=8', '--peak_n=256', '--copy_mib=16', '--iters=1', '--json']
   refused = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=REPO, env=subprocess_env(1))
   assert refused.returncode != 0 and 'JAX sees no accelerator' in refused.stderr and '--allow_cpu' in refused.stderr

@@ -13,7 +13,7 @@ ENV = subprocess_env(8)
 
 
 def _train(workdir, *flags):
-  # The console script that `pip install` puts next to the interpreter (`python -m nlhf_jax.train` is the same).
+  # The console script that `pip install` puts next to the interpreter (`python -m nlhf_jax.cli.train` is the same).
   script = pathlib.Path(sys.executable).parent / 'nlhf-train'
   cmd = [str(script), '--config=experiments/configs/sft.py:tiny',
          f'--workdir={workdir}', '--config.train.log_every=2', '--config.train.checkpoint_every=2',
@@ -58,8 +58,7 @@ def test_every_module_imports_in_one_process():
   other (a test or a notebook that imports two commands' functions must not meet a DuplicateFlagError)."""
   code = ('import importlib, pkgutil, nlhf_jax\n'
           'for m in pkgutil.walk_packages(nlhf_jax.__path__, "nlhf_jax."):\n'
-          '  if not m.name.endswith(".__main__"):\n'
-          '    importlib.import_module(m.name)\n'
+          '  importlib.import_module(m.name)\n'
           'from absl import flags\n'
           'print(sorted(n for n, f in flags.FLAGS._flags().items() if f.name == n and '
           'flags.FLAGS.find_module_defining_flag(n).startswith("nlhf_jax")))\n')

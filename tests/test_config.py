@@ -91,7 +91,7 @@ def test_mesh_fill_axis():
 def test_cli_rejects_bad_config_before_compiling(tmp_path, args, status, message):
   """Through `nlhf-train`: the error is one clear message (no traceback) and no workdir contents are written."""
   out = subprocess.run(
-      [sys.executable, '-m', 'nlhf_jax.train', '--config=experiments/configs/sft.py:tiny',
+      [sys.executable, '-m', 'nlhf_jax.cli.train', '--config=experiments/configs/sft.py:tiny',
        f'--workdir={tmp_path / "run"}', *args],
       capture_output=True, text=True, timeout=120, cwd=pathlib.Path(__file__).parents[1],
       env=subprocess_env())
@@ -158,7 +158,7 @@ def test_locked_command_line_overrides_reach_every_section(tmp_path):
   """Through `nlhf-train` (lock_config=True): overrides of keys in every section of sft.py are accepted; the
   run then stops at validation on the one bad value given last, before any JAX work."""
   out = subprocess.run(
-      [sys.executable, '-m', 'nlhf_jax.train', '--config=experiments/configs/sft.py:tiny',
+      [sys.executable, '-m', 'nlhf_jax.cli.train', '--config=experiments/configs/sft.py:tiny',
        f'--workdir={tmp_path / "run"}', '--config.train.on_nonfinite=skip', '--config.data.overflow=error',
        '--config.online.beta=0.5', '--config.optim.decay_steps=40', '--config.model.rope_theta=500.0',
        '--config.distributed.process_id=-1', '--config.train.num_steps=0'],

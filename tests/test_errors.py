@@ -1,4 +1,4 @@
-"""The wording of the errors that input mistakes end in (nlhf_jax/commands.py): one `error:` line naming what was
+"""The wording of the errors that input mistakes end in (nlhf_jax/cli/common.py): one `error:` line naming what was
 given, what is wrong and the fix, and no traceback, for every command."""
 import configparser
 import pathlib
@@ -8,7 +8,7 @@ import sys
 import ml_collections
 import pytest
 
-from nlhf_jax import commands
+from nlhf_jax.cli import common
 from tests.helpers import subprocess_env
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -19,33 +19,33 @@ def _config():
 
 
 def test_misspelled_override_names_the_key_and_the_suggestion():
-  assert (commands.unknown_key_message(_config(), '--config.online.bta=0.1', ['online', 'bta'])
+  assert (common.unknown_key_message(_config(), '--config.online.bta=0.1', ['online', 'bta'])
           == "--config.online.bta=0.1: config.online has no field 'bta'; did you mean 'beta'?")
-  assert (commands.unknown_key_message(_config(), '--config.onlin.beta=0.1', ['onlin', 'beta'])
+  assert (common.unknown_key_message(_config(), '--config.onlin.beta=0.1', ['onlin', 'beta'])
           == "--config.onlin.beta=0.1: config has no field 'onlin'; did you mean 'online'?")
 
 
 def test_override_without_a_close_key_lists_the_keys():
-  assert (commands.unknown_key_message(_config(), '--config.online.zzzz=1', ['online', 'zzzz'])
+  assert (common.unknown_key_message(_config(), '--config.online.zzzz=1', ['online', 'zzzz'])
           == "--config.online.zzzz=1: config.online has no field 'zzzz'; its fields are: beta, tau")
-  assert (commands.unknown_key_message(_config(), '--config.online.beta.x=1', ['online', 'beta', 'x'])
+  assert (common.unknown_key_message(_config(), '--config.online.beta.x=1', ['online', 'beta', 'x'])
           == '--config.online.beta.x=1: config.online.beta is a float (0.125), not a group of fields')
-  assert commands.unknown_key_message(_config(), '--config.online.beta=1', ['online', 'beta']) is None
+  assert common.unknown_key_message(_config(), '--config.online.beta=1', ['online', 'beta']) is None
 
 
 def test_parse_error_without_a_known_override_is_one_line():
   e = AttributeError(KeyError('\'bta\'\nDid you mean "beta" instead of "bta"?'))
-  message = commands.override_error(['prog'], e)
+  message = common.override_error(['prog'], e)
   assert message == 'cannot build the config from the command line: \'bta\' Did you mean "beta" instead of "bta"?'
 
 
 def test_missing_config_file_says_what_was_tried_and_where_the_configs_are(tmp_path):
-  message = commands.missing_config_message('experiments/configs/sft.py:tiny', cwd=str(tmp_path))
+  message = common.missing_config_message('experiments/configs/sft.py:tiny', cwd=str(tmp_path))
   configs = REPO / 'experiments' / 'configs'
   assert message == (f'config file experiments/configs/sft.py does not exist (looked for '
                      f'{tmp_path}/experiments/configs/sft.py, relative to the current folder); the project\'s configs '
                      f'are in {configs}/, e.g. --config={configs}/sft.py:tiny')
-  other = commands.missing_config_message(f'{tmp_path}/mine.py')
+  other = common.missing_config_message(f'{tmp_path}/mine.py')
   assert other.startswith(f'config file {tmp_path}/mine.py does not exist; the project\'s configs are in {configs}/ (')
   assert 'sft.py' in other and 'config_config' not in other
 
@@ -53,11 +53,11 @@ def test_missing_config_file_says_what_was_tried_and_where_the_configs_are(tmp_p
 def test_load_failure_is_one_line():
   text = ('Configuration is not available because of an earlier failure to load: Failed loading config file '
           "config_config\n  Attempted [Relative path]:\n    a/b.py\n      [Errno 13] Permission denied: 'a/b.py'")
-  assert commands._load_failure(text) == "a/b.py: [Errno 13] Permission denied: 'a/b.py'"
+  assert common._load_failure(text) == "a/b.py: [Errno 13] Permission denied: 'a/b.py'"
 
 
 def _command(args, cwd=REPO):
-  code = 'import sys; from nlhf_jax.train import run; sys.argv[0] = "nlhf-train"; run()'
+  code = 'import sys; from nlhf_jax.cli.train import run; sys.argv[0] = "nlhf-train"; run()'
   return subprocess.run([sys.executable, '-c', code, *args], capture_output=True, text=True, timeout=120, cwd=cwd,
                         env=subprocess_env(8))
 
@@ -71,7 +71,7 @@ def test_nlhf_train_override_and_config_path_errors(tmp_path):
   assert out.stderr.strip() == "error: --config.online.bta=0.1: config.online has no field 'bta'; did you mean 'beta'?"
   out = _command(['--config=experiments/configs/sft.py:tiny', f'--workdir={tmp_path / "x"}'], cwd=tmp_path)
   assert out.returncode == 2
-  assert out.stderr.strip() == 'error: ' + commands.missing_config_message('experiments/configs/sft.py:tiny',
+  assert out.stderr.strip() == 'error: ' + common.missing_config_message('experiments/configs/sft.py:tiny',
                                                                            cwd=str(tmp_path))
 
 
@@ -86,12 +86,12 @@ GUARDED = ('nlhf-train', 'nlhf-pipeline', 'nlhf-eval', 'nlhf-data', 'nlhf-import
 
 
 def test_every_command_reports_input_mistakes_in_one_line():
-  """The commands go through commands.run (absl) or commands.guard (argparse)."""
+  """The commands go through common.run (absl) or common.guard (argparse)."""
   scripts = _console_scripts()
   for name in GUARDED:
     module = scripts[name].split(':')[0]
     source = (REPO / (module.replace('.', '/') + '.py')).read_text()
-    assert 'commands.run(' in source or 'commands.guard(' in source, name
+    assert 'common.run(' in source or 'common.guard(' in source, name
 
 
 MISTAKES = {

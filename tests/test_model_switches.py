@@ -124,11 +124,11 @@ def test_params_restore_across_layouts_and_dtypes(unrolled, tmp_path, devices):
 
 
 def test_1b_nash_md_step_compiles_within_its_memory(devices):
-  """The compile-only check of a real size (python -m nlhf_jax.online.bench --preset=1b --compile_only): the full
+  """The compile-only check of a real size (python -m nlhf_jax.cli.online_bench --preset=1b --compile_only): the full
   Nash-MD-PG step of a 1.24B policy with a bfloat16 reference and judge of the same size, batch 64 x 256 prompt
   tokens and 128 new tokens, compiles against abstract inputs on fsdp=8 (nothing allocated), and its memory per
   device is what its inputs hold plus bounded temporaries."""
-  from nlhf_jax.online.bench import compile_memory
+  from nlhf_jax.cli.online_bench import compile_memory
   r = compile_memory('1b', 64, 256, 128, 'fsdp=8')
   assert 1.2e9 < r['parameters'] < 1.3e9
   assert r['params_bytes'] == r['parameters'] * 4 // 8 and r['reference_bytes'] == r['parameters'] * 2 // 8
@@ -139,7 +139,7 @@ def test_1b_nash_md_step_compiles_within_its_memory(devices):
 
 @pytest.mark.slow
 def test_1b_lora_step_compiles_within_its_memory():
-  """The same step with LoRA rank 16, through the command (python -m nlhf_jax.online.bench ... --lora_rank=16
+  """The same step with LoRA rank 16, through the command (python -m nlhf_jax.cli.online_bench ... --lora_rank=16
   --json, which turns off XLA's loop-invariant code motion, see its doc): only the adapters and their optimizer
   state are trained arguments, the reference is the bfloat16 base, and the whole step fits in 2.3 GiB a device."""
   import json
@@ -148,7 +148,7 @@ def test_1b_lora_step_compiles_within_its_memory():
   import sys
 
   from tests.helpers import subprocess_env
-  out = subprocess.run([sys.executable, '-m', 'nlhf_jax.online.bench', '--preset=1b', '--compile_only',
+  out = subprocess.run([sys.executable, '-m', 'nlhf_jax.cli.online_bench', '--preset=1b', '--compile_only',
                         '--mesh=fsdp=8', '--lora_rank=16', '--json'], capture_output=True, text=True, timeout=600,
                        cwd=pathlib.Path(__file__).parents[1], env=subprocess_env(8))
   assert out.returncode == 0, out.stderr[-3000:]

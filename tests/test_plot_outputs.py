@@ -22,7 +22,7 @@ def test_nlhf_plot_keeps_a_file_it_did_not_make(tmp_path):
   run = _run(tmp_path / 'a')
   target = tmp_path / 'mine.png'
   target.write_bytes(b'mine')
-  cmd = [sys.executable, '-m', 'nlhf_jax.trainer.plot', f'--workdir={run}', f'--out={target}']
+  cmd = [sys.executable, '-m', 'nlhf_jax.cli.plot', f'--workdir={run}', f'--out={target}']
   out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=subprocess_env(None))
   assert out.returncode == 1 and out.stderr.strip().splitlines() == [
       f'error: {target} already exists; pass --overwrite to replace it, or choose another path']

@@ -10,6 +10,7 @@ command is unchanged by the compilers' presence.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 
@@ -53,7 +54,6 @@ def use_compilers() -> str:
 
 
 def _check_compiler(target: Target) -> None:
-  import importlib.util
   module = 'libtpu' if target.platform == 'tpu' else 'jax_plugins.xla_cuda12'
   if importlib.util.find_spec(module.split('.')[0]) is None or importlib.util.find_spec(module) is None:
     raise CompilerMissing(f'{target.name} needs the {module} compiler, which is not in {compilers_dir()}; run '

@@ -23,6 +23,8 @@ import json
 import math
 import re
 
+import numpy as np
+
 from nlhf_jax.accelerators.hlo_text import Computation, Instruction, dims, parse_module, shape_bytes, split_top
 
 _FREE = {'parameter', 'constant', 'tuple', 'get-tuple-element', 'bitcast', 'while', 'call', 'conditional',
@@ -65,7 +67,6 @@ def _valid_pairs(size_in: int, size_out: int, kernel: int, stride: int, pad_low:
                  rhs_dilate: int) -> int:
   """(output, kernel) position pairs of one spatial dimension that land on an input element (not on padding or
   between dilated elements): the multiply-adds a convolution does along it."""
-  import numpy as np
   o = np.arange(size_out)[:, None] * stride - pad_low
   pos = o + np.arange(kernel)[None, :] * rhs_dilate
   valid = (pos >= 0) & (pos <= (size_in - 1) * lhs_dilate) & (pos % lhs_dilate == 0)

@@ -19,6 +19,8 @@ from __future__ import annotations
 import numpy as np
 
 from nlhf_jax.benchmark import language
+from nlhf_jax.data.tokenizer import load_tokenizer
+from nlhf_jax.online.oracles import host_oracle
 
 K_QUALITY = 4.0  # weight of the quality difference in the logit
 K_STYLE = 1.0  # weight of the style cycle in the logit
@@ -91,9 +93,6 @@ def make_oracle(tokenizer_spec: str = 'bytes'):
   """A host oracle (see nlhf_jax.online.oracles) computing P* on texts decoded with `tokenizer_spec`
   ('bytes' or a sentencepiece .model path). Prompts are [bos] text [sep] left-padded; responses text [eos]
   right-padded; special ids are dropped and a response ends at its first eos."""
-  from nlhf_jax.data.tokenizer import load_tokenizer
-  from nlhf_jax.online.oracles import host_oracle
-
   tokenizer = load_tokenizer(tokenizer_spec)
 
   @host_oracle

@@ -1,7 +1,8 @@
 """Experiment configuration: frozen dataclasses and their validation."""
 from nlhf_jax.config.schema import (DataConfig, DistributedConfig, ExperimentConfig, LoraConfig, MeshConfig,
                                     ModelConfig, OfflineConfig, OnlineConfig, OptimConfig, TrainConfig)
-from nlhf_jax.config.validate import ConfigError, build, check_against_mesh, from_config_dict, resolve_mesh_shape
+from nlhf_jax.config.errors import ConfigError
+from nlhf_jax.config.validate import build, check_against_mesh, from_config_dict, resolve_mesh_shape
 
 __all__ = [
     'DataConfig',

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from nlhf_jax.config.errors import ConfigError
+
 KINDS = ('supervised', 'online', 'offline')
 LANGUAGE_MODEL = 'language_model'
 # The objective recorded by nlhf-import: a run that holds a pretrained language model and no training state.
@@ -131,7 +133,6 @@ def names(kind: str = '') -> tuple[str, ...]:
 
 def get(name: str) -> Objective:
   if name not in OBJECTIVES:
-    from nlhf_jax.config.validate import ConfigError
     raise ConfigError(f'config.train.objective={name!r} is unknown; choose one of {", ".join(sorted(OBJECTIVES))}')
   return OBJECTIVES[name]
 

@@ -33,7 +33,7 @@ from typing import Any, Mapping
 from etils import epath
 
 from nlhf_jax.config import objectives
-from nlhf_jax.config.validate import ConfigError
+from nlhf_jax.config.errors import ConfigError
 
 FROM_RUN = 'from_run'
 RUN_CONFIG = 'config.json'

@@ -11,11 +11,8 @@ import re
 import typing
 from typing import Any, Mapping
 
-from nlhf_jax.config import objectives, schema
-
-
-class ConfigError(ValueError):
-  """An invalid experiment configuration; the message names the key."""
+from nlhf_jax.config import objectives, runs, schema
+from nlhf_jax.config.errors import ConfigError
 
 
 def _to_mapping(cfg: Any) -> Mapping[str, Any]:
@@ -407,7 +404,6 @@ def check_against_mesh(cfg: schema.ExperimentConfig, axes: Mapping[str, int]) ->
 
 def from_config_dict(cfg: Any, num_devices: int | None = None) -> schema.ExperimentConfig:
   """ConfigDict -> validated ExperimentConfig. With `num_devices`, also checks the mesh against the model."""
-  from nlhf_jax.config import runs
   exp = build(schema.ExperimentConfig, runs.resolve(_to_mapping(cfg)))
   check_values(exp)
   if num_devices is not None:

@@ -22,7 +22,7 @@ import datetime
 import json
 from typing import Any
 
-from nlhf_jax.data.tokenizer import TokenizerError
+from nlhf_jax.data.tokenizer_api import TokenizerError
 
 
 def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None, separators=None,

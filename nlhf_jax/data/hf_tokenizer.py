@@ -36,7 +36,7 @@ import json
 import os
 
 from nlhf_jax.data.chat_template import ChatTemplate
-from nlhf_jax.data.tokenizer import TokenizerError, as_messages, is_conversation
+from nlhf_jax.data.tokenizer_api import TokenizerError, as_messages, is_conversation
 
 TOKENIZER_JSON = 'tokenizer.json'
 CONFIG_JSON = 'tokenizer_config.json'

@@ -39,6 +39,7 @@ from nlhf_jax.data import records as records_lib
 from nlhf_jax.data import synthetic
 from nlhf_jax.data.iterators import IndexedBatches
 from nlhf_jax.data.records import DataError
+from nlhf_jax.data.tfds_builders import SplitSource
 from nlhf_jax.data.tokenizer import Tokenizer, TokenizerError, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -102,7 +103,6 @@ def make_source(data_cfg, kind: str, seed: int, split: str | None = None, recs: 
     return SyntheticSource(kind, seed, max(1, data_cfg.num_examples // 8), data_cfg.num_examples,
                            name=f'synthetic[{split}]')
   if data_cfg.source == 'tfds':
-    from nlhf_jax.data.tfds_builders import SplitSource
     src = SplitSource(data_cfg.name, data_cfg.data_dir, split)
     if src.kind != kind:
       raise DataError(f'data set {src.name} holds {src.kind}, not {kind}; set config.data.name to a {kind} data '

@@ -1,7 +1,7 @@
 """Tokenizers behind one interface: the built-in byte vocabulary, a sentencepiece model or a Hugging Face
 tokenizer directory (nlhf_jax/data/hf_tokenizer.py).
 
-The interface (`Tokenizer`):
+The interface (`Tokenizer`, in nlhf_jax/data/tokenizer_api.py with `TokenizerError`; both importable from here):
 - vocab_size, pad_id; bos_id (None: no bos goes before a prompt); eos_id (ends a response in training data
   without a chat template); stop_ids (every id that ends a sampled response: eos_id and, with a chat template,
   its end-of-turn id); sep_id (the native prompt/response separator; None for Hugging Face tokenizers);
@@ -24,47 +24,13 @@ import functools
 import io
 import os
 import re
-from typing import Iterable, Protocol
+from typing import Iterable
 
 from nlhf_jax import outputs
-from nlhf_jax.data import bytes_vocab, readers
+from nlhf_jax.data import bytes_vocab, hf_tokenizer, readers
+from nlhf_jax.data.tokenizer_api import Text, Tokenizer, TokenizerError, is_conversation
 
 SEP_PIECE = '<sep>'
-
-
-class TokenizerError(ValueError):
-  """A tokenizer that cannot be loaded or used with the configured model."""
-
-
-Text = str | list  # a string, or a conversation: a list of {'role': str, 'content': str} messages
-
-
-class Tokenizer(Protocol):
-  vocab_size: int
-  pad_id: int
-  bos_id: int | None
-  eos_id: int
-  stop_ids: tuple[int, ...]
-  sep_id: int | None
-  has_chat_template: bool
-
-  def encode(self, text: str) -> list[int]: ...
-
-  def decode(self, ids) -> str: ...
-
-  def prompt_ids(self, prompt: Text, chat: bool = False) -> list[int]: ...
-
-  def response_ids(self, response: Text, prompt: Text | None = None, chat: bool = False) -> list[int]: ...
-
-
-def is_conversation(value) -> bool:
-  """Whether a prompt or response is a conversation (a list of messages) rather than a string."""
-  return isinstance(value, list)
-
-
-def as_messages(value: Text, role: str) -> list[dict]:
-  """A conversation as a list of messages; a string becomes one message of `role`."""
-  return [dict(m) for m in value] if is_conversation(value) else [{'role': role, 'content': value}]
 
 
 class _NativeFraming:
@@ -128,7 +94,7 @@ class SentencePieceTokenizer(_NativeFraming):
       missing.append(f'separator piece {SEP_PIECE!r}')
     if missing:
       raise TokenizerError(f'{self.path}: the sentencepiece model lacks {", ".join(missing)}; train one with '
-                           '`python -m nlhf_jax.data.tokenizer_cli` (it reserves them)')
+                           '`python -m nlhf_jax.cli.tokenizer` (it reserves them)')
 
   def encode(self, text: str) -> list[int]:
     return list(self._sp.encode(text))
@@ -207,7 +173,6 @@ _KINDS_HINT = ("'bytes' or the path of a sentencepiece .model file or of a Huggi
 
 
 def _hf_directory(spec: str) -> Tokenizer:
-  from nlhf_jax.data import hf_tokenizer
   if os.path.exists(os.path.join(spec, hf_tokenizer.TOKENIZER_JSON)):
     return hf_tokenizer.HFTokenizer(spec)
   if os.path.exists(os.path.join(spec, 'tokenizer.model')):
@@ -229,7 +194,7 @@ def load_tokenizer(spec: str) -> Tokenizer:
   if spec.endswith('.model'):
     if not os.path.exists(spec):
       raise TokenizerError(f'config.data.tokenizer={spec!r}: no such file; train one with `python -m '
-                           'nlhf_jax.data.tokenizer_cli --input=TEXT.txt --vocab_size=N --output=PREFIX` '
+                           'nlhf_jax.cli.tokenizer --input=TEXT.txt --vocab_size=N --output=PREFIX` '
                            '(writes PREFIX.model), or use tokenizer=bytes')
     return SentencePieceTokenizer(spec)
   if os.path.basename(spec) == 'tokenizer.json' and os.path.isfile(spec):

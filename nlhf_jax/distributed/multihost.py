@@ -13,6 +13,7 @@ import os
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 
 from nlhf_jax.config import DistributedConfig
@@ -116,14 +117,12 @@ def to_host(x) -> np.ndarray:
   """The whole value of a (global) array as numpy on every process: an all-gather when it spans processes."""
   if jax.process_count() == 1 or getattr(x, 'is_fully_addressable', True):
     return np.asarray(jax.device_get(x))
-  from jax.experimental import multihost_utils
   return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 def barrier(name: str) -> None:
   """Every process waits here until all have arrived (a no-op with one process)."""
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices(name)
 
 
@@ -132,7 +131,6 @@ def smallest_over_processes(value: float) -> float:
   decision taken on it, such as refusing a step that does not fit, is taken by every process alike."""
   if jax.process_count() == 1:
     return value
-  from jax.experimental import multihost_utils
   return float(np.min(multihost_utils.process_allgather(np.asarray([value], np.float64))))
 
 

@@ -23,12 +23,15 @@ import logging
 import numpy as np
 
 from nlhf_jax.benchmark import language, probes
-from nlhf_jax.config import MeshConfig
+from nlhf_jax.config import ConfigError, MeshConfig, objectives
+from nlhf_jax.config.objectives import model_family
+from nlhf_jax.data.records import DataError
 from nlhf_jax.data.tokenizer import load_tokenizer
 from nlhf_jax.distributed import make_mesh
 from nlhf_jax.evaluation import generate as gen
 from nlhf_jax.evaluation import generations, inputs, stats
 from nlhf_jax.evaluation.report import BENCHMARK_ORACLE
+from nlhf_jax.online import prompted
 from nlhf_jax.online.judges import resolve_oracle
 from nlhf_jax.sampling import SamplingConfig
 from nlhf_jax.training import checkpointing
@@ -40,7 +43,6 @@ JUDGES = ('oracle', 'preference_model')  # the matrices an evaluation can have, 
 
 
 def _policies(ecfg) -> list[tuple[str, str]]:
-  from nlhf_jax.config import ConfigError
   names, dirs = list(ecfg.policy_names), list(ecfg.policy_workdirs)
   if len(names) != len(dirs) or not names:
     raise ConfigError(f'eval config: {len(names)} policy_names but {len(dirs)} policy_workdirs')
@@ -52,7 +54,6 @@ def _policies(ecfg) -> list[tuple[str, str]]:
 def run_summary(run_cfg: dict) -> dict:
   """What a policy run was trained with, read from its RUN/config.json (never from its folder name): the
   objective, and the beta / tau that objective uses, and its number of steps."""
-  from nlhf_jax.config import objectives
   train, online, offline = run_cfg.get('train', {}), run_cfg.get('online', {}), run_cfg.get('offline', {})
   name = train.get('objective', '?')
   out = {'objective': name, 'num_steps': int(train.get('num_steps', 0))}
@@ -103,7 +104,6 @@ def _matrix_json(m: dict, names: list[str]) -> dict:
 def _judges(ecfg) -> tuple[str, str]:
   """(oracle spec, preference model path); eval configs written before config.oracle existed judge with the
   benchmark oracle. At least one judge is needed."""
-  from nlhf_jax.config import ConfigError
   oracle, pm = ecfg.get('oracle', BENCHMARK_ORACLE), ecfg.get('preference_model', '')
   if not oracle and not pm:
     raise ConfigError('the evaluation has no judge: give a preference model run (--judge=RUN) or a text oracle '
@@ -113,7 +113,6 @@ def _judges(ecfg) -> tuple[str, str]:
 
 def _judge_kind(ecfg, path: str) -> str:
   """'preference_model', 'reward_model' (what the learned judge's run holds) or 'prompted'; '' without one."""
-  from nlhf_jax.config.objectives import model_family
   if path and ecfg.get('judge_kind', '') == 'prompted':
     return 'prompted'
   return model_family(checkpointing.read_run_config(path).get('train', {}).get('objective', '?')) if path else ''
@@ -121,7 +120,6 @@ def _judge_kind(ecfg, path: str) -> str:
 
 def prompted_input(ecfg):
   """The prompted judge's checked input (its run's tokenizer, the template, the answers, the length)."""
-  from nlhf_jax.online import prompted
   path = ecfg.preference_model
   run_cfg = checkpointing.read_run_config(path)
   tokenizer = prompted.run_tokenizer(run_cfg, path, '--judge')
@@ -135,10 +133,9 @@ def prompted_input(ecfg):
 def _prompted_matrix(ecfg, path: str, mesh, xs: list, texts: dict, names: list[str], rows: int):
   """The prompted judge's matrix and {'first_position_rate', 'pairs'}: how often it preferred the response shown
   first, the mean over every judged pair of both orders' P(first better)."""
-  from nlhf_jax.online.prompted import conversation_text
   text = prompted_input(ecfg)
   model = gen.load_policy(path, mesh)
-  prompts = [conversation_text(x) for x in xs]
+  prompts = [prompted.conversation_text(x) for x in xs]
   firsts = []
 
   def probs(r: int, c: int):
@@ -157,7 +154,6 @@ def _read_prompts(ecfg) -> list:
   prompts = gen.read_prompts(ecfg.data_dir, ecfg.prompts_name, ecfg.split, ecfg.num_prompts)
   where = f'{ecfg.prompts_name}[{ecfg.split}]' if ecfg.data_dir else ecfg.prompts_name
   if not prompts:
-    from nlhf_jax.data.records import DataError
     raise DataError(f'{where} has no prompts; give prompts to evaluate on (--prompts, --split)')
   if len(prompts) < ecfg.num_prompts:
     n = len(prompts) * ecfg.samples_per_prompt
@@ -196,7 +192,7 @@ def prepare(ecfg, mesh, export_generations: str = '', overwrite: bool = False) -
 
 def evaluate(ecfg, mesh=None, export_generations: str = '', overwrite: bool = False) -> dict:
   """Runs the evaluation described by the eval config `ecfg` (see pipeline/stages.py and
-  evaluation/cli.runs_config); returns the result. Every input is checked (`prepare`) before any restore. With
+  evaluation/from_runs.runs_config); returns the result. Every input is checked (`prepare`) before any restore. With
   `export_generations` (a file path) the sampled responses are also written there as the JSON list that
   AlpacaEval-style evaluators read (evaluation/generations.py), once the evaluation is complete."""
   mesh = make_mesh(MeshConfig(**ecfg.mesh.to_dict())) if mesh is None else mesh

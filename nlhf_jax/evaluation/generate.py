@@ -13,22 +13,24 @@ import jax
 import numpy as np
 
 from nlhf_jax.config import DataConfig
+from nlhf_jax.config.objectives import model_family
 from nlhf_jax.data import pipelines
-from nlhf_jax.logs import progress_bar
+from nlhf_jax.data.readers import read_records
 from nlhf_jax.data.tfds_builders import SplitSource
 from nlhf_jax.distributed import global_batch, local_rows_of, to_host
+from nlhf_jax.logs import progress_bar
 from nlhf_jax.models import Transformer
 from nlhf_jax.models.judges import PreferenceModel, RewardModel, pair_scorer
-from nlhf_jax.training.checkpointing import FrozenModel, load_frozen
 from nlhf_jax.models.logprobs import response_logprobs
+from nlhf_jax.online.prompted import scorer
 from nlhf_jax.sampling import SamplingConfig, jit_sample
+from nlhf_jax.training.checkpointing import FrozenModel, load_frozen, read_run_config
 
 
 def read_prompts(data_dir: str, name: str, split: str, num_prompts: int) -> list:
   """The first `num_prompts` prompts of a split of a prompts data set (all of them when it has fewer); with no
   data_dir, `name` is a file of prompt records (JSONL or Parquet, docs/data.md) read whole."""
   if not data_dir:
-    from nlhf_jax.data.readers import read_records
     return [r['prompt'] for r in read_records(name, 'prompts')[:num_prompts]]
   source = SplitSource(name, data_dir, split)
   n = min(num_prompts, len(source))
@@ -52,8 +54,6 @@ def load_policy(path: str, mesh) -> FrozenModel:
 def load_judge(path: str, mesh) -> FrozenModel:
   """A preference model or a Bradley-Terry reward model run (which its saved objective says), for
   `preference_probs` (P(a > b) = sigmoid(f(x, a, b)) or sigmoid(r(x, a) - r(x, b)))."""
-  from nlhf_jax.config.objectives import model_family
-  from nlhf_jax.training.checkpointing import read_run_config
   kind = model_family(read_run_config(path).get('train', {}).get('objective', '?'))
   return load_frozen(path, RewardModel if kind == 'reward_model' else PreferenceModel, mesh)
 
@@ -128,7 +128,6 @@ def preference_probs(pm: FrozenModel, batches: list[dict], a: dict, b: dict, mes
 
 @functools.lru_cache(maxsize=8)
 def _jit_prompted(graphdef, answers: tuple[int, int]):
-  from nlhf_jax.online.prompted import scorer
   return jax.jit(scorer(graphdef, answers))
 
 

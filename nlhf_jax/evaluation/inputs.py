@@ -12,7 +12,7 @@
 - `batch_rows(num_rows, batch_size, shards)`: the rows of one sampling batch, the smallest multiple of the mesh's
   batch shards (data x fsdp) that holds every row, and at most `batch_size`; a `batch_size` that the shards do not
   divide is refused.
-Errors are ConfigError (one `error:` line through nlhf_jax.commands).
+Errors are ConfigError (one `error:` line through nlhf_jax.cli.common).
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ import os
 
 from nlhf_jax.config import ConfigError
 from nlhf_jax.config.validate import check_sampling
+from nlhf_jax.online.prompted import check_judge_run
 from nlhf_jax.training.run import Run
 
 JUDGE_OBJECTIVES = ('preference_model', 'reward_model')
@@ -60,7 +61,6 @@ def _runs(ecfg) -> list[tuple[str, str, Run]]:
   if judge:
     run = _open(judge, 'the judge')
     if ecfg.get('judge_kind', '') == 'prompted':
-      from nlhf_jax.online.prompted import check_judge_run
       check_judge_run(run.config, judge, '--judge')
       return out
     if run.objective not in JUDGE_OBJECTIVES:

@@ -14,7 +14,7 @@ import os
 import numpy as np
 
 from nlhf_jax import outputs
-from nlhf_jax.evaluation import stats
+from nlhf_jax.evaluation import findings, stats
 
 BENCHMARK_ORACLE = 'nlhf_jax.benchmark.oracle:preferences'
 
@@ -198,6 +198,5 @@ def write(result: dict, out_dir: str) -> dict[str, str]:
   outputs.write_text(paths['samples.md'], samples_markdown(result))
   with outputs.replacing_file(paths['matrix.png'], 'wb') as f:
     heatmap(result, f)
-  from nlhf_jax.evaluation import findings
   paths.update(findings.write_findings([result], [f"eval seed {result['seed']}"], out_dir))
   return paths

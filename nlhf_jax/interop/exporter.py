@@ -1,8 +1,5 @@
-"""`nlhf-export`: a run -> a Hugging Face model directory that transformers and vLLM load.
-
-  nlhf-export --workdir=runs/nash_md --out=exported/nash_md [--dtype=bfloat16] [--step=N] [--overwrite]
-              [--allow_lossy]
-  (on several hosts: the same command on each, with the launch flags of nlhf-train; process 0 writes)
+"""A run -> a Hugging Face model directory that transformers and vLLM load (`export_run`; the command is
+`nlhf-export`, nlhf_jax/cli/export.py). On several hosts every process calls it; process 0 writes.
 
 Writes config.json (the family's own keys; native models as llama), the weights in the family's tensor names and
 layouts (model.safetensors, or shards of at most 5 GB with model.safetensors.index.json), generation_config.json
@@ -30,9 +27,23 @@ import json
 import logging
 import os
 
-from absl import app, flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
 
-from nlhf_jax import commands, logs
+from nlhf_jax.config import ConfigError, MeshConfig, ModelConfig
+from nlhf_jax.config.objectives import model_family
+from nlhf_jax.data.tokenizer import load_tokenizer
+from nlhf_jax.distributed import is_leader, make_mesh
+from nlhf_jax.distributed.multihost import smallest_over_processes
+from nlhf_jax.interop import runs
+from nlhf_jax.models import Transformer, hf
+from nlhf_jax.models.judges import PreferenceModel, RewardModel
+from nlhf_jax.outputs import check_dir
+from nlhf_jax.training import checkpointing
+from nlhf_jax.training.run import Run
 
 log = logging.getLogger(__name__)
 
@@ -40,20 +51,6 @@ DTYPES = ('float32', 'bfloat16', 'float16')
 HEAD_TENSORS = ('nlhf.head.weight', 'nlhf.head.bias')
 KINDS = ('language_model', 'preference_model', 'reward_model')
 LOSSY_BELOW = 0.5  # refused (without allow_lossy) when less than this share of the change's norm survives
-
-
-def _define_flags() -> None:
-  """The command's flags, defined when it runs (so that the library functions import without them)."""
-  commands.define_launch_flags()
-  flags.DEFINE_string('workdir', None, 'The run to export (an nlhf-train or nlhf-import --workdir).')
-  flags.DEFINE_string('out', None, 'The directory to write (absent or empty, or --overwrite).')
-  flags.DEFINE_string('dtype', None, f'dtype of the weights written: {", ".join(DTYPES)} (default: the dtype of '
-                      'the imported checkpoint the run descends from, else float32).')
-  flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
-  flags.DEFINE_float('max_shard_gb', 5.0, 'Largest safetensors file, in GB (1e9 bytes).')
-  flags.DEFINE_bool('overwrite', False, 'Replace what --out holds (removed only once the export is complete).')
-  flags.DEFINE_bool('allow_lossy', False, 'Write even when --dtype loses most of the run\'s change to its weights.')
-  flags.mark_flags_as_required(['workdir', 'out'])
 
 
 class ExportPlan:
@@ -65,7 +62,6 @@ class ExportPlan:
 
 
 def _kind(objective: str) -> str:
-  from nlhf_jax.config.objectives import model_family
   return model_family(objective)
 
 
@@ -73,7 +69,6 @@ def _token_ids(tokenizer_spec: str) -> dict:
   """bos/eos/pad ids for config.json and generation_config.json ({} without a tokenizer)."""
   if not tokenizer_spec:
     return {}
-  from nlhf_jax.data.tokenizer import load_tokenizer
   tok = load_tokenizer(tokenizer_spec)
   stops = list(tok.stop_ids)
   return {'bos_token_id': tok.bos_id, 'eos_token_id': stops[0] if len(stops) == 1 else stops,
@@ -82,10 +77,6 @@ def _token_ids(tokenizer_spec: str) -> dict:
 
 def _check_run(workdir: str, step: int | None) -> tuple[str, int]:
   """(the run's checkpoints directory, the step to export): the run exists, is a folder and holds that step."""
-  import orbax.checkpoint as ocp
-
-  from nlhf_jax.config import ConfigError
-  from nlhf_jax.training import checkpointing
   if not os.path.exists(workdir):
     raise FileNotFoundError(f'--workdir={workdir} does not exist; give the --workdir of an nlhf-train or '
                             'nlhf-import run')
@@ -112,27 +103,19 @@ def _check_run(workdir: str, step: int | None) -> tuple[str, int]:
 
 
 def _check_out(out: str, workdir: str, sources: list[str], overwrite: bool) -> None:
-  from nlhf_jax.config import ConfigError
-  from nlhf_jax.interop.runs import check_writable, inside
-  from nlhf_jax.outputs import check_dir
-  if inside(out, workdir):
+  if runs.inside(out, workdir):
     raise ConfigError(f'--out={out} is or lies inside the run --workdir={workdir}; the export would overwrite '
                       'the run\'s files: give a folder outside the run')
   for run in [workdir, *sources]:
-    if '://' not in run and inside(run, out):
+    if '://' not in run and runs.inside(run, out):
       raise ConfigError(f'--out={out} holds the run {run}; replacing it would delete the run: give another folder')
   check_dir(out, overwrite=overwrite, empty=True)
-  check_writable(out, '--out')
+  runs.check_writable(out, '--out')
 
 
 def plan(workdir: str, out: str, dtype: str | None = None, step: int | None = None, overwrite: bool = False,
          max_shard_bytes: int = 5 * 10**9) -> ExportPlan:
   """Checks every input of an export before any weight is read or anything written; the ExportPlan."""
-  from nlhf_jax.config import ConfigError, ModelConfig
-  from nlhf_jax.interop import runs
-  from nlhf_jax.models import hf
-  from nlhf_jax.training import checkpointing
-  from nlhf_jax.training.run import Run
   workdir = checkpointing.absolute(os.path.expanduser(workdir))
   out = os.path.abspath(os.path.expanduser(out))
   if dtype is not None and dtype not in DTYPES:
@@ -155,15 +138,10 @@ def plan(workdir: str, out: str, dtype: str | None = None, step: int | None = No
 
 
 def _model_cls(kind: str):
-  from nlhf_jax.models import Transformer
-  from nlhf_jax.models.judges import PreferenceModel, RewardModel
   return {'language_model': Transformer, 'preference_model': PreferenceModel, 'reward_model': RewardModel}[kind]
 
 
 def _restore(run: str, cfg, kind: str, mesh, step: int | None = None):
-  from flax import nnx
-
-  from nlhf_jax.training import checkpointing
   cls = _model_cls(kind)
   _, abstract = nnx.split(nnx.eval_shape(lambda: cls(cfg, nnx.Rngs(0))))
   target = checkpointing.params_target(abstract, mesh)
@@ -177,14 +155,11 @@ def _backbone(params: dict, kind: str) -> dict:
 def _initial(p: ExportPlan, cfg, mesh):
   """The language-model parameters the run started from (its first source run's latest checkpoint), or None with
   a warning when there is none or it cannot be read."""
-  from nlhf_jax.interop import runs
-  from nlhf_jax.training.run import Run
   sources = runs.source_runs(p.run_cfg)
   if not sources:
     log.warning('the run names no checkpoint it started from: the change that --dtype=%s keeps is not measured',
                 p.dtype)
     return None
-  from nlhf_jax.distributed.multihost import smallest_over_processes
   problem = ''
   try:
     source = Run(sources[0])
@@ -213,10 +188,6 @@ def measure_change(trained: dict, initial: dict, dtype: str) -> tuple[float, lis
   kept over all tensors, 1 - ||cast(t) - cast(i) - (t - i)|| / ||t - i||, or 1.0 when nothing changed; per
   tensor (path, that share, the share of changed elements that still differ after the cast)), tensors sorted by
   the share kept. Tensors that did not change are left out."""
-  import jax
-  import jax.numpy as jnp
-  import numpy as np
-
   @jax.jit
   def sums(t, i):
     t, i = t.astype(jnp.float32), i.astype(jnp.float32)
@@ -255,9 +226,6 @@ def _summary(dtype: str, kept: float, per: list) -> str:
 def check_change(p: ExportPlan, cfg, params: dict, mesh, allow_lossy: bool) -> str:
   """'' when --dtype is not narrower than the run's parameters; else the measured summary (refused with a
   ConfigError when less than LOSSY_BELOW of the change survives and not `allow_lossy`)."""
-  import jax.numpy as jnp
-
-  from nlhf_jax.config import ConfigError
   if jnp.finfo(jnp.dtype(p.dtype)).nmant >= jnp.finfo(jnp.dtype(cfg.param_dtype)).nmant:
     return ''
   initial = _initial(p, cfg, mesh)
@@ -274,10 +242,6 @@ def check_change(p: ExportPlan, cfg, params: dict, mesh, allow_lossy: bool) -> s
 def export_run(workdir: str, out: str, dtype: str | None = None, step: int | None = None, mesh=None,
                max_shard_bytes: int = 5 * 10**9, overwrite: bool = False, allow_lossy: bool = False) -> list[str]:
   """Writes the Hugging Face directory of the run at `workdir` into `out`; returns the files written."""
-  from nlhf_jax.config import MeshConfig, ModelConfig
-  from nlhf_jax.distributed import is_leader, make_mesh
-  from nlhf_jax.interop import runs
-  from nlhf_jax.models import hf
   p = plan(workdir, out, dtype, step, overwrite, max_shard_bytes)
   cfg = ModelConfig.from_dict(p.run_cfg.get('model', {}))
   mesh = make_mesh(MeshConfig(data=1, fsdp=-1, tensor=1)) if mesh is None else mesh
@@ -306,9 +270,8 @@ def export_run(workdir: str, out: str, dtype: str | None = None, step: int | Non
 def _tokenizer_files(p: ExportPlan, out: str) -> list[str]:
   """The run's tokenizer files, then generation_config.json: the imported original, else the tokenizer folder's,
   else one made of the token ids."""
-  from nlhf_jax.interop.runs import copy_tokenizer_files, write_json
   spec = p.run_cfg.get('data', {}).get('tokenizer', '')
-  copied = copy_tokenizer_files(spec, out) if spec and os.path.isdir(spec) else []
+  copied = runs.copy_tokenizer_files(spec, out) if spec and os.path.isdir(spec) else []
   if not copied:
     log.warning('the run\'s tokenizer (%r) is not a Hugging Face tokenizer folder: no tokenizer files written; '
                 'give the exported model a tokenizer of its own before serving it', spec or 'none')
@@ -317,7 +280,7 @@ def _tokenizer_files(p: ExportPlan, out: str) -> list[str]:
     with open(os.path.join(out, 'generation_config.json'), 'w') as f:
       json.dump(generation, f, indent=2)
   elif 'generation_config.json' not in copied and p.token_ids:
-    write_json(os.path.join(out, 'generation_config.json'), dict(p.token_ids, _from_model_config=False))
+    runs.write_json(os.path.join(out, 'generation_config.json'), dict(p.token_ids, _from_model_config=False))
   if generation is not None or p.token_ids or 'generation_config.json' in copied:
     copied = [n for n in copied if n != 'generation_config.json'] + ['generation_config.json']
   return copied
@@ -329,24 +292,3 @@ def _head_note(kind: str) -> dict:
                    ('; P(a > b | x) = sigmoid(score(x, a, b) - score(x, b, a)) on the joint text x a b'
                     if kind == 'preference_model' else '; P(a > b | x) = sigmoid(r(x, a) - r(x, b))')}
 
-
-def main(argv) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  logs.setup()
-  commands.launch()
-  f = flags.FLAGS
-  max_shard_bytes = int(f.max_shard_gb * 1e9)
-  files = export_run(f.workdir, f.out, f.dtype, f.step, max_shard_bytes=max_shard_bytes, overwrite=f.overwrite,
-                     allow_lossy=f.allow_lossy)
-  if files:
-    print(f'exported to {os.path.abspath(os.path.expanduser(f.out))}: {", ".join(files)}', flush=True)
-
-
-def run() -> None:
-  _define_flags()
-  commands.run(main)
-
-
-if __name__ == '__main__':
-  run()

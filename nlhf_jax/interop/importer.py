@@ -1,23 +1,19 @@
-"""`nlhf-import`: a Hugging Face model directory -> a run that every command accepts.
+"""A Hugging Face model directory -> a run that every command accepts (`import_run`; the command is
+`nlhf-import`, nlhf_jax/cli/hf_import.py).
 
-  nlhf-import --hf_dir=~/models/Qwen2.5-0.5B-Instruct --workdir=runs/qwen [--dtype=float32] [--mesh=fsdp=8]
-              [--overwrite] [--pad_vocab_to_tokenizer [--pad_vocab_multiple=128]]
+On several hosts every process calls `import_run`: each reads only its devices' slices; process 0 writes the files.
 
-On several hosts, run the same command on each with --coordinator_address/--num_processes/--process_id (or the
-JAX_* environment, as for nlhf-train): each host reads only its devices' slices; process 0 writes the files.
-
-Every input is checked before anything is written: the flags, --workdir (a folder that holds anything is
-refused without --overwrite; one that holds the model folder is refused always), config.json mapped to a
-ModelConfig, every tensor's name, shape and byte range, and the tokenizer against the embedding. A tokenizer
-with ids beyond the embedding (Gemma 3 1B: vocab_size 262144, 262145 ids) is accepted when those ids are special
-tokens that text never produces (one line names them); --pad_vocab_to_tokenizer instead pads the embedding (and
-an untied unembedding) to the tokenizer's size, rounded up to --pad_vocab_multiple, with the mean of the
-existing rows. Then each parameter is placed onto the mesh by the rule table, each device reading its slice from
-the safetensors memory map, and written as an Orbax params checkpoint with the tokenizer files and the original
-config.json and generation_config.json beside it (layout: nlhf_jax/interop/runs.py), all in a temporary folder
-renamed into place at the end. The run serves as `config.online.reference_checkpoint`, as
-`config.init_checkpoint` of SFT, online training or a preference/reward model (the backbone; a new head), and to
-nlhf-eval and nlhf-export.
+Every input is checked before anything is written: the flags (`check_flags`), the workdir (`check_paths`: a folder
+that holds anything is refused without overwrite; one that holds the model folder is refused always), config.json
+mapped to a ModelConfig, every tensor's name, shape and byte range, and the tokenizer against the embedding. A
+tokenizer with ids beyond the embedding (Gemma 3 1B: vocab_size 262144, 262145 ids) is accepted when those ids are
+special tokens that text never produces (one line names them); `pad_vocab` instead pads the embedding (and an
+untied unembedding) to the tokenizer's size, rounded up to `pad_multiple`, with the mean of the existing rows. Then
+each parameter is placed onto the mesh by the rule table, each device reading its slice from the safetensors
+memory map, and written as an Orbax params checkpoint with the tokenizer files and the original config.json and
+generation_config.json beside it (layout: nlhf_jax/interop/runs.py), all in a temporary folder renamed into place
+at the end. The run serves as `config.online.reference_checkpoint`, as `config.init_checkpoint` of SFT, online
+training or a preference/reward model (the backbone; a new head), and to nlhf-eval and nlhf-export.
 """
 from __future__ import annotations
 
@@ -27,35 +23,23 @@ import os
 
 import jax
 import jax.numpy as jnp
-from absl import app, flags
 
-from nlhf_jax import commands, logs
+from nlhf_jax.config import ConfigError, ExperimentConfig, MeshConfig
+from nlhf_jax.config.objectives import IMPORTED
+from nlhf_jax.data.tokenizer import TokenizerError, check_vocab, load_tokenizer, text_free_ids
+from nlhf_jax.distributed import is_leader, make_mesh
+from nlhf_jax.interop import runs
+from nlhf_jax.models import hf
+from nlhf_jax.models.hf.safetensors import SafetensorsReader
+from nlhf_jax.outputs import check_dir
+from nlhf_jax.training import checkpointing
+from nlhf_jax.training.guards import config_to_json
 
 log = logging.getLogger(__name__)
 
 
-def _define_flags() -> None:
-  """The command's flags, defined when it runs (so that the library functions import without them)."""
-  commands.define_launch_flags()
-  flags.DEFINE_string('hf_dir', None, 'A Hugging Face model directory (config.json, *.safetensors, the tokenizer '
-                      'files), as save_pretrained or a download writes it.')
-  flags.DEFINE_string('workdir', None, 'The run directory to write (absent or empty, or --overwrite).')
-  flags.DEFINE_string('dtype', 'float32', 'Parameter dtype of the run: float32 or bfloat16.')
-  flags.DEFINE_string('mesh', 'fsdp=-1', 'Mesh the parameters are placed on while writing, e.g. fsdp=8.')
-  flags.DEFINE_bool('overwrite', False, 'Replace what --workdir holds (removed only once the new run is complete).')
-  flags.DEFINE_bool('pad_vocab_to_tokenizer', False, "Pad the embedding (and an untied unembedding) to the "
-                    "tokenizer's size with the mean of the existing rows, e.g. when the tokenizer has ids beyond "
-                    'the embedding that text can produce.')
-  flags.DEFINE_integer('pad_vocab_multiple', 1, 'With --pad_vocab_to_tokenizer: round the padded size up to a '
-                       'multiple of this (e.g. 128, for sharding).')
-  flags.mark_flags_as_required(['hf_dir', 'workdir'])
-
-
 def experiment_config(model, tokenizer: str, hf_dir: str) -> dict:
   """The experiment config an imported run records: its model and tokenizer, objective 'import'."""
-  from nlhf_jax.config import ExperimentConfig
-  from nlhf_jax.config.validate import IMPORTED
-  from nlhf_jax.training.guards import config_to_json
   cfg = ExperimentConfig(name=f'import:{os.path.basename(os.path.normpath(hf_dir))}', model=model)
   cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, tokenizer=tokenizer),
                             train=dataclasses.replace(cfg.train, objective=IMPORTED, num_steps=0))
@@ -63,7 +47,6 @@ def experiment_config(model, tokenizer: str, hf_dir: str) -> dict:
 
 
 def check_flags(dtype: str, pad_vocab: bool, pad_multiple: int) -> None:
-  from nlhf_jax.config import ConfigError
   if dtype not in ('float32', 'bfloat16'):
     raise ConfigError(f'--dtype={dtype}: the run\'s parameters are float32 or bfloat16')
   if pad_multiple < 1 or (pad_multiple != 1 and not pad_vocab):
@@ -74,23 +57,19 @@ def check_flags(dtype: str, pad_vocab: bool, pad_multiple: int) -> None:
 def check_paths(hf_dir: str, workdir: str, overwrite: bool) -> None:
   """--hf_dir is a folder; --workdir is not a file, holds nothing (or --overwrite), and neither is nor holds
   --hf_dir (replacing it would delete the model being read)."""
-  from nlhf_jax.config import ConfigError
-  from nlhf_jax.interop.runs import check_writable, inside
-  from nlhf_jax.outputs import check_dir
   if not os.path.exists(hf_dir):
     raise FileNotFoundError(f'--hf_dir={hf_dir} does not exist; give the folder of a Hugging Face model '
                             '(config.json and *.safetensors, as save_pretrained or a download writes them)')
-  if inside(hf_dir, workdir):
+  if runs.inside(hf_dir, workdir):
     raise ConfigError(f'--workdir={workdir} is or holds --hf_dir={hf_dir}: the import would replace the model it '
                       'reads; choose a workdir outside the model folder')
   check_dir(workdir, overwrite=overwrite, empty=True)
-  check_writable(workdir, '--workdir')
+  runs.check_writable(workdir, '--workdir')
 
 
 def vocab_size_for(tokenizer, vocab_size: int, pad: bool, multiple: int, where: str) -> int:
   """The run's vocab_size: config.json's, or the tokenizer's (rounded up to `multiple`) with `pad`. Without `pad`,
   ids beyond the embedding are accepted when text never produces them (logged once, naming them)."""
-  from nlhf_jax.data.tokenizer import TokenizerError, check_vocab, text_free_ids
   if pad:
     size = max(vocab_size, tokenizer.vocab_size)
     size = -(-size // multiple) * multiple
@@ -126,9 +105,7 @@ def _ids(ids: list[int], tokenizer=None) -> str:
 
 def _load_tokenizer(hf_dir: str):
   """The tokenizer of hf_dir (None, with a warning, when it has no usable one)."""
-  from nlhf_jax.data.tokenizer import TokenizerError, load_tokenizer
-  from nlhf_jax.interop.runs import CORE_TOKENIZER_FILES
-  if not any(os.path.exists(os.path.join(hf_dir, n)) for n in CORE_TOKENIZER_FILES):
+  if not any(os.path.exists(os.path.join(hf_dir, n)) for n in runs.CORE_TOKENIZER_FILES):
     log.warning('%s has no tokenizer files (tokenizer.json, tokenizer_config.json): the run records no tokenizer; '
                 'set config.data.tokenizer when you use it', hf_dir)
     return None
@@ -144,12 +121,6 @@ def import_run(hf_dir: str, workdir: str, dtype: str = 'float32', mesh=None, ove
                pad_vocab: bool = False, pad_multiple: int = 1) -> str:
   """Writes the run for the model in hf_dir into workdir (process 0 writes the files); returns workdir. Its
   checkpoint is step 0 with the items params and meta, written by `Checkpointer.save_params`."""
-  from nlhf_jax.config import ConfigError, MeshConfig
-  from nlhf_jax.distributed import is_leader, make_mesh
-  from nlhf_jax.interop import runs
-  from nlhf_jax.models import hf
-  from nlhf_jax.models.hf.safetensors import SafetensorsReader
-  from nlhf_jax.training import checkpointing
   hf_dir, workdir = os.path.abspath(os.path.expanduser(hf_dir)), checkpointing.absolute(os.path.expanduser(workdir))
   check_flags(dtype, pad_vocab, pad_multiple)
   check_paths(hf_dir, workdir, overwrite)
@@ -182,35 +153,3 @@ def import_run(hf_dir: str, workdir: str, dtype: str = 'float32', mesh=None, ove
   log.info('imported %s (%s, %.1fM parameters, %s) into %s', hf_dir, model.family, n / 1e6, dtype, workdir)
   return workdir
 
-
-def main(argv) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  logs.setup()
-  from nlhf_jax.config import ConfigError, MeshConfig
-  from nlhf_jax.distributed import make_mesh
-  from nlhf_jax.distributed.mesh import parse_mesh
-  f = flags.FLAGS
-  mesh_axes = parse_mesh(f.mesh)  # a bad flag is one line, before anything starts
-  check_flags(f.dtype, f.pad_vocab_to_tokenizer, f.pad_vocab_multiple)
-  check_paths(os.path.abspath(os.path.expanduser(f.hf_dir)), os.path.abspath(os.path.expanduser(f.workdir)),
-              f.overwrite)
-  commands.launch()
-  try:
-    mesh = make_mesh(MeshConfig(**mesh_axes))
-  except ValueError as e:
-    raise ConfigError(f'--mesh={f.mesh}: {e}') from None
-  workdir = import_run(f.hf_dir, f.workdir, f.dtype, mesh, f.overwrite, f.pad_vocab_to_tokenizer,
-                       f.pad_vocab_multiple)
-  print(f'imported run: {workdir}\n  use it as --config.init_checkpoint={workdir} or '
-        f'--config.online.reference_checkpoint={workdir} (configs with model.preset=from_run read its shape)',
-        flush=True)
-
-
-def run() -> None:
-  _define_flags()
-  commands.run(main)
-
-
-if __name__ == '__main__':
-  run()

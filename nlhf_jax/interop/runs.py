@@ -26,8 +26,11 @@ import os
 import shutil
 from typing import Iterator
 
+import jax
+
 from nlhf_jax import outputs
 from nlhf_jax.config import runs
+from nlhf_jax.distributed import barrier
 from nlhf_jax.training.run import Run
 
 TOKENIZER_FILES = ('tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json', 'chat_template.jinja',
@@ -69,12 +72,11 @@ def inside(path: str, folder: str) -> bool:
 def check_writable(path: str, flag: str) -> None:
   """The nearest existing folder above `path` (where `staging` builds it) can be written into (OutputError naming
   `flag` if not)."""
-  from nlhf_jax.outputs import OutputError
   folder = os.path.dirname(os.path.abspath(path))
   while not os.path.exists(folder) and os.path.dirname(folder) != folder:
     folder = os.path.dirname(folder)
   if os.path.isdir(folder) and not os.access(folder, os.W_OK | os.X_OK):
-    raise OutputError(f'{flag}={path}: {folder} is not writable; choose a folder you can write into')
+    raise outputs.OutputError(f'{flag}={path}: {folder} is not writable; choose a folder you can write into')
 
 
 def _read_json(path: str) -> dict | None:
@@ -118,12 +120,10 @@ def originals(run: str, config: dict | None = None, depth: int = 16) -> dict[str
 
 
 def _leader() -> bool:
-  import jax
   return jax.process_index() == 0
 
 
 def _barrier(name: str) -> None:
-  from nlhf_jax.distributed import barrier
   barrier(name)
 
 

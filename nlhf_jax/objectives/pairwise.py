@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from flax import nnx
 
 from nlhf_jax.objectives.registry import register_loss
 
@@ -68,9 +70,6 @@ def antisymmetry_error(model, batch: dict) -> jax.Array:
 def evaluate_pairs(graphdef, params, batches) -> dict:
   """Held-out metrics of a preference or reward model over evaluation batches (rows with valid=False skipped):
   accuracy, log-loss, calibration error and the antisymmetry error measured with swapped pairs."""
-  import numpy as np
-  from flax import nnx
-
   @jax.jit
   def logits(params, batch):
     model = nnx.merge(graphdef, params)

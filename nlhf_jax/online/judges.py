@@ -11,6 +11,7 @@ model-free variant). Frozen parameters are sharded by the rule table and are nev
 """
 from __future__ import annotations
 
+import ast
 import dataclasses
 import importlib
 import re
@@ -42,7 +43,6 @@ def resolve_oracle(spec: str, key: str = 'config.online.oracle') -> Callable:
   except (ImportError, AttributeError) as e:
     raise ConfigError(f'{key}={spec!r}: cannot import it ({e})') from e
   if args is not None:
-    import ast
     fn = fn(*ast.literal_eval(f'({args},)')) if args.strip() else fn()
   return fn
 

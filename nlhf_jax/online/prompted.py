@@ -40,9 +40,12 @@ import numpy as np
 from flax import nnx
 
 from nlhf_jax.config import ConfigError
-from nlhf_jax.distributed import constrain_activations
+from nlhf_jax.config.objectives import model_family
 from nlhf_jax.data.tokenizer import Tokenizer, TokenizerError, is_conversation, load_tokenizer
+from nlhf_jax.distributed import constrain_activations
+from nlhf_jax.models import Transformer
 from nlhf_jax.online.judges import Judge
+from nlhf_jax.training import checkpointing
 
 log = logging.getLogger(__name__)
 
@@ -331,7 +334,6 @@ def run_tokenizer(run_cfg: dict, path: str, key: str) -> Tokenizer:
 
 def check_judge_run(run_cfg: dict, path: str, key: str) -> None:
   """The prompted judge's run must hold a language model."""
-  from nlhf_jax.config.objectives import model_family
   objective = run_cfg.get('train', {}).get('objective', '?')
   if model_family(objective) != 'language_model':
     raise ConfigError(f'{key}={path} is a {objective!r} run; a prompted judge is a language model: give an '
@@ -341,11 +343,10 @@ def check_judge_run(run_cfg: dict, path: str, key: str) -> None:
 def from_online_config(cfg) -> JudgeInput:
   """The checked JudgeInput of config.online (the judge run's tokenizer, the template, the answers, the length):
   read from small files only, before any weight."""
-  from nlhf_jax.training.checkpointing import read_run_config
   o = cfg.online
   key = 'config.online.judge_checkpoint'
   try:
-    run_cfg = read_run_config(o.judge_checkpoint)
+    run_cfg = checkpointing.read_run_config(o.judge_checkpoint)
   except FileNotFoundError as e:
     raise FileNotFoundError(f'{key}={o.judge_checkpoint}: {e}') from None
   check_judge_run(run_cfg, o.judge_checkpoint, key)
@@ -358,8 +359,6 @@ def from_online_config(cfg) -> JudgeInput:
 
 def plan(cfg, mesh) -> tuple[Any, Any, Any]:
   """(Judge without parameters, the restore target of its weights, load()) for config.online.judge='prompted'."""
-  from nlhf_jax.models import Transformer
-  from nlhf_jax.training import checkpointing
   o = cfg.online
   text = from_online_config(cfg)
   graphdef, target, _ = checkpointing.frozen_target(o.judge_checkpoint, Transformer, mesh, o.frozen_dtype)

@@ -25,9 +25,14 @@ import time
 import jax
 
 from nlhf_jax import outputs
-from nlhf_jax.config import ConfigError
+from nlhf_jax.benchmark import language
+from nlhf_jax.config import ConfigError, from_config_dict, objectives
+from nlhf_jax.data import tfds_builders
+from nlhf_jax.data.tokenizer import load_tokenizer, train_sentencepiece
 from nlhf_jax.distributed import barrier, is_leader
-from nlhf_jax.pipeline import stages
+from nlhf_jax.evaluation import evaluate, findings, report
+from nlhf_jax.pipeline import pairs, stages
+from nlhf_jax.trainer.loop import train
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +48,6 @@ class Interrupted(RuntimeError):
 def _tokenizer(scfg, stage_dir: str, mesh) -> None:
   if scfg.kind == 'bytes' or not is_leader():
     return
-  from nlhf_jax.benchmark import language
-  from nlhf_jax.data.tokenizer import load_tokenizer, train_sentencepiece
   train_sentencepiece(language.corpus_text(scfg.seed, scfg.corpus_size), scfg.vocab_size,
                       os.path.splitext(scfg.output)[0])
   pieces = load_tokenizer(scfg.output).vocab_size
@@ -56,8 +59,6 @@ def _tokenizer(scfg, stage_dir: str, mesh) -> None:
 def _data(scfg, stage_dir: str, mesh) -> None:
   if not is_leader():
     return
-  from nlhf_jax.benchmark import language
-  from nlhf_jax.data import tfds_builders
   # Prompts are examples [0, num_prompts), demonstrations the next num_demonstrations: disjoint sets.
   sets = {'prompts': language.prompt_records(scfg.seed, scfg.num_prompts),
           'demonstrations': language.demonstration_records(scfg.seed, scfg.num_demonstrations, scfg.num_prompts)}
@@ -68,27 +69,22 @@ def _data(scfg, stage_dir: str, mesh) -> None:
 
 
 def _pairs(scfg, stage_dir: str, mesh) -> None:
-  from nlhf_jax.pipeline import pairs
   pairs.run(scfg, stage_dir, mesh)
 
 
 def _eval(scfg, stage_dir: str, mesh) -> None:
-  from nlhf_jax.evaluation import evaluate, report
   result = evaluate.evaluate(scfg, mesh)  # every process samples its rows
   if is_leader():
     report.write(result, scfg.output_dir)
 
 
 def _train(scfg, stage_dir: str, mesh, stop_at: int | None = None) -> None:
-  from nlhf_jax.config import from_config_dict
-  from nlhf_jax.trainer.loop import train
   train(from_config_dict(scfg, num_devices=jax.device_count()), stage_dir, mesh, stop_at=stop_at)
 
 
 def _aggregate(scfg, stage_dir: str, mesh) -> None:
   if not is_leader():
     return
-  from nlhf_jax.evaluation import findings
   results = []
   for path in scfg.seed_evals:
     with open(os.path.join(path, 'matrix.json')) as f:
@@ -168,7 +164,6 @@ def check_workdir(p, workdir: str, overwrite: bool = False) -> None:
 
 def _needs(name: str, scfg, configs: dict) -> list[str]:
   """The stages whose outputs stage `name` reads."""
-  from nlhf_jax.config import objectives
   kind, prefix = _kind(name, scfg), name.rsplit('/', 1)[0] + '/' if '/' in name else ''
   shared = ['tokenizer', 'data']
   if kind == 'aggregate':

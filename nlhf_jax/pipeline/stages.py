@@ -28,8 +28,11 @@ import re
 
 import ml_collections
 
-from nlhf_jax.config import ConfigError, objectives
+from nlhf_jax.config import ConfigError, MeshConfig, from_config_dict, objectives
 from nlhf_jax.config.defaults import defaults
+from nlhf_jax.config.validate import check_sampling, resolve_mesh_shape
+from nlhf_jax.evaluation import inputs
+from nlhf_jax.online.judges import resolve_oracle
 
 FIXED_BEFORE = ('tokenizer', 'data', 'sft', 'pairs', 'preference_model', 'reward_model')
 TRAINING = objectives.names('supervised')  # cosine schedules; the policies' are constant
@@ -184,7 +187,6 @@ def eval_config(p, workdir: str, sdir: str | None = None, seed: int | None = Non
 
 def stage_configs(p, workdir: str) -> dict[str, ml_collections.ConfigDict]:
   """{stage name: its ConfigDict}, in the order the stages run (config errors raise here, before any work)."""
-  from nlhf_jax.online.judges import resolve_oracle
   resolve_oracle(p.oracle, 'config.oracle')
   workdir = os.path.abspath(workdir)
   seeds = seed_list(p)
@@ -238,9 +240,6 @@ def _sections(stage: str) -> str:
 
 def _check_eval_config(name: str, ecfg, num_devices: int | None) -> None:
   """The eval stage's settings (config.eval) and, with `num_devices`, its batch against the mesh."""
-  from nlhf_jax.config import MeshConfig
-  from nlhf_jax.config.validate import resolve_mesh_shape
-  from nlhf_jax.evaluation import inputs
   try:
     inputs.check_settings(ecfg)
     if num_devices is not None:
@@ -252,7 +251,6 @@ def _check_eval_config(name: str, ecfg, num_devices: int | None) -> None:
 
 def _check_pairs_config(name: str, c) -> None:
   """The pairs stage's sampling options: config.pairs.temperature and config.policy.max_new_tokens."""
-  from nlhf_jax.config.validate import check_sampling
   try:
     check_sampling({'temperature': c.temperature}, 'config.pairs.')
     check_sampling({'max_new_tokens': c.max_new_tokens}, 'config.policy.')
@@ -264,7 +262,6 @@ def check_training_configs(configs: dict, num_devices: int | None = None) -> Non
   """Validates every training stage's ExperimentConfig (with `num_devices`, also against the mesh), the pairs
   stage's sampling options and the eval stage's settings and batch, so that a bad value in a late stage stops the
   pipeline before the first stage starts."""
-  from nlhf_jax.config import from_config_dict
   for name, c in configs.items():
     if name.rsplit('/', 1)[-1] == 'eval' and not c.get('aggregate', False):
       _check_eval_config(name, c, num_devices)

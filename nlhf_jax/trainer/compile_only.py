@@ -19,13 +19,18 @@ import os
 
 import jax
 import numpy as np
+from flax import nnx
 
 from nlhf_jax.config import ExperimentConfig, ModelConfig
-from nlhf_jax.distributed import make_mesh
+from nlhf_jax.data import pipelines
+from nlhf_jax.data.tokenizer import ByteTokenizer, load_tokenizer
+from nlhf_jax.distributed import batch_spec, make_mesh
 from nlhf_jax.distributed.multihost import global_batch_spec
-from nlhf_jax.training import checkpointing, init, optim
+from nlhf_jax.models.judges import PreferenceModel, RewardModel
+from nlhf_jax.online import judges
 from nlhf_jax.trainer import loop, memory
 from nlhf_jax.trainer.tasks import FrozenPart, get_task, plan_step, setup
+from nlhf_jax.training import checkpointing, init, optim
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +50,6 @@ class CompiledStep:
 
 def abstract_batch(cfg: ExperimentConfig, task, mesh) -> dict:
   """ShapeDtypeStructs of the global batch that training's data pipeline gives `task` under `cfg`."""
-  from nlhf_jax.data import pipelines
-  from nlhf_jax.data.tokenizer import ByteTokenizer
   kind, b = task.objective.data, cfg.train.batch_size
   record = pipelines.SyntheticSource(kind, 0, 1).__getitems__([0])[0]
   data_cfg = dataclasses.replace(cfg.data, chat_template=False, overflow='truncate')
@@ -59,10 +62,6 @@ def abstract_batch(cfg: ExperimentConfig, task, mesh) -> dict:
 
 def _model_judge(cfg: ExperimentConfig, mesh, judge_model: ModelConfig | None):
   """(Judge, FrozenPart, judge shape) of an online objective; None for the judges training makes itself."""
-  from flax import nnx
-
-  from nlhf_jax.models.judges import PreferenceModel, RewardModel
-  from nlhf_jax.online import judges
   o = cfg.online
   if o.judge not in ('preference_model', 'reward_model'):
     return None
@@ -77,7 +76,6 @@ def _model_judge(cfg: ExperimentConfig, mesh, judge_model: ModelConfig | None):
 
 
 def _stop_ids(cfg: ExperimentConfig) -> tuple[int, ...]:
-  from nlhf_jax.data.tokenizer import load_tokenizer
   try:
     return tuple(load_tokenizer(cfg.data.tokenizer).stop_ids) or (0,)
   except Exception:  # the tokenizer's files are elsewhere: the stop ids' values do not change the program
@@ -140,7 +138,6 @@ def memory_parts(step: CompiledStep) -> dict:
 def kv_cache_bytes(cfg: ExperimentConfig, mesh) -> int:
   """Per device: the KV caches of one online step's sampling (the policy's rows and the reference's for a mixture
   opponent), in the sampler's cache dtype, over the batch shards (part of XLA's temporaries)."""
-  from nlhf_jax.distributed import batch_spec
   m, o, spec = cfg.model, cfg.online, get_task(cfg.train.objective).objective
   rows = cfg.train.batch_size * max(getattr(o, 'samples_per_prompt', 1) or 1, 1)
   rows *= 3 if spec.opponent == 'mixture' else 2

@@ -25,7 +25,7 @@ from jax.sharding import Mesh
 from nlhf_jax.config import ExperimentConfig, runs
 from nlhf_jax.distributed import global_batch, local_batch_rows, make_mesh, within_mesh
 from nlhf_jax.training import checkpointing, init, optim
-from nlhf_jax.trainer import memory, preflight, validation
+from nlhf_jax.trainer import memory, plot, preflight, validation
 from nlhf_jax.training.guards import NonFiniteGuard, check_resume_compatible, config_to_json, guard_step
 from nlhf_jax.training.metrics import MetricWriter, Progress, RunRecord
 from nlhf_jax.training.preemption import PreemptionWatcher
@@ -105,7 +105,6 @@ def _write_curves(workdir: str) -> None:
   if jax.process_index() != 0:
     return
   try:
-    from nlhf_jax.trainer import plot
     path = plot.write_curves([workdir])
     if path:
       log.info('training curves: %s (nlhf-plot --workdir=%s redraws them, several runs overlaid)', path, workdir)

@@ -1,7 +1,5 @@
-"""`nlhf-plot`: training curves of one or several runs, every metric of RUN/metrics.jsonl against the step.
-
-  nlhf-plot --workdir=RUN                                  # redraws RUN/curves.png
-  nlhf-plot --workdir=RUN [--workdir=RUN2 ...] --out=FILE.png [--overwrite]
+"""Training curves of one or several runs, every metric of RUN/metrics.jsonl against the step (training draws
+its own at the end of a run; `nlhf-plot`, nlhf_jax/cli/plot.py, draws them on demand).
 
 Contracts:
 - `read_metrics(run)`: the rows of RUN/metrics.jsonl, one per logged step, sorted by step. A step logged twice (a
@@ -15,7 +13,8 @@ Contracts:
   a metrics.jsonl, no run is given twice, and the output is a .png path that is not a folder and does not exist
   unless `overwrite`. The one exception is a single run's own RUN/curves.png (the default output), which the
   command redraws as training does. Several runs need --out: their overlay never replaces a run's own curves.
-Imports only matplotlib's Agg canvas (no pyplot: no display, no global figure state) and the standard library.
+Imports only matplotlib's Agg canvas (no pyplot: no display, no global figure state), inside `write_curves` (an
+optional dependency), and the standard library.
 """
 from __future__ import annotations
 
@@ -122,30 +121,3 @@ def check_inputs(runs: list[str], out: str | None, overwrite: bool = False) -> N
   own = len(runs) == 1 and os.path.abspath(out) == os.path.abspath(os.path.join(runs[0], CURVES))
   outputs.check_file(out, overwrite or own)
 
-
-def _define_flags() -> None:
-  from absl import flags
-  flags.DEFINE_multi_string('workdir', None, 'A run directory (an nlhf-train --workdir); repeat it, or list more '
-                            'runs after the flags, to overlay several runs.')
-  flags.DEFINE_string('out', None, 'The PNG to write (default, for one run: its curves.png; several runs need it).')
-  flags.DEFINE_bool('overwrite', False, 'Replace an existing --out file.')
-
-
-def main(argv) -> None:
-  from absl import flags
-  runs = list(flags.FLAGS.workdir or []) + list(argv[1:])
-  check_inputs(runs, flags.FLAGS.out, flags.FLAGS.overwrite)
-  path = write_curves(runs, flags.FLAGS.out)
-  if path is None:
-    raise FileNotFoundError(f'no metrics logged yet in {", ".join(runs)}')
-  print(path)
-
-
-def run() -> None:
-  from nlhf_jax import commands
-  _define_flags()
-  commands.run(main)
-
-
-if __name__ == '__main__':
-  run()

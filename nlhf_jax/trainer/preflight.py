@@ -12,6 +12,7 @@ from etils import epath
 
 from nlhf_jax.config import ConfigError, ExperimentConfig, objectives
 from nlhf_jax.config.schema import architecture
+from nlhf_jax.online import prompted
 from nlhf_jax.training.run import Run, absolute
 
 
@@ -36,7 +37,6 @@ def check_inputs(cfg: ExperimentConfig, workdir: str) -> None:
                same_shape=True)
   if o.judge == 'prompted' and o.judge_checkpoint:  # any language model, read through its own tokenizer
     _check_run('config.online.judge_checkpoint', o.judge_checkpoint, cfg, family='language_model', same_shape=None)
-    from nlhf_jax.online import prompted
     prompted.from_online_config(cfg)  # its tokenizer, the template and the answers, before any data or compile
   elif o.judge != 'oracle' and o.judge_checkpoint:
     _check_run('config.online.judge_checkpoint', o.judge_checkpoint, cfg, family=o.judge, same_shape=False)

@@ -25,6 +25,8 @@ from etils import epath
 from flax import nnx
 
 from nlhf_jax.config import ExperimentConfig
+from nlhf_jax.data import pipelines
+from nlhf_jax.data.tokenizer import load_tokenizer
 from nlhf_jax.distributed import barrier, global_batch, is_leader, local_batch_rows, to_host, within_mesh
 from nlhf_jax.logs import progress_bar
 from nlhf_jax.objectives import offline
@@ -97,8 +99,6 @@ def _write(path: str, table: np.ndarray, ident: dict) -> None:
 
 def compute(cfg: ExperimentConfig, graphdef: nnx.GraphDef, params, mesh, split: str) -> np.ndarray:
   """The [N, 2] table of `split` under mu = merge(graphdef, params), whole on every process."""
-  from nlhf_jax.data import pipelines
-  from nlhf_jax.data.tokenizer import load_tokenizer
   batch_size = cfg.train.batch_size // cfg.train.grad_accum_steps  # a training micro-batch fits: forward only
   it = pipelines.make_eval_iterator(cfg.data, 'pairs', batch_size, local_batch_rows(batch_size, mesh), split,
                                     seed=cfg.seed, tokenizer=load_tokenizer(cfg.data.tokenizer))
@@ -118,7 +118,6 @@ def load_or_compute(cfg: ExperimentConfig, reference: str, graphdef: nnx.GraphDe
                     split: str) -> np.ndarray:
   """The table of `split`: read from the cache directory when it holds one for these inputs, else computed (and
   written there by process 0). `params` are mu's, or a function that reads them (called only to compute)."""
-  from nlhf_jax.data import pipelines
   ident = identity(cfg, reference, split)
   directory = cache_dir(cfg)
   path = _file(directory, ident) if directory else ''

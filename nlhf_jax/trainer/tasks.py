@@ -28,10 +28,15 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from nlhf_jax.config import ExperimentConfig, objectives, runs
 from nlhf_jax.config.objectives import Objective
+from nlhf_jax.data import pipelines
+from nlhf_jax.data.tokenizer import check_vocab, load_tokenizer
 from nlhf_jax.distributed import param_specs
 from nlhf_jax.models import Transformer, lora
 from nlhf_jax.models.judges import PreferenceModel, RewardModel
 from nlhf_jax.objectives import registry
+from nlhf_jax.online import judges, prompted
+from nlhf_jax.online.step import OnlineStep
+from nlhf_jax.trainer import reference_cache
 from nlhf_jax.training import checkpointing, init, steps
 from nlhf_jax.training.offline_step import OfflineStep
 from nlhf_jax.training.state import TrainState
@@ -75,8 +80,6 @@ def _model(cls):
 
 def _data(kind: str):
   def make(cfg: ExperimentConfig, rows: slice):
-    from nlhf_jax.data import pipelines
-    from nlhf_jax.data.tokenizer import check_vocab, load_tokenizer
     tokenizer = load_tokenizer(cfg.data.tokenizer)
     check_vocab(tokenizer, cfg.model.vocab_size)
     return pipelines.make_iterator(cfg.data, kind, cfg.seed, cfg.train.batch_size, rows, tokenizer=tokenizer,
@@ -228,8 +231,6 @@ def plan_step(cfg: ExperimentConfig, task: Task, run: Setup, tx: optax.GradientT
     log.info('online sampling at temperature %s, top_k %s, top_p %s: the policy optimised is the sampled pi_T '
              '(the tempered, filtered policy; docs/online.md), not pi_theta at temperature 1',
              o.temperature, o.top_k, o.top_p)
-  from nlhf_jax.data.tokenizer import load_tokenizer
-  from nlhf_jax.online.step import OnlineStep
   judge, judge_part = _judge(cfg, mesh) if judge is None else judge
   stop_ids = load_tokenizer(cfg.data.tokenizer).stop_ids if stop_ids is None else stop_ids
   step = OnlineStep(cfg, run.graphdef, tx, lr_schedule, judge, stop_ids, mesh, run.base_graphdef)
@@ -255,11 +256,8 @@ def _reference(target: dict, path: str, dtype: str, initial_params: Callable[[],
 def _judge(cfg: ExperimentConfig, mesh: Mesh):
   """(Judge without parameters, FrozenPart of its parameters): a judge model's graph from its run's saved config,
   its weights read by the part."""
-  from nlhf_jax.models.judges import PreferenceModel, RewardModel
-  from nlhf_jax.online import judges
   o = cfg.online
   if o.judge == 'prompted' and o.judge_checkpoint:  # a language model asked which response is better
-    from nlhf_jax.online import prompted
     judge, target, load = prompted.plan(cfg, mesh)
     return judge, FrozenPart(target, lambda loaded: load(), f'restoring the judge (prompted) from {o.judge_checkpoint}')
   if o.judge not in ('preference_model', 'reward_model') or not o.judge_checkpoint:
@@ -298,8 +296,6 @@ def _cached_reference(cfg: ExperimentConfig, source: str, mu_graphdef: nnx.Graph
                       mesh: Mesh) -> FrozenPart:
   """The tables of offline.reference_logprobs='cached' (float32 [N, 2] a split, replicated): read from the cache
   or computed with mu, which is read for them (or, under LoRA, is the base read before) and then dropped."""
-  from nlhf_jax.data import pipelines
-  from nlhf_jax.trainer import reference_cache
   splits = {'train': cfg.data.split}
   if cfg.train.eval_every > 0:
     splits['eval'] = cfg.data.eval_split

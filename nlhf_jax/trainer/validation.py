@@ -31,6 +31,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from nlhf_jax.config import ExperimentConfig
+from nlhf_jax.data import pipelines
+from nlhf_jax.data.tokenizer import load_tokenizer
 from nlhf_jax.distributed import global_batch, local_batch_rows, within_mesh
 from nlhf_jax.models import lora
 from nlhf_jax.training.offline_step import OfflineStep
@@ -105,8 +107,6 @@ class Validator:
 
 def validation_batches(cfg: ExperimentConfig, kind: str, rows: slice) -> list[dict]:
   """The process's rows of the validation batches (numpy), as described in the module docstring."""
-  from nlhf_jax.data import pipelines
-  from nlhf_jax.data.tokenizer import load_tokenizer
   t = cfg.train
   it = pipelines.make_eval_iterator(cfg.data, kind, t.batch_size, rows, seed=cfg.seed,
                                     tokenizer=load_tokenizer(cfg.data.tokenizer),

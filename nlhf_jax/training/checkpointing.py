@@ -16,9 +16,12 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 from flax import nnx
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding
 
 from nlhf_jax.config import ConfigError, ModelConfig, runs
+from nlhf_jax.distributed import named, param_specs
+from nlhf_jax.models import Transformer, lora
 from nlhf_jax.training import layouts
 from nlhf_jax.training.run import Run, absolute, read_meta
 from nlhf_jax.training.state import TrainState
@@ -142,7 +145,6 @@ class Checkpointer:
         aside, n = path.parent / f'{step}.unreadable{n}', n + 1
       path.rename(aside)
     if jax.process_count() > 1:
-      from jax.experimental import multihost_utils
       multihost_utils.sync_global_devices(f'nlhf_set_aside_{step}')
     self._manager.reload()
     return aside
@@ -161,9 +163,6 @@ class Checkpointer:
 def params_target(abstract_params, mesh) -> Any:
   """ShapeDtypeStructs of a model's parameters (nnx abstract state) with the rule table's shardings on `mesh`:
   the restore target of a params-only read."""
-  from flax import nnx
-
-  from nlhf_jax.distributed import named, param_specs
   shardings = named(mesh, param_specs(abstract_params))
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                       nnx.to_pure_dict(abstract_params), shardings)
@@ -203,7 +202,6 @@ def _restore_lora_run(manager, step: int, config: dict, read: Any) -> Any:
   checkpoint holds the adapters; the base is the run that its config names (config/runs.py `lora_base`: the
   objective's reference checkpoint, else init_checkpoint), restored itself by `restore_params` (a LoRA run's base
   may be one too)."""
-  from nlhf_jax.models import Transformer, lora
   base_run = runs.lora_base(config)[1]
   if not base_run:
     raise CheckpointError(f'{manager.directory} holds LoRA adapters but its config names no base run')

@@ -32,6 +32,7 @@ import time
 import jax
 import numpy as np
 from etils import epath
+from tqdm import tqdm
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +193,6 @@ class Progress:
       self._t_base = self._t0 = now
       self._s_base = self._s0 = step
       if _is_terminal():
-        from tqdm import tqdm
         self._bar = tqdm(total=self.total, initial=step, unit='step', dynamic_ncols=True)
       return
     if 'sampled_tokens' in metrics:

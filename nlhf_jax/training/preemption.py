@@ -13,12 +13,13 @@ import threading
 
 import jax
 import numpy as np
+from jax._src import distributed
+from jax.experimental import multihost_utils
 
 log = logging.getLogger(__name__)
 
 
 def _jax_sync_manager():
-  from jax._src import distributed
   state = distributed.global_state
   return state.preemption_sync_manager if state.client is not None else None
 
@@ -43,13 +44,11 @@ class PreemptionWatcher:
   def requested(self, step: int, sync: bool) -> bool:
     """Called after every step by every process; `sync` marks the steps where the loop syncs the host anyway."""
     if self._use_jax:
-      from jax.experimental import multihost_utils
       return bool(multihost_utils.reached_preemption_sync_point(step))
     if jax.process_count() == 1:
       return self._flag
     if not sync:
       return False
-    from jax.experimental import multihost_utils
     flags = multihost_utils.process_allgather(np.asarray(self._flag, np.int32))
     return bool(np.any(flags))
 

@@ -9,7 +9,8 @@ import json
 
 import pytest
 
-from nlhf_jax.data import cli, readers, tfds_builders
+from nlhf_jax.cli import data as data_cli
+from nlhf_jax.data import readers, tfds_builders
 from nlhf_jax.data.records import DataError
 
 pa = pytest.importorskip('pyarrow')
@@ -68,7 +69,7 @@ def save_dict_to_disk(folder, splits: dict):
 
 
 def _build(tmp_path, path, name, *flags):
-  return cli.main(['build', f'--input={path}', f'--name={name}', f'--data_dir={tmp_path}/tfds', '--seed=3',
+  return data_cli.main(['build', f'--input={path}', f'--name={name}', f'--data_dir={tmp_path}/tfds', '--seed=3',
                    '--validation_fraction=0.3', *flags])
 
 
@@ -157,7 +158,7 @@ def test_damaged_arrow_folders(tmp_path, capsys):
 
 
 def test_nlhf_tokenizer_reads_a_save_to_disk_folder(tmp_path):
-  from nlhf_jax.data import tokenizer_cli
+  from nlhf_jax.cli import tokenizer as tokenizer_cli
   folder = save_to_disk(tmp_path / 'hf_pairs', PAIRS, num_shards=2, split='train')
   args = tokenizer_cli._parser().parse_args([f'--input={folder}', '--output=x'])
   tokenizer_cli.check(args)

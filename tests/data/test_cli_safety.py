@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from nlhf_jax.data import cli, hf_tokenizer, records, tfds_builders, tokenizer_cli
+from nlhf_jax.cli import data as data_cli
+from nlhf_jax.cli import tokenizer as tokenizer_cli
+from nlhf_jax.data import hf_tokenizer, records, tfds_builders
 from nlhf_jax.data.tokenizer import TokenizerError, load_tokenizer, train_sentencepiece
 from tests.helpers import subprocess_env
 
@@ -41,7 +43,7 @@ def _error(capsys) -> str:
 
 def _build(tmp_path, *flags, name='kept', input_path=None):
   input_path = input_path or _jsonl(tmp_path / 'pairs.jsonl', PAIRS)
-  return cli.main(['build', '--kind=pairs', f'--input={input_path}', f'--name={name}',
+  return data_cli.main(['build', '--kind=pairs', f'--input={input_path}', f'--name={name}',
                    f'--data_dir={tmp_path}/data', *flags])
 
 
@@ -151,7 +153,7 @@ def test_the_installed_command_ends_a_file_that_is_not_utf8_in_one_line(tmp_path
   goes through the same guard: the in-process cases below.)"""
   (tmp_path / 'latin.jsonl').write_bytes(json.dumps(PAIRS[0]).encode() + b'\n{"prompt": "caf\xe9"}\n')
   args = ['build', f'--input={tmp_path}/latin.jsonl', '--name=x', f'--data_dir={tmp_path}/d']
-  out = subprocess.run([sys.executable, '-c', 'from nlhf_jax.data.cli import run; run()', *args], capture_output=True,
+  out = subprocess.run([sys.executable, '-c', 'from nlhf_jax.cli.data import run; run()', *args], capture_output=True,
                        text=True, timeout=120, cwd=Path(__file__).parents[2], env=subprocess_env(None))
   assert out.returncode == 1 and 'Traceback' not in out.stderr, out.stderr[-2000:]
   assert out.stderr.splitlines() == ['error: latin.jsonl line 2: not UTF-8 (byte 0xe9 at column 16, byte offset '

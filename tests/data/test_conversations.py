@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from nlhf_jax.config import DataConfig
-from nlhf_jax.data import cli, pipelines, readers, records, tfds_builders
+from nlhf_jax.cli import data as data_cli
+from nlhf_jax.data import pipelines, readers, records, tfds_builders
 from nlhf_jax.data.records import DataError
 from nlhf_jax.data.tokenizer import TokenizerError
 
@@ -135,7 +136,7 @@ def test_cli_builds_conversations_and_reads_them_back(tmp_path, capsys):
   jsonl = _write_jsonl(tmp_path / 'convs.jsonl', rows + [{'prompt': 'plain', 'chosen': 'c', 'rejected': 'r'}])
   parquet = _write_parquet(tmp_path / 'convs.parquet', rows[:4])
   for name, path in (('conv_jsonl', jsonl), ('conv_parquet', parquet)):
-    assert cli.main(['build', f'--input={path}', f'--name={name}', f'--data_dir={tmp_path}/tfds',
+    assert data_cli.main(['build', f'--input={path}', f'--name={name}', f'--data_dir={tmp_path}/tfds',
                      '--validation_fraction=0']) == 0
   assert 'conv_parquet' in capsys.readouterr().out
   back = tfds_builders.read_split('conv_jsonl', f'{tmp_path}/tfds', 'train')
@@ -145,7 +146,7 @@ def test_cli_builds_conversations_and_reads_them_back(tmp_path, capsys):
   assert src.kind == 'pairs' and src[1]['source'] == 'convs.parquet row 1' and src[1]['prompt'][0] == SYS
   bad = _write_jsonl(tmp_path / 'bad.jsonl', [explicit(0), {'prompt': [{'role': 'user'}], 'chosen': 'a',
                                                             'rejected': 'b'}])
-  assert cli.main(['build', f'--input={bad}', '--name=bad', f'--data_dir={tmp_path}/tfds']) == 1
+  assert data_cli.main(['build', f'--input={bad}', '--name=bad', f'--data_dir={tmp_path}/tfds']) == 1
   assert "bad.jsonl line 2: field 'prompt' message 0: missing 'content'" in capsys.readouterr().err
 
 
@@ -188,7 +189,7 @@ def test_conversational_batches_with_a_hugging_face_tokenizer(tmp_path, hf_dirs,
   # Parquet: one table for both forms (the implicit rows have a null prompt, the explicit ones a null score).
   path = _write_parquet(tmp_path / 'convs.parquet', rows) if style == 'qwen' else _write_jsonl(
       tmp_path / 'convs.jsonl', rows)
-  assert cli.main(['build', f'--input={path}', '--name=convs', f'--data_dir={tmp_path}',
+  assert data_cli.main(['build', f'--input={path}', '--name=convs', f'--data_dir={tmp_path}',
                    '--validation_fraction=0']) == 0
   cfg = dataclasses.replace(CFG, source='tfds', name='convs', data_dir=str(tmp_path), tokenizer=hf_dirs[style])
   it = pipelines.make_eval_iterator(cfg, 'pairs', batch_size=len(rows), rows=ALL, split='train')
@@ -227,7 +228,7 @@ def test_chat_template_flag_renders_plain_records(hf_dirs):
 
 def test_conversation_with_the_byte_tokenizer_fails_when_the_iterator_is_made(tmp_path):
   path = _write_jsonl(tmp_path / 'convs.jsonl', [{'prompt': 'p', 'chosen': 'c', 'rejected': 'r'}] * 3 + [explicit(0)])
-  assert cli.main(['build', f'--input={path}', '--name=convs', f'--data_dir={tmp_path}',
+  assert data_cli.main(['build', f'--input={path}', '--name=convs', f'--data_dir={tmp_path}',
                    '--validation_fraction=0']) == 0
   cfg = dataclasses.replace(CFG, source='tfds', name='convs', data_dir=str(tmp_path))
   with pytest.raises(TokenizerError, match=r"^convs.jsonl line 4: field 'prompt': the byte tokenizer "

@@ -91,12 +91,13 @@ def test_truncate_counts_and_warns_before_the_first_batch(caplog):
 def test_error_policy_stops_before_training_naming_file_line_and_field(tmp_path):
   """An over-long example anywhere in the split (here the last one) stops the run when the iterator is made,
   naming the JSONL file and line it came from (kept through `nlhf-data build`) and the field."""
-  from nlhf_jax.data import cli, readers
+  from nlhf_jax.cli import data as data_cli
+  from nlhf_jax.data import readers
   recs = _pairs(12)
   recs[11]['prompt'] += 'x' * 60
   path = tmp_path / 'long.jsonl'
   readers.write_jsonl(str(path), recs)
-  assert cli.main(['build', '--kind=pairs', f'--input={path}', '--name=long', f'--data_dir={tmp_path}',
+  assert data_cli.main(['build', '--kind=pairs', f'--input={path}', '--name=long', f'--data_dir={tmp_path}',
                    '--validation_fraction=0']) == 0
   cfg = dataclasses.replace(CFG, overflow='error', source='tfds', name='long', data_dir=str(tmp_path))
   with pytest.raises(DataError, match=r"long.jsonl line 12: field 'prompt' has 71 tokens, more than "

@@ -4,7 +4,8 @@ import sys
 
 import pytest
 
-from nlhf_jax.data import cli, records, tfds_builders
+from nlhf_jax.cli import data as data_cli
+from nlhf_jax.data import records, tfds_builders
 from nlhf_jax.data.records import DataError
 
 
@@ -43,29 +44,29 @@ def test_cli_build_chosen_rejected_and_summary(tmp_path, capsys):
                             for i in range(10)) + '\n')
   argv = ['build', '--kind=pairs', f'--input={path}', '--name=cr_pairs', f'--data_dir={tmp_path}/tfds',
           '--validation_fraction=0.2', '--seed=1']
-  assert cli.main(argv) == 0
+  assert data_cli.main(argv) == 0
   out = capsys.readouterr().out
   assert out == f"built pairs data set 'cr_pairs' in {tmp_path}/tfds (10 examples)\n  train: 8\n  validation: 2\n"
   assert sorted(p.name for p in (tmp_path / 'tfds').iterdir()) == ['cr_pairs']  # no empty downloads/ folder
   back = tfds_builders.read_split('cr_pairs', f'{tmp_path}/tfds', 'train')
   assert all(r['response_a'] == 'c' + r['prompt'][1:] and r['preference'] == 1.0 for r in back)
-  assert cli.main(argv) == 1 and 'already exists' in capsys.readouterr().err
-  assert cli.main(argv + ['--overwrite']) == 0
+  assert data_cli.main(argv) == 1 and 'already exists' in capsys.readouterr().err
+  assert data_cli.main(argv + ['--overwrite']) == 0
 
 
 def test_cli_build_tldr_and_bad_input(tmp_path, capsys):
   comp = {'info': {'post': 'post'}, 'summaries': [{'text': 's0'}, {'text': 's1'}], 'choice': 1}
   path = tmp_path / 'batch1.json'
   path.write_text('\n'.join(json.dumps(comp) for _ in range(4)))
-  assert cli.main(['build', f'--input={path}', '--format=tldr', '--name=tldr_small', f'--data_dir={tmp_path}',
+  assert data_cli.main(['build', f'--input={path}', '--format=tldr', '--name=tldr_small', f'--data_dir={tmp_path}',
                    '--validation_fraction=0']) == 0
   assert tfds_builders.read_split('tldr_small', str(tmp_path), 'train')[0]['preference'] == 0.0
   bad = tmp_path / 'bad.jsonl'
   bad.write_text(json.dumps({'prompt': 'p', 'response': 'r'}) + '\n{"prompt": "p"}\n')
-  assert cli.main(['build', '--kind=demonstrations', f'--input={bad}', '--name=x', f'--data_dir={tmp_path}']) == 1
+  assert data_cli.main(['build', '--kind=demonstrations', f'--input={bad}', '--name=x', f'--data_dir={tmp_path}']) == 1
   assert "bad.jsonl line 2: missing field 'response'" in capsys.readouterr().err
   bad.write_text(''.join(json.dumps({'prompt': f'p{i}'}) + '\n' for i in range(12)) + '{"prompt"\n')
-  assert cli.main(['build', '--kind=demonstrations', f'--input={bad}', '--name=x', f'--data_dir={tmp_path}']) == 1
+  assert data_cli.main(['build', '--kind=demonstrations', f'--input={bad}', '--name=x', f'--data_dir={tmp_path}']) == 1
   err = capsys.readouterr().err.splitlines()
   assert err[0] == 'error: bad.jsonl: 13 of 13 records are bad (the first 10 below); fix them at the source'
   assert err[1:] == [f"  bad.jsonl line {n}: missing field 'response' [fields: prompt]" for n in range(1, 11)]

@@ -3,7 +3,8 @@ import json
 
 import pytest
 
-from nlhf_jax.data import bytes_vocab, tokenizer_cli
+from nlhf_jax.cli import tokenizer as tokenizer_cli
+from nlhf_jax.data import bytes_vocab
 from nlhf_jax.data.tokenizer import (ByteTokenizer, SentencePieceTokenizer, TokenizerError, check_vocab,
                                      load_tokenizer, train_sentencepiece)
 
@@ -46,7 +47,7 @@ def test_decode_skips_ids_past_the_vocabulary(sp_model):
 
 def test_load_tokenizer_errors(tmp_path):
   missing = str(tmp_path / 'missing.model')
-  with pytest.raises(TokenizerError, match=f"{missing}.*no such file.*tokenizer_cli"):
+  with pytest.raises(TokenizerError, match=f"{missing}.*no such file.*nlhf_jax.cli.tokenizer"):
     load_tokenizer(missing)
   with pytest.raises(TokenizerError, match="must be 'bytes' or the path"):
     load_tokenizer('bpe')

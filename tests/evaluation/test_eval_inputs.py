@@ -11,7 +11,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from nlhf_jax.config import ConfigError
-from nlhf_jax.evaluation import cli, evaluate, inputs
+from nlhf_jax.evaluation import evaluate, from_runs, inputs
 from tests.helpers import mesh, subprocess_env
 
 
@@ -42,7 +42,7 @@ def runs(tmp_path_factory):
 
 
 def _eval(*args):
-  return subprocess.run([sys.executable, '-m', 'nlhf_jax.evaluation.cli', *args], capture_output=True, text=True,
+  return subprocess.run([sys.executable, '-m', 'nlhf_jax.cli.eval', *args], capture_output=True, text=True,
                         timeout=120, env=subprocess_env(8))
 
 
@@ -134,11 +134,11 @@ def test_a_policy_trained_with_another_prompt_framing_is_named(runs, caplog):
 
 
 def test_policy_lists_name_the_bad_item():
-  assert cli.parse_policies('a=x, b=y')[1][0] == 'b'
+  assert from_runs.parse_policies('a=x, b=y')[1][0] == 'b'
   with pytest.raises(ConfigError, match="'b' is not NAME=RUN_DIR"):
-    cli.parse_policies('a=x,b')
+    from_runs.parse_policies('a=x,b')
   with pytest.raises(ConfigError, match="the name 'a' is given twice"):
-    cli.parse_policies('a=x,a=y')
+    from_runs.parse_policies('a=x,a=y')
 
 
 def test_hugging_face_tokenizers_differ_by_their_special_tokens_not_their_chat_template(tmp_path):
@@ -181,9 +181,9 @@ def test_prompted_judge_answers_that_are_not_single_tokens_end_in_one_error_line
 def test_prompted_judge_flags_are_checked(runs, tmp_path):
   policies = [('sft', runs['sft']), ('md', runs['md'])]
   with pytest.raises(ConfigError, match="--judge_kind=pm: use 'prompted'"):
-    cli.runs_config(policies, judge=runs['md'], judge_kind='pm', prompts=runs['prompts'])
+    from_runs.runs_config(policies, judge=runs['md'], judge_kind='pm', prompts=runs['prompts'])
   with pytest.raises(ConfigError, match='--judge_kind=prompted describes --judge, which is not given'):
-    cli.runs_config(policies, oracle='nlhf_jax.online.oracles:more_of("a")', judge_kind='prompted',
+    from_runs.runs_config(policies, oracle='nlhf_jax.online.oracles:more_of("a")', judge_kind='prompted',
                     prompts=runs['prompts'])
   prompted = dict(preference_model=runs['md'], judge_kind='prompted', judge_answers=['A', 'B'], judge_max_len=1024)
   with pytest.raises(FileNotFoundError, match='--judge_template=.*nowhere.txt: no such file'):

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from nlhf_jax.evaluation import cli, evaluate, generations
+from nlhf_jax.evaluation import evaluate, from_runs, generations
 from nlhf_jax.evaluation import generate as gen
 from tests.evaluation.test_eval_inputs import _eval, _fake_run, _refused
 from tests.helpers import mesh, tiny_config
@@ -43,7 +43,7 @@ def policy_run(tmp_path_factory):
 
 def test_export_holds_the_judged_samples(policy_run, monkeypatch):
   run = str(policy_run / 'sft')
-  ecfg = cli.runs_config([('first', run), ('second', run)], oracle=f'{__name__}:longer',
+  ecfg = from_runs.runs_config([('first', run), ('second', run)], oracle=f'{__name__}:longer',
                          prompts=str(policy_run / 'prompts.jsonl'), max_new_tokens=6, batch_size=4,
                          output=str(policy_run / 'eval'), mesh='data=1')
   calls = []

@@ -229,7 +229,7 @@ def test_lora_run_records_absolute_paths_and_exports_from_another_folder(importe
 
 
 def test_bad_inputs_are_refused_before_anything_is_read(imported, tmp_path):
-  from nlhf_jax.commands import user_errors
+  from nlhf_jax.cli.common import user_errors
   root, src, run = imported
   (tmp_path / 'file').write_text('x')
   (tmp_path / 'empty').mkdir()
@@ -255,7 +255,7 @@ def test_bad_inputs_are_refused_before_anything_is_read(imported, tmp_path):
 def test_the_command_says_one_error_line(imported, tmp_path, case):
   _, _, run = imported
   workdir = str(tmp_path / 'nowhere') if case == 'no_run' else trained_run(tmp_path / 'small', run, 1e-5)
-  out = subprocess.run([sys.executable, '-m', 'nlhf_jax.interop.exporter', f'--workdir={workdir}',
+  out = subprocess.run([sys.executable, '-m', 'nlhf_jax.cli.export', f'--workdir={workdir}',
                         f'--out={tmp_path / "out"}', '--dtype=bfloat16'], capture_output=True, text=True,
                        timeout=300, cwd=ROOT, env=subprocess_env(1))
   lines = [line for line in out.stderr.splitlines() if line.strip()]

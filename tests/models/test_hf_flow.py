@@ -72,7 +72,7 @@ def imported(tmp_path_factory, devices):
   vocab = -(-load_tokenizer(model_dir).vocab_size // 8) * 8
   model, _ = hf_models.make_model('qwen2', model_dir, vocab_size=vocab, num_hidden_layers=1)
   run = str(root / 'import')
-  out = _cli('nlhf_jax.interop.importer', f'--hf_dir={model_dir}', f'--workdir={run}')
+  out = _cli('nlhf_jax.cli.hf_import', f'--hf_dir={model_dir}', f'--workdir={run}')
   assert 'imported run' in out.stdout
   data_dir = str(root / 'data')
   _data(data_dir)
@@ -128,7 +128,7 @@ def test_the_whole_flow(imported, tmp_path):
   assert lines[-1]['step'] == 4 and np.isfinite(lines[-1]['loss'])
   # nlhf-eval of the runs by path, judged by the preference model.
   out_eval = str(tmp_path / 'eval')
-  _cli('nlhf_jax.evaluation.cli', f'--policies=sft={sft_dir},md={md_dir}', f'--judge={pm_dir}',
+  _cli('nlhf_jax.cli.eval', f'--policies=sft={sft_dir},md={md_dir}', f'--judge={pm_dir}',
        '--prompts=prompts', f'--data_dir={data_dir}', '--num_prompts=8', '--max_new_tokens=6', '--batch_size=8',
        f'--output={out_eval}')
   result = json.loads(pathlib.Path(out_eval, 'matrix.json').read_text())
@@ -143,7 +143,7 @@ def test_the_whole_flow(imported, tmp_path):
   prompts_file = tmp_path / 'prompts.jsonl'
   prompts_file.write_text(''.join(json.dumps({'prompt': f'sort: {w} a'}) + '\n' for w in 'bcdefghi'))
   out_file = str(tmp_path / 'eval_file')
-  _cli('nlhf_jax.evaluation.cli', f'--policy=first={sft_dir}', f'--policy=second={md_dir}', f'--judge={pm_dir}',
+  _cli('nlhf_jax.cli.eval', f'--policy=first={sft_dir}', f'--policy=second={md_dir}', f'--judge={pm_dir}',
        f'--prompts={prompts_file}', '--num_prompts=8', '--max_new_tokens=6', '--batch_size=8', f'--output={out_file}')
   result_file = json.loads(pathlib.Path(out_file, 'matrix.json').read_text())
   assert result_file['policies'] == ['first', 'second'] and result_file['num_prompts'] == 8
@@ -152,7 +152,7 @@ def test_the_whole_flow(imported, tmp_path):
   np.testing.assert_allclose(win + win.T, 1.0, atol=1e-6)
   # nlhf-export: transformers loads the trained policy, with the same logits and the tokenizer.
   exported = str(tmp_path / 'exported')
-  _cli('nlhf_jax.interop.exporter', f'--workdir={md_dir}', f'--out={exported}')
+  _cli('nlhf_jax.cli.export', f'--workdir={md_dir}', f'--out={exported}')
   back = transformers.AutoModelForCausalLM.from_pretrained(exported, attn_implementation='eager').eval()
   tokenizer = transformers.AutoTokenizer.from_pretrained(exported)
   ids = tokenizer.apply_chat_template([{'role': 'user', 'content': 'sort: b a'}], add_generation_prompt=True,

@@ -49,7 +49,7 @@ def _import_family(family: str, root: pathlib.Path) -> str:
 def test_the_flow_of_every_family(family, data_dir, tmp_path, devices):
   import torch
   import transformers
-  from nlhf_jax.evaluation import cli as eval_cli
+  from nlhf_jax.evaluation import from_runs
   from nlhf_jax.evaluation import evaluate, report
   from nlhf_jax.interop.exporter import export_run
   from nlhf_jax.trainer.loop import train
@@ -70,7 +70,7 @@ def test_the_flow_of_every_family(family, data_dir, tmp_path, devices):
       'online.max_new_tokens': 4}), 1)
   assert int(train(md_cfg, md_dir, one).step) == 1
   out_eval = str(tmp_path / 'eval')
-  ecfg = eval_cli.runs_config([('sft', sft_dir), ('md', md_dir)], judge=pm_dir, prompts='prompts', data_dir=data_dir,
+  ecfg = from_runs.runs_config([('sft', sft_dir), ('md', md_dir)], judge=pm_dir, prompts='prompts', data_dir=data_dir,
                               num_prompts=4, max_new_tokens=4, batch_size=4, output=out_eval)
   report.write(evaluate.evaluate(ecfg, one), out_eval)
   result = json.loads(pathlib.Path(out_eval, 'matrix.json').read_text())

@@ -123,7 +123,7 @@ def test_nlhf_import_stops_with_one_error_line(tmp_path, problem):
   if problem == 'rope':
     config['rope_scaling'] = {'rope_type': 'longrope', 'factor': 4.0}
   (src / 'config.json').write_text(json.dumps(config))
-  out = subprocess.run([sys.executable, '-m', 'nlhf_jax.interop.importer', f'--hf_dir={src}',
+  out = subprocess.run([sys.executable, '-m', 'nlhf_jax.cli.hf_import', f'--hf_dir={src}',
                         f'--workdir={tmp_path / "run"}'], capture_output=True, text=True, timeout=120,
                        cwd=pathlib.Path(__file__).parents[2], env={'JAX_PLATFORMS': 'cpu', 'PATH': '/usr/bin:/bin'})
   lines = [line for line in out.stderr.splitlines() if line.strip()]

@@ -144,7 +144,7 @@ def test_interrupted_import_keeps_the_old_run(sources, tmp_path, monkeypatch):
 
 
 def _command(*args: str) -> list[str]:
-  out = subprocess.run([sys.executable, '-m', 'nlhf_jax.interop.importer', *args], capture_output=True, text=True,
+  out = subprocess.run([sys.executable, '-m', 'nlhf_jax.cli.hf_import', *args], capture_output=True, text=True,
                        timeout=300, cwd=ROOT, env=subprocess_env(1))
   lines = [line for line in out.stderr.splitlines() if line.strip()]
   assert out.returncode == 1 and len(lines) == 1 and lines[0].startswith('error: '), out.stderr[-3000:]

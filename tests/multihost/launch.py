@@ -35,7 +35,7 @@ def free_port() -> int:
 def train_cmd(config: str, workdir, *flags, kill_after: int = KILL_AFTER_S) -> list[str]:
   timeout = shutil.which('timeout')
   assert timeout, 'the tests need coreutils `timeout`'
-  return [timeout, '-s', 'KILL', str(kill_after), sys.executable, '-m', 'nlhf_jax.train', f'--config={config}',
+  return [timeout, '-s', 'KILL', str(kill_after), sys.executable, '-m', 'nlhf_jax.cli.train', f'--config={config}',
           f'--workdir={workdir}', *flags]
 
 

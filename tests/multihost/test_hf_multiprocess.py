@@ -29,10 +29,10 @@ def _two_processes(module: str, tmp_path, name: str, *args: str) -> list[str]:
 def test_two_process_import_then_export_gives_the_tensors_back(tmp_path):
   tensors = hf_models.write_checkpoint(tmp_path / 'hf', max_shard_bytes=20_000)
   run, out = tmp_path / 'run', tmp_path / 'out'
-  _two_processes('nlhf_jax.interop.importer', tmp_path, 'import', f'--hf_dir={tmp_path / "hf"}',
+  _two_processes('nlhf_jax.cli.hf_import', tmp_path, 'import', f'--hf_dir={tmp_path / "hf"}',
                  f'--workdir={run}', '--mesh=data=2,fsdp=4')
   assert (run / 'config.json').exists() and (run / 'checkpoints' / '0').is_dir()
-  _two_processes('nlhf_jax.interop.exporter', tmp_path, 'export', f'--workdir={run}', f'--out={out}',
+  _two_processes('nlhf_jax.cli.export', tmp_path, 'export', f'--workdir={run}', f'--out={out}',
                  '--max_shard_gb=0.00002')
   reader = SafetensorsReader(str(out))
   assert sorted(reader.names()) == sorted(tensors)

@@ -240,7 +240,7 @@ def _online_config(judge_run, **overrides):
 def test_nash_md_against_a_prompted_judge_then_evaluated_with_it(judge_run, tmp_path):
   """Acceptance: a byte-level policy trained against the imported judge (another tokenizer), then nlhf-eval of
   the runs with the same judge by path; the report has the prompted judge's matrix and its first-position rate."""
-  from nlhf_jax.evaluation import cli, evaluate, report
+  from nlhf_jax.evaluation import evaluate, from_runs, report
   from nlhf_jax.trainer.loop import train
   cfg = _online_config(judge_run)
   md = str(tmp_path / 'md')
@@ -249,7 +249,7 @@ def test_nash_md_against_a_prompted_judge_then_evaluated_with_it(judge_run, tmp_
   assert all(0.0 < r['preference'] < 1.0 and np.isfinite(r['loss']) for r in rows)
   prompts = tmp_path / 'prompts.jsonl'
   prompts.write_text(''.join(json.dumps({'prompt': f'sort: {w} fox dog'}) + '\n' for w in ('cat', 'the', 'a', 'so')))
-  ecfg = cli.runs_config([('md', md), ('md_again', md)], judge=judge_run, judge_kind='prompted',
+  ecfg = from_runs.runs_config([('md', md), ('md_again', md)], judge=judge_run, judge_kind='prompted',
                          judge_max_len=MAX_LEN, prompts=str(prompts), num_prompts=4, max_new_tokens=6,
                          batch_size=8, output=str(tmp_path / 'eval'))
   result = evaluate.evaluate(ecfg)

@@ -128,7 +128,7 @@ def test_pipeline_with_two_seeds(tmp_path):
   assert '# Findings' in open(os.path.join(ev, 'findings.md')).read()
   assert os.path.exists(os.path.join(workdir, 'seed_0', 'eval', 'findings.md'))  # each seed's own
   assert set(runner.run_pipeline(p, workdir).values()) == {'skipped'}
-  from nlhf_jax.evaluation import cli as eval_cli
+  from nlhf_jax.cli import eval as eval_cli
   with pytest.raises(ValueError, match=r'pipeline of 2 seeds \(0,1\).*--workdir=.*seed_S'):
     eval_cli.eval_config(workdir)  # DIR/eval pools the seeds: one clear error naming seed_S
   assert eval_cli.eval_config(os.path.join(workdir, 'seed_1')).output_dir.endswith(os.path.join('seed_1', 'eval'))

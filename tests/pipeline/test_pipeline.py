@@ -9,7 +9,7 @@ import pathlib
 import numpy as np
 import pytest
 
-from nlhf_jax.evaluation import cli as eval_cli
+from nlhf_jax.cli import eval as eval_cli
 from nlhf_jax.evaluation import evaluate, report
 from nlhf_jax.pipeline import runner, stages
 from nlhf_jax.training import checkpointing
@@ -120,7 +120,7 @@ KILL_AFTER = 600  # a whole (tiny) pipeline per process
 def pipeline_cmd(workdir, *flags):
   cmd = launch.train_cmd('experiments/configs/pipeline.py:tiny', workdir, *overrides(), *flags,
                          kill_after=KILL_AFTER)
-  cmd[cmd.index('nlhf_jax.train')] = 'nlhf_jax.pipeline'
+  cmd[cmd.index('nlhf_jax.cli.train')] = 'nlhf_jax.cli.pipeline'
   return cmd
 
 

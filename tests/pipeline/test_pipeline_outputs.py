@@ -33,7 +33,7 @@ def _done(workdir, *names):
 
 def test_a_folder_that_is_not_a_pipeline_is_refused_by_the_command(tmp_path):
   (tmp_path / 'notes.txt').write_text('mine')
-  cmd = [sys.executable, '-m', 'nlhf_jax.pipeline', '--config=experiments/configs/pipeline.py:tiny',
+  cmd = [sys.executable, '-m', 'nlhf_jax.cli.pipeline', '--config=experiments/configs/pipeline.py:tiny',
          f'--workdir={tmp_path}']
   out = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=subprocess_env(8), cwd=REPO)
   assert out.returncode == 1 and 'Traceback' not in out.stderr, out.stderr

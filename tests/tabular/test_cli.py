@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from experiments.configs import tabular as tabular_config
-from nlhf_jax.tabular import cli
+from nlhf_jax.tabular import experiment
 
 
 @pytest.mark.parametrize('variant', tabular_config.VARIANTS)
@@ -36,16 +36,16 @@ def test_bad_values_are_named_before_anything_runs(key, value, message, monkeypa
   node, leaf = (cfg.mu, 'probs') if key == 'mu.probs' else (cfg.game, 'family') if key == 'game.family' else (
       cfg, key)
   node[leaf] = value
-  monkeypatch.setattr(cli, 'make_games', lambda cfg: pytest.fail('the check came too late'))
+  monkeypatch.setattr(experiment, 'make_games', lambda cfg: pytest.fail('the check came too late'))
   with pytest.raises(ValueError, match=message):
-    cli.run_experiment(cfg)
+    experiment.run_experiment(cfg)
 
 
 def test_run_experiment_dice_small():
   cfg = tabular_config.get_config('dice')
   cfg.num_steps = 300
   cfg.algorithms = 'nash_md,rlhf'
-  res = cli.run_experiment(cfg)
+  res = experiment.run_experiment(cfg)
   assert res['unregularized']['values'][0] == pytest.approx(0.5)
   assert res['final']['rlhf']['exploitability0'] >= 0.05
   assert res['final']['nash_md']['exploitability'] < 1e-3
@@ -60,10 +60,10 @@ def test_run_experiment_dice_successors_small():
   cfg = tabular_config.get_config('dice')
   cfg.num_steps = 1500
   cfg.algorithms = 'nash_md,inpo,comal,sppo'
-  res = cli.run_experiment(cfg)
+  res = experiment.run_experiment(cfg)
   for name, row in res['final'].items():
-    assert set(cli.METRICS) <= set(row), name
-    assert set(f'{k}_mean' for k in cli.METRICS) <= set(res['curves'][name]), name
+    assert set(experiment.METRICS) <= set(row), name
+    assert set(f'{k}_mean' for k in experiment.METRICS) <= set(res['curves'][name]), name
   f = res['final']
   assert f['inpo']['schedule'] == 'constant' and f['inpo']['eta'] == cfg.successor_eta
   assert f['sppo']['eta'] == cfg.eta and f['nash_md']['schedule'] == 'theory'
@@ -71,14 +71,14 @@ def test_run_experiment_dice_successors_small():
   assert f['inpo']['exploitability'] < 1e-10
   assert f['sppo']['avg_exploitability0'] < 0.5 * f['sppo']['exploitability0']
   assert res['exact']['pi* (linear program)']['exploitability0'] < 1e-9
-  table = cli.markdown(res)
+  table = experiment.markdown(res)
   assert '| comal | constant 1 |' in table and 'e_0(pibar_T)' in table
 
 
 def test_cli_writes_outputs(tmp_path):
   root = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..', '..')
   workdir = str(tmp_path / 'run')
-  argv = [sys.executable, '-m', 'nlhf_jax.tabular.cli', '--config=experiments/configs/tabular.py:random',
+  argv = [sys.executable, '-m', 'nlhf_jax.cli.tabular', '--config=experiments/configs/tabular.py:random',
           f'--workdir={workdir}', '--config.num_steps=50', '--config.game.num_games=2',
           '--config.game.num_actions=5', '--config.algorithms=nash_md,omd,self_play,comal']
   env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=root + os.pathsep + os.environ.get('PYTHONPATH', ''))
@@ -100,12 +100,12 @@ def test_an_earlier_runs_files_are_replaced_only_with_overwrite(tmp_path, monkey
   cfg.num_steps, cfg.algorithms = 20, 'nash_md'
   (tmp_path / 'results.md').write_text('an earlier run')
   (tmp_path / 'notes.txt').write_text('mine')
-  monkeypatch.setattr(cli, 'plot', lambda res, workdir: None)  # the plots: test_cli_writes_outputs
-  ran, run_experiment = [], cli.run_experiment
-  monkeypatch.setattr(cli, 'run_experiment', lambda c: ran.append(c) or run_experiment(c))
+  monkeypatch.setattr(experiment, 'plot', lambda res, workdir: None)  # the plots: test_cli_writes_outputs
+  ran, run_experiment = [], experiment.run_experiment
+  monkeypatch.setattr(experiment, 'run_experiment', lambda c: ran.append(c) or run_experiment(c))
   with pytest.raises(OutputError, match=r'already holds results.md; pass --overwrite'):
-    cli.run_command(cfg, str(tmp_path))
+    experiment.run_command(cfg, str(tmp_path))
   assert not ran and (tmp_path / 'results.md').read_text() == 'an earlier run'
-  res = cli.run_command(cfg, str(tmp_path), overwrite=True)
-  assert ran and (tmp_path / 'results.md').read_text() == cli.markdown(res)
+  res = experiment.run_command(cfg, str(tmp_path), overwrite=True)
+  assert ran and (tmp_path / 'results.md').read_text() == experiment.markdown(res)
   assert sorted(os.listdir(tmp_path)) == ['curves.json', 'notes.txt', 'results.md']

@@ -1,14 +1,15 @@
-"""`python -m nlhf_jax.tabular.report`: one report of every algorithm on several games; bad input refused first."""
+"""`python -m nlhf_jax.cli.tabular_report`: one report of every algorithm on several games; bad input refused first."""
 import os
 
 import pytest
 
 from nlhf_jax.outputs import OutputError
-from nlhf_jax.tabular import cli, report
+from nlhf_jax.cli import tabular_report as report
+from nlhf_jax.tabular import experiment
 
 
 def test_report_writes_one_table_per_variant(tmp_path, capsys, monkeypatch):
-  monkeypatch.setattr(cli, 'plot', lambda res, workdir: None)  # the plots are tested with nlhf-tabular
+  monkeypatch.setattr(experiment, 'plot', lambda res, workdir: None)  # the plots are tested with nlhf-tabular
   workdir = str(tmp_path / 'rep')
   assert report.main(['--workdir', workdir, '--variants', 'dice,cyclic', '--algorithms', 'comal',
                       '--num_steps', '10']) == 0
@@ -25,7 +26,7 @@ def test_report_writes_one_table_per_variant(tmp_path, capsys, monkeypatch):
 def test_a_folder_that_holds_other_files_is_never_replaced(tmp_path, capsys, monkeypatch):
   """The report replaces its folder whole: one that holds anything else (runs, a .git) is refused, with or
   without --overwrite, and keeps every file; a report's own folder needs --overwrite."""
-  monkeypatch.setattr(cli, 'run_experiment', lambda cfg: pytest.fail('ran before the check'))
+  monkeypatch.setattr(experiment, 'run_experiment', lambda cfg: pytest.fail('ran before the check'))
   runs = tmp_path / 'runs'
   (runs / 'sft' / 'checkpoints').mkdir(parents=True)
   (runs / '.git').mkdir()
@@ -49,7 +50,7 @@ def test_a_folder_that_holds_other_files_is_never_replaced(tmp_path, capsys, mon
     (['--num_steps', '0'], 'config.num_steps=0: must be a positive integer'),
 ])
 def test_bad_arguments_are_refused_before_anything_runs(tmp_path, capsys, monkeypatch, args, message):
-  monkeypatch.setattr(cli, 'run_experiment', lambda cfg: pytest.fail('ran before the check'))
+  monkeypatch.setattr(experiment, 'run_experiment', lambda cfg: pytest.fail('ran before the check'))
   workdir = str(tmp_path / 'rep')
   assert report.main(['--workdir', workdir] + args) == 1
   err = capsys.readouterr().err

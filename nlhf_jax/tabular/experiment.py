@@ -1,43 +1,29 @@
-"""`nlhf-tabular`: runs the tabular algorithms on a game family and writes curves, a table and plots.
+"""The experiment of `nlhf-tabular` (nlhf_jax/cli/tabular.py): the tabular algorithms on a game family, with
+curves, a table and plots.
 
-  nlhf-tabular --config=experiments/configs/tabular.py:dice --workdir=/tmp/tabular [--config.tau=0.05 ...]
-               [--overwrite]
-
-Writes WORKDIR/curves.json (against t, averaged over the games: KL_rho(pi*_tau, pi_t), e_tau(pi_t),
+`run_command(cfg, workdir, overwrite)` checks the config and the output folder, runs the experiment and writes
+WORKDIR/curves.json (against t, averaged over the games: KL_rho(pi*_tau, pi_t), e_tau(pi_t),
 KL_rho(pi*, pi_t) to the unregularised equilibrium and e_0(pi_t), of the last iterate pi_t and of the average
 iterate pibar_t), WORKDIR/results.md (the final values of both iterates, the exact equilibria and the RLHF policy),
 WORKDIR/kl.png (with the Theorem 1 bound 8 / (tau^2 (t + 1)) of Nash-MD with eta_t = 2 / (tau (t + 2))),
 WORKDIR/exploitability.png and WORKDIR/exploitability0.png (last iterates solid, averages dashed).
-Everything runs in float64 (jax.enable_x64 inside this command only). The config and --workdir are checked before
-anything runs: a WORKDIR that holds these files is refused unless --overwrite (nothing else in it is touched), and
-each file is written under a temporary name and renamed into place (nlhf_jax/outputs.py).
+Everything runs in float64 (jax.enable_x64 inside the experiment only). The config and the workdir are checked
+before anything runs: a WORKDIR that holds these files is refused unless `overwrite` (nothing else in it is
+touched), and each file is written under a temporary name and renamed into place (nlhf_jax/outputs.py).
+matplotlib is imported by `plot` alone (an optional dependency: the experiment runs without it until it draws).
 """
 from __future__ import annotations
 
 import json
-import logging
+import math
 import os
 
 import jax
 import numpy as np
-from absl import app, flags
-from ml_collections import config_flags
 
-from nlhf_jax import commands, outputs
+from nlhf_jax import outputs
+from nlhf_jax.config import ConfigError
 from nlhf_jax.tabular import algorithms, exact, games
-
-log = logging.getLogger(__name__)
-
-
-
-def define_flags() -> None:
-  """--config and --workdir, defined when the command starts (not at import, so that this module can be imported
-  next to other commands that define flags of the same names)."""
-  config_flags.DEFINE_config_file('config', None, 'Experiment config file, e.g. '
-                                  'experiments/configs/tabular.py:dice', lock_config=True)
-  flags.DEFINE_string('workdir', None, 'Directory for curves.json, results.md and the plots.')
-  flags.DEFINE_bool('overwrite', False, 'Replace the files of an earlier run in --workdir.')
-  flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def reference_policy(cfg, rng: np.random.Generator, n: int) -> np.ndarray:
@@ -63,7 +49,6 @@ def curve_points(num_steps: int, count: int) -> np.ndarray:
 
 
 def _fail(message: str) -> None:
-  from nlhf_jax.config import ConfigError
   raise ConfigError(message)
 
 
@@ -73,7 +58,6 @@ def algorithm_names(cfg) -> list[str]:
 
 def check_config(cfg) -> None:
   """Every value the experiment uses, checked before anything is solved; errors name the key and the fix."""
-  import math
   if not (isinstance(cfg.tau, (int, float)) and math.isfinite(cfg.tau) and cfg.tau > 0):
     _fail(f'config.tau={cfg.tau!r}: must be a positive number (the KL regularisation; e.g. 0.01)')
   if not (isinstance(cfg.num_steps, int) and cfg.num_steps >= 1):
@@ -277,21 +261,3 @@ def run_command(cfg, workdir: str, overwrite: bool = False) -> dict:
   write(res, workdir)
   return res
 
-
-def main(argv) -> None:
-  if len(argv) > 1:
-    raise app.UsageError(f'unexpected arguments: {" ".join(argv[1:])}')
-  logging.basicConfig(level=logging.INFO)
-  workdir = flags.FLAGS.workdir
-  res = run_command(flags.FLAGS.config, workdir, flags.FLAGS.overwrite)
-  log.info('wrote %s/{curves.json,results.md,kl.png,exploitability.png,exploitability0.png}', workdir)
-  print(markdown(res))
-
-
-def run() -> None:
-  define_flags()
-  commands.run(main)
-
-
-if __name__ == '__main__':
-  run()

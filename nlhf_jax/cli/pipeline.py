@@ -1,7 +1,7 @@
 """`nlhf-pipeline`: the whole NLHF pipeline on the built-in benchmark, resumable stage by stage.
 
   nlhf-pipeline --config=experiments/configs/pipeline.py:demo --workdir=runs/demo [--stages=sft,pairs]
-  python -m nlhf_jax.pipeline --config=experiments/configs/pipeline.py:tiny --workdir=/tmp/p
+  python -m nlhf_jax.cli.pipeline --config=experiments/configs/pipeline.py:tiny --workdir=/tmp/p
 
 Started again on the same --workdir, finished stages are skipped and an interrupted one resumes; the first log
 line says which. Refused before any stage runs (pipeline/runner.py): a --workdir that is a file or holds what no
@@ -17,7 +17,8 @@ import os
 from absl import app, flags
 from ml_collections import config_flags
 
-from nlhf_jax import commands, logs
+from nlhf_jax import logs
+from nlhf_jax.cli import common
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ def _define_flags() -> None:
   flags.DEFINE_list('stages', [], 'Run only these stages (default: all, in order).')
   flags.DEFINE_bool('overwrite', False, 'Go on in a --workdir whose pipeline.json records another config (its '
                     'finished stages are kept and skipped) and record the new config.')
-  commands.define_launch_flags()
+  common.define_launch_flags()
   flags.DEFINE_bool('distributed', False, 'Call jax.distributed.initialize with what JAX detects (TPU pod slices, '
                     'Slurm) or the JAX_* environment variables.')
   flags.mark_flags_as_required(['config', 'workdir'])
@@ -67,7 +68,7 @@ def main(argv) -> None:
 
 def run() -> None:
   _define_flags()
-  commands.run(main)
+  common.run(main)
 
 
 if __name__ == '__main__':

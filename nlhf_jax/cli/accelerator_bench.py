@@ -1,9 +1,9 @@
 """The accelerator benchmark, one command (`make bench-gpu`; under 8 minutes on one GPU; prints, never asserts):
 
-  python -m nlhf_jax.accelerator_bench [--preset=1b] [--step_batch=8] [--batch=64] [--new=128] [--json]
+  python -m nlhf_jax.cli.accelerator_bench [--preset=1b] [--step_batch=8] [--batch=64] [--new=128] [--json]
 
 1. The Nash-MD-PG step of the preset (policy, reference and a reward model of its size; bfloat16 compute, float32
-   parameters and AdamW state), as training compiles it (trainer.loop.jit_step, via nlhf_jax/online/bench.py):
+   parameters and AdamW state), as training compiles it (trainer.loop.jit_step, via nlhf_jax/cli/online_bench.py):
    median step time and MFU against a bfloat16 [n, n] @ [n, n] matmul (--peak_n, 8192) measured in this run.
 2. Pair sampling (y ~ policy, y' ~ the token-level mixture with the reference, one decode loop; bfloat16
    parameters and caches) at --batch prompts: sampled tokens/s against the memory-bandwidth bound, i.e. the bytes
@@ -49,7 +49,7 @@ def sampling_figures(preset: str, batch: int, prompt: int, new: int, iters: int,
   from nlhf_jax import perf
   from nlhf_jax.config import ModelConfig
   from nlhf_jax.models import Transformer, preset as model_preset
-  from nlhf_jax.sampling.bench import make_batch
+  from nlhf_jax.cli.sampling_bench import make_batch
   from nlhf_jax.sampling.sampler import SamplingConfig, jit_sample_pair
   cfg = ModelConfig(**model_preset(preset, compute_dtype='bfloat16', param_dtype='bfloat16',
                                    max_len=max(model_preset(preset)['max_len'], prompt + new)))
@@ -80,7 +80,7 @@ def main(argv) -> None:
   import jax
 
   from nlhf_jax import perf
-  from nlhf_jax.online import bench as online_bench
+  from nlhf_jax.cli import online_bench
   device = jax.devices()[0]
   if device.platform == 'cpu' and not FLAGS.allow_cpu:
     raise SystemExit('accelerator_bench: JAX sees no accelerator (platform cpu); run it on a GPU or TPU host with '

@@ -123,7 +123,7 @@ def main(argv) -> None:
   results = {}
   for entry in FLAGS.presets:
     preset, batch, seq_len = parse_preset(entry, FLAGS.batch_size, FLAGS.seq_len)
-    cmd = [sys.executable, '-m', 'nlhf_jax.bench', f'--child={preset}', f'--batch_size={batch}',
+    cmd = [sys.executable, '-m', 'nlhf_jax.cli.bench', f'--child={preset}', f'--batch_size={batch}',
            f'--seq_len={seq_len}', f'--iters={FLAGS.iters}', f'--compute_dtype={FLAGS.compute_dtype}']
     out = subprocess.run(cmd, check=True, capture_output=True, text=True)
     r = json.loads(out.stdout.strip().splitlines()[-1])

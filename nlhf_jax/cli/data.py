@@ -1,6 +1,6 @@
 """`nlhf-data build`: JSONL, Parquet or Arrow records (or TL;DR comparisons) -> a TFDS array_record data set.
 
-  python -m nlhf_jax.data.cli build --kind=pairs --input=pairs.jsonl --name=my_pairs --data_dir=DIR \
+  python -m nlhf_jax.cli.data build --kind=pairs --input=pairs.jsonl --name=my_pairs --data_dir=DIR \
       [--validation_fraction=0.1] [--seed=0] [--format=auto|jsonl|parquet|arrow|tldr] [--split=train] [--overwrite]
 
 --input is a JSONL file, a .parquet file, a directory of .parquet shards or a glob of them ('data/*.parquet',
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from nlhf_jax.cli import common
 from nlhf_jax.data import readers, records, tfds_builders, tldr
 
 
@@ -79,9 +80,8 @@ def build(args: argparse.Namespace) -> dict[str, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-  """Exit status 0, 1 after `error: ...` for bad input (nlhf_jax/commands.py guard), 2 for bad arguments."""
-  from nlhf_jax import commands
-  return commands.guard(_main, _parser().parse_args(argv))
+  """Exit status 0, 1 after `error: ...` for bad input (nlhf_jax/cli/common.py guard), 2 for bad arguments."""
+  return common.guard(_main, _parser().parse_args(argv))
 
 
 def _main(args: argparse.Namespace) -> int:

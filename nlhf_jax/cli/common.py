@@ -66,7 +66,7 @@ def _fail(message: str, status: int):
 
 def checkout_configs() -> Path | None:
   """experiments/configs/ of the checkout this package runs from (None for an installed package without one)."""
-  configs = Path(__file__).resolve().parents[1] / 'experiments' / 'configs'
+  configs = Path(__file__).resolve().parents[2] / 'experiments' / 'configs'
   return configs if configs.is_dir() else None
 
 

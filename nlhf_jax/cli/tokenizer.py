@@ -1,7 +1,7 @@
 """`nlhf-tokenizer`: trains a sentencepiece model (pad, bos, eos, '<sep>' reserved) for data.tokenizer.
 
-  python -m nlhf_jax.data.tokenizer_cli --input=a.txt [--input=b.jsonl ...] --vocab_size=8000 --output=PREFIX
-  python -m nlhf_jax.data.tokenizer_cli --dataset=NAME --data_dir=DIR --vocab_size=8000 --output=PREFIX
+  python -m nlhf_jax.cli.tokenizer --input=a.txt [--input=b.jsonl ...] --vocab_size=8000 --output=PREFIX
+  python -m nlhf_jax.cli.tokenizer --dataset=NAME --data_dir=DIR --vocab_size=8000 --output=PREFIX
 
 Text files (UTF-8) give one sentence a line; JSONL, Parquet and Arrow inputs (a .jsonl or .parquet file, a folder
 or glob of .parquet files, a `datasets` save_to_disk folder: its 'train' split) and data sets give every line of every text field of every record (prompts and
@@ -22,6 +22,7 @@ import sys
 from typing import Iterator
 
 from nlhf_jax import outputs
+from nlhf_jax.cli import common
 from nlhf_jax.data import readers, records, tfds_builders
 from nlhf_jax.data.tokenizer import MIN_VOCAB_SIZE, SentencePieceTokenizer, TokenizerError, train_sentencepiece
 
@@ -118,13 +119,12 @@ def texts(args: argparse.Namespace) -> Iterator[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-  """Exit status 0, 1 after `error: ...` for bad input (nlhf_jax/commands.py guard), 2 for bad arguments."""
+  """Exit status 0, 1 after `error: ...` for bad input (nlhf_jax/cli/common.py guard), 2 for bad arguments."""
   args = _parser().parse_args(argv)
   if not args.input and not args.dataset:
     print('error: give --input=FILE (repeatable) or --dataset=NAME --data_dir=DIR', file=sys.stderr)
     return 2
-  from nlhf_jax import commands
-  return commands.guard(_main, args)
+  return common.guard(_main, args)
 
 
 def _main(args: argparse.Namespace) -> int:

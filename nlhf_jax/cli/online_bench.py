@@ -1,8 +1,8 @@
 """Speed of the full Nash-MD-PG train step (`make bench`; printed, never asserted), and its compiled memory at
 real sizes.
 
-  python -m nlhf_jax.online.bench [--preset=small --batch_size=8 --new_tokens=64 --iters=5] [--json]
-  python -m nlhf_jax.online.bench --preset=8b --compile_only --mesh=fsdp=8 [--lora_rank=16] [--json]
+  python -m nlhf_jax.cli.online_bench [--preset=small --batch_size=8 --new_tokens=64 --iters=5] [--json]
+  python -m nlhf_jax.cli.online_bench --preset=8b --compile_only --mesh=fsdp=8 [--lora_rank=16] [--json]
 
 The reference configuration: Llama-style policy and reference (preset `small`: vocabulary 4096, d_model 256,
 4 layers, 4 heads, MLP 1024), prompts of 32 to 64 tokens (left-padded to 64), batch 8, 64 new tokens, float32,

@@ -31,7 +31,8 @@ import os
 from absl import app, flags
 from ml_collections import config_flags
 
-from nlhf_jax import commands, logs
+from nlhf_jax import logs
+from nlhf_jax.cli import common
 from nlhf_jax.config import ConfigError
 from nlhf_jax.accelerators import devices as devices_lib
 from nlhf_jax.accelerators import targets as targets_lib
@@ -354,7 +355,7 @@ def main(argv) -> None:
 
 def run() -> None:
   _define_flags()
-  commands.run(main)
+  common.run(main)
 
 
 if __name__ == '__main__':

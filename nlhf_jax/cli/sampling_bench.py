@@ -1,6 +1,6 @@
 """Sampling throughput on the reference configuration (prints, never asserts).
 
-  python -m nlhf_jax.sampling.bench [--preset small] [--batch 8] [--new 64] [--iters 5]
+  python -m nlhf_jax.cli.sampling_bench [--preset small] [--batch 8] [--new 64] [--iters 5]
       [--compute_dtypes float32,bfloat16] [--json]
 
 Prompts of 32-64 tokens (left-padded to 64), float32 parameters. Each compute dtype of --compute_dtypes (default

@@ -1,4 +1,4 @@
-"""Speed of the tabular dynamics (printed, never asserted): `python -m nlhf_jax.tabular.bench [--json]`.
+"""Speed of the tabular dynamics (printed, never asserted): `python -m nlhf_jax.cli.tabular_bench [--json]`.
 
 Times 10,000 Nash-MD steps (eta_t = 2 / (tau (t + 2)), KL and exploitability recorded at every step) on one
 50-action random game, and the same vmapped over 100 games, after compilation; float64 and float32.

@@ -1,11 +1,12 @@
-"""Every tabular algorithm on the laboratory's games, in one report: `python -m nlhf_jax.tabular.report --workdir=DIR`.
+"""Every tabular algorithm on the laboratory's games, in one report:
+`python -m nlhf_jax.cli.tabular_report --workdir=DIR`.
 
-Runs the experiment of `nlhf-tabular` (cli.run_experiment) for each config variant of --variants (default: dice,
-the non-transitive dice with tau = 0.01; cyclic, rock-paper-scissors on 5 actions; random, 16 random games of 20
-actions; mixture, 8 transitive-plus-cyclic games) with every algorithm (or --algorithms), and writes
-DIR/report.md, one table per game of the last iterate pi_T and the average iterate pibar_T: KL to pi*_tau and
-e_tau in the regularised game, KL to pi* and e_0 in the unregularised one. Each variant's curves.json, results.md
-and plots go to DIR/VARIANT/. --num_steps overrides every variant's number of steps.
+Runs the experiment of `nlhf-tabular` (tabular/experiment.py: run_experiment) for each config variant of --variants
+(default: dice, the non-transitive dice with tau = 0.01; cyclic, rock-paper-scissors on 5 actions; random, 16 random
+games of 20 actions; mixture, 8 transitive-plus-cyclic games) with every algorithm (or --algorithms), and writes
+DIR/report.md, one table per game of the last iterate pi_T and the average iterate pibar_T: KL to pi*_tau and e_tau
+in the regularised game, KL to pi* and e_0 in the unregularised one. Each variant's curves.json, results.md and
+plots go to DIR/VARIANT/. --num_steps overrides every variant's number of steps.
 
 Everything is checked before anything runs. DIR is built whole beside itself and renamed into place, so it
 replaces what DIR held: DIR must be new or empty, or (with --overwrite) hold only what a report writes (report.md
@@ -20,16 +21,17 @@ import logging
 import os
 from typing import Sequence
 
-from nlhf_jax import commands, outputs
+from nlhf_jax import outputs
+from nlhf_jax.cli import common
 from nlhf_jax.config import ConfigError
-from nlhf_jax.tabular import algorithms, cli
+from nlhf_jax.tabular import algorithms, experiment
 
 DEFAULT_VARIANTS = ('dice', 'cyclic', 'random', 'mixture')
 
 
 def config_module():
   """experiments/configs/tabular.py of the checkout, loaded by path (as `--config=` files are)."""
-  root = commands.checkout_configs()
+  root = common.checkout_configs()
   if root is None or not (root / 'tabular.py').is_file():
     raise ConfigError('experiments/configs/tabular.py not found: run the report from a checkout of nlhf_jax')
   spec = importlib.util.spec_from_file_location('nlhf_tabular_config', root / 'tabular.py')
@@ -39,7 +41,7 @@ def config_module():
 
 
 def configs(variants: Sequence[str], algorithm_list: str | None, num_steps: int | None) -> list:
-  """The config of each variant with the overrides, each checked (cli.check_config)."""
+  """The config of each variant with the overrides, each checked (experiment.check_config)."""
   tabular_config = config_module()
   out = []
   for v in variants:
@@ -51,7 +53,7 @@ def configs(variants: Sequence[str], algorithm_list: str | None, num_steps: int 
       cfg.algorithms = algorithm_list
     if num_steps is not None:
       cfg.num_steps = num_steps
-    cli.check_config(cfg)
+    experiment.check_config(cfg)
     out.append(cfg)
   return out
 
@@ -62,7 +64,7 @@ def report(results: Sequence[dict]) -> str:
            'Last iterate pi_T and average iterate pibar_T (the mean of pi_0..pi_{T-1}) of each algorithm against the '
            'regularised equilibrium pi*_tau and the unregularised one pi*.', '']
   for res in results:
-    parts.append('#' + cli.markdown(res))
+    parts.append('#' + experiment.markdown(res))
   return '\n'.join(parts)
 
 
@@ -89,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument('--num_steps', type=int, default=None, help="Default: each variant's own.")
   parser.add_argument('--overwrite', action='store_true', help='Replace a DIR that holds a report (only a report).')
   args = parser.parse_args(argv)
-  return commands.guard(_run, args)
+  return common.guard(_run, args)
 
 
 def _run(args) -> int:
@@ -103,8 +105,8 @@ def _run(args) -> int:
   with outputs.building_dir(args.workdir) as tmp:
     for v, cfg in zip(variants, cfgs):
       logging.info('variant %s: %s', v, cfg.algorithms)
-      res = cli.run_experiment(cfg)
-      cli.write(res, os.path.join(tmp, v))
+      res = experiment.run_experiment(cfg)
+      experiment.write(res, os.path.join(tmp, v))
       results.append(res)
     outputs.write_text(os.path.join(tmp, 'report.md'), report(results))
   print(report(results))

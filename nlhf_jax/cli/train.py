@@ -19,7 +19,8 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from nlhf_jax import config as config_lib
-from nlhf_jax import commands, logs
+from nlhf_jax import logs
+from nlhf_jax.cli import common
 from nlhf_jax.distributed import initialize, resolve_launch
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,7 @@ def _define_flags() -> None:
   config_flags.DEFINE_config_file('config', None, 'Experiment config file, e.g. experiments/configs/sft.py:tiny',
                                   lock_config=True)
   flags.DEFINE_string('workdir', None, 'Directory for checkpoints and metrics (resumed if it exists).')
-  commands.define_launch_flags()
+  common.define_launch_flags()
   flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -55,7 +56,7 @@ def main(argv) -> None:
 
 def run() -> None:
   _define_flags()
-  commands.run(main)
+  common.run(main)
 
 
 if __name__ == '__main__':

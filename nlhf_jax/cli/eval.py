@@ -12,7 +12,7 @@ steps are read from its run (RUN/config.json), not from its name.
 A pipeline's policies:
   nlhf-eval --workdir=DIR --output=DIR/eval1   # the eval config the pipeline wrote (DIR/eval/stage.json)
   nlhf-eval --workdir=DIR --config=experiments/configs/pipeline.py:demo --config.eval.seed=1 --output=DIR/eval1
-  python -m nlhf_jax.evaluation.cli --workdir=DIR --mesh=data=2,tensor=4 --overwrite   # replaces DIR/eval's results
+  python -m nlhf_jax.cli.eval --workdir=DIR --mesh=data=2,tensor=4 --overwrite   # replaces DIR/eval's results
 
 Every input is checked before any model is restored (evaluation/inputs.py, evaluate.prepare): the flags, the runs
 (each a run of the right kind with a checkpoint; the policies and a learned judge share one tokenizer and
@@ -35,10 +35,11 @@ import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
-from nlhf_jax import commands, logs
+from nlhf_jax import logs
+from nlhf_jax.cli import common
+from nlhf_jax.config import ConfigError
 
 DEFAULT_JUDGE_MAX_LEN = 1024  # nlhf_jax.online.prompted.DEFAULT_MAX_LEN (not imported: flags load nothing heavy)
-JUDGE_KINDS = ('', 'preference_model', 'reward_model', 'prompted')
 
 log = logging.getLogger(__name__)
 
@@ -115,87 +116,10 @@ def _recorded_eval_config(workdir: str) -> ml_collections.ConfigDict:
     ecfg = ml_collections.ConfigDict(json.load(f))
   if ecfg.get('aggregate', False):
     seeds = list(ecfg.seeds)
-    from nlhf_jax.config import ConfigError
     raise ConfigError(f'--workdir={workdir} is a pipeline of {len(seeds)} seeds ({",".join(map(str, seeds))}), '
                       f'whose eval stage pools them; evaluate one seed with --workdir={os.path.join(workdir, "seed_S")}'
                       f' (e.g. seed_{seeds[0]}), or pool them again with nlhf-pipeline --stages=eval')
   return ecfg
-
-
-def parse_policies(text: str) -> list[tuple[str, str]]:
-  """'a=runs/a,b=runs/b' -> [('a', 'runs/a'), ('b', 'runs/b')]; a clear error for anything else."""
-  from nlhf_jax.config import ConfigError
-  out = []
-  for item in (part.strip() for part in text.split(',') if part.strip()):
-    name, sep, path = item.partition('=')
-    if not sep or not name.strip() or not path.strip():
-      raise ConfigError(f'--policy/--policies: {item!r} is not NAME=RUN_DIR; give each run as --policy=NAME=RUN_DIR '
-                        '(e.g. --policy=sft=runs/sft --policy=md=runs/nash_md)')
-    out.append((name.strip(), os.path.abspath(path.strip())))
-  names = [n for n, _ in out]
-  if len(set(names)) != len(names):
-    twice = sorted({n for n in names if names.count(n) > 1})
-    raise ConfigError(f'--policy/--policies: the name {twice[0]!r} is given twice; give each policy its own name')
-  return out
-
-
-def runs_config(policies: list[tuple[str, str]], reference: str = '', judge: str = '', oracle: str = '',
-                prompts: str = '', data_dir: str = '', split: str = 'validation', num_prompts: int = 256,
-                samples_per_prompt: int = 1, max_new_tokens: int = 0, temperature: float = 1.0, batch_size: int = 64,
-                seed: int = 0, judgement: str = 'expected', output: str = '', mesh: str = '', judge_kind: str = '',
-                judge_template: str = '', judge_answers=('A', 'B'), judge_max_len: int = DEFAULT_JUDGE_MAX_LEN
-                ) -> ml_collections.ConfigDict:
-  """The eval config of runs named by path; what the runs share (tokenizer, prompt length, chat template) is
-  read from the reference's saved config. Every input is checked here, before any model is read."""
-  from nlhf_jax.config import ConfigError
-  from nlhf_jax.evaluation import inputs
-  from nlhf_jax.training import checkpointing
-  reference = reference or policies[0][0]
-  if reference not in dict(policies):
-    raise ConfigError(f'--reference={reference!r} is not one of the policies ({", ".join(n for n, _ in policies)})')
-  if not judge and not oracle:
-    raise ConfigError('give a judge: --judge=PREFERENCE_MODEL_RUN and/or --oracle=module:function')
-  if judge_kind not in JUDGE_KINDS:
-    raise ConfigError(f"--judge_kind={judge_kind}: use 'prompted' (a language model asked which response is "
-                      "better) or leave it empty (what the --judge run holds)")
-  if judge_kind and not judge:
-    raise ConfigError(f'--judge_kind={judge_kind} describes --judge, which is not given; give --judge=RUN')
-  prompted = dict(judge_kind=judge_kind if judge else '', judge_template=os.path.abspath(judge_template)
-                  if judge_template else '', judge_answers=list(judge_answers), judge_max_len=judge_max_len)
-  if oracle:
-    from nlhf_jax.online.judges import resolve_oracle
-    resolve_oracle(oracle, '--oracle')
-  if not prompts:
-    raise ConfigError('give the prompts to evaluate on: --prompts=DATASET --data_dir=DIR (a data set built by '
-                      '`nlhf-data build --kind=prompts`) or --prompts=FILE.jsonl (prompt records)')
-  if not data_dir and not os.path.isfile(prompts):
-    raise ConfigError(f'--prompts={prompts}: no such file; give a file of prompt records (JSONL or Parquet) or a '
-                      'data set name with --data_dir=DIR')
-  runs = ml_collections.ConfigDict(dict(
-      policy_names=[n for n, _ in policies], policy_workdirs=[p for _, p in policies],
-      preference_model=os.path.abspath(judge) if judge else '', num_prompts=num_prompts,
-      samples_per_prompt=samples_per_prompt, batch_size=batch_size, max_new_tokens=max_new_tokens or 1,
-      temperature=temperature, **prompted))
-  inputs.check_settings(runs)
-  inputs.check_runs(runs)
-  ref = checkpointing.read_run_config(dict(policies)[reference])
-  data, online = ref.get('data', {}), ref.get('online', {})
-  return ml_collections.ConfigDict(dict(
-      seed=seed, judgement=judgement, mesh=parse_mesh_or_default(mesh), policy_names=[n for n, _ in policies],
-      policy_workdirs=[p for _, p in policies], reference=reference,
-      preference_model=os.path.abspath(judge) if judge else '', tokenizer=data.get('tokenizer', 'bytes'),
-      chat_template=bool(data.get('chat_template', False)), data_dir=os.path.abspath(data_dir) if data_dir else '',
-      prompts_name=prompts if data_dir else os.path.abspath(prompts),
-      split=split, num_prompts=num_prompts, samples_per_prompt=samples_per_prompt,
-      prompt_len=int(data.get('prompt_len', 32)),
-      max_new_tokens=max_new_tokens or int(online.get('max_new_tokens') or data.get('response_len', 64)),
-      temperature=temperature, batch_size=batch_size, num_shown=8, oracle=oracle,
-      output_dir=os.path.abspath(output or 'eval'), **prompted))
-
-
-def parse_mesh_or_default(text: str) -> dict:
-  from nlhf_jax.distributed.mesh import parse_mesh
-  return parse_mesh(text) if text else {'data': -1, 'fsdp': 1, 'tensor': 1}
 
 
 RUN_FLAGS = ('reference', 'judge', 'oracle', 'prompts', 'data_dir', 'split', 'num_prompts', 'samples_per_prompt',
@@ -204,16 +128,17 @@ RUN_FLAGS = ('reference', 'judge', 'oracle', 'prompts', 'data_dir', 'split', 'nu
 
 
 def _config_from_flags() -> ml_collections.ConfigDict:
-  from nlhf_jax.config import ConfigError
+  from nlhf_jax.evaluation import from_runs
   f = flags.FLAGS
   if f.policies or f.policy:
     if f.workdir or f.config is not None:
       raise ConfigError('give either the runs (--policy=NAME=RUN ...) or a pipeline (--workdir=DIR [--config]), '
                         'not both')
-    return runs_config(parse_policies(','.join([f.policies, *f.policy])), f.reference, f.judge, f.oracle, f.prompts,
-                       f.data_dir, f.split, f.num_prompts, f.samples_per_prompt, f.max_new_tokens, f.temperature,
-                       f.batch_size, f.seed, f.judgement, f.output, f.mesh, f.judge_kind, f.judge_template,
-                       f.judge_answers, f.judge_max_len)
+    policies = from_runs.parse_policies(','.join([f.policies, *f.policy]))
+    return from_runs.runs_config(policies, f.reference, f.judge, f.oracle, f.prompts, f.data_dir, f.split,
+                                 f.num_prompts, f.samples_per_prompt, f.max_new_tokens, f.temperature, f.batch_size,
+                                 f.seed, f.judgement, f.output, f.mesh, f.judge_kind, f.judge_template,
+                                 f.judge_answers, f.judge_max_len)
   if not f.workdir:
     raise ConfigError('give the runs to evaluate (--policy=NAME=RUN ... with --judge or --oracle, and --prompts) or '
                       'a pipeline directory (--workdir=DIR)')
@@ -240,7 +165,7 @@ def main(argv) -> None:
 
 def run() -> None:
   _define_flags()
-  commands.run(main)
+  common.run(main)
 
 
 if __name__ == '__main__':
