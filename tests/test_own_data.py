@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from tests.helpers import subprocess_env
+from xla_cpu import xla_flags
 
 REPO = pathlib.Path(__file__).parents[1]
 
@@ -20,7 +21,10 @@ def _script() -> str:
   blocks = re.findall(r'```bash\n(.*?)```', text, flags=re.S)
   assert len(blocks) == 1, 'docs/own-data.md should hold one bash block'
   # The virtual environment under test is this interpreter's: `source .venv/bin/activate` is replaced by its PATH.
-  return blocks[0].replace('source .venv/bin/activate\n', '')
+  # The block's 8 fake devices stay, with the test run's fast-compiling flags (tests/xla_cpu.py) beside them.
+  fake_devices = 'export XLA_FLAGS=--xla_force_host_platform_device_count=8'
+  assert fake_devices in blocks[0]
+  return blocks[0].replace('source .venv/bin/activate\n', '').replace(fake_devices, f"export XLA_FLAGS='{xla_flags(8)}'")
 
 
 @pytest.mark.slow
