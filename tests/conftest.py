@@ -3,6 +3,10 @@
 One persistent XLA compilation cache serves the whole session (both pytest-xdist workers inherit it, and so do
 the subprocesses that tests launch with tests.helpers.subprocess_env or tests.multihost.launch.env): restarted and
 repeated runs of the same program (kill-and-resume tests, several processes) then compile it once.
+
+Training that runs inside the test process does not draw RUN/curves.png (matplotlib takes about a second a run, and
+the suite trains a few hundred times); the commands that tests launch as subprocesses draw them as users see them
+(tests/test_own_data.py checks five runs' curves), and tests/test_plot_outputs.py tests the drawing itself.
 """
 import atexit
 import os
@@ -23,6 +27,14 @@ import pytest  # noqa: E402
 from nlhf_jax import logs  # noqa: E402
 
 logs.setup()
+
+
+@pytest.fixture(scope='session', autouse=True)
+def _no_curves_in_process():
+  from nlhf_jax.trainer import loop
+  draw, loop._write_curves = loop._write_curves, lambda workdir: None
+  yield
+  loop._write_curves = draw
 
 
 @pytest.fixture(scope='session')

@@ -14,7 +14,6 @@ import pathlib
 import subprocess
 import sys
 
-import pytest
 
 REPO = pathlib.Path(__file__).parents[1]
 ROOT = REPO / 'nlhf_jax'
@@ -124,24 +123,65 @@ def test_library_code_imports_inside_functions_only_what_the_architecture_lists(
 
 
 _LOADS_NOTHING_ABOVE = '''
-import importlib, json, sys
-for name in sys.argv[2:]:
-  importlib.import_module(name)
-layers = json.loads(sys.argv[1])
-print(json.dumps(sorted(m for m in sys.modules if m.startswith('nlhf_jax.') and layers[m.split('.')[1]] > {layer})))
+import importlib, json, os, sys
+layers, groups, third_party = json.loads(sys.argv[1])
+for name in third_party:  # loaded once before the forks: each layer's child then imports only nlhf_jax modules
+  try:
+    importlib.import_module(name)
+  except Exception:
+    pass
+assert not any(m.startswith('nlhf_jax') for m in sys.modules)
+found = {}
+for layer, names in groups.items():
+  read, write = os.pipe()
+  pid = os.fork()
+  if pid == 0:  # a fresh interpreter as far as nlhf_jax is concerned
+    status = 1
+    try:
+      os.close(read)
+      for name in names:
+        importlib.import_module(name)
+      above = sorted(m for m in sys.modules if m.startswith('nlhf_jax.') and layers[m.split('.')[1]] > int(layer))
+      os.write(write, json.dumps(above).encode())
+      status = 0
+    finally:
+      os._exit(status)
+  os.close(write)
+  data = b''
+  while chunk := os.read(read, 1 << 16):
+    data += chunk
+  os.close(read)
+  found[layer] = json.loads(data) if os.waitpid(pid, 0)[1] == 0 else f'importing {names} failed'
+print(json.dumps(found))
 '''
 
 
-@pytest.mark.parametrize('layer', sorted(set(LAYERS.values()) - {max(LAYERS.values())}))
-def test_a_layer_imported_alone_loads_nothing_above_it(layer):
-  """Every module of the layer's packages in one fresh interpreter: no nlhf_jax module of a higher layer loads."""
-  names = [m for m, _, _ in _modules() if m != 'nlhf_jax' and LAYERS[_package(m)] == layer]
-  env = dict(os.environ, JAX_PLATFORMS='cpu')
-  code = _LOADS_NOTHING_ABOVE.replace('{layer}', str(layer))
-  out = subprocess.run([sys.executable, '-c', code, json.dumps(LAYERS), *names], capture_output=True, text=True,
-                       cwd=REPO, env=env, timeout=300)
+def _third_party() -> list[str]:
+  """The packages outside the standard library that nlhf_jax modules import at their top."""
+  out = set()
+  for _, _, tree in _modules():
+    for node in tree.body:
+      if isinstance(node, ast.Import):
+        out.update(a.name.split('.')[0] for a in node.names)
+      elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+        out.add(node.module.split('.')[0])
+  return sorted(out - set(sys.stdlib_module_names) - {'nlhf_jax', '__future__'})
+
+
+def test_a_layer_imported_alone_loads_nothing_above_it():
+  """Each layer's modules imported in a process that has loaded no nlhf_jax module (a fork per layer of one
+  interpreter that imported the third-party packages first): no nlhf_jax module of a higher layer loads."""
+  groups = {}
+  for m, _, _ in _modules():
+    if m != 'nlhf_jax' and LAYERS[_package(m)] < max(LAYERS.values()):
+      groups.setdefault(str(LAYERS[_package(m)]), []).append(m)
+  out = subprocess.run([sys.executable, '-c', _LOADS_NOTHING_ABOVE, json.dumps([LAYERS, groups, _third_party()])],
+                       capture_output=True, text=True, cwd=REPO, env=dict(os.environ, JAX_PLATFORMS='cpu'),
+                       timeout=300)
   assert out.returncode == 0, out.stderr[-3000:]
-  assert json.loads(out.stdout.strip().splitlines()[-1]) == [], f'layer {layer} ({", ".join(names)}) loads these'
+  found = json.loads(out.stdout.strip().splitlines()[-1])
+  assert sorted(found, key=int) == sorted(groups, key=int)
+  assert all(v == [] for v in found.values()), {k: v for k, v in found.items() if v}
 
 
 def test_the_check_sees_imports_inside_functions():
