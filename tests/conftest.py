@@ -6,9 +6,11 @@ repeated runs of the same program (kill-and-resume tests, several processes) the
 
 Training that runs inside the test process does not draw RUN/curves.png (matplotlib takes about a second a run, and
 the suite trains a few hundred times); the commands that tests launch as subprocesses draw them as users see them
-(tests/test_own_data.py checks five runs' curves), and tests/test_plot_outputs.py tests the drawing itself.
+(tests/test_own_data.py checks five runs' curves), tests/test_plot_outputs.py tests the drawing itself, and a test that
+checks training's own drawing asks for the `training_draws_curves` fixture.
 """
 import atexit
+import contextlib
 import os
 import shutil
 import tempfile
@@ -29,12 +31,30 @@ from nlhf_jax import logs  # noqa: E402
 logs.setup()
 
 
+def _skip_curves(workdir):
+  del workdir
+
+
 @pytest.fixture(scope='session', autouse=True)
 def _no_curves_in_process():
   from nlhf_jax.trainer import loop
-  draw, loop._write_curves = loop._write_curves, lambda workdir: None
-  yield
+  draw, loop._write_curves = loop._write_curves, _skip_curves
+  yield draw
   loop._write_curves = draw
+
+
+@pytest.fixture(scope='session')
+def training_draws_curves(_no_curves_in_process):
+  """A context manager for training whose RUN/curves.png a test checks: training draws it inside."""
+  @contextlib.contextmanager
+  def drawing():
+    from nlhf_jax.trainer import loop
+    loop._write_curves = _no_curves_in_process
+    try:
+      yield
+    finally:
+      loop._write_curves = _skip_curves
+  return drawing
 
 
 @pytest.fixture(scope='session')

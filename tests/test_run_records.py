@@ -33,15 +33,16 @@ class _Lines(logging.Handler):
 
 
 @pytest.fixture(scope='module')
-def resumed_run(tmp_path_factory):
+def resumed_run(tmp_path_factory, training_draws_curves):
   """sft.py:tiny on one device: stopped after step 2 of 3, then started again with 4 steps (a resume)."""
   workdir = tmp_path_factory.mktemp('records') / 'run'
   handler, logger = _Lines(), logging.getLogger('nlhf_jax')
   logger.addHandler(handler)
   try:
-    train(_cfg(3), str(workdir), mesh=mesh(1, 1, 1), stop_at=2)
-    first = list(handler.lines)
-    train(_cfg(4), str(workdir), mesh=mesh(1, 1, 1))
+    with training_draws_curves():
+      train(_cfg(3), str(workdir), mesh=mesh(1, 1, 1), stop_at=2)
+      first = list(handler.lines)
+      train(_cfg(4), str(workdir), mesh=mesh(1, 1, 1))
   finally:
     logger.removeHandler(handler)
   return workdir, first, handler.lines[len(first):]

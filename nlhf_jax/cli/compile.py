@@ -37,7 +37,7 @@ from nlhf_jax.config import ConfigError
 from nlhf_jax.accelerators import devices as devices_lib
 from nlhf_jax.accelerators import targets as targets_lib
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(__spec__.name if __spec__ else __name__)  # nlhf_jax.cli.X under `python -m` too
 
 
 def _define_flags() -> None:

@@ -41,7 +41,7 @@ from nlhf_jax.config import ConfigError
 
 DEFAULT_JUDGE_MAX_LEN = 1024  # nlhf_jax.online.prompted.DEFAULT_MAX_LEN (not imported: flags load nothing heavy)
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(__spec__.name if __spec__ else __name__)  # nlhf_jax.cli.X under `python -m` too
 
 
 def _define_flags() -> None:

@@ -20,7 +20,7 @@ from ml_collections import config_flags
 from nlhf_jax import logs
 from nlhf_jax.cli import common
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(__spec__.name if __spec__ else __name__)  # nlhf_jax.cli.X under `python -m` too
 
 def _define_flags() -> None:
   """The command's flags, defined when it runs (so that importing this module defines none)."""

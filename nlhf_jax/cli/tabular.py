@@ -16,7 +16,7 @@ from ml_collections import config_flags
 from nlhf_jax.cli import common
 from nlhf_jax.tabular import experiment
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(__spec__.name if __spec__ else __name__)  # nlhf_jax.cli.X under `python -m` too
 
 
 def define_flags() -> None:

@@ -23,7 +23,7 @@ from nlhf_jax import logs
 from nlhf_jax.cli import common
 from nlhf_jax.distributed import initialize, resolve_launch
 
-log = logging.getLogger(__name__)
+log = logging.getLogger(__spec__.name if __spec__ else __name__)  # nlhf_jax.cli.X under `python -m` too
 
 def _define_flags() -> None:
   """The command's flags, defined when it runs (so that importing this module defines none)."""

@@ -285,7 +285,11 @@ def test_trains_and_keeps_its_iteration_state(name):
   (every 2 iterations), and both start at the initial parameters."""
   cfg = from_config_dict(tiny_config(name), 1)
   states, metrics = run_steps(cfg, 5)
-  assert all(np.isfinite(m['loss']) and m['grad_norm'] > 0 for m in metrics)
+  assert all(np.isfinite(m['loss']) for m in metrics)
+  # A step's loss and gradient are exactly 0 where every sampled pair ties and the policy is pi_t (sppo's target
+  # eta (P - 1/2) and log pi/pi_t both 0); any other step has a gradient.
+  assert all(m['grad_norm'] > 0 for m in metrics if m['loss'] > 0), metrics
+  assert sum(m['loss'] > 0 for m in metrics) >= 3, metrics
   assert not same(states[-1].params, states[0].params)
   keys = {'extragradient': [], 'inpo': ['pi_t'], 'sppo': ['pi_t'], 'mpo': ['magnet', 'pi_t']}[name]
   assert sorted(states[0].extras or {}) == keys
