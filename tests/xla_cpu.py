@@ -16,7 +16,8 @@ COMPILE_FAST = ('--xla_backend_optimization_level=0 --xla_llvm_disable_expensive
                 '--xla_cpu_use_fusion_emitters=false --xla_cpu_parallel_codegen_split_count=1')
 
 
-def xla_flags(devices: int | None) -> str:
-  """XLA_FLAGS for a process with `devices` fake CPU devices (None: one)."""
+def xla_flags(devices: int | None, llvm_level: int = 0) -> str:
+  """XLA_FLAGS for a process with `devices` fake CPU devices (None: one); `llvm_level=1` for a process that trains
+  for hundreds of steps (tests/online/test_cycle.py), where -O0's slower kernels cost more than they save."""
   fake = f' --xla_force_host_platform_device_count={devices}' if devices else ''
-  return COMPILE_FAST + fake
+  return COMPILE_FAST.replace('level=0', f'level={llvm_level}') + fake

@@ -1,14 +1,23 @@
 """A deterministic three-way style cycle (A beats B, B beats C, C beats A): the pairwise preference model learns
 it, a Bradley-Terry reward model cannot (no scalar orders a cycle: at most 2 of the 3 pair types)."""
+import pathlib
+import subprocess
+import sys
+
 import numpy as np
 import pytest
+from flax import nnx
 
-from helpers import mesh
 from experiments.configs import preference_model
+from helpers import subprocess_env
+from multihost import launch
 from nlhf_jax.config import from_config_dict
 from nlhf_jax.data import pipelines, tfds_builders
 from nlhf_jax.objectives.pairwise import evaluate_pairs
-from nlhf_jax.trainer import loop
+from nlhf_jax.trainer.tasks import get_task
+from xla_cpu import xla_flags
+
+REPO = pathlib.Path(__file__).parents[2]
 
 WORDS = ('cat', 'sun', 'owl', 'fig', 'elm', 'bee', 'jay', 'ram', 'yak', 'cod', 'gnu', 'hen')
 STYLES = (str.lower, str.upper, str.title)  # A: 'cat sun', B: 'CAT SUN', C: 'Cat Sun'
@@ -38,6 +47,26 @@ def bradley_terry_ceiling(edges) -> float:
   return 1.0 - counts[0] / len(edges) if len(counts) == 3 else 1.0
 
 
+def _train(objective: str, steps: int, data_dir: str, workdir):
+  """`nlhf-train` of the pairwise objective on the style cycle (one device): hundreds of steps of a tiny model, so
+  the process compiles with LLVM at -O1 (tests/xla_cpu.py); the validated config it ran."""
+  flags = {'data.source': 'tfds', 'data.name': 'style_cycle', 'data.data_dir': data_dir, 'data.prompt_len': 24,
+           'data.response_len': 12, 'train.num_steps': steps, 'train.batch_size': 32, 'train.checkpoint_every': steps,
+           'train.log_every': 50, 'optim.learning_rate': 3e-3, 'optim.warmup_steps': 20,
+           'mesh.data': 1}  # learning, not sharding, is under test: one device compiles and steps fastest
+  config = REPO / 'experiments' / 'configs' / f'{objective}.py'
+  env = dict(subprocess_env(None), XLA_FLAGS=xla_flags(None, llvm_level=1))
+  out = subprocess.run([sys.executable, '-m', 'nlhf_jax.cli.train', f'--config={config}:tiny', f'--workdir={workdir}',
+                        *(f'--config.{k}={v}' for k, v in flags.items())], capture_output=True, text=True,
+                       timeout=900, cwd=REPO, env=env)
+  assert out.returncode == 0, out.stderr[-3000:]
+  c = preference_model.pairwise_config('tiny', objective)
+  for key, value in flags.items():
+    section, name = key.split('.')
+    c[section][name] = value
+  return from_config_dict(c, 1)
+
+
 @pytest.mark.slow
 def test_preference_model_learns_a_cycle_that_bradley_terry_cannot(tmp_path):
   data_dir = str(tmp_path / 'data')
@@ -47,21 +76,15 @@ def test_preference_model_learns_a_cycle_that_bradley_terry_cannot(tmp_path):
   ceiling = bradley_terry_ceiling(held_out_edges)
   accuracy = {}
   for objective in ('preference_model', 'reward_model'):
-    c = preference_model.pairwise_config('tiny', objective)
-    c.data.update(source='tfds', name='style_cycle', data_dir=data_dir, prompt_len=24, response_len=12)
     # The preference model sits on a plateau (loss log 2) until it tells the styles apart, which happens after
     # 100 to 250 steps depending on the seed and on the processor's float32 rounding; 300 steps leave room.
     steps = 300 if objective == 'preference_model' else 250
-    c.train.update(num_steps=steps, batch_size=32, checkpoint_every=1000, log_every=50)
-    c.optim.update(learning_rate=3e-3, warmup_steps=20)
-    c.mesh.update(data=1)  # learning, not sharding, is under test: one device compiles and steps fastest
-    cfg = from_config_dict(c, 1)
-    state = loop.train(cfg, str(tmp_path / objective), mesh(data=1))
-    from flax import nnx
-    from nlhf_jax.trainer.tasks import get_task
+    cfg = _train(objective, steps, data_dir, tmp_path / objective)
+    params, step = launch.read_params(tmp_path / objective, cfg)
+    assert step == steps
     graphdef = nnx.graphdef(nnx.eval_shape(lambda: get_task(objective).make_model(cfg)(nnx.Rngs(0))))
     held_out = pipelines.make_eval_iterator(cfg.data, 'pairs', 32, slice(None))
-    metrics = evaluate_pairs(graphdef, state.params, held_out)
+    metrics = evaluate_pairs(graphdef, params, held_out)
     assert metrics['num_pairs'] == 300
     assert metrics['antisymmetry_error'] <= 1e-6
     accuracy[objective] = metrics['accuracy']
