@@ -2,6 +2,7 @@
 HLO reading that counts their FLOPs and bytes, and the refusal of a step that does not fit."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -118,6 +119,18 @@ def test_loops_are_counted_by_their_trip_counts():
   # each iteration reads one layer's weights out of the stack, not the whole stack
   per_iteration = [o.bytes / o.count for o in scanned.ops if o.count == 7]
   assert per_iteration and max(per_iteration) < 2 * 64 * 64 * 4 + 64 < w.nbytes  # a slice read and written
+
+
+def test_a_loop_counter_that_steps_by_two_counts_half_the_trips():
+  # XLA's TPU windowed einsums unroll their loop and add 2 to the counter: 1, 3, 5, 7 < 9 is 4 trips, not 8. The
+  # trip count XLA writes on a CPU loop is taken out, so that the count is read from the condition and the body.
+  w, x = jnp.ones((64, 64)), jnp.ones((32, 64))
+  text = _compiled(lambda w, x: jax.lax.while_loop(lambda c: c[0] < 9, lambda c: (c[0] + 2, jnp.tanh(c[1] @ w)),
+                                                   (1, x))[1], w, x).as_text()
+  text = re.sub(r'(while\(.*), backend_config=\{.*\}', r'\1', text)
+  assert 'known_trip_count' not in text
+  costs = hlo.analyze(text)
+  assert list(costs.loops.values()) == [4] and costs.flops == 4 * 2 * 32 * 64 * 64
 
 
 def test_flops_agree_with_xla_on_a_loop_free_program():
