@@ -87,13 +87,23 @@ def _gradient_passes(cfg: ModelConfig) -> float:
   return (2.0 if cfg.lora.rank else 3.0) + (1.0 if cfg.remat == 'full' else 0.0)
 
 
+def sampling_flops(cfg: ModelConfig, rows: int, prompt: int, new: int, mixture: bool) -> float:
+  """Matmul FLOPs of sampling a pair (y, y') for `rows` prompts as the sampler computes them: each decoding model
+  (the policy and, for a `mixture` opponent, the reference) prefills a prompt once over its cache's prompt + new
+  slots, with logits at the last position only (the first response token), then runs new - 1 one-token steps
+  over the slots, the policy for 2 rows a prompt and the reference for 1."""
+  fwd, slots = forward_flops_per_token, prompt + new
+  prefill = prompt * fwd(cfg, slots, vocab_head=False) + fwd(cfg, 0) - fwd(cfg, 0, vocab_head=False)
+  decode = (new - 1) * fwd(cfg, slots)
+  return rows * ((2 if mixture else 1) * prefill + (3 if mixture else 2) * decode)
+
+
 def step_flops(cfg, judge_cfg: ModelConfig | None = None) -> float:
   """Model FLOPs (matmuls, as computed: full-length attention) of one training step of `cfg` (an
   ExperimentConfig), the analytic count that nlhf-compile sets beside the compiled one (docs/benchmark.md).
-  Online objectives: sampling (prefill, then decode; the policy's rows and, for a mixture opponent, the
-  reference's), the reference's forward pass on the sequences the loss reads, the policy's forward and backward
-  passes (`_gradient_passes`), and a model judge reading the prompt and each response (`judge_cfg`, by default the
-  policy's shape; no judge FLOPs for an oracle)."""
+  Online objectives: sampling (`sampling_flops`), the reference's forward pass on the sequences the loss reads,
+  the policy's forward and backward passes (`_gradient_passes`), and a model judge reading the prompt and each
+  response (`judge_cfg`, by default the policy's shape; no judge FLOPs for an oracle)."""
   spec, m, d, b = objectives.get(cfg.train.objective), cfg.model, cfg.data, cfg.train.batch_size
   fwd, passes = forward_flops_per_token, _gradient_passes(m)
   if spec.kind == 'supervised':
@@ -110,9 +120,7 @@ def step_flops(cfg, judge_cfg: ModelConfig | None = None) -> float:
   k = max(getattr(o, 'samples_per_prompt', 1) or 1, 1)
   rows, new, prompt = b * k, o.max_new_tokens, d.prompt_len
   length = prompt + new
-  prefill = prompt * fwd(m, prompt)
-  decode = sum(fwd(m, prompt + t) for t in range(new))
-  sampled = rows * (3 if spec.opponent == 'mixture' else 2) * (prefill + decode)
+  sampled = sampling_flops(m, rows, prompt, new, mixture=spec.opponent == 'mixture')
   body = (length - 1) * fwd(m, length - 1, vocab_head=False)
   head = new * (fwd(m, 0) - fwd(m, 0, vocab_head=False))
   sequences = rows * (2 if spec.second_logprobs else 1) * (body + head)

@@ -2,6 +2,7 @@
 HLO reading that counts their FLOPs and bytes, and the refusal of a step that does not fit."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -120,6 +121,18 @@ def test_loops_are_counted_by_their_trip_counts():
   assert per_iteration and max(per_iteration) < 2 * 64 * 64 * 4 + 64 < w.nbytes  # a slice read and written
 
 
+def test_a_loop_counter_that_steps_by_two_counts_half_the_trips():
+  # XLA's TPU windowed einsums unroll their loop and add 2 to the counter: 1, 3, 5, 7 < 9 is 4 trips, not 8. The
+  # trip count XLA writes on a CPU loop is taken out, so that the count is read from the condition and the body.
+  w, x = jnp.ones((64, 64)), jnp.ones((32, 64))
+  text = _compiled(lambda w, x: jax.lax.while_loop(lambda c: c[0] < 9, lambda c: (c[0] + 2, jnp.tanh(c[1] @ w)),
+                                                   (1, x))[1], w, x).as_text()
+  text = re.sub(r'(while\(.*), backend_config=\{.*\}', r'\1', text)
+  assert 'known_trip_count' not in text
+  costs = hlo.analyze(text)
+  assert list(costs.loops.values()) == [4] and costs.flops == 4 * 2 * 32 * 64 * 64
+
+
 def test_flops_agree_with_xla_on_a_loop_free_program():
   a, b = jnp.ones((3, 48, 80)), jnp.ones((3, 80, 24))
   c = _compiled(lambda a, b: jnp.einsum('bij,bjk->bik', a, b) + 1, a, b)
@@ -135,6 +148,25 @@ def test_convolution_counts_only_positions_inside_the_input():
   c = _compiled(lambda x, k: jax.lax.conv_general_dilated(x, k, (1,), [(1, 1)], dimension_numbers=('NWC', 'WIO', 'NWC')),
                 x, k)
   assert hlo.analyze(c.as_text()).flops == 2 * 2 * 6 * 8 * 13
+
+
+def test_sampling_flops_are_the_compiled_samplers():
+  # perf.sampling_flops against a CPU-compiled pair sampler (the tiny shape): a prefill per prompt and model with
+  # logits at its last position, then new - 1 steps over the cache's slots, the policy 2 rows a prompt, mu 1
+  from flax import nnx
+
+  from nlhf_jax.config import ModelConfig
+  from nlhf_jax.models import Transformer, preset
+  from nlhf_jax.perf import sampling_flops
+  from nlhf_jax.sampling import SamplingConfig, jit_sample_pair
+  cfg = ModelConfig(**preset('tiny'))
+  graphdef, policy = nnx.split(Transformer(cfg, nnx.Rngs(0)))
+  rows, prompt, new = 4, 6, 5
+  batch = {'prompt': jnp.ones((rows, prompt), jnp.int32), 'prompt_mask': jnp.ones((rows, prompt), bool),
+           'example_index': jnp.arange(rows, dtype=jnp.int32)}
+  fn = jit_sample_pair(graphdef, graphdef, SamplingConfig(max_new_tokens=new, stop_ids=()), 0.3)
+  costs = hlo.analyze(fn.lower(policy, policy, batch, jax.random.key(0)).compile().as_text())
+  assert costs.flops == pytest.approx(sampling_flops(cfg, rows, prompt, new, mixture=True), rel=1e-6)
 
 
 def test_roofline_bounds_each_instruction_by_compute_or_bandwidth():

@@ -12,9 +12,10 @@ reads the module that the target's compiler produced (`compiled.as_text()`) inst
   the update, not the buffer.
 - Collectives: the bytes that all-reduce, all-gather, reduce-scatter, all-to-all and collective-permute move.
 - Loops: a while loop's trip count is XLA's `known_trip_count` when it gives one, else read from the loop's
-  condition (the induction variable against a bound, both constants); a condition that ends a loop early (a
-  sampler that stops when every row has ended) counts the bound, the most the loop can run. A loop whose count
-  cannot be read counts once and is listed in `Costs.uncounted_loops`.
+  condition (the induction variable against a bound, both constants, in steps of what the body adds to it: XLA's
+  TPU windowed einsums step by 2); a condition that ends a loop early (a sampler that stops when every row has
+  ended) counts the bound, the most the loop can run. A loop whose count cannot be read counts once and is listed
+  in `Costs.uncounted_loops`.
 """
 from __future__ import annotations
 
@@ -164,11 +165,42 @@ def trip_count(comps: dict[str, Computation], caller: Computation, loop: Instruc
       if limit is None or start is None:
         continue
       d = {'LT': 'GT', 'LE': 'GE', 'GT': 'LT', 'GE': 'LE'}[direction] if flip else direction
+      step = _step(comps, loop, var[1])
       if d == 'LT':
-        return max(limit - start, 0)
+        return max(-(-(limit - start) // step), 0)
       if d == 'LE':
-        return max(limit - start + 1, 0)
+        return max((limit - start) // step + 1, 0)
   return None
+
+
+def _step(comps, loop: Instruction, index: int) -> int:
+  """What the loop's body adds to element `index` of the loop tuple each time it runs (XLA's TPU windowed einsums
+  unroll their loop by two and step by 2), through a fusion that holds the add; 1 when the update is not an add
+  of a positive constant."""
+  body = comps.get(re.findall(r'%([\w.\-]+)', loop.attr('body'))[0])
+  root = body.root if body is not None else None
+  if root is None or root.opcode != 'tuple' or index >= len(root.operands):
+    return 1
+  update = body.instructions.get(root.operands[index])
+  is_fusion = update is not None and update.opcode == 'fusion' and update.called()
+  fused = comps.get(update.called()[0]) if is_fusion else None
+
+  def bind(name):  # (computation, instruction) of an operand of the add, out of the fusion when it is a parameter
+    instr = fused.instructions.get(name) if fused is not None else body.instructions.get(name)
+    if fused is not None and instr is not None and instr.opcode == 'parameter':
+      return body, body.instructions.get(update.operands[int(instr.attr('index'))])
+    return (fused or body), instr
+
+  add = fused.root if fused is not None else update
+  if add is None or add.opcode != 'add' or len(add.operands) != 2:
+    return 1
+  for var, inc in (add.operands, add.operands[::-1]):
+    (var_comp, v), (inc_comp, c) = bind(var), bind(inc)
+    if v is None or c is None or var_comp is not body or _induction(comps, body, v.name) != index:
+      continue
+    value = _constant(comps, inc_comp, c.name)
+    return value if value is not None and value > 0 else 1
+  return 1
 
 
 def _resolve(comps, cond, init, caller, ref):
@@ -274,7 +306,7 @@ def _output_bytes(comps, comp: Computation, instr: Instruction) -> float:
   if root.opcode == 'dynamic-update-slice':
     holder = fused if fused is not None else comp
     return shape_bytes(holder.shape_of(root.operands[1]))  # the update written
-  if instr.opcode == 'custom-call' and instr.shape.startswith('('):  # (result, workspace): the scratch is not HBM traffic
+  if instr.opcode == 'custom-call' and instr.shape.startswith('('):  # (result, workspace): scratch is no HBM traffic
     return shape_bytes(split_top(instr.shape[1:-1])[0])
   return shape_bytes(instr.shape)
 
