@@ -37,6 +37,7 @@ def nash_md():
                                  '--mesh=fsdp=-1', '--json'))
 
 
+@pytest.mark.slow
 def test_nash_md_compiles_for_tpu_and_gpu(nash_md):
   tpu, gpu = nash_md
   assert (tpu['target'], tpu['devices'], gpu['target'], gpu['devices']) == ('tpu:v5e-4', 4, 'gpu:h100x2', 2)
@@ -59,6 +60,7 @@ def test_per_device_parameters_are_the_total_over_the_devices(nash_md):
     assert r['params'] * r['devices'] >= r['parameters']
 
 
+@pytest.mark.slow
 def test_dpo_compiles_for_tpu_and_gpu():
   for r in _last_json(_compile_cli('--target=tpu:v5e-4,gpu:h100x2', '--config=experiments/configs/dpo.py:tiny',
                                    '--json')):
@@ -67,6 +69,7 @@ def test_dpo_compiles_for_tpu_and_gpu():
     assert 0.6 < r['flops_ratio'] < 1.25, r['flops_ratio']
 
 
+@pytest.mark.slow
 def test_a_step_that_does_not_fit_is_refused_with_measured_switches():
   p = _compile_cli('--target=gpu:h100x1', '--config=experiments/configs/sft.py:tiny', '--batch_size=196608',
                    check=False)

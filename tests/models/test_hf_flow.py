@@ -92,6 +92,7 @@ def test_import_writes_a_run_that_commands_accept(imported):
     check_workdir(run)
 
 
+@pytest.mark.slow
 def test_the_whole_flow(imported, tmp_path):
   import torch
   import transformers
