@@ -69,9 +69,3 @@ def mini_pipeline(tmp_path_factory, devices):
   from tests.pipeline.mini import run_interrupted_then_resumed
   return run_interrupted_then_resumed(str(tmp_path_factory.mktemp('pipeline')))
 
-
-def pytest_collection_modifyitems(items):
-  """Files with a `slow` test first (in their order), then the rest: the two workers take whole files in this order,
-  so the run does not end with one worker on a long file while the other has nothing left."""
-  slow_files = {item.path for item in items if item.get_closest_marker('slow')}
-  items.sort(key=lambda item: item.path not in slow_files)
