@@ -287,9 +287,11 @@ def test_trains_and_keeps_its_iteration_state(name):
   states, metrics = run_steps(cfg, 5)
   assert all(np.isfinite(m['loss']) for m in metrics)
   # A step's loss and gradient are exactly 0 where every sampled pair ties and the policy is pi_t (sppo's target
-  # eta (P - 1/2) and log pi/pi_t both 0); any other step has a gradient.
-  assert all(m['grad_norm'] > 0 for m in metrics if m['loss'] > 0), metrics
-  assert sum(m['loss'] > 0 for m in metrics) >= 3, metrics
+  # eta (P - 1/2) and log pi/pi_t both 0); every other step has a gradient. Where the policy has moved from pi_t
+  # (the second of each iteration's two steps), sppo's squared loss is positive whatever the samples.
+  assert all(m['grad_norm'] > 0 or (name == 'sppo' and m['loss'] == 0) for m in metrics), metrics
+  if name == 'sppo':
+    assert all(metrics[s]['loss'] > 0 for s in range(1, len(metrics), 2)), metrics
   assert not same(states[-1].params, states[0].params)
   keys = {'extragradient': [], 'inpo': ['pi_t'], 'sppo': ['pi_t'], 'mpo': ['magnet', 'pi_t']}[name]
   assert sorted(states[0].extras or {}) == keys
