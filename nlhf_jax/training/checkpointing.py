@@ -43,11 +43,35 @@ def _abstract(tree_with_shardings) -> Any:
   return jax.tree.map(leaf, tree_with_shardings)
 
 
+_ARRAYS_SAVED_WHOLE = []
+
+
+def _save_replicated_arrays_whole_on_cpu() -> None:
+  """On CPU devices, Orbax's replica-parallel saving (its default there) cuts every replicated array into one slice
+  per device, each an eagerly compiled slice op, only to copy the slices within host memory: a tiny model's save
+  took 0.25 s on 8 CPU devices with it and 0.14 s without (the first save of a process 1.1 s and 0.2 s). There
+  the arrays are saved whole from their first replica; on GPU and TPU Orbax's own default stays. The same files
+  either way: a checkpoint written with one setting restores with the other. Once per process (Orbax's handler
+  table is global)."""
+  if _ARRAYS_SAVED_WHOLE or jax.default_backend() != 'cpu':
+    return
+  absl_log = logging.getLogger('absl')
+  level = absl_log.level
+  absl_log.setLevel(logging.ERROR)  # the table logs a warning whenever a handler is replaced
+  try:
+    ocp.type_handlers.register_type_handler(jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False),
+                                            override=True)
+  finally:
+    absl_log.setLevel(level)
+  _ARRAYS_SAVED_WHOLE.append(True)
+
+
 class Checkpointer:
   """Saves every `every` steps (asynchronously), keeps the last `keep`, restores the latest."""
 
   def __init__(self, directory: str, every: int = 1, keep: int = 3, async_save: bool = True):
     self.directory = absolute(directory)
+    _save_replicated_arrays_whole_on_cpu()
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, save_interval_steps=every,
                                            enable_async_checkpointing=async_save, create=True)
     self._manager = ocp.CheckpointManager(self.directory, options=options)

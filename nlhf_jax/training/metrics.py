@@ -2,7 +2,7 @@
 
 Contracts (all writing happens on process 0 only; the other processes compute the same values and write nothing):
 - `MetricWriter`: appends {'step': n, 'time': UNIX_SECONDS, name: value, ...} lines to RUN/metrics.jsonl and the
-  same scalars (without `time`) as TensorBoard events in RUN/tb (`tensorboard --logdir RUN/tb`).
+  same scalars (without `time`) as TensorBoard events in RUN/tb (`tensorboard --logdir RUN/tb`; training/events.py).
 - `RunRecord`: RUN/run.json = {'sessions': [SESSION, ...]}, one SESSION per start of the command on the workdir
   (a resumed run appends one; earlier sessions are kept). A session is written when the loop starts (command line,
   versions, devices, mesh, processes, start time and step) and completed when it ends: `end_time`, `final_step`
@@ -34,6 +34,8 @@ import numpy as np
 from etils import epath
 from tqdm import tqdm
 
+from nlhf_jax.training.events import EventWriter
+
 log = logging.getLogger(__name__)
 
 RUN_RECORD = 'run.json'
@@ -52,8 +54,7 @@ class MetricWriter:
     os.makedirs(workdir, exist_ok=True)
     self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a')
     if tensorboard:
-      from tensorboardX import SummaryWriter  # imported lazily: it is slow to import
-      self._tb = SummaryWriter(os.path.join(workdir, 'tb'))
+      self._tb = EventWriter(os.path.join(workdir, 'tb'))
 
   def write(self, step: int, metrics: dict) -> None:
     if not self.active:
@@ -62,8 +63,7 @@ class MetricWriter:
     self._jsonl.write(json.dumps({'step': step, 'time': round(time.time(), 3), **scalars}) + '\n')
     self._jsonl.flush()
     if self._tb is not None:
-      for k, v in scalars.items():
-        self._tb.add_scalar(k, v, step)
+      self._tb.scalars(step, scalars)
 
   def close(self) -> None:
     if self.active:
