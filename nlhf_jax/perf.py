@@ -118,7 +118,7 @@ def step_flops(cfg, judge_cfg: ModelConfig | None = None) -> float:
     return (passes + reference) * 2 * b * length * fwd(m, length)
   o = cfg.online
   k = max(getattr(o, 'samples_per_prompt', 1) or 1, 1)
-  rows, new, prompt = b * k, o.max_new_tokens, d.prompt_len
+  rows, new, prompt = b * k, o.sampling.max_new_tokens, d.prompt_len
   length = prompt + new
   sampled = sampling_flops(m, rows, prompt, new, mixture=spec.opponent == 'mixture')
   body = (length - 1) * fwd(m, length - 1, vocab_head=False)

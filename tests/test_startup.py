@@ -154,7 +154,7 @@ def test_the_laptop_variants_are_the_hf_ones_with_less_memory(name, tmp_path):
       hf.data.seq_len + hf.data.prompt_len + hf.data.response_len)
   if name == 'nash_md':  # online: adapters on a bfloat16 base (mu), a bfloat16 judge, shorter samples
     assert (laptop.model.lora.rank, laptop.online.frozen_dtype) == (16, 'bfloat16')
-    assert laptop.online.max_new_tokens < hf.online.max_new_tokens
+    assert laptop.online.sampling.max_new_tokens < hf.online.sampling.max_new_tokens
     assert (laptop.online.tau, laptop.online.beta) == (hf.online.tau, hf.online.beta)
 
 
@@ -164,7 +164,8 @@ def test_the_fields_named_follow_the_objective_and_the_model(devices):
   c.model.vocab_size = 32768
   cfg = from_config_dict(c, 8)
   named = memory.fixes(cfg, tasks.get_task('nash_md'), mesh(data=8))
-  assert named.startswith('lower train.batch_size (16) or data.prompt_len (40) or online.max_new_tokens (16), ')
+  assert named.startswith('lower train.batch_size (16) or data.prompt_len (40) or online.sampling.max_new_tokens '
+                          '(16), ')
   for field in ('model.remat=full', 'model.logits_chunk=16384', 'online.frozen_dtype=bfloat16',
                 'model.lora.rank=16', 'mesh.fsdp=1, mesh.data=8'):
     assert field in named, (field, named)

@@ -36,32 +36,36 @@ def online_config(size: str, objective: str) -> ml_collections.ConfigDict:
   c.train.objective = objective
   # The longest built-in prompt is 33 tokens (BOS and separator included).
   c.data.update(source='synthetic', tokenizer='bytes', prompt_len=40, num_examples=4096)
-  c.online.update(tau=0.05, beta=0.125, max_new_tokens=16, temperature=1.0, samples_per_prompt=1)
+  c.online.update(tau=0.05, beta=0.125, samples_per_prompt=1)
+  c.online.sampling.update(max_new_tokens=16, temperature=1.0)
   c.online.update(judge='oracle', oracle="nlhf_jax.online.oracles:more_of('aeiou')")
   c.optim.update(name='adamw', learning_rate=1e-3, schedule='constant', warmup_steps=0, grad_clip_norm=1.0)
   c.train.update(num_steps=60, batch_size=16, log_every=10, checkpoint_every=30)
   if size == 'small':
     c.data.update(prompt_len=64)
-    c.online.update(max_new_tokens=64)
+    c.online.sampling.max_new_tokens = 64
     c.train.update(batch_size=8, num_steps=1000, log_every=20, checkpoint_every=200)
   if size == '125m':
     c.model.compute_dtype = 'bfloat16'
     c.mesh = dict(data=-1, fsdp=1, tensor=1)
     c.data.update(source='tfds', name='prompts', prompt_len=256, tokenizer='')
-    c.online.update(tau=0.008, max_new_tokens=128, judge='preference_model', oracle='')
+    c.online.update(tau=0.008, judge='preference_model', oracle='')
+    c.online.sampling.max_new_tokens = 128
     c.optim.update(learning_rate=1e-5, warmup_steps=100)
     c.train.update(batch_size=128, num_steps=10_000, log_every=50, checkpoint_every=500)
   if size in ('hf', 'laptop'):
     sibling(__file__, 'sft').from_imported_run(c)
     c.data.update(prompt_len=256)
-    c.online.update(tau=0.008, max_new_tokens=128, judge='preference_model', oracle='')
+    c.online.update(tau=0.008, judge='preference_model', oracle='')
+    c.online.sampling.max_new_tokens = 128
     c.optim.update(learning_rate=1e-6, warmup_steps=20)
     c.train.update(batch_size=32, num_steps=1000, log_every=5, checkpoint_every=50)
   if size == 'laptop':  # LoRA adapters on the bfloat16 base (which is also mu), a bfloat16 judge, short samples
     sibling(__file__, 'sft').small_memory(c)
     c.model.lora.rank = 16
     c.data.update(prompt_len=128)
-    c.online.update(max_new_tokens=64, frozen_dtype='bfloat16')
+    c.online.update(frozen_dtype='bfloat16')
+    c.online.sampling.max_new_tokens = 64
     c.optim.update(learning_rate=1e-4)
     c.train.update(batch_size=4)
   return c

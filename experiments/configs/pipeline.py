@@ -42,8 +42,9 @@ def tiny() -> ml_collections.ConfigDict:
   c.model = preset('tiny', max_len=128)
   c.judge_model = preset('tiny', max_len=128)
   c.sft = _trainer(30, 16, 3e-3, warmup=5)
-  # Two responses per prompt from mu; labels 'probabilities' (P*) or 'draws' (0/1 Bernoulli(P*), seeded).
-  c.pairs = dict(num_prompts=128, labels='probabilities', temperature=1.0, batch_size=64)
+  # Two responses per prompt from mu; labels 'probabilities' (P*) or 'draws' (0/1 Bernoulli(P*), seeded). They are
+  # sampled at pairs.sampling.temperature, policy.sampling.max_new_tokens tokens long.
+  c.pairs = dict(num_prompts=128, labels='probabilities', sampling=dict(temperature=1.0), batch_size=64)
   # The judge that labels the pairs and scores the evaluation: 'module:function' (or 'module:factory(args)')
   # giving fn(prompts, responses_a, responses_b) -> P(a > b) over texts; the benchmark's exact oracle P*.
   c.oracle = 'nlhf_jax.benchmark.oracle:preferences'
@@ -51,14 +52,15 @@ def tiny() -> ml_collections.ConfigDict:
   c.reward_model = _trainer(20, 16, 1e-3)
   c.policies = 'rlhf,sp,md_0.25'
   # The successors of Nash-MD (inpo, comal, mpo, sppo): eta, the steps of an iteration, the iterations between the
-  # resets of comal's and mpo's moving reference, and sppo's K samples per prompt (docs/online.md).
-  c.policy = dict(tau=0.05, rlhf_tau=0.05, ema_rate=0.9, max_new_tokens=24, temperature=1.0, eta=2.0,
+  # resets of comal's and mpo's moving reference, and sppo's K samples per prompt (docs/online.md). `sampling` is
+  # the online policies' config.online.sampling.
+  c.policy = dict(tau=0.05, rlhf_tau=0.05, ema_rate=0.9, sampling=dict(max_new_tokens=24, temperature=1.0), eta=2.0,
                   iteration_steps=4, prox_iterations=2, group_samples=4, **_trainer(8, 16, 1e-3))
   # Offline DPO and IPO (policies 'dpo', 'ipo'): tau and the trainer, on the pairs; mu and the start are sft.
   c.offline = dict(tau=0.1, **_trainer(8, 16, 1e-3))
   # Evaluation: num_prompts validation prompts x samples_per_prompt samples = N comparisons per cell.
-  c.eval = dict(seed=0, num_prompts=32, samples_per_prompt=1, judgement='expected', temperature=1.0,
-                max_new_tokens=24, batch_size=32, num_shown=3)
+  c.eval = dict(seed=0, num_prompts=32, samples_per_prompt=1, judgement='expected',
+                sampling=dict(max_new_tokens=24, temperature=1.0), batch_size=32, num_shown=3)
   return c
 
 
@@ -75,9 +77,11 @@ def demo() -> ml_collections.ConfigDict:
   c.preference_model = _trainer(600, 64, 1e-3, warmup=10, every=300)
   c.reward_model = _trainer(600, 64, 1e-3, warmup=10, every=300)
   c.policies = ALL_POLICIES
-  c.policy.update(max_new_tokens=12, iteration_steps=20, **_trainer(100, 16, 1e-3, every=50))
+  c.policy.update(iteration_steps=20, **_trainer(100, 16, 1e-3, every=50))
+  c.policy.sampling.max_new_tokens = 12
   c.offline.update(**_trainer(200, 32, 1e-3, every=100))
-  c.eval.update(num_prompts=256, samples_per_prompt=2, max_new_tokens=12, batch_size=128)
+  c.eval.update(num_prompts=256, samples_per_prompt=2, batch_size=128)
+  c.eval.sampling.max_new_tokens = 12
   return c
 
 
@@ -93,10 +97,12 @@ def full() -> ml_collections.ConfigDict:
   c.pairs.update(num_prompts=32_768, batch_size=1024)
   c.preference_model = _trainer(4000, 256, 3e-4, warmup=200, every=1000)
   c.reward_model = _trainer(4000, 256, 3e-4, warmup=200, every=1000)
-  c.policy.update(tau=0.008, rlhf_tau=0.05, ema_rate=0.999, max_new_tokens=20, eta=10.0, iteration_steps=200,
+  c.policy.update(tau=0.008, rlhf_tau=0.05, ema_rate=0.999, eta=10.0, iteration_steps=200,
                   **_trainer(2000, 128, 3e-5, warmup=50, every=500))
+  c.policy.sampling.max_new_tokens = 20
   c.offline.update(**_trainer(2000, 128, 3e-5, warmup=50, every=500))
-  c.eval.update(num_prompts=1024, samples_per_prompt=2, max_new_tokens=20, batch_size=512)
+  c.eval.update(num_prompts=1024, samples_per_prompt=2, batch_size=512)
+  c.eval.sampling.max_new_tokens = 20
   return c
 
 

@@ -52,7 +52,7 @@ def _define_flags() -> None:
   flags.DEFINE_string('judge_preset', '', 'Shape of a model judge whose run is not here (default: the policy\'s).')
   flags.DEFINE_integer('batch_size', None, 'config.train.batch_size.')
   flags.DEFINE_integer('prompt_len', None, 'config.data.prompt_len.')
-  flags.DEFINE_integer('new_tokens', None, 'config.online.max_new_tokens.')
+  flags.DEFINE_integer('new_tokens', None, 'config.online.sampling.max_new_tokens.')
   flags.DEFINE_integer('lora_rank', None, 'config.model.lora.rank (0: full fine-tuning).')
   flags.DEFINE_string('mesh', '', 'Mesh, e.g. fsdp=-1 or data=2,fsdp=4 (default: the config\'s).')
   flags.DEFINE_bool('fixes', True, 'When a step does not fit, compile the switches that would make it fit.')
@@ -112,20 +112,23 @@ def experiment(c, num_devices: int, model: dict | None = None, batch_size=None, 
   if prompt_len:
     c.data.prompt_len = prompt_len
   if new_tokens:
-    c.online.max_new_tokens = new_tokens
+    c.online.sampling.max_new_tokens = new_tokens
   if lora_rank is not None:
     c.model.lora.rank = lora_rank
   if spec.online:
-    c.model.max_len = max(c.model.max_len, c.data.prompt_len + c.online.max_new_tokens)
+    c.model.max_len = max(c.model.max_len, c.data.prompt_len + c.online.sampling.max_new_tokens)
     if c.online.judge in ('preference_model', 'reward_model') and not c.online.judge_checkpoint:
       c.online.judge_checkpoint = '-'  # compiled from its shape (--judge_preset), never read
     if c.model.lora.rank and not c.online.reference_checkpoint:
       c.online.reference_checkpoint = '-'  # the LoRA base: abstract here
   if mesh:
     c.mesh = parse_mesh(mesh)
-  for key, value in (sets or {}).items():  # 'online.sharded_decode' -> c.online.sharded_decode
-    section, _, field = key.rpartition('.')
-    setattr(c.get(section) if section else c, field, value)
+  for key, value in (sets or {}).items():  # 'online.sampling.sharded_decode' -> c.online.sampling.sharded_decode
+    *sections, field = key.split('.')
+    node = c
+    for name in sections:
+      node = node[name]
+    setattr(node, field, value)
   return from_config_dict(c, num_devices)
 
 
@@ -139,7 +142,7 @@ def measure(cfg, target: targets_lib.Target, devices: list, judge_model=None, hl
   from nlhf_jax.trainer import compile_only
   options = None
   start = time.perf_counter()
-  head = dict(model=cfg.model.preset, parameters=None, sharded_decode=cfg.online.sharded_decode, target=target.name, devices=len(devices), processes=devices_lib.process_count(devices),
+  head = dict(model=cfg.model.preset, parameters=None, sharded_decode=cfg.online.sampling.sharded_decode, target=target.name, devices=len(devices), processes=devices_lib.process_count(devices),
               objective=cfg.train.objective, batch_size=cfg.train.batch_size, lora_rank=cfg.model.lora.rank,
               remat=cfg.model.remat, device_memory_bytes=target.memory_bytes)
   try:
@@ -168,7 +171,7 @@ def measure(cfg, target: targets_lib.Target, devices: list, judge_model=None, hl
   n = len(devices)
   analytic = perf.step_flops(cfg, step.judge_model) / n
   total = phases['total']
-  out = dict(model=cfg.model.preset, sharded_decode=cfg.online.sharded_decode, target=target.name, devices=n, processes=devices_lib.process_count(devices),
+  out = dict(model=cfg.model.preset, sharded_decode=cfg.online.sampling.sharded_decode, target=target.name, devices=n, processes=devices_lib.process_count(devices),
              objective=cfg.train.objective, mesh=dict(step.mesh.shape), batch_size=cfg.train.batch_size,
              lora_rank=cfg.model.lora.rank, remat=cfg.model.remat, compile_s=round(seconds, 1),
              triton_gemm=options is None, parameters=compile_only.total_bytes(step.state.params),
@@ -183,7 +186,7 @@ def measure(cfg, target: targets_lib.Target, devices: list, judge_model=None, hl
                      for k, p in phases.items()})
   if step.task.online:
     out.update(_decode_figures(cfg, step, costs, n))
-    out['sampled_tokens_per_s'] = (2 * cfg.train.batch_size * cfg.online.max_new_tokens / total.seconds
+    out['sampled_tokens_per_s'] = (2 * cfg.train.batch_size * cfg.online.sampling.max_new_tokens / total.seconds
                                    if total.seconds else None)
   return out
 
@@ -204,7 +207,7 @@ def _decode_figures(cfg, step, costs, n: int) -> dict:
   ideal: every decoding model's weights and the KV caches read once per token, per device."""
   from nlhf_jax.sampling.sampler import SCOPE
   from nlhf_jax.trainer import compile_only
-  new = cfg.online.max_new_tokens
+  new = cfg.online.sampling.max_new_tokens
   decode_ops = [o for o in costs.ops if o.phase == SCOPE and o.count >= new - 1]
   measured = sum(o.bytes for o in decode_ops) / max(new - 1, 1)
   models = ['policy'] + (['reference'] if step.task.objective.opponent == 'mixture' else [])
@@ -217,7 +220,8 @@ def _decode_figures(cfg, step, costs, n: int) -> dict:
               decode_bytes_ratio=measured / ideal if ideal else None)
 
 
-FIXES = (('the sampler\'s weights left sharded (online.sharded_decode=true)', dict(sets={'online.sharded_decode': True})),
+FIXES = (('the sampler\'s weights left sharded (online.sampling.sharded_decode=true)',
+          dict(sets={'online.sampling.sharded_decode': True})),
          ('LoRA adapters (model.lora.rank=16)', dict(lora_rank=16)),
          ('remat of every layer (model.remat=full)', dict(model=dict(remat='full'))),
          ('parameters sharded over every device (mesh fsdp=-1)', dict(mesh='fsdp=-1')),
@@ -242,7 +246,7 @@ def _fixes(c, cfg, target, devices, args: dict, judge_model) -> list[str]:
         continue
       a['mesh'] = change['mesh']
     if 'sets' in change:
-      if not _objective(cfg).online or cfg.online.sharded_decode:
+      if not _objective(cfg).online or cfg.online.sampling.sharded_decode:
         continue
       a['sets'] = dict(a.get('sets') or {}, **change['sets'])
     if change.get('half_batch'):

@@ -80,8 +80,8 @@ def _define_flags() -> None:
                       'validation; not used with a file of prompts).')
   flags.DEFINE_integer('num_prompts', 256, 'Prompts to evaluate on (the first of the split or file).')
   flags.DEFINE_integer('samples_per_prompt', 1, 'Responses per prompt and policy.')
-  flags.DEFINE_integer('max_new_tokens', 0, 'Response length (0: the reference run\'s online.max_new_tokens, or '
-                       'data.response_len).')
+  flags.DEFINE_integer('max_new_tokens', 0, 'Response length (0: the reference run\'s online.sampling.max_new_tokens, '
+                       'or data.response_len).')
   flags.DEFINE_float('temperature', 1.0, 'Sampling temperature.')
   flags.DEFINE_integer('batch_size', 64, 'The most rows (prompt x sample) per sampling batch: a multiple of the '
                        'devices that split the batch (mesh data x fsdp); fewer prompts take a smaller batch.')
@@ -93,6 +93,7 @@ def eval_config(workdir: str, pipeline_cfg=None, output: str = '', mesh: str = '
   """The eval stage config: derived from a pipeline config, or read from DIR/eval/stage.json."""
   from nlhf_jax.pipeline import stages
   if pipeline_cfg is not None:
+    stages.check_moved(pipeline_cfg)
     ecfg = stages.eval_config(pipeline_cfg, os.path.abspath(workdir))
   else:
     ecfg = _recorded_eval_config(workdir)
@@ -105,15 +106,17 @@ def eval_config(workdir: str, pipeline_cfg=None, output: str = '', mesh: str = '
 
 
 def _recorded_eval_config(workdir: str) -> ml_collections.ConfigDict:
-  """DIR/eval/stage.json (config.json in pipelines written before that name), with one clear error for a
-  pipeline of several seeds, whose DIR/eval pools the seeds' evaluations rather than sampling."""
+  """DIR/eval/stage.json (config.json in pipelines written before that name; flat sampling options, as
+  pipelines written before the eval config's `sampling` section held them, moved under it), with one clear error
+  for a pipeline of several seeds, whose DIR/eval pools the seeds' evaluations rather than sampling."""
   from nlhf_jax.pipeline.runner import STAGE_CONFIG
   paths = [os.path.join(workdir, 'eval', name) for name in (STAGE_CONFIG, 'config.json')]
   path = next((p for p in paths if os.path.exists(p)), None)
   if path is None:
     raise FileNotFoundError(f'{paths[0]} does not exist; run the pipeline first or pass --config=PIPELINE_CONFIG')
+  from nlhf_jax.config.runs import nest_sampling
   with open(path) as f:
-    ecfg = ml_collections.ConfigDict(json.load(f))
+    ecfg = ml_collections.ConfigDict(nest_sampling(json.load(f)))
   if ecfg.get('aggregate', False):
     seeds = list(ecfg.seeds)
     raise ConfigError(f'--workdir={workdir} is a pipeline of {len(seeds)} seeds ({",".join(map(str, seeds))}), '

@@ -92,8 +92,8 @@ def online_config(preset: str, batch: int, new_tokens: int, prompt_len: int = 64
   c.train.update(objective='nash_md', batch_size=batch)
   c.data.update(prompt_len=prompt_len)
   c.model.max_len = max(c.model.max_len, prompt_len + new_tokens)
-  c.online.update(max_new_tokens=new_tokens, beta=0.125, tau=0.008, judge=judge, judge_checkpoint='-',
-                  frozen_dtype=frozen_dtype, sharded_decode=bool(mesh), kv_cache_dtype=kv_cache_dtype)
+  c.online.update(beta=0.125, tau=0.008, judge=judge, judge_checkpoint='-', frozen_dtype=frozen_dtype)
+  c.online.sampling.update(max_new_tokens=new_tokens, sharded_decode=bool(mesh), kv_cache_dtype=kv_cache_dtype)
   c.optim.update(schedule='constant')
   if lora_rank:
     c.model.lora.rank = lora_rank

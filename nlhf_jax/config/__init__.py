@@ -1,6 +1,7 @@
 """Experiment configuration: frozen dataclasses and their validation."""
 from nlhf_jax.config.schema import (DataConfig, DistributedConfig, ExperimentConfig, LoraConfig, MeshConfig,
-                                    ModelConfig, OfflineConfig, OnlineConfig, OptimConfig, TrainConfig)
+                                    ModelConfig, OfflineConfig, OnlineConfig, OptimConfig, SamplingOptions,
+                                    TrainConfig)
 from nlhf_jax.config.errors import ConfigError
 from nlhf_jax.config.validate import build, check_against_mesh, from_config_dict, resolve_mesh_shape
 
@@ -14,6 +15,7 @@ __all__ = [
     'OfflineConfig',
     'OnlineConfig',
     'OptimConfig',
+    'SamplingOptions',
     'TrainConfig',
     'ConfigError',
     'build',

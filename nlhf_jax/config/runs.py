@@ -23,16 +23,22 @@ online objectives, offline.reference_checkpoint for the offline ones; supervised
 - the LoRA base (the weights the adapters sit on): the reference, so a LoRA policy is mu plus adapters and, for
   sft, the warm start (validation refuses a LoRA config whose init and reference checkpoints differ).
 The model and tokenizer of `from_run` come from the warm start.
+
+Configs saved before config.online.sampling existed hold the sampling options as flat keys of config.online:
+`upgrade` moves them under online.sampling (`nest_sampling`), and every reader of a saved config gets it upgraded
+(`read_saved_config` here, the checkpoints' meta in training/run.py and training/checkpointing.py), so a run made
+before the move is resumed, evaluated, exported and named by later configs as one made after it.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Any, Mapping
 
 from etils import epath
 
-from nlhf_jax.config import objectives
+from nlhf_jax.config import objectives, schema
 from nlhf_jax.config.errors import ConfigError
 
 FROM_RUN = 'from_run'
@@ -43,6 +49,30 @@ KEPT_MODEL_FIELDS = ('compute_dtype', 'scan_layers', 'remat', 'param_dtype', 'at
 # Config fields that name another run's folder: (section or '' for the top level, key).
 RUN_PATHS = (('', 'init_checkpoint'), ('online', 'reference_checkpoint'), ('online', 'judge_checkpoint'),
              ('offline', 'reference_checkpoint'))
+# The sampling options, the keys of a `sampling` section (config.online.sampling, an evaluation's, the pipeline's).
+SAMPLING_KEYS = tuple(f.name for f in dataclasses.fields(schema.SamplingOptions))
+
+
+def nest_sampling(section: Mapping[str, Any]) -> Mapping[str, Any]:
+  """`section` (a dict) with the sampling options it holds as flat keys (SAMPLING_KEYS, as configs written before
+  the `sampling` sections existed held them) moved under its `sampling` section; `section` itself when it holds
+  none."""
+  flat = {k: section[k] for k in SAMPLING_KEYS if k in section}
+  if not flat:
+    return section
+  out = {k: v for k, v in section.items() if k not in flat}
+  out['sampling'] = {**flat, **(section.get('sampling') or {})}
+  return out
+
+
+def upgrade(values: Mapping[str, Any]) -> Mapping[str, Any]:
+  """A saved experiment config (nested dicts) in the current layout: config.online's flat sampling options moved
+  under config.online.sampling (`nest_sampling`). A config already in that layout is returned as it is."""
+  online = values.get('online') if isinstance(values, Mapping) else None
+  if not isinstance(online, Mapping):
+    return values
+  nested = nest_sampling(online)
+  return values if nested is online else {**values, 'online': nested}
 
 
 def run_config_path(run: str) -> epath.Path:
@@ -51,15 +81,17 @@ def run_config_path(run: str) -> epath.Path:
 
 
 def read_saved_config(run: str, key: str) -> dict:
-  """The experiment config that the run at `run` saved; errors name the config `key` that gave the path."""
+  """The experiment config that the run at `run` saved (`upgrade`d); errors name the config `key` that gave the
+  path."""
   path = run_config_path(run)
   if not path.exists():
     raise ConfigError(f'{key}={run}: no {RUN_CONFIG} there; give the --workdir of an nlhf-train or nlhf-import run '
                       f'(runs written before {RUN_CONFIG} existed need config.model set by hand)')
   try:
-    return json.loads(path.read_text())
+    saved = json.loads(path.read_text())
   except (OSError, json.JSONDecodeError) as e:
     raise ConfigError(f'{key}={run}: cannot read {path} ({e})') from None
+  return upgrade(saved)
 
 
 def _get(node: Any, key: str) -> Any:

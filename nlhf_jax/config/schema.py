@@ -206,9 +206,25 @@ class TrainConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class SamplingOptions:
+  """config.online.sampling: how the online objectives sample responses (nlhf_jax/sampling/config.py builds a
+  SamplingConfig from it; an evaluation's config and the pipeline's config hold the same section)."""
+  max_new_tokens: int = 32
+  temperature: float = 1.0  # applied after mixing the policy and anchor logits
+  top_k: int = 0  # 0: off
+  top_p: float = 1.0  # 1.0: off
+  # Keep the parameters sharded over 'fsdp' while decoding (models larger than one device) instead of gathering
+  # them once at the decode loop's boundary.
+  sharded_decode: bool = False
+  # dtype of the decode loop's KV caches: '' (auto: the compute dtype; float32 on CPU, where XLA handles a
+  # bfloat16 cache slowly), 'float32' or 'bfloat16' (nlhf_jax/sampling/config.py, SamplingConfig).
+  kv_cache_dtype: str = ''
+
+
+@dataclasses.dataclass(frozen=True)
 class OnlineConfig:
   """Online NLHF objectives (nash_md, nash_ema, rlhf, online_ipo, ipo_md and the successors inpo, comal, mpo, sppo,
-  extragradient): sampling, judge and regularisation.
+  extragradient): sampling (the `sampling` section), judge and regularisation.
 
   Self-play is nash_md with beta = 0 and best response is nash_md with beta = 1.
   """
@@ -217,10 +233,6 @@ class OnlineConfig:
   ema_rate: float = 0.999  # nash_ema: theta_bar <- ema_rate * theta_bar + (1 - ema_rate) * theta
   samples_per_prompt: int = 1
   reward_to_go: bool = True  # variance-reduced KL term (positions >= n only)
-  temperature: float = 1.0  # applied after mixing the policy and anchor logits
-  top_k: int = 0  # 0: off
-  top_p: float = 1.0  # 1.0: off
-  max_new_tokens: int = 32
   reference_checkpoint: str = ''  # the SFT run (mu); empty: mu is the policy's initial parameters
   judge: str = 'oracle'  # 'preference_model', 'reward_model', 'oracle' or 'prompted'
   judge_checkpoint: str = ''  # the preference_model / reward_model run; 'prompted': a language model's run
@@ -234,12 +246,6 @@ class OnlineConfig:
   binary_judgements: bool = False  # replace P(y > y') by a 0/1 draw (the model-free variant)
   # dtype of the frozen reference and judge parameters ('': as stored); 'bfloat16' halves them at real sizes.
   frozen_dtype: str = ''
-  # Keep the parameters sharded over 'fsdp' while decoding (models larger than one device) instead of gathering
-  # them once at the decode loop's boundary.
-  sharded_decode: bool = False
-  # dtype of the decode loop's KV caches: '' (auto: the compute dtype; float32 on CPU, where XLA handles a
-  # bfloat16 cache slowly), 'float32' or 'bfloat16' (nlhf_jax/sampling/config.py, SamplingConfig).
-  kv_cache_dtype: str = ''
   # The successors of Nash-MD (inpo, comal, mpo, sppo; docs/math.md section 8): the step size eta of the mirror
   # step their loss fits (the papers' 1 / eta for INPO and COMAL), the steps of one iteration (pi_t, the policy
   # the samples come from, is refreshed after every iteration_steps steps), and for comal and mpo the iterations
@@ -247,6 +253,7 @@ class OnlineConfig:
   eta: float = 1.0
   iteration_steps: int = 20
   prox_iterations: int = 4
+  sampling: SamplingOptions = SamplingOptions()
 
 
 @dataclasses.dataclass(frozen=True)

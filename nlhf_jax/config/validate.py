@@ -52,11 +52,25 @@ def _coerce(key: str, value: Any, field_type: Any) -> Any:
   return value
 
 
+# Keys that moved: {old key: new key}. The sampling options of config.online are its `sampling` section.
+MOVED_KEYS = {f'online.{key}': f'online.sampling.{key}' for key in runs.SAMPLING_KEYS}
+
+
+def moved(old: str, new: str) -> ConfigError:
+  """The one error for a key set at its former place `old`, naming where it is now and the fix."""
+  return ConfigError(f'config.{old} is now config.{new}: set config.{new} instead (--config.{new}=... on the '
+                     'command line)')
+
+
 def build(cls: type, values: Mapping[str, Any], prefix: str = '') -> Any:
-  """Recursively builds dataclass `cls` from `values`, rejecting keys that `cls` does not have."""
+  """Recursively builds dataclass `cls` from `values`, rejecting keys that `cls` does not have (a key that moved,
+  MOVED_KEYS, is named with its new place)."""
   hints = typing.get_type_hints(cls)
   names = {f.name for f in dataclasses.fields(cls)}
   unknown = sorted(set(values) - names)
+  for key in unknown:
+    if prefix + key in MOVED_KEYS:
+      raise moved(prefix + key, MOVED_KEYS[prefix + key])
   if unknown:
     where = prefix.rstrip('.') or 'the top level'
     raise ConfigError(
@@ -172,9 +186,10 @@ def check_architecture(m: schema.ModelConfig) -> None:
 
 IMPORTED = objectives.IMPORTED
 
-# The sampling options, under the names config.online and nlhf_jax.sampling's SamplingConfig share (an evaluation's
-# config and the pipeline's pairs stage hold max_new_tokens and temperature only): (key, test, what the value must
-# be). A new option (a filter such as min-p) adds its row here.
+# The sampling options, under the names config.online.sampling and nlhf_jax.sampling's SamplingConfig share (the
+# `sampling` sections of an evaluation's config and of the pipeline's policy, pairs and eval sections hold some of
+# them): (key, test, what the value must be). A new option (a filter such as min-p) adds its row here and a field to
+# config/schema.py's SamplingOptions.
 SAMPLING_OPTIONS = (
     ('max_new_tokens', lambda v: v >= 1, 'must be at least 1'),
     ('temperature', lambda v: v >= 0, 'must be >= 0 (0: greedy)'),
@@ -215,7 +230,7 @@ def check_online(cfg: schema.ExperimentConfig) -> None:
   _require(math.isfinite(o.tau) and o.tau >= 0, f'config.online.tau={o.tau}: must be >= 0')
   _require(0.0 <= o.ema_rate < 1.0, f'config.online.ema_rate={o.ema_rate}: must be in [0, 1)')
   _require(o.samples_per_prompt >= 1, f'config.online.samples_per_prompt={o.samples_per_prompt}: must be >= 1')
-  check_sampling(o, 'config.online.')
+  check_sampling(o.sampling, 'config.online.sampling.')
   _require(o.frozen_dtype in ('', 'float32', 'bfloat16'),
            f"config.online.frozen_dtype={o.frozen_dtype!r}: use '' (as stored), 'float32' or 'bfloat16'")
   _require(o.judge in ('preference_model', 'reward_model', 'oracle', 'prompted'),
@@ -228,8 +243,9 @@ def check_online(cfg: schema.ExperimentConfig) -> None:
   objective = cfg.train.objective
   spec = objectives.get(objective)
   if spec.online:
-    _require(d.prompt_len + o.max_new_tokens <= m.max_len,
-             f'config.data.prompt_len={d.prompt_len} + config.online.max_new_tokens={o.max_new_tokens} exceeds '
+    new = o.sampling.max_new_tokens
+    _require(d.prompt_len + new <= m.max_len,
+             f'config.data.prompt_len={d.prompt_len} + config.online.sampling.max_new_tokens={new} exceeds '
              f'config.model.max_len={m.max_len}')
     _require(o.judge in spec.judges,
              f"config.train.objective={objective!r} needs config.online.judge={' or '.join(map(repr, spec.judges))} "

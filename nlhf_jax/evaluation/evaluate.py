@@ -206,7 +206,7 @@ def evaluate(ecfg, mesh=None, export_generations: str = '', overwrite: bool = Fa
   k = ecfg.samples_per_prompt
   xs = [p for p in prompts for _ in range(k)]
   batches = gen.prompt_batches(prompts, ecfg.tokenizer, ecfg.prompt_len, k, rows, ecfg.get('chat_template', False))
-  scfg = SamplingConfig.from_section(ecfg, tokenizer.stop_ids, tokenizer.pad_id)
+  scfg = SamplingConfig.from_section(ecfg.sampling, tokenizer.stop_ids, tokenizer.pad_id)
   mu = gen.load_policy(dict(policies)[ecfg.reference], mesh)
   samples, texts, info = {}, {}, {}
   for name, path in policies:

@@ -1,8 +1,9 @@
 """The config of an evaluation of runs named by path (nlhf-eval --policy=...: nlhf_jax/cli/eval.py).
 
 - `parse_policies(text)`: 'a=runs/a,b=runs/b' -> [(name, absolute path)], names unique.
-- `runs_config(policies, ...)`: the eval config (what evaluate.evaluate reads); what the runs share (tokenizer,
-  prompt length, chat template) is read from the reference's saved config, and every input is checked first
+- `runs_config(policies, ...)`: the eval config (what evaluate.evaluate reads; its `sampling` section holds
+  max_new_tokens and temperature); what the runs share (tokenizer, prompt length, chat template, and the response
+  length when --max_new_tokens is 0) is read from the reference's saved config, and every input is checked first
   (the judge and its kind, the prompts, evaluation/inputs.py's settings and runs), before any model is read.
 - `parse_mesh_or_default(text)`: a --mesh value, or every device on 'data'.
 Errors are ConfigError (one `error:` line through nlhf_jax.cli.common).
@@ -70,12 +71,13 @@ def runs_config(policies: list[tuple[str, str]], reference: str = '', judge: str
   runs = ml_collections.ConfigDict(dict(
       policy_names=[n for n, _ in policies], policy_workdirs=[p for _, p in policies],
       preference_model=os.path.abspath(judge) if judge else '', num_prompts=num_prompts,
-      samples_per_prompt=samples_per_prompt, batch_size=batch_size, max_new_tokens=max_new_tokens or 1,
-      temperature=temperature, **prompted))
+      samples_per_prompt=samples_per_prompt, batch_size=batch_size,
+      sampling=dict(max_new_tokens=max_new_tokens or 1, temperature=temperature), **prompted))
   inputs.check_settings(runs)
   inputs.check_runs(runs)
   ref = checkpointing.read_run_config(dict(policies)[reference])
-  data, online = ref.get('data', {}), ref.get('online', {})
+  data, sampling = ref.get('data', {}), ref.get('online', {}).get('sampling', {})
+  new_tokens = max_new_tokens or int(sampling.get('max_new_tokens') or data.get('response_len', 64))
   return ml_collections.ConfigDict(dict(
       seed=seed, judgement=judgement, mesh=parse_mesh_or_default(mesh), policy_names=[n for n, _ in policies],
       policy_workdirs=[p for _, p in policies], reference=reference,
@@ -84,8 +86,8 @@ def runs_config(policies: list[tuple[str, str]], reference: str = '', judge: str
       prompts_name=prompts if data_dir else os.path.abspath(prompts),
       split=split, num_prompts=num_prompts, samples_per_prompt=samples_per_prompt,
       prompt_len=int(data.get('prompt_len', 32)),
-      max_new_tokens=max_new_tokens or int(online.get('max_new_tokens') or data.get('response_len', 64)),
-      temperature=temperature, batch_size=batch_size, num_shown=8, oracle=oracle,
+      sampling=dict(max_new_tokens=new_tokens, temperature=temperature), batch_size=batch_size, num_shown=8,
+      oracle=oracle,
       output_dir=os.path.abspath(output or 'eval'), **prompted))
 
 

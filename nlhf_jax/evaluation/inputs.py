@@ -1,7 +1,8 @@
 """The checks an evaluation makes before it restores a model or samples a token, and the batch it samples in.
 
 - `check_settings(ecfg)`: counts of the eval config are positive (num_prompts, samples_per_prompt, batch_size)
-  and its sampling options (max_new_tokens, temperature) pass the one check of config/validate.py.
+  and the options of its `sampling` section (max_new_tokens, temperature) pass the one check of
+  config/validate.py.
 - `check_runs(ecfg)`: every policy is a language model run with a checkpoint, the learned judge (if any) a
   preference_model or reward_model run (with judge_kind='prompted' a language model run, which reads text with its
   own tokenizer and is left out of what follows), and all of them share one vocabulary: the same tokenizer (the
@@ -35,7 +36,7 @@ def check_settings(ecfg) -> None:
   for key in ('num_prompts', 'samples_per_prompt', 'batch_size'):
     if int(ecfg[key]) < 1:
       raise ConfigError(f'{key}={ecfg[key]}: must be at least 1 (--{key}, or eval.{key} of a pipeline config)')
-  check_sampling(ecfg, fix='--{key}, or eval.{key} of a pipeline config')
+  check_sampling(ecfg.sampling, 'sampling.', fix='--{key}, or eval.sampling.{key} of a pipeline config')
 
 
 def batch_rows(num_rows: int, batch_size: int, shards: int) -> int:

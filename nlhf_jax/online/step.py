@@ -23,7 +23,7 @@ Objectives (config.train.objective):
   win rate against the others;
 - extragradient: online IPO's gradient at theta_t makes the half step, the gradient at the half step is applied
   from theta_t (both sampled and judged in the one step).
-With config.online.temperature != 1 or top-k/top-p, "pi_theta" in every loss is the distribution sampled, pi_T
+With config.online.sampling.temperature != 1 or top-k/top-p, "pi_theta" in every loss is the distribution sampled, pi_T
 (`sampled_logprobs`): the tempered, filtered policy is what is optimised. The loss is the one the objective's row
 names, found in the registry of losses (objectives/registry.py); the row's fields say what it samples and reads.
 """
@@ -50,7 +50,7 @@ sg = jax.lax.stop_gradient
 
 
 def sampling_config(cfg: ExperimentConfig, stop_ids: tuple[int, ...]) -> SamplingConfig:
-  return SamplingConfig.from_section(cfg.online, stop_ids, cfg.model.pad_id)
+  return SamplingConfig.from_section(cfg.online.sampling, stop_ids, cfg.model.pad_id)
 
 
 def sampled_logprobs(model, prompt, prompt_mask, response, response_mask, scfg: SamplingConfig) -> jax.Array:

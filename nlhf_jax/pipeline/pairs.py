@@ -1,5 +1,6 @@
-"""The pairs stage: two responses per training prompt sampled from mu, labelled by the pipeline's oracle
-(config.oracle; the benchmark's exact P* by default).
+"""The pairs stage: two responses per training prompt sampled from mu (the stage config's `sampling`: the
+pipeline's config.pairs.sampling.temperature and config.policy.sampling.max_new_tokens), labelled by the pipeline's
+oracle (config.oracle; the benchmark's exact P* by default).
 
 Labels (config.pairs.labels): 'probabilities' stores P*(a > b | x) itself; 'draws' stores a 0/1 judgement drawn
 from it with numpy.random.default_rng([seed, 1]). A pair with an empty response (mu ended at once) cannot be
@@ -39,7 +40,7 @@ def sample_texts(scfg, mesh) -> tuple[list[str], list[str], list[str]]:
   tokenizer = load_tokenizer(scfg.tokenizer)
   prompts = gen.read_prompts(scfg.data_dir, scfg.prompts_name, scfg.split, scfg.num_prompts)
   batches = gen.prompt_batches(prompts, scfg.tokenizer, scfg.prompt_len, 2, scfg.batch_size)
-  sampling = SamplingConfig.from_section(scfg, tokenizer.stop_ids, tokenizer.pad_id)
+  sampling = SamplingConfig.from_section(scfg.sampling, tokenizer.stop_ids, tokenizer.pad_id)
   mu = gen.load_policy(scfg.reference, mesh)
   out = gen.generate(mu, batches, jax.random.key(scfg.seed), sampling, mesh)
   texts = gen.decode(tokenizer, out['tokens'], out['mask'])

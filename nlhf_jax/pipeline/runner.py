@@ -3,7 +3,9 @@
 Training stages resume by themselves (nlhf-train continues from DIR/STAGE/checkpoints); the other stages are
 cheap and idempotent and simply run again. A stage's config is recorded as DIR/STAGE/stage.json (a training
 stage's run writes its own config.json beside it); a finished stage whose stage.json differs from the current
-config is still skipped (with a warning): delete DIR/STAGE to redo it. With several seeds a stage's name is
+config is still skipped (with a warning): delete DIR/STAGE to redo it. Recorded configs (stage.json, pipeline.json)
+are compared in the current layout (stages.upgrade_stage_config, stages.upgrade_recorded: a folder written before
+the `sampling` sections existed resumes as it would have). With several seeds a stage's name is
 'seed_S/STAGE' (its folder DIR/seed_S/STAGE) and runs as STAGE does; the last stage, 'eval', then pools the seeds'
 evaluations (evaluation/findings.py).
 
@@ -107,11 +109,17 @@ def _write_config(scfg, stage_dir: str) -> None:
 
 
 def _finished_config_changed(scfg, stage_dir: str) -> bool:
+  """Whether the stage.json in `stage_dir` (read in the current layout: stages.upgrade_stage_config) differs from
+  `scfg`."""
   path = os.path.join(stage_dir, STAGE_CONFIG)
   if not os.path.exists(path):
     return False
-  with open(path) as f:
-    return f.read() != scfg.to_json(indent=1, sort_keys=True)
+  try:
+    with open(path) as f:
+      recorded = json.load(f)
+  except ValueError:
+    return True
+  return stages.upgrade_stage_config(recorded) != json.loads(scfg.to_json())
 
 
 def _flat(d: dict, prefix: str = '') -> dict:
@@ -149,7 +157,7 @@ def check_workdir(p, workdir: str, overwrite: bool = False) -> None:
     return
   try:
     with open(path) as f:
-      recorded = _flat(json.load(f))
+      recorded = _flat(stages.upgrade_recorded(json.load(f)))
   except (OSError, ValueError):
     return  # unreadable: the current config replaces it
   current = _flat(json.loads(p.to_json()))

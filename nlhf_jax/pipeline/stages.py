@@ -20,6 +20,13 @@ shared (DIR/tokenizer, DIR/data, built with config.seed); every other stage depe
 seed S as the stage 'seed_S/STAGE' in DIR/seed_S/STAGE (training seed S, evaluation seed config.eval.seed + S), in
 the order seed by seed; the last stage 'eval' then aggregates the seeds' evaluations into DIR/eval
 (aggregate.{json,md}, findings.{md,json}; evaluation/findings.py).
+
+The sampling options are `sampling` sections (SAMPLING_SECTIONS): config.policy.sampling (max_new_tokens,
+temperature: the online policies' config.online.sampling), config.pairs.sampling (temperature; the pairs are
+config.policy.sampling.max_new_tokens long) and config.eval.sampling (max_new_tokens, temperature). A config with
+them as flat keys, as pipeline configs written before these sections held them, is refused naming the new key
+(`check_moved`); the configs a pipeline folder recorded then (pipeline.json, DIR/STAGE/stage.json) are read in the
+current layout (`upgrade_recorded`, `upgrade_stage_config`), so such a folder resumes as it would have.
 """
 from __future__ import annotations
 
@@ -30,11 +37,13 @@ import ml_collections
 
 from nlhf_jax.config import ConfigError, MeshConfig, from_config_dict, objectives
 from nlhf_jax.config.defaults import defaults
-from nlhf_jax.config.validate import check_sampling, resolve_mesh_shape
+from nlhf_jax.config.runs import SAMPLING_KEYS, nest_sampling, upgrade
+from nlhf_jax.config.validate import check_sampling, moved, resolve_mesh_shape
 from nlhf_jax.evaluation import inputs
 from nlhf_jax.online.judges import resolve_oracle
 
 FIXED_BEFORE = ('tokenizer', 'data', 'sft', 'pairs', 'preference_model', 'reward_model')
+SAMPLING_SECTIONS = ('policy', 'pairs', 'eval')  # the pipeline config's sections with a `sampling` section
 TRAINING = objectives.names('supervised')  # cosine schedules; the policies' are constant
 _MD = re.compile(r'^md_(0?\.\d+)$')
 
@@ -136,9 +145,9 @@ def _policy_config(p, workdir: str, name: str, sdir: str) -> ml_collections.Conf
   c = _train_config(p, workdir, name, objective, p.model, q, 'prompts', _tfds_dir(workdir, 'data'), sdir)
   judge = 'reward_model' if objectives.get(objective).rewards else 'preference_model'
   c.online.update(tau=q.rlhf_tau if objective == 'rlhf' else q.tau, ema_rate=q.ema_rate,
-                  max_new_tokens=q.max_new_tokens, temperature=q.temperature,
                   reference_checkpoint=os.path.join(sdir, 'sft'), judge=judge,
                   judge_checkpoint=os.path.join(sdir, judge), oracle='')
+  c.online.sampling.update(max_new_tokens=q.sampling.max_new_tokens, temperature=q.sampling.temperature)
   if beta is not None:
     c.online.beta = beta
   spec = objectives.get(objective)
@@ -163,9 +172,9 @@ def _simple_configs(p, workdir: str, sdir: str) -> dict[str, ml_collections.Conf
       'pairs': ml_collections.ConfigDict(dict(
           seed=p.seed, mesh=dict(p.mesh), tokenizer=tok, reference=os.path.join(sdir, 'sft'),
           data_dir=_tfds_dir(workdir, 'data'), prompts_name='prompts', split='train',
-          num_prompts=p.pairs.num_prompts, labels=p.pairs.labels, temperature=p.pairs.temperature,
-          max_new_tokens=p.policy.max_new_tokens, prompt_len=p.data.prompt_len, batch_size=p.pairs.batch_size,
-          validation_fraction=p.data.validation_fraction,
+          num_prompts=p.pairs.num_prompts, labels=p.pairs.labels,
+          sampling=dict(temperature=p.pairs.sampling.temperature, max_new_tokens=p.policy.sampling.max_new_tokens),
+          prompt_len=p.data.prompt_len, batch_size=p.pairs.batch_size, validation_fraction=p.data.validation_fraction,
           oracle=p.oracle, output_dir=_tfds_dir(sdir, 'pairs'))),
   }
 
@@ -180,13 +189,35 @@ def eval_config(p, workdir: str, sdir: str | None = None, seed: int | None = Non
       policy_workdirs=[os.path.join(sdir, n) for n in names], reference='sft',
       preference_model=os.path.join(sdir, 'preference_model'), tokenizer=tokenizer_spec(p, workdir),
       data_dir=_tfds_dir(workdir, 'data'), prompts_name='prompts', split='validation', num_prompts=e.num_prompts,
-      samples_per_prompt=e.samples_per_prompt, prompt_len=p.data.prompt_len, max_new_tokens=e.max_new_tokens,
-      temperature=e.temperature, batch_size=e.batch_size, num_shown=e.num_shown, oracle=p.oracle,
+      samples_per_prompt=e.samples_per_prompt, prompt_len=p.data.prompt_len,
+      sampling=dict(max_new_tokens=e.sampling.max_new_tokens, temperature=e.sampling.temperature),
+      batch_size=e.batch_size, num_shown=e.num_shown, oracle=p.oracle,
       output_dir=os.path.join(sdir, 'eval')))
+
+
+def check_moved(p) -> None:
+  """One error for a sampling option set as a flat key of a SAMPLING_SECTIONS section, naming its new key."""
+  for section in SAMPLING_SECTIONS:
+    for key in SAMPLING_KEYS:
+      if key in p.get(section, {}):
+        raise moved(f'{section}.{key}', f'{section}.sampling.{key}')
+
+
+def upgrade_recorded(values: dict) -> dict:
+  """A recorded pipeline config (pipeline.json, as nested dicts) in the current layout: the flat sampling options
+  of its SAMPLING_SECTIONS moved under their `sampling` sections (config/runs.py `nest_sampling`)."""
+  return {k: nest_sampling(v) if k in SAMPLING_SECTIONS and isinstance(v, dict) else v for k, v in values.items()}
+
+
+def upgrade_stage_config(values: dict) -> dict:
+  """A recorded stage config (DIR/STAGE/stage.json) in the current layout: a training stage's ExperimentConfig
+  by config/runs.py `upgrade`, the others' (pairs, eval) flat sampling options moved under `sampling`."""
+  return upgrade(values) if 'train' in values else nest_sampling(values)
 
 
 def stage_configs(p, workdir: str) -> dict[str, ml_collections.ConfigDict]:
   """{stage name: its ConfigDict}, in the order the stages run (config errors raise here, before any work)."""
+  check_moved(p)
   resolve_oracle(p.oracle, 'config.oracle')
   workdir = os.path.abspath(workdir)
   seeds = seed_list(p)
@@ -250,10 +281,11 @@ def _check_eval_config(name: str, ecfg, num_devices: int | None) -> None:
 
 
 def _check_pairs_config(name: str, c) -> None:
-  """The pairs stage's sampling options: config.pairs.temperature and config.policy.max_new_tokens."""
+  """The pairs stage's sampling options: config.pairs.sampling.temperature and
+  config.policy.sampling.max_new_tokens."""
   try:
-    check_sampling({'temperature': c.temperature}, 'config.pairs.')
-    check_sampling({'max_new_tokens': c.max_new_tokens}, 'config.policy.')
+    check_sampling({'temperature': c.sampling.temperature}, 'config.pairs.sampling.')
+    check_sampling({'max_new_tokens': c.sampling.max_new_tokens}, 'config.policy.sampling.')
   except ConfigError as e:
     raise ConfigError(f'pipeline stage {name!r}: {e}') from None
 

@@ -1,8 +1,9 @@
 """Sampling from the policy, the reference and their token-level geometric mixture (prefill + cached decode).
 
-config.py (SamplingConfig, built from a config section), strategies.py (temperature, top-k, top-p, the draw),
-filters.py (their math), mixture.py (row groups, mixed logits, row keys), state.py (DecodeState), decode.py (the
-model passes and the Decoder), sharded.py (constraints, the per-shard loop), sampler.py (the entry points).
+config.py (SamplingConfig, built from a `sampling` config section such as config.online.sampling),
+strategies.py (temperature, top-k, top-p, the draw), filters.py (their math), mixture.py (row groups, mixed
+logits, row keys), state.py (DecodeState), decode.py (the model passes and the Decoder), sharded.py (constraints,
+the per-shard loop), sampler.py (the entry points).
 """
 from nlhf_jax.sampling.config import SamplingConfig
 from nlhf_jax.sampling.decode import Decoder, decode_step, prefill

@@ -1,11 +1,12 @@
 """`SamplingConfig`: how responses are sampled, built from a config section by one function.
 
-Its option fields carry the names of config.online (max_new_tokens, temperature, top_k, top_p, sharded_decode,
-kv_cache_dtype), so `SamplingConfig.from_section` builds it from config.online, from an evaluation's config or from
-the pipeline's pairs stage alike (a section without an option leaves its default). Every value is checked by the
-one check of sampling options, `nlhf_jax.config.validate.check_sampling` (ConfigError, a ValueError), which the
-config layer also runs on those sections before any work. The stop and pad ids come from the tokenizer and the
-model, not from the section.
+Its option fields carry the names of a `sampling` section (max_new_tokens, temperature, top_k, top_p,
+sharded_decode, kv_cache_dtype: config.online.sampling, config/schema.py's SamplingOptions), so
+`SamplingConfig.from_section` builds it from config.online.sampling, from an evaluation's config's `sampling` or
+from the pipeline's pairs stage's `sampling` alike (a section without an option leaves its default). Every value is
+checked by the one check of sampling options, `nlhf_jax.config.validate.check_sampling` (ConfigError, a
+ValueError), which the config layer also runs on those sections before any work. The stop and pad ids come from
+the tokenizer and the model, not from the section.
 """
 from __future__ import annotations
 
@@ -46,8 +47,9 @@ class SamplingConfig:
 
   @classmethod
   def from_section(cls, section: Any, stop_ids: tuple[int, ...], pad_id: int) -> SamplingConfig:
-    """The sampling options of `section` (a config dataclass such as config.online, or a ConfigDict) under their
-    own names; options it lacks keep their defaults."""
+    """The sampling options of `section`, a `sampling` section (config.online.sampling, a SamplingOptions, or the
+    ConfigDict or dict `sampling` of an evaluation's or the pipeline's pairs stage's config), under their own
+    names; options it lacks keep their defaults."""
     names = [f.name for f in dataclasses.fields(cls) if f.name not in ('stop_ids', 'pad_id')]
     get = (lambda k: section[k]) if hasattr(section, 'keys') else (lambda k: getattr(section, k))
     has = (lambda k: k in section) if hasattr(section, 'keys') else (lambda k: hasattr(section, k))

@@ -9,7 +9,8 @@
   temperature 1, the model's probability of the chosen token).
 
 A new filter (e.g. min-p) is one class here with `__call__` and `active`, its place in `Strategy.of`, its field in
-SamplingConfig and its row in config/validate.py's SAMPLING_OPTIONS (plus a config.online key if users set it).
+SamplingConfig and its row in config/validate.py's SAMPLING_OPTIONS (plus a field of config/schema.py's
+SamplingOptions, config.online.sampling, if users set it).
 """
 from __future__ import annotations
 

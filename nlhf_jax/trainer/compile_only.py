@@ -141,8 +141,8 @@ def kv_cache_bytes(cfg: ExperimentConfig, mesh) -> int:
   m, o, spec = cfg.model, cfg.online, get_task(cfg.train.objective).objective
   rows = cfg.train.batch_size * max(getattr(o, 'samples_per_prompt', 1) or 1, 1)
   rows *= 3 if spec.opponent == 'mixture' else 2
-  itemsize = 2 if (o.kv_cache_dtype or m.compute_dtype) == 'bfloat16' else 4
-  positions = cfg.data.prompt_len + o.max_new_tokens
+  itemsize = 2 if (o.sampling.kv_cache_dtype or m.compute_dtype) == 'bfloat16' else 4
+  positions = cfg.data.prompt_len + o.sampling.max_new_tokens
   axes = batch_spec(1)[0]
   axes = axes if isinstance(axes, tuple) else (axes,)
   shards = int(np.prod([mesh.shape[a] for a in axes if a]))

@@ -66,7 +66,8 @@ def fixes(cfg: ExperimentConfig, task, mesh) -> str:
   t, d, m = cfg.train, cfg.data, cfg.model
   lengths = {'demonstrations': f'data.seq_len ({d.seq_len})',
              'pairs': f'data.prompt_len ({d.prompt_len}) or data.response_len ({d.response_len})',
-             'prompts': f'data.prompt_len ({d.prompt_len}) or online.max_new_tokens ({cfg.online.max_new_tokens})'}
+             'prompts': f'data.prompt_len ({d.prompt_len}) or online.sampling.max_new_tokens '
+                        f'({cfg.online.sampling.max_new_tokens})'}
   out = [f'lower train.batch_size ({t.batch_size}) or {lengths[task.objective.data]}']
   if t.batch_size // t.grad_accum_steps > 1:
     out.append(f'raise train.grad_accum_steps ({t.grad_accum_steps}: the same batch in smaller micro-batches)')

@@ -226,11 +226,12 @@ def plan_step(cfg: ExperimentConfig, task: Task, run: Setup, tx: optax.GradientT
     if not frozen:
       return StepPlan(lambda state, frozen, batch: step(state, batch), {})
     return StepPlan(lambda state, frozen, batch: step(state, batch, frozen['base']), frozen)
-  top_k_filters = 0 < o.top_k < cfg.model.vocab_size  # top_k >= the vocabulary keeps every token
-  if o.temperature != 1.0 or top_k_filters or o.top_p < 1.0:
+  s = o.sampling
+  top_k_filters = 0 < s.top_k < cfg.model.vocab_size  # top_k >= the vocabulary keeps every token
+  if s.temperature != 1.0 or top_k_filters or s.top_p < 1.0:
     log.info('online sampling at temperature %s, top_k %s, top_p %s: the policy optimised is the sampled pi_T '
              '(the tempered, filtered policy; docs/online.md), not pi_theta at temperature 1',
-             o.temperature, o.top_k, o.top_p)
+             s.temperature, s.top_k, s.top_p)
   judge, judge_part = _judge(cfg, mesh) if judge is None else judge
   stop_ids = load_tokenizer(cfg.data.tokenizer).stop_ids if stop_ids is None else stop_ids
   step = OnlineStep(cfg, run.graphdef, tx, lr_schedule, judge, stop_ids, mesh, run.base_graphdef)

@@ -23,7 +23,7 @@ from nlhf_jax.config import ConfigError, ModelConfig, runs
 from nlhf_jax.distributed import named, param_specs
 from nlhf_jax.models import Transformer, lora
 from nlhf_jax.training import layouts
-from nlhf_jax.training.run import Run, absolute, read_meta
+from nlhf_jax.training.run import Run, absolute, read_meta, upgrade_meta
 from nlhf_jax.training.state import TrainState
 
 log = logging.getLogger(__name__)
@@ -174,8 +174,10 @@ class Checkpointer:
     return aside
 
   def read_meta(self, step: int | None = None) -> dict:
+    """The meta of step `step` (default the newest), its config in the current layout (training/run.py
+    `upgrade_meta`): what a resume compares with the current config."""
     step = self.latest_step() if step is None else step
-    return self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+    return upgrade_meta(self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta'])
 
   def wait(self) -> None:
     self._manager.wait_until_finished()

@@ -10,9 +10,11 @@ Every run, trained (nlhf-train) or imported (nlhf-import), is laid out alike:
 `Run(path, key)` takes the run's folder or its checkpoints/ folder (a local path or a URL that Orbax reads, such
 as gs://...); `key` is the config key or flag that named it, and starts every error. Its `config` is read once
 per handle from one source: RUN/config.json, or, in a folder without one (runs written before RUN/config.json
-existed, a checkpoints/ folder given alone), the meta of the newest checkpoint. From it: `objective`, `family` (the
-model it holds: language_model, preference_model or reward_model), `model_config`, `tokenizer`, and the runs it
-started from by the one precedence rule of config/runs.py (`reference`, `warm_start`, `lora_base`, `sources`).
+existed, a checkpoints/ folder given alone), the meta of the newest checkpoint; either is upgraded to the current
+layout (config/runs.py `upgrade`: a run saved before config.online.sampling existed reads as one saved after).
+From it: `objective`, `family` (the model it holds: language_model, preference_model or reward_model),
+`model_config`, `tokenizer`, and the runs it started from by the one precedence rule of config/runs.py
+(`reference`, `warm_start`, `lora_base`, `sources`).
 Nothing here reads a parameter; the restores are in training/checkpointing.py.
 """
 from __future__ import annotations
@@ -34,15 +36,20 @@ def absolute(path: str) -> str:
   return path if '://' in path else os.path.abspath(path)
 
 
+def upgrade_meta(meta: dict) -> dict:
+  """A checkpoint's meta with the config it holds in the current layout (config/runs.py `upgrade`)."""
+  return {**meta, 'config': runs.upgrade(meta['config'])} if isinstance(meta.get('config'), dict) else meta
+
+
 def read_meta(directory: str, step: int | None = None) -> tuple[dict, int]:
   """(meta, step) of step `step` (default the newest) of the checkpoints in `directory` (FileNotFoundError when
-  it has none)."""
+  it has none); its config `upgrade_meta`d."""
   manager = ocp.CheckpointManager(directory)
   try:
     step = manager.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f'no checkpoint in {directory}; expected step directories written by nlhf-train')
-    return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta'], step
+    return upgrade_meta(manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']), step
   finally:
     manager.close()
 

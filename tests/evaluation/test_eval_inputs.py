@@ -12,13 +12,21 @@ import pytest
 
 from nlhf_jax.config import ConfigError
 from nlhf_jax.evaluation import evaluate, from_runs, inputs
-from tests.helpers import mesh, subprocess_env
+from nlhf_jax.training import checkpointing, guards
+from nlhf_jax.training.run import Run
+from tests.helpers import mesh, subprocess_env, tiny_config
 
 
-def _fake_run(path, objective, tokenizer='bytes', vocab_size=256, chat_template=False):
+def _fake_run(path, objective, tokenizer='bytes', vocab_size=256, chat_template=False, online=None,
+              config_json=False):
+  """A run whose checkpoint holds only its config (`online`: its online section), also as RUN/config.json when
+  `config_json`."""
   config = {'train': {'objective': objective}, 'model': {'vocab_size': vocab_size},
             'data': {'tokenizer': tokenizer, 'prompt_len': 16, 'chat_template': chat_template},
-            'online': {'max_new_tokens': 8}}
+            'online': online or {'sampling': {'max_new_tokens': 8}}}
+  if config_json:
+    path.mkdir(parents=True)
+    (path / 'config.json').write_text(json.dumps(config))
   manager = ocp.CheckpointManager(str(path / 'checkpoints'), options=ocp.CheckpointManagerOptions(create=True))
   manager.save(1, args=ocp.args.Composite(meta=ocp.args.JsonSave({'config': config})))
   manager.wait_until_finished()
@@ -93,8 +101,8 @@ def test_run_flags_with_a_pipeline_directory_are_refused(runs):
 def _config(runs, md='md', **kw):
   c = dict(policy_names=['sft', 'md'], policy_workdirs=[runs['sft'], runs[md]], reference='sft',
            preference_model=runs['pm'], oracle='', tokenizer='bytes', data_dir='', prompts_name=runs['prompts'],
-           split='validation', num_prompts=256, samples_per_prompt=1, batch_size=64, max_new_tokens=8,
-           temperature=1.0, prompt_len=16)
+           split='validation', num_prompts=256, samples_per_prompt=1, batch_size=64,
+           sampling=dict(max_new_tokens=8, temperature=1.0), prompt_len=16)
   return ml_collections.ConfigDict({**c, **kw})
 
 
@@ -193,3 +201,31 @@ def test_prompted_judge_flags_are_checked(runs, tmp_path):
   with pytest.raises(ConfigError, match="max_len=4096 is longer than the judge model's max_len=2048"):
     judge.judge_input(load_tokenizer('bytes'), judge.DEFAULT_TEMPLATE, ('A', 'B'), 4096,
                       {'answers': 'answers', 'max_len': 'max_len'}, model_max_len=2048)
+
+
+@pytest.mark.parametrize('config_json', [False, True])
+def test_a_run_saved_with_flat_online_sampling_options_is_read_in_the_new_layout(runs, tmp_path, config_json):
+  """A run saved before config.online.sampling existed (its RUN/config.json, or its checkpoint's meta alone, holds
+  online.max_new_tokens and online.temperature) is evaluated and resumed as one saved after: its response length
+  is the evaluation's default, and a resume with the same options finds no online difference."""
+  old = _fake_run(tmp_path / 'old', 'sft', online={'max_new_tokens': 5, 'temperature': 0.5, 'tau': 0.1},
+                  config_json=config_json)
+  assert Run(old).config['online'] == {'tau': 0.1, 'sampling': {'max_new_tokens': 5, 'temperature': 0.5}}
+  ecfg = from_runs.runs_config([('old', old), ('md', runs['md'])], judge=runs['pm'], prompts=runs['prompts'])
+  assert ecfg.sampling.to_dict() == {'max_new_tokens': 5, 'temperature': 1.0}
+  ckpt = checkpointing.Checkpointer(str(tmp_path / 'old' / 'checkpoints'))
+  meta = ckpt.read_meta()  # what a resume compares with its config
+  ckpt.close()
+  cfg = tiny_config(**{'online.tau': 0.1, 'online.sampling.max_new_tokens': 5, 'online.sampling.temperature': 0.5})
+  assert not [d for d in guards.config_differences(meta['config'], cfg) if d[0].startswith('online.')]
+
+
+def test_a_pipeline_eval_config_recorded_with_flat_sampling_options_is_read_in_the_new_layout(tmp_path):
+  """nlhf-eval --workdir=DIR of a pipeline whose DIR/eval/stage.json holds max_new_tokens and temperature as flat
+  keys (written before the eval config's `sampling` section existed)."""
+  from nlhf_jax.cli import eval as eval_cli
+  (tmp_path / 'eval').mkdir()
+  (tmp_path / 'eval' / 'stage.json').write_text(json.dumps({'num_prompts': 4, 'max_new_tokens': 6,
+                                                            'temperature': 0.5}))
+  ecfg = eval_cli.eval_config(str(tmp_path))
+  assert ecfg.to_dict() == {'num_prompts': 4, 'sampling': {'max_new_tokens': 6, 'temperature': 0.5}}

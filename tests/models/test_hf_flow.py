@@ -116,8 +116,8 @@ def test_the_whole_flow(imported, tmp_path):
   # Nash-MD from the SFT policy with the imported reference and the learned judge; interrupted, then resumed on
   # another mesh.
   md = dict(common, **{'data.name': 'prompts', 'online.reference_checkpoint': run,
-                       'online.judge_checkpoint': pm_dir, 'online.max_new_tokens': 6, 'train.num_steps': 4,
-                       'optim.learning_rate': 1e-4}, init_checkpoint=sft_dir)
+                       'online.judge_checkpoint': pm_dir, 'online.sampling.max_new_tokens': 6,
+                       'train.num_steps': 4, 'optim.learning_rate': 1e-4}, init_checkpoint=sft_dir)
   md_dir = str(tmp_path / 'md')
   cfg = from_config_dict(_config('nash_md', 'hf', **md), num_devices=8)
   assert int(train(cfg, md_dir, stop_at=2).step) == 2

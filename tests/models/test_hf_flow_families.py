@@ -67,7 +67,7 @@ def test_the_flow_of_every_family(family, data_dir, tmp_path, devices):
   assert int(train(pm_cfg, pm_dir, one).step) == 1
   md_cfg = from_config_dict(_config('nash_md', 'hf', **common, init_checkpoint=sft_dir, **{
       'data.name': 'prompts', 'online.reference_checkpoint': run, 'online.judge_checkpoint': pm_dir,
-      'online.max_new_tokens': 4}), 1)
+      'online.sampling.max_new_tokens': 4}), 1)
   assert int(train(md_cfg, md_dir, one).step) == 1
   out_eval = str(tmp_path / 'eval')
   ecfg = from_runs.runs_config([('sft', sft_dir), ('md', md_dir)], judge=pm_dir, prompts='prompts', data_dir=data_dir,

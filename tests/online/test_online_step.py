@@ -166,7 +166,7 @@ def test_step_logprobs_are_the_samplers_at_temperature_and_top_p():
   from nlhf_jax.models.logprobs import response_logprobs
   c = nash_md.get_config('tiny')
   c.mesh.update(data=8)
-  c.online.update(temperature=0.7, top_p=0.9)
+  c.online.sampling.update(temperature=0.7, top_p=0.9)
   cfg, graphdef, state, step, frozen, batch, _ = setup(c, mesh(data=8))
   _, _, out = jax.device_get(jax.jit(step.loss_and_grads)(state, frozen, batch))
   y = out['y']
@@ -197,7 +197,7 @@ def test_nash_ema_resume_is_bitwise(tmp_path):
   import shutil
   c = nash_ema.get_config('tiny')
   c.mesh.update(data=1)
-  c.online.max_new_tokens = 8
+  c.online.sampling.max_new_tokens = 8
   c.train.update(batch_size=8, num_steps=6, log_every=3, checkpoint_every=3, async_checkpointing=False)
   cfg = from_config_dict(c, 1)
   full = jax.device_get(loop.train(cfg, str(tmp_path / 'full'), mesh(data=1)))

@@ -229,7 +229,8 @@ def _online_config(judge_run, **overrides):
   from experiments.configs import nash_md
   from nlhf_jax.config import from_config_dict
   c = nash_md.get_config('tiny')
-  c.online.update(judge='prompted', judge_checkpoint=judge_run, oracle='', judge_max_len=MAX_LEN, max_new_tokens=8)
+  c.online.update(judge='prompted', judge_checkpoint=judge_run, oracle='', judge_max_len=MAX_LEN)
+  c.online.sampling.max_new_tokens = 8
   c.train.update(num_steps=2, batch_size=8, log_every=1, checkpoint_every=2)
   for key, value in overrides.items():
     section, leaf = key.split('.')

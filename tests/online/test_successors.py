@@ -242,7 +242,8 @@ def tiny_config(name: str, **online):
       'tiny')
   c.mesh.update(data=1)
   c.model.update(SMALL_MODEL)
-  c.online.update(max_new_tokens=6, iteration_steps=2, prox_iterations=2, **online)
+  c.online.update(iteration_steps=2, prox_iterations=2, **online)
+  c.online.sampling.max_new_tokens = 6
   c.train.update(batch_size=2 if name == 'sppo' else 4, num_steps=5)
   return c
 
@@ -318,7 +319,7 @@ def test_comal_killed_then_resumed_is_bitwise(tmp_path):
   from nlhf_jax.training import checkpointing, init, optim
   steps = 7  # the last refresh of pi_t at 6, of the prox centre at 4
   flags = (*(f'--config.model.{k}={v}' for k, v in SMALL_MODEL.items()),
-           '--config.mesh.data=1', '--config.train.batch_size=4', '--config.online.max_new_tokens=6',
+           '--config.mesh.data=1', '--config.train.batch_size=4', '--config.online.sampling.max_new_tokens=6',
            '--config.online.iteration_steps=2', '--config.online.prox_iterations=2',
            f'--config.train.num_steps={steps}', '--config.train.checkpoint_every=1', '--config.train.log_every=1',
            '--config.train.keep_checkpoints=20', '--config.train.async_checkpointing=false')

@@ -19,9 +19,11 @@ def mini_config():
   p.preference_model.update(num_steps=6, checkpoint_every=6)
   p.reward_model.update(num_steps=6, checkpoint_every=6)
   p.policies = 'rlhf,sp,dpo'
-  p.policy.update(num_steps=3, checkpoint_every=3, max_new_tokens=12)
+  p.policy.update(num_steps=3, checkpoint_every=3)
+  p.policy.sampling.max_new_tokens = 12
   p.offline.update(num_steps=3, checkpoint_every=3)
-  p.eval.update(num_prompts=16, samples_per_prompt=2, max_new_tokens=12, batch_size=32)
+  p.eval.update(num_prompts=16, samples_per_prompt=2, batch_size=32)
+  p.eval.sampling.max_new_tokens = 12
   return p
 
 

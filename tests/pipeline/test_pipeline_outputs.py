@@ -1,6 +1,7 @@
 """nlhf-pipeline's refusals, made before any stage runs (cheap: no stage is run here), and what it says it
 resumes."""
 import json
+import logging
 import pathlib
 import subprocess
 import sys
@@ -74,6 +75,55 @@ def test_a_pipeline_folder_may_hold_a_re_evaluation(tmp_path):
   (tmp_path / runner.PIPELINE_CONFIG).write_text(p.to_json(indent=1, sort_keys=True))
   runner.check_workdir(p, str(tmp_path))
   runner.check_workdir(_config(**{'sft.num_steps': p.sft.num_steps + 1}), str(tmp_path), overwrite=True)
+
+
+def _flat_sampling(values: dict) -> dict:
+  """`values` with every `sampling` section's keys moved up into the section that holds it: the layout of the
+  configs a pipeline recorded before the sampling sections existed."""
+  out = {}
+  for key, value in values.items():
+    if isinstance(value, dict):
+      value = _flat_sampling(value)
+      if key == 'sampling':
+        out.update(value)
+        continue
+    out[key] = value
+  return out
+
+
+def test_a_pipeline_folder_written_before_the_sampling_sections_resumes(tmp_path):
+  """pipeline.json and every stage.json as a pipeline recorded them when the sampling options were flat keys
+  (pairs.temperature, policy.max_new_tokens; a policy stage's online.temperature, the pairs and eval stages'
+  max_new_tokens): the pipeline resumes, skipping every finished stage without an 'another config' warning; a
+  changed value is still told apart."""
+  p = _config()
+  old = _flat_sampling(json.loads(p.to_json()))
+  assert old['pairs']['temperature'] == 1.0 and 'sampling' not in old['eval']
+  (tmp_path / runner.PIPELINE_CONFIG).write_text(json.dumps(old))
+  runner.check_workdir(p, str(tmp_path))
+  configs = stages.stage_configs(p, str(tmp_path))
+  for name, scfg in configs.items():
+    _done(tmp_path, name)
+    (tmp_path / name / runner.STAGE_CONFIG).write_text(json.dumps(_flat_sampling(json.loads(scfg.to_json()))))
+    assert not runner._finished_config_changed(scfg, str(tmp_path / name)), name
+  assert 'temperature' in json.loads((tmp_path / 'rlhf' / runner.STAGE_CONFIG).read_text())['online']
+  records = []
+  handler = logging.Handler()
+  handler.emit = records.append
+  logging.getLogger('nlhf_jax').addHandler(handler)
+  try:
+    status = runner.run_pipeline(p, str(tmp_path))
+  finally:
+    logging.getLogger('nlhf_jax').removeHandler(handler)
+  assert set(status.values()) == {'skipped'}
+  assert not [r for r in records if 'another config' in r.getMessage()]
+  hotter = json.loads(configs['pairs'].to_json())
+  hotter['sampling']['temperature'] = 0.5
+  (tmp_path / 'pairs' / runner.STAGE_CONFIG).write_text(json.dumps(_flat_sampling(hotter)))
+  assert runner._finished_config_changed(configs['pairs'], str(tmp_path / 'pairs'))
+  (tmp_path / runner.PIPELINE_CONFIG).write_text(json.dumps(dict(old, pairs=dict(old['pairs'], temperature=0.5))))
+  with pytest.raises(ConfigError, match=r'another config \(config.pairs.sampling.temperature: 0.5 recorded, 1.0 now'):
+    runner.check_workdir(p, str(tmp_path))
 
 
 def test_stages_are_checked_by_name_and_inputs(tmp_path):
