@@ -33,6 +33,19 @@ def test_override_without_a_close_key_lists_the_keys():
   assert common.unknown_key_message(_config(), '--config.online.beta=1', ['online', 'beta']) is None
 
 
+def test_a_sampling_option_at_its_former_place_names_its_section():
+  c = ml_collections.ConfigDict({'online': {'beta': 0.1, 'sampling': {'temperature': 1.0}},
+                                 'sampling': {'max_new_tokens': 8}})
+  assert (common.unknown_key_message(c, '--config.online.temperature=0.7', ['online', 'temperature'])
+          == '--config.online.temperature=0.7: config.online.temperature is now config.online.sampling.temperature: '
+             'set config.online.sampling.temperature instead (--config.online.sampling.temperature=... on the command '
+             'line)')
+  assert common.unknown_key_message(c, '--config.top_k=5', ['top_k']).startswith(
+      '--config.top_k=5: config.top_k is now config.sampling.top_k: ')
+  assert (common.unknown_key_message(c, '--config.online.temprature=1', ['online', 'temprature'])
+          == "--config.online.temprature=1: config.online has no field 'temprature'; its fields are: beta, sampling")
+
+
 def test_parse_error_without_a_known_override_is_one_line():
   e = AttributeError(KeyError('\'bta\'\nDid you mean "beta" instead of "bta"?'))
   message = common.override_error(['prog'], e)

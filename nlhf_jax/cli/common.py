@@ -25,6 +25,8 @@ from typing import Callable, Sequence
 
 from absl import app, flags
 
+from nlhf_jax.config import runs, validate
+
 TRACEBACK_ENV = 'NLHF_TRACEBACK'
 
 
@@ -131,6 +133,9 @@ def unknown_key_message(config, override: str, path: Sequence[str], name: str = 
     if not _is_group(node):
       return f'{override}: {group} is a {type(node).__name__} ({node!r:.40}), not a group of fields'
     keys = [str(k) for k in node.keys()]
+    if part not in keys and part in runs.SAMPLING_KEYS and 'sampling' in keys and i == len(path) - 1:
+      at = ''.join(f'{p}.' for p in path[:i])  # a sampling option where it was before the `sampling` sections
+      return f'{override}: {validate.moved(f"{at}{part}", f"{at}sampling.{part}")}'
     if part not in keys:
       close = difflib.get_close_matches(part, keys, n=1)
       hint = f'did you mean {close[0]!r}?' if close else f'its fields are: {", ".join(sorted(keys))}'
