@@ -63,23 +63,6 @@ def train_flops(cfg: ModelConfig, batch: int, seq_len: int) -> float:
   return 3 * batch * seq_len * forward_flops_per_token(cfg, seq_len)
 
 
-def nash_md_step_flops(model_cfg: ModelConfig, batch: int, prompt_len: int, new_tokens: int) -> float:
-  """Model FLOPs of one Nash-MD-PG step (nlhf_jax/cli/online_bench.py), as computed: sampling (prefill, then decode with growing context; policy 2B rows,
-  reference B rows); the reference's forward pass and the policy's forward and backward passes (2x forward) on
-  [prompt, y], with the vocabulary projection on the response positions only; the judge reading the prompt
-  once and extending it with y and with y' (no vocabulary projection)."""
-  fwd = forward_flops_per_token
-  length = prompt_len + new_tokens
-  prefill = prompt_len * fwd(model_cfg, prompt_len)
-  decode = sum(fwd(model_cfg, prompt_len + t) for t in range(new_tokens))
-  sampling = 3 * batch * (prefill + decode)
-  body = (length - 1) * fwd(model_cfg, length - 1, vocab_head=False)
-  head = new_tokens * (fwd(model_cfg, 0) - fwd(model_cfg, 0, vocab_head=False))
-  sequence = batch * (body + head)
-  judge = batch * (prompt_len * fwd(model_cfg, prompt_len, False) + 2 * new_tokens * fwd(model_cfg, length, False))
-  return sampling + sequence * (1 + 3) + judge  # reference, policy forward + backward, judge on y and y'
-
-
 def _gradient_passes(cfg: ModelConfig) -> float:
   """Forward-pass equivalents of a policy's forward and backward pass: 3 (the backward takes two: input and weight
   gradients), 2 under LoRA (a frozen base takes no weight gradients; the adapters' are negligible), plus one

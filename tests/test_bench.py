@@ -49,18 +49,20 @@ def test_bench_preset_shapes():
   assert parse_preset('small', 8, 256) == ('small', 8, 256)
 
 
-def test_online_step_flops_count_every_pass():
-  """The step benchmark's FLOP count: sampling + reference and policy (forward, backward) on [x, y] + judge."""
-  from nlhf_jax.config import ModelConfig
-  from nlhf_jax.perf import forward_flops_per_token as fwd
-  from nlhf_jax.perf import nash_md_step_flops as step_flops
-  cfg = ModelConfig(vocab_size=100, d_model=8, num_layers=1, num_heads=2, head_dim=4, mlp_dim=16)
-  b, lp, t = 2, 3, 2
-  sampling = 3 * b * (lp * fwd(cfg, lp) + fwd(cfg, lp) + fwd(cfg, lp + 1))
-  body = 4 * fwd(cfg, 4, False)
-  head = 2 * 2 * 8 * 100
-  judge = b * (lp * fwd(cfg, lp, False) + 2 * t * fwd(cfg, 5, False))
-  assert step_flops(cfg, b, lp, t) == sampling + 4 * b * (body + head) + judge
+def test_online_bench_flops_count_every_pass_as_computed():
+  """The step benchmark's FLOP count is perf.step_flops of its config (the count nlhf-compile uses): sampling (each
+  decoding model prefills a prompt once, logits at its last position; then t - 1 one-token steps over the cache's
+  slots, the policy for y and y', the reference for y'), the reference and the policy (forward, backward) on
+  [x, y] with logits at the response positions, and the reward-model judge on x, y and y'."""
+  from nlhf_jax import perf
+  from nlhf_jax.cli import online_bench
+  cfg = online_bench.online_config('tiny', batch=8, new_tokens=4, prompt_len=8)
+  m, fwd, b, lp, t = cfg.model, perf.forward_flops_per_token, 8, 8, 4
+  head = fwd(m, 0) - fwd(m, 0, False)
+  sampling = b * (2 * (lp * fwd(m, lp + t, False) + head) + 3 * (t - 1) * fwd(m, lp + t))
+  sequence = b * ((lp + t - 1) * fwd(m, lp + t - 1, False) + t * head)
+  judge = b * (lp * fwd(m, lp, False) + 2 * t * fwd(m, lp + t, False))
+  assert perf.step_flops(cfg) == sampling + 4 * sequence + judge
 
 
 def test_tabular_bench_prints(capsys):

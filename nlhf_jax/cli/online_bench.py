@@ -219,7 +219,7 @@ def measure(preset: str, batch: int, new_tokens: int, iters: int, compute_dtype:
 
   seconds = perf.median_time(one_step, iters, warmup=2)
   peak = perf.matmul_peak_flops(jnp.dtype(compute_dtype), n=peak_n)  # peak_n^3: the MFU denominator
-  flops = perf.nash_md_step_flops(cfg.model, batch, 64, new_tokens)
+  flops = perf.step_flops(cfg)  # the count that nlhf-compile sets beside the compiled FLOPs
   mem_bytes, mem_kind = perf.peak_memory_bytes()
   agreement = None
   if compute_dtype != 'float32':
