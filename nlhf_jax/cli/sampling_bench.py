@@ -33,8 +33,8 @@ from flax import nnx
 
 from nlhf_jax.config import ModelConfig
 from nlhf_jax.models import Transformer, preset
-from nlhf_jax.perf import (block, fmt_bytes, forward_flops_per_token, matmul_flops, matmul_peak_flops, median_time,
-                           peak_memory_bytes)
+from nlhf_jax.perf import (block, fmt_bytes, matmul_flops, matmul_peak_flops, median_time, peak_memory_bytes,
+                           sampling_flops)
 from nlhf_jax.sampling import SamplingConfig, jit_sample, jit_sample_pair
 
 
@@ -45,13 +45,6 @@ def make_batch(batch: int, max_prompt: int, min_prompt: int, vocab: int, seed: i
   tokens = np.where(mask, rng.integers(4, vocab, size=(batch, max_prompt)), 0).astype(np.int32)
   return {'prompt': jnp.asarray(tokens), 'prompt_mask': jnp.asarray(mask),
           'example_index': jnp.arange(batch, dtype=jnp.int32)}
-
-
-def pair_flops(cfg: ModelConfig, batch: int, prompt: int, new: int) -> float:
-  """Matmul FLOPs of the pair: one prefill per model of B x prompt tokens, then per step 3B one-token forwards."""
-  prefill = 2 * batch * prompt * forward_flops_per_token(cfg, prompt)
-  decode = sum(3 * batch * forward_flops_per_token(cfg, prompt + t) for t in range(new))
-  return prefill + decode
 
 
 def timed(name: str, fn, args: tuple, tokens: int, iters: int) -> dict:
@@ -107,7 +100,7 @@ def bench_dtype(args: argparse.Namespace, compute_dtype: str) -> dict:
   pair = jit_sample_pair(graphdef, graphdef, scfg, args.beta)
   figures.update(_prefixed('pair', timed('policy + mixture pair (2 x B x T)', pair, (policy, ref, batch, key),
                                          2 * args.batch * args.new, args.iters)))
-  flops = pair_flops(cfg, args.batch, args.prompt, args.new)
+  flops = sampling_flops(cfg, args.batch, args.prompt, args.new, mixture=True)  # as nlhf-compile counts it
   dtype = jnp.dtype(compute_dtype)
   skinny = matmul_flops(3 * args.batch, cfg.d_model, cfg.mlp_dim, dtype, iters=50)  # one decode step's MLP shape
   square = matmul_peak_flops(dtype)
