@@ -101,13 +101,24 @@ class Transformer(nnx.Module):
     if self.cfg.scan_layers:
       graphdef, stacked = nnx.split(getattr(self, STACK))
 
-      def body(x, inputs):
-        layer_state, kind, layer_cache = inputs
-        return run(graphdef, layer_state, x, layer_cache, kind)
-      layer_caches = None if cache is None else cache[STACK]
-      x, layer_caches = jax.lax.scan(body, x, (stacked, LayerKind.stacked(self.cfg), layer_caches))
-      if cache is not None:
-        new_cache[STACK] = layer_caches
+      if cache is None:
+        def body(x, inputs):
+          layer_state, kind = inputs
+          return run(graphdef, layer_state, x, None, kind)[0], None
+        x, _ = jax.lax.scan(body, x, (stacked, LayerKind.stacked(self.cfg)))
+        return self.final_norm(x), None
+
+      def cached_body(carry, inputs):  # the stacked cache is carried and each layer's slice written back in place
+        x, caches = carry
+        layer_state, kind, i = inputs
+        layer_cache = jax.tree.map(lambda c: jax.lax.dynamic_index_in_dim(c, i, 0, keepdims=False), caches)
+        x, layer_cache = run(graphdef, layer_state, x, layer_cache, kind)
+        caches = jax.tree.map(lambda c, u: jax.lax.dynamic_update_index_in_dim(c, u.astype(c.dtype), i, 0), caches,
+                              layer_cache)
+        return (x, caches), None
+      (x, new_cache[STACK]), _ = jax.lax.scan(
+          cached_body, (x, cache[STACK]),
+          (stacked, LayerKind.stacked(self.cfg), jnp.arange(self.cfg.num_layers, dtype=jnp.int32)))
       return self.final_norm(x), new_cache
     for i in range(self.cfg.num_layers):
       layer_cache = None if cache is None else cache[f'layer_{i}']
