@@ -70,6 +70,29 @@ def test_scanned_layers_equal_unrolled_ones(unrolled):
   jax.tree.map(np.testing.assert_array_equal, unstack_layers(stacked, CFG.num_layers), params)
 
 
+def test_scanned_decoding_writes_only_the_new_slots_into_the_carried_stack(unrolled):
+  """One decode step over a stacked cache: the layer loop carries the stack (no output sequence of caches, which
+  XLA's GPU compiler made into a new stack at every token) and writes each layer's new slot in place (no copy of a
+  whole layer's cache)."""
+  scfg = dataclasses.replace(CFG, scan_layers=True)
+  stacked = stack_layers(unrolled[1], CFG.num_layers)
+  cache = init_cache(scfg, 2, 10)
+
+  def decode(p, cache):
+    return nnx.merge(_graphdef(scfg), p)(TOKENS[:, :1], jnp.ones((2, 1), bool), jnp.full((2, 1), 9), cache, 9)
+  jaxpr = jax.make_jaxpr(decode)(stacked, cache).jaxpr
+  scans = [e for e in jaxpr.eqns if e.primitive.name == 'scan']
+  assert len(scans) == 1
+  loop = scans[0]
+  carried = loop.outvars[:loop.params['num_carry']]
+  stack = {name: a.shape for name, a in cache['layers'].items()}
+  assert sorted(v.aval.shape for v in carried) == sorted([(2, 1, CFG.d_model), *stack.values()])  # x and the stack
+  assert all(v.aval.shape not in stack.values() for v in loop.outvars[loop.params['num_carry']:])
+  writes = [e for e in loop.params['jaxpr'].jaxpr.eqns if e.primitive.name == 'dynamic_update_slice']
+  updates = sorted(e.invars[1].aval.shape for e in writes)
+  assert updates == sorted([(1, 2, 2, 1, CFG.head_dim)] * 2 + [(1, 2, 1)]), updates
+
+
 @pytest.mark.parametrize('policy', ['dots_saveable', 'full'])
 def test_remat_equals_no_remat(unrolled, policy):
   graphdef, params = unrolled

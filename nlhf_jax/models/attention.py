@@ -4,9 +4,10 @@ Query heads come in `kv_heads` groups of num_heads / kv_heads heads that share o
 reads kv head h // group, as in the Hugging Face layouts); with kv_heads = num_heads it is multi-head attention.
 
 The cache is a plain dict {'k': [B, KV, S, D], 'v': [B, KV, S, D], 'pos': [B, S]} (head-major, kv heads only)
-owned by the caller (the sampler keeps all layers' caches in one flat pytree); the layer writes the new
-keys/values at `cache_index` and attends over every cache slot whose `key_mask` is set and whose position is not
-in the future. Masks are by position (the count of real tokens before a token), so padding anywhere in the
+owned by the caller (the sampler keeps all layers' caches in one flat pytree), or, for a layer of a scanned stack,
+the stack's arrays (layer axis first) with the running layer's index under 'layer': the layer writes its new
+keys/values at `cache_index` (into the stack in place, its own slots only) and attends over every slot of its cache
+whose `key_mask` is set and whose position is not in the future. Masks are by position (the count of real tokens before a token), so padding anywhere in the
 sequence changes nothing; a local (sliding-window) layer also skips keys `sliding_window` or more positions back,
 in the cache as in a full forward pass.
 
@@ -29,6 +30,30 @@ from nlhf_jax.models.layers import RMSNorm, einsum, param, param_dtype, rope, ro
 
 _NEG_INF = -1e30
 
+
+
+_SLOT_AXIS = {'k': 2, 'v': 2, 'pos': 1}  # the slot axis of a layer's cache arrays
+
+
+def _write(cache: dict, new: dict, index) -> dict:
+  """The cache with `new` (k, v [B, KV, T, D] and pos [B, T]) written at slots index..index+T-1. A stacked cache
+  (every layer's arrays, layer axis first, with the `layer` being run) is written in place at that layer."""
+  layer = cache.get('layer')
+  def one(name):
+    buf = cache[name]
+    update = new[name].astype(buf.dtype)
+    if layer is None:
+      return jax.lax.dynamic_update_slice_in_dim(buf, update, index, axis=_SLOT_AXIS[name])
+    starts = [layer] + [0] * update.ndim
+    starts[1 + _SLOT_AXIS[name]] = index
+    return jax.lax.dynamic_update_slice(buf, update[None], starts)
+  return {**cache, **{name: one(name) for name in _SLOT_AXIS}}
+
+
+def _layer_view(cache: dict, name: str) -> jax.Array:
+  """One layer's array `name` of the cache (of a stacked cache: the running layer's)."""
+  layer = cache.get('layer')
+  return cache[name] if layer is None else jax.lax.dynamic_index_in_dim(cache[name], layer, 0, keepdims=False)
 
 class LayerKind(NamedTuple):
   """What differs between layers: whether the layer is local (a Python bool, or a traced bool in a scanned
@@ -91,12 +116,10 @@ class Attention(nnx.Module):
     if cache is None:
       key_positions, k_spec = positions_bt, 'bsnk'
     else:  # the cache is head-major [B, KV, S, D]: attention over it needs no transpose of the whole cache
-      write = lambda buf, new: jax.lax.dynamic_update_slice_in_dim(
-          buf, jnp.swapaxes(new, 1, 2).astype(buf.dtype), cache_index, axis=2)
-      k, v = write(cache['k'], k), write(cache['v'], v)
-      cache = {'k': k, 'v': v, 'pos': jax.lax.dynamic_update_slice_in_dim(
-          cache['pos'], positions_bt.astype(cache['pos'].dtype), cache_index, axis=1)}
-      key_positions, k_spec = cache['pos'], 'bnsk'
+      cache = _write(cache, {'k': jnp.swapaxes(k, 1, 2), 'v': jnp.swapaxes(v, 1, 2), 'pos': positions_bt},
+                     cache_index)
+      k, v, key_positions = (_layer_view(cache, name) for name in ('k', 'v', 'pos'))
+      k_spec = 'bnsk'
     allowed = (key_positions[:, None, :] <= positions_bt[:, :, None]) & key_mask_bs[:, None, :]  # [B, T, S]
     if cfg.sliding_window and kind.local is not False:
       in_window = key_positions[:, None, :] > positions_bt[:, :, None] - cfg.sliding_window

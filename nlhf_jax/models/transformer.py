@@ -108,14 +108,11 @@ class Transformer(nnx.Module):
         x, _ = jax.lax.scan(body, x, (stacked, LayerKind.stacked(self.cfg)))
         return self.final_norm(x), None
 
-      def cached_body(carry, inputs):  # the stacked cache is carried and each layer's slice written back in place
+      def cached_body(carry, inputs):  # the stacked cache is carried; each layer writes its new slots in place
         x, caches = carry
         layer_state, kind, i = inputs
-        layer_cache = jax.tree.map(lambda c: jax.lax.dynamic_index_in_dim(c, i, 0, keepdims=False), caches)
-        x, layer_cache = run(graphdef, layer_state, x, layer_cache, kind)
-        caches = jax.tree.map(lambda c, u: jax.lax.dynamic_update_index_in_dim(c, u.astype(c.dtype), i, 0), caches,
-                              layer_cache)
-        return (x, caches), None
+        x, caches = run(graphdef, layer_state, x, {**caches, 'layer': i}, kind)
+        return (x, {name: caches[name] for name in caches if name != 'layer'}), None
       (x, new_cache[STACK]), _ = jax.lax.scan(
           cached_body, (x, cache[STACK]),
           (stacked, LayerKind.stacked(self.cfg), jnp.arange(self.cfg.num_layers, dtype=jnp.int32)))
