@@ -7,9 +7,9 @@ The cache is a plain dict {'k': [B, KV, S, D], 'v': [B, KV, S, D], 'pos': [B, S]
 owned by the caller (the sampler keeps all layers' caches in one flat pytree), or, for a layer of a scanned stack,
 the stack's arrays (layer axis first) with the running layer's index under 'layer': the layer writes its new
 keys/values at `cache_index` (into the stack in place, its own slots only) and attends over every slot of its cache
-whose `key_mask` is set and whose position is not in the future. Masks are by position (the count of real tokens before a token), so padding anywhere in the
-sequence changes nothing; a local (sliding-window) layer also skips keys `sliding_window` or more positions back,
-in the cache as in a full forward pass.
+whose `key_mask` is set and whose position is not in the future. Masks are by position (the count of real tokens
+before a token), so padding anywhere in the sequence changes nothing; a local (sliding-window) layer also skips
+keys `sliding_window` or more positions back, in the cache as in a full forward pass.
 
 A layer knows whether it is local and its RoPE frequencies from its index (`LayerKind.of`); a layer of a scanned
 stack (config.model.scan_layers) has no index of its own and receives its LayerKind (a traced flag and frequency
