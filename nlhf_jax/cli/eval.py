@@ -28,7 +28,6 @@ AlpacaEval-style evaluators read (evaluation/generations.py; an existing FILE is
 from __future__ import annotations
 
 import json
-import logging
 import os
 
 import ml_collections
@@ -37,11 +36,7 @@ from ml_collections import config_flags
 
 from nlhf_jax import logs
 from nlhf_jax.cli import common
-from nlhf_jax.config import ConfigError
-
-DEFAULT_JUDGE_MAX_LEN = 1024  # nlhf_jax.online.prompted.DEFAULT_MAX_LEN (not imported: flags load nothing heavy)
-
-log = logging.getLogger(__spec__.name if __spec__ else __name__)  # nlhf_jax.cli.X under `python -m` too
+from nlhf_jax.config import ConfigError, OnlineConfig
 
 
 def _define_flags() -> None:
@@ -70,7 +65,7 @@ def _define_flags() -> None:
                       '{response_b} (default: the built-in pairwise prompt).')
   flags.DEFINE_list('judge_answers', ['A', 'B'], 'The prompted judge\'s two answers, "first better,second better"; '
                     'each one token of its tokenizer.')
-  flags.DEFINE_integer('judge_max_len', DEFAULT_JUDGE_MAX_LEN, 'The prompted judge\'s input length in its tokens '
+  flags.DEFINE_integer('judge_max_len', OnlineConfig.judge_max_len, 'The prompted judge\'s input length in its tokens '
                        '(longer pairs have their responses shortened to fit).')
   flags.DEFINE_string('oracle', '', "A text oracle 'module:function' (prompts, a_texts, b_texts) -> P(a > b).")
   flags.DEFINE_string('prompts', '', 'The prompts: a data set (nlhf-data build --kind=prompts) with --data_dir, or '

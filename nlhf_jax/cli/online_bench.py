@@ -133,7 +133,7 @@ def compile_memory(preset: str, batch: int, prompt_len: int, new_tokens: int, me
   from nlhf_jax.online.judges import model_judge
   from nlhf_jax.online.step import OnlineStep
   from nlhf_jax.training import checkpointing, init, optim
-  from nlhf_jax.trainer import loop, tasks
+  from nlhf_jax.trainer import compile_only, loop, tasks
   # bfloat16 KV caches, as an accelerator makes them (on CPU the sampler's default would make them float32)
   cfg = online_config(preset, batch, new_tokens, prompt_len, mesh_spec, 'preference_model', 'bfloat16', lora_rank,
                       kv_cache_dtype='bfloat16')
@@ -157,16 +157,14 @@ def compile_memory(preset: str, batch: int, prompt_len: int, new_tokens: int, me
   n = mesh.size
   per_device = (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
                 - mem.alias_size_in_bytes)
-  m = cfg.model
-  rows = 3 * batch  # the policy decodes y and the mixture's y', the reference the mixture's y'
-  cache = 2 * m.num_layers * rows * m.kv_heads * (prompt_len + new_tokens) * m.head_dim * 2  # bfloat16 k, v
   return dict(preset=preset, batch=batch, prompt_len=prompt_len, new_tokens=new_tokens, mesh=dict(mesh.shape),
               devices=n, lora_rank=lora_rank, per_device_bytes=int(per_device),
               argument_bytes=int(mem.argument_size_in_bytes), output_bytes=int(mem.output_size_in_bytes),
               temp_bytes=int(mem.temp_size_in_bytes), alias_bytes=int(mem.alias_size_in_bytes),
               params_bytes=_nbytes(state.params) // n, opt_state_bytes=_nbytes(state.opt_state) // n,
               reference_bytes=_nbytes(reference) // n, judge_bytes=_nbytes(judge_params) // n,
-              kv_cache_bytes=cache // n, hoisting=_hoisting(), parameters=sum(x.size for x in jax.tree.leaves(reference)),
+              kv_cache_bytes=compile_only.kv_cache_bytes(cfg, mesh), hoisting=_hoisting(),
+              parameters=sum(x.size for x in jax.tree.leaves(reference)),
               trained_parameters=sum(x.size for x in jax.tree.leaves(state.params)))
 
 

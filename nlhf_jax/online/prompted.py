@@ -39,7 +39,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from nlhf_jax.config import ConfigError
+from nlhf_jax.config import ConfigError, OnlineConfig
 from nlhf_jax.config.objectives import model_family
 from nlhf_jax.data.tokenizer import Tokenizer, TokenizerError, is_conversation, load_tokenizer
 from nlhf_jax.distributed import constrain_activations
@@ -51,7 +51,7 @@ log = logging.getLogger(__name__)
 
 FIELDS = ('prompt', 'response_a', 'response_b')
 DEFAULT_ANSWERS = ('A', 'B')
-DEFAULT_MAX_LEN = 1024
+DEFAULT_MAX_LEN = OnlineConfig.judge_max_len  # config.online.judge_max_len's default
 DEFAULT_TEMPLATE = """\
 Please act as an impartial judge and evaluate the quality of the responses provided by two AI assistants to the \
 user question displayed below. Choose the assistant that follows the user's instructions and answers the user's \
