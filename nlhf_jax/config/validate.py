@@ -52,10 +52,6 @@ def _coerce(key: str, value: Any, field_type: Any) -> Any:
   return value
 
 
-# Keys that moved: {old key: new key}. The sampling options of config.online are its `sampling` section.
-MOVED_KEYS = {f'online.{key}': f'online.sampling.{key}' for key in runs.SAMPLING_KEYS}
-
-
 def moved(old: str, new: str) -> ConfigError:
   """The one error for a key set at its former place `old`, naming where it is now and the fix."""
   return ConfigError(f'config.{old} is now config.{new}: set config.{new} instead (--config.{new}=... on the '
@@ -63,14 +59,15 @@ def moved(old: str, new: str) -> ConfigError:
 
 
 def build(cls: type, values: Mapping[str, Any], prefix: str = '') -> Any:
-  """Recursively builds dataclass `cls` from `values`, rejecting keys that `cls` does not have (a key that moved,
-  MOVED_KEYS, is named with its new place)."""
+  """Recursively builds dataclass `cls` from `values`, rejecting keys that `cls` does not have (a sampling
+  option set beside the section's `sampling` field, its place before that section existed, is named with its new
+  place)."""
   hints = typing.get_type_hints(cls)
   names = {f.name for f in dataclasses.fields(cls)}
   unknown = sorted(set(values) - names)
   for key in unknown:
-    if prefix + key in MOVED_KEYS:
-      raise moved(prefix + key, MOVED_KEYS[prefix + key])
+    if key in runs.SAMPLING_KEYS and 'sampling' in names:
+      raise moved(prefix + key, f'{prefix}sampling.{key}')
   if unknown:
     where = prefix.rstrip('.') or 'the top level'
     raise ConfigError(

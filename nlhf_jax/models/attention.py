@@ -30,8 +30,6 @@ from nlhf_jax.models.layers import RMSNorm, einsum, param, param_dtype, rope, ro
 
 _NEG_INF = -1e30
 
-
-
 _SLOT_AXIS = {'k': 2, 'v': 2, 'pos': 1}  # the slot axis of a layer's cache arrays
 
 
@@ -39,6 +37,7 @@ def _write(cache: dict, new: dict, index) -> dict:
   """The cache with `new` (k, v [B, KV, T, D] and pos [B, T]) written at slots index..index+T-1. A stacked cache
   (every layer's arrays, layer axis first, with the `layer` being run) is written in place at that layer."""
   layer = cache.get('layer')
+
   def one(name):
     buf = cache[name]
     update = new[name].astype(buf.dtype)
@@ -54,6 +53,7 @@ def _layer_view(cache: dict, name: str) -> jax.Array:
   """One layer's array `name` of the cache (of a stacked cache: the running layer's)."""
   layer = cache.get('layer')
   return cache[name] if layer is None else jax.lax.dynamic_index_in_dim(cache[name], layer, 0, keepdims=False)
+
 
 class LayerKind(NamedTuple):
   """What differs between layers: whether the layer is local (a Python bool, or a traced bool in a scanned

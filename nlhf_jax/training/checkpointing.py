@@ -8,6 +8,7 @@ Where a run's files are and what its config says: training/run.py.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 from typing import Any, Callable
@@ -43,9 +44,7 @@ def _abstract(tree_with_shardings) -> Any:
   return jax.tree.map(leaf, tree_with_shardings)
 
 
-_ARRAYS_SAVED_WHOLE = []
-
-
+@functools.cache
 def _save_replicated_arrays_whole_on_cpu() -> None:
   """On CPU devices, Orbax's replica-parallel saving (its default there) cuts every replicated array into one slice
   per device, each an eagerly compiled slice op, only to copy the slices within host memory: a tiny model's save
@@ -53,7 +52,7 @@ def _save_replicated_arrays_whole_on_cpu() -> None:
   the arrays are saved whole from their first replica; on GPU and TPU Orbax's own default stays. The same files
   either way: a checkpoint written with one setting restores with the other. Once per process (Orbax's handler
   table is global)."""
-  if _ARRAYS_SAVED_WHOLE or jax.default_backend() != 'cpu':
+  if jax.default_backend() != 'cpu':
     return
   absl_log = logging.getLogger('absl')
   level = absl_log.level
@@ -63,7 +62,6 @@ def _save_replicated_arrays_whole_on_cpu() -> None:
                                             override=True)
   finally:
     absl_log.setLevel(level)
-  _ARRAYS_SAVED_WHOLE.append(True)
 
 
 class Checkpointer:
