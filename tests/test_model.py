@@ -135,3 +135,65 @@ def test_sliding_window_layers_never_see_past_their_window_with_or_without_cache
     inside = last_logits(tokens.at[:, 5].set(7), cached)
     np.testing.assert_array_equal(np.asarray(outside), np.asarray(base))
     assert np.abs(np.asarray(inside) - np.asarray(base)).max() > 1e-4
+
+
+@pytest.mark.parametrize('spec,x_shape,y_shape', [
+    ('btngk,bnsk->bngts', (3, 1, 2, 4, 8), (3, 2, 7, 8)),  # grouped queries against the cache
+    ('bngts,bnsk->btngk', (3, 2, 4, 1, 7), (3, 2, 7, 8)),  # their probabilities times the values
+    ('bthk,bhsk->bhts', (3, 1, 4, 8), (3, 4, 7, 8)),  # one query head per kv head
+    ('bhts,bhsk->bthk', (3, 4, 1, 7), (3, 4, 7, 8))])
+def test_decoding_attention_as_products_and_sums_is_the_einsum(spec, x_shape, y_shape):
+  from nlhf_jax.models.attention import _product_einsum
+  kx, ky = jax.random.split(jax.random.key(0))
+  x = jax.random.normal(kx, x_shape).astype(jnp.bfloat16)
+  y = jax.random.normal(ky, y_shape).astype(jnp.bfloat16)
+  expect = jnp.einsum(spec, x.astype(jnp.float32), y.astype(jnp.float32), precision='highest')  # exact products
+  np.testing.assert_allclose(_product_einsum(spec, x, y, jnp.float32), expect, rtol=1e-6, atol=1e-6)
+  assert _product_einsum(spec, x, y, jnp.bfloat16).dtype == jnp.bfloat16
+
+
+def test_a_decoded_token_reads_the_cache_without_a_matmul():
+  """One token over the cache: no dot_general takes a cache-sized operand (on GPU a matmul gets a contiguous copy
+  of the layer's cache, sliced out of a scanned stack, at every token); a prefill of several tokens keeps them."""
+  cfg = dataclasses.replace(CFG, scan_layers=True)
+  m = Transformer(cfg, nnx.Rngs(0))
+  slots = 11
+
+  def dots_on_cache(tokens):
+    cache = init_cache(cfg, 2, slots)
+    jaxpr = jax.make_jaxpr(lambda t: m(t, jnp.ones(t.shape, bool), None, cache, 0))(tokens)
+    eqns = []
+    stack = [jaxpr.jaxpr]
+    while stack:
+      j = stack.pop()
+      for e in j.eqns:
+        eqns.append(e)
+        stack.extend(sub.jaxpr if hasattr(sub, 'jaxpr') else sub for sub in jax.core.jaxprs_in_params(e.params))
+    return sum(e.primitive.name == 'dot_general' and any(slots in v.aval.shape for v in e.invars) for e in eqns)
+  assert dots_on_cache(jnp.ones((2, 1), jnp.int32)) == 0
+  assert dots_on_cache(jnp.ones((2, 4), jnp.int32)) > 0
+
+
+def test_the_output_projections_hand_on_bfloat16_partial_sums_only_where_their_contraction_is_split(devices):
+  """On a mesh that splits heads and MLP over 'tensor', the attention output and MLP down projections (whose sums
+  cross devices) give their partial sums in the compute dtype (a bfloat16 all-reduce); every other matmul, and
+  every matmul without such a mesh, accumulates to float32."""
+  from tests.helpers import mesh
+  cfg = dataclasses.replace(CFG, compute_dtype='bfloat16')
+  m = Transformer(cfg, nnx.Rngs(0))
+  tokens = jnp.ones((2, 3), jnp.int32)
+
+  def dot_dtypes(context):
+    def trace():
+      return jax.make_jaxpr(lambda t: m.hidden(t, jnp.ones(t.shape, bool))[0])(tokens)
+    if context is None:
+      jaxpr = trace()
+    else:
+      with jax.sharding.use_abstract_mesh(context.abstract_mesh):
+        jaxpr = trace()
+    return [str(e.params['preferred_element_type']) for e in jaxpr.jaxpr.eqns if e.primitive.name == 'dot_general']
+  plain = dot_dtypes(None)
+  split = dot_dtypes(mesh(tensor=4))
+  assert set(plain) == {'float32'} and len(split) == len(plain)
+  assert split.count('bfloat16') == 2 * cfg.num_layers and split.count('float32') == len(plain) - 2 * cfg.num_layers
+  assert set(dot_dtypes(mesh(fsdp=4))) == {'float32'}

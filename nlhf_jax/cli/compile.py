@@ -142,7 +142,9 @@ def measure(cfg, target: targets_lib.Target, devices: list, judge_model=None, hl
   from nlhf_jax.trainer import compile_only
   options = None
   start = time.perf_counter()
-  head = dict(model=cfg.model.preset, parameters=None, sharded_decode=cfg.online.sampling.sharded_decode, target=target.name, devices=len(devices), processes=devices_lib.process_count(devices),
+  head = dict(model=cfg.model.preset, parameters=None, sharded_decode=cfg.online.sampling.sharded_decode,
+              decode_tensor=cfg.online.sampling.decode_tensor, target=target.name, devices=len(devices),
+              processes=devices_lib.process_count(devices),
               objective=cfg.train.objective, batch_size=cfg.train.batch_size, lora_rank=cfg.model.lora.rank,
               remat=cfg.model.remat, device_memory_bytes=target.memory_bytes)
   try:
@@ -171,7 +173,9 @@ def measure(cfg, target: targets_lib.Target, devices: list, judge_model=None, hl
   n = len(devices)
   analytic = perf.step_flops(cfg, step.judge_model) / n
   total = phases['total']
-  out = dict(model=cfg.model.preset, sharded_decode=cfg.online.sampling.sharded_decode, target=target.name, devices=n, processes=devices_lib.process_count(devices),
+  out = dict(model=cfg.model.preset, sharded_decode=cfg.online.sampling.sharded_decode,
+             decode_tensor=cfg.online.sampling.decode_tensor, target=target.name, devices=n,
+             processes=devices_lib.process_count(devices),
              objective=cfg.train.objective, mesh=dict(step.mesh.shape), batch_size=cfg.train.batch_size,
              lora_rank=cfg.model.lora.rank, remat=cfg.model.remat, compile_s=round(seconds, 1),
              triton_gemm=options is None, parameters=compile_only.total_bytes(step.state.params),
@@ -213,14 +217,18 @@ def _decode_figures(cfg, step, costs, n: int) -> dict:
   models = ['policy'] + (['reference'] if step.task.objective.opponent == 'mixture' else [])
   frozen = step.frozen.get('reference') or step.frozen.get('base')
   weights = compile_only.total_bytes(frozen) if frozen is not None else compile_only.total_bytes(step.state.params)
-  tensor = step.mesh.shape.get('tensor', 1)
+  from nlhf_jax.config.validate import decode_tensor_size
+  regrouped = decode_tensor_size(cfg.online.sampling.decode_tensor, n, cfg.model)
+  tensor = regrouped if regrouped > 1 else step.mesh.shape.get('tensor', 1)  # the sampler's own layout's
   cache = compile_only.kv_cache_bytes(cfg, step.mesh)
   ideal = len(models) * weights / tensor + cache * (cfg.data.prompt_len + (new - 1) / 2) / (cfg.data.prompt_len + new)
   return dict(decode_bytes_per_token=measured, decode_ideal_bytes_per_token=ideal,
               decode_bytes_ratio=measured / ideal if ideal else None)
 
 
-FIXES = (('the sampler\'s weights left sharded (online.sampling.sharded_decode=true)',
+FIXES = (('the sampler\'s tensor-parallel layout (online.sampling.decode_tensor=-1)',
+          dict(sets={'online.sampling.decode_tensor': -1})),
+         ('the sampler\'s weights left sharded (online.sampling.sharded_decode=true)',
           dict(sets={'online.sampling.sharded_decode': True})),
          ('LoRA adapters (model.lora.rank=16)', dict(lora_rank=16)),
          ('remat of every layer (model.remat=full)', dict(model=dict(remat='full'))),
@@ -246,7 +254,8 @@ def _fixes(c, cfg, target, devices, args: dict, judge_model) -> list[str]:
         continue
       a['mesh'] = change['mesh']
     if 'sets' in change:
-      if not _objective(cfg).online or cfg.online.sampling.sharded_decode:
+      key, value = next(iter(change['sets'].items()))
+      if not _objective(cfg).online or getattr(cfg.online.sampling, key.rsplit('.', 1)[1]) == value:
         continue
       a['sets'] = dict(a.get('sets') or {}, **change['sets'])
     if change.get('half_batch'):
@@ -304,7 +313,9 @@ TABLE_HEADER = ('| model | trained | target | memory a device | fits | roofline 
 def table_row(r: dict) -> str:
   """One row of the "What fits where" table."""
   from nlhf_jax.perf import fmt_bytes
-  trained = (f'LoRA r{r["lora_rank"]}' if r['lora_rank'] else 'full') + (', sharded decode' if r['sharded_decode'] else '')
+  trained = ((f'LoRA r{r["lora_rank"]}' if r['lora_rank'] else 'full') +
+             (', sharded decode' if r['sharded_decode'] else '') +
+             (f', decode_tensor={r["decode_tensor"]}' if r.get('decode_tensor') else ''))
   memory = f'{fmt_bytes(r["per_device_bytes"])} of {fmt_bytes(r["device_memory_bytes"])}'
   if 'xla_message' in r:
     return f'| {r["model"]} | {trained} | {r["target"]} | over {memory} (refused by the compiler) | no | | | |'
@@ -345,7 +356,8 @@ def main(argv) -> None:
       refused.append(f'the {cfg.train.objective} step needs {r["per_device_bytes"] / targets_lib.GiB:.1f} GiB a '
                      f'device on {target.name}, which has {target.memory_bytes / targets_lib.GiB:.1f} GiB; ' +
                      (f'these fit (compiled): {"; ".join(fixes)}' if fixes else
-                      'no single switch (sharded decoding, LoRA, remat=full, fsdp over every device, half the batch) '
+                      'no single switch (the tensor-parallel or sharded decoding, LoRA, remat=full, fsdp over every '
+                      'device, half the batch) '
                       'makes it fit: '
                       'choose a target with more devices'))
     results.append(r)

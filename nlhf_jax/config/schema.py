@@ -216,6 +216,10 @@ class SamplingOptions:
   # Keep the parameters sharded over 'fsdp' while decoding (models larger than one device) instead of gathering
   # them once at the decode loop's boundary.
   sharded_decode: bool = False
+  # Decode tensor-parallel: N consecutive devices of the mesh split each decoding model's weights (heads, MLP,
+  # vocabulary) while sampling and the device groups split the rows; -1: all devices in one group; 0: off
+  # (the training mesh's layout). nlhf_jax/sampling/config.py, SamplingConfig.decode_tensor.
+  decode_tensor: int = 0
   # dtype of the decode loop's KV caches: '' (auto: the compute dtype; float32 on CPU, where XLA handles a
   # bfloat16 cache slowly), 'float32' or 'bfloat16' (nlhf_jax/sampling/config.py, SamplingConfig).
   kv_cache_dtype: str = ''

@@ -192,6 +192,8 @@ SAMPLING_OPTIONS = (
     ('temperature', lambda v: v >= 0, 'must be >= 0 (0: greedy)'),
     ('top_k', lambda v: v >= 0, 'must be >= 0 (0: off)'),
     ('top_p', lambda v: 0.0 < v <= 1.0, 'must be in (0, 1] (1: off)'),
+    ('decode_tensor', lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= -1,
+     'must be -1 (every device), 0 (off) or the devices that split each model'),
     ('kv_cache_dtype', lambda v: v in ('', 'float32', 'bfloat16'), "use '' (auto), 'float32' or 'bfloat16'"),
 )
 
@@ -413,6 +415,24 @@ def check_against_mesh(cfg: schema.ExperimentConfig, axes: Mapping[str, int]) ->
     _require(size % axes[axis] == 0,
              f'config.{key}={size} is not divisible by config.mesh.{axis}={axes[axis]}; '
              f'choose a mesh.{axis} that divides it')
+  decode_tensor_size(cfg.online.sampling.decode_tensor, math.prod(axes.values()), m)
+
+
+def decode_tensor_size(option: int, num_devices: int, m: schema.ModelConfig,
+                       where: str = 'config.online.sampling.') -> int:
+  """The devices that split each decoding model in the sampler's own layout (sampling.decode_tensor: -1 for
+  all of them, 0 for none), checked: they must divide the devices and the model's heads, kv heads, MLP width and
+  vocabulary."""
+  n = num_devices if option == -1 else option
+  if n <= 1:
+    return n
+  _require(num_devices % n == 0, f'{where}decode_tensor={option}: {n} does not divide the {num_devices} devices; '
+           'use a divisor of the device count (or -1 for all of them)')
+  for key, size in [('num_heads', m.num_heads), ('num_kv_heads', m.kv_heads), ('mlp_dim', m.mlp_dim),
+                    ('vocab_size', m.vocab_size)]:
+    _require(size % n == 0, f'{where}decode_tensor={option}: config.model.{key}={size} is not divisible by {n}; '
+             f'use a decode_tensor that divides it')
+  return n
 
 
 def from_config_dict(cfg: Any, num_devices: int | None = None) -> schema.ExperimentConfig:

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 import jax
+import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
@@ -80,6 +81,9 @@ def constrain_activations(x: jax.Array, axes: Sequence[str | None]) -> jax.Array
 
   Used on the Transformer's residual stream: without it, GSPMD propagates the parameters' sharding ('embed' over
   fsdp) into the activations and keeps every sequence of the batch on every device (an all-reduce per matmul).
+  Where the rule table leaves every dimension whole on a mesh with a split axis (the residual stream on the
+  sampler's tensor-parallel mesh), x is constrained to be replicated: left free, GSPMD split its rows over
+  'tensor' and moved the KV cache to match at every layer.
   """
   mesh = jax.sharding.get_abstract_mesh()
   if mesh.empty:
@@ -92,9 +96,21 @@ def constrain_activations(x: jax.Array, axes: Sequence[str | None]) -> jax.Array
     kept = tuple(a for a in names if a in mesh.axis_names and a not in manual and mesh.shape[a] > 1)
     return kept or None
   spec = P(*(entry(a) for a in axes))
-  if all(e is None for e in spec):
+  if all(e is None for e in spec) and all(mesh.shape[a] == 1 for a in mesh.axis_names if a not in manual):
     return x
-  return jax.lax.with_sharding_constraint(x, spec)
+  return jax.lax.with_sharding_constraint(x, spec)  # all None: replicated over the mesh (e.g. 'tensor')
+
+
+def context_shards(name: str) -> int:
+  """How many ways the rule table splits the logical axis `name` on the mesh in context (its automatic axes; 1
+  without a mesh)."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return 1
+  rule = LOGICAL_AXIS_RULES.get(name)
+  names = (rule,) if isinstance(rule, str) else tuple(rule or ())
+  manual = set(getattr(mesh, 'manual_axes', ()))
+  return int(np.prod([mesh.shape[a] for a in names if a in mesh.axis_names and a not in manual]))
 
 
 def within_mesh(fn, mesh):

@@ -15,7 +15,8 @@ A layer knows whether it is local and its RoPE frequencies from its index (`Laye
 stack (config.model.scan_layers) has no index of its own and receives its LayerKind (a traced flag and frequency
 array) with each call. With config.model.attention_impl='dot_product' the attention of more than one query
 position (training, prefill) goes through `jax.nn.dot_product_attention` (cuDNN flash attention on GPU where it
-applies, XLA elsewhere) with the same mask; one-token decoding over the cache keeps the einsum form.
+applies, XLA elsewhere) with the same mask. One-token decoding over the cache is computed as products and sums
+(`_product_einsum`), which read the cache in place, whatever attention_impl says.
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from flax import nnx
 from typing import NamedTuple
 
 from nlhf_jax.config import ModelConfig
+from nlhf_jax.distributed.sharding import constrain_activations
 from nlhf_jax.models.layers import RMSNorm, einsum, param, param_dtype, rope, rope_frequencies, softcap
 
 _NEG_INF = -1e30
@@ -127,18 +129,20 @@ class Attention(nnx.Module):
     if cfg.attention_impl == 'dot_product' and q.shape[1] > 1 and not cfg.attn_logit_softcap:
       out = _fused(q, k, v, allowed, cache is not None, (cfg.query_pre_attn_scalar or q.shape[-1]) ** -0.5)
     else:
-      out = self._einsum_attention(q, k, v, allowed, k_spec)
-    out = einsum('bthk,hkd->btd', out, self.o[...])
+      out = self._einsum_attention(q, k, v, allowed, k_spec, decoding=cache is not None and q.shape[1] == 1)
+    out = einsum('bthk,hkd->btd', out, self.o[...], split='heads')
     if cfg.out_bias:
       out = out + self.o_bias[...].astype(dt)
     return out, cache
 
-  def _einsum_attention(self, q, k, v, allowed, k_spec: str):
+  def _einsum_attention(self, q, k, v, allowed, k_spec: str, decoding: bool = False):
     """softmax(q k^T * scale [soft-capped], masked) v in float32 logits; q [B, T, H, D], k/v as k_spec. Computed
     in the wider of q's and k's dtypes (a float32 KV cache is read as it is, not cast to the compute dtype) and
-    returned in q's dtype."""
+    returned in q's dtype. `decoding` (one new token over the cache): as products and sums (`_product_einsum`)."""
     cfg, dt = self.cfg, q.dtype
     q = q.astype(jnp.promote_types(dt, k.dtype))
+    if decoding:  # split like the cache (kv heads over 'tensor'), so that the products need no move of the cache
+      q = constrain_activations(q, ('batch', None, 'heads', None))
     b, t, h, hd = q.shape
     group = h // cfg.kv_heads
     if group > 1:  # queries [B, T, KV, G, D] against keys [B, S, KV, D] (the cache: [B, KV, S, D])
@@ -146,12 +150,32 @@ class Attention(nnx.Module):
     else:  # one query head per kv head: plain multi-head attention
       q_spec, k_spec, logit_spec = 'bthk', k_spec.replace('n', 'h'), 'bhts'
     scale = (cfg.query_pre_attn_scalar or hd) ** -0.5
-    logits = einsum(f'{q_spec},{k_spec}->{logit_spec}', q, k, jnp.float32) * scale
+    contract = _product_einsum if decoding else einsum
+    logits = contract(f'{q_spec},{k_spec}->{logit_spec}', q, k, jnp.float32) * scale
     logits = softcap(logits, cfg.attn_logit_softcap)
     allowed = allowed.reshape((b,) + (1,) * (logits.ndim - 3) + allowed.shape[1:])
     logits = jnp.where(allowed, logits, _NEG_INF)
     probs = jax.nn.softmax(logits, axis=-1).astype(q.dtype)
-    return einsum(f'{logit_spec},{k_spec}->{q_spec}', probs, v, dt).reshape(b, t, h, hd)
+    return contract(f'{logit_spec},{k_spec}->{q_spec}', probs, v, dt).reshape(b, t, h, hd)
+
+
+def _product_einsum(spec: str, x: jax.Array, y: jax.Array, out_dtype) -> jax.Array:
+  """einsum(spec, x, y) as a float32 broadcast product summed over the contracted labels, in `out_dtype`: the
+  attention of one decoded token over its cache. As a matmul, XLA's GPU compiler hands cuBLAS a contiguous copy of
+  the running layer's cache, sliced out of a scanned stack's (the whole KV cache copied at every token); as a
+  product and a sum it reads the cache where it is, within one fusion. Products of bfloat16 values are exact in
+  float32, so this equals the bfloat16 matmul with a float32 result up to the order of the sum. The product's
+  axes follow y's (the cache's) order, so the cache is read in its own layout, never transposed."""
+  (a, b), out = spec.split('->')[0].split(','), spec.split('->')[1]
+  labels = b + ''.join(c for c in a if c not in b)
+
+  def expand(arr, lab):
+    present = [c for c in labels if c in lab]
+    arr = jnp.transpose(arr.astype(jnp.float32), [lab.index(c) for c in present])
+    return arr.reshape([arr.shape[present.index(c)] if c in lab else 1 for c in labels])
+  summed = jnp.sum(expand(x, a) * expand(y, b), axis=tuple(i for i, c in enumerate(labels) if c not in out))
+  kept = [c for c in labels if c in out]
+  return jnp.transpose(summed, [kept.index(c) for c in out]).astype(out_dtype)
 
 
 def _fused(q, k, v, allowed, head_major: bool, scale: float) -> jax.Array:

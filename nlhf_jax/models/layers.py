@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from nlhf_jax.config import ModelConfig
+from nlhf_jax.distributed.sharding import context_shards
 
 _INIT = jax.nn.initializers.normal(stddev=0.02)
 
@@ -21,14 +22,20 @@ def param(rngs: nnx.Rngs, shape: Sequence[int], axes: Sequence[str | None], init
   return nnx.Param(init(rngs.params(), tuple(shape), jnp.float32).astype(dtype), logical_axes=tuple(axes))
 
 
-def einsum(spec: str, x: jax.Array, w: jax.Array, out_dtype=None) -> jax.Array:
+def einsum(spec: str, x: jax.Array, w: jax.Array, out_dtype=None, split: str | None = None) -> jax.Array:
   """einsum(spec, x, w) with w cast to x's dtype, accumulated in float32, returned in `out_dtype` (x's dtype
   by default). Every matmul of the models goes through here: with bfloat16 operands an XLA dot whose output is
   also bfloat16 may be run on float32 copies of its operands (XLA:CPU does), while one that asks for a float32
   result runs on the bfloat16 operands themselves. In float32 it is the plain einsum. It stays a jnp.einsum
-  call, so LoRA (nlhf_jax/models/lora.py) intercepts it."""
+  call, so LoRA (nlhf_jax/models/lora.py) intercepts it.
+
+  `split`: the logical axis the contraction runs over (the output projections: 'heads', 'mlp'). Where the mesh in
+  context splits it over devices (tensor parallelism, e.g. the sampler's own layout), each device's partial sum
+  leaves the matmul in x's dtype, so the all-reduce that adds them moves bfloat16, half the bytes of float32 (the
+  convention of tensor-parallel inference); elsewhere the result is as above."""
   dt = x.dtype
-  out = jnp.einsum(spec, x, w.astype(dt), preferred_element_type=jnp.float32)
+  partial = dt if split and context_shards(split) > 1 else jnp.float32
+  out = jnp.einsum(spec, x, w.astype(dt), preferred_element_type=partial)
   return out.astype(out_dtype or dt)
 
 
@@ -68,9 +75,9 @@ class GatedMLP(nnx.Module):
     self.activation = activation
 
   def __call__(self, x: jax.Array) -> jax.Array:
-    proj = lambda v, w: einsum('...d,df->...f', v, w[...])
+    proj = lambda v, w, split=None: einsum('...d,df->...f', v, w[...], split=split)
     h = _ACTIVATIONS[self.activation](proj(x, self.gate)) * proj(x, self.up)
-    return proj(h, self.down)
+    return proj(h, self.down, 'mlp')
 
 
 def softcap(x: jax.Array, cap: float) -> jax.Array:

@@ -16,7 +16,7 @@ import numpy as np
 from flax import nnx
 
 from nlhf_jax.config import ModelConfig
-from nlhf_jax.distributed.sharding import constrain_activations
+from nlhf_jax.distributed.sharding import constrain_activations, context_shards
 from nlhf_jax.models.attention import Attention, LayerKind
 from nlhf_jax.models.layers import GatedMLP, RMSNorm, einsum, param, param_dtype, softcap
 from nlhf_jax.models.logprobs import TokenStats, chunked_logits, chunked_token_logprobs, token_logprobs
@@ -135,8 +135,10 @@ class Transformer(nnx.Module):
 
   def logits(self, hidden_btd):
     """float32 logits [B, T, V]. With config.model.logits_chunk they are made chunk by chunk of the vocabulary
-    (models/logprobs.chunked_logits: a sharded unembedding is gathered a chunk at a time, e.g. while decoding)."""
-    if self.cfg.logits_chunk:  # a tied table is read by rows, in its own layout
+    (models/logprobs.chunked_logits: a sharded unembedding is gathered a chunk at a time, e.g. while decoding),
+    unless the mesh in context splits the vocabulary ('tensor'): then each device makes the logits of its own
+    part of the vocabulary from its own rows of the table, and chunks would gather the table instead."""
+    if self.cfg.logits_chunk and context_shards('vocab') == 1:  # a tied table is read by rows, in its own layout
       table = self.embed[...] if self.cfg.tie_embeddings else self.unembed[...]
       return chunked_logits(hidden_btd, table, self.cfg.logits_chunk, self.cfg.final_logit_softcap,
                             vocab_first=self.cfg.tie_embeddings)

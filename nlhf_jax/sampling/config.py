@@ -1,7 +1,7 @@
 """`SamplingConfig`: how responses are sampled, built from a config section by one function.
 
 Its option fields carry the names of a `sampling` section (max_new_tokens, temperature, top_k, top_p,
-sharded_decode, kv_cache_dtype: config.online.sampling, config/schema.py's SamplingOptions), so
+sharded_decode, decode_tensor, kv_cache_dtype: config.online.sampling, config/schema.py's SamplingOptions), so
 `SamplingConfig.from_section` builds it from config.online.sampling, from an evaluation's config's `sampling` or
 from the pipeline's pairs stage's `sampling` alike (a section without an option leaves its default). Every value is
 checked by the one check of sampling options, `nlhf_jax.config.validate.check_sampling` (ConfigError, a
@@ -34,6 +34,12 @@ class SamplingConfig:
   # Models larger than one device: keep the parameters sharded over 'fsdp' in the decode loop (each step gathers
   # a layer's weights as it needs them) instead of gathering them whole at the per-shard loop's boundary.
   sharded_decode: bool = False
+  # The sampler's own layout on a mesh (sampling/sharded.py, `regroup`): N > 0 regroups the mesh's devices, in
+  # their order, so that each N consecutive ones split every decoding model's heads, MLP and vocabulary (tensor
+  # parallel: each device reads 1/N of the weights at every token) and the groups split the rows; -1: one group
+  # of every device; 0: decode on the training mesh's own layout (rows over data and fsdp, weights gathered over
+  # fsdp at the loop's boundary). The parameters move into the layout once a step; the samples are the same.
+  decode_tensor: int = 0
   # dtype of the KV caches. '' (auto): the models' compute dtype, except float32 on a CPU backend, where XLA
   # rewrites each token's write into a bfloat16 cache as a float32 round trip of the whole cache and feeds the
   # attention matmuls a float32 copy of it (a bfloat16 cache made the CPU decode loop 1.4x slower). Or 'float32',

@@ -143,9 +143,25 @@ class Decoder:
     """`decode` per batch shard on a mesh whose batch axes have several shards (sharded.per_shard: parameters
     gathered over 'fsdp' once), else, with cfg.sharded_decode, or for a batch that does not divide into the shards,
     as one GSPMD program (parameters left sharded, each step gathering a layer's weights as it needs them; every
-    row stops when all are done). Samples are the same every way (keys are per row)."""
+    row stops when all are done). Samples are the same every way (keys are per row). With cfg.decode_tensor, on
+    the sampler's own layout (`_run_regrouped`)."""
+    if self.cfg.decode_tensor and self.mesh is not None:
+      return self._run_regrouped(params, batch, keys_bg)
     shards = sharded.batch_shards(self.mesh)
     if self.cfg.sharded_decode or shards == 1 or batch['prompt'].shape[0] % shards:
       return self.decode(params, batch, keys_bg)
     on_shard = lambda p, b, k, sync_axes: dataclasses.replace(self, mesh=None, sync_axes=sync_axes).decode(p, b, k)
     return sharded.per_shard(on_shard, self.mesh, params, batch, keys_bg)
+
+  def _run_regrouped(self, params: Params, batch: dict, keys_bg: jax.Array) -> dict:
+    """`run` on the sampler's own layout (SamplingConfig.decode_tensor; sharded.regroup): the weights moved into
+    it once, the model passes traced with that mesh in context, the outputs back in the rows' sharding."""
+    model = next(iter(self._models(params).values()))
+    layout = sharded.regroup(self.mesh, self.cfg.decode_tensor, model.cfg)
+    moved = tuple(None if p is None else sharded.to_layout(p, layout) for p in params)
+    rows = lambda x: constrain(x, ('batch',) + (None,) * (x.ndim - 1), layout)
+    batch, keys_bg = {k: rows(v) for k, v in batch.items()}, rows(keys_bg)
+    inner = dataclasses.replace(self, mesh=layout)
+    with jax.sharding.use_abstract_mesh(layout.abstract_mesh):  # one GSPMD loop: 'fsdp' is 1, nothing to gather
+      out = inner.decode(moved, batch, keys_bg)
+    return {k: constrain(v, ('batch',) + (None,) * (v.ndim - 1), self.mesh) for k, v in out.items()}

@@ -9,6 +9,11 @@ run per shard of the batch axes.
   MLP and vocabulary split). With tensor = 1 the body has no collective and each shard may leave its loop when its
   own rows are done; otherwise every device must enter the body's collectives equally often, so fn gets the manual
   axes to sum its stopping test over (`sync_axes`).
+- `regroup(mesh, n, model)` / `to_layout(params, mesh)`: the sampler's own layout (SamplingConfig.decode_tensor):
+  the same devices in the same order as a mesh whose 'tensor' axis is n consecutive devices and whose 'data' axis
+  is the groups ('fsdp' 1), and the parameters constrained to the rule table's shardings on it. Each device then
+  reads 1/n of every decoding model's weights at every token instead of all of them; the residual stream is
+  all-reduced over the group twice a layer.
 """
 from __future__ import annotations
 
@@ -16,8 +21,11 @@ from typing import Any, Callable
 
 import jax
 import numpy as np
+from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from nlhf_jax.config import ModelConfig
+from nlhf_jax.config.validate import decode_tensor_size
 from nlhf_jax.distributed.sharding import LOGICAL_AXIS_RULES, logical_to_spec
 from nlhf_jax.models.transformer import cache_batch_axis
 
@@ -68,3 +76,28 @@ def per_shard(fn: Callable[..., dict], mesh: Mesh, params: Any, batch: dict, key
   sync_axes = tuple(a for a in mesh.axis_names if a in manual) if auto_axes else ()
   return jax.shard_map(lambda p, b, k: fn(p, b, k, sync_axes), mesh=mesh, in_specs=(P(), rows, rows),
                        out_specs=rows, axis_names=manual, check_vma=False)(params, batch, keys_bg)
+
+
+def regroup(mesh: Mesh, option: int, model: ModelConfig) -> Mesh:
+  """The decode mesh of `decode_tensor=option` (see the module's docstring): `mesh`'s devices in their order,
+  reshaped to (groups, 1, n) over the same axis names; n is checked against the devices and the model."""
+  n = decode_tensor_size(option, mesh.devices.size, model, 'sampling.')
+  return Mesh(mesh.devices.reshape(-1, 1, n), mesh.axis_names, axis_types=mesh.axis_types)
+
+
+def to_layout(params: Any, mesh: Mesh) -> Any:
+  """Each parameter (an nnx.Variable with `logical_axes`; none: replicated) constrained to its rule-table sharding
+  on `mesh`: inside a jit, XLA moves each weight into that layout once. With several groups, through a layout
+  with 'embed' split over the groups ('data'): from weights split over every device by 'embed' (FSDP) that is an
+  all-to-all within each group and then a gather across the groups, where a direct move would gather each weight
+  whole on every device first."""
+  staged = dict(LOGICAL_AXIS_RULES, embed='data') if mesh.shape['data'] > 1 else None
+
+  def put(v):
+    axes = v.get_metadata().get('logical_axes')
+    x = v[...]
+    if axes and staged and 'embed' in axes:
+      x = jax.lax.with_sharding_constraint(x, NamedSharding(mesh, logical_to_spec(axes, staged)))
+    spec = logical_to_spec(axes) if axes else P()
+    return v.replace(jax.lax.with_sharding_constraint(x, NamedSharding(mesh, spec)))
+  return jax.tree.map(put, params, is_leaf=lambda x: isinstance(x, nnx.Variable))

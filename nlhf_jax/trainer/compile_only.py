@@ -22,6 +22,7 @@ import numpy as np
 from flax import nnx
 
 from nlhf_jax.config import ExperimentConfig, ModelConfig
+from nlhf_jax.config.validate import decode_tensor_size
 from nlhf_jax.data import pipelines
 from nlhf_jax.data.tokenizer import ByteTokenizer, load_tokenizer
 from nlhf_jax.distributed import batch_spec, make_mesh
@@ -137,7 +138,8 @@ def memory_parts(step: CompiledStep) -> dict:
 
 def kv_cache_bytes(cfg: ExperimentConfig, mesh) -> int:
   """Per device: the KV caches of one online step's sampling (the policy's rows and the reference's for a mixture
-  opponent), in the sampler's cache dtype, over the batch shards (part of XLA's temporaries)."""
+  opponent), in the sampler's cache dtype, split by rows over the batch shards and by kv heads over 'tensor' (with
+  online.sampling.decode_tensor: over every device, the sampler's own layout), part of XLA's temporaries."""
   m, o, spec = cfg.model, cfg.online, get_task(cfg.train.objective).objective
   rows = cfg.train.batch_size * max(getattr(o, 'samples_per_prompt', 1) or 1, 1)
   rows *= 3 if spec.opponent == 'mixture' else 2
@@ -145,5 +147,7 @@ def kv_cache_bytes(cfg: ExperimentConfig, mesh) -> int:
   positions = cfg.data.prompt_len + o.sampling.max_new_tokens
   axes = batch_spec(1)[0]
   axes = axes if isinstance(axes, tuple) else (axes,)
-  shards = int(np.prod([mesh.shape[a] for a in axes if a]))
+  shards = int(np.prod([mesh.shape[a] for a in axes if a])) * mesh.shape.get('tensor', 1)
+  if decode_tensor_size(o.sampling.decode_tensor, mesh.devices.size, m) > 1:
+    shards = mesh.devices.size
   return int(2 * m.num_layers * rows * m.kv_heads * positions * m.head_dim * itemsize // max(shards, 1))

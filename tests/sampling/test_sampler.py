@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 from scipy import stats
 
-from nlhf_jax.config import ModelConfig
+from nlhf_jax.config import ConfigError, ModelConfig
 from nlhf_jax.distributed import named, param_specs
 from nlhf_jax.models import Transformer, preset
 from nlhf_jax.sampling import SamplingConfig, filter_logits, jit_sample, jit_sample_pair, sample_pair
@@ -219,6 +219,50 @@ def test_params_sharded_in_the_loop_sample_what_replicated_params_sample(models,
     np.testing.assert_allclose(got[name]['logprobs'], expect[name]['logprobs'], atol=1e-4)
   hlo = fn.lower(*args, key).compile().as_text()
   assert 'all-gather' in hlo  # weights gathered as the steps need them, not held whole
+
+
+WIDE = dataclasses.replace(CFG, num_heads=8, num_kv_heads=8, d_model=64)  # heads that split 8 ways
+
+
+@pytest.mark.parametrize('shape,decode_tensor', [(dict(fsdp=8), -1), (dict(data=2, fsdp=2, tensor=2), 4)])
+def test_the_samplers_own_tensor_parallel_layout_samples_what_one_device_samples(devices, shape, decode_tensor):
+  """decode_tensor regroups the mesh: each decoding model's heads, MLP and vocabulary split over groups of
+  devices (all 8; or 4, two groups splitting the rows). The weights move into that layout once (all-to-alls, and
+  no weight gathered whole), the loop all-reduces the residual stream, and the samples are the one-device ones;
+  the outputs keep the training mesh's row sharding."""
+  graphdef, policy, ref = _models(WIDE)
+  cfg = SamplingConfig(max_new_tokens=5, top_k=50, stop_ids=())
+  batch = _batch(lengths=LENGTHS * 2)
+  key = jax.random.key(12)
+  expect = jit_sample_pair(graphdef, graphdef, cfg, 0.25)(policy, ref, batch, key)
+  m = mesh(**shape)
+  _, abstract = nnx.split(nnx.eval_shape(lambda: Transformer(WIDE, nnx.Rngs(0))))
+  p_shard = named(m, param_specs(abstract))
+  b_shard = jax.sharding.NamedSharding(m, jax.sharding.PartitionSpec(('data', 'fsdp')))
+  put = lambda tree, s: jax.tree.map(lambda x, sh: jax.device_put(np.asarray(x), sh), tree, s)
+  args = (put(nnx.to_pure_dict(policy), p_shard), put(nnx.to_pure_dict(ref), p_shard),
+          jax.tree.map(lambda x: jax.device_put(np.asarray(x), b_shard), batch))
+  tp_cfg = dataclasses.replace(cfg, decode_tensor=decode_tensor)
+  fn = jax.jit(lambda p, r, b, k: sample_pair(graphdef, p, graphdef, r, b, k, tp_cfg, 0.25, mesh=m))
+  got = fn(*args, key)
+  for name in ('policy', 'mixture'):
+    np.testing.assert_array_equal(got[name]['tokens'], expect[name]['tokens'])
+    np.testing.assert_allclose(got[name]['logprobs'], expect[name]['logprobs'], atol=1e-4)
+    assert got[name]['tokens'].sharding.spec[0] in (('data', 'fsdp'), 'fsdp')
+  hlo = fn.lower(*args, key).compile().as_text()
+  assert 'all-to-all' in hlo and 'all-reduce' in hlo
+  whole = {f'f32[{d},{h},{k}]' for d, h, k in [(64, 8, WIDE.head_dim)]} | {'f32[64,128]', 'f32[128,64]'}
+  assert not any(f'{shape}' in hlo for shape in whole)  # no device holds a whole q/k/v or MLP matrix
+
+
+def test_a_decode_tensor_that_does_not_divide_the_model_or_the_devices_is_refused():
+  from nlhf_jax.config.validate import decode_tensor_size
+  with pytest.raises(ConfigError, match=r'^sampling.decode_tensor=3: 3 does not divide the 8 devices; use a divisor'):
+    decode_tensor_size(3, 8, WIDE, 'sampling.')
+  with pytest.raises(ConfigError, match=r'^config.online.sampling.decode_tensor=-1: config.model.num_heads=4 is not '
+                                        r'divisible by 8; use a decode_tensor that divides it'):
+    decode_tensor_size(-1, 8, CFG)
+  assert decode_tensor_size(-1, 8, WIDE) == 8 and decode_tensor_size(0, 8, CFG) == 0
 
 
 def test_eos_ends_the_response_and_max_length_holds():
