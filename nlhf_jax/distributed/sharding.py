@@ -113,6 +113,13 @@ def context_shards(name: str) -> int:
   return int(np.prod([mesh.shape[a] for a in names if a in mesh.axis_names and a not in manual]))
 
 
+def context_platform() -> str:
+  """The platform of the mesh in context (compile-only devices included), else JAX's default backend."""
+  mesh = jax.sharding.get_abstract_mesh()
+  device = None if mesh.empty else getattr(mesh, 'abstract_device', None)
+  return getattr(device, 'platform', None) or jax.default_backend()
+
+
 def within_mesh(fn, mesh):
   """fn traced with `mesh` as the abstract mesh in context, so that `constrain_activations` applies inside it
   (wrap a step before jax.jit)."""
