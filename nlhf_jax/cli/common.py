@@ -25,7 +25,8 @@ from typing import Callable, Sequence
 
 from absl import app, flags
 
-from nlhf_jax.config import runs, validate
+from nlhf_jax.config import runs
+from nlhf_jax.config.build import moved
 
 TRACEBACK_ENV = 'NLHF_TRACEBACK'
 
@@ -135,7 +136,7 @@ def unknown_key_message(config, override: str, path: Sequence[str], name: str = 
     keys = [str(k) for k in node.keys()]
     if part not in keys and part in runs.SAMPLING_KEYS and 'sampling' in keys and i == len(path) - 1:
       at = ''.join(f'{p}.' for p in path[:i])  # a sampling option where it was before the `sampling` sections
-      return f'{override}: {validate.moved(f"{at}{part}", f"{at}sampling.{part}")}'
+      return f'{override}: {moved(f"{at}{part}", f"{at}sampling.{part}")}'
     if part not in keys:
       close = difflib.get_close_matches(part, keys, n=1)
       hint = f'did you mean {close[0]!r}?' if close else f'its fields are: {", ".join(sorted(keys))}'

@@ -217,7 +217,7 @@ def _decode_figures(cfg, step, costs, n: int) -> dict:
   models = ['policy'] + (['reference'] if step.task.objective.opponent == 'mixture' else [])
   frozen = step.frozen.get('reference') or step.frozen.get('base')
   weights = compile_only.total_bytes(frozen) if frozen is not None else compile_only.total_bytes(step.state.params)
-  from nlhf_jax.config.validate import decode_tensor_size
+  from nlhf_jax.config.mesh_checks import decode_tensor_size
   regrouped = decode_tensor_size(cfg.online.sampling.decode_tensor, n, cfg.model)
   tensor = regrouped if regrouped > 1 else step.mesh.shape.get('tensor', 1)  # the sampler's own layout's
   cache = compile_only.kv_cache_bytes(cfg, step.mesh)

@@ -25,7 +25,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from nlhf_jax.config import ModelConfig
-from nlhf_jax.config.validate import decode_tensor_size
+from nlhf_jax.config.mesh_checks import decode_tensor_size
 from nlhf_jax.distributed.sharding import LOGICAL_AXIS_RULES, logical_to_spec
 from nlhf_jax.models.transformer import cache_batch_axis
 

@@ -22,7 +22,7 @@ import numpy as np
 from flax import nnx
 
 from nlhf_jax.config import ExperimentConfig, ModelConfig
-from nlhf_jax.config.validate import decode_tensor_size
+from nlhf_jax.config.mesh_checks import decode_tensor_size
 from nlhf_jax.data import pipelines
 from nlhf_jax.data.tokenizer import ByteTokenizer, load_tokenizer
 from nlhf_jax.distributed import batch_spec, make_mesh

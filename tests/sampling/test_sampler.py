@@ -256,7 +256,7 @@ def test_the_samplers_own_tensor_parallel_layout_samples_what_one_device_samples
 
 
 def test_a_decode_tensor_that_does_not_divide_the_model_or_the_devices_is_refused():
-  from nlhf_jax.config.validate import decode_tensor_size
+  from nlhf_jax.config.mesh_checks import decode_tensor_size
   with pytest.raises(ConfigError, match=r'^sampling.decode_tensor=3: 3 does not divide the 8 devices; use a divisor'):
     decode_tensor_size(3, 8, WIDE, 'sampling.')
   with pytest.raises(ConfigError, match=r'^config.online.sampling.decode_tensor=-1: config.model.num_heads=4 is not '
