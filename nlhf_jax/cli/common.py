@@ -26,7 +26,7 @@ from typing import Callable, Sequence
 from absl import app, flags
 
 from nlhf_jax.config import runs
-from nlhf_jax.config.build import moved
+from nlhf_jax.config.building import moved
 
 TRACEBACK_ENV = 'NLHF_TRACEBACK'
 

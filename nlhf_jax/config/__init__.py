@@ -3,7 +3,7 @@ from nlhf_jax.config.schema import (DataConfig, DistributedConfig, ExperimentCon
                                     ModelConfig, OfflineConfig, OnlineConfig, OptimConfig, SamplingOptions,
                                     TrainConfig)
 from nlhf_jax.config.errors import ConfigError
-from nlhf_jax.config.build import build
+from nlhf_jax.config.building import build
 from nlhf_jax.config.mesh_checks import check_against_mesh, resolve_mesh_shape
 from nlhf_jax.config.validate import from_config_dict
 

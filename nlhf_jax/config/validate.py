@@ -1,5 +1,5 @@
 """Checking the values of an `ExperimentConfig`, and `from_config_dict`, which makes one from an ml_collections
-ConfigDict (or a plain dict): built by config/build.py (every key and type), its values checked here, and with a
+ConfigDict (or a plain dict): built by config/building.py (every key and type), its values checked here, and with a
 device count its mesh and the shapes sharded over it (config/mesh_checks.py).
 
 The value checks need no devices: `check_values` runs every one of them (the model's architecture, the optimizer,
@@ -15,7 +15,7 @@ import re
 from typing import Any, Mapping
 
 from nlhf_jax.config import objectives, runs, schema
-from nlhf_jax.config.build import build, to_mapping
+from nlhf_jax.config.building import build, to_mapping
 from nlhf_jax.config.errors import ConfigError, require
 from nlhf_jax.config.mesh_checks import check_against_mesh, resolve_mesh_shape
 
@@ -111,8 +111,6 @@ def check_architecture(m: schema.ModelConfig) -> None:
             f'rope_original_max_len > 0 (got {m.rope_low_freq_factor}, {m.rope_high_freq_factor}, '
             f'{m.rope_original_max_len})')
 
-
-IMPORTED = objectives.IMPORTED
 
 # The sampling options, under the names config.online.sampling and nlhf_jax.sampling's SamplingConfig share (the
 # `sampling` sections of an evaluation's config and of the pipeline's policy, pairs and eval sections hold some of

@@ -36,7 +36,7 @@ import re
 import ml_collections
 
 from nlhf_jax.config import ConfigError, MeshConfig, from_config_dict, objectives
-from nlhf_jax.config.build import moved
+from nlhf_jax.config.building import moved
 from nlhf_jax.config.defaults import defaults
 from nlhf_jax.config.mesh_checks import resolve_mesh_shape
 from nlhf_jax.config.runs import SAMPLING_KEYS, nest_sampling, upgrade
