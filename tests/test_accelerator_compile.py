@@ -32,9 +32,12 @@ def _last_json(p) -> list:
 
 @pytest.fixture(scope='module')
 def nash_md():
-  """The tiny Nash-MD-PG step on a v5e 2x2 slice (parameters sharded over its 4 chips) and on 2 H100s."""
+  """The tiny Nash-MD-PG step on a v5e 2x2 slice (parameters sharded over its 4 chips) and on 2 H100s, with
+  scanned layers and the sampler's tensor-parallel layout over every device (on GPU the sampler unrolls the
+  layers: sampling/sampler.py)."""
   return _last_json(_compile_cli('--target=tpu:v5e-4,gpu:h100x2', '--config=experiments/configs/nash_md.py:tiny',
-                                 '--mesh=fsdp=-1', '--json'))
+                                 '--mesh=fsdp=-1', '--json', '--config.model.scan_layers=true',
+                                 '--config.online.sampling.decode_tensor=-1'))
 
 
 @pytest.mark.slow
@@ -47,7 +50,7 @@ def test_nash_md_compiles_for_tpu_and_gpu(nash_md):
     assert r['flops'] > 0 and r['hbm_bytes'] > 0 and r['roofline_s'] > 0 and r['uncounted_loops'] == []
     # the decode loop runs max_new_tokens - 1 times after the first token (and is counted so)
     assert 15 in r['loops'].values()
-    assert set(r['phases']) >= {'sample', 'total'}
+    assert set(r['phases']) >= {'sample', 'total'} and r['decode_tensor'] == -1
     # per device, the compiled matmuls are the model's (the HLO reading and the analytic count agree)
     assert 0.6 < r['flops_ratio'] < 1.25, r['flops_ratio']
 

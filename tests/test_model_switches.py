@@ -70,6 +70,35 @@ def test_scanned_layers_equal_unrolled_ones(unrolled):
   jax.tree.map(np.testing.assert_array_equal, unstack_layers(stacked, CFG.num_layers), params)
 
 
+def test_a_scanned_model_unrolled_for_decoding_is_the_same_model(unrolled):
+  """models.transformer.unrolled (the sampler's decode form on GPU): every layer's parameters its own arrays,
+  equal to the stack's slices; the same logits with and without the cache."""
+  from nlhf_jax.models.transformer import unrolled as unroll
+  graphdef, params = unrolled
+  scfg = dataclasses.replace(CFG, scan_layers=True)
+  scanned = nnx.merge(_graphdef(scfg), stack_layers(params, CFG.num_layers))
+  model = unroll(scanned)
+  assert not model.cfg.scan_layers and scanned.cfg.scan_layers
+  jax.tree.map(np.testing.assert_array_equal, nnx.to_pure_dict(nnx.state(model)), params)
+  np.testing.assert_allclose(np.asarray(model(TOKENS, MASK)[0]), np.asarray(scanned(TOKENS, MASK)[0]), atol=1e-6)
+  g, p = nnx.split(model)
+  np.testing.assert_allclose(np.asarray(_cached_logits(g, nnx.to_pure_dict(p), model.cfg)),
+                             np.asarray(_cached_logits(graphdef, params, CFG)), atol=1e-6, rtol=0)
+
+
+def test_one_decoded_position_keeps_its_projections_apart(unrolled):
+  """For one position (off TPU) the q, k, v and the gate and up matmuls take their input through an optimization
+  barrier (XLA's dot merger would concatenate their weights at every token); several positions take it as is."""
+  graphdef, params = unrolled
+  model = nnx.merge(graphdef, params)
+
+  def barriers(t):
+    cache = init_cache(CFG, 2, 10)
+    jaxpr = jax.make_jaxpr(lambda x: model(x, jnp.ones(x.shape, bool), None, cache, 0)[0])(TOKENS[:, :t])
+    return sum(e.primitive.name == 'optimization_barrier' for e in jaxpr.jaxpr.eqns)
+  assert barriers(1) == 2 * CFG.num_layers and barriers(4) == 0
+
+
 def test_scanned_decoding_writes_only_the_new_slots_into_the_carried_stack(unrolled):
   """One decode step over a stacked cache: the layer loop carries the stack (no output sequence of caches, which
   XLA's GPU compiler made into a new stack at every token) and writes each layer's new slot in place (no copy of a

@@ -28,7 +28,7 @@ from typing import NamedTuple
 
 from nlhf_jax.config import ModelConfig
 from nlhf_jax.distributed.sharding import constrain_activations, context_platform
-from nlhf_jax.models.layers import RMSNorm, einsum, param, param_dtype, rope, rope_frequencies, softcap
+from nlhf_jax.models.layers import RMSNorm, einsum, param, param_dtype, rope, rope_frequencies, softcap, unmerged
 
 _NEG_INF = -1e30
 
@@ -112,9 +112,10 @@ class Attention(nnx.Module):
     """
     cfg, dt = self.cfg, x_btd.dtype
     kind = LayerKind.of(cfg, self.layer) if kind is None else kind
-    q = rope(self._project(x_btd, 'q'), positions_bt, kind.freq)
-    k = rope(self._project(x_btd, 'k'), positions_bt, kind.freq)
-    v = self._project(x_btd, 'v')
+    xq, xk, xv = unmerged(x_btd, 3)
+    q = rope(self._project(xq, 'q'), positions_bt, kind.freq)
+    k = rope(self._project(xk, 'k'), positions_bt, kind.freq)
+    v = self._project(xv, 'v')
     if cache is None:
       key_positions, k_spec = positions_bt, 'bsnk'
     else:  # the cache is head-major [B, KV, S, D]: attention over it needs no transpose of the whole cache

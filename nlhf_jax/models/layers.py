@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from nlhf_jax.config import ModelConfig
-from nlhf_jax.distributed.sharding import context_shards
+from nlhf_jax.distributed.sharding import context_platform, context_shards
 
 _INIT = jax.nn.initializers.normal(stddev=0.02)
 
@@ -76,8 +76,19 @@ class GatedMLP(nnx.Module):
 
   def __call__(self, x: jax.Array) -> jax.Array:
     proj = lambda v, w, split=None: einsum('...d,df->...f', v, w[...], split=split)
-    h = _ACTIVATIONS[self.activation](proj(x, self.gate)) * proj(x, self.up)
+    x_gate, x_up = unmerged(x, 2)
+    h = _ACTIVATIONS[self.activation](proj(x_gate, self.gate)) * proj(x_up, self.up)
     return proj(h, self.down, 'mlp')
+
+
+def unmerged(x: jax.Array, n: int) -> tuple[jax.Array, ...]:
+  """n uses of x for n matmuls with weights of their own. For one position (a decoded token) off TPU, x passes
+  through an optimization barrier as n distinct values: XLA's dot merger would otherwise join the matmuls that
+  share x into one, concatenating their weights into a new array at every token (on GPU a copy of the q, k, v and
+  the gate and up weights per layer and token). Elsewhere (several positions, or TPU) x itself, n times."""
+  if x.ndim < 2 or x.shape[-2] != 1 or context_platform() == 'tpu':
+    return (x,) * n
+  return tuple(jax.lax.optimization_barrier((x,) * n))
 
 
 def softcap(x: jax.Array, cap: float) -> jax.Array:

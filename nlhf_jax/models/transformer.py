@@ -10,6 +10,8 @@ dict 'layers' of arrays with the layer axis first (`cache_batch_axis` says where
 """
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -208,6 +210,15 @@ def stack_layers(params: dict, num_layers: int) -> dict:
   out = {k: v for k, v in params.items() if not k.startswith('layer_')}
   out[STACK] = jax.tree.map(lambda *xs: jnp.stack(xs), *layers)
   return out
+
+
+def unrolled(model: Transformer) -> Transformer:
+  """`model` with unrolled layers: its scanned stack's parameters split per layer, each layer's its own arrays (a
+  copy, made once). Computes the same function. The sampler decodes from it on GPU, where a matmul in the layer
+  loop otherwise takes a copy of its weights sliced out of the stack at every token."""
+  cfg = dataclasses.replace(model.cfg, scan_layers=False)
+  graphdef = nnx.split(nnx.eval_shape(lambda: Transformer(cfg, nnx.Rngs(0))))[0]
+  return nnx.merge(graphdef, unstack_layers(nnx.to_pure_dict(nnx.state(model)), cfg.num_layers))
 
 
 def unstack_layers(params: dict, num_layers: int) -> dict:

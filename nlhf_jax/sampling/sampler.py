@@ -4,7 +4,7 @@ y' ~ its token-level mixture with the reference, in one loop) and their standalo
 Each call splits its models into graphdefs and parameters, builds a `Decoder` (sampling/decode.py) and runs it.
 `run` names its instructions `SCOPE` in compiled programs (nlhf-compile reads the sampler's phase by it) and
 decodes from `decode_weights`: a model computing in bfloat16 from float32 weights reads a bfloat16 copy of its
-matrices, made once before the loop. Outputs are dicts of arrays: {'tokens' int32, 'mask' bool, 'logprobs'
+matrices, made once before the loop, and on GPU a scanned model decodes with its layers unrolled. Outputs are dicts of arrays: {'tokens' int32, 'mask' bool, 'logprobs'
 float32}; the log-probabilities are those of the distribution each token was drawn from (docs/sampling.md).
 """
 from __future__ import annotations
@@ -16,6 +16,8 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import Mesh
 
+from nlhf_jax.distributed.sharding import context_platform
+from nlhf_jax.models.transformer import Transformer, unrolled
 from nlhf_jax.sampling.config import SamplingConfig
 from nlhf_jax.sampling.decode import Decoder
 from nlhf_jax.sampling.mixture import Groups, pair_groups, row_keys
@@ -31,7 +33,10 @@ def decode_weights(model: nnx.Module | None) -> nnx.Module | None:
   embedding lookup is cast after the lookup: the samples are the same bit for bit. Vectors (norm scales, biases)
   and, with scale_embeddings, the embedding (its scaling is computed in the weights' dtype), and LoRA adapters
   stay as they are."""
-  if model is None or getattr(getattr(model, 'cfg', None), 'compute_dtype', '') != 'bfloat16':
+  if model is None:
+    return model
+  model = _unrolled_on_gpu(model)
+  if getattr(getattr(model, 'cfg', None), 'compute_dtype', '') != 'bfloat16':
     return model
   keep_embedding = model.cfg.scale_embeddings
 
@@ -43,6 +48,18 @@ def decode_weights(model: nnx.Module | None) -> nnx.Module | None:
     return x.astype(jnp.bfloat16)
   graphdef, state = nnx.split(model)
   return nnx.merge(graphdef, jax.tree_util.tree_map_with_path(cast, state))
+
+
+def _unrolled_on_gpu(model: nnx.Module) -> nnx.Module:
+  """On GPU, a scanned Transformer as its unrolled twin (`models.transformer.unrolled`): in a scanned layer loop
+  XLA's GPU compiler hands cuBLAS each layer's weights as a copy sliced out of the stack, at every token (three
+  times the weights' bytes read a token). The split is made on the weights as they come (sharded: no gather), once
+  a step. A LoRA-adapted model (its adapters live in the scanned stack) stays scanned; TPU and CPU read a
+  slice inside the matmul and keep the stack."""
+  cfg = getattr(model, 'cfg', None)
+  if (type(model) is not Transformer or not cfg.scan_layers or context_platform() not in ('gpu', 'cuda', 'rocm')):
+    return model
+  return unrolled(model)
 
 
 def _split(model: nnx.Module | None) -> tuple[nnx.GraphDef | None, Any]:
