@@ -20,8 +20,9 @@ from flax import nnx
 from nlhf_jax.config import ModelConfig
 from nlhf_jax.distributed.sharding import constrain_activations, context_shards
 from nlhf_jax.models.attention import Attention, LayerKind
-from nlhf_jax.models.layers import GatedMLP, RMSNorm, einsum, param, param_dtype, softcap
-from nlhf_jax.models.logprobs import TokenStats, chunked_logits, chunked_token_logprobs, token_logprobs
+from nlhf_jax.models.layers import GatedMLP, RMSNorm, param, param_dtype
+from nlhf_jax.models.logprobs import (TokenStats, chunk_logits, chunked_logits, chunked_token_logprobs,
+                                      token_logprobs)
 
 STACK = 'layers'  # the parameter (and cache) subtree of a scanned stack
 REMAT_POLICIES = {'full': jax.checkpoint_policies.nothing_saveable,
@@ -136,17 +137,17 @@ class Transformer(nnx.Module):
     return self.embed[...].T if self.cfg.tie_embeddings else self.unembed[...]
 
   def logits(self, hidden_btd):
-    """float32 logits [B, T, V]. With config.model.logits_chunk they are made chunk by chunk of the vocabulary
-    (models/logprobs.chunked_logits: a sharded unembedding is gathered a chunk at a time, e.g. while decoding),
-    unless the mesh in context splits the vocabulary ('tensor'): then each device makes the logits of its own
-    part of the vocabulary from its own rows of the table, and chunks would gather the table instead."""
-    if self.cfg.logits_chunk and context_shards('vocab') == 1:  # a tied table is read by rows, in its own layout
-      table = self.embed[...] if self.cfg.tie_embeddings else self.unembed[...]
-      return chunked_logits(hidden_btd, table, self.cfg.logits_chunk, self.cfg.final_logit_softcap,
-                            vocab_first=self.cfg.tie_embeddings)
-    w = self.unembedding()
-    logits = einsum('btd,dv->btv', hidden_btd, w, jnp.float32)
-    return softcap(logits, self.cfg.final_logit_softcap)
+    """float32 logits [B, T, V], from the output table in its own layout (a tied embedding read by rows: no
+    transposed copy of it). With config.model.logits_chunk, where the mesh in context splits the table over
+    'fsdp' (a GSPMD program such as sharded decoding), they are made chunk by chunk of the vocabulary
+    (models/logprobs.chunked_logits), so that the table is gathered a [D, chunk] slice at a time. Elsewhere the
+    table is whole on the device (one device, the per-shard decode loop) or split by vocabulary (each device makes
+    its own part of the logits), and chunks would only copy it a slice at a time (on GPU, at every token)."""
+    tied = self.cfg.tie_embeddings
+    table = self.embed[...] if tied else self.unembed[...]
+    if self.cfg.logits_chunk and context_shards('embed') > 1 and context_shards('vocab') == 1:
+      return chunked_logits(hidden_btd, table, self.cfg.logits_chunk, self.cfg.final_logit_softcap, vocab_first=tied)
+    return chunk_logits(hidden_btd, table, self.cfg.final_logit_softcap, vocab_first=tied)
 
   def token_logprobs(self, hidden_btd, targets_bt, with_stats: bool = False):
     """float32 log p(targets) [B, T] from final hidden states (with_stats: a TokenStats with the entropy and
