@@ -174,24 +174,33 @@ def test_samples_depend_on_the_example_not_on_the_batch(models):
   np.testing.assert_array_equal(fn(policy, other, key)['tokens'][0], full['tokens'][0])
 
 
+def _on_mesh(model_cfg, cfg, policy, ref, batch, m, key):
+  """sample_pair jitted on mesh `m` with the weights sharded by the rule table and the batch by rows: (the jitted
+  function, its arguments without the key, its outputs for `key`)."""
+  graphdef, abstract = nnx.split(nnx.eval_shape(lambda: Transformer(model_cfg, nnx.Rngs(0))))
+  p_shard = named(m, param_specs(abstract))
+  b_shard = jax.sharding.NamedSharding(m, jax.sharding.PartitionSpec(('data', 'fsdp')))
+  put = lambda tree, s: jax.tree.map(lambda x, sh: jax.device_put(np.asarray(x), sh), tree, s)
+  args = (put(nnx.to_pure_dict(policy), p_shard), put(nnx.to_pure_dict(ref), p_shard),
+          jax.tree.map(lambda x: jax.device_put(np.asarray(x), b_shard), batch))
+  fn = jax.jit(lambda p, r, b, k: sample_pair(graphdef, p, graphdef, r, b, k, cfg, 0.25, mesh=m))
+  return fn, args, fn(*args, key)
+
+
+def _assert_same_samples(got, expect):
+  for name in ('policy', 'mixture'):
+    np.testing.assert_array_equal(got[name]['tokens'], expect[name]['tokens'])
+    np.testing.assert_allclose(got[name]['logprobs'], expect[name]['logprobs'], atol=1e-4)
+
+
 def test_same_samples_on_one_device_and_on_a_mesh(models, devices):
   graphdef, policy, ref = models
   cfg = SamplingConfig(max_new_tokens=5, top_k=50, stop_ids=())
   batch = _batch()
   key = jax.random.key(11)
   expect = jit_sample_pair(graphdef, graphdef, cfg, 0.25)(policy, ref, batch, key)
-  m = mesh(data=2, tensor=4)
-  _, abstract = nnx.split(nnx.eval_shape(lambda: Transformer(CFG, nnx.Rngs(0))))
-  p_shard = named(m, param_specs(abstract))
-  b_shard = jax.sharding.NamedSharding(m, jax.sharding.PartitionSpec(('data', 'fsdp')))
-  put = lambda tree, s: jax.tree.map(lambda x, sh: jax.device_put(np.asarray(x), sh), tree, s)
-  sharded = (put(nnx.to_pure_dict(policy), p_shard), put(nnx.to_pure_dict(ref), p_shard), jax.tree.map(lambda x: jax.device_put(np.asarray(x), b_shard),
-                                                                   batch))
-  fn = jax.jit(lambda p, r, b, k: sample_pair(graphdef, p, graphdef, r, b, k, cfg, 0.25, mesh=m))
-  got = fn(*sharded, key)
-  for name in ('policy', 'mixture'):
-    np.testing.assert_array_equal(got[name]['tokens'], expect[name]['tokens'])
-    np.testing.assert_allclose(got[name]['logprobs'], expect[name]['logprobs'], atol=1e-4)
+  _, _, got = _on_mesh(CFG, cfg, policy, ref, batch, mesh(data=2, tensor=4), key)
+  _assert_same_samples(got, expect)
   assert got['policy']['tokens'].sharding.spec[0] in (('data', 'fsdp'), 'data')
 
 
@@ -204,19 +213,9 @@ def test_params_sharded_in_the_loop_sample_what_replicated_params_sample(models,
   batch = _batch(lengths=LENGTHS * 2)
   key = jax.random.key(12)
   expect = jit_sample_pair(graphdef, graphdef, cfg, 0.25)(policy, ref, batch, key)
-  m = mesh(**shape)
-  _, abstract = nnx.split(nnx.eval_shape(lambda: Transformer(CFG, nnx.Rngs(0))))
-  p_shard = named(m, param_specs(abstract))
-  b_shard = jax.sharding.NamedSharding(m, jax.sharding.PartitionSpec(('data', 'fsdp')))
-  put = lambda tree, s: jax.tree.map(lambda x, sh: jax.device_put(np.asarray(x), sh), tree, s)
-  args = (put(nnx.to_pure_dict(policy), p_shard), put(nnx.to_pure_dict(ref), p_shard),
-          jax.tree.map(lambda x: jax.device_put(np.asarray(x), b_shard), batch))
-  sharded_cfg = dataclasses.replace(cfg, sharded_decode=True)
-  fn = jax.jit(lambda p, r, b, k: sample_pair(graphdef, p, graphdef, r, b, k, sharded_cfg, 0.25, mesh=m))
-  got = fn(*args, key)
-  for name in ('policy', 'mixture'):
-    np.testing.assert_array_equal(got[name]['tokens'], expect[name]['tokens'])
-    np.testing.assert_allclose(got[name]['logprobs'], expect[name]['logprobs'], atol=1e-4)
+  fn, args, got = _on_mesh(CFG, dataclasses.replace(cfg, sharded_decode=True), policy, ref, batch, mesh(**shape),
+                           key)
+  _assert_same_samples(got, expect)
   hlo = fn.lower(*args, key).compile().as_text()
   assert 'all-gather' in hlo  # weights gathered as the steps need them, not held whole
 
@@ -235,20 +234,10 @@ def test_the_samplers_own_tensor_parallel_layout_samples_what_one_device_samples
   batch = _batch(lengths=LENGTHS * 2)
   key = jax.random.key(12)
   expect = jit_sample_pair(graphdef, graphdef, cfg, 0.25)(policy, ref, batch, key)
-  m = mesh(**shape)
-  _, abstract = nnx.split(nnx.eval_shape(lambda: Transformer(WIDE, nnx.Rngs(0))))
-  p_shard = named(m, param_specs(abstract))
-  b_shard = jax.sharding.NamedSharding(m, jax.sharding.PartitionSpec(('data', 'fsdp')))
-  put = lambda tree, s: jax.tree.map(lambda x, sh: jax.device_put(np.asarray(x), sh), tree, s)
-  args = (put(nnx.to_pure_dict(policy), p_shard), put(nnx.to_pure_dict(ref), p_shard),
-          jax.tree.map(lambda x: jax.device_put(np.asarray(x), b_shard), batch))
-  tp_cfg = dataclasses.replace(cfg, decode_tensor=decode_tensor)
-  fn = jax.jit(lambda p, r, b, k: sample_pair(graphdef, p, graphdef, r, b, k, tp_cfg, 0.25, mesh=m))
-  got = fn(*args, key)
-  for name in ('policy', 'mixture'):
-    np.testing.assert_array_equal(got[name]['tokens'], expect[name]['tokens'])
-    np.testing.assert_allclose(got[name]['logprobs'], expect[name]['logprobs'], atol=1e-4)
-    assert got[name]['tokens'].sharding.spec[0] in (('data', 'fsdp'), 'fsdp')
+  fn, args, got = _on_mesh(WIDE, dataclasses.replace(cfg, decode_tensor=decode_tensor), policy, ref, batch,
+                           mesh(**shape), key)
+  _assert_same_samples(got, expect)
+  assert all(got[name]['tokens'].sharding.spec[0] in (('data', 'fsdp'), 'fsdp') for name in got)
   hlo = fn.lower(*args, key).compile().as_text()
   assert 'all-to-all' in hlo and 'all-reduce' in hlo
   whole = {f'f32[{d},{h},{k}]' for d, h, k in [(64, 8, WIDE.head_dim)]} | {'f32[64,128]', 'f32[128,64]'}
