@@ -208,7 +208,8 @@ def _out_of_memory(message: str) -> int | None:
 
 def _decode_figures(cfg, step, costs, n: int) -> dict:
   """The sampler's HBM bytes per decoded token (the instructions of the sample phase inside the decode loop) and the
-  ideal: every decoding model's weights and the KV caches read once per token, per device."""
+  ideal: every decoding model's weights (an untied input embedding left out: a token reads one row of it) and the
+  KV caches read once per token, per device."""
   from nlhf_jax.sampling.sampler import SCOPE
   from nlhf_jax.trainer import compile_only
   new = cfg.online.sampling.max_new_tokens
@@ -216,7 +217,10 @@ def _decode_figures(cfg, step, costs, n: int) -> dict:
   measured = sum(o.bytes for o in decode_ops) / max(new - 1, 1)
   models = ['policy'] + (['reference'] if step.task.objective.opponent == 'mixture' else [])
   frozen = step.frozen.get('reference') or step.frozen.get('base')
-  weights = compile_only.total_bytes(frozen) if frozen is not None else compile_only.total_bytes(step.state.params)
+  tree = frozen if frozen is not None else step.state.params
+  weights = compile_only.total_bytes(tree)
+  if not cfg.model.tie_embeddings and 'embed' in tree:  # a decoded token reads one row of the input embedding
+    weights -= compile_only.total_bytes(tree['embed'])
   from nlhf_jax.config.mesh_checks import decode_tensor_size
   regrouped = decode_tensor_size(cfg.online.sampling.decode_tensor, n, cfg.model)
   tensor = regrouped if regrouped > 1 else step.mesh.shape.get('tensor', 1)  # the sampler's own layout's
