@@ -182,7 +182,7 @@ def test_a_utf8_byte_order_mark_and_crlf_lines_are_read(tmp_path, capsys):
 
 @pytest.mark.parametrize('content, message', [
     ('\n'.join(json.dumps(r) for r in PAIRS).encode('utf-16'), 'the file is UTF-16'),
-    (gzip.compress(json.dumps(PAIRS[0]).encode()), 'the file is gzip-compressed; decompress it first'),
+    (gzip.compress(json.dumps(PAIRS[0]).encode(), mtime=0), 'the file is gzip-compressed; decompress it first'),
     (b'PAR1\x00\x00', 'the file is Parquet, not text; read it as Parquet'),
     (json.dumps(PAIRS[0]).encode('utf-16-le'), 'the file holds NUL bytes, so it is not UTF-8 text'),
 ])
