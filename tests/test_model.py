@@ -168,7 +168,7 @@ def test_a_decoded_token_reads_the_cache_without_a_matmul():
       j = stack.pop()
       for e in j.eqns:
         eqns.append(e)
-        stack.extend(sub.jaxpr if hasattr(sub, 'jaxpr') else sub for sub in jax.core.jaxprs_in_params(e.params))
+        stack.extend(sub.jaxpr if hasattr(sub, 'jaxpr') else sub for sub in jax.extend.core.jaxprs_in_params(e.params))
     return sum(e.primitive.name == 'dot_general' and any(slots in v.aval.shape for v in e.invars) for e in eqns)
   assert dots_on_cache(jnp.ones((2, 1), jnp.int32)) == 0
   assert dots_on_cache(jnp.ones((2, 4), jnp.int32)) > 0

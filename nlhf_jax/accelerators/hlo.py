@@ -4,8 +4,9 @@ counted by its trip count, instruction by instruction (so that a roofline can bo
 XLA's own cost analysis counts a while loop's body once, and the GPU compile-only executables have none; this
 reads the module that the target's compiler produced (`compiled.as_text()`) instead:
 - FLOPs: 2 x output elements x contracted elements of every dot and convolution (TPU lowers dots to
-  convolutions; GPU to Triton fusions or cuBLAS custom calls), inside fusions too. Elementwise work is left out:
-  a transformer's step is its matmuls.
+  convolutions; GPU to Triton fusions or cuBLAS custom calls), inside fusions too, and 2 x the product's elements
+  of a contraction written as a product of broadcasts and a sum (the sampler's decode attention off TPU).
+  Elementwise work is left out: a transformer's step is its matmuls.
 - Bytes: what each top-level instruction (a fusion, a copy, a collective...) reads and writes in device memory:
   its operands and its output, where an operand that the instruction only slices (a layer's weights out of the
   stacked layers, a cache row) counts the slice, and an in-place dynamic-update-slice (a KV cache write) counts
@@ -52,7 +53,28 @@ def _dot_flops(instr: Instruction, comp: Computation) -> float:
     contracting = [int(d) for d in numbers.get('lhs_contracting_dimensions', [])]
     out = dims(instr.shape if not instr.shape.startswith('(') else instr.shape[1:])
     return 2.0 * math.prod(out) * math.prod(lhs[d] for d in contracting)
+  if instr.opcode == 'reduce' and _is_contraction(instr, comp):
+    return 2.0 * math.prod(dims(comp.shape_of(instr.operands[0])))
   return 0.0
+
+
+def _is_contraction(reduce: Instruction, comp: Computation) -> bool:
+  """A reduce of a product with a broadcast operand: a contraction written as a product and a sum (the sampler's
+  attention of one decoded token over its cache, models/attention._product_einsum; the compiler folds the other
+  operand's inserted unit axes into a reshape), whose FLOPs are those of the matmul it stands for. A reduce of
+  anything else (a norm's sum of squares) is elementwise work."""
+  product = comp.instructions.get(reduce.operands[0].lstrip('%')) if reduce.operands else None
+  if product is None or product.opcode != 'multiply':
+    return False
+
+  def broadcast(name: str, depth: int = 0) -> bool:
+    instr = comp.instructions.get(name.lstrip('%'))
+    if instr is None or depth > 4:
+      return False
+    if instr.opcode == 'broadcast':
+      return True
+    return instr.opcode in ('convert', 'bitcast', 'copy', 'reshape') and broadcast(instr.operands[0], depth + 1)
+  return len(product.operands) == 2 and any(broadcast(o) for o in product.operands)
 
 
 def _window(text: str) -> dict[str, list]:
