@@ -88,29 +88,26 @@ def constrain_activations(x: jax.Array, axes: Sequence[str | None]) -> jax.Array
   mesh = jax.sharding.get_abstract_mesh()
   if mesh.empty:
     return x
+  spec = P(*(_split_axes(mesh, a) or None for a in axes))
   manual = set(getattr(mesh, 'manual_axes', ()))
-
-  def entry(name):
-    rule = LOGICAL_AXIS_RULES.get(name) if name is not None else None
-    names = (rule,) if isinstance(rule, str) else tuple(rule or ())
-    kept = tuple(a for a in names if a in mesh.axis_names and a not in manual and mesh.shape[a] > 1)
-    return kept or None
-  spec = P(*(entry(a) for a in axes))
   if all(e is None for e in spec) and all(mesh.shape[a] == 1 for a in mesh.axis_names if a not in manual):
     return x
   return jax.lax.with_sharding_constraint(x, spec)  # all None: replicated over the mesh (e.g. 'tensor')
 
 
-def context_shards(name: str) -> int:
-  """How many ways the rule table splits the logical axis `name` on the mesh in context (its automatic axes; 1
-  without a mesh)."""
-  mesh = jax.sharding.get_abstract_mesh()
-  if mesh.empty:
-    return 1
-  rule = LOGICAL_AXIS_RULES.get(name)
+def _split_axes(mesh, name: str | None) -> tuple[str, ...]:
+  """The mesh axes that the rule table maps the logical axis `name` to and that split it on `mesh`: present,
+  automatic (not manual, as inside a shard_map over them) and of size > 1."""
+  rule = LOGICAL_AXIS_RULES.get(name) if name is not None else None
   names = (rule,) if isinstance(rule, str) else tuple(rule or ())
   manual = set(getattr(mesh, 'manual_axes', ()))
-  return int(np.prod([mesh.shape[a] for a in names if a in mesh.axis_names and a not in manual]))
+  return tuple(a for a in names if a in mesh.axis_names and a not in manual and mesh.shape[a] > 1)
+
+
+def context_shards(name: str) -> int:
+  """How many ways the rule table splits the logical axis `name` on the mesh in context (1 without a mesh)."""
+  mesh = jax.sharding.get_abstract_mesh()
+  return 1 if mesh.empty else int(np.prod([mesh.shape[a] for a in _split_axes(mesh, name)]))
 
 
 def context_platform() -> str:
