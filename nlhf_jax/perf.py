@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from nlhf_jax.config import ModelConfig, objectives
+from nlhf_jax.config.schema import decode_parts
 
 
 def block(x):
@@ -70,14 +71,18 @@ def _gradient_passes(cfg: ModelConfig) -> float:
   return (2.0 if cfg.lora.rank else 3.0) + (1.0 if cfg.remat == 'full' else 0.0)
 
 
-def sampling_flops(cfg: ModelConfig, rows: int, prompt: int, new: int, mixture: bool) -> float:
+def sampling_flops(cfg: ModelConfig, rows: int, prompt: int, new: int, mixture: bool, segments: int = 1) -> float:
   """Matmul FLOPs of sampling a pair (y, y') for `rows` prompts as the sampler computes them: each decoding model
-  (the policy and, for a `mixture` opponent, the reference) prefills a prompt once over its cache's prompt + new
-  slots, with logits at the last position only (the first response token), then runs new - 1 one-token steps
-  over the slots, the policy for 2 rows a prompt and the reference for 1."""
-  fwd, slots = forward_flops_per_token, prompt + new
-  prefill = prompt * fwd(cfg, slots, vocab_head=False) + fwd(cfg, 0) - fwd(cfg, 0, vocab_head=False)
-  decode = (new - 1) * fwd(cfg, slots)
+  (the policy and, for a `mixture` opponent, the reference) prefills a prompt once over its prompt's slots, with
+  logits at the last position only (the first response token), then runs new - 1 one-token steps, the policy for
+  2 rows a prompt and the reference for 1, in the loop's `segments` parts (config.schema.decode_parts), each part's
+  steps over the slots written by its end."""
+  fwd = forward_flops_per_token
+  prefill = prompt * fwd(cfg, prompt, vocab_head=False) + fwd(cfg, 0) - fwd(cfg, 0, vocab_head=False)
+  decode, fed = 0.0, 0
+  for steps in decode_parts(new, segments):
+    fed += steps
+    decode += steps * fwd(cfg, prompt + fed)
   return rows * ((2 if mixture else 1) * prefill + (3 if mixture else 2) * decode)
 
 
@@ -103,7 +108,8 @@ def step_flops(cfg, judge_cfg: ModelConfig | None = None) -> float:
   k = max(getattr(o, 'samples_per_prompt', 1) or 1, 1)
   rows, new, prompt = b * k, o.sampling.max_new_tokens, d.prompt_len
   length = prompt + new
-  sampled = sampling_flops(m, rows, prompt, new, mixture=spec.opponent == 'mixture')
+  sampled = sampling_flops(m, rows, prompt, new, mixture=spec.opponent == 'mixture',
+                           segments=o.sampling.decode_segments)
   body = (length - 1) * fwd(m, length - 1, vocab_head=False)
   head = new * (fwd(m, 0) - fwd(m, 0, vocab_head=False))
   sequences = rows * (2 if spec.second_logprobs else 1) * (body + head)

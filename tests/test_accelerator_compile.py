@@ -156,23 +156,34 @@ def test_convolution_counts_only_positions_inside_the_input():
   assert hlo.analyze(c.as_text()).flops == 2 * 2 * 6 * 8 * 13
 
 
-def test_sampling_flops_are_the_compiled_samplers():
-  # perf.sampling_flops against a CPU-compiled pair sampler (the tiny shape): a prefill per prompt and model with
-  # logits at its last position, then new - 1 steps over the cache's slots, the policy 2 rows a prompt, mu 1
+@pytest.mark.parametrize('segments', [1, 3])
+def test_sampling_flops_are_the_compiled_samplers(segments):
+  # perf.sampling_flops against a CPU-compiled pair sampler (the tiny shape): a prefill per prompt and model over
+  # the prompt's slots with logits at its last position, then new - 1 steps, each part of the loop over the slots
+  # written by its end, the policy 2 rows a prompt, mu 1. The attention's FLOPs follow the slots read, and every
+  # part's loop is counted by its trip count (and marked as the decode loop)
   from flax import nnx
 
   from nlhf_jax.config import ModelConfig
   from nlhf_jax.models import Transformer, preset
   from nlhf_jax.perf import sampling_flops
   from nlhf_jax.sampling import SamplingConfig, jit_sample_pair
+  from nlhf_jax.sampling.decode import LOOP_SCOPE
   cfg = ModelConfig(**preset('tiny'))
   graphdef, policy = nnx.split(Transformer(cfg, nnx.Rngs(0)))
-  rows, prompt, new = 4, 6, 5
+  rows, prompt, new = 4, 6, 8
   batch = {'prompt': jnp.ones((rows, prompt), jnp.int32), 'prompt_mask': jnp.ones((rows, prompt), bool),
            'example_index': jnp.arange(rows, dtype=jnp.int32)}
-  fn = jit_sample_pair(graphdef, graphdef, SamplingConfig(max_new_tokens=new, stop_ids=()), 0.3)
-  costs = hlo.analyze(fn.lower(policy, policy, batch, jax.random.key(0)).compile().as_text())
-  assert costs.flops == pytest.approx(sampling_flops(cfg, rows, prompt, new, mixture=True), rel=1e-6)
+  fn = jit_sample_pair(graphdef, graphdef, SamplingConfig(max_new_tokens=new, stop_ids=(), decode_segments=segments),
+                       0.3)
+  costs = hlo.analyze(fn.lower(policy, policy, batch, jax.random.key(0)).compile().as_text(), (), (LOOP_SCOPE,))
+  assert not costs.uncounted_loops
+  assert costs.flops == pytest.approx(sampling_flops(cfg, rows, prompt, new, mixture=True, segments=segments),
+                                      rel=1e-6)
+  in_loop = sum(o.flops for o in costs.ops if LOOP_SCOPE in o.marks)
+  assert in_loop == pytest.approx(costs.flops - sampling_flops(cfg, rows, prompt, 1, mixture=True), rel=1e-6)
+  if segments > 1:  # fewer than one loop over every slot
+    assert costs.flops < sampling_flops(cfg, rows, prompt, new, mixture=True)
 
 
 def test_roofline_bounds_each_instruction_by_compute_or_bandwidth():

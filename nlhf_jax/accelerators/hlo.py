@@ -343,6 +343,7 @@ class Op:
   bytes: float
   collective_bytes: float
   count: int
+  marks: tuple[str, ...] = ()  # the `marks` scopes that hold the instruction (its own op_name's or its loop's)
 
 
 @dataclasses.dataclass
@@ -380,10 +381,11 @@ def _phase(op_name: str, phases: tuple[str, ...], inherited: str) -> str:
   return inherited
 
 
-def analyze(text: str, phases: tuple[str, ...] = ()) -> Costs:
+def analyze(text: str, phases: tuple[str, ...] = (), marks: tuple[str, ...] = ()) -> Costs:
   """Costs of the module in `text` (an optimized HLO module), per top-level instruction, loops multiplied out.
   `phases`: jax.named_scope names; an instruction whose op_name holds one is in that phase (a loop's body in its
-  loop's phase), else 'other'."""
+  loop's phase), else 'other'. `marks`: scope names each Op lists when its op_name or its loop's holds them (a
+  part of a phase, such as the sampler's decode loop)."""
   comps = parse_module(text)
   entry = next(c for c in comps.values() if c.entry)
   ops, uncounted, loops = [], [], {}
@@ -401,11 +403,12 @@ def analyze(text: str, phases: tuple[str, ...] = ()) -> Costs:
       flops_of[name] = total
     return flops_of[name]
 
-  def walk(comp: Computation, times: int, phase: str, depth: int = 0) -> None:
+  def walk(comp: Computation, times: int, phase: str, depth: int = 0, marked: tuple[str, ...] = ()) -> None:
     if depth > 64:
       return
     for instr in comp.instructions.values():
       here = _phase(instr.op_name, phases, phase)
+      held = marked + tuple(m for m in marks if m not in marked and f'/{m}/' in f'/{instr.op_name}/')
       if instr.opcode == 'while':
         body = re.findall(r'%([\w.\-]+)', instr.attr('body'))[0]
         cond = re.findall(r'%([\w.\-]+)', instr.attr('condition'))[0]
@@ -414,13 +417,13 @@ def analyze(text: str, phases: tuple[str, ...] = ()) -> Costs:
           uncounted.append(instr.name)
           n = 1
         loops[instr.name] = n
-        walk(comps[body], times * n, here, depth + 1)
-        walk(comps[cond], times * (n + 1), here, depth + 1)
+        walk(comps[body], times * n, here, depth + 1, held)
+        walk(comps[cond], times * (n + 1), here, depth + 1, held)
         continue
       if instr.opcode in ('call', 'conditional', 'async-start'):
         for c in instr.called():
           if c in comps:
-            walk(comps[c], times, here, depth + 1)
+            walk(comps[c], times, here, depth + 1, held)
         continue
       if instr.opcode in _FREE:
         continue
@@ -434,7 +437,7 @@ def analyze(text: str, phases: tuple[str, ...] = ()) -> Costs:
       elif base == 'all-reduce':
         moved = 2 * shape_bytes(instr.shape)
       memory = _operand_bytes(comps, comp, instr) + _output_bytes(comps, comp, instr)
-      ops.append(Op(instr.name, instr.opcode, here, flops * times, memory * times, moved * times, times))
+      ops.append(Op(instr.name, instr.opcode, here, flops * times, memory * times, moved * times, times, held))
 
   walk(entry, 1, 'other')
   return Costs(ops, uncounted, loops)

@@ -138,12 +138,14 @@ def measure(cfg, target: targets_lib.Target, devices: list, judge_model=None, hl
 
   from nlhf_jax import perf
   from nlhf_jax.accelerators import hlo, roofline
+  from nlhf_jax.sampling.decode import LOOP_SCOPE
   from nlhf_jax.sampling.sampler import SCOPE
   from nlhf_jax.trainer import compile_only
   options = None
   start = time.perf_counter()
   head = dict(model=cfg.model.preset, parameters=None, sharded_decode=cfg.online.sampling.sharded_decode,
-              decode_tensor=cfg.online.sampling.decode_tensor, target=target.name, devices=len(devices),
+              decode_tensor=cfg.online.sampling.decode_tensor, decode_segments=cfg.online.sampling.decode_segments,
+              target=target.name, devices=len(devices),
               processes=devices_lib.process_count(devices),
               objective=cfg.train.objective, batch_size=cfg.train.batch_size, lora_rank=cfg.model.lora.rank,
               remat=cfg.model.remat, device_memory_bytes=target.memory_bytes)
@@ -168,18 +170,13 @@ def measure(cfg, target: targets_lib.Target, devices: list, judge_model=None, hl
     from nlhf_jax.outputs import write_text
     os.makedirs(hlo_dir, exist_ok=True)
     write_text(os.path.join(hlo_dir, f'{target.name.replace(":", "_")}.hlo.txt'), text)
-  costs = hlo.analyze(text, (SCOPE,))
+  costs = hlo.analyze(text, (SCOPE,), (LOOP_SCOPE,))
   phases = roofline.roofline(costs, target)
   n = len(devices)
   analytic = perf.step_flops(cfg, step.judge_model) / n
   total = phases['total']
-  out = dict(model=cfg.model.preset, sharded_decode=cfg.online.sampling.sharded_decode,
-             decode_tensor=cfg.online.sampling.decode_tensor, target=target.name, devices=n,
-             processes=devices_lib.process_count(devices),
-             objective=cfg.train.objective, mesh=dict(step.mesh.shape), batch_size=cfg.train.batch_size,
-             lora_rank=cfg.model.lora.rank, remat=cfg.model.remat, compile_s=round(seconds, 1),
-             triton_gemm=options is None, parameters=compile_only.total_bytes(step.state.params),
-             per_device_bytes=parts.get('xla_total', 0), device_memory_bytes=target.memory_bytes,
+  out = dict(head, mesh=dict(step.mesh.shape), compile_s=round(seconds, 1), triton_gemm=options is None,
+             parameters=compile_only.total_bytes(step.state.params), per_device_bytes=parts.get('xla_total', 0),
              fits=parts.get('xla_total', 0) <= target.memory_bytes, **parts,
              flops=costs.flops, analytic_flops=analytic, flops_ratio=costs.flops / analytic if analytic else None,
              hbm_bytes=costs.bytes, collective_bytes=costs.collective_bytes, loops=costs.loops,
@@ -210,10 +207,11 @@ def _decode_figures(cfg, step, costs, n: int) -> dict:
   """The sampler's HBM bytes per decoded token (the instructions of the sample phase inside the decode loop) and the
   ideal: every decoding model's weights (an untied input embedding left out: a token reads one row of it) and the
   KV caches read once per token, per device."""
+  from nlhf_jax.sampling.decode import LOOP_SCOPE
   from nlhf_jax.sampling.sampler import SCOPE
   from nlhf_jax.trainer import compile_only
   new = cfg.online.sampling.max_new_tokens
-  decode_ops = [o for o in costs.ops if o.phase == SCOPE and o.count >= new - 1]
+  decode_ops = [o for o in costs.ops if o.phase == SCOPE and LOOP_SCOPE in o.marks]
   measured = sum(o.bytes for o in decode_ops) / max(new - 1, 1)
   models = ['policy'] + (['reference'] if step.task.objective.opponent == 'mixture' else [])
   frozen = step.frozen.get('reference') or step.frozen.get('base')
@@ -319,7 +317,8 @@ def table_row(r: dict) -> str:
   from nlhf_jax.perf import fmt_bytes
   trained = ((f'LoRA r{r["lora_rank"]}' if r['lora_rank'] else 'full') +
              (', sharded decode' if r['sharded_decode'] else '') +
-             (f', decode_tensor={r["decode_tensor"]}' if r.get('decode_tensor') else ''))
+             (f', decode_tensor={r["decode_tensor"]}' if r.get('decode_tensor') else '') +
+             (f', decode_segments={r["decode_segments"]}' if r.get('decode_segments', 1) > 1 else ''))
   memory = f'{fmt_bytes(r["per_device_bytes"])} of {fmt_bytes(r["device_memory_bytes"])}'
   if 'xla_message' in r:
     return f'| {r["model"]} | {trained} | {r["target"]} | over {memory} (refused by the compiler) | no | | | |'

@@ -100,7 +100,8 @@ def bench_dtype(args: argparse.Namespace, compute_dtype: str) -> dict:
   pair = jit_sample_pair(graphdef, graphdef, scfg, args.beta)
   figures.update(_prefixed('pair', timed('policy + mixture pair (2 x B x T)', pair, (policy, ref, batch, key),
                                          2 * args.batch * args.new, args.iters)))
-  flops = sampling_flops(cfg, args.batch, args.prompt, args.new, mixture=True)  # as nlhf-compile counts it
+  flops = sampling_flops(cfg, args.batch, args.prompt, args.new, mixture=True,  # as nlhf-compile counts it
+                         segments=scfg.decode_segments)
   dtype = jnp.dtype(compute_dtype)
   skinny = matmul_flops(3 * args.batch, cfg.d_model, cfg.mlp_dim, dtype, iters=50)  # one decode step's MLP shape
   square = matmul_peak_flops(dtype)

@@ -220,9 +220,24 @@ class SamplingOptions:
   # vocabulary) while sampling and the device groups split the rows; -1: all devices in one group; 0: off
   # (the training mesh's layout). nlhf_jax/sampling/config.py, SamplingConfig.decode_tensor.
   decode_tensor: int = 0
+  # The decode loop in this many parts, each attending over the cache slots filled by its end (each step reads at
+  # most 1/parts of the generated slots beyond the filled ones); one compiled copy of the loop's body each.
+  # nlhf_jax/sampling/config.py, SamplingConfig.decode_segments.
+  decode_segments: int = 1
   # dtype of the decode loop's KV caches: '' (auto: the compute dtype; float32 on CPU, where XLA handles a
   # bfloat16 cache slowly), 'float32' or 'bfloat16' (nlhf_jax/sampling/config.py, SamplingConfig).
   kv_cache_dtype: str = ''
+
+
+def decode_parts(max_new_tokens: int, decode_segments: int) -> tuple[int, ...]:
+  """The steps of each part of the decode loop (SamplingOptions.decode_segments): the max_new_tokens - 1 one-token
+  steps after the prefill's token, in at most `decode_segments` parts of equal length, the last one shorter. A part
+  ending after step n (n tokens fed in all) attends over the prompt's slots and n more."""
+  steps = max_new_tokens - 1
+  if steps <= 0:
+    return ()
+  length = -(-steps // min(decode_segments, steps))
+  return tuple(min(length, steps - start) for start in range(0, steps, length))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -123,6 +123,8 @@ SAMPLING_OPTIONS = (
     ('top_p', lambda v: 0.0 < v <= 1.0, 'must be in (0, 1] (1: off)'),
     ('decode_tensor', lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= -1,
      'must be -1 (every device), 0 (off) or the devices that split each model'),
+    ('decode_segments', lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+     'must be at least 1 (1: one loop; more: each part attends over the slots filled by its end)'),
     ('kv_cache_dtype', lambda v: v in ('', 'float32', 'bfloat16'), "use '' (auto), 'float32' or 'bfloat16'"),
 )
 

@@ -14,8 +14,9 @@ keys `sliding_window` or more positions back, in the cache as in a full forward 
 A layer knows whether it is local and its RoPE frequencies from its index (`LayerKind.of`); a layer of a scanned
 stack (config.model.scan_layers) has no index of its own and receives its LayerKind (a traced flag and frequency
 array) with each call. With config.model.attention_impl='dot_product' the attention of more than one query
-position (training, prefill) goes through `jax.nn.dot_product_attention` (cuDNN flash attention on GPU where it
-applies, XLA elsewhere) with the same mask. One-token decoding over the cache is computed as products and sums
+position (training, prefill) goes through `jax.nn.dot_product_attention` with the same mask, in its default
+implementation, which JAX 0.10 makes XLA's on every platform (the probabilities materialised, as here; its cuDNN
+flash attention needs cuDNN, and a GPU, to compile). One-token decoding over the cache is computed as products and sums
 (`_product_einsum`), which read the cache in place, whatever attention_impl says (matmuls on TPU).
 """
 from __future__ import annotations
@@ -51,10 +52,18 @@ def _write(cache: dict, new: dict, index) -> dict:
   return {**cache, **{name: one(name) for name in _SLOT_AXIS}}
 
 
-def _layer_view(cache: dict, name: str) -> jax.Array:
-  """One layer's array `name` of the cache (of a stacked cache: the running layer's)."""
-  layer = cache.get('layer')
-  return cache[name] if layer is None else jax.lax.dynamic_index_in_dim(cache[name], layer, 0, keepdims=False)
+def _layer_view(cache: dict, name: str, span: int | None = None) -> jax.Array:
+  """One layer's array `name` of the cache (of a stacked cache: the running layer's), its first `span` slots (all
+  of them when None)."""
+  layer, full = cache.get('layer'), cache[name]
+  axis = _SLOT_AXIS[name] + (layer is not None)
+  sizes = list(full.shape)
+  sizes[axis] = full.shape[axis] if span is None else min(span, full.shape[axis])
+  if layer is None:
+    return full if sizes == list(full.shape) else jax.lax.slice_in_dim(full, 0, sizes[axis], axis=axis)
+  sizes[0] = 1
+  starts = [layer] + [0] * (full.ndim - 1)
+  return jax.lax.dynamic_slice(full, starts, sizes)[0]
 
 
 class LayerKind(NamedTuple):
@@ -104,11 +113,14 @@ class Attention(nnx.Module):
       out = getattr(self, f'{name}_norm')(out)
     return out
 
-  def __call__(self, x_btd, positions_bt, key_mask_bs, cache=None, cache_index=None, kind: LayerKind | None = None):
+  def __call__(self, x_btd, positions_bt, key_mask_bs, cache=None, cache_index=None, kind: LayerKind | None = None,
+               span: int | None = None):
     """Returns (output [B, T, D], new cache or None).
 
     Without a cache, keys are the T inputs themselves and key_mask_bs is [B, T]. With a cache of S slots,
-    the T new keys are written at slots cache_index..cache_index+T-1 and key_mask_bs is [B, S].
+    the T new keys are written at slots cache_index..cache_index+T-1 and key_mask_bs is [B, S]; with a static
+    `span`, the queries attend over the first `span` slots only (the caller's promise that no key they may attend
+    to lies beyond: a cache filled from the front reads its filled part only).
     """
     cfg, dt = self.cfg, x_btd.dtype
     kind = LayerKind.of(cfg, self.layer) if kind is None else kind
@@ -121,7 +133,8 @@ class Attention(nnx.Module):
     else:  # the cache is head-major [B, KV, S, D]: attention over it needs no transpose of the whole cache
       cache = _write(cache, {'k': jnp.swapaxes(k, 1, 2), 'v': jnp.swapaxes(v, 1, 2), 'pos': positions_bt},
                      cache_index)
-      k, v, key_positions = (_layer_view(cache, name) for name in ('k', 'v', 'pos'))
+      k, v, key_positions = (_layer_view(cache, name, span) for name in ('k', 'v', 'pos'))
+      key_mask_bs = key_mask_bs[:, :key_positions.shape[1]]
       k_spec = 'bnsk'
     allowed = (key_positions[:, None, :] <= positions_bt[:, :, None]) & key_mask_bs[:, None, :]  # [B, T, S]
     if cfg.sliding_window and kind.local is not False:

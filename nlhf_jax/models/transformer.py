@@ -47,8 +47,9 @@ class Block(nnx.Module):
       self.mlp_post_norm = norm()
     self.post_norms = cfg.post_norms
 
-  def __call__(self, x, positions, key_mask, cache=None, cache_index=None, kind: LayerKind | None = None):
-    h, cache = self.attn(self.attn_norm(x), positions, key_mask, cache, cache_index, kind)
+  def __call__(self, x, positions, key_mask, cache=None, cache_index=None, kind: LayerKind | None = None,
+               span: int | None = None):
+    h, cache = self.attn(self.attn_norm(x), positions, key_mask, cache, cache_index, kind, span)
     x = x + (self.attn_post_norm(h) if self.post_norms else h)
     h = self.mlp(self.mlp_norm(x))
     return x + (self.mlp_post_norm(h) if self.post_norms else h), cache
@@ -83,11 +84,13 @@ class Transformer(nnx.Module):
       x = x * jnp.asarray(np.float32(self.cfg.d_model ** 0.5)).astype(x.dtype)
     return x.astype(self.compute_dtype)
 
-  def hidden(self, tokens_bt, mask_bt, positions_bt=None, cache=None, cache_index=None):
+  def hidden(self, tokens_bt, mask_bt, positions_bt=None, cache=None, cache_index=None, span: int | None = None):
     """Final-norm hidden states [B, T, D] and the updated cache (a dict of per-layer caches, or None).
 
     mask_bt marks real tokens (False for padding). Positions default to the count of real tokens before each
-    token, so left-padded prompts get the same positions as unpadded ones.
+    token, so left-padded prompts get the same positions as unpadded ones. `span` (static, with a cache): attend
+    over the cache's first `span` slots only, where a cache filled from the front holds every key the tokens may
+    see (models/attention.py); None reads every slot.
     """
     if positions_bt is None:
       positions_bt = jnp.maximum(jnp.cumsum(mask_bt.astype(jnp.int32), axis=1) - 1, 0)
@@ -97,7 +100,7 @@ class Transformer(nnx.Module):
 
     def run(block_graphdef, block_state, x, layer_cache, kind):
       x, layer_cache = nnx.merge(block_graphdef, block_state)(x, positions_bt, key_mask, layer_cache, cache_index,
-                                                              kind)
+                                                              kind, span)
       return constrain_activations(x, RESIDUAL), layer_cache
     if self.cfg.remat != 'none':
       run = jax.checkpoint(run, policy=REMAT_POLICIES[self.cfg.remat], static_argnums=(0,))
@@ -124,7 +127,7 @@ class Transformer(nnx.Module):
       layer_cache = None if cache is None else cache[f'layer_{i}']
       block = getattr(self, f'layer_{i}')
       if self.cfg.remat == 'none':
-        x, layer_cache = block(x, positions_bt, key_mask, layer_cache, cache_index)
+        x, layer_cache = block(x, positions_bt, key_mask, layer_cache, cache_index, span=span)
         x = constrain_activations(x, RESIDUAL)
       else:
         x, layer_cache = run(*nnx.split(block), x, layer_cache, LayerKind.of(self.cfg, i))

@@ -1,9 +1,10 @@
 """`SamplingConfig`: how responses are sampled, built from a config section by one function.
 
 Its option fields carry the names of a `sampling` section (max_new_tokens, temperature, top_k, top_p,
-sharded_decode, decode_tensor, kv_cache_dtype: config.online.sampling, config/schema.py's SamplingOptions), so
-`SamplingConfig.from_section` builds it from config.online.sampling, from an evaluation's config's `sampling` or
-from the pipeline's pairs stage's `sampling` alike (a section without an option leaves its default). Every value is
+sharded_decode, decode_tensor, decode_segments, kv_cache_dtype: config.online.sampling, config/schema.py's
+SamplingOptions), so `SamplingConfig.from_section` builds it from config.online.sampling, from an evaluation's
+config's `sampling` or from the pipeline's pairs stage's `sampling` alike (a section without an option leaves its
+default). Every value is
 checked by the one check of sampling options, `nlhf_jax.config.validate.check_sampling` (ConfigError, a
 ValueError), which the config layer also runs on those sections before any work. The stop and pad ids come from
 the tokenizer and the model, not from the section.
@@ -40,6 +41,10 @@ class SamplingConfig:
   # of every device; 0: decode on the training mesh's own layout (rows over data and fsdp, weights gathered over
   # fsdp at the loop's boundary). The parameters move into the layout once a step; the samples are the same.
   decode_tensor: int = 0
+  # The decode loop in this many parts (Decoder.segments): each part attends over the cache slots written by its
+  # last step only, so that a step reads the filled part of the cache (up to 1/parts more) instead of every slot.
+  # Each part is one more compiled copy of the loop's body. 1: one loop, every step over every written slot.
+  decode_segments: int = 1
   # dtype of the KV caches. '' (auto): the models' compute dtype, except float32 on a CPU backend, where XLA
   # rewrites each token's write into a bfloat16 cache as a float32 round trip of the whole cache and feeds the
   # attention matmuls a float32 copy of it (a bfloat16 cache made the CPU decode loop 1.4x slower). Or 'float32',

@@ -1,8 +1,10 @@
-"""The decode loop: prefill, then a `lax.while_loop` of one-token steps over a `DecodeState`, then the outputs.
+"""The decode loop: prefill, then `lax.while_loop`s of one-token steps over a `DecodeState`, then the outputs.
 
 Prompts are LEFT-padded ([B, Lp] tokens and a bool mask), so every prompt ends in the last column and the first
 response token is sampled from the prefill's last logits. Each model keeps a fixed-size cache of Lp + T slots
-(T = max_new_tokens): all shapes are static, and one compiled loop serves every batch.
+(T = max_new_tokens): all shapes are static, and one compiled loop serves every batch. The cache fills from the
+front, so the prefill attends over the prompt's slots only and, with cfg.decode_segments, the loop comes in parts,
+each attending over the slots written by its end (`Decoder.segments`).
 
 `Decoder` is frozen and holds the static choices: the models' graphdefs (None for a model with no rows), the
 row groups and the mixture weight beta (sampling/mixture.py), the SamplingConfig and its token-choice strategy
@@ -21,6 +23,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import Mesh
 
+from nlhf_jax.config.schema import decode_parts
 from nlhf_jax.models.transformer import init_cache, map_cache_rows
 from nlhf_jax.sampling import sharded
 from nlhf_jax.sampling.config import SamplingConfig
@@ -41,21 +44,23 @@ def prefill(model: nnx.Module, prompt_rl: jax.Array, mask_rl: jax.Array, slots: 
   cache['mask'] = jnp.concatenate([mask_rl, jnp.zeros((rows, slots - length), bool)], axis=1)
   cache = constrain_cache(cache, mesh)
   positions = jnp.maximum(jnp.cumsum(mask_rl.astype(jnp.int32), axis=1) - 1, 0)
-  hidden, cache = model.hidden(prompt_rl, mask_rl, positions, cache, 0)
+  hidden, cache = model.hidden(prompt_rl, mask_rl, positions, cache, 0, span=length)  # no key beyond the prompt
   return model.logits(hidden[:, -1:])[:, 0], constrain_cache(cache, mesh)
 
 
 def decode_step(model: nnx.Module, cache: dict, token_r: jax.Array, position_r: jax.Array, slot: jax.Array,
-                mesh: Mesh | None = None) -> tuple[jax.Array, dict]:
-  """Feeds one token per row at cache slot `slot`. Returns (next-token logits [R, V], cache)."""
+                mesh: Mesh | None = None, span: int | None = None) -> tuple[jax.Array, dict]:
+  """Feeds one token per row at cache slot `slot` (below the static `span`: the slots attended over; None: all).
+  Returns (next-token logits [R, V], cache)."""
   ones = jnp.ones((token_r.shape[0], 1), bool)
   cache = dict(cache, mask=jax.lax.dynamic_update_slice_in_dim(cache['mask'], ones, slot, axis=1))
-  hidden, cache = model.hidden(token_r[:, None], ones, position_r[:, None], cache, slot)
+  hidden, cache = model.hidden(token_r[:, None], ones, position_r[:, None], cache, slot, span=span)
   return model.logits(hidden)[:, 0], constrain_cache(cache, mesh)
 
 
 # ----------------------------------------------------------------------------------------------- the decoder
 
+LOOP_SCOPE = 'decode_loop'  # names the decode loop's instructions in compiled programs (nlhf-compile's per-token bytes)
 Params = tuple[Any, Any]  # (policy parameters, reference parameters); None for a model that decodes no rows
 
 
@@ -100,8 +105,9 @@ class Decoder:
       logits[name] = jnp.repeat(last[:, None], rows, axis=1)
     return self._choose(logits, DecodeState.start(mask, keys_bg, caches, self.cfg))
 
-  def step(self, params: Params, state: DecodeState) -> DecodeState:
-    """Feeds every row's last token to its model(s) and samples the next one."""
+  def step(self, params: Params, state: DecodeState, span: int | None = None) -> DecodeState:
+    """Feeds every row's last token to its model(s) and samples the next one; the models attend over the first
+    `span` cache slots (static; None: all), which must hold every slot written so far."""
     models = self._models(params)
     prev = state.last_tokens()  # [B, G]
     position = state.prompt_len + state.t - 1  # [B]
@@ -109,22 +115,39 @@ class Decoder:
     logits, caches = {}, {}
     for name, first, rows in self.groups.decoders():
       last, caches[name] = decode_step(models[name], state.caches[name], as_rows(prev[:, first:first + rows]),
-                                       jnp.repeat(position, rows, axis=0), slot, self.mesh)
+                                       jnp.repeat(position, rows, axis=0), slot, self.mesh, span)
       logits[name] = as_groups(last, rows)
     return self._choose(logits, state.replace(caches=caches))
 
-  def loop(self, params: Params, state: DecodeState) -> DecodeState:
-    """Steps until every row is done or max_new_tokens tokens are sampled. Under shard_map, `sync_axes` makes
-    "every row" mean the rows of all shards along them: needed when the body holds collectives over other axes,
-    which every device must enter the same number of times."""
+  def segments(self, prompt_width: int) -> list[tuple[int, int]]:
+    """(steps, span) of each part of the loop (config.schema.decode_parts): its one-token steps and the cache slots
+    it attends over, those its last step has written (the prompt width + the tokens fed so far), no further."""
+    out, fed = [], 0
+    for steps in decode_parts(self.cfg.max_new_tokens, self.cfg.decode_segments):
+      fed += steps
+      out.append((steps, prompt_width + fed))  # its last step feeds token `fed` - 1 at slot Lp + fed - 1
+    return out
 
-    def cond(state: DecodeState) -> jax.Array:
+  def loop(self, params: Params, state: DecodeState) -> DecodeState:
+    """Steps until every row is done or max_new_tokens tokens are sampled: one `while_loop` per part of
+    `segments` (a part whose rows are all done runs no step). Under shard_map, `sync_axes` makes "every row" mean
+    the rows of all shards along them: needed when the body holds collectives over other axes, which every device
+    must enter the same number of times. Named `LOOP_SCOPE` in compiled programs."""
+
+    def running(state: DecodeState) -> jax.Array:
       running = state.running()
       if self.sync_axes:
         running = jax.lax.psum(running, self.sync_axes)
-      return (state.t < self.cfg.max_new_tokens) & (running > 0)
+      return running > 0
 
-    return jax.lax.while_loop(cond, lambda state: self.step(params, state), state)
+    with jax.named_scope(LOOP_SCOPE):
+      for steps, span in self.segments(state.prompt_width):
+        # the part's own counter from 0: a constant bound that compilers (and nlhf-compile) read as its trip count
+        _, state = jax.lax.while_loop(
+            lambda carry, steps=steps: (carry[0] < steps) & running(carry[1]),
+            lambda carry, span=span: (carry[0] + 1, self.step(params, carry[1], span)),
+            (jnp.zeros((), jnp.int32), state))
+    return state
 
   def finish(self, state: DecodeState) -> dict:
     """{'tokens', 'mask', 'logprobs'}, each [B, G, T]: the mask covers the response up to and including its stop

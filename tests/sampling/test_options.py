@@ -22,7 +22,7 @@ from nlhf_jax.sampling import (Decoder, DecodeState, Groups, SamplingConfig, Str
 from tests.helpers import tiny_config
 
 BAD = {'max_new_tokens': 0, 'temperature': -0.5, 'top_k': -1, 'top_p': 0.0, 'kv_cache_dtype': 'float16',
-       'decode_tensor': -2}
+       'decode_tensor': -2, 'decode_segments': 0}
 SAMPLER_OPTIONS = [f.name for f in dataclasses.fields(SamplingConfig) if f.name not in ('stop_ids', 'pad_id')]
 
 

@@ -270,6 +270,23 @@ def test_eos_ends_the_response_and_max_length_holds():
       assert (row[end:] == 0).all() and (lp[end:] == 0).all() and (lp[:end] < 0).all()
 
 
+@pytest.mark.parametrize('segments', [3, 20])
+def test_a_loop_in_parts_samples_what_one_loop_samples(models, segments):
+  """decode_segments splits the loop into parts that attend over the slots written so far only (3: parts of 2, 2
+  and 1 steps; 20: one step each); masked slots add nothing to the attention, so the samples are the same, also
+  when rows end early (an eos: the parts after every row is done run no step)."""
+  from nlhf_jax.config.schema import decode_parts
+  assert decode_parts(6, 3) == (2, 2, 1) and decode_parts(6, 20) == (1,) * 5 and decode_parts(1, 4) == ()
+  graphdef, policy, ref = models
+  key = jax.random.key(5)
+  for cfg in (SamplingConfig(max_new_tokens=6, top_k=50, stop_ids=()), SamplingConfig(max_new_tokens=6, stop_ids=(7,))):
+    expect = jit_sample_pair(graphdef, graphdef, cfg, 0.25)(policy, ref, _batch(), key)
+    got = jit_sample_pair(graphdef, graphdef, dataclasses.replace(cfg, decode_segments=segments), 0.25)(
+        policy, ref, _batch(), key)
+    _assert_same_samples(got, expect)
+    np.testing.assert_array_equal(got['policy']['mask'], expect['policy']['mask'])
+
+
 def test_greedy_is_the_argmax_and_ignores_the_key(models):
   graphdef, policy, _ = models
   batch = _batch()
