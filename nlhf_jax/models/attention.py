@@ -66,6 +66,20 @@ def _layer_view(cache: dict, name: str, span: int | None = None) -> jax.Array:
   return jax.lax.dynamic_slice(full, starts, sizes)[0]
 
 
+class CacheReads(NamedTuple):
+  """What a cached attention reads (static). `span`: the first `span` slots only (None: all), the caller's promise
+  that no key its queries may attend to lies beyond (a cache filled from the front reads its filled part). `rows`
+  > 1: the first `prefix` slots are the same in every run of `rows` consecutive rows (a prompt's cache repeated for
+  each of its samples), and one-token decoding reads them once per run, for all its rows."""
+  span: int | None = None
+  prefix: int = 0
+  rows: int = 1
+
+  def shared(self) -> tuple[int, int] | None:
+    """(rows, prefix) when a run of rows shares its prefix slots, else None."""
+    return (self.rows, self.prefix) if self.rows > 1 and self.prefix > 0 else None
+
+
 class LayerKind(NamedTuple):
   """What differs between layers: whether the layer is local (a Python bool, or a traced bool in a scanned
   stack) and its RoPE frequencies [head_dim / 2]."""
@@ -114,14 +128,14 @@ class Attention(nnx.Module):
     return out
 
   def __call__(self, x_btd, positions_bt, key_mask_bs, cache=None, cache_index=None, kind: LayerKind | None = None,
-               span: int | None = None):
+               reads: CacheReads | None = None):
     """Returns (output [B, T, D], new cache or None).
 
     Without a cache, keys are the T inputs themselves and key_mask_bs is [B, T]. With a cache of S slots,
-    the T new keys are written at slots cache_index..cache_index+T-1 and key_mask_bs is [B, S]; with a static
-    `span`, the queries attend over the first `span` slots only (the caller's promise that no key they may attend
-    to lies beyond: a cache filled from the front reads its filled part only).
+    the T new keys are written at slots cache_index..cache_index+T-1 and key_mask_bs is [B, S]; `reads` says
+    which slots the queries read (`CacheReads`: all of them by default).
     """
+    reads = reads or CacheReads()
     cfg, dt = self.cfg, x_btd.dtype
     kind = LayerKind.of(cfg, self.layer) if kind is None else kind
     xq, xk, xv = unmerged(x_btd, 3)
@@ -133,7 +147,7 @@ class Attention(nnx.Module):
     else:  # the cache is head-major [B, KV, S, D]: attention over it needs no transpose of the whole cache
       cache = _write(cache, {'k': jnp.swapaxes(k, 1, 2), 'v': jnp.swapaxes(v, 1, 2), 'pos': positions_bt},
                      cache_index)
-      k, v, key_positions = (_layer_view(cache, name, span) for name in ('k', 'v', 'pos'))
+      k, v, key_positions = (_layer_view(cache, name, reads.span) for name in ('k', 'v', 'pos'))
       key_mask_bs = key_mask_bs[:, :key_positions.shape[1]]
       k_spec = 'bnsk'
     allowed = (key_positions[:, None, :] <= positions_bt[:, :, None]) & key_mask_bs[:, None, :]  # [B, T, S]
@@ -143,18 +157,22 @@ class Attention(nnx.Module):
     if cfg.attention_impl == 'dot_product' and q.shape[1] > 1 and not cfg.attn_logit_softcap:
       out = _fused(q, k, v, allowed, cache is not None, (cfg.query_pre_attn_scalar or q.shape[-1]) ** -0.5)
     else:
-      out = self._einsum_attention(q, k, v, allowed, k_spec, decoding=cache is not None and q.shape[1] == 1)
+      decoding = cache is not None and q.shape[1] == 1
+      out = self._einsum_attention(q, k, v, allowed, k_spec, decoding, reads.shared() if decoding else None)
     out = einsum('bthk,hkd->btd', out, self.o[...], split='heads')
     if cfg.out_bias:
       out = out + self.o_bias[...].astype(dt)
     return out, cache
 
-  def _einsum_attention(self, q, k, v, allowed, k_spec: str, decoding: bool = False):
+  def _einsum_attention(self, q, k, v, allowed, k_spec: str, decoding: bool = False,
+                        shared: tuple[int, int] | None = None):
     """softmax(q k^T * scale [soft-capped], masked) v in float32 logits; q [B, T, H, D], k/v as k_spec. Computed
     in the wider of q's and k's dtypes (a float32 KV cache is read as it is, not cast to the compute dtype) and
     returned in q's dtype. `decoding` (one new token over the cache): as products and sums (`_product_einsum`),
     except on TPU, whose compiler reads a layer's cache out of the stack inside the matmul itself (there the
-    products read 1.4x the bytes of the matmuls: 8b step on a v5p-8 slice)."""
+    products read 1.4x the bytes of the matmuls: 8b step on a v5p-8 slice). `shared` (rows, prefix), decoding:
+    the first `prefix` slots are the same in each run of `rows` rows and are read once for the run (the first
+    row's), its rows' queries against them together; the logits of both parts are one softmax."""
     cfg, dt = self.cfg, q.dtype
     q = q.astype(jnp.promote_types(dt, k.dtype))
     if decoding:  # split like the cache (kv heads over 'tensor'), so that the products need no move of the cache
@@ -167,12 +185,31 @@ class Attention(nnx.Module):
       q_spec, k_spec, logit_spec = 'bthk', k_spec.replace('n', 'h'), 'bhts'
     scale = (cfg.query_pre_attn_scalar or hd) ** -0.5
     contract = _product_einsum if decoding and context_platform() != 'tpu' else einsum
-    logits = contract(f'{q_spec},{k_spec}->{logit_spec}', q, k, jnp.float32) * scale
-    logits = softcap(logits, cfg.attn_logit_softcap)
+    if shared:  # rows r of prompt b: the prefix of the run's first row, then each row's own slots
+      rows, prefix = shared
+      runs = lambda x: x.reshape((b // rows, rows) + x.shape[1:])
+      slot = k_spec.index('s')
+      first = lambda x: jax.lax.slice_in_dim(runs(x)[:, 0], 0, prefix, axis=slot)
+      k_pre, v_pre = first(k), first(v)
+      k, v = (jax.lax.slice_in_dim(x, prefix, x.shape[slot], axis=slot) for x in (k, v))
+      pre = contract(f'{q_spec.replace("b", "br")},{k_spec}->{logit_spec.replace("b", "br")}', runs(q), k_pre,
+                     jnp.float32)
+      logits = jnp.concatenate([pre.reshape((b,) + pre.shape[2:]),
+                                contract(f'{q_spec},{k_spec}->{logit_spec}', q, k, jnp.float32)], axis=-1)
+    else:
+      logits = contract(f'{q_spec},{k_spec}->{logit_spec}', q, k, jnp.float32)
+    logits = softcap(logits * scale, cfg.attn_logit_softcap)
     allowed = allowed.reshape((b,) + (1,) * (logits.ndim - 3) + allowed.shape[1:])
     logits = jnp.where(allowed, logits, _NEG_INF)
     probs = jax.nn.softmax(logits, axis=-1).astype(q.dtype)
-    return contract(f'{logit_spec},{k_spec}->{q_spec}', probs, v, dt).reshape(b, t, h, hd)
+    if not shared:
+      return contract(f'{logit_spec},{k_spec}->{q_spec}', probs, v, dt).reshape(b, t, h, hd)
+    p_pre, p_own = probs[..., :prefix], probs[..., prefix:]
+    out_pre = contract(f'{logit_spec.replace("b", "br")},{k_spec}->{q_spec.replace("b", "br")}', runs(p_pre), v_pre,
+                       jnp.float32)
+    out = out_pre.reshape((b,) + out_pre.shape[2:]) + contract(f'{logit_spec},{k_spec}->{q_spec}', p_own, v,
+                                                                 jnp.float32)
+    return out.astype(dt).reshape(b, t, h, hd)
 
 
 def _product_einsum(spec: str, x: jax.Array, y: jax.Array, out_dtype) -> jax.Array:

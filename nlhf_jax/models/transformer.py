@@ -19,7 +19,7 @@ from flax import nnx
 
 from nlhf_jax.config import ModelConfig
 from nlhf_jax.distributed.sharding import constrain_activations, context_shards
-from nlhf_jax.models.attention import Attention, LayerKind
+from nlhf_jax.models.attention import Attention, CacheReads, LayerKind
 from nlhf_jax.models.layers import GatedMLP, RMSNorm, param, param_dtype
 from nlhf_jax.models.logprobs import (TokenStats, chunk_logits, chunked_logits, chunked_token_logprobs,
                                       token_logprobs)
@@ -48,8 +48,8 @@ class Block(nnx.Module):
     self.post_norms = cfg.post_norms
 
   def __call__(self, x, positions, key_mask, cache=None, cache_index=None, kind: LayerKind | None = None,
-               span: int | None = None):
-    h, cache = self.attn(self.attn_norm(x), positions, key_mask, cache, cache_index, kind, span)
+               reads: CacheReads | None = None):
+    h, cache = self.attn(self.attn_norm(x), positions, key_mask, cache, cache_index, kind, reads)
     x = x + (self.attn_post_norm(h) if self.post_norms else h)
     h = self.mlp(self.mlp_norm(x))
     return x + (self.mlp_post_norm(h) if self.post_norms else h), cache
@@ -84,13 +84,14 @@ class Transformer(nnx.Module):
       x = x * jnp.asarray(np.float32(self.cfg.d_model ** 0.5)).astype(x.dtype)
     return x.astype(self.compute_dtype)
 
-  def hidden(self, tokens_bt, mask_bt, positions_bt=None, cache=None, cache_index=None, span: int | None = None):
+  def hidden(self, tokens_bt, mask_bt, positions_bt=None, cache=None, cache_index=None,
+             reads: CacheReads | None = None):
     """Final-norm hidden states [B, T, D] and the updated cache (a dict of per-layer caches, or None).
 
     mask_bt marks real tokens (False for padding). Positions default to the count of real tokens before each
-    token, so left-padded prompts get the same positions as unpadded ones. `span` (static, with a cache): attend
-    over the cache's first `span` slots only, where a cache filled from the front holds every key the tokens may
-    see (models/attention.py); None reads every slot.
+    token, so left-padded prompts get the same positions as unpadded ones. `reads` (static, with a cache): which
+    slots of the cache the tokens read (models/attention.CacheReads: a span of them, a prefix shared by runs of
+    rows); None reads every slot.
     """
     if positions_bt is None:
       positions_bt = jnp.maximum(jnp.cumsum(mask_bt.astype(jnp.int32), axis=1) - 1, 0)
@@ -100,7 +101,7 @@ class Transformer(nnx.Module):
 
     def run(block_graphdef, block_state, x, layer_cache, kind):
       x, layer_cache = nnx.merge(block_graphdef, block_state)(x, positions_bt, key_mask, layer_cache, cache_index,
-                                                              kind, span)
+                                                              kind, reads)
       return constrain_activations(x, RESIDUAL), layer_cache
     if self.cfg.remat != 'none':
       run = jax.checkpoint(run, policy=REMAT_POLICIES[self.cfg.remat], static_argnums=(0,))
@@ -127,7 +128,7 @@ class Transformer(nnx.Module):
       layer_cache = None if cache is None else cache[f'layer_{i}']
       block = getattr(self, f'layer_{i}')
       if self.cfg.remat == 'none':
-        x, layer_cache = block(x, positions_bt, key_mask, layer_cache, cache_index, span=span)
+        x, layer_cache = block(x, positions_bt, key_mask, layer_cache, cache_index, reads=reads)
         x = constrain_activations(x, RESIDUAL)
       else:
         x, layer_cache = run(*nnx.split(block), x, layer_cache, LayerKind.of(self.cfg, i))

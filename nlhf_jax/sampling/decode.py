@@ -24,6 +24,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from nlhf_jax.config.schema import decode_parts
+from nlhf_jax.models.attention import CacheReads
 from nlhf_jax.models.transformer import init_cache, map_cache_rows
 from nlhf_jax.sampling import sharded
 from nlhf_jax.sampling.config import SamplingConfig
@@ -44,17 +45,18 @@ def prefill(model: nnx.Module, prompt_rl: jax.Array, mask_rl: jax.Array, slots: 
   cache['mask'] = jnp.concatenate([mask_rl, jnp.zeros((rows, slots - length), bool)], axis=1)
   cache = constrain_cache(cache, mesh)
   positions = jnp.maximum(jnp.cumsum(mask_rl.astype(jnp.int32), axis=1) - 1, 0)
-  hidden, cache = model.hidden(prompt_rl, mask_rl, positions, cache, 0, span=length)  # no key beyond the prompt
+  hidden, cache = model.hidden(prompt_rl, mask_rl, positions, cache, 0, CacheReads(span=length))  # no key beyond
   return model.logits(hidden[:, -1:])[:, 0], constrain_cache(cache, mesh)
 
 
 def decode_step(model: nnx.Module, cache: dict, token_r: jax.Array, position_r: jax.Array, slot: jax.Array,
-                mesh: Mesh | None = None, span: int | None = None) -> tuple[jax.Array, dict]:
-  """Feeds one token per row at cache slot `slot` (below the static `span`: the slots attended over; None: all).
-  Returns (next-token logits [R, V], cache)."""
+                mesh: Mesh | None = None, reads: CacheReads | None = None) -> tuple[jax.Array, dict]:
+  """Feeds one token per row at cache slot `slot` (within the slots that the static `reads` reads: a span of the
+  cache, a prefix shared by runs of rows; models/attention.CacheReads; None: every slot). Returns (next-token
+  logits [R, V], cache)."""
   ones = jnp.ones((token_r.shape[0], 1), bool)
   cache = dict(cache, mask=jax.lax.dynamic_update_slice_in_dim(cache['mask'], ones, slot, axis=1))
-  hidden, cache = model.hidden(token_r[:, None], ones, position_r[:, None], cache, slot, span=span)
+  hidden, cache = model.hidden(token_r[:, None], ones, position_r[:, None], cache, slot, reads)
   return model.logits(hidden)[:, 0], constrain_cache(cache, mesh)
 
 
@@ -107,7 +109,9 @@ class Decoder:
 
   def step(self, params: Params, state: DecodeState, span: int | None = None) -> DecodeState:
     """Feeds every row's last token to its model(s) and samples the next one; the models attend over the first
-    `span` cache slots (static; None: all), which must hold every slot written so far."""
+    `span` cache slots (static; None: all), which must hold every slot written so far. A model decoding several
+    rows of a prompt reads the prompt's slots once for them (`CacheReads`: the prefill's cache is repeated for
+    them and no step writes below the prompt's width)."""
     models = self._models(params)
     prev = state.last_tokens()  # [B, G]
     position = state.prompt_len + state.t - 1  # [B]
@@ -115,7 +119,8 @@ class Decoder:
     logits, caches = {}, {}
     for name, first, rows in self.groups.decoders():
       last, caches[name] = decode_step(models[name], state.caches[name], as_rows(prev[:, first:first + rows]),
-                                       jnp.repeat(position, rows, axis=0), slot, self.mesh, span)
+                                       jnp.repeat(position, rows, axis=0), slot, self.mesh,
+                                       CacheReads(span, state.prompt_width, rows))
       logits[name] = as_groups(last, rows)
     return self._choose(logits, state.replace(caches=caches))
 
