@@ -175,33 +175,35 @@ def test_a_decoded_token_reads_the_cache_without_a_matmul():
 
 
 @pytest.mark.parametrize('kv_heads', [2, 0])  # grouped-query; multi-head (0: one kv head per head)
-def test_rows_that_share_a_prompt_read_its_slots_once_and_attend_as_they_would_alone(kv_heads):
-  """CacheReads(rows=2, prefix=P): one decoded token for each of two rows a prompt, over a cache whose first P slots
-  were repeated for them, attends as each row alone does (up to float sums), with a softcap too; the prompt's slots
-  are read from the first row of each run only (other values in the second row's copy change nothing)."""
-  from nlhf_jax.models.attention import Attention, CacheReads
+def test_a_prompt_kept_once_for_its_rows_attends_as_the_repeated_prompt_does(kv_heads):
+  """A cache with a 'prefix' (one copy of a prompt's slots for each run of two rows) attends, for one decoded
+  token, as a plain cache holding the prompt's slots repeated in every row (up to float sums; with a softcap and
+  a padded prompt slot too), and writes the new key at its own slot (the slot minus the prompt's width)."""
+  from nlhf_jax.models.attention import Attention
   cfg = dataclasses.replace(CFG, num_kv_heads=kv_heads, attn_logit_softcap=30.0)
   attn = Attention(cfg, 0, nnx.Rngs(0))
-  prompts, rows, prefix, own, slots = 2, 2, 5, 3, 12
+  prompts, rows, width, own, fed = 2, 2, 5, 6, 3
   r, kv, hd = prompts * rows, cfg.kv_heads, cfg.head_dim
-  keys = jax.random.split(jax.random.key(1), 6)
+  keys = jax.random.split(jax.random.key(1), 5)
   repeat = lambda x: jnp.repeat(x, rows, axis=0)
-  pre = lambda i: repeat(jax.random.normal(keys[i], (prompts, kv, prefix, hd)))
-  rest = lambda i: jax.random.normal(keys[i], (r, kv, slots - prefix, hd))
-  pos = jnp.broadcast_to(jnp.concatenate([jnp.arange(prefix), prefix + jnp.arange(slots - prefix)]), (r, slots))
-  cache = {'k': jnp.concatenate([pre(0), rest(1)], axis=2), 'v': jnp.concatenate([pre(2), rest(3)], axis=2),
-           'pos': pos.astype(jnp.int32)}
-  mask = jnp.broadcast_to(jnp.arange(slots) <= prefix + own, (r, slots)).at[0, 1].set(False)  # a padded slot
+  prefix = {'k': jax.random.normal(keys[0], (prompts, kv, width, hd)),
+            'v': jax.random.normal(keys[1], (prompts, kv, width, hd)),
+            'pos': jnp.broadcast_to(jnp.arange(width) - 1, (prompts, width)).astype(jnp.int32)}
+  cache = {'k': jax.random.normal(keys[2], (r, kv, own, hd)), 'v': jax.random.normal(keys[3], (r, kv, own, hd)),
+           'pos': jnp.broadcast_to(width - 1 + jnp.arange(own), (r, own)).astype(jnp.int32)}
+  plain = {name: jnp.concatenate([repeat(prefix[name]), cache[name]], axis=-1 if name == 'pos' else 2)
+           for name in cache}
+  mask = jnp.broadcast_to(jnp.arange(width + own) <= width + fed, (r, width + own)).at[:, 0].set(False)  # padding
   x = jax.random.normal(keys[4], (r, 1, cfg.d_model))
-  position = jnp.full((r, 1), prefix + own, jnp.int32)
-  span = prefix + own + 2
-  run = lambda c, reads: attn(x, position, mask, c, prefix + own, reads=reads)[0]
-  alone = run(cache, CacheReads(span))
-  together = run(cache, CacheReads(span, prefix, rows))
-  np.testing.assert_allclose(together, alone, rtol=1e-5, atol=1e-5)
-  other = {**cache, 'k': cache['k'].at[1::rows, :, :prefix].set(7.0), 'v': cache['v'].at[1::rows, :, :prefix].set(7.0)}
-  np.testing.assert_array_equal(run(other, CacheReads(span, prefix, rows)), together)
-  assert not np.allclose(run(other, CacheReads(span)), alone)
+  position = jnp.full((r, 1), width - 1 + fed, jnp.int32)
+  span = width + fed + 2
+  got, written = attn(x, position, mask, {**cache, 'prefix': prefix}, width + fed, span=span)
+  expect, expect_written = attn(x, position, mask, plain, width + fed, span=span)
+  np.testing.assert_allclose(got, expect, rtol=1e-5, atol=1e-5)
+  for name in ('k', 'v', 'pos'):
+    np.testing.assert_array_equal(written[name], expect_written[name][..., width:, :] if name != 'pos'
+                                  else expect_written[name][:, width:])
+  assert written['prefix'] is prefix
 
 
 def test_the_output_projections_hand_on_bfloat16_partial_sums_only_where_their_contraction_is_split(devices):

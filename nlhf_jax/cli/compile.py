@@ -206,7 +206,8 @@ def _out_of_memory(message: str) -> int | None:
 def _decode_figures(cfg, step, costs, n: int) -> dict:
   """The sampler's HBM bytes per decoded token (the instructions of the sample phase inside the decode loop) and the
   ideal: every decoding model's weights (an untied input embedding left out: a token reads one row of it) and the
-  KV caches read once per token, per device."""
+  filled slots of the KV caches read once per token (a prompt's slots once for each model, whatever rows it
+  decodes from them; each row's own slots, on average (new - 1) / 2), per device."""
   from nlhf_jax.sampling.decode import LOOP_SCOPE
   from nlhf_jax.sampling.sampler import SCOPE
   from nlhf_jax.trainer import compile_only
@@ -222,8 +223,10 @@ def _decode_figures(cfg, step, costs, n: int) -> dict:
   from nlhf_jax.config.mesh_checks import decode_tensor_size
   regrouped = decode_tensor_size(cfg.online.sampling.decode_tensor, n, cfg.model)
   tensor = regrouped if regrouped > 1 else step.mesh.shape.get('tensor', 1)  # the sampler's own layout's
-  cache = compile_only.kv_cache_bytes(cfg, step.mesh)
-  ideal = len(models) * weights / tensor + cache * (cfg.data.prompt_len + (new - 1) / 2) / (cfg.data.prompt_len + new)
+  prompts, _, rows = compile_only.sampled_prompts(cfg)
+  cache = compile_only.kv_slot_bytes(cfg, step.mesh) * (len(models) * prompts * cfg.data.prompt_len +
+                                                        rows * (new - 1) / 2)  # a prompt's slots once
+  ideal = len(models) * weights / tensor + cache
   return dict(decode_bytes_per_token=measured, decode_ideal_bytes_per_token=ideal,
               decode_bytes_ratio=measured / ideal if ideal else None)
 

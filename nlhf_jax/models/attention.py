@@ -5,7 +5,10 @@ reads kv head h // group, as in the Hugging Face layouts); with kv_heads = num_h
 
 The cache is a plain dict {'k': [B, KV, S, D], 'v': [B, KV, S, D], 'pos': [B, S]} (head-major, kv heads only)
 owned by the caller (the sampler keeps all layers' caches in one flat pytree), or, for a layer of a scanned stack,
-the stack's arrays (layer axis first) with the running layer's index under 'layer': the layer writes its new
+the stack's arrays (layer axis first) with the running layer's index under 'layer'. It may hold a 'prefix' of the
+same form with one row per run of B / P consecutive rows and Lp slots: the first Lp slots of each of those rows
+(a prompt's cache, kept once for the samples decoded from it), read once for the run; the cache's own slots then
+stand for slots Lp on. The layer writes its new
 keys/values at `cache_index` (into the stack in place, its own slots only) and attends over every slot of its cache
 whose `key_mask` is set and whose position is not in the future. Masks are by position (the count of real tokens
 before a token), so padding anywhere in the sequence changes nothing; a local (sliding-window) layer also skips
@@ -66,20 +69,6 @@ def _layer_view(cache: dict, name: str, span: int | None = None) -> jax.Array:
   return jax.lax.dynamic_slice(full, starts, sizes)[0]
 
 
-class CacheReads(NamedTuple):
-  """What a cached attention reads (static). `span`: the first `span` slots only (None: all), the caller's promise
-  that no key its queries may attend to lies beyond (a cache filled from the front reads its filled part). `rows`
-  > 1: the first `prefix` slots are the same in every run of `rows` consecutive rows (a prompt's cache repeated for
-  each of its samples), and one-token decoding reads them once per run, for all its rows."""
-  span: int | None = None
-  prefix: int = 0
-  rows: int = 1
-
-  def shared(self) -> tuple[int, int] | None:
-    """(rows, prefix) when a run of rows shares its prefix slots, else None."""
-    return (self.rows, self.prefix) if self.rows > 1 and self.prefix > 0 else None
-
-
 class LayerKind(NamedTuple):
   """What differs between layers: whether the layer is local (a Python bool, or a traced bool in a scanned
   stack) and its RoPE frequencies [head_dim / 2]."""
@@ -128,51 +117,58 @@ class Attention(nnx.Module):
     return out
 
   def __call__(self, x_btd, positions_bt, key_mask_bs, cache=None, cache_index=None, kind: LayerKind | None = None,
-               reads: CacheReads | None = None):
+               span: int | None = None):
     """Returns (output [B, T, D], new cache or None).
 
     Without a cache, keys are the T inputs themselves and key_mask_bs is [B, T]. With a cache of S slots,
-    the T new keys are written at slots cache_index..cache_index+T-1 and key_mask_bs is [B, S]; `reads` says
-    which slots the queries read (`CacheReads`: all of them by default).
+    the T new keys are written at slots cache_index..cache_index+T-1 and key_mask_bs is [B, S]; with a static
+    `span`, the queries attend over the first `span` slots only (the caller's promise that no key they may attend
+    to lies beyond: a cache filled from the front reads its filled part only).
     """
-    reads = reads or CacheReads()
     cfg, dt = self.cfg, x_btd.dtype
     kind = LayerKind.of(cfg, self.layer) if kind is None else kind
     xq, xk, xv = unmerged(x_btd, 3)
     q = rope(self._project(xq, 'q'), positions_bt, kind.freq)
     k = rope(self._project(xk, 'k'), positions_bt, kind.freq)
     v = self._project(xv, 'v')
+    prefix = None if cache is None else cache.get('prefix')
     if cache is None:
       key_positions, k_spec = positions_bt, 'bsnk'
     else:  # the cache is head-major [B, KV, S, D]: attention over it needs no transpose of the whole cache
+      width = 0 if prefix is None else prefix['pos'].shape[-1]  # slots below it are the prefix's
       cache = _write(cache, {'k': jnp.swapaxes(k, 1, 2), 'v': jnp.swapaxes(v, 1, 2), 'pos': positions_bt},
-                     cache_index)
-      k, v, key_positions = (_layer_view(cache, name, reads.span) for name in ('k', 'v', 'pos'))
+                     cache_index - width)
+      k, v, key_positions = (_layer_view(cache, name, None if span is None else span - width)
+                             for name in ('k', 'v', 'pos'))
+      if prefix is not None:  # one copy per prompt, read once for its rows
+        prefix = {**prefix, 'layer': cache.get('layer')}
+        prefix = tuple(_layer_view(prefix, name) for name in ('k', 'v', 'pos'))
+        rows = k.shape[0] // prefix[0].shape[0]
+        key_positions = jnp.concatenate([jnp.repeat(prefix[2], rows, axis=0), key_positions], axis=1)
       key_mask_bs = key_mask_bs[:, :key_positions.shape[1]]
       k_spec = 'bnsk'
     allowed = (key_positions[:, None, :] <= positions_bt[:, :, None]) & key_mask_bs[:, None, :]  # [B, T, S]
     if cfg.sliding_window and kind.local is not False:
       in_window = key_positions[:, None, :] > positions_bt[:, :, None] - cfg.sliding_window
       allowed &= in_window if kind.local is True else (in_window | ~kind.local)
-    if cfg.attention_impl == 'dot_product' and q.shape[1] > 1 and not cfg.attn_logit_softcap:
+    if cfg.attention_impl == 'dot_product' and q.shape[1] > 1 and not cfg.attn_logit_softcap and prefix is None:
       out = _fused(q, k, v, allowed, cache is not None, (cfg.query_pre_attn_scalar or q.shape[-1]) ** -0.5)
     else:
-      decoding = cache is not None and q.shape[1] == 1
-      out = self._einsum_attention(q, k, v, allowed, k_spec, decoding, reads.shared() if decoding else None)
+      out = self._einsum_attention(q, k, v, allowed, k_spec, cache is not None and q.shape[1] == 1,
+                                   None if prefix is None else prefix[:2])
     out = einsum('bthk,hkd->btd', out, self.o[...], split='heads')
     if cfg.out_bias:
       out = out + self.o_bias[...].astype(dt)
     return out, cache
 
-  def _einsum_attention(self, q, k, v, allowed, k_spec: str, decoding: bool = False,
-                        shared: tuple[int, int] | None = None):
+  def _einsum_attention(self, q, k, v, allowed, k_spec: str, decoding: bool = False, prefix=None):
     """softmax(q k^T * scale [soft-capped], masked) v in float32 logits; q [B, T, H, D], k/v as k_spec. Computed
     in the wider of q's and k's dtypes (a float32 KV cache is read as it is, not cast to the compute dtype) and
     returned in q's dtype. `decoding` (one new token over the cache): as products and sums (`_product_einsum`),
     except on TPU, whose compiler reads a layer's cache out of the stack inside the matmul itself (there the
-    products read 1.4x the bytes of the matmuls: 8b step on a v5p-8 slice). `shared` (rows, prefix), decoding:
-    the first `prefix` slots are the same in each run of `rows` rows and are read once for the run (the first
-    row's), its rows' queries against them together; the logits of both parts are one softmax."""
+    products read 1.4x the bytes of the matmuls: 8b step on a v5p-8 slice). `prefix` (keys, values [P, KV, Lp,
+    D], P = B / rows): slots before k's, one copy for each run of `rows` consecutive rows, whose queries read it
+    together; the logits of both parts make one softmax (`allowed` covers the prefix's slots first)."""
     cfg, dt = self.cfg, q.dtype
     q = q.astype(jnp.promote_types(dt, k.dtype))
     if decoding:  # split like the cache (kv heads over 'tensor'), so that the products need no move of the cache
@@ -185,30 +181,23 @@ class Attention(nnx.Module):
       q_spec, k_spec, logit_spec = 'bthk', k_spec.replace('n', 'h'), 'bhts'
     scale = (cfg.query_pre_attn_scalar or hd) ** -0.5
     contract = _product_einsum if decoding and context_platform() != 'tpu' else einsum
-    if shared:  # rows r of prompt b: the prefix of the run's first row, then each row's own slots
-      rows, prefix = shared
-      runs = lambda x: x.reshape((b // rows, rows) + x.shape[1:])
-      slot = k_spec.index('s')
-      first = lambda x: jax.lax.slice_in_dim(runs(x)[:, 0], 0, prefix, axis=slot)
-      k_pre, v_pre = first(k), first(v)
-      k, v = (jax.lax.slice_in_dim(x, prefix, x.shape[slot], axis=slot) for x in (k, v))
-      pre = contract(f'{q_spec.replace("b", "br")},{k_spec}->{logit_spec.replace("b", "br")}', runs(q), k_pre,
-                     jnp.float32)
-      logits = jnp.concatenate([pre.reshape((b,) + pre.shape[2:]),
-                                contract(f'{q_spec},{k_spec}->{logit_spec}', q, k, jnp.float32)], axis=-1)
-    else:
-      logits = contract(f'{q_spec},{k_spec}->{logit_spec}', q, k, jnp.float32)
+    logits = contract(f'{q_spec},{k_spec}->{logit_spec}', q, k, jnp.float32)
+    if prefix is not None:  # runs r of prompt b: [B / rows, rows, ...] against the prompt's one copy
+      runs = lambda x: x.reshape((prefix[0].shape[0], -1) + x.shape[1:])
+      grouped = lambda spec: spec.replace('b', 'br')
+      pre = contract(f'{grouped(q_spec)},{k_spec}->{grouped(logit_spec)}', runs(q), prefix[0], jnp.float32)
+      logits = jnp.concatenate([pre.reshape((b,) + pre.shape[2:]), logits], axis=-1)
     logits = softcap(logits * scale, cfg.attn_logit_softcap)
     allowed = allowed.reshape((b,) + (1,) * (logits.ndim - 3) + allowed.shape[1:])
     logits = jnp.where(allowed, logits, _NEG_INF)
     probs = jax.nn.softmax(logits, axis=-1).astype(q.dtype)
-    if not shared:
+    if prefix is None:
       return contract(f'{logit_spec},{k_spec}->{q_spec}', probs, v, dt).reshape(b, t, h, hd)
-    p_pre, p_own = probs[..., :prefix], probs[..., prefix:]
-    out_pre = contract(f'{logit_spec.replace("b", "br")},{k_spec}->{q_spec.replace("b", "br")}', runs(p_pre), v_pre,
-                       jnp.float32)
-    out = out_pre.reshape((b,) + out_pre.shape[2:]) + contract(f'{logit_spec},{k_spec}->{q_spec}', p_own, v,
-                                                                 jnp.float32)
+    width = prefix[1].shape[k_spec.index('s')]
+    out = contract(f'{grouped(logit_spec)},{k_spec}->{grouped(q_spec)}', runs(probs[..., :width]), prefix[1],
+                   jnp.float32)
+    out = out.reshape((b,) + out.shape[2:]) + contract(f'{logit_spec},{k_spec}->{q_spec}', probs[..., width:], v,
+                                                       jnp.float32)
     return out.astype(dt).reshape(b, t, h, hd)
 
 

@@ -27,7 +27,6 @@ import jax.numpy as jnp
 from flax import nnx
 
 from nlhf_jax.config import ModelConfig
-from nlhf_jax.models.attention import CacheReads
 from nlhf_jax.models.layers import param
 from nlhf_jax.models.transformer import Transformer, init_cache
 
@@ -77,7 +76,7 @@ class ScalarHead(nnx.Module):
     cache = init_cache(cfg, b, lp + tokens.shape[2], self.backbone.compute_dtype)
     cache['mask'] = jnp.concatenate([prompt_mask, jnp.zeros_like(mask[0])], axis=1)
     positions = jnp.maximum(jnp.cumsum(prompt_mask.astype(jnp.int32), axis=1) - 1, 0)
-    _, cache = self.backbone.hidden(prompt, prompt_mask, positions, cache, 0, CacheReads(span=lp))  # nothing beyond it yet
+    _, cache = self.backbone.hidden(prompt, prompt_mask, positions, cache, 0, span=lp)  # nothing beyond it yet
     start = prompt_mask.sum(axis=1).astype(jnp.int32)
     backbone = nnx.split(self.backbone)  # merged inside the body: a module of the loop's own trace
 

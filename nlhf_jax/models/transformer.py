@@ -19,7 +19,7 @@ from flax import nnx
 
 from nlhf_jax.config import ModelConfig
 from nlhf_jax.distributed.sharding import constrain_activations, context_shards
-from nlhf_jax.models.attention import Attention, CacheReads, LayerKind
+from nlhf_jax.models.attention import Attention, LayerKind
 from nlhf_jax.models.layers import GatedMLP, RMSNorm, param, param_dtype
 from nlhf_jax.models.logprobs import (TokenStats, chunk_logits, chunked_logits, chunked_token_logprobs,
                                       token_logprobs)
@@ -48,8 +48,8 @@ class Block(nnx.Module):
     self.post_norms = cfg.post_norms
 
   def __call__(self, x, positions, key_mask, cache=None, cache_index=None, kind: LayerKind | None = None,
-               reads: CacheReads | None = None):
-    h, cache = self.attn(self.attn_norm(x), positions, key_mask, cache, cache_index, kind, reads)
+               span: int | None = None):
+    h, cache = self.attn(self.attn_norm(x), positions, key_mask, cache, cache_index, kind, span)
     x = x + (self.attn_post_norm(h) if self.post_norms else h)
     h = self.mlp(self.mlp_norm(x))
     return x + (self.mlp_post_norm(h) if self.post_norms else h), cache
@@ -84,24 +84,31 @@ class Transformer(nnx.Module):
       x = x * jnp.asarray(np.float32(self.cfg.d_model ** 0.5)).astype(x.dtype)
     return x.astype(self.compute_dtype)
 
-  def hidden(self, tokens_bt, mask_bt, positions_bt=None, cache=None, cache_index=None,
-             reads: CacheReads | None = None):
+  def hidden(self, tokens_bt, mask_bt, positions_bt=None, cache=None, cache_index=None, span: int | None = None):
     """Final-norm hidden states [B, T, D] and the updated cache (a dict of per-layer caches, or None).
 
     mask_bt marks real tokens (False for padding). Positions default to the count of real tokens before each
-    token, so left-padded prompts get the same positions as unpadded ones. `reads` (static, with a cache): which
-    slots of the cache the tokens read (models/attention.CacheReads: a span of them, a prefix shared by runs of
-    rows); None reads every slot.
+    token, so left-padded prompts get the same positions as unpadded ones. `span` (static, with a cache): attend
+    over the cache's first `span` slots only, where a cache filled from the front holds every key the tokens may
+    see (models/attention.py); None reads every slot. A cache may hold a 'prefix' cache (one row per run of
+    rows, its slots before the cache's own: models/attention.py), returned as it came.
     """
     if positions_bt is None:
       positions_bt = jnp.maximum(jnp.cumsum(mask_bt.astype(jnp.int32), axis=1) - 1, 0)
     x = constrain_activations(self.embed_tokens(tokens_bt), RESIDUAL)
     key_mask = mask_bt if cache is None else cache['mask']
     new_cache = None if cache is None else {'mask': key_mask}
+    prefix = None if cache is None else cache.get('prefix')
+    if prefix is not None:  # the prompt's slots first, one copy per run of rows (models/attention.py)
+      new_cache['prefix'] = prefix
+      rows = key_mask.shape[0] // prefix['mask'].shape[0]
+      key_mask = jnp.concatenate([jnp.repeat(prefix['mask'], rows, axis=0), key_mask], axis=1)
+    with_prefix = lambda c, name: c if prefix is None else {**c, 'prefix': prefix[name]}
+    without_prefix = lambda c: {k: v for k, v in c.items() if k not in ('prefix', 'layer')}
 
     def run(block_graphdef, block_state, x, layer_cache, kind):
       x, layer_cache = nnx.merge(block_graphdef, block_state)(x, positions_bt, key_mask, layer_cache, cache_index,
-                                                              kind, reads)
+                                                              kind, span)
       return constrain_activations(x, RESIDUAL), layer_cache
     if self.cfg.remat != 'none':
       run = jax.checkpoint(run, policy=REMAT_POLICIES[self.cfg.remat], static_argnums=(0,))
@@ -120,20 +127,21 @@ class Transformer(nnx.Module):
         layer_state, kind, i = inputs
         x, caches = run(graphdef, layer_state, x, {**caches, 'layer': i}, kind)
         return (x, {name: caches[name] for name in caches if name != 'layer'}), None
-      (x, new_cache[STACK]), _ = jax.lax.scan(
-          cached_body, (x, cache[STACK]),
+      (x, stack), _ = jax.lax.scan(
+          cached_body, (x, with_prefix(cache[STACK], STACK)),
           (stacked, LayerKind.stacked(self.cfg), jnp.arange(self.cfg.num_layers, dtype=jnp.int32)))
+      new_cache[STACK] = without_prefix(stack)
       return self.final_norm(x), new_cache
     for i in range(self.cfg.num_layers):
-      layer_cache = None if cache is None else cache[f'layer_{i}']
+      layer_cache = None if cache is None else with_prefix(cache[f'layer_{i}'], f'layer_{i}')
       block = getattr(self, f'layer_{i}')
       if self.cfg.remat == 'none':
-        x, layer_cache = block(x, positions_bt, key_mask, layer_cache, cache_index, reads=reads)
+        x, layer_cache = block(x, positions_bt, key_mask, layer_cache, cache_index, span=span)
         x = constrain_activations(x, RESIDUAL)
       else:
         x, layer_cache = run(*nnx.split(block), x, layer_cache, LayerKind.of(self.cfg, i))
       if cache is not None:
-        new_cache[f'layer_{i}'] = layer_cache
+        new_cache[f'layer_{i}'] = without_prefix(layer_cache)
     return self.final_norm(x), new_cache
 
   def unembedding(self) -> jax.Array:
@@ -201,12 +209,6 @@ def init_cache(cfg: ModelConfig, batch: int, length: int, dtype=jnp.float32) -> 
 def cache_batch_axis(path: tuple) -> int:
   """The row axis of a cache leaf at `path` (a tuple of keys): 1 in a stacked cache (layers first), else 0."""
   return 1 if path and path[0] == STACK else 0
-
-
-def map_cache_rows(fn, cache: dict) -> dict:
-  """fn(leaf, row_axis) on every leaf of a cache, e.g. repeating or concatenating rows whatever the layout."""
-  return {name: (fn(value, 0) if name == 'mask' else jax.tree.map(lambda x: fn(x, cache_batch_axis((name,))), value))
-          for name, value in cache.items()}
 
 
 def stack_layers(params: dict, num_layers: int) -> dict:

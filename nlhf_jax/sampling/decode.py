@@ -1,10 +1,11 @@
 """The decode loop: prefill, then `lax.while_loop`s of one-token steps over a `DecodeState`, then the outputs.
 
 Prompts are LEFT-padded ([B, Lp] tokens and a bool mask), so every prompt ends in the last column and the first
-response token is sampled from the prefill's last logits. Each model keeps a fixed-size cache of Lp + T slots
-(T = max_new_tokens): all shapes are static, and one compiled loop serves every batch. The cache fills from the
-front, so the prefill attends over the prompt's slots only and, with cfg.decode_segments, the loop comes in parts,
-each attending over the slots written by its end (`Decoder.segments`).
+response token is sampled from the prefill's last logits. Each model keeps a fixed-size cache: the prompt's Lp
+slots once per prompt (the 'prefix', read once for all the rows of the prompt) and T = max_new_tokens slots per
+row: all shapes are static, and one compiled loop serves every batch. The cache fills from the front, so the
+prefill attends over the prompt's slots only and, with cfg.decode_segments, the loop comes in parts, each attending
+over the slots written by its end (`Decoder.segments`).
 
 `Decoder` is frozen and holds the static choices: the models' graphdefs (None for a model with no rows), the
 row groups and the mixture weight beta (sampling/mixture.py), the SamplingConfig and its token-choice strategy
@@ -24,8 +25,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from nlhf_jax.config.schema import decode_parts
-from nlhf_jax.models.attention import CacheReads
-from nlhf_jax.models.transformer import init_cache, map_cache_rows
+from nlhf_jax.models.transformer import init_cache
 from nlhf_jax.sampling import sharded
 from nlhf_jax.sampling.config import SamplingConfig
 from nlhf_jax.sampling.mixture import POLICY, REF, Groups, as_groups, as_rows, mix_logits
@@ -45,18 +45,19 @@ def prefill(model: nnx.Module, prompt_rl: jax.Array, mask_rl: jax.Array, slots: 
   cache['mask'] = jnp.concatenate([mask_rl, jnp.zeros((rows, slots - length), bool)], axis=1)
   cache = constrain_cache(cache, mesh)
   positions = jnp.maximum(jnp.cumsum(mask_rl.astype(jnp.int32), axis=1) - 1, 0)
-  hidden, cache = model.hidden(prompt_rl, mask_rl, positions, cache, 0, CacheReads(span=length))  # no key beyond
+  hidden, cache = model.hidden(prompt_rl, mask_rl, positions, cache, 0, span=length)  # no key beyond the prompt
   return model.logits(hidden[:, -1:])[:, 0], constrain_cache(cache, mesh)
 
 
 def decode_step(model: nnx.Module, cache: dict, token_r: jax.Array, position_r: jax.Array, slot: jax.Array,
-                mesh: Mesh | None = None, reads: CacheReads | None = None) -> tuple[jax.Array, dict]:
-  """Feeds one token per row at cache slot `slot` (within the slots that the static `reads` reads: a span of the
-  cache, a prefix shared by runs of rows; models/attention.CacheReads; None: every slot). Returns (next-token
-  logits [R, V], cache)."""
+                mesh: Mesh | None = None, span: int | None = None) -> tuple[jax.Array, dict]:
+  """Feeds one token per row at cache slot `slot` (below the static `span`: the slots attended over; None: all;
+  with a 'prefix' cache of Lp slots, slot s is the cache's own slot s - Lp). Returns (next-token logits [R, V],
+  cache)."""
   ones = jnp.ones((token_r.shape[0], 1), bool)
-  cache = dict(cache, mask=jax.lax.dynamic_update_slice_in_dim(cache['mask'], ones, slot, axis=1))
-  hidden, cache = model.hidden(token_r[:, None], ones, position_r[:, None], cache, slot, reads)
+  own = slot - (cache['prefix']['mask'].shape[1] if 'prefix' in cache else 0)
+  cache = dict(cache, mask=jax.lax.dynamic_update_slice_in_dim(cache['mask'], ones, own, axis=1))
+  hidden, cache = model.hidden(token_r[:, None], ones, position_r[:, None], cache, slot, span=span)
   return model.logits(hidden)[:, 0], constrain_cache(cache, mesh)
 
 
@@ -92,26 +93,24 @@ class Decoder:
     return state.record(tokens, logp, self.cfg)
 
   def prefill(self, params: Params, batch: dict, keys_bg: jax.Array) -> DecodeState:
-    """Prefills each decoding model once per prompt (the rows of a prompt share a copy of its cache) and samples
-    the first response token."""
+    """Prefills each decoding model once per prompt and samples the first response token. A model's cache is the
+    prompt's, once per prompt, as the 'prefix' of a cache of max_new_tokens slots per row: the rows of a prompt
+    read its slots once, together (models/attention.py)."""
     prompt, mask = batch['prompt'].astype(jnp.int32), batch['prompt_mask'].astype(bool)
-    slots = prompt.shape[1] + self.cfg.max_new_tokens
     models, logits, caches = self._models(params), {}, {}
     for name, _, rows in self.groups.decoders():
       model = models[name]
-      last, cache = prefill(model, constrain(prompt, ('batch', None), self.mesh),
-                            constrain(mask, ('batch', None), self.mesh), slots, self.mesh,
-                            self.cfg.cache_dtype(model.compute_dtype, self.mesh))
-      repeated = map_cache_rows(lambda x, axis: jnp.repeat(x, rows, axis=axis), cache)
-      caches[name] = constrain_cache(repeated, self.mesh)
+      dtype = self.cfg.cache_dtype(model.compute_dtype, self.mesh)
+      last, prefix = prefill(model, constrain(prompt, ('batch', None), self.mesh),
+                             constrain(mask, ('batch', None), self.mesh), prompt.shape[1], self.mesh, dtype)
+      own = init_cache(model.cfg, prompt.shape[0] * rows, self.cfg.max_new_tokens, dtype)
+      caches[name] = constrain_cache({**own, 'prefix': prefix}, self.mesh)
       logits[name] = jnp.repeat(last[:, None], rows, axis=1)
     return self._choose(logits, DecodeState.start(mask, keys_bg, caches, self.cfg))
 
   def step(self, params: Params, state: DecodeState, span: int | None = None) -> DecodeState:
     """Feeds every row's last token to its model(s) and samples the next one; the models attend over the first
-    `span` cache slots (static; None: all), which must hold every slot written so far. A model decoding several
-    rows of a prompt reads the prompt's slots once for them (`CacheReads`: the prefill's cache is repeated for
-    them and no step writes below the prompt's width)."""
+    `span` cache slots (static; None: all), which must hold every slot written so far."""
     models = self._models(params)
     prev = state.last_tokens()  # [B, G]
     position = state.prompt_len + state.t - 1  # [B]
@@ -119,8 +118,7 @@ class Decoder:
     logits, caches = {}, {}
     for name, first, rows in self.groups.decoders():
       last, caches[name] = decode_step(models[name], state.caches[name], as_rows(prev[:, first:first + rows]),
-                                       jnp.repeat(position, rows, axis=0), slot, self.mesh,
-                                       CacheReads(span, state.prompt_width, rows))
+                                       jnp.repeat(position, rows, axis=0), slot, self.mesh, span)
       logits[name] = as_groups(last, rows)
     return self._choose(logits, state.replace(caches=caches))
 

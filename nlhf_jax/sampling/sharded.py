@@ -43,11 +43,13 @@ def constrain(x: jax.Array, axes: tuple, mesh: Mesh | None = None) -> jax.Array:
 
 
 def constrain_cache(cache: dict, mesh: Mesh | None) -> dict:
-  """A model's KV cache (models/transformer.init_cache) constrained layer by layer: rows over 'batch', kv heads
-  over 'tensor'; a scanned stack's caches have the layer axis first."""
+  """A model's KV cache (models/transformer.init_cache, and its 'prefix' cache if it has one) constrained layer by
+  layer: rows over 'batch', kv heads over 'tensor'; a scanned stack's caches have the layer axis first."""
   out = {'mask': constrain(cache['mask'], ('batch', 'length'), mesh)}
   for name, layer in cache.items():
-    if name != 'mask':
+    if name == 'prefix':  # a prompt's cache, one row per prompt (models/attention.py)
+      out[name] = constrain_cache(layer, mesh)
+    elif name != 'mask':
       lead = ('layers',) * cache_batch_axis((name,))
       out[name] = {'k': constrain(layer['k'], lead + ('batch', 'kv_heads', 'length', 'head_dim'), mesh),
                    'v': constrain(layer['v'], lead + ('batch', 'kv_heads', 'length', 'head_dim'), mesh),

@@ -2,8 +2,9 @@
 
 B prompts, G rows per prompt (sampling/mixture.py), T = max_new_tokens. `t` counts the tokens sampled so far;
 token t of every row is written at `tokens[:, :, t]` and `logprobs[:, :, t]` (pad and 0 once a row is done), and
-`done` turns true at a row's first stop id. `caches` maps each decoding model ('policy', 'ref') to its KV cache of
-Lp + T slots, one cache row per sampled row. `prompt_width` (Lp, static) places token t at cache slot Lp + t - 1.
+`done` turns true at a row's first stop id. `caches` maps each decoding model ('policy', 'ref') to its KV cache
+of Lp + T slots: the prompt's Lp once per prompt (its 'prefix'), then T per sampled row. `prompt_width` (Lp,
+static) places token t at slot Lp + t - 1.
 The state is replaced, never mutated: `record` returns the next one.
 """
 from __future__ import annotations

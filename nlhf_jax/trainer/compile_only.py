@@ -136,18 +136,33 @@ def memory_parts(step: CompiledStep) -> dict:
   return dict(parts, **{f'xla_{k}': int(v) for k, v in xla.items()})
 
 
-def kv_cache_bytes(cfg: ExperimentConfig, mesh) -> int:
-  """Per device: the KV caches of one online step's sampling (the policy's rows and the reference's for a mixture
-  opponent), in the sampler's cache dtype, split by rows over the batch shards and by kv heads over 'tensor' (with
-  online.sampling.decode_tensor: over every device, the sampler's own layout), part of XLA's temporaries."""
-  m, o, spec = cfg.model, cfg.online, get_task(cfg.train.objective).objective
-  rows = cfg.train.batch_size * max(getattr(o, 'samples_per_prompt', 1) or 1, 1)
-  rows *= 3 if spec.opponent == 'mixture' else 2
+def sampled_prompts(cfg: ExperimentConfig) -> tuple[int, int, int]:
+  """(prompts, decoding models, rows) of one online step's sampling: the sampler's prompts (the batch, times
+  samples_per_prompt), the models that decode them (the policy and, for a mixture opponent, the reference) and
+  the rows decoded (the policy's two a prompt, the reference's one)."""
+  o, spec = cfg.online, get_task(cfg.train.objective).objective
+  prompts = cfg.train.batch_size * max(getattr(o, 'samples_per_prompt', 1) or 1, 1)
+  models = 2 if spec.opponent == 'mixture' else 1
+  return prompts, models, prompts * (models + 1)
+
+
+def kv_slot_bytes(cfg: ExperimentConfig, mesh) -> float:
+  """Per device: one row's cache slot in every layer (keys and values), in the sampler's cache dtype, split by
+  rows over the batch shards and by kv heads over 'tensor' (with online.sampling.decode_tensor: over every device,
+  the sampler's own layout)."""
+  m, o = cfg.model, cfg.online
   itemsize = 2 if (o.sampling.kv_cache_dtype or m.compute_dtype) == 'bfloat16' else 4
-  positions = cfg.data.prompt_len + o.sampling.max_new_tokens
   axes = batch_spec(1)[0]
   axes = axes if isinstance(axes, tuple) else (axes,)
   shards = int(np.prod([mesh.shape[a] for a in axes if a])) * mesh.shape.get('tensor', 1)
   if decode_tensor_size(o.sampling.decode_tensor, mesh.devices.size, m) > 1:
     shards = mesh.devices.size
-  return int(2 * m.num_layers * rows * m.kv_heads * positions * m.head_dim * itemsize // max(shards, 1))
+  return 2 * m.num_layers * m.kv_heads * m.head_dim * itemsize / max(shards, 1)
+
+
+def kv_cache_bytes(cfg: ExperimentConfig, mesh) -> int:
+  """Per device: the KV caches of one online step's sampling, part of XLA's temporaries: each decoding model's
+  prompt slots once per prompt and max_new_tokens slots for each of its rows (sampling/decode.py)."""
+  prompts, models, rows = sampled_prompts(cfg)
+  slots = models * prompts * cfg.data.prompt_len + rows * cfg.online.sampling.max_new_tokens
+  return int(slots * kv_slot_bytes(cfg, mesh))
