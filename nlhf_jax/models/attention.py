@@ -5,9 +5,9 @@ reads kv head h // group, as in the Hugging Face layouts); with kv_heads = num_h
 
 The cache is a plain dict {'k': [B, KV, S, D], 'v': [B, KV, S, D], 'pos': [B, S]} (head-major, kv heads only)
 owned by the caller (the sampler keeps all layers' caches in one flat pytree), or, for a layer of a scanned stack,
-the stack's arrays (layer axis first) with the running layer's index under 'layer'. It may hold a 'prefix' of the
-same form with one row per run of B / P consecutive rows and Lp slots: the first Lp slots of each of those rows
-(a prompt's cache, kept once for the samples decoded from it), read once for the run; the cache's own slots then
+the stack's arrays (layer axis first) with the running layer's index under 'layer'. It may hold a 'prefix' cache of the
+same form with P rows (P dividing B) and Lp slots: the first Lp slots of each run of B / P consecutive rows (a
+prompt's cache, kept once for the samples decoded from it), read once for the run; the cache's own slots then
 stand for slots Lp on. The layer writes its new
 keys/values at `cache_index` (into the stack in place, its own slots only) and attends over every slot of its cache
 whose `key_mask` is set and whose position is not in the future. Masks are by position (the count of real tokens
