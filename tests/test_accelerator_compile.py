@@ -84,11 +84,11 @@ def test_a_step_that_does_not_fit_is_refused_with_measured_switches():
 
 
 def test_the_tpu_compiler_refusing_a_program_is_read_as_its_figure():
-  import nlhf_jax.cli.compile as cli
+  from nlhf_jax.trainer import target_compile
   message = ('RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO temporaries (39.02G) '
              'exceeds available HBM (15.75G).')
-  assert cli._out_of_memory(message) == int(39.02 * 1024**3)
-  assert cli._out_of_memory('INTERNAL: something else') is None
+  assert target_compile._out_of_memory(message) == int(39.02 * 1024**3)
+  assert target_compile._out_of_memory('INTERNAL: something else') is None
 
 
 def test_unknown_target_is_one_error_line():

@@ -113,6 +113,10 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
 )}
 
 
+class CompileError(ConfigError):
+  """A target's step does not fit, or the request cannot be compiled (nlhf-compile)."""
+
+
 class TargetError(ConfigError):
   """An unknown target name."""
 
