@@ -4,6 +4,7 @@ from them in accelerators/hlo.py."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import re
 
@@ -169,3 +170,11 @@ def parse_module(text: str) -> dict[str, Computation]:
         instr.attrs = f'index={index}, {instr.attrs}'
       current.instructions[instr.name] = instr
   return comps
+
+
+def json_attr(text: str) -> dict:
+  """An attribute's JSON value (a backend_config), or {} where it is not JSON."""
+  try:
+    return json.loads(text) if text.startswith('{') else {}
+  except json.JSONDecodeError:
+    return {}
