@@ -86,6 +86,19 @@ def test_a_scanned_model_unrolled_for_decoding_is_the_same_model(unrolled):
                              np.asarray(_cached_logits(graphdef, params, CFG)), atol=1e-6, rtol=0)
 
 
+def test_the_sampler_unrolls_a_scanned_model_on_gpu_only_and_only_when_asked(unrolled, monkeypatch):
+  """sampler.decode_weights: on GPU a scanned model decodes unrolled unless online.sampling.unroll_layers is
+  false (the copy's memory kept); elsewhere the stack stays."""
+  from nlhf_jax.sampling import sampler
+  _, params = unrolled
+  scfg = dataclasses.replace(CFG, scan_layers=True)
+  scanned = nnx.merge(_graphdef(scfg), stack_layers(params, CFG.num_layers))
+  assert sampler.decode_weights(scanned).cfg.scan_layers  # CPU: kept
+  monkeypatch.setattr(sampler, 'context_platform', lambda: 'gpu')
+  assert not sampler.decode_weights(scanned).cfg.scan_layers
+  assert sampler.decode_weights(scanned, unroll=False).cfg.scan_layers
+
+
 def test_one_decoded_position_keeps_its_projections_apart(unrolled):
   """For one position (off TPU) the q, k, v and the gate and up matmuls take their input through an optimization
   barrier (XLA's dot merger would concatenate their weights at every token); several positions take it as is."""

@@ -224,6 +224,9 @@ class SamplingOptions:
   # most 1/parts of the generated slots beyond the filled ones); one compiled copy of the loop's body each.
   # nlhf_jax/sampling/config.py, SamplingConfig.decode_segments.
   decode_segments: int = 1
+  # On GPU, decode scanned models from an unrolled copy of their layers (faster; the weights' memory once more at
+  # their sharding); False keeps the stack. nlhf_jax/sampling/config.py, SamplingConfig.unroll_layers.
+  unroll_layers: bool = True
   # dtype of the decode loop's KV caches: '' (auto: the compute dtype; float32 on CPU, where XLA handles a
   # bfloat16 cache slowly), 'float32' or 'bfloat16' (nlhf_jax/sampling/config.py, SamplingConfig).
   kv_cache_dtype: str = ''

@@ -1,7 +1,7 @@
 """`SamplingConfig`: how responses are sampled, built from a config section by one function.
 
 Its option fields carry the names of a `sampling` section (max_new_tokens, temperature, top_k, top_p,
-sharded_decode, decode_tensor, decode_segments, kv_cache_dtype: config.online.sampling, config/schema.py's
+sharded_decode, decode_tensor, decode_segments, unroll_layers, kv_cache_dtype: config.online.sampling, config/schema.py's
 SamplingOptions), so `SamplingConfig.from_section` builds it from config.online.sampling, from an evaluation's
 config's `sampling` or from the pipeline's pairs stage's `sampling` alike (a section without an option leaves its
 default). Every value is
@@ -45,6 +45,11 @@ class SamplingConfig:
   # last step only, so that a step reads the filled part of the cache (up to 1/parts more) instead of every slot.
   # Each part is one more compiled copy of the loop's body. 1: one loop, every step over every written slot.
   decode_segments: int = 1
+  # On GPU, decode a scanned model from an unrolled copy of its layers, split once a step (sampler.decode_weights:
+  # in a scanned layer loop XLA's GPU compiler copies each layer's weights out of the stack at every token). The
+  # copy costs the decoding weights' memory once more at their sharding (on one GPU, all of them); False keeps the
+  # stack and that memory. TPU and CPU always keep the stack.
+  unroll_layers: bool = True
   # dtype of the KV caches. '' (auto): the models' compute dtype, except float32 on a CPU backend, where XLA
   # rewrites each token's write into a bfloat16 cache as a float32 round trip of the whole cache and feeds the
   # attention matmuls a float32 copy of it (a bfloat16 cache made the CPU decode loop 1.4x slower). Or 'float32',

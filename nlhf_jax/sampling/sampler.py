@@ -25,17 +25,18 @@ from nlhf_jax.sampling.mixture import Groups, pair_groups, row_keys
 SCOPE = 'sample'
 
 
-def decode_weights(model: nnx.Module | None) -> nnx.Module | None:
+def decode_weights(model: nnx.Module | None, unroll: bool = True) -> nnx.Module | None:
   """`model` with its float32 weight matrices in bfloat16 when it computes in bfloat16: cast once, before the
   decode loop, instead of at every token (a float32 policy's weights read at every step are twice the bytes, and
   where the cast does not fuse into the matmul, as on GPUs, a float32 read plus a bfloat16 write and read). Every
   matrix is used through `models.layers.einsum`, which casts it to the bfloat16 activations' dtype, and the
   embedding lookup is cast after the lookup: the samples are the same bit for bit. Vectors (norm scales, biases)
   and, with scale_embeddings, the embedding (its scaling is computed in the weights' dtype), and LoRA adapters
-  stay as they are."""
+  stay as they are. `unroll` (SamplingConfig.unroll_layers): on GPU, a scanned model as its unrolled twin."""
   if model is None:
     return model
-  model = _unrolled_on_gpu(model)
+  if unroll:
+    model = _unrolled_on_gpu(model)
   if getattr(getattr(model, 'cfg', None), 'compute_dtype', '') != 'bfloat16':
     return model
   keep_embedding = model.cfg.scale_embeddings
@@ -72,7 +73,8 @@ def run(policy: nnx.Module | None, ref: nnx.Module | None, batch: dict, keys_bg:
   prompt (sampling/mixture.py), keys_bg [B, G] from `row_keys`. On a mesh, the loop runs per batch shard or as one
   GSPMD program (`Decoder.run`, sampling/sharded.py); the samples are the same."""
   with jax.named_scope(SCOPE):  # names the sampler's instructions in compiled programs (nlhf-compile's phases)
-    (policy_def, policy_params), (ref_def, ref_params) = _split(decode_weights(policy)), _split(decode_weights(ref))
+    policy, ref = (decode_weights(m, cfg.unroll_layers) for m in (policy, ref))
+    (policy_def, policy_params), (ref_def, ref_params) = _split(policy), _split(ref)
     decoder = Decoder(policy_def, ref_def, cfg, groups, beta, mesh)
     return decoder.run((policy_params, ref_params), batch, keys_bg)
 

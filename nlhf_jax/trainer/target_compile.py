@@ -190,6 +190,8 @@ FIXES = (('the sampler\'s tensor-parallel layout (online.sampling.decode_tensor=
           dict(sets={'online.sampling.decode_tensor': -1})),
          ('the sampler\'s weights left sharded (online.sampling.sharded_decode=true)',
           dict(sets={'online.sampling.sharded_decode': True})),
+         ('the sampler\'s scanned layers kept on GPU (online.sampling.unroll_layers=false)',
+          dict(sets={'online.sampling.unroll_layers': False}, gpu=True)),
          ('LoRA adapters (model.lora.rank=16)', dict(lora_rank=16)),
          ('remat of every layer (model.remat=full)', dict(model=dict(remat='full'))),
          ('parameters sharded over every device (mesh fsdp=-1)', dict(mesh='fsdp=-1')),
@@ -213,6 +215,8 @@ def switches_that_fit(c, cfg, target, devices, args: dict, judge_model) -> list[
       if cfg.mesh.fsdp in (-1, len(devices)):
         continue
       a['mesh'] = change['mesh']
+    if change.get('gpu') and target.platform != 'cuda':
+      continue
     if 'sets' in change:
       key, value = next(iter(change['sets'].items()))
       if not _objective(cfg).online or getattr(cfg.online.sampling, key.rsplit('.', 1)[1]) == value:

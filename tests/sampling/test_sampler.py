@@ -347,7 +347,7 @@ def test_weights_cast_once_before_decoding_sample_bit_for_bit_what_per_token_cas
   cast = jit_sample_pair(graphdef, graphdef, scfg, 0.3)(policy, ref, batch, key)
   assert sampler.decode_weights(nnx.merge(graphdef, policy)).embed[...].dtype == (
       jnp.float32 if cfg.scale_embeddings else jnp.bfloat16)
-  monkeypatch.setattr(sampler, 'decode_weights', lambda model: model)
+  monkeypatch.setattr(sampler, 'decode_weights', lambda model, unroll=True: model)
   per_token = jit_sample_pair(graphdef, graphdef, scfg, 0.3)(policy, ref, batch, key)
   for name in ('policy', 'mixture'):
     np.testing.assert_array_equal(cast[name]['tokens'], per_token[name]['tokens'])
