@@ -51,15 +51,16 @@ def test_bench_preset_shapes():
 
 def test_online_bench_flops_count_every_pass_as_computed():
   """The step benchmark's FLOP count is perf.step_flops of its config (the count nlhf-compile uses): sampling (each
-  decoding model prefills a prompt once, logits at its last position; then t - 1 one-token steps over the cache's
-  slots, the policy for y and y', the reference for y'), the reference and the policy (forward, backward) on
+  decoding model prefills a prompt once over its slots, logits at its last position; then t - 1 one-token steps
+  over the slots written, lp + t - 1 in one loop, the policy for y and y', the reference for y'), the reference
+  and the policy (forward, backward) on
   [x, y] with logits at the response positions, and the reward-model judge on x, y and y'."""
   from nlhf_jax import perf
   from nlhf_jax.cli import online_bench
   cfg = online_bench.online_config('tiny', batch=8, new_tokens=4, prompt_len=8)
   m, fwd, b, lp, t = cfg.model, perf.forward_flops_per_token, 8, 8, 4
   head = fwd(m, 0) - fwd(m, 0, False)
-  sampling = b * (2 * (lp * fwd(m, lp + t, False) + head) + 3 * (t - 1) * fwd(m, lp + t))
+  sampling = b * (2 * (lp * fwd(m, lp, False) + head) + 3 * (t - 1) * fwd(m, lp + t - 1))
   sequence = b * ((lp + t - 1) * fwd(m, lp + t - 1, False) + t * head)
   judge = b * (lp * fwd(m, lp, False) + 2 * t * fwd(m, lp + t, False))
   assert perf.step_flops(cfg) == sampling + 4 * sequence + judge
