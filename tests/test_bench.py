@@ -53,8 +53,8 @@ def test_online_bench_flops_count_every_pass_as_computed():
   """The step benchmark's FLOP count is perf.step_flops of its config (the count nlhf-compile uses): sampling (each
   decoding model prefills a prompt once over its slots, logits at its last position; then t - 1 one-token steps
   over the slots written, lp + t - 1 in one loop, the policy for y and y', the reference for y'), the reference
-  and the policy (forward, backward) on
-  [x, y] with logits at the response positions, and the reward-model judge on x, y and y'."""
+  and the policy (forward, backward) on [x, y] with logits at the response positions, and the reward-model judge
+  on x, y and y'."""
   from nlhf_jax import perf
   from nlhf_jax.cli import online_bench
   cfg = online_bench.online_config('tiny', batch=8, new_tokens=4, prompt_len=8)
