@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from nlhf_jax.config import ModelConfig, objectives
-from nlhf_jax.config.schema import decode_parts
+from nlhf_jax.config.schema import decode_spans
 
 
 def block(x):
@@ -75,14 +75,11 @@ def sampling_flops(cfg: ModelConfig, rows: int, prompt: int, new: int, mixture: 
   """Matmul FLOPs of sampling a pair (y, y') for `rows` prompts as the sampler computes them: each decoding model
   (the policy and, for a `mixture` opponent, the reference) prefills a prompt once over its prompt's slots, with
   logits at the last position only (the first response token), then runs new - 1 one-token steps, the policy for
-  2 rows a prompt and the reference for 1, in the loop's `segments` parts (config.schema.decode_parts), each part's
+  2 rows a prompt and the reference for 1, in the loop's `segments` parts (config.schema.decode_spans), each part's
   steps over the slots written by its end."""
   fwd = forward_flops_per_token
   prefill = prompt * fwd(cfg, prompt, vocab_head=False) + fwd(cfg, 0) - fwd(cfg, 0, vocab_head=False)
-  decode, fed = 0.0, 0
-  for steps in decode_parts(new, segments):
-    fed += steps
-    decode += steps * fwd(cfg, prompt + fed)
+  decode = sum(steps * fwd(cfg, span) for steps, span in decode_spans(new, segments, prompt))
   return rows * ((2 if mixture else 1) * prefill + (3 if mixture else 2) * decode)
 
 

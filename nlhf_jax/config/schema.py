@@ -243,6 +243,17 @@ def decode_parts(max_new_tokens: int, decode_segments: int) -> tuple[int, ...]:
   return tuple(min(length, steps - start) for start in range(0, steps, length))
 
 
+def decode_spans(max_new_tokens: int, decode_segments: int, prompt_width: int) -> list[tuple[int, int]]:
+  """(steps, span) of each part of `decode_parts`: its one-token steps and the cache slots they attend over, those
+  its last step has written (the prompt's width + the tokens fed by then; the last step feeds token n - 1 at slot
+  prompt_width + n - 1), no further."""
+  out, fed = [], 0
+  for steps in decode_parts(max_new_tokens, decode_segments):
+    fed += steps
+    out.append((steps, prompt_width + fed))
+  return out
+
+
 @dataclasses.dataclass(frozen=True)
 class OnlineConfig:
   """Online NLHF objectives (nash_md, nash_ema, rlhf, online_ipo, ipo_md and the successors inpo, comal, mpo, sppo,

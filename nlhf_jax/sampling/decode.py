@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import Mesh
 
-from nlhf_jax.config.schema import decode_parts
+from nlhf_jax.config.schema import decode_spans
 from nlhf_jax.models.transformer import init_cache
 from nlhf_jax.sampling import sharded
 from nlhf_jax.sampling.config import SamplingConfig
@@ -123,13 +123,9 @@ class Decoder:
     return self._choose(logits, state.replace(caches=caches))
 
   def segments(self, prompt_width: int) -> list[tuple[int, int]]:
-    """(steps, span) of each part of the loop (config.schema.decode_parts): its one-token steps and the cache slots
-    it attends over, those its last step has written (the prompt width + the tokens fed so far), no further."""
-    out, fed = [], 0
-    for steps in decode_parts(self.cfg.max_new_tokens, self.cfg.decode_segments):
-      fed += steps
-      out.append((steps, prompt_width + fed))  # its last step feeds token `fed` - 1 at slot Lp + fed - 1
-    return out
+    """(steps, span) of each part of the loop (config.schema.decode_spans): its one-token steps and the cache slots
+    it attends over, those its last step has written, no further."""
+    return decode_spans(self.cfg.max_new_tokens, self.cfg.decode_segments, prompt_width)
 
   def loop(self, params: Params, state: DecodeState) -> DecodeState:
     """Steps until every row is done or max_new_tokens tokens are sampled: one `while_loop` per part of

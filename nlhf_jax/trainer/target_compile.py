@@ -170,7 +170,6 @@ def _decode_figures(cfg, step, costs, n: int) -> dict:
   new = cfg.online.sampling.max_new_tokens
   decode_ops = [o for o in costs.ops if o.phase == SCOPE and LOOP_SCOPE in o.marks]
   measured = sum(o.bytes for o in decode_ops) / max(new - 1, 1)
-  models = ['policy'] + (['reference'] if step.task.objective.opponent == 'mixture' else [])
   frozen = step.frozen.get('reference') or step.frozen.get('base')
   tree = frozen if frozen is not None else step.state.params
   weights = compile_only.total_bytes(tree)
@@ -178,10 +177,10 @@ def _decode_figures(cfg, step, costs, n: int) -> dict:
     weights -= compile_only.total_bytes(tree['embed'])
   regrouped = decode_tensor_size(cfg.online.sampling.decode_tensor, n, cfg.model)
   tensor = regrouped if regrouped > 1 else step.mesh.shape.get('tensor', 1)  # the sampler's own layout's
-  prompts, _, rows = compile_only.sampled_prompts(cfg)
-  cache = compile_only.kv_slot_bytes(cfg, step.mesh) * (len(models) * prompts * cfg.data.prompt_len +
+  prompts, models, rows = compile_only.sampled_prompts(cfg)  # models: the policy, and a mixture's reference
+  cache = compile_only.kv_slot_bytes(cfg, step.mesh) * (models * prompts * cfg.data.prompt_len +
                                                         rows * (new - 1) / 2)  # a prompt's slots once
-  ideal = len(models) * weights / tensor + cache
+  ideal = models * weights / tensor + cache
   return dict(decode_bytes_per_token=measured, decode_ideal_bytes_per_token=ideal,
               decode_bytes_ratio=measured / ideal if ideal else None)
 
