@@ -6,7 +6,8 @@ reads the module that the target's compiler produced (`compiled.as_text()`) inst
 - FLOPs: 2 x output elements x contracted elements of every dot and convolution (TPU lowers dots to
   convolutions; GPU to Triton fusions or cuBLAS custom calls), inside fusions too, and 2 x the product's elements
   of a contraction written as a product of broadcasts and a sum (the sampler's decode attention off TPU).
-  Elementwise work is left out: a transformer's step is its matmuls.
+  Elementwise work is left out: a transformer's step is its matmuls. An opaque kernel (a Pallas custom call)
+  counts what `analyze`'s `kernels` says of it (models/flash.py counts its flash attention), else nothing.
 - Bytes: what each top-level instruction (a fusion, a copy, a collective...) reads and writes in device memory:
   its operands and its output, where an operand that the instruction only slices (a layer's weights out of the
   stacked layers, a cache row) counts the slice, and an in-place dynamic-update-slice (a KV cache write) counts
@@ -21,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+from typing import Callable
 
 import numpy as np
 
@@ -227,11 +229,13 @@ def _phase(op_name: str, phases: tuple[str, ...], inherited: str) -> str:
   return inherited
 
 
-def analyze(text: str, phases: tuple[str, ...] = (), marks: tuple[str, ...] = ()) -> Costs:
+def analyze(text: str, phases: tuple[str, ...] = (), marks: tuple[str, ...] = (),
+            kernels: Callable[[str, list[list[int]]], float | None] | None = None) -> Costs:
   """Costs of the module in `text` (an optimized HLO module), per top-level instruction, loops multiplied out.
   `phases`: jax.named_scope names; an instruction whose op_name holds one is in that phase (a loop's body in its
   loop's phase), else 'other'. `marks`: scope names each Op lists when its op_name or its loop's holds them (a
-  part of a phase, such as the sampler's decode loop)."""
+  part of a phase, such as the sampler's decode loop). `kernels(op_name, operand dimensions)`: the FLOPs of a
+  custom call that XLA cannot see into (None: not a kernel it knows)."""
   comps = parse_module(text)
   entry = next(c for c in comps.values() if c.entry)
   ops, uncounted, loops = [], [], {}
@@ -274,6 +278,8 @@ def analyze(text: str, phases: tuple[str, ...] = (), marks: tuple[str, ...] = ()
       if instr.opcode in _FREE:
         continue
       flops = _dot_flops(instr, comp)
+      if instr.opcode == 'custom-call' and kernels is not None:
+        flops = kernels(instr.op_name, [dims(comp.shape_of(o)) for o in instr.operands]) or flops
       if instr.opcode == 'fusion':
         flops += sum(fused_flops(c) for c in instr.called())
       base = instr.opcode.removesuffix('-start')

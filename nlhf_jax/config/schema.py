@@ -53,7 +53,9 @@ class ModelConfig:
     unrolled layers; parameters and caches get a leading layer axis (checkpoints convert between the two).
   - `remat`: 'none', 'dots_saveable' (keep matmul outputs) or 'full' (keep each layer's input only).
   - `param_dtype`: 'float32' or 'bfloat16' storage of the parameters (compute follows `compute_dtype`).
-  - `attention_impl`: 'einsum' or 'dot_product' (jax.nn.dot_product_attention for training and prefill).
+  - `attention_impl`: 'einsum', 'dot_product' (jax.nn.dot_product_attention for training and prefill) or 'flash'
+    (a Pallas flash-attention kernel on GPU: models/flash.py). The frozen models of a step (reference, judge) run
+    with this value too, whatever their runs saved: it changes no parameter.
   - `logits_chunk` (0: off): log-probabilities over vocabulary chunks of this many ids, never a [B, T, V] array.
 
   `lora` (LoraConfig): train low-rank adapters instead of the parameters.

@@ -98,7 +98,7 @@ def check_architecture(m: schema.ModelConfig) -> None:
             'config.model.layer_types names local layers but config.model.sliding_window=0; set the window')
   for key, value, allowed in [('remat', m.remat, ('none', 'dots_saveable', 'full')),
                               ('param_dtype', m.param_dtype, ('float32', 'bfloat16')),
-                              ('attention_impl', m.attention_impl, ('einsum', 'dot_product'))]:
+                              ('attention_impl', m.attention_impl, ('einsum', 'dot_product', 'flash'))]:
     require(value in allowed, f'config.model.{key}={value!r}: use {" or ".join(repr(a) for a in allowed)}')
   require(m.logits_chunk >= 0, f'config.model.logits_chunk={m.logits_chunk}: must be >= 0 (0: off)')
   require(m.rope_scaling in ('none', 'linear', 'llama3'),

@@ -117,6 +117,22 @@ def context_platform() -> str:
   return getattr(device, 'platform', None) or jax.default_backend()
 
 
+def per_shard(fn, in_axes: Sequence[Sequence[str | None]], out_axes: Sequence[str | None]):
+  """fn under `jax.shard_map` over the mesh in context, manual over the mesh axes that the rule table splits the
+  logical `in_axes` (one tuple of names per argument) into; its one output has the logical axes `out_axes`. For
+  an opaque kernel (a Pallas call), which GSPMD cannot split and would otherwise run on gathered arrays. Without
+  such axes (no mesh, or every one of them trivial or manual already) fn itself."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return fn
+  spec = lambda axes: P(*(_split_axes(mesh, a) or None for a in axes))
+  names = {m for axes in in_axes for a in axes for m in _split_axes(mesh, a)}
+  if not names:
+    return fn
+  return jax.shard_map(fn, mesh=mesh, in_specs=tuple(spec(a) for a in in_axes), out_specs=spec(out_axes),
+                       axis_names=names, check_vma=False)
+
+
 def within_mesh(fn, mesh):
   """fn traced with `mesh` as the abstract mesh in context, so that `constrain_activations` applies inside it
   (wrap a step before jax.jit)."""

@@ -19,7 +19,10 @@ stack (config.model.scan_layers) has no index of its own and receives its LayerK
 array) with each call. With config.model.attention_impl='dot_product' the attention of more than one query
 position (training, prefill) goes through `jax.nn.dot_product_attention` with the same mask, in its default
 implementation, which JAX 0.10 makes XLA's on every platform (the probabilities materialised, as here; its cuDNN
-flash attention needs cuDNN, and a GPU, to compile). One-token decoding over the cache is computed as products and sums
+flash attention needs cuDNN, and a GPU, to compile). With 'flash', the attention of several positions without a
+cache (training, scoring) or written into one at a static index (a prefill, the preference model's responses after
+their prompt) goes through the Pallas flash-attention kernel of models/flash.py, which never writes the
+probabilities to memory; layers it cannot express (a logit softcap, a sliding window) keep the einsum form. One-token decoding over the cache is computed as products and sums
 (`_product_einsum`), which read the cache in place, whatever attention_impl says (matmuls on TPU).
 """
 from __future__ import annotations
@@ -32,6 +35,7 @@ from typing import NamedTuple
 
 from nlhf_jax.config import ModelConfig
 from nlhf_jax.distributed.sharding import constrain_activations, context_platform
+from nlhf_jax.models import flash
 from nlhf_jax.models.layers import RMSNorm, einsum, param, param_dtype, rope, rope_frequencies, softcap, unmerged
 
 _NEG_INF = -1e30
@@ -151,8 +155,15 @@ class Attention(nnx.Module):
     if cfg.sliding_window and kind.local is not False:
       in_window = key_positions[:, None, :] > positions_bt[:, :, None] - cfg.sliding_window
       allowed &= in_window if kind.local is True else (in_window | ~kind.local)
-    if cfg.attention_impl == 'dot_product' and q.shape[1] > 1 and not cfg.attn_logit_softcap and prefix is None:
-      out = _fused(q, k, v, allowed, cache is not None, (cfg.query_pre_attn_scalar or q.shape[-1]) ** -0.5)
+    scale = (cfg.query_pre_attn_scalar or q.shape[-1]) ** -0.5
+    windowed = cfg.sliding_window and kind.local is not False
+    if cfg.attention_impl == 'flash' and q.shape[1] > 1 and not cfg.attn_logit_softcap and not windowed \
+        and prefix is None and (cache is None or isinstance(cache_index, int)):
+      if cache is not None:  # the cache's head-major keys, the new ones at a static cache_index
+        k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
+      out = flash.attention(q, k, v, key_mask_bs, scale, 0 if cache is None else cache_index)
+    elif cfg.attention_impl == 'dot_product' and q.shape[1] > 1 and not cfg.attn_logit_softcap and prefix is None:
+      out = _fused(q, k, v, allowed, cache is not None, scale)
     else:
       out = self._einsum_attention(q, k, v, allowed, k_spec, cache is not None and q.shape[1] == 1,
                                    None if prefix is None else prefix[:2])

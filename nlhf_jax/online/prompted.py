@@ -361,7 +361,8 @@ def plan(cfg, mesh) -> tuple[Any, Any, Any]:
   """(Judge without parameters, the restore target of its weights, load()) for config.online.judge='prompted'."""
   o = cfg.online
   text = from_online_config(cfg)
-  graphdef, target, _ = checkpointing.frozen_target(o.judge_checkpoint, Transformer, mesh, o.frozen_dtype)
+  graphdef, target, _ = checkpointing.frozen_target(o.judge_checkpoint, Transformer, mesh, o.frozen_dtype,
+                                                     cfg.model.attention_impl)
   judge = PromptedJudge(graphdef, text, load_tokenizer(cfg.data.tokenizer))
   path = checkpointing.checkpoints_dir(o.judge_checkpoint)
   return (Judge('prompted', None, judge.prob), target,

@@ -68,9 +68,10 @@ def _model_judge(cfg: ExperimentConfig, mesh, judge_model: ModelConfig | None):
     return None
   cls = PreferenceModel if o.judge == 'preference_model' else RewardModel
   if o.judge_checkpoint and os.path.exists(os.path.join(o.judge_checkpoint, 'config.json')):
-    graphdef, target, shape = checkpointing.frozen_target(o.judge_checkpoint, cls, mesh, o.frozen_dtype)
+    graphdef, target, shape = checkpointing.frozen_target(o.judge_checkpoint, cls, mesh, o.frozen_dtype,
+                                                                 cfg.model.attention_impl)
   else:
-    shape = judge_model or cfg.model
+    shape = dataclasses.replace(judge_model or cfg.model, attention_impl=cfg.model.attention_impl)
     graphdef, abstract = nnx.split(nnx.eval_shape(lambda: cls(shape, nnx.Rngs(0))))
     target = checkpointing.as_dtype(checkpointing.params_target(abstract, mesh), o.frozen_dtype)
   return (judges.model_judge(o.judge, graphdef, None), FrozenPart(target, lambda loaded: None)), shape

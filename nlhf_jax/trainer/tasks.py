@@ -265,7 +265,8 @@ def _judge(cfg: ExperimentConfig, mesh: Mesh):
     judge = judges.make_judge(o.judge, mesh, o.judge_checkpoint, o.oracle, o.frozen_dtype)  # an oracle, or the error
     return judge, FrozenPart(judge.params, lambda loaded: judge.params)
   cls = PreferenceModel if o.judge == 'preference_model' else RewardModel
-  graphdef, target, _ = checkpointing.frozen_target(o.judge_checkpoint, cls, mesh, o.frozen_dtype)
+  graphdef, target, _ = checkpointing.frozen_target(o.judge_checkpoint, cls, mesh, o.frozen_dtype,
+                                                     cfg.model.attention_impl)
   path = checkpointing.checkpoints_dir(o.judge_checkpoint)
   return (judges.model_judge(o.judge, graphdef, None),
           FrozenPart(target, lambda loaded: checkpointing.restore_params(path, target)[0],

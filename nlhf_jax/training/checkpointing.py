@@ -278,12 +278,16 @@ class FrozenModel:
     return nnx.merge(self.graphdef, self.params if params is None else params)
 
 
-def frozen_target(path: str | Run, model_cls, mesh: Mesh, dtype: str = ''
+def frozen_target(path: str | Run, model_cls, mesh: Mesh, dtype: str = '', attention_impl: str = ''
                   ) -> tuple[nnx.GraphDef, Any, ModelConfig]:
   """(graphdef, target, model config) of the `model_cls` that the run at `path` (or the Run) holds, from its
   saved config alone: the target is ShapeDtypeStructs sharded on `mesh` by the rule table, floating-point leaves
-  in `dtype` ('': as the run stored them). What a step is compiled against before any weight is read."""
+  in `dtype` ('': as the run stored them). What a step is compiled against before any weight is read.
+  `attention_impl` ('': the run's): how the model computes attention here (the training config's
+  config.model.attention_impl), which changes no parameter."""
   model_cfg = (path if isinstance(path, Run) else Run(path)).model_config
+  if attention_impl:
+    model_cfg = dataclasses.replace(model_cfg, attention_impl=attention_impl)
   graphdef, abstract = nnx.split(nnx.eval_shape(lambda: model_cls(model_cfg, nnx.Rngs(0))))
   return graphdef, as_dtype(params_target(abstract, mesh), dtype), model_cfg
 
