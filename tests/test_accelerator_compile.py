@@ -91,6 +91,20 @@ def test_the_tpu_compiler_refusing_a_program_is_read_as_its_figure():
   assert target_compile._out_of_memory('INTERNAL: something else') is None
 
 
+def test_command_line_model_fields_are_kept_over_a_preset():
+  """--preset=8b replaces the model section; a --config.model.* override on the same command line still applies
+  (the preset's switches are defaults, not the user's last word)."""
+  from experiments.configs import nash_md
+  from nlhf_jax.trainer import target_compile
+  fields = target_compile.model_overrides('8b', '')
+  typed = {'model.attention_impl': 'flash', 'model.remat': 'none', 'train.batch_size': 3}
+  cfg = target_compile.experiment(nash_md.get_config('tiny'), 8, model=fields, typed=typed)
+  assert (cfg.model.d_model, cfg.model.attention_impl, cfg.model.remat) == (4096, 'flash', 'none')
+  assert cfg.train.batch_size != 3  # only the model's fields are re-applied (the rest were never replaced)
+  plain = target_compile.experiment(nash_md.get_config('tiny'), 8, model=fields)
+  assert (plain.model.attention_impl, plain.model.remat) == ('dot_product', 'full')
+
+
 def test_unknown_target_is_one_error_line():
   p = _compile_cli('--target=tpu:v9-8', '--config=experiments/configs/sft.py:tiny', check=False)
   assert p.returncode == 1 and p.stderr.strip().splitlines()[-1].startswith("error: --target='tpu:v9-8' is unknown")

@@ -42,7 +42,8 @@ def _define_flags() -> None:
                                   lock_config=False)
   flags.DEFINE_list('target', [], 'Targets, e.g. tpu:v5e-8,gpu:h100x8 (--list shows them).')
   flags.DEFINE_bool('list', False, 'List the targets and exit.')
-  flags.DEFINE_string('preset', '', 'Replace the config\'s model by this preset shape (e.g. 1b, 8b, 70b).')
+  flags.DEFINE_string('preset', '', 'Replace the config\'s model by this preset shape (e.g. 1b, 8b, 70b); '
+                      '--config.model.KEY=VALUE overrides still apply (e.g. --config.model.attention_impl=flash).')
   flags.DEFINE_string('hf_config', '', 'Replace the config\'s model by the shape of this Hugging Face config.json '
                       '(with the preset switches of real sizes: scanned, rematerialised, bfloat16 layers).')
   flags.DEFINE_string('judge_preset', '', 'Shape of a model judge whose run is not here (default: the policy\'s).')
@@ -52,6 +53,8 @@ def _define_flags() -> None:
   flags.DEFINE_integer('lora_rank', None, 'config.model.lora.rank (0: full fine-tuning).')
   flags.DEFINE_string('mesh', '', 'Mesh, e.g. fsdp=-1 or data=2,fsdp=4 (default: the config\'s).')
   flags.DEFINE_bool('fixes', True, 'When a step does not fit, compile the switches that would make it fit.')
+  flags.DEFINE_bool('triton_gemm', True, 'GPU targets: let XLA make matmuls Triton kernels (false: cuBLAS calls only, '
+                    'what the compile falls back to when Triton cannot tile one without a GPU to autotune on).')
   flags.DEFINE_bool('json', False, 'Print the figures as one JSON object per target on the last line.')
   flags.DEFINE_string('hlo_dir', '', 'Write each target\'s optimized HLO module there (TARGET.hlo.txt).')
   flags.DEFINE_bool('markdown', False, 'Print the results as a table (docs/benchmark.md, "What fits where").')
@@ -126,15 +129,15 @@ def main(argv) -> None:
     check_preset(f.judge_preset, '--judge_preset')
   judge_model = ModelConfig.from_dict(preset(f.judge_preset)) if f.judge_preset else None
   args = dict(model=model, batch_size=f.batch_size, prompt_len=f.prompt_len, new_tokens=f.new_tokens,
-              lora_rank=f.lora_rank, mesh=f.mesh)
+              lora_rank=f.lora_rank, mesh=f.mesh, typed=dict(f['config'].override_values))
   results, refused = [], []
   for target in chosen:
     devices = devices_lib.target_devices(target)
     cfg = experiment(f.config, len(devices), **args)
-    r = measure(cfg, target, devices, judge_model, f.hlo_dir)
+    r = measure(cfg, target, devices, judge_model, f.hlo_dir, f.triton_gemm)
     print(report(r), flush=True)
     if not r['fits']:
-      fixes = switches_that_fit(f.config, cfg, target, devices, args, judge_model) if f.fixes else []
+      fixes = switches_that_fit(f.config, cfg, target, devices, args, judge_model, f.triton_gemm) if f.fixes else []
       r['fixes'] = fixes
       refused.append(f'the {cfg.train.objective} step needs {r["per_device_bytes"] / targets_lib.GiB:.1f} GiB a '
                      f'device on {target.name}, which has {target.memory_bytes / targets_lib.GiB:.1f} GiB; ' +

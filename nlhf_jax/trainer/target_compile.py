@@ -30,6 +30,7 @@ from nlhf_jax.config.objectives import get as objective
 from nlhf_jax.config.presets import _AT_SIZE, PRESETS
 from nlhf_jax.config.presets import preset as preset_fields
 from nlhf_jax.distributed.mesh import parse_mesh
+from nlhf_jax.models import flash
 from nlhf_jax.models.hf.config import model_config
 from nlhf_jax.outputs import write_text
 from nlhf_jax.sampling.decode import LOOP_SCOPE
@@ -65,14 +66,17 @@ def check_preset(name: str, flag: str) -> None:
 
 
 def experiment(c, num_devices: int, model: dict | None = None, batch_size=None, prompt_len=None, new_tokens=None,
-               lora_rank=None, mesh: str = '', sets: dict | None = None):
-  """The validated ExperimentConfig of ConfigDict `c` with the command's overrides, for `num_devices`."""
+               lora_rank=None, mesh: str = '', sets: dict | None = None, typed: dict | None = None):
+  """The validated ExperimentConfig of ConfigDict `c` with the command's overrides, for `num_devices`. `typed`:
+  the `--config.*` overrides of the command line ({'model.remat': 'none'}), whose model fields are kept over the
+  `model` fields of a preset or Hugging Face config."""
   c = c.copy_and_resolve_references() if hasattr(c, 'copy_and_resolve_references') else c
   c.unlock() if hasattr(c, 'unlock') else None
   if model is not None:
     lora = c.model.lora.to_dict() if hasattr(c.model.lora, 'to_dict') else dict(c.model.lora)
     c.model.update(model)
     c.model.lora.update(lora)
+    sets = {**{k: v for k, v in (typed or {}).items() if k.startswith('model.')}, **(sets or {})}
   spec = objective(c.train.objective)
   if batch_size:
     c.train.batch_size = batch_size
@@ -99,10 +103,11 @@ def experiment(c, num_devices: int, model: dict | None = None, batch_size=None, 
   return from_config_dict(c, num_devices)
 
 
-def measure(cfg, target: targets_lib.Target, devices: list, judge_model=None, hlo_dir: str = '') -> dict:
-  """Compiles cfg's step for `devices` (of `target`) and returns every figure."""
-
-  options = None
+def measure(cfg, target: targets_lib.Target, devices: list, judge_model=None, hlo_dir: str = '',
+            triton_gemm: bool = True) -> dict:
+  """Compiles cfg's step for `devices` (of `target`) and returns every figure. `triton_gemm=False`: a GPU target's
+  matmuls are cuBLAS calls from the start (what the compile falls back to when Triton cannot tile one)."""
+  options = None if triton_gemm or target.platform != 'cuda' else {'xla_gpu_enable_triton_gemm': False}
   start = time.perf_counter()
   head = dict(model=cfg.model.preset, parameters=None, sharded_decode=cfg.online.sampling.sharded_decode,
               decode_tensor=cfg.online.sampling.decode_tensor, decode_segments=cfg.online.sampling.decode_segments,
@@ -112,9 +117,9 @@ def measure(cfg, target: targets_lib.Target, devices: list, judge_model=None, hl
               remat=cfg.model.remat, device_memory_bytes=target.memory_bytes)
   try:
     try:
-      step = compile_only.compile_step(cfg, devices, judge_model)
+      step = compile_only.compile_step(cfg, devices, judge_model, compiler_options=options)
     except Exception as e:  # XLA's GPU compiler without a GPU to autotune: see docs/benchmark.md
-      if target.platform != 'cuda' or "Couldn't find output tile sizes" not in str(e):
+      if options or target.platform != 'cuda' or "Couldn't find output tile sizes" not in str(e):
         raise
       options = {'xla_gpu_enable_triton_gemm': False}
       step = compile_only.compile_step(cfg, devices, judge_model, compiler_options=options)
@@ -130,7 +135,7 @@ def measure(cfg, target: targets_lib.Target, devices: list, judge_model=None, hl
   if hlo_dir:
     os.makedirs(hlo_dir, exist_ok=True)
     write_text(os.path.join(hlo_dir, f'{target.name.replace(":", "_")}.hlo.txt'), text)
-  costs = hlo.analyze(text, (SCOPE,), (LOOP_SCOPE,))
+  costs = hlo.analyze(text, (SCOPE,), (LOOP_SCOPE,), flash.kernel_flops)
   phases = roofline.roofline(costs, target)
   n = len(devices)
   analytic = perf.step_flops(cfg, step.judge_model) / n
@@ -197,7 +202,7 @@ FIXES = (('the sampler\'s tensor-parallel layout (online.sampling.decode_tensor=
          ('half the batch', dict(half_batch=True)))
 
 
-def switches_that_fit(c, cfg, target, devices, args: dict, judge_model) -> list[str]:
+def switches_that_fit(c, cfg, target, devices, args: dict, judge_model, triton_gemm: bool = True) -> list[str]:
   """The switches of FIXES that make the step fit, each compiled: 'SWITCH: N GiB a device'."""
   out = []
   for what, change in FIXES:
@@ -226,7 +231,7 @@ def switches_that_fit(c, cfg, target, devices, args: dict, judge_model) -> list[
         continue
       a['batch_size'] = cfg.train.batch_size // 2
     try:
-      r = measure(experiment(c, len(devices), **a), target, devices, judge_model)
+      r = measure(experiment(c, len(devices), **a), target, devices, judge_model, triton_gemm=triton_gemm)
     except Exception as e:  # a switch the config cannot take
       log.info('%s: %s', what, str(e).splitlines()[0][:200])
       continue
