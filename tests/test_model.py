@@ -229,3 +229,21 @@ def test_the_output_projections_hand_on_bfloat16_partial_sums_only_where_their_c
   assert set(plain) == {'float32'} and len(split) == len(plain)
   assert split.count('bfloat16') == 2 * cfg.num_layers and split.count('float32') == len(plain) - 2 * cfg.num_layers
   assert set(dot_dtypes(mesh(fsdp=4))) == {'float32'}
+
+
+def test_a_decoded_position_takes_bfloat16_results_on_gpu_only(monkeypatch):
+  """On GPU, the projections of one position (a decoded token) ask for their bfloat16 result directly (the GEMM
+  accumulates in float32 and rounds once); several positions, where a gradient may flow, and other platforms
+  keep the float32 result and its cast."""
+  from nlhf_jax.models import layers
+  cfg = dataclasses.replace(CFG, compute_dtype='bfloat16')
+  m = Transformer(cfg, nnx.Rngs(0))
+
+  def dot_dtypes(platform, length):
+    monkeypatch.setattr(layers, 'context_platform', lambda: platform)
+    tokens = jnp.ones((2, length), jnp.int32)
+    jaxpr = jax.make_jaxpr(lambda t: m.hidden(t, jnp.ones(t.shape, bool))[0])(tokens)
+    return [str(e.params['preferred_element_type']) for e in jaxpr.jaxpr.eqns if e.primitive.name == 'dot_general']
+  one = dot_dtypes('cuda', 1)  # q, k, v, o, gate, up, down and the probabilities' product with the values
+  assert one.count('bfloat16') == 8 * cfg.num_layers and one.count('float32') == cfg.num_layers  # the logits
+  assert 'bfloat16' not in dot_dtypes('cuda', 3) + dot_dtypes('cpu', 1) + dot_dtypes('tpu', 1)

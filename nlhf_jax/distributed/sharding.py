@@ -110,6 +110,9 @@ def context_shards(name: str) -> int:
   return 1 if mesh.empty else int(np.prod([mesh.shape[a] for a in _split_axes(mesh, name)]))
 
 
+GPU_PLATFORMS = ('gpu', 'cuda', 'rocm')  # the names JAX gives a GPU platform (compile-only devices' included)
+
+
 def context_platform() -> str:
   """The platform of the mesh in context (compile-only devices included), else JAX's default backend."""
   mesh = jax.sharding.get_abstract_mesh()

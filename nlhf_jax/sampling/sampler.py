@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import Mesh
 
-from nlhf_jax.distributed.sharding import context_platform
+from nlhf_jax.distributed.sharding import GPU_PLATFORMS, context_platform
 from nlhf_jax.models.transformer import Transformer, unrolled
 from nlhf_jax.sampling.config import SamplingConfig
 from nlhf_jax.sampling.decode import Decoder
@@ -58,7 +58,7 @@ def _unrolled_on_gpu(model: nnx.Module) -> nnx.Module:
   a step. A LoRA-adapted model (its adapters live in the scanned stack) stays scanned; TPU and CPU read a
   slice inside the matmul and keep the stack."""
   cfg = getattr(model, 'cfg', None)
-  if (type(model) is not Transformer or not cfg.scan_layers or context_platform() not in ('gpu', 'cuda', 'rocm')):
+  if (type(model) is not Transformer or not cfg.scan_layers or context_platform() not in GPU_PLATFORMS):
     return model
   return unrolled(model)
 
