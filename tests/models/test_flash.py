@@ -58,17 +58,18 @@ def test_flash_training_pass_equals_the_einsum_attention(cfg, sharded, devices):
   assert max(float(jnp.abs(g).max()) for g in jax.tree.leaves(grads)) > 1e-3  # the gradients compared are not ~0
 
 
-def test_flash_cached_passes_equal_the_einsum_attention():
-  cfg = ModelConfig(num_layers=2, num_kv_heads=2)
+@pytest.mark.parametrize('scan', [False, True], ids=['unrolled', 'scanned'])
+def test_flash_cached_passes_equal_the_einsum_attention(scan):
+  cfg = ModelConfig(num_layers=2, num_kv_heads=2, scan_layers=scan)
   fcfg = dataclasses.replace(cfg, attention_impl='flash')
   prompt, prompt_mask = TOKENS[:, :5], MASK[:, :5].at[1].set(True)  # left-padded prompts
   model, fmodel = Transformer(cfg, nnx.Rngs(0)), Transformer(fcfg, nnx.Rngs(0))
   (last, cache), (last_f, cache_f) = (prefill(m, prompt, prompt_mask, 8) for m in (model, fmodel))
   np.testing.assert_allclose(np.asarray(last_f), np.asarray(last), atol=2e-6, rtol=0)
   real = np.asarray(cache['mask'])  # padding slots differ (their queries attend other padding) and are never read
+  second = lambda c, name: np.swapaxes(np.asarray(c['layers'][name][1] if scan else c['layer_1'][name]), 1, 2)
   for name in ('k', 'v'):  # the prompt's keys and values, written where the einsum pass writes them
-    np.testing.assert_allclose(np.swapaxes(np.asarray(cache_f['layer_1'][name]), 1, 2)[real],
-                               np.swapaxes(np.asarray(cache['layer_1'][name]), 1, 2)[real], atol=2e-6, rtol=0)
+    np.testing.assert_allclose(second(cache_f, name)[real], second(cache, name)[real], atol=2e-6, rtol=0)
   judge, fjudge = PreferenceModel(cfg, nnx.Rngs(1)), PreferenceModel(fcfg, nnx.Rngs(1))
   for j in (judge, fjudge):  # a read-out that is not zero, as it starts
     j.head[...] = jax.random.normal(jax.random.key(2), j.head.shape)
