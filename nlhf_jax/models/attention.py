@@ -22,8 +22,9 @@ implementation, which JAX 0.10 makes XLA's on every platform (the probabilities 
 flash attention needs cuDNN, and a GPU, to compile). With 'flash', the attention of several positions without a
 cache (training, scoring) or written into one at a static index (a prefill, the preference model's responses after
 their prompt) goes through the Pallas flash-attention kernel of models/flash.py, which never writes the
-probabilities to memory; layers it cannot express (a logit softcap, a sliding window) keep the einsum form. One-token decoding over the cache is computed as products and sums
-(`_product_einsum`), which read the cache in place, whatever attention_impl says (matmuls on TPU).
+probabilities to memory; layers it cannot express (a logit softcap, a sliding window) keep the einsum form.
+One-token decoding over the cache is computed as products and sums (`_product_einsum`), which read the cache in
+place, whatever attention_impl says (matmuls on TPU).
 """
 from __future__ import annotations
 
@@ -152,11 +153,11 @@ class Attention(nnx.Module):
       key_mask_bs = key_mask_bs[:, :key_positions.shape[1]]
       k_spec = 'bnsk'
     allowed = (key_positions[:, None, :] <= positions_bt[:, :, None]) & key_mask_bs[:, None, :]  # [B, T, S]
-    if cfg.sliding_window and kind.local is not False:
+    windowed = cfg.sliding_window and kind.local is not False
+    if windowed:
       in_window = key_positions[:, None, :] > positions_bt[:, :, None] - cfg.sliding_window
       allowed &= in_window if kind.local is True else (in_window | ~kind.local)
     scale = (cfg.query_pre_attn_scalar or q.shape[-1]) ** -0.5
-    windowed = cfg.sliding_window and kind.local is not False
     if cfg.attention_impl == 'flash' and q.shape[1] > 1 and not cfg.attn_logit_softcap and not windowed \
         and prefix is None and (cache is None or isinstance(cache_index, int)):
       if cache is not None:  # the cache's head-major keys, the new ones at a static cache_index

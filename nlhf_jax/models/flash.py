@@ -2,11 +2,11 @@
 kernel (`jax.experimental.pallas.ops.gpu.attention.mha`), which never writes the attention probabilities to memory.
 
 `attention(q, k, v, key_mask, scale, offset)` is the causal attention of T queries over their own T keys, after
-`offset` keys of a cache, with the padding mask `key_mask`, as models/attention.py computes it by position: the kernel masks by index (a key after
-the query) and by segment (real tokens are segment 1, padding 0), which is the same mask for every real token,
-since positions count the real tokens before (a real key before a real query has the lower position). Padding
-queries attend padding keys instead of real ones; their outputs reach nothing that real tokens read (their keys
-are masked), as everywhere in the models. The kernel's contract:
+`offset` keys of a cache, with the padding mask `key_mask`, as models/attention.py computes it by position: the
+kernel masks by index (a key after the query) and by segment (real tokens are segment 1, padding 0), which is the
+same mask for every real token, since positions count the real tokens before (a real key before a real query has
+the lower position). Padding queries attend padding keys instead of real ones; their outputs reach nothing that
+real tokens read (their keys are masked), as everywhere in the models. The kernel's contract:
 - kv heads are repeated to the query heads (the kernel has no groups);
 - T is padded to a whole number of blocks (`padded_length`), padded keys in segment 0;
 - under a mesh, the kernel runs per shard (`sharding.per_shard`): batch over the rule table's batch axes, heads
