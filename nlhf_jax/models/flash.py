@@ -11,7 +11,8 @@ real tokens read (their keys are masked), as everywhere in the models. The kerne
 - T is padded to a whole number of blocks (`padded_length`), padded keys in segment 0;
 - under a mesh, the kernel runs per shard (`sharding.per_shard`): batch over the rule table's batch axes, heads
   over 'tensor' (GSPMD cannot split a custom call);
-- on a GPU it is compiled by Triton; on the CPU it runs in Pallas's interpreter (tests; slow), with the same blocks.
+- on a GPU it is compiled by Triton (float32 inputs multiply in TF32, the default precision of XLA's own float32
+  dots there too); on the CPU it runs in Pallas's interpreter (tests; slow), with the same blocks.
   TPU has no such kernel here (config/mesh_checks.py refuses it).
 
 The compiled kernel is an opaque custom call, so `kernel_flops` gives the HLO reader (nlhf_jax/accelerators/hlo.py)
