@@ -13,7 +13,7 @@ real tokens read (their keys are masked), as everywhere in the models. The kerne
   over 'tensor' (GSPMD cannot split a custom call);
 - on a GPU it is compiled by Triton (float32 inputs multiply in TF32, the default precision of XLA's own float32
   dots there too); on the CPU it runs in Pallas's interpreter (tests; slow), with the same blocks.
-  TPU has no such kernel here (config/mesh_checks.py refuses it).
+  TPU has no such kernel here: `check_platform` refuses it when the step is traced.
 
 The compiled kernel is an opaque custom call, so `kernel_flops` gives the HLO reader (nlhf_jax/accelerators/hlo.py)
 the FLOPs of each of its calls: the products of the blocks that the causal loops visit (blocks above the diagonal
