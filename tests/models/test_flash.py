@@ -77,7 +77,7 @@ def test_flash_cached_passes_equal_the_einsum_attention(scan):
   b, b_mask = TOKENS[::-1, 3:7], jnp.ones((4, 4), bool).at[2, 3].set(False)
   logit = judge.logit(prompt, prompt_mask, a, a_mask, b, b_mask)
   np.testing.assert_allclose(np.asarray(fjudge.logit(prompt, prompt_mask, a, a_mask, b, b_mask)),
-                             np.asarray(logit), atol=1e-5, rtol=0)
+                             np.asarray(logit), atol=5e-5, rtol=0)  # 4.8e-6 measured, |logit| < 4
   assert float(jnp.abs(logit).min()) > 1e-4
 
 
