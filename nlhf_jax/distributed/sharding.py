@@ -120,7 +120,7 @@ def context_platform() -> str:
   return getattr(device, 'platform', None) or jax.default_backend()
 
 
-def per_shard(fn, in_axes: Sequence[Sequence[str | None]], out_axes: Sequence[str | None]):
+def kernel_per_shard(fn, in_axes: Sequence[Sequence[str | None]], out_axes: Sequence[str | None]):
   """fn under `jax.shard_map` over the mesh in context, manual over the mesh axes that the rule table splits the
   logical `in_axes` (one tuple of names per argument) into; its one output has the logical axes `out_axes`. For
   an opaque kernel (a Pallas call), which GSPMD cannot split and would otherwise run on gathered arrays. Without

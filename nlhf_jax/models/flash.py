@@ -9,8 +9,8 @@ the lower position). Padding queries attend padding keys instead of real ones; t
 real tokens read (their keys are masked), as everywhere in the models. The kernel's contract:
 - kv heads are repeated to the query heads (the kernel has no groups);
 - T is padded to a whole number of blocks (`padded_length`), padded keys in segment 0;
-- under a mesh, the kernel runs per shard (`sharding.per_shard`): batch over the rule table's batch axes, heads
-  over 'tensor' (GSPMD cannot split a custom call);
+- under a mesh, the kernel runs per shard (`sharding.kernel_per_shard`): batch over the rule table's batch axes,
+  heads over 'tensor' (GSPMD cannot split a custom call);
 - on a GPU it is compiled by Triton (float32 inputs multiply in TF32, the default precision of XLA's own float32
   dots there too); on the CPU it runs in Pallas's interpreter (tests; slow), with the same blocks.
   TPU has no such kernel here: `check_platform` refuses it when the step is traced.
@@ -26,7 +26,7 @@ import jax.numpy as jnp
 from jax.experimental.pallas.ops.gpu import attention as pallas_attention
 
 from nlhf_jax.config.errors import require
-from nlhf_jax.distributed.sharding import context_platform, per_shard
+from nlhf_jax.distributed.sharding import context_platform, kernel_per_shard
 
 BLOCK = 128  # the forward kernel's query and key block (the kernel's default)
 BACKWARD_BLOCK = 32  # the backward kernel's blocks (the kernel's defaults)
@@ -73,7 +73,7 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array, sca
     return pallas_attention.mha(q, k, v, segments, sm_scale=scale, causal=True, block_sizes=blocks,
                                 interpret=interpret)
   rows = ('batch', None, 'heads', None)
-  out = per_shard(kernel, (rows, rows, rows, ('batch', None)), rows)(q, k, v, segments)
+  out = kernel_per_shard(kernel, (rows, rows, rows, ('batch', None)), rows)(q, k, v, segments)
   return out[:, offset:n]
 
 
