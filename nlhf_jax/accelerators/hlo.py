@@ -7,11 +7,12 @@ reads the module that the target's compiler produced (`compiled.as_text()`) inst
   convolutions; GPU to Triton fusions or cuBLAS custom calls), inside fusions too, and 2 x the product's elements
   of a contraction written as a product of broadcasts and a sum (the sampler's decode attention off TPU).
   Elementwise work is left out: a transformer's step is its matmuls. An opaque kernel (a Pallas custom call)
-  counts what `analyze`'s `kernels` says of it (models/flash.py counts its flash attention), else nothing.
+  counts what `analyze`'s `kernels` says of it (models/flash.py counts its attention kernels), else nothing.
 - Bytes: what each top-level instruction (a fusion, a copy, a collective...) reads and writes in device memory:
   its operands and its output, where an operand that the instruction only slices (a layer's weights out of the
   stacked layers, a cache row) counts the slice, and an in-place dynamic-update-slice (a KV cache write) counts
-  the update, not the buffer.
+  the update, not the buffer. An opaque kernel that reads part of a buffer it is handed (models/flash.py's decode
+  attention, the filled slots of a cache) counts what `kernels` says it reads.
 - Collectives: the bytes that all-reduce, all-gather, reduce-scatter, all-to-all and collective-permute move.
 - Loops: each body counted its loop's trip count times (accelerators/hlo_loops.py reads them: XLA's
   `known_trip_count`, else the condition's bound); a loop whose count cannot be read counts once and is listed in
@@ -230,12 +231,14 @@ def _phase(op_name: str, phases: tuple[str, ...], inherited: str) -> str:
 
 
 def analyze(text: str, phases: tuple[str, ...] = (), marks: tuple[str, ...] = (),
-            kernels: Callable[[str, list[list[int]]], float | None] | None = None) -> Costs:
+            kernels: Callable[[str, list[tuple[list[int], float]]], tuple[float, float | None] | None] | None = None
+            ) -> Costs:
   """Costs of the module in `text` (an optimized HLO module), per top-level instruction, loops multiplied out.
   `phases`: jax.named_scope names; an instruction whose op_name holds one is in that phase (a loop's body in its
   loop's phase), else 'other'. `marks`: scope names each Op lists when its op_name or its loop's holds them (a
-  part of a phase, such as the sampler's decode loop). `kernels(op_name, operand dimensions)`: the FLOPs of a
-  custom call that XLA cannot see into (None: not a kernel it knows)."""
+  part of a phase, such as the sampler's decode loop). `kernels(op_name, [(dimensions, itemsize) of each
+  operand])`: (FLOPs, bytes) of a custom call that XLA cannot see into, bytes None for its operands and output
+  (None: not a kernel it knows)."""
   comps = parse_module(text)
   entry = next(c for c in comps.values() if c.entry)
   ops, uncounted, loops = [], [], {}
@@ -277,9 +280,12 @@ def analyze(text: str, phases: tuple[str, ...] = (), marks: tuple[str, ...] = ()
         continue
       if instr.opcode in _FREE:
         continue
-      flops = _dot_flops(instr, comp)
+      flops, kernel_bytes = _dot_flops(instr, comp), None
       if instr.opcode == 'custom-call' and kernels is not None:
-        flops = kernels(instr.op_name, [dims(comp.shape_of(o)) for o in instr.operands]) or flops
+        shapes = [comp.shape_of(o) for o in instr.operands]
+        known = kernels(instr.op_name, [(dims(x), shape_bytes(x) / max(1, math.prod(dims(x)))) for x in shapes])
+        if known is not None:
+          flops, kernel_bytes = known
       if instr.opcode == 'fusion':
         flops += sum(fused_flops(c) for c in instr.called())
       base = instr.opcode.removesuffix('-start')
@@ -289,6 +295,7 @@ def analyze(text: str, phases: tuple[str, ...] = (), marks: tuple[str, ...] = ()
       elif base == 'all-reduce':
         moved = 2 * shape_bytes(instr.shape)
       memory = _operand_bytes(comps, comp, instr) + _output_bytes(comps, comp, instr)
+      memory = memory if kernel_bytes is None else kernel_bytes
       ops.append(Op(instr.name, instr.opcode, here, flops * times, memory * times, moved * times, times, held))
 
   walk(entry, 1, 'other')

@@ -23,8 +23,11 @@ flash attention needs cuDNN, and a GPU, to compile). With 'flash', the attention
 cache (training, scoring) or written into one at a static index (a prefill, the preference model's responses after
 their prompt) goes through the Pallas flash-attention kernel of models/flash.py, which never writes the
 probabilities to memory; layers it cannot express (a logit softcap, a sliding window) keep the einsum form.
-One-token decoding over the cache is computed as products and sums (`_product_einsum`), which read the cache in
-place, whatever attention_impl says (matmuls on TPU).
+With 'flash', one decoded position over a layer's own cache (not a scanned stack's) goes through the decode kernel
+of models/flash.py, which reads the prompt's prefix once for its rows and the rows' slots up to `span`, keeping
+the softmax on chip, when its slot counts take a block (`flash.decode_block`: 16 slots or more, head_dim a power
+of two). Otherwise one-token decoding is computed as products and sums (`_product_einsum`), which read the cache
+in place (matmuls on TPU).
 """
 from __future__ import annotations
 
@@ -158,8 +161,13 @@ class Attention(nnx.Module):
       in_window = key_positions[:, None, :] > positions_bt[:, :, None] - cfg.sliding_window
       allowed &= in_window if kind.local is True else (in_window | ~kind.local)
     scale = (cfg.query_pre_attn_scalar or q.shape[-1]) ** -0.5
-    if cfg.attention_impl == 'flash' and q.shape[1] > 1 and not cfg.attn_logit_softcap and not windowed \
-        and prefix is None and (cache is None or isinstance(cache_index, int)):
+    kernel = cfg.attention_impl == 'flash' and not cfg.attn_logit_softcap and not windowed
+    if kernel and q.shape[1] == 1 and cache is not None and cache.get('layer') is None \
+        and flash.decode_block(q.shape[-1], k.shape[2], *([] if prefix is None else [prefix[0].shape[2]])):
+      # the layer's whole buffers, read in place up to the view's slots
+      out = flash.decode(q[:, 0], _layer_view(cache, 'k'), _layer_view(cache, 'v'), allowed[:, 0], scale, k.shape[2],
+                         None if prefix is None else prefix[:2])[:, None]
+    elif kernel and q.shape[1] > 1 and prefix is None and (cache is None or isinstance(cache_index, int)):
       if cache is not None:  # the cache's head-major keys, the new ones at a static cache_index
         k, v = jnp.swapaxes(k, 1, 2), jnp.swapaxes(v, 1, 2)
       out = flash.attention(q, k, v, key_mask_bs, scale, 0 if cache is None else cache_index)

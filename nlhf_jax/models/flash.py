@@ -1,12 +1,14 @@
-"""Flash attention for training and scoring passes (config.model.attention_impl='flash'): JAX's Pallas Triton
-kernel (`jax.experimental.pallas.ops.gpu.attention.mha`), which never writes the attention probabilities to memory.
+"""Flash attention (config.model.attention_impl='flash'): kernels that never write the attention probabilities to
+memory.
 
-`attention(q, k, v, key_mask, scale, offset)` is the causal attention of T queries over their own T keys, after
-`offset` keys of a cache, with the padding mask `key_mask`, as models/attention.py computes it by position: the
-kernel masks by index (a key after the query) and by segment (real tokens are segment 1, padding 0), which is the
-same mask for every real token, since positions count the real tokens before (a real key before a real query has
-the lower position). Padding queries attend padding keys instead of real ones; their outputs reach nothing that
-real tokens read (their keys are masked), as everywhere in the models. The kernel's contract:
+`attention(q, k, v, key_mask, scale, offset)`, for passes of several positions (training, scoring, a prefill), is
+JAX's Pallas Triton kernel (`jax.experimental.pallas.ops.gpu.attention.mha`): the causal attention of T queries
+over their own T keys, after `offset` keys of a cache, with the padding mask `key_mask`, as models/attention.py
+computes it by position: the kernel masks by index (a key after the query) and by segment (real tokens are
+segment 1, padding 0), which is the same mask for every real token, since positions count the real tokens before
+(a real key before a real query has the lower position). Padding queries attend padding keys instead of real ones;
+their outputs reach nothing that real tokens read (their keys are masked), as everywhere in the models. Its
+contract:
 - kv heads are repeated to the query heads (the kernel has no groups);
 - T is padded to a whole number of blocks (`padded_length`), padded keys in segment 0;
 - under a mesh, the kernel runs per shard (`sharding.kernel_per_shard`): batch over the rule table's batch axes,
@@ -15,14 +17,29 @@ real tokens read (their keys are masked), as everywhere in the models. The kerne
   dots there too); on the CPU it runs in Pallas's interpreter (tests; slow), with the same blocks.
   TPU has no such kernel here: `check_platform` refuses it when the step is traced.
 
-The compiled kernel is an opaque custom call, so `kernel_flops` gives the HLO reader (nlhf_jax/accelerators/hlo.py)
-the FLOPs of each of its calls: the products of the blocks that the causal loops visit (blocks above the diagonal
-are skipped), head_dim padded to a power of two as the kernel computes it.
+`decode(q, k, v, allowed, scale, span, prefix)`, for one decoded position over a KV cache, is a Pallas Triton
+kernel of this module: one program per (prompt, kv head) streams the prompt's prefix cache once for all the
+prompt's rows and query heads, then each row's own slots, keeping the softmax's running maximum and sum on chip
+(the einsum form writes the float32 logits, reads them back for the softmax and writes the probabilities). It
+reads the cache where it lies: the whole layer's buffers are its operands and a static `span` says how many of
+the rows' own slots it reads (a slice would be copied for the call). The mask is the einsum form's, as an
+additive bias. Queries of one program (the prompt's rows times the kv head's group) are padded to 16, the
+smallest block Triton's dots take; a row's own slots are read against all of them, other rows' queries masked.
+
+The compiled kernels are opaque custom calls, so `kernel_costs` gives the HLO reader
+(nlhf_jax/accelerators/hlo.py) the FLOPs of each call (the products of the blocks that the loops visit: above the
+causal diagonal none, head_dim padded to a power of two as the kernel computes it) and, for `decode`, the bytes it
+reads (its own slots up to `span`, not the whole buffers it is handed).
 """
 from __future__ import annotations
 
+import functools
+import re
+
 import jax
 import jax.numpy as jnp
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plgpu
 from jax.experimental.pallas.ops.gpu import attention as pallas_attention
 
 from nlhf_jax.config.errors import require
@@ -83,23 +100,150 @@ def check_platform(platform: str) -> None:
           "'dot_product' or 'einsum'")
 
 
+_NEG = -1e30
+DECODE_BLOCK = 64  # slots a decode program reads at a time (at most)
+
+
+def decode_block(head_dim: int, *lengths: int) -> int | None:
+  """The decode kernel's slot block for these slot counts (the rows' span, the prefix width): the largest power of
+  two up to DECODE_BLOCK that none of them is shorter than, at least 16 (Triton's smallest dot); None when there is
+  none, or head_dim is not a power of two (a Triton block is): the einsum form decodes then."""
+  if head_dim & (head_dim - 1) or head_dim < _MIN_BLOCK or min(lengths) < _MIN_BLOCK:
+    return None
+  return min(DECODE_BLOCK, 1 << (min(lengths).bit_length() - 1))
+
+
+def _slots_read(length: int, block: int) -> int:
+  """Slots a decode program reads of `length`: whole blocks, the last one ending at `length` (overlapping the one
+  before it, whose slots it masks) when `length` is not a multiple of the block."""
+  return -(-length // block) * block
+
+
+def _decode_kernel(q_ref, k_ref, v_ref, bias_ref, pk_ref, pv_ref, pbias_ref, o_ref, *, scale: float, block: int,
+                   rows: int, group: int, span: int, width: int):
+  """One (prompt, kv head): queries [M, D] (the prompt's rows x the group, padded) over the prefix's `width`
+  slots, then each row's first `span` own slots; the online softmax of flash attention, in float32. A length that
+  is not a whole number of blocks ends with the block that ends at it, its slots already read masked."""
+  p, h = pl.program_id(0), pl.program_id(1)
+  q = q_ref[...]
+  m, d = q.shape
+  state = (jnp.full((m,), _NEG, jnp.float32), jnp.zeros((m,), jnp.float32), jnp.zeros((m, d), jnp.float32))
+
+  def update(state, k, v, bias, queries=None, fresh=None):
+    top, total, acc = state
+    if fresh is not None:  # the last block's slots that the block before has read
+      bias = jnp.where(fresh, bias, _NEG)
+    k, v = k.astype(q.dtype), v.astype(q.dtype)  # a narrower cache's block, widened on chip
+    s = plgpu.dot(q, k, trans_b=True).astype(jnp.float32) * scale + bias[None, :]
+    if queries is not None:  # another row's slots: not these queries' keys
+      s = jnp.where(queries[:, None], s, _NEG)
+    new_top = jnp.maximum(top, s.max(axis=-1))
+    e = jnp.where(s > 0.5 * _NEG, jnp.exp(s - new_top[:, None]), 0.0)
+    rescale = jnp.exp(top - new_top)
+    return (new_top, rescale * total + e.sum(axis=-1),
+            rescale[:, None] * acc + plgpu.dot(e.astype(v.dtype), v).astype(jnp.float32))
+
+  def stream(state, length, read):  # read(slots) -> (k, v, bias[, queries]) of a block of slots
+    state = jax.lax.fori_loop(0, length // block, lambda j, state: update(state, *read(pl.ds(j * block, block))),
+                              state)
+    if length % block:
+      fresh = jnp.arange(block) >= block - length % block
+      state = update(state, *read(pl.ds(length - block, block)), fresh=fresh)
+    return state
+
+  if width:
+    state = stream(state, width, lambda at: (pk_ref[p, h, at, :], pv_ref[p, h, at, :], pbias_ref[p, at]))
+  row_of = jnp.arange(m) // group
+  for r in range(rows):
+    b, mine = p * rows + r, (row_of == r if rows > 1 else None)
+
+    def read(at, b=b, mine=mine):
+      return k_ref[b, h, at, :], v_ref[b, h, at, :], bias_ref[b, at], mine
+    state = stream(state, span, read)
+  _, total, acc = state
+  o_ref[...] = (acc / jnp.maximum(total, 1e-30)[:, None]).astype(o_ref.dtype)
+
+
+def _queries(rows: int, group: int) -> int:
+  """A decode program's query rows: the prompt's rows x the group, padded to a power of two of at least 16."""
+  return max(_MIN_BLOCK, 1 << (rows * group - 1).bit_length())
+
+
+def decode(q: jax.Array, k: jax.Array, v: jax.Array, allowed: jax.Array, scale: float, span: int,
+           prefix: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
+  """Attention [B, H, D] of one decoded position's queries q [B, H, D] over the first `span` slots of k, v
+  [B, KV, S, D] (a layer's cache buffers, head-major), after the prefix's keys and values (pk, pv [P, KV, W, D]:
+  each run of B / P consecutive rows' prompt, read once for the run) if given. allowed [B, W + span]: the keys a
+  query may attend, the prefix's slots first (the same for every row of a run). Computed in the wider of q's
+  and the cache's dtypes (a narrower cache's blocks widened on chip), returned in q's. The block comes from
+  `decode_block`, which the caller has checked."""
+  platform = context_platform()
+  check_platform(platform)
+  width = 0 if prefix is None else prefix[0].shape[2]
+  block = decode_block(q.shape[-1], span, *([width] if width else []))
+  bias = jnp.where(allowed, 0.0, _NEG).astype(jnp.float32)
+
+  def kernel(q, k, v, bias, *prefix):
+    b, hq, d = q.shape
+    kv = k.shape[1]
+    group = hq // kv
+    if prefix:
+      pk, pv = prefix
+      runs, own = pk.shape[0], bias[:, width:]
+      pbias = bias[::b // runs, :width]
+    else:  # no prefix: the loop over it runs no block; its operands are the rows' own
+      pk, pv, runs, own, pbias = k, v, b, bias, bias
+    rows = b // runs
+    m = _queries(rows, group)
+    q = q.astype(jnp.promote_types(q.dtype, k.dtype)).reshape(runs, rows, kv, group, d).transpose(0, 2, 1, 3, 4).reshape(runs, kv, -1, d)
+    q = jnp.pad(q, [(0, 0), (0, 0), (0, m - rows * group), (0, 0)])
+    body = functools.partial(_decode_kernel, scale=scale, block=block, rows=rows, group=group, span=span,
+                             width=width)
+    whole = pl.BlockSpec(memory_space=pl.ANY)  # read in place, block by block, by the kernel itself
+    out = pl.pallas_call(
+        body, grid=(runs, kv), name=f'decode_attention_span{span}_width{width}_block{block}',
+        in_specs=[pl.BlockSpec((None, None, m, d), lambda i, j: (i, j, 0, 0))] + [whole] * 6,
+        out_specs=pl.BlockSpec((None, None, m, d), lambda i, j: (i, j, 0, 0)),
+        out_shape=jax.ShapeDtypeStruct((runs, kv, m, d), q.dtype),
+        compiler_params=plgpu.CompilerParams(num_warps=4, num_stages=2), interpret=platform == 'cpu',
+    )(q, k, v, own, pk, pv, pbias)
+    out = out[:, :, :rows * group].reshape(runs, kv, rows, group, d).transpose(0, 2, 1, 3, 4)
+    return out.reshape(b, hq, d)
+  cache = ('batch', 'kv_heads', None, None)
+  queries = ('batch', 'heads', None)
+  args = (q, k, v, bias) + (() if prefix is None else tuple(prefix))
+  axes = (queries, cache, cache, ('batch', None)) + (() if prefix is None else (cache, cache))
+  return kernel_per_shard(kernel, axes, queries)(*args).astype(q.dtype)
+
+
 def _triangle(n: int) -> int:
   return n * (n + 1) // 2
 
 
-def kernel_flops(op_name: str, operand_dims: list[list[int]]) -> float | None:
-  """FLOPs of one compiled call of the kernel, from its op_name and its operands' dimensions (the first is the
-  queries [B, T, H, D], as run per device); None for a custom call that is not this kernel's."""
-  if '/mha_forward/' in f'/{op_name}/':
+def kernel_costs(op_name: str, operands: list[tuple[list[int], int]]) -> tuple[float, float | None] | None:
+  """(FLOPs, bytes or None) of one compiled call of a kernel of this module, from its op_name and its operands'
+  (dimensions, itemsize), as run per device; bytes None: what its operands and output hold (the reader's own
+  count). None for a custom call that is not one of these kernels."""
+  name = f'/{op_name}/'
+  decoding = re.search(r'/decode_attention_span(\d+)_width(\d+)_block(\d+)/', name)
+  if decoding:
+    span, width, block = (int(g) for g in decoding.groups())
+    (runs, kv, m, d), size = operands[0]
+    rows = operands[1][0][0] // runs
+    slots = rows * _slots_read(span, block) + (_slots_read(width, block) if width else 0)  # a program's
+    flops = 4.0 * runs * kv * m * d * slots  # q k^T and p v over each slot read, for all m queries
+    read = runs * kv * slots * (2 * d * size + 4)  # a program's keys, values and float32 bias
+    return flops, 2.0 * runs * kv * m * d * size + read  # + the queries and the output
+  if '/mha_forward/' in name:
     per_block = 4  # q k^T and p v: 2 * 2 block products per visited block
-    block = _blocks(operand_dims[0][1])[0]
-  elif '/mha_backward/' in f'/{op_name}/':
+    block = _blocks(operands[0][0][1])[0]
+  elif '/mha_backward/' in name:
     per_block = 8 + 6  # dk, dv loop: q k^T, p^T do, do v^T, ds^T q; dq loop: q k^T, do v^T, ds k
-    block = _blocks(operand_dims[0][1])[1]
-  elif '/mha_preprocess_backward/' in f'/{op_name}/':
-    return 0.0  # a row sum of o * do: no products
+    block = _blocks(operands[0][0][1])[1]
+  elif '/mha_preprocess_backward/' in name:
+    return 0.0, None  # a row sum of o * do: no products
   else:
     return None
-  b, t, h, d = operand_dims[0]
+  b, t, h, d = operands[0][0]
   head_dim = 1 << (d - 1).bit_length()
-  return float(per_block * b * h * block * block * head_dim * _triangle(t // block))
+  return float(per_block * b * h * block * block * head_dim * _triangle(t // block)), None

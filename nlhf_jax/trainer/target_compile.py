@@ -135,7 +135,7 @@ def measure(cfg, target: targets_lib.Target, devices: list, judge_model=None, hl
   if hlo_dir:
     os.makedirs(hlo_dir, exist_ok=True)
     write_text(os.path.join(hlo_dir, f'{target.name.replace(":", "_")}.hlo.txt'), text)
-  costs = hlo.analyze(text, (SCOPE,), (LOOP_SCOPE,), flash.kernel_flops)
+  costs = hlo.analyze(text, (SCOPE,), (LOOP_SCOPE,), flash.kernel_costs)
   phases = roofline.roofline(costs, target)
   n = len(devices)
   analytic = perf.step_flops(cfg, step.judge_model) / n

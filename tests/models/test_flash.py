@@ -2,8 +2,10 @@
 interpreter on the CPU) computes what the einsum attention computes, in training passes (values and gradients;
 grouped queries, padding on both sides, scanned and rematerialised layers, a sharded mesh, local layers left to
 the einsum) and in passes written into a cache at a static index (the sampler's prefill, the preference model's
-responses after their prompt); compiled for H100s, its calls are opaque custom calls whose FLOPs the HLO reader
-takes from `kernel_flops`, which counts the blocks the kernel's causal loops visit."""
+responses after their prompt); the decode kernel computes what the einsum decode computes (a prompt's prefix read
+once for its rows, lengths that are not whole blocks, slots past its span never read, on a mesh) and the sampler
+draws the same samples with it; compiled for H100s, the kernels are opaque custom calls whose FLOPs (and the decode
+kernel's bytes) the HLO reader takes from `kernel_costs`, which counts the blocks the kernels' loops visit."""
 import dataclasses
 import json
 import os
@@ -93,14 +95,96 @@ def _visited_flops(b, t, h, d):
   return b * h * forward, b * h * (dkv + dq)
 
 
-def test_kernel_flops_count_the_blocks_the_kernel_visits():
+def test_kernel_costs_count_the_blocks_the_kernels_visit():
+  op = lambda *dims: (list(dims), 2)  # a bfloat16 operand
   for t in (16, 128, 384):
     forward, backward = _visited_flops(2, t, 3, 64)
-    assert flash.kernel_flops('jit(f)/shard_map/jit(mha)/mha_forward/pallas_call', [[2, t, 3, 64]]) == forward
-    assert flash.kernel_flops('transpose(jvp())/mha_backward/pallas_call', [[2, t, 3, 64]]) == backward
-  assert flash.kernel_flops('x/mha_forward/pallas_call', [[1, 128, 1, 80]]) == _visited_flops(1, 128, 1, 128)[0]
-  assert flash.kernel_flops('x/mha_preprocess_backward/pallas_call', [[1, 128, 1, 64]]) == 0
-  assert flash.kernel_flops('x/some_other_kernel', [[1, 128, 1, 64]]) is None
+    assert flash.kernel_costs('jit(f)/shard_map/jit(mha)/mha_forward/pallas_call', [op(2, t, 3, 64)]) == (forward, None)
+    assert flash.kernel_costs('transpose(jvp())/mha_backward/pallas_call', [op(2, t, 3, 64)]) == (backward, None)
+  assert flash.kernel_costs('x/mha_forward/pallas_call', [op(1, 128, 1, 80)]) == (_visited_flops(1, 128, 1, 128)[0], None)
+  assert flash.kernel_costs('x/mha_preprocess_backward/pallas_call', [op(1, 128, 1, 64)]) == (0, None)
+  assert flash.kernel_costs('x/some_other_kernel', [op(1, 128, 1, 64)]) is None
+  # decode: 3 prompts x 2 rows, 2 kv heads (a program each), 16 padded queries, 24-slot buffers read to slot 19 in
+  # blocks of 16 (two blocks, the second from slot 3), a 21-slot prefix (two blocks); each slot a program reads:
+  # k, v and a float32 bias
+  flops, read = flash.kernel_costs('x/decode_attention_span19_width21_block16/pallas_call',
+                                   [op(3, 2, 16, 32), op(6, 2, 24, 32), op(6, 2, 24, 32), ([6, 19], 4),
+                                    op(3, 2, 21, 32), op(3, 2, 21, 32), ([3, 21], 4)])
+  programs, slots = 3 * 2, 2 * 32 + 32
+  assert flops == programs * slots * 4 * 16 * 32
+  assert read == programs * slots * (2 * 32 * 2 + 4) + 2 * programs * 16 * 32 * 2  # + the queries and the output
+
+
+def _decode_reference(q, k, v, allowed, scale, span, prefix):
+  """The attention of one position over [the prefix repeated for its rows, then the first span own slots], in
+  float64."""
+  q, k, v, allowed = (np.asarray(x, np.float64) for x in (q, k, v, allowed))
+  b, h, d = q.shape
+  keys, values = k[:, :, :span], v[:, :, :span]
+  if prefix is not None:
+    rows = b // prefix[0].shape[0]
+    keys, values = (np.concatenate([np.repeat(np.asarray(p, np.float64), rows, 0), x], 2)
+                    for p, x in zip(prefix, (keys, values)))
+  kv = k.shape[1]
+  logits = np.einsum('bngd,bnsd->bngs', q.reshape(b, kv, h // kv, d), keys) * scale
+  logits = np.where(allowed[:, None, None] > 0, logits, -np.inf)
+  probs = np.exp(logits - logits.max(-1, keepdims=True))
+  probs /= probs.sum(-1, keepdims=True)
+  return np.einsum('bngs,bnsd->bngd', probs, values).reshape(b, h, d)
+
+
+@pytest.mark.parametrize('rows,width,on_mesh,cache', [(2, 21, False, 'float32'), (2, 21, True, 'float32'),
+                                                      (1, 0, False, 'float32'), (2, 21, False, 'bfloat16')],
+                         ids=['prefix', 'prefix_on_a_mesh', 'no_prefix', 'bfloat16_cache'])
+def test_flash_decode_equals_the_attention_over_the_slots_it_is_given(rows, width, on_mesh, cache, devices):
+  """Grouped queries (2 per kv head; 2 rows: 4 queries a program, padded to 16), masked slots, lengths that are not
+  whole blocks (19 own slots, a 21-slot prefix, blocks of 16), and NaN in the slots past the span: never read. A
+  bfloat16 cache under float32 queries is read as its values are (widened, not the queries narrowed)."""
+  b, h, kv, d, slots, span = 4, 4, 2, 16, 24, 19
+  keys = jax.random.split(jax.random.key(0), 6)
+  q = jax.random.normal(keys[0], (b, h, d))
+  k, v = (jax.random.normal(key, (b, kv, slots, d)).at[:, :, span:].set(np.nan).astype(cache) for key in keys[1:3])
+  allowed = jax.random.bernoulli(keys[3], 0.7, (b, width + span)).at[:, width].set(True)
+  prefix = None
+  if width:
+    prefix = tuple(jax.random.normal(key, (b // rows, kv, width, d)).astype(cache) for key in keys[4:6])
+    allowed = allowed.at[:, :width].set(jnp.repeat(allowed[::rows, :width], rows, 0))  # a prompt's rows share it
+  fn = lambda *a: flash.decode(*a[:4], 0.3, span, None if len(a) == 4 else a[4:])
+  args = (q, k, v, allowed) + (prefix or ())
+  m = mesh(fsdp=2, tensor=2) if on_mesh else None
+  if m is not None:
+    args = tuple(jax.device_put(x, NamedSharding(m, P())) for x in args)
+  out = jax.jit(within_mesh(fn, m))(*args)
+  np.testing.assert_allclose(np.asarray(out), _decode_reference(q, k, v, allowed, 0.3, span, prefix), atol=2e-6,
+                             rtol=0)
+
+
+def test_flash_decoding_samples_what_the_einsum_decoding_samples(monkeypatch):
+  """The sampler's pair (the policy's two rows a prompt over the prompt's one prefix cache, the reference's one)
+  with the decode loop in two parts: the first (own span 10) is too short for a block and keeps the einsum form, the
+  second (own span 19) runs the kernel; the same draws and log-probabilities as the einsum decoding."""
+  from nlhf_jax.models import preset
+  from nlhf_jax.sampling import SamplingConfig, jit_sample_pair
+  calls = []
+  decode = flash.decode
+  monkeypatch.setattr(flash, 'decode', lambda *a: calls.append(a[5]) or decode(*a))
+  cfg = dataclasses.replace(ModelConfig(**preset('tiny')), num_kv_heads=2)
+  lengths, width = np.asarray([16, 9, 1, 12]), 16
+  mask = np.arange(width)[None] >= width - lengths[:, None]
+  batch = {'prompt': jnp.where(mask, jax.random.randint(jax.random.key(0), (4, width), 4, 256), 0),
+           'prompt_mask': jnp.asarray(mask), 'example_index': jnp.arange(4, dtype=jnp.int32)}
+  sampling = SamplingConfig(max_new_tokens=20, top_k=50, stop_ids=(), decode_segments=2)
+  scaled = lambda seed: jax.tree.map(lambda x: 4 * x, nnx.split(Transformer(cfg, nnx.Rngs(seed)))[1])
+  policy, ref = scaled(0), scaled(1)
+  out = {}
+  for impl in ('einsum', 'flash'):
+    graphdef = nnx.split(nnx.eval_shape(lambda: Transformer(dataclasses.replace(cfg, attention_impl=impl),
+                                                              nnx.Rngs(0))))[0]
+    out[impl] = jit_sample_pair(graphdef, graphdef, sampling, 0.25)(policy, ref, batch, jax.random.key(3))
+  assert sorted(set(calls)) == [19]  # the second part's layers, both models
+  for name in ('policy', 'mixture'):
+    np.testing.assert_array_equal(out['flash'][name]['tokens'], out['einsum'][name]['tokens'])
+    np.testing.assert_allclose(out['flash'][name]['logprobs'], out['einsum'][name]['logprobs'], atol=1e-4, rtol=0)
 
 
 _COMPILE_FOR_H100S = '''
@@ -116,20 +200,32 @@ x = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.bfloat16, sharding=NamedShard
 loss = lambda q, k, v: flash.attention(q, k, v, jnp.ones(q.shape[:2], bool), 0.125).astype(jnp.float32).sum()
 text = jax.jit(within_mesh(jax.grad(loss, argnums=(0, 1, 2)), mesh)).lower(x(4, 200, 4, 64), x(4, 200, 2, 64),
                                                                           x(4, 200, 2, 64)).compile().as_text()
-costs = hlo.analyze(text, kernels=flash.kernel_flops)
-print(json.dumps([[o.opcode, o.flops] for o in costs.ops if o.opcode == 'custom-call']))
+costs = hlo.analyze(text, kernels=flash.kernel_costs)
+calls = [[o.flops] for o in costs.ops if o.opcode == 'custom-call']
+# one decoded position of 8 rows (4 prompts x 2) over a 64-slot prefix and the first 40 of 128 own slots, per device
+cache = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.bfloat16, sharding=NamedSharding(mesh, P('fsdp')))
+decode = lambda q, k, v, pk, pv: flash.decode(q, k, v, jnp.ones((8, 104), bool), 0.125, 40, (pk, pv))
+text = jax.jit(within_mesh(decode, mesh)).lower(cache(8, 4, 64), cache(8, 2, 128, 64), cache(8, 2, 128, 64),
+                                                cache(4, 2, 64, 64), cache(4, 2, 64, 64)).compile().as_text()
+costs = hlo.analyze(text, kernels=flash.kernel_costs)
+calls += [[o.flops, o.bytes] for o in costs.ops if o.opcode == 'custom-call']
+print(json.dumps(calls))
 '''
 
 
 @pytest.mark.slow
-def test_flash_compiles_for_h100s_and_its_flops_are_counted():
+def test_flash_kernels_compile_for_h100s_and_their_costs_are_counted():
   env = {k: v for k, v in os.environ.items() if k not in ('XLA_FLAGS', 'JAX_PLATFORMS')}
   p = subprocess.run([sys.executable, '-c', _COMPILE_FOR_H100S], cwd=ROOT, env=env, capture_output=True, text=True,
                      timeout=600)
   assert p.returncode == 0, p.stderr[-3000:]
   calls = json.loads(p.stdout.strip().splitlines()[-1])
   forward, backward = _visited_flops(2, 256, 4, 64)  # per device: half the batch; 200 positions padded to 256
-  assert sorted(f for _, f in calls) == [0.0, forward, backward]  # the preprocessing, the forward, the backward
+  assert sorted(f for f, in calls[:3]) == [0.0, forward, backward]  # the preprocessing, the forward, the backward
+  # decode, per device: 2 prompts x 2 kv heads, a program each; 2 rows x 4 queries padded to 16; 40 own slots read
+  # as 2 blocks of 32 (the second from slot 8), the 64-slot prefix as 2; k, v and a float32 bias each slot read
+  programs, slots = 2 * 2, 2 * 64 + 64
+  assert calls[3:] == [[programs * slots * 4 * 16 * 64, programs * slots * (2 * 64 * 2 + 4) + 2 * programs * 16 * 64 * 2]]
 
 
 def test_flash_on_tpu_is_refused_with_the_fix():
