@@ -163,7 +163,8 @@ class Attention(nnx.Module):
     scale = (cfg.query_pre_attn_scalar or q.shape[-1]) ** -0.5
     kernel = cfg.attention_impl == 'flash' and not cfg.attn_logit_softcap and not windowed
     if kernel and q.shape[1] == 1 and cache is not None and cache.get('layer') is None \
-        and flash.decode_block(q.shape[-1], k.shape[2], *([] if prefix is None else [prefix[0].shape[2]])):
+        and flash.decode_block(q.shape[-1], k.shape[2]) \
+        and (prefix is None or flash.decode_block(q.shape[-1], prefix[0].shape[2])):
       # the layer's whole buffers, read in place up to the view's slots
       out = flash.decode(q[:, 0], _layer_view(cache, 'k'), _layer_view(cache, 'v'), allowed[:, 0], scale, k.shape[2],
                          None if prefix is None else prefix[:2])[:, None]

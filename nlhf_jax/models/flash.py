@@ -104,13 +104,15 @@ _NEG = -1e30
 DECODE_BLOCK = 64  # slots a decode program reads at a time (at most)
 
 
-def decode_block(head_dim: int, *lengths: int) -> int | None:
-  """The decode kernel's slot block for these slot counts (the rows' span, the prefix width): the largest power of
-  two up to DECODE_BLOCK that none of them is shorter than, at least 16 (Triton's smallest dot); None when there is
-  none, or head_dim is not a power of two (a Triton block is): the einsum form decodes then."""
-  if head_dim & (head_dim - 1) or head_dim < _MIN_BLOCK or min(lengths) < _MIN_BLOCK:
+def decode_block(head_dim: int, length: int) -> int | None:
+  """The decode kernel's block for a run of `length` slots (the rows' span, or the prefix's width): of the powers
+  of two from 16 (Triton's smallest dot) up to DECODE_BLOCK and `length`, the one that reads the fewest slots
+  (`_slots_read`), the largest of those; None when there is none, or head_dim is not a power of two (a Triton
+  block is): the einsum form decodes then."""
+  if head_dim & (head_dim - 1) or head_dim < _MIN_BLOCK or length < _MIN_BLOCK:
     return None
-  return min(DECODE_BLOCK, 1 << (min(lengths).bit_length() - 1))
+  blocks = [b for b in (DECODE_BLOCK, DECODE_BLOCK // 2, DECODE_BLOCK // 4) if _MIN_BLOCK <= b <= length]
+  return min(blocks, key=lambda b: _slots_read(length, b))
 
 
 def _slots_read(length: int, block: int) -> int:
@@ -119,8 +121,8 @@ def _slots_read(length: int, block: int) -> int:
   return -(-length // block) * block
 
 
-def _decode_kernel(q_ref, k_ref, v_ref, bias_ref, pk_ref, pv_ref, pbias_ref, o_ref, *, scale: float, block: int,
-                   rows: int, group: int, span: int, width: int):
+def _decode_kernel(q_ref, k_ref, v_ref, bias_ref, pk_ref, pv_ref, pbias_ref, o_ref, *, scale: float, rows: int,
+                   group: int, span: int, block: int, width: int, prefix_block: int):
   """One (prompt, kv head): queries [M, D] (the prompt's rows x the group, padded) over the prefix's `width`
   slots, then each row's first `span` own slots; the online softmax of flash attention, in float32. A length that
   is not a whole number of blocks ends with the block that ends at it, its slots already read masked."""
@@ -143,7 +145,7 @@ def _decode_kernel(q_ref, k_ref, v_ref, bias_ref, pk_ref, pv_ref, pbias_ref, o_r
     return (new_top, rescale * total + e.sum(axis=-1),
             rescale[:, None] * acc + plgpu.dot(e.astype(v.dtype), v).astype(jnp.float32))
 
-  def stream(state, length, read):  # read(slots) -> (k, v, bias[, queries]) of a block of slots
+  def stream(state, length, block, read):  # read(slots) -> (k, v, bias[, queries]) of a block of slots
     state = jax.lax.fori_loop(0, length // block, lambda j, state: update(state, *read(pl.ds(j * block, block))),
                               state)
     if length % block:
@@ -152,14 +154,15 @@ def _decode_kernel(q_ref, k_ref, v_ref, bias_ref, pk_ref, pv_ref, pbias_ref, o_r
     return state
 
   if width:
-    state = stream(state, width, lambda at: (pk_ref[p, h, at, :], pv_ref[p, h, at, :], pbias_ref[p, at]))
+    state = stream(state, width, prefix_block, lambda at: (pk_ref[p, h, at, :], pv_ref[p, h, at, :],
+                                                           pbias_ref[p, at]))
   row_of = jnp.arange(m) // group
   for r in range(rows):
     b, mine = p * rows + r, (row_of == r if rows > 1 else None)
 
     def read(at, b=b, mine=mine):
       return k_ref[b, h, at, :], v_ref[b, h, at, :], bias_ref[b, at], mine
-    state = stream(state, span, read)
+    state = stream(state, span, block, read)
   _, total, acc = state
   o_ref[...] = (acc / jnp.maximum(total, 1e-30)[:, None]).astype(o_ref.dtype)
 
@@ -176,11 +179,11 @@ def decode(q: jax.Array, k: jax.Array, v: jax.Array, allowed: jax.Array, scale: 
   each run of B / P consecutive rows' prompt, read once for the run) if given. allowed [B, W + span]: the keys a
   query may attend, the prefix's slots first (the same for every row of a run). Computed in the wider of q's
   and the cache's dtypes (a narrower cache's blocks widened on chip), returned in q's. The block comes from
-  `decode_block`, which the caller has checked."""
+  `decode_block`, one for the span and one for the prefix, which the caller has checked."""
   platform = context_platform()
   check_platform(platform)
   width = 0 if prefix is None else prefix[0].shape[2]
-  block = decode_block(q.shape[-1], span, *([width] if width else []))
+  block, prefix_block = decode_block(q.shape[-1], span), (decode_block(q.shape[-1], width) if width else 0)
   bias = jnp.where(allowed, 0.0, _NEG).astype(jnp.float32)
 
   def kernel(q, k, v, bias, *prefix):
@@ -197,11 +200,11 @@ def decode(q: jax.Array, k: jax.Array, v: jax.Array, allowed: jax.Array, scale: 
     m = _queries(rows, group)
     q = q.astype(jnp.promote_types(q.dtype, k.dtype)).reshape(runs, rows, kv, group, d).transpose(0, 2, 1, 3, 4).reshape(runs, kv, -1, d)
     q = jnp.pad(q, [(0, 0), (0, 0), (0, m - rows * group), (0, 0)])
-    body = functools.partial(_decode_kernel, scale=scale, block=block, rows=rows, group=group, span=span,
-                             width=width)
+    body = functools.partial(_decode_kernel, scale=scale, rows=rows, group=group, span=span, block=block,
+                             width=width, prefix_block=prefix_block)
     whole = pl.BlockSpec(memory_space=pl.ANY)  # read in place, block by block, by the kernel itself
     out = pl.pallas_call(
-        body, grid=(runs, kv), name=f'decode_attention_span{span}_width{width}_block{block}',
+        body, grid=(runs, kv), name=f'decode_attention_span{span}_block{block}_width{width}_block{prefix_block}',
         in_specs=[pl.BlockSpec((None, None, m, d), lambda i, j: (i, j, 0, 0))] + [whole] * 6,
         out_specs=pl.BlockSpec((None, None, m, d), lambda i, j: (i, j, 0, 0)),
         out_shape=jax.ShapeDtypeStruct((runs, kv, m, d), q.dtype),
@@ -225,12 +228,12 @@ def kernel_costs(op_name: str, operands: list[tuple[list[int], int]]) -> tuple[f
   (dimensions, itemsize), as run per device; bytes None: what its operands and output hold (the reader's own
   count). None for a custom call that is not one of these kernels."""
   name = f'/{op_name}/'
-  decoding = re.search(r'/decode_attention_span(\d+)_width(\d+)_block(\d+)/', name)
+  decoding = re.search(r'/decode_attention_span(\d+)_block(\d+)_width(\d+)_block(\d+)/', name)
   if decoding:
-    span, width, block = (int(g) for g in decoding.groups())
+    span, block, width, prefix_block = (int(g) for g in decoding.groups())
     (runs, kv, m, d), size = operands[0]
     rows = operands[1][0][0] // runs
-    slots = rows * _slots_read(span, block) + (_slots_read(width, block) if width else 0)  # a program's
+    slots = rows * _slots_read(span, block) + (_slots_read(width, prefix_block) if width else 0)  # a program's
     flops = 4.0 * runs * kv * m * d * slots  # q k^T and p v over each slot read, for all m queries
     read = runs * kv * slots * (2 * d * size + 4)  # a program's keys, values and float32 bias
     return flops, 2.0 * runs * kv * m * d * size + read  # + the queries and the output

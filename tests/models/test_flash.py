@@ -107,10 +107,13 @@ def test_kernel_costs_count_the_blocks_the_kernels_visit():
   # decode: 3 prompts x 2 rows, 2 kv heads (a program each), 16 padded queries, 24-slot buffers read to slot 19 in
   # blocks of 16 (two blocks, the second from slot 3), a 21-slot prefix (two blocks); each slot a program reads:
   # k, v and a float32 bias
-  flops, read = flash.kernel_costs('x/decode_attention_span19_width21_block16/pallas_call',
+  flops, read = flash.kernel_costs('x/decode_attention_span19_block16_width21_block16/pallas_call',
                                    [op(3, 2, 16, 32), op(6, 2, 24, 32), op(6, 2, 24, 32), ([6, 19], 4),
                                     op(3, 2, 21, 32), op(3, 2, 21, 32), ([3, 21], 4)])
   programs, slots = 3 * 2, 2 * 32 + 32
+  # a run's block reads the fewest slots (the largest block of those): 96 in blocks of 32, not two of 64
+  assert [flash.decode_block(128, n) for n in (16, 19, 40, 64, 96, 127, 512)] == [16, 16, 16, 64, 32, 64, 64]
+  assert flash.decode_block(128, 15) is None and flash.decode_block(80, 64) is None  # too short; not a power of two
   assert flops == programs * slots * 4 * 16 * 32
   assert read == programs * slots * (2 * 32 * 2 + 4) + 2 * programs * 16 * 32 * 2  # + the queries and the output
 
@@ -223,8 +226,8 @@ def test_flash_kernels_compile_for_h100s_and_their_costs_are_counted():
   forward, backward = _visited_flops(2, 256, 4, 64)  # per device: half the batch; 200 positions padded to 256
   assert sorted(f for f, in calls[:3]) == [0.0, forward, backward]  # the preprocessing, the forward, the backward
   # decode, per device: 2 prompts x 2 kv heads, a program each; 2 rows x 4 queries padded to 16; 40 own slots read
-  # as 2 blocks of 32 (the second from slot 8), the 64-slot prefix as 2; k, v and a float32 bias each slot read
-  programs, slots = 2 * 2, 2 * 64 + 64
+  # as 3 blocks of 16 (the third from slot 24), the 64-slot prefix as one of 64; k, v and a float32 bias each slot
+  programs, slots = 2 * 2, 2 * 48 + 64
   assert calls[3:] == [[programs * slots * 4 * 16 * 64, programs * slots * (2 * 64 * 2 + 4) + 2 * programs * 16 * 64 * 2]]
 
 
