@@ -36,7 +36,8 @@ Parameters are pure dicts (nnx.to_pure_dict) in which the adapters are the leave
 `split_adapters` / `combine` move between the whole tree and (adapters, base), so that a train state holds the
 adapters only while the base stays a frozen input; `merge_adapters` folds the adapters into base-shaped weights
 (export); `base_model` is the model without adapters, whose graphdef runs the same base parameters (the
-reference policy: nothing is copied).
+reference policy: nothing is copied); `unrolled` is a scanned adapted model with its layers (and adapters) split,
+the sampler's decode form on GPU.
 """
 from __future__ import annotations
 
@@ -121,6 +122,7 @@ def apply_lora(model: M, lora_cfg: LoraConfig | None, rngs: nnx.Rngs, mesh: Mesh
     raise ValueError('the model already has LoRA adapters')
   adapters = _fresh_adapters(backbone, lora_cfg, rngs.params(), mesh or _mesh_of(backbone))
   adapted = _intercepted(backbone, lora_cfg, {path[:-1] for path in adapters})
+  adapted.lora_config = lora_cfg  # static (in the graphdef): what `unrolled` intercepts its twin with
   for path, value in adapters.items():
     axes = _axes(backbone, path, adapters)
     setattr(_module_at(adapted, path[:-1]), path[-1], nnx.LoRAParam(value, logical_axes=axes))
@@ -142,6 +144,26 @@ def base_model(model: M) -> M:
   plain = nnx.eval_shape(lambda: cls(backbone.cfg, nnx.Rngs(0)))
   nnx.update(plain, nnx.state(model, nnx.Not(nnx.LoRAParam)))
   return plain
+
+
+def unrolled(model: M) -> M:
+  """A scanned adapted Transformer as its unrolled twin (the sampler's decode form on GPU): the base as
+  `transformer.unrolled` makes it, each adapter split per layer next to its weight, under the same interception
+  (the rank and alpha `apply_lora` was given, the modules that own adapters). Computes the same function; the
+  split is a copy, made once (under jit: slices of the stack)."""
+  backbone = backbone_of(model)
+  if backbone is not model or not is_adapted(model) or not _scanned(model.cfg):
+    raise ValueError('lora.unrolled takes an adapted Transformer with scanned layers')
+  plain = transformer_lib.unrolled(base_model(model))
+  stack = getattr(transformer_lib, 'STACK', 'layers')
+  flat = traverse_util.flatten_dict(nnx.to_pure_dict(nnx.state(model, nnx.LoRAParam)))
+  per_layer = {(f'layer_{i}',) + path[1:]: value[i] for path, value in flat.items() if path[0] == stack
+               for i in range(model.cfg.num_layers)}
+  adapted = _intercepted(plain, model.lora_config, {path[:-1] for path in per_layer})
+  adapted.lora_config = model.lora_config
+  for path, value in per_layer.items():
+    setattr(_module_at(adapted, path[:-1]), path[-1], nnx.LoRAParam(value, logical_axes=_axes(plain, path, per_layer)))
+  return adapted
 
 
 def _example_inputs() -> tuple[jax.Array, jax.Array]:

@@ -17,6 +17,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from nlhf_jax.distributed.sharding import GPU_PLATFORMS, context_platform
+from nlhf_jax.models import lora
 from nlhf_jax.models.transformer import Transformer, unrolled
 from nlhf_jax.sampling.config import SamplingConfig
 from nlhf_jax.sampling.decode import Decoder
@@ -52,15 +53,15 @@ def decode_weights(model: nnx.Module | None, unroll: bool = True) -> nnx.Module 
 
 
 def _unrolled_on_gpu(model: nnx.Module) -> nnx.Module:
-  """On GPU, a scanned Transformer as its unrolled twin (`models.transformer.unrolled`): in a scanned layer loop
-  XLA's GPU compiler hands cuBLAS each layer's weights as a copy sliced out of the stack, at every token (three
-  times the weights' bytes read a token). The split is made on the weights as they come (sharded: no gather), once
-  a step. A LoRA-adapted model (its adapters live in the scanned stack) stays scanned; TPU and CPU read a
-  slice inside the matmul and keep the stack."""
+  """On GPU, a scanned Transformer as its unrolled twin (`models.transformer.unrolled`; a LoRA-adapted one's
+  adapters split with its layers, `models.lora.unrolled`): in a scanned layer loop XLA's GPU compiler hands cuBLAS
+  each layer's weights as a copy sliced out of the stack, at every token (three times the weights' bytes read a
+  token), and copies each layer's KV cache out of the stacked cache. The split is made on the weights as they come
+  (sharded: no gather), once a step. TPU and CPU read a slice inside the matmul and keep the stack."""
   cfg = getattr(model, 'cfg', None)
-  if (type(model) is not Transformer or not cfg.scan_layers or context_platform() not in GPU_PLATFORMS):
+  if (not isinstance(model, Transformer) or not cfg.scan_layers or context_platform() not in GPU_PLATFORMS):
     return model
-  return unrolled(model)
+  return lora.unrolled(model) if lora.is_adapted(model) else unrolled(model)
 
 
 def _split(model: nnx.Module | None) -> tuple[nnx.GraphDef | None, Any]:

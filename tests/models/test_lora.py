@@ -69,6 +69,50 @@ def test_adapters_start_at_the_base_and_merge_into_it(scan):
   np.testing.assert_allclose(_logits(nnx.merge(nnx.graphdef(base), base_state)), out, atol=2e-5)
 
 
+def test_a_scanned_adapted_model_unrolled_for_decoding_is_the_same_model(monkeypatch):
+  """lora.unrolled (the sampler's decode form on GPU): the base's layers and the adapters split per layer, equal
+  to the stack's slices, under the same rank and alpha (2.0 here, not the model config's); the same logits with
+  and without the cache as the scanned adapted model, with adapters that act."""
+  from nlhf_jax.models.transformer import STACK
+  from nlhf_jax.sampling import decode_step, prefill, sampler
+  cfg = dataclasses.replace(CFG, scan_layers=True)
+  scanned = lora.apply_lora(Transformer(cfg, nnx.Rngs(0)), LoraConfig(rank=4, alpha=2.0), nnx.Rngs(1))
+  state = nnx.state(scanned)
+  nnx.replace_by_pure_dict(state, _acting(nnx.to_pure_dict(state)))
+  scanned = nnx.merge(nnx.graphdef(scanned), state)
+  model = lora.unrolled(scanned)
+  assert lora.is_adapted(model) and not model.cfg.scan_layers and model.lora_config.alpha == 2.0
+  flat = traverse_util.flatten_dict(nnx.to_pure_dict(nnx.state(model, nnx.LoRAParam)))
+  stacked = traverse_util.flatten_dict(nnx.to_pure_dict(nnx.state(scanned, nnx.LoRAParam)))
+  assert len(flat) == cfg.num_layers * len(stacked)
+  for path, value in stacked.items():
+    for i in range(cfg.num_layers):
+      np.testing.assert_array_equal(flat[(f'layer_{i}',) + path[1:]], value[i])
+  assert path[0] == STACK
+  base = _logits(lora.base_model(scanned))
+  out = _logits(scanned)
+  assert float(jnp.max(jnp.abs(out - base))) > 1e-2  # the adapters act
+  np.testing.assert_allclose(_logits(model), out, atol=1e-6, rtol=0)
+
+  @nnx.jit
+  def cached(m):  # a prefill of 4 positions, then 3 tokens decoded one at a time
+    logits, cache = prefill(m, TOKENS[:, :4], MASK[:, :4], 7)
+    steps = [logits]
+    for t in range(4, 7):
+      logits, cache = decode_step(m, cache, TOKENS[:, t - 1], jnp.sum(MASK[:, :t], 1) - 1, jnp.int32(t - 1))
+      steps.append(logits)
+    return jnp.stack(steps, 1)
+  np.testing.assert_allclose(cached(model), cached(scanned), atol=1e-5, rtol=0)
+  assert lora.is_adapted(sampler.decode_weights(scanned)) and sampler.decode_weights(scanned).cfg.scan_layers
+  monkeypatch.setattr(sampler, 'context_platform', lambda: 'gpu')  # on GPU the sampler decodes the twin
+  assert not sampler.decode_weights(scanned).cfg.scan_layers and lora.is_adapted(sampler.decode_weights(scanned))
+
+
+def _acting(params: dict) -> dict:
+  adapters, plain = lora.split_adapters(params)
+  return lora.combine(plain, _with_b(adapters, 0.05))
+
+
 def test_targets_select_modules_by_path():
   base = Transformer(CFG, nnx.Rngs(0))
   adapted = lora.apply_lora(base, dataclasses.replace(LORA, targets='layer_1/mlp'), nnx.Rngs(1))
