@@ -198,8 +198,8 @@ def decode(q: jax.Array, k: jax.Array, v: jax.Array, allowed: jax.Array, scale: 
       pk, pv, runs, own, pbias = k, v, b, bias, bias
     rows = b // runs
     m = _queries(rows, group)
-    q = q.astype(jnp.promote_types(q.dtype, k.dtype)).reshape(runs, rows, kv, group, d).transpose(0, 2, 1, 3, 4).reshape(runs, kv, -1, d)
-    q = jnp.pad(q, [(0, 0), (0, 0), (0, m - rows * group), (0, 0)])
+    q = q.astype(jnp.promote_types(q.dtype, k.dtype)).reshape(runs, rows, kv, group, d)
+    q = jnp.pad(q.transpose(0, 2, 1, 3, 4).reshape(runs, kv, -1, d), [(0, 0), (0, 0), (0, m - rows * group), (0, 0)])
     body = functools.partial(_decode_kernel, scale=scale, rows=rows, group=group, span=span, block=block,
                              width=width, prefix_block=prefix_block)
     whole = pl.BlockSpec(memory_space=pl.ANY)  # read in place, block by block, by the kernel itself
@@ -223,7 +223,7 @@ def _triangle(n: int) -> int:
   return n * (n + 1) // 2
 
 
-def kernel_costs(op_name: str, operands: list[tuple[list[int], int]]) -> tuple[float, float | None] | None:
+def kernel_costs(op_name: str, operands: list[tuple[list[int], float]]) -> tuple[float, float | None] | None:
   """(FLOPs, bytes or None) of one compiled call of a kernel of this module, from its op_name and its operands'
   (dimensions, itemsize), as run per device; bytes None: what its operands and output hold (the reader's own
   count). None for a custom call that is not one of these kernels."""
@@ -231,12 +231,11 @@ def kernel_costs(op_name: str, operands: list[tuple[list[int], int]]) -> tuple[f
   decoding = re.search(r'/decode_attention_span(\d+)_block(\d+)_width(\d+)_block(\d+)/', name)
   if decoding:
     span, block, width, prefix_block = (int(g) for g in decoding.groups())
-    (runs, kv, m, d), size = operands[0]
-    rows = operands[1][0][0] // runs
-    slots = rows * _slots_read(span, block) + (_slots_read(width, prefix_block) if width else 0)  # a program's
+    ((runs, kv, m, d), q_size), ((b, *_), cache_size) = operands[:2]
+    slots = b // runs * _slots_read(span, block) + (_slots_read(width, prefix_block) if width else 0)  # a program's
     flops = 4.0 * runs * kv * m * d * slots  # q k^T and p v over each slot read, for all m queries
-    read = runs * kv * slots * (2 * d * size + 4)  # a program's keys, values and float32 bias
-    return flops, 2.0 * runs * kv * m * d * size + read  # + the queries and the output
+    read = runs * kv * slots * (2 * d * cache_size + 4)  # a program's keys, values and float32 bias
+    return flops, 2.0 * runs * kv * m * d * q_size + read  # + the queries and the output
   if '/mha_forward/' in name:
     per_block = 4  # q k^T and p v: 2 * 2 block products per visited block
     block = _blocks(operands[0][0][1])[0]

@@ -101,7 +101,8 @@ def test_kernel_costs_count_the_blocks_the_kernels_visit():
     forward, backward = _visited_flops(2, t, 3, 64)
     assert flash.kernel_costs('jit(f)/shard_map/jit(mha)/mha_forward/pallas_call', [op(2, t, 3, 64)]) == (forward, None)
     assert flash.kernel_costs('transpose(jvp())/mha_backward/pallas_call', [op(2, t, 3, 64)]) == (backward, None)
-  assert flash.kernel_costs('x/mha_forward/pallas_call', [op(1, 128, 1, 80)]) == (_visited_flops(1, 128, 1, 128)[0], None)
+  padded = _visited_flops(1, 128, 1, 128)[0]  # head_dim 80 computed as 128
+  assert flash.kernel_costs('x/mha_forward/pallas_call', [op(1, 128, 1, 80)]) == (padded, None)
   assert flash.kernel_costs('x/mha_preprocess_backward/pallas_call', [op(1, 128, 1, 64)]) == (0, None)
   assert flash.kernel_costs('x/some_other_kernel', [op(1, 128, 1, 64)]) is None
   # decode: 3 prompts x 2 rows, 2 kv heads (a program each), 16 padded queries, 24-slot buffers read to slot 19 in
@@ -228,7 +229,8 @@ def test_flash_kernels_compile_for_h100s_and_their_costs_are_counted():
   # decode, per device: 2 prompts x 2 kv heads, a program each; 2 rows x 4 queries padded to 16; 40 own slots read
   # as 3 blocks of 16 (the third from slot 24), the 64-slot prefix as one of 64; k, v and a float32 bias each slot
   programs, slots = 2 * 2, 2 * 48 + 64
-  assert calls[3:] == [[programs * slots * 4 * 16 * 64, programs * slots * (2 * 64 * 2 + 4) + 2 * programs * 16 * 64 * 2]]
+  flops, read = programs * slots * 4 * 16 * 64, programs * slots * (2 * 64 * 2 + 4)
+  assert calls[3:] == [[flops, read + 2 * programs * 16 * 64 * 2]]  # + the queries and the output
 
 
 def test_flash_on_tpu_is_refused_with_the_fix():
