@@ -26,7 +26,7 @@ probabilities to memory; layers it cannot express (a logit softcap, a sliding wi
 With 'flash', one decoded position over a layer's own cache (not a scanned stack's) goes through the decode kernel
 of models/flash.py, which reads the prompt's prefix once for its rows and the rows' slots up to `span`, keeping
 the softmax on chip, when its slot counts take a block (`flash.decode_block`: 16 slots or more, head_dim a power
-of two). Otherwise one-token decoding is computed as products and sums (`_product_einsum`), which read the cache
+of two of at least 16). Otherwise one-token decoding is computed as products and sums (`_product_einsum`), which read the cache
 in place (matmuls on TPU).
 """
 from __future__ import annotations

@@ -23,8 +23,11 @@ prompt's rows and query heads, then each row's own slots, keeping the softmax's 
 (the einsum form writes the float32 logits, reads them back for the softmax and writes the probabilities). It
 reads the cache where it lies: the whole layer's buffers are its operands and a static `span` says how many of
 the rows' own slots it reads (a slice would be copied for the call). The mask is the einsum form's, as an
-additive bias. Queries of one program (the prompt's rows times the kv head's group) are padded to 16, the
-smallest block Triton's dots take; a row's own slots are read against all of them, other rows' queries masked.
+additive bias; a query that may attend no key gets zeros, where the einsum form averages the values (no decoded
+row has none: it attends its own slot). Queries of one program (the prompt's rows times the kv head's group) are
+padded to a power of two of at least 16, the smallest block Triton's dots take; a row's own slots are read
+against all of them, other rows' queries masked. Float32 operands multiply in float32 (not TF32), as the einsum
+form's products do.
 
 The compiled kernels are opaque custom calls, so `kernel_costs` gives the HLO reader
 (nlhf_jax/accelerators/hlo.py) the FLOPs of each call (the products of the blocks that the loops visit: above the
@@ -129,6 +132,7 @@ def _decode_kernel(q_ref, k_ref, v_ref, bias_ref, pk_ref, pv_ref, pbias_ref, o_r
   p, h = pl.program_id(0), pl.program_id(1)
   q = q_ref[...]
   m, d = q.shape
+  exact = False if q.dtype == jnp.float32 else None  # float32 products in float32, not TF32, as the einsum form's
   state = (jnp.full((m,), _NEG, jnp.float32), jnp.zeros((m,), jnp.float32), jnp.zeros((m, d), jnp.float32))
 
   def update(state, k, v, bias, queries=None, fresh=None):
@@ -136,14 +140,14 @@ def _decode_kernel(q_ref, k_ref, v_ref, bias_ref, pk_ref, pv_ref, pbias_ref, o_r
     if fresh is not None:  # the last block's slots that the block before has read
       bias = jnp.where(fresh, bias, _NEG)
     k, v = k.astype(q.dtype), v.astype(q.dtype)  # a narrower cache's block, widened on chip
-    s = plgpu.dot(q, k, trans_b=True).astype(jnp.float32) * scale + bias[None, :]
+    s = plgpu.dot(q, k, trans_b=True, allow_tf32=exact).astype(jnp.float32) * scale + bias[None, :]
     if queries is not None:  # another row's slots: not these queries' keys
       s = jnp.where(queries[:, None], s, _NEG)
     new_top = jnp.maximum(top, s.max(axis=-1))
     e = jnp.where(s > 0.5 * _NEG, jnp.exp(s - new_top[:, None]), 0.0)
     rescale = jnp.exp(top - new_top)
     return (new_top, rescale * total + e.sum(axis=-1),
-            rescale[:, None] * acc + plgpu.dot(e.astype(v.dtype), v).astype(jnp.float32))
+            rescale[:, None] * acc + plgpu.dot(e.astype(v.dtype), v, allow_tf32=exact).astype(jnp.float32))
 
   def stream(state, length, block, read):  # read(slots) -> (k, v, bias[, queries]) of a block of slots
     state = jax.lax.fori_loop(0, length // block, lambda j, state: update(state, *read(pl.ds(j * block, block))),
@@ -184,6 +188,10 @@ def decode(q: jax.Array, k: jax.Array, v: jax.Array, allowed: jax.Array, scale: 
   check_platform(platform)
   width = 0 if prefix is None else prefix[0].shape[2]
   block, prefix_block = decode_block(q.shape[-1], span), (decode_block(q.shape[-1], width) if width else 0)
+  if block is None or prefix_block is None or span > k.shape[2] or allowed.shape != (q.shape[0], width + span) \
+      or (prefix is not None and q.shape[0] % prefix[0].shape[0]):
+    raise ValueError(f'flash.decode: span {span} of {k.shape[2]} slots, prefix width {width}, allowed '
+                     f'{allowed.shape}, {q.shape[0]} rows: no block, or shapes that do not fit')
   bias = jnp.where(allowed, 0.0, _NEG).astype(jnp.float32)
 
   def kernel(q, k, v, bias, *prefix):

@@ -163,6 +163,14 @@ def test_flash_decode_equals_the_attention_over_the_slots_it_is_given(rows, widt
                              rtol=0)
 
 
+def test_flash_decode_refuses_what_it_cannot_read():
+  """A span past the cache (Triton does not check bounds), a mask of another width, too few slots for a block."""
+  q, k = jnp.zeros((2, 4, 16)), jnp.zeros((2, 2, 24, 16))
+  for span, width in ((32, 24), (20, 21), (12, 12)):
+    with pytest.raises(ValueError, match='flash.decode: span'):
+      flash.decode(q, k, k, jnp.ones((2, width), bool), 0.25, span)
+
+
 def test_flash_decoding_samples_what_the_einsum_decoding_samples(monkeypatch):
   """The sampler's pair (the policy's two rows a prompt over the prompt's one prefix cache, the reference's one)
   with the decode loop in two parts: the first (own span 10) is too short for a block and keeps the einsum form, the
@@ -213,7 +221,10 @@ text = jax.jit(within_mesh(decode, mesh)).lower(cache(8, 4, 64), cache(8, 2, 128
                                                 cache(4, 2, 64, 64), cache(4, 2, 64, 64)).compile().as_text()
 costs = hlo.analyze(text, kernels=flash.kernel_costs)
 calls += [[o.flops, o.bytes] for o in costs.ops if o.opcode == 'custom-call']
-print(json.dumps(calls))
+f32 = lambda *shape: jax.ShapeDtypeStruct(shape, jnp.float32, sharding=NamedSharding(mesh, P('fsdp')))
+text = jax.jit(within_mesh(decode, mesh)).lower(f32(8, 4, 64), f32(8, 2, 128, 64), f32(8, 2, 128, 64),
+                                                f32(4, 2, 64, 64), f32(4, 2, 64, 64)).compile().as_text()
+print(json.dumps([calls, text.count('decode_attention_span40')]))  # float32: its dots in float32, not TF32
 '''
 
 
@@ -223,7 +234,8 @@ def test_flash_kernels_compile_for_h100s_and_their_costs_are_counted():
   p = subprocess.run([sys.executable, '-c', _COMPILE_FOR_H100S], cwd=ROOT, env=env, capture_output=True, text=True,
                      timeout=600)
   assert p.returncode == 0, p.stderr[-3000:]
-  calls = json.loads(p.stdout.strip().splitlines()[-1])
+  calls, float32 = json.loads(p.stdout.strip().splitlines()[-1])
+  assert float32 > 0  # the float32 decode (dots in float32, not TF32) compiles for H100s too
   forward, backward = _visited_flops(2, 256, 4, 64)  # per device: half the batch; 200 positions padded to 256
   assert sorted(f for f, in calls[:3]) == [0.0, forward, backward]  # the preprocessing, the forward, the backward
   # decode, per device: 2 prompts x 2 kv heads, a program each; 2 rows x 4 queries padded to 16; 40 own slots read
