@@ -25,9 +25,9 @@ their prompt) goes through the Pallas flash-attention kernel of models/flash.py,
 probabilities to memory; layers it cannot express (a logit softcap, a sliding window) keep the einsum form.
 With 'flash', one decoded position over a layer's own cache (not a scanned stack's) goes through the decode kernel
 of models/flash.py, which reads the prompt's prefix once for its rows and the rows' slots up to `span`, keeping
-the softmax on chip, when its slot counts take a block (`flash.decode_block`: 16 slots or more, head_dim a power
-of two of at least 16). Otherwise one-token decoding is computed as products and sums (`_product_einsum`), which read the cache
-in place (matmuls on TPU).
+the softmax on chip, when its slot counts take a block (`flash.decodable`: 16 slots or more, head_dim a power of
+two of at least 16). Otherwise one-token decoding is computed as products and sums (`_product_einsum`), which
+read the cache in place (matmuls on TPU).
 """
 from __future__ import annotations
 
@@ -163,8 +163,7 @@ class Attention(nnx.Module):
     scale = (cfg.query_pre_attn_scalar or q.shape[-1]) ** -0.5
     kernel = cfg.attention_impl == 'flash' and not cfg.attn_logit_softcap and not windowed
     if kernel and q.shape[1] == 1 and cache is not None and cache.get('layer') is None \
-        and flash.decode_block(q.shape[-1], k.shape[2]) \
-        and (prefix is None or flash.decode_block(q.shape[-1], prefix[0].shape[2])):
+        and flash.decodable(q.shape[-1], k.shape[2], 0 if prefix is None else prefix[0].shape[2]):
       # the layer's whole buffers, read in place up to the view's slots
       out = flash.decode(q[:, 0], _layer_view(cache, 'k'), _layer_view(cache, 'v'), allowed[:, 0], scale, k.shape[2],
                          None if prefix is None else prefix[:2])[:, None]

@@ -118,6 +118,11 @@ def decode_block(head_dim: int, length: int) -> int | None:
   return min(blocks, key=lambda b: _slots_read(length, b))
 
 
+def decodable(head_dim: int, span: int, width: int) -> bool:
+  """Whether `decode` takes these: a block for the rows' span and for the prefix's width (0: none)."""
+  return decode_block(head_dim, span) is not None and (not width or decode_block(head_dim, width) is not None)
+
+
 def _slots_read(length: int, block: int) -> int:
   """Slots a decode program reads of `length`: whole blocks, the last one ending at `length` (overlapping the one
   before it, whose slots it masks) when `length` is not a multiple of the block."""
@@ -183,15 +188,15 @@ def decode(q: jax.Array, k: jax.Array, v: jax.Array, allowed: jax.Array, scale: 
   each run of B / P consecutive rows' prompt, read once for the run) if given. allowed [B, W + span]: the keys a
   query may attend, the prefix's slots first (the same for every row of a run). Computed in the wider of q's
   and the cache's dtypes (a narrower cache's blocks widened on chip), returned in q's. The block comes from
-  `decode_block`, one for the span and one for the prefix, which the caller has checked."""
+  `decode_block`, one for the span and one for the prefix (`decodable`: the caller's test)."""
   platform = context_platform()
   check_platform(platform)
   width = 0 if prefix is None else prefix[0].shape[2]
-  block, prefix_block = decode_block(q.shape[-1], span), (decode_block(q.shape[-1], width) if width else 0)
-  if block is None or prefix_block is None or span > k.shape[2] or allowed.shape != (q.shape[0], width + span) \
+  if not decodable(q.shape[-1], span, width) or span > k.shape[2] or allowed.shape != (q.shape[0], width + span) \
       or (prefix is not None and q.shape[0] % prefix[0].shape[0]):
     raise ValueError(f'flash.decode: span {span} of {k.shape[2]} slots, prefix width {width}, allowed '
                      f'{allowed.shape}, {q.shape[0]} rows: no block, or shapes that do not fit')
+  block, prefix_block = decode_block(q.shape[-1], span), (decode_block(q.shape[-1], width) if width else 0)
   bias = jnp.where(allowed, 0.0, _NEG).astype(jnp.float32)
 
   def kernel(q, k, v, bias, *prefix):

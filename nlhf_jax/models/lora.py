@@ -155,10 +155,9 @@ def unrolled(model: M) -> M:
   if backbone is not model or not is_adapted(model) or not _scanned(model.cfg):
     raise ValueError('lora.unrolled takes an adapted Transformer with scanned layers')
   plain = transformer_lib.unrolled(base_model(model))
-  stack = getattr(transformer_lib, 'STACK', 'layers')
-  flat = traverse_util.flatten_dict(nnx.to_pure_dict(nnx.state(model, nnx.LoRAParam)))
-  per_layer = {(f'layer_{i}',) + path[1:]: value[i] for path, value in flat.items() if path[0] == stack
-               for i in range(model.cfg.num_layers)}
+  flat = traverse_util.flatten_dict(nnx.to_pure_dict(nnx.state(model, nnx.LoRAParam)))  # all in the stack
+  per_layer = {(f'layer_{i}',) + path[1:]: value[i]
+               for path, value in flat.items() for i in range(model.cfg.num_layers)}
   adapted = _intercepted(plain, model.lora_config, {path[:-1] for path in per_layer})
   adapted.lora_config = model.lora_config
   for path, value in per_layer.items():
