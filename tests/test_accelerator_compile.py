@@ -200,6 +200,42 @@ def test_sampling_flops_are_the_compiled_samplers(segments):
     assert costs.flops < sampling_flops(cfg, rows, prompt, new, mixture=True)
 
 
+_ASYNC_COLLECTIVES = """HloModule m
+
+%add (a: bf16[], b: bf16[]) -> bf16[] {
+  %a = bf16[] parameter(0)
+  %b = bf16[] parameter(1)
+  ROOT %s = bf16[] add(%a, %b)
+}
+
+ENTRY %main (p: bf16[8,64], q: f32[4,16]) -> (bf16[8,64], f32[4,16], bf16[8,64]) {
+  %p = bf16[8,64]{1,0} parameter(0)
+  %q = f32[4,16]{1,0} parameter(1)
+  %rs = ((bf16[8,64]{1,0}), bf16[2,64]{1,0}) reduce-scatter-start(%p), channel_id=1, replica_groups={{0,1,2,3}}, dimensions={0}, to_apply=%add
+  %rsd = bf16[2,64]{1,0} reduce-scatter-done(%rs)
+  %ag = (bf16[2,64]{1,0}, bf16[8,64]{1,0}) all-gather-start(%rsd), channel_id=2, replica_groups={{0,1,2,3}}, dimensions={0}
+  %agd = bf16[8,64]{1,0} all-gather-done(%ag)
+  %aa = ((f32[4,16]{1,0}), f32[4,16]{1,0}) all-to-all-start(%q), channel_id=3, replica_groups={{0,1,2,3}}, dimensions={0}
+  %aad = f32[4,16]{1,0} all-to-all-done(%aa)
+  %ar = bf16[8,64]{1,0} all-reduce-start(%p), channel_id=4, replica_groups={{0,1,2,3}}, to_apply=%add
+  %ard = bf16[8,64]{1,0} all-reduce-done(%ar)
+  ROOT %t = (bf16[8,64]{1,0}, f32[4,16]{1,0}, bf16[8,64]{1,0}) tuple(%agd, %aad, %ard)
+}
+"""
+
+
+def test_an_async_collective_counts_its_operands_read_and_its_results_written_once():
+  # the GPU compiler's async collectives: a '-start' whose tuple holds its operands (aliased) before its results,
+  # and a '-done' that hands the results over. Each counts what it reads and writes once, at its '-start'
+  costs = {o.name: o for o in hlo.analyze(_ASYNC_COLLECTIVES).ops}
+  assert sorted(costs) == ['aa', 'ag', 'ar', 'rs']  # no '-done'
+  whole, shard = 8 * 64 * 2, 2 * 64 * 2
+  assert (costs['rs'].bytes, costs['rs'].collective_bytes) == (whole + shard, whole)
+  assert (costs['ag'].bytes, costs['ag'].collective_bytes) == (shard + whole, whole)
+  assert (costs['aa'].bytes, costs['aa'].collective_bytes) == (2 * 4 * 16 * 4, 4 * 16 * 4)
+  assert (costs['ar'].bytes, costs['ar'].collective_bytes) == (2 * whole, 2 * whole)
+
+
 def test_roofline_bounds_each_instruction_by_compute_or_bandwidth():
   t = targets.get('gpu:h100x1')
   costs = hlo.Costs([hlo.Op('mm', 'fusion', 'other', t.peak_flops, 1.0, 0.0, 1),

@@ -31,10 +31,11 @@ from nlhf_jax.accelerators.hlo_loops import trip_count
 from nlhf_jax.accelerators.hlo_text import (Computation, Instruction, dims, json_attr, parse_module, shape_bytes,
                                           split_top)
 
-_FREE = {'parameter', 'constant', 'tuple', 'get-tuple-element', 'bitcast', 'while', 'call', 'conditional',
-         'after-all', 'partition-id', 'replica-id', 'opt-barrier', 'iota', 'copy-done', 'all-reduce-done',
-         'all-gather-done', 'collective-permute-done', 'send-done', 'recv-done', 'add-dependency', 'domain'}
 _COLLECTIVES = ('all-reduce', 'all-gather', 'reduce-scatter', 'all-to-all', 'collective-permute', 'ragged-all-to-all')
+# An async collective's '-done' hands over the buffer its '-start' wrote (counted there): no traffic of its own.
+_FREE = {'parameter', 'constant', 'tuple', 'get-tuple-element', 'bitcast', 'while', 'call', 'conditional',
+         'after-all', 'partition-id', 'replica-id', 'opt-barrier', 'iota', 'copy-done', 'send-done', 'recv-done',
+         'add-dependency', 'domain'} | {f'{c}-done' for c in _COLLECTIVES}
 _SLICING = {'dynamic-slice', 'slice', 'gather'}
 
 # ---- FLOPs of one instruction ----
@@ -179,7 +180,24 @@ def _output_bytes(comps, comp: Computation, instr: Instruction) -> float:
     return shape_bytes(holder.shape_of(root.operands[1]))  # the update written
   if instr.opcode == 'custom-call' and instr.shape.startswith('('):  # (result, workspace): scratch is no HBM traffic
     return shape_bytes(split_top(instr.shape[1:-1])[0])
+  if instr.opcode.endswith('-start') and instr.opcode.removesuffix('-start') in _COLLECTIVES:
+    return _collective_result_bytes(comp, instr)
   return shape_bytes(instr.shape)
+
+
+def _collective_result_bytes(comp: Computation, instr: Instruction) -> float:
+  """Bytes of what an async collective's '-start' writes: its results. Its shape is the result itself
+  (all-reduce-start), or a tuple that holds its operands (aliased, not written) before the results, and for a
+  collective-permute its synchronisation words after them (all-gather-start, reduce-scatter-start,
+  all-to-all-start, collective-permute-start)."""
+  if not instr.shape.startswith('('):
+    return shape_bytes(instr.shape)
+  parts = split_top(instr.shape[1:-1])
+  operands = [comp.shape_of(o) for o in instr.operands]
+  held = parts[0][1:-1] if parts[0].startswith('(') else parts[0]
+  if len(parts) < 2 or sorted(split_top(held)) != sorted(operands):
+    return shape_bytes(instr.shape)  # a form not known here: every part counted
+  return shape_bytes(parts[1])
 
 
 @dataclasses.dataclass
@@ -289,7 +307,7 @@ def analyze(text: str, phases: tuple[str, ...] = (), marks: tuple[str, ...] = ()
       if instr.opcode == 'fusion':
         flops += sum(fused_flops(c) for c in instr.called())
       base = instr.opcode.removesuffix('-start')
-      moved = shape_bytes(instr.shape) if base in _COLLECTIVES else 0.0
+      moved = _collective_result_bytes(comp, instr) if base in _COLLECTIVES else 0.0
       if base == 'reduce-scatter':
         moved = sum(shape_bytes(comp.shape_of(o)) for o in instr.operands)
       elif base == 'all-reduce':
