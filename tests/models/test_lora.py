@@ -231,8 +231,10 @@ def test_lora_nash_md_reference_is_the_base_without_adapters(base_run, tmp_path)
   assert set(frozen) == {'base', 'judge'}  # mu is the base: no copy of the weights of its own
   batch = next(pipelines.make_iterator(cfg.data, 'prompts', cfg.seed, 8, slice(None)))
   _, grads, out = jax.jit(step.loss_and_grads)(state, frozen, batch)
-  # At step 0 the adapters are zero: pi_theta's log-probabilities of y are mu's, to the bit.
-  np.testing.assert_array_equal(np.asarray(out['lp']), np.asarray(out['ref_lp']))
+  # At step 0 the adapters are zero: pi_theta's log-probabilities of y are mu's. The two come from different
+  # fusions of one program (the adapted layers add x A B); they agree to the bit in most runs, and once differed by
+  # 4.8e-7 in one of 128 (a fresh clone's make test on a loaded host). A wrong mu moves them by tenths.
+  np.testing.assert_allclose(np.asarray(out['lp']), np.asarray(out['ref_lp']), rtol=0, atol=2e-6)
   base_model = nnx.merge(nnx.graphdef(nnx.eval_shape(lambda: Transformer(cfg.model, nnx.Rngs(0)))), frozen['base'])
   plain = jax.jit(lambda: response_logprobs(base_model, batch['prompt'], batch['prompt_mask'], out['y']['tokens'],
                                             out['y']['mask']))()
