@@ -1,5 +1,7 @@
 """The train state is built sharded from the start, with the shardings that the rule table implies."""
 import jax
+import jax.extend
+import jax.numpy as jnp
 import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
@@ -69,3 +71,43 @@ def test_sharded_init_never_holds_the_whole_state_on_a_device():
   mem = jax.jit(init_fn, out_shardings=shardings).lower(0).compile().memory_analysis()
   per_device = mem.output_size_in_bytes + mem.temp_size_in_bytes
   assert per_device < whole / 4, (per_device, whole)
+
+
+def _constraints(jaxpr):
+  """(shape, PartitionSpec) of every sharding constraint in a jaxpr, its inner jaxprs' included."""
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == 'sharding_constraint':
+      yield eqn.invars[0].aval.shape, eqn.params['sharding'].spec
+    for value in eqn.params.values():
+      for sub in value if isinstance(value, (list, tuple)) else (value,):
+        inner = getattr(sub, 'jaxpr', sub)
+        if isinstance(inner, jax.extend.core.Jaxpr):
+          yield from _constraints(inner)
+
+
+@pytest.mark.parametrize('rows', [8, 6])
+def test_a_decoded_positions_residual_stream_is_split_by_rows_over_tensor(devices, rows):
+  """One token a row over a cache, on data=2 x tensor=2: the residual stream between the layers is split by rows
+  over 'tensor' as well (each device normalizes and adds its share), the sublayers' inputs are whole rows; a
+  prefill, or rows that do not divide into the four shards, keep the stream's rows over 'data' only."""
+  from flax import nnx
+
+  from nlhf_jax.models.transformer import init_cache
+  cfg = tiny_config().model
+  model = Transformer(cfg, nnx.Rngs(0))
+  m = mesh(data=2, tensor=2)
+
+  def residual_specs(length):
+    cache = init_cache(cfg, rows, 8)
+    tokens, mask = jnp.ones((rows, length), jnp.int32), jnp.ones((rows, length), bool)
+    with jax.sharding.use_abstract_mesh(m.abstract_mesh):
+      jaxpr = jax.make_jaxpr(lambda: model.hidden(tokens, mask, None, cache, 0))()
+    rows_axes = lambda a: (a,) if isinstance(a, str) else tuple(a or ())
+    return [rows_axes(spec[0]) for shape, spec in _constraints(jaxpr.jaxpr) if shape == (rows, length, cfg.d_model)]
+  between_layers = 1 + cfg.num_layers  # the embeddings and each block's output
+  decoded = residual_specs(1)
+  if rows % 4 == 0:
+    assert decoded.count(('data', 'tensor')) == between_layers and decoded.count(('data',)) == 2 * cfg.num_layers
+  else:
+    assert decoded == [('data',)] * (between_layers + 2 * cfg.num_layers)
+  assert set(residual_specs(3)) == {('data',)}

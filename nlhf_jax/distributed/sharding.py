@@ -11,6 +11,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 # The one table. A logical axis not listed here is replicated.
 LOGICAL_AXIS_RULES: Mapping[str, Any] = {
     'batch': ('data', 'fsdp'),
+    'decode_rows': ('data', 'fsdp', 'tensor'),  # a decoded position's residual rows (models/transformer.py)
     'vocab': 'tensor',
     'embed': 'fsdp',
     'mlp': 'tensor',

@@ -30,7 +30,20 @@ REMAT_POLICIES = {'full': jax.checkpoint_policies.nothing_saveable,
 
 # The residual stream's sharding (under distributed.within_mesh): rows over the batch axes, like the inputs.
 RESIDUAL = ('batch', 'length', None)
+# A decoded position's residual stream (one token a row, with a cache): rows split over 'tensor' too, where they
+# divide. With heads and the MLP split over 'tensor', each device then normalizes and adds its share of the rows:
+# the projections' partial sums are reduce-scattered to it and the normalized rows all-gathered for the next
+# projections, where a stream kept whole is all-reduced and every device does every row's elementwise work
+# (sequence parallelism, over rows). The blocks' sublayers take whole rows (RESIDUAL) either way.
+DECODE_RESIDUAL = ('decode_rows', 'length', None)
 _UNWRITTEN = 2**30  # cache position of a slot that holds no key yet: never attended to
+
+
+def _residual_axes(tokens_bt, cache) -> tuple:
+  """DECODE_RESIDUAL for a decoded position whose rows divide into the shards of 'decode_rows', else RESIDUAL."""
+  rows, length = tokens_bt.shape
+  decoding = cache is not None and length == 1 and rows % context_shards('decode_rows') == 0
+  return DECODE_RESIDUAL if decoding else RESIDUAL
 
 
 class Block(nnx.Module):
@@ -49,9 +62,10 @@ class Block(nnx.Module):
 
   def __call__(self, x, positions, key_mask, cache=None, cache_index=None, kind: LayerKind | None = None,
                span: int | None = None):
-    h, cache = self.attn(self.attn_norm(x), positions, key_mask, cache, cache_index, kind, span)
+    whole = lambda y: constrain_activations(y, RESIDUAL)  # a sublayer's input: whole rows (see DECODE_RESIDUAL)
+    h, cache = self.attn(whole(self.attn_norm(x)), positions, key_mask, cache, cache_index, kind, span)
     x = x + (self.attn_post_norm(h) if self.post_norms else h)
-    h = self.mlp(self.mlp_norm(x))
+    h = self.mlp(whole(self.mlp_norm(x)))
     return x + (self.mlp_post_norm(h) if self.post_norms else h), cache
 
 
@@ -95,7 +109,8 @@ class Transformer(nnx.Module):
     """
     if positions_bt is None:
       positions_bt = jnp.maximum(jnp.cumsum(mask_bt.astype(jnp.int32), axis=1) - 1, 0)
-    x = constrain_activations(self.embed_tokens(tokens_bt), RESIDUAL)
+    residual = _residual_axes(tokens_bt, cache)
+    x = constrain_activations(self.embed_tokens(tokens_bt), residual)
     key_mask = mask_bt if cache is None else cache['mask']
     new_cache = None if cache is None else {'mask': key_mask}
     prefix = None if cache is None else cache.get('prefix')
@@ -109,7 +124,7 @@ class Transformer(nnx.Module):
     def run(block_graphdef, block_state, x, layer_cache, kind):
       x, layer_cache = nnx.merge(block_graphdef, block_state)(x, positions_bt, key_mask, layer_cache, cache_index,
                                                               kind, span)
-      return constrain_activations(x, RESIDUAL), layer_cache
+      return constrain_activations(x, residual), layer_cache
     if self.cfg.remat != 'none':
       run = jax.checkpoint(run, policy=REMAT_POLICIES[self.cfg.remat], static_argnums=(0,))
     if self.cfg.scan_layers:
@@ -137,7 +152,7 @@ class Transformer(nnx.Module):
       block = getattr(self, f'layer_{i}')
       if self.cfg.remat == 'none':
         x, layer_cache = block(x, positions_bt, key_mask, layer_cache, cache_index, span=span)
-        x = constrain_activations(x, RESIDUAL)
+        x = constrain_activations(x, residual)
       else:
         x, layer_cache = run(*nnx.split(block), x, layer_cache, LayerKind.of(self.cfg, i))
       if cache is not None:
