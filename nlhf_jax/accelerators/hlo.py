@@ -12,7 +12,8 @@ reads the module that the target's compiler produced (`compiled.as_text()`) inst
   its operands and its output, where an operand that the instruction only slices (a layer's weights out of the
   stacked layers, a cache row) counts the slice, and an in-place dynamic-update-slice (a KV cache write) counts
   the update, not the buffer. An opaque kernel that reads part of a buffer it is handed (models/flash.py's decode
-  attention, the filled slots of a cache) counts what `kernels` says it reads.
+  attention, the filled slots of a cache) counts what `kernels` says it reads. An async collective counts at its
+  '-start': its operands read and its results written (its '-done' hands the results over).
 - Collectives: the bytes that all-reduce, all-gather, reduce-scatter, all-to-all and collective-permute move.
 - Loops: each body counted its loop's trip count times (accelerators/hlo_loops.py reads them: XLA's
   `known_trip_count`, else the condition's bound); a loop whose count cannot be read counts once and is listed in

@@ -12,8 +12,9 @@ run per shard of the batch axes.
 - `regroup(mesh, n, model)` / `to_layout(params, mesh)`: the sampler's own layout (SamplingConfig.decode_tensor):
   the same devices in the same order as a mesh whose 'tensor' axis is n consecutive devices and whose 'data' axis
   is the groups ('fsdp' 1), and the parameters constrained to the rule table's shardings on it. Each device then
-  reads 1/n of every decoding model's weights at every token instead of all of them; the residual stream is
-  all-reduced over the group twice a layer.
+  reads 1/n of every decoding model's weights at every token instead of all of them; between the layers the
+  residual stream's rows are split over the group as well (models/transformer.DECODE_RESIDUAL), its partial sums
+  reduce-scattered and its normalized rows all-gathered twice a layer.
 """
 from __future__ import annotations
 

@@ -227,8 +227,8 @@ WIDE = dataclasses.replace(CFG, num_heads=8, num_kv_heads=8, d_model=64)  # head
 def test_the_samplers_own_tensor_parallel_layout_samples_what_one_device_samples(devices, shape, decode_tensor):
   """decode_tensor regroups the mesh: each decoding model's heads, MLP and vocabulary split over groups of
   devices (all 8; or 4, two groups splitting the rows). The weights move into that layout once (all-to-alls, and
-  no weight gathered whole), the loop all-reduces the residual stream, and the samples are the one-device ones;
-  the outputs keep the training mesh's row sharding."""
+  no weight gathered whole), the loop sums the projections' partial results over the group, and the samples are
+  the one-device ones; the outputs keep the training mesh's row sharding."""
   graphdef, policy, ref = _models(WIDE)
   cfg = SamplingConfig(max_new_tokens=5, top_k=50, stop_ids=())
   batch = _batch(lengths=LENGTHS * 2)
